@@ -1,0 +1,2 @@
+//! `isthmus-dp`: the data plane daemon.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Project automation: `cargo xtask demo | test | bench`.
+fn main() {}
