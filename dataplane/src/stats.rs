@@ -1,1 +1,377 @@
-//! (in progress)
+//! Counters and their Prometheus text exposition.
+//!
+//! Global counters are per worker thread: one writer each, so an increment is a relaxed load
+//! and store, no locked read-modify-write and no shared cache line between workers. A scrape
+//! sums the workers. Per-peer counters live in the peer (see `tunnel::PeerCounters`).
+//!
+//! The exposition is written directly in the Prometheus text format: the `prometheus` crate's
+//! registry model (one registered metric per series, updated in place) does not fit per-thread
+//! counters summed at scrape time, and the text format is small and stable.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a packet was dropped. Each is a value of the `reason` label of `isthmus_drops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Not a WireGuard message: unknown type, wrong size, garbage.
+    BadPacket,
+    /// Datagram larger than the receive buffer.
+    Oversized,
+    /// Transport/response/cookie message for a receiver index we do not have.
+    UnknownIndex,
+    /// Handshake initiation from a key that is not a configured peer.
+    UnknownPeer,
+    /// Handshake message failed (bad MAC, bad decryption, stale timestamp).
+    HandshakeFailed,
+    /// Handshake refused under load (a cookie reply was sent instead).
+    HandshakeRateLimited,
+    /// Transport data failed authentication.
+    DecryptFailed,
+    /// Transport data with a counter already seen or too old.
+    Replay,
+    /// No current session for the receiver index (expired keys).
+    NoSession,
+    /// Decrypted packet's source not in the sending peer's allowed IPs.
+    SpoofedSource,
+    /// Decrypted packet is not IPv4/IPv6 or its header is malformed.
+    BadInnerPacket,
+    /// No route for the destination.
+    NoRoute,
+    /// Route is a blackhole.
+    Blackhole,
+    /// TTL / hop limit ran out while relaying.
+    TtlExceeded,
+    /// Larger than the next hop's MTU.
+    TooBig,
+    /// Destination peer has no endpoint yet.
+    NoEndpoint,
+    /// Destination peer is the one the packet came from (would loop).
+    Loop,
+    /// The control plane is not listening for punted packets.
+    PuntDropped,
+    /// A write to the UDP socket or TUN device failed.
+    TxError,
+    /// No private key configured.
+    NoKey,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 20] = [
+        Self::BadPacket,
+        Self::Oversized,
+        Self::UnknownIndex,
+        Self::UnknownPeer,
+        Self::HandshakeFailed,
+        Self::HandshakeRateLimited,
+        Self::DecryptFailed,
+        Self::Replay,
+        Self::NoSession,
+        Self::SpoofedSource,
+        Self::BadInnerPacket,
+        Self::NoRoute,
+        Self::Blackhole,
+        Self::TtlExceeded,
+        Self::TooBig,
+        Self::NoEndpoint,
+        Self::Loop,
+        Self::PuntDropped,
+        Self::TxError,
+        Self::NoKey,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadPacket => "bad_packet",
+            Self::Oversized => "oversized",
+            Self::UnknownIndex => "unknown_index",
+            Self::UnknownPeer => "unknown_peer",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::HandshakeRateLimited => "handshake_rate_limited",
+            Self::DecryptFailed => "decrypt_failed",
+            Self::Replay => "replay",
+            Self::NoSession => "no_session",
+            Self::SpoofedSource => "spoofed_source",
+            Self::BadInnerPacket => "bad_inner_packet",
+            Self::NoRoute => "no_route",
+            Self::Blackhole => "blackhole",
+            Self::TtlExceeded => "ttl_exceeded",
+            Self::TooBig => "too_big",
+            Self::NoEndpoint => "no_endpoint",
+            Self::Loop => "loop",
+            Self::PuntDropped => "punt_dropped",
+            Self::TxError => "tx_error",
+            Self::NoKey => "no_key",
+        }
+    }
+}
+
+/// How a packet was forwarded: a value of the `path` label of `isthmus_forwarded_packets_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Path {
+    /// From one peer to another, decrypted and re-encrypted in user space.
+    Relay,
+    /// From a peer to the TUN device.
+    ToLocal,
+    /// From the TUN device to a peer.
+    FromLocal,
+    /// From a peer to the control plane (Babel).
+    Punt,
+}
+
+impl Path {
+    /// Every path.
+    pub const ALL: [Path; 4] = [Self::Relay, Self::ToLocal, Self::FromLocal, Self::Punt];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::ToLocal => "to_local",
+            Self::FromLocal => "from_local",
+            Self::Punt => "punt",
+        }
+    }
+}
+
+/// A counter with a single writer thread.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Only the owning thread may call this (one writer, so load+store is exact).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// The counters of one worker thread.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Drops by reason (index: `DropReason as usize`).
+    pub drops: [Counter; DropReason::ALL.len()],
+    /// Forwarded packets by path.
+    pub forwarded: [Counter; Path::ALL.len()],
+    /// Forwarded bytes by path.
+    pub forwarded_bytes: [Counter; Path::ALL.len()],
+    /// ICMP errors generated.
+    pub icmp_sent: Counter,
+    /// Cookie replies sent under load.
+    pub cookies_sent: Counter,
+    /// TCP SYNs whose MSS was clamped.
+    pub mss_clamped: Counter,
+    /// Receive batches and the packets they carried (batch efficiency).
+    pub rx_batches: Counter,
+    /// Packets received (UDP + TUN).
+    pub rx_packets: Counter,
+}
+
+impl WorkerCounters {
+    /// Count a drop.
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason as usize].add(1);
+    }
+
+    /// Count a forwarded packet.
+    #[inline]
+    pub fn forwarded(&self, path: Path, bytes: usize) {
+        self.forwarded[path as usize].add(1);
+        self.forwarded_bytes[path as usize].add(bytes as u64);
+    }
+}
+
+/// Sum of all workers' counters at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    /// Drops by reason.
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Forwarded packets by path.
+    pub forwarded: [u64; Path::ALL.len()],
+    /// Forwarded bytes by path.
+    pub forwarded_bytes: [u64; Path::ALL.len()],
+    /// ICMP errors generated.
+    pub icmp_sent: u64,
+    /// Cookie replies sent.
+    pub cookies_sent: u64,
+    /// MSS clamps.
+    pub mss_clamped: u64,
+    /// Receive batches.
+    pub rx_batches: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+}
+
+impl Totals {
+    /// Sum `workers`.
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
+        let mut t = Totals::default();
+        for w in workers {
+            for (a, c) in t.drops.iter_mut().zip(&w.drops) {
+                *a += c.get();
+            }
+            for (a, c) in t.forwarded.iter_mut().zip(&w.forwarded) {
+                *a += c.get();
+            }
+            for (a, c) in t.forwarded_bytes.iter_mut().zip(&w.forwarded_bytes) {
+                *a += c.get();
+            }
+            t.icmp_sent += w.icmp_sent.get();
+            t.cookies_sent += w.cookies_sent.get();
+            t.mss_clamped += w.mss_clamped.get();
+            t.rx_batches += w.rx_batches.get();
+            t.rx_packets += w.rx_packets.get();
+        }
+        t
+    }
+
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Forwarded packets on one path.
+    pub fn forwarded_on(&self, path: Path) -> u64 {
+        self.forwarded[path as usize]
+    }
+}
+
+/// One peer's values for the exposition.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSample {
+    /// Peer name (or the short key when unnamed).
+    pub name: String,
+    /// Base64 public key.
+    pub public_key: String,
+    /// `mesh` or `trunk`.
+    pub class: &'static str,
+    /// Bytes received (decrypted payload plus overhead, as `wg` counts).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Unix time of the last handshake, if any.
+    pub last_handshake: Option<f64>,
+    /// Completed handshakes.
+    pub handshakes: u64,
+}
+
+/// Everything a scrape shows.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Interface name.
+    pub ifname: String,
+    /// Worker totals.
+    pub totals: Totals,
+    /// Peers.
+    pub peers: Vec<PeerSample>,
+    /// IPv4 / IPv6 FIB sizes.
+    pub fib_v4: usize,
+    /// IPv6 FIB size.
+    pub fib_v6: usize,
+    /// FIB marked stale (control plane gone).
+    pub fib_stale: bool,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Render a sample in the Prometheus text exposition format (version 0.0.4).
+pub fn render(s: &Sample) -> String {
+    let mut o = String::with_capacity(4096);
+    let iface = escape(&s.ifname);
+    let _ = writeln!(o, "# HELP isthmus_build_info Build information.");
+    let _ = writeln!(o, "# TYPE isthmus_build_info gauge");
+    let _ = writeln!(
+        o,
+        "isthmus_build_info{{version=\"{}\",interface=\"{iface}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    type PeerField = fn(&PeerSample) -> u64;
+    let peer_counters: [(&str, &str, PeerField); 5] = [
+        ("isthmus_peer_rx_bytes_total", "Bytes received from the peer.", |p| p.rx_bytes),
+        ("isthmus_peer_tx_bytes_total", "Bytes sent to the peer.", |p| p.tx_bytes),
+        ("isthmus_peer_rx_packets_total", "Packets received from the peer.", |p| p.rx_packets),
+        ("isthmus_peer_tx_packets_total", "Packets sent to the peer.", |p| p.tx_packets),
+        ("isthmus_peer_handshakes_total", "Completed handshakes with the peer.", |p| p.handshakes),
+    ];
+    for (name, help, get) in peer_counters {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for p in &s.peers {
+            let _ = writeln!(
+                o,
+                "{name}{{peer=\"{}\",public_key=\"{}\",class=\"{}\"}} {}",
+                escape(&p.name),
+                p.public_key,
+                p.class,
+                get(p)
+            );
+        }
+    }
+    let name = "isthmus_peer_last_handshake_seconds";
+    let _ = writeln!(o, "# HELP {name} Unix time of the last completed handshake (0: never).");
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    for p in &s.peers {
+        let _ = writeln!(
+            o,
+            "{name}{{peer=\"{}\",public_key=\"{}\",class=\"{}\"}} {}",
+            escape(&p.name),
+            p.public_key,
+            p.class,
+            p.last_handshake.unwrap_or(0.0)
+        );
+    }
+
+    let _ = writeln!(o, "# HELP isthmus_forwarded_packets_total Packets forwarded, by path.");
+    let _ = writeln!(o, "# TYPE isthmus_forwarded_packets_total counter");
+    for p in Path::ALL {
+        let v = s.totals.forwarded[p as usize];
+        let _ = writeln!(o, "isthmus_forwarded_packets_total{{path=\"{}\"}} {v}", p.label());
+    }
+    let _ = writeln!(o, "# HELP isthmus_forwarded_bytes_total Bytes forwarded, by path.");
+    let _ = writeln!(o, "# TYPE isthmus_forwarded_bytes_total counter");
+    for p in Path::ALL {
+        let v = s.totals.forwarded_bytes[p as usize];
+        let _ = writeln!(o, "isthmus_forwarded_bytes_total{{path=\"{}\"}} {v}", p.label());
+    }
+    let _ = writeln!(o, "# HELP isthmus_drops_total Packets dropped, by reason.");
+    let _ = writeln!(o, "# TYPE isthmus_drops_total counter");
+    for r in DropReason::ALL {
+        let v = s.totals.drops[r as usize];
+        let _ = writeln!(o, "isthmus_drops_total{{reason=\"{}\"}} {v}", r.label());
+    }
+    let simple: [(&str, &str, &str, u64); 5] = [
+        ("isthmus_icmp_errors_sent_total", "counter", "ICMP errors generated.", s.totals.icmp_sent),
+        ("isthmus_cookie_replies_sent_total", "counter", "Cookie replies sent under load.", s.totals.cookies_sent),
+        ("isthmus_mss_clamped_total", "counter", "TCP SYNs whose MSS was clamped.", s.totals.mss_clamped),
+        ("isthmus_rx_batches_total", "counter", "Receive batches processed.", s.totals.rx_batches),
+        ("isthmus_rx_packets_total", "counter", "Packets received from UDP and TUN.", s.totals.rx_packets),
+    ];
+    for (name, kind, help, v) in simple {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    let _ = writeln!(o, "# HELP isthmus_fib_routes Routes in the FIB, by family.");
+    let _ = writeln!(o, "# TYPE isthmus_fib_routes gauge");
+    let _ = writeln!(o, "isthmus_fib_routes{{family=\"ipv4\"}} {}", s.fib_v4);
+    let _ = writeln!(o, "isthmus_fib_routes{{family=\"ipv6\"}} {}", s.fib_v6);
+    let _ = writeln!(o, "# HELP isthmus_fib_stale 1 while the FIB is kept from a control plane that went away.");
+    let _ = writeln!(o, "# TYPE isthmus_fib_stale gauge");
+    let _ = writeln!(o, "isthmus_fib_stale {}", u8::from(s.fib_stale));
+    o
+}

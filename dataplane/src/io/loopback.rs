@@ -1,0 +1,211 @@
+//! The loopback backend: several data planes wired together in memory.
+//!
+//! Each node has a UDP address on a virtual underlay and a virtual TUN. Datagrams a node
+//! sends are copied into the receive batch of the node that owns the destination address;
+//! packets a node writes to its TUN are collected. Everything runs on the caller's thread,
+//! deterministically, so tests and benchmarks drive the whole pipeline without namespaces.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::buf::{Batch, SLOT_SIZE};
+use crate::forward::{Core, Sink, Worker};
+
+/// One data plane on the virtual network.
+pub struct Node {
+    /// Its shared state (configure peers and keys here).
+    pub core: Arc<Core>,
+    /// Its underlay address.
+    pub addr: SocketAddr,
+    worker: Worker,
+    udp_in: Batch,
+    tun_in: Batch,
+    /// Packets written to this node's TUN (kept only when `keep_tun` is set).
+    pub tun_delivered: Vec<Vec<u8>>,
+    /// Count of packets written to this node's TUN.
+    pub tun_count: u64,
+    /// Keep copies of TUN packets in `tun_delivered`.
+    pub keep_tun: bool,
+}
+
+/// Datagrams in flight: (from, to, bytes in a reusable buffer, length).
+struct Wire {
+    queue: VecDeque<(SocketAddr, SocketAddr, Box<[u8; SLOT_SIZE]>, usize)>,
+    spare: Vec<Box<[u8; SLOT_SIZE]>>,
+    /// Datagrams to unknown addresses.
+    lost: u64,
+}
+
+struct NodeSink<'a> {
+    from: SocketAddr,
+    wire: &'a mut Wire,
+    tun_delivered: &'a mut Vec<Vec<u8>>,
+    tun_count: &'a mut u64,
+    keep_tun: bool,
+}
+
+impl Sink for NodeSink<'_> {
+    fn send_udp(&mut self, batch: &mut Batch) {
+        for s in batch.used() {
+            let Some(to) = s.addr else { continue };
+            let mut buf = self.wire.spare.pop().unwrap_or_else(|| Box::new([0; SLOT_SIZE]));
+            buf[..s.len].copy_from_slice(s.data());
+            self.wire.queue.push_back((self.from, to, buf, s.len));
+        }
+        batch.clear();
+    }
+
+    fn write_tun(&mut self, batch: &mut Batch) {
+        *self.tun_count += batch.len() as u64;
+        if self.keep_tun {
+            self.tun_delivered.extend(batch.used().iter().map(|s| s.data().to_vec()));
+        }
+        batch.clear();
+    }
+}
+
+/// A virtual underlay joining several nodes.
+pub struct LoopbackNet {
+    /// The nodes, in creation order.
+    pub nodes: Vec<Node>,
+    wire: Wire,
+}
+
+impl Default for LoopbackNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LoopbackNet {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self { nodes: Vec::new(), wire: Wire { queue: VecDeque::new(), spare: Vec::new(), lost: 0 } }
+    }
+
+    /// Add a node with this core at this underlay address; returns its index.
+    pub fn add(&mut self, core: Arc<Core>, addr: SocketAddr) -> usize {
+        self.nodes.push(Node {
+            worker: Worker::new(core.clone()),
+            core,
+            addr,
+            udp_in: Batch::default(),
+            tun_in: Batch::default(),
+            tun_delivered: Vec::new(),
+            tun_count: 0,
+            keep_tun: true,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Datagrams sent to addresses no node has.
+    pub fn lost(&self) -> u64 {
+        self.wire.lost
+    }
+
+    /// Inject a raw datagram onto the wire (to test bad input).
+    pub fn inject_datagram(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let mut buf = Box::new([0; SLOT_SIZE]);
+        let n = bytes.len().min(SLOT_SIZE);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        self.wire.queue.push_back((from, to, buf, n));
+    }
+
+    /// A copy of every datagram currently in flight (to capture and replay).
+    pub fn in_flight(&self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        self.wire.queue.iter().map(|(f, t, b, n)| (*f, *t, b[..*n].to_vec())).collect()
+    }
+
+    /// Write an IP packet into node `i`'s TUN (as if the kernel routed it there) and process
+    /// it.
+    pub fn send_from_tun(&mut self, i: usize, packet: &[u8]) {
+        let node = &mut self.nodes[i];
+        if let Some(s) = node.tun_in.next_free() {
+            s.fill(packet, None);
+            node.tun_in.commit();
+        }
+        if node.tun_in.is_full() {
+            self.flush_tun(i);
+        }
+    }
+
+    /// Process node `i`'s pending TUN input.
+    pub fn flush_tun(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut sink = NodeSink {
+            from: node.addr,
+            wire: &mut self.wire,
+            tun_delivered: &mut node.tun_delivered,
+            tun_count: &mut node.tun_count,
+            keep_tun: node.keep_tun,
+        };
+        node.worker.handle_tun(&mut node.tun_in, &mut sink);
+    }
+
+    /// Run every node's timers once.
+    pub fn tick(&mut self) {
+        for node in &mut self.nodes {
+            let mut sink = NodeSink {
+                from: node.addr,
+                wire: &mut self.wire,
+                tun_delivered: &mut node.tun_delivered,
+                tun_count: &mut node.tun_count,
+                keep_tun: node.keep_tun,
+            };
+            node.worker.tick(&mut sink);
+        }
+    }
+
+    /// Deliver datagrams until the wire is quiet (or `max_rounds` passes). Returns the number
+    /// of datagrams delivered.
+    pub fn run(&mut self, max_rounds: usize) -> usize {
+        let mut delivered = 0;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].tun_in.is_empty() {
+                self.flush_tun(i);
+            }
+        }
+        for _ in 0..max_rounds {
+            if self.wire.queue.is_empty() {
+                break;
+            }
+            // Move everything in flight into the receivers' batches, then process.
+            while let Some((from, to, buf, n)) = self.wire.queue.pop_front() {
+                match self.nodes.iter_mut().position(|nd| nd.addr == to) {
+                    Some(j) => {
+                        let node = &mut self.nodes[j];
+                        if node.udp_in.is_full() {
+                            self.wire.queue.push_front((from, to, buf, n));
+                            break;
+                        }
+                        if let Some(s) = node.udp_in.next_free() {
+                            s.buf_mut()[..n].copy_from_slice(&buf[..n]);
+                            s.len = n;
+                            s.addr = Some(from);
+                            s.truncated = false;
+                            node.udp_in.commit();
+                        }
+                        delivered += 1;
+                    }
+                    None => self.wire.lost += 1,
+                }
+                self.wire.spare.push(buf);
+            }
+            for node in &mut self.nodes {
+                if node.udp_in.is_empty() {
+                    continue;
+                }
+                let mut sink = NodeSink {
+                    from: node.addr,
+                    wire: &mut self.wire,
+                    tun_delivered: &mut node.tun_delivered,
+                    tun_count: &mut node.tun_count,
+                    keep_tun: node.keep_tun,
+                };
+                node.worker.handle_datagrams(&mut node.udp_in, &mut sink);
+            }
+        }
+        delivered
+    }
+}
