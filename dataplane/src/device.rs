@@ -1,1 +1,395 @@
-//! (in progress)
+//! The running device: TUN queues, UDP sockets, worker threads, the timer thread and the
+//! metrics endpoint around a forwarding [`Core`].
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::Socket;
+
+use crate::buf::Batch;
+use crate::forward::{Core, Settings, Sink, Worker};
+use crate::io::tun::{self, TunQueue};
+use crate::io::udp::{self, MmsgScratch};
+use crate::stats::{DropReason, WorkerCounters};
+
+const UDP: Token = Token(0);
+const TUN: Token = Token(1);
+const WAKE: Token = Token(2);
+
+/// Options for starting a device.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Worker threads (each with a TUN queue and a UDP socket).
+    pub threads: usize,
+    /// UDP port (0: any).
+    pub listen_port: u16,
+    /// fwmark for the UDP sockets (0: none).
+    pub fwmark: u32,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// Forwarding settings.
+    pub settings: Settings,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self { threads: 2, listen_port: 0, fwmark: 0, mtu: 1420, settings: Settings::default() }
+    }
+}
+
+struct Net {
+    port: u16,
+    fwmark: u32,
+}
+
+/// A running device.
+pub struct Device {
+    /// The forwarding core (peers, FIB, counters).
+    pub core: Arc<Core>,
+    ifname: String,
+    threads: usize,
+    net: Mutex<Net>,
+    sockets: ArcSwap<Vec<Socket>>,
+    generation: AtomicU64,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+    shutdown: AtomicBool,
+    icmp_src_fixed: bool,
+    handles: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Device {
+    /// Create the TUN device, bind the sockets and start the workers and the timer thread.
+    pub fn start(ifname: &str, opts: DeviceOptions) -> io::Result<Arc<Device>> {
+        let threads = opts.threads.max(1);
+        let queues = tun::open(ifname, threads)?;
+        if let Err(e) = tun::set_mtu(ifname, opts.mtu) {
+            tracing::warn!(%e, "could not set MTU of {ifname}");
+        }
+        let (socks, port) = udp::bind(opts.listen_port, threads, opts.fwmark)?;
+        let icmp_src_fixed =
+            opts.settings.icmp_src_v4.is_some() || opts.settings.icmp_src_v6.is_some();
+        let core = Core::new(ifname, Settings { mtu: opts.mtu, ..opts.settings });
+        let dev = Arc::new(Device {
+            core,
+            ifname: ifname.to_string(),
+            threads,
+            net: Mutex::new(Net { port, fwmark: opts.fwmark }),
+            sockets: ArcSwap::from_pointee(socks),
+            generation: AtomicU64::new(1),
+            wakers: Mutex::new(Vec::new()),
+            shutdown: AtomicBool::new(false),
+            icmp_src_fixed,
+            handles: Mutex::new(Vec::new()),
+        });
+        let mut handles = Vec::new();
+        for (i, q) in queues.into_iter().enumerate() {
+            let d = dev.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("isthmus-w{i}"))
+                    .spawn(move || d.worker_loop(i, q, &tx))?,
+            );
+            // Wait until the worker registered its waker, so shutdown can reach it.
+            rx.recv().map_err(|_| io::Error::other("worker thread failed to start"))??;
+        }
+        let d = dev.clone();
+        handles.push(thread::Builder::new().name("isthmus-timers".into()).spawn(move || d.timer_loop())?);
+        *dev.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+        tracing::info!(ifname, port, threads, "device up");
+        Ok(dev)
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The UDP port in use.
+    pub fn listen_port(&self) -> u16 {
+        self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner).port
+    }
+
+    /// The fwmark in use (0: none).
+    pub fn fwmark(&self) -> u32 {
+        self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fwmark
+    }
+
+    /// Rebind the UDP sockets to another port and/or fwmark. Port 0 picks a free port.
+    pub fn rebind(&self, port: Option<u16>, fwmark: Option<u32>) -> io::Result<()> {
+        let mut net = self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = port.unwrap_or(net.port);
+        let fwmark = fwmark.unwrap_or(net.fwmark);
+        if port == net.port && fwmark == net.fwmark && port != 0 {
+            return Ok(());
+        }
+        // Close the old sockets first so that the same port can be bound again.
+        let (socks, bound) = if port == net.port && port != 0 {
+            self.sockets.store(Arc::new(Vec::new()));
+            self.generation.fetch_add(1, SeqCst);
+            self.wake_all();
+            thread::sleep(Duration::from_millis(20));
+            udp::bind(port, self.threads, fwmark)?
+        } else {
+            udp::bind(port, self.threads, fwmark)?
+        };
+        self.sockets.store(Arc::new(socks));
+        self.generation.fetch_add(1, SeqCst);
+        self.wake_all();
+        net.port = bound;
+        net.fwmark = fwmark;
+        tracing::info!(port = bound, fwmark, "UDP sockets bound");
+        Ok(())
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let _ = w.wake();
+        }
+    }
+
+    /// Ask every thread to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, SeqCst);
+        self.wake_all();
+    }
+
+    /// Whether the device is shutting down (signal, or the TUN device went away).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(SeqCst)
+    }
+
+    /// Wait for the threads to end (after [`Device::shutdown`]).
+    pub fn join(&self) {
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    fn worker_loop(&self, idx: usize, tunq: TunQueue, ready: &std::sync::mpsc::Sender<io::Result<()>>) {
+        let setup = (|| -> io::Result<(Poll, Arc<Waker>)> {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let tfd = tunq.fd();
+            poll.registry().register(&mut SourceFd(&tfd), TUN, Interest::READABLE)?;
+            Ok((poll, waker))
+        })();
+        let (mut poll, waker) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waker);
+        let _ = ready.send(Ok(()));
+
+        let mut fwd = Worker::new(self.core.clone());
+        let counters = fwd.counters();
+        let mut events = Events::with_capacity(64);
+        let mut rx_udp = Batch::default();
+        let mut rx_tun = Batch::default();
+        let mut scratch = MmsgScratch::default();
+        let mut gen = 0;
+        let mut socks: Arc<Vec<Socket>> = Arc::new(Vec::new());
+        let mut udp_fd: Option<i32> = None;
+        let (mut udp_ready, mut tun_ready) = (false, true);
+        let mut warn = RateLimitedWarn::default();
+        while !self.shutdown.load(Relaxed) {
+            let g = self.generation.load(SeqCst);
+            if g != gen {
+                if let Some(fd) = udp_fd.take() {
+                    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                }
+                socks = self.sockets.load_full();
+                if !socks.is_empty() {
+                    let fd = socks[idx % socks.len()].as_raw_fd();
+                    if poll.registry().register(&mut SourceFd(&fd), UDP, Interest::READABLE).is_ok() {
+                        udp_fd = Some(fd);
+                        udp_ready = true;
+                    }
+                }
+                gen = g;
+            }
+            if !udp_ready && !tun_ready {
+                if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        warn.warn(&format!("poll: {e}"));
+                    }
+                    continue;
+                }
+                for ev in &events {
+                    match ev.token() {
+                        UDP => udp_ready = true,
+                        TUN => tun_ready = true,
+                        _ => {}
+                    }
+                }
+            }
+            // Edge-triggered: drain both to WouldBlock, a batch from each in turn.
+            if udp_ready {
+                match udp_fd {
+                    Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
+                        Ok(_) => {
+                            let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                            fwd.handle_datagrams(&mut rx_udp, &mut sink);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // ICMP errors surface as ECONNREFUSED etc.; keep going.
+                            warn.warn(&format!("udp receive: {e}"));
+                        }
+                    },
+                    None => udp_ready = false,
+                }
+            }
+            if tun_ready {
+                match tunq.read_batch(&mut rx_tun) {
+                    Ok(_) => {
+                        let fd = udp_fd.unwrap_or(-1);
+                        let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                        fwd.handle_tun(&mut rx_tun, &mut sink);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun_ready = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::info!(ifname = %self.ifname, %e, "TUN device gone; shutting down");
+                        self.shutdown();
+                    }
+                }
+            }
+        }
+        drop(socks);
+    }
+
+    fn timer_loop(&self) {
+        let mut fwd = Worker::new(self.core.clone());
+        let counters = fwd.counters();
+        let mut scratch = MmsgScratch::default();
+        let dummy_tun = None::<&TunQueue>;
+        let mut last_reset = Instant::now();
+        let mut last_addr = Instant::now() - Duration::from_secs(10);
+        while !self.shutdown.load(Relaxed) {
+            thread::sleep(Duration::from_millis(100));
+            let socks = self.sockets.load_full();
+            if let Some(s) = socks.first() {
+                let mut sink = TimerSink { udp_fd: s.as_raw_fd(), scratch: &mut scratch, counters: &counters, _tun: dummy_tun };
+                fwd.tick(&mut sink);
+            }
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                self.core.reset_rate_limiter();
+                last_reset = Instant::now();
+            }
+            if !self.icmp_src_fixed && last_addr.elapsed() >= Duration::from_secs(2) {
+                last_addr = Instant::now();
+                let (v4, v6) = tun::addresses(&self.ifname);
+                let cur = self.core.settings();
+                if cur.icmp_src_v4 != v4 || cur.icmp_src_v6 != v6 {
+                    self.core.set_settings(Settings { icmp_src_v4: v4, icmp_src_v6: v6, ..(*cur).clone() });
+                }
+            }
+        }
+    }
+}
+
+struct RealSink<'a> {
+    udp_fd: i32,
+    tun: &'a TunQueue,
+    scratch: &'a mut MmsgScratch,
+    counters: &'a WorkerCounters,
+}
+
+impl Sink for RealSink<'_> {
+    fn send_udp(&mut self, batch: &mut Batch) {
+        let failed = if self.udp_fd >= 0 { udp::send_batch(self.udp_fd, batch, self.scratch) } else { batch.len() };
+        if failed > 0 {
+            self.counters.drops[DropReason::TxError as usize].add(failed as u64);
+        }
+        batch.clear();
+    }
+
+    fn write_tun(&mut self, batch: &mut Batch) {
+        let failed = self.tun.write_batch(batch);
+        if failed > 0 {
+            self.counters.drops[DropReason::TxError as usize].add(failed as u64);
+        }
+        batch.clear();
+    }
+}
+
+struct TimerSink<'a> {
+    udp_fd: i32,
+    scratch: &'a mut MmsgScratch,
+    counters: &'a WorkerCounters,
+    _tun: Option<&'a TunQueue>,
+}
+
+impl Sink for TimerSink<'_> {
+    fn send_udp(&mut self, batch: &mut Batch) {
+        let failed = udp::send_batch(self.udp_fd, batch, self.scratch);
+        if failed > 0 {
+            self.counters.drops[DropReason::TxError as usize].add(failed as u64);
+        }
+        batch.clear();
+    }
+
+    fn write_tun(&mut self, batch: &mut Batch) {
+        batch.clear();
+    }
+}
+
+/// A warning printed at most once every 10 seconds, with the count of suppressed ones.
+#[derive(Default)]
+struct RateLimitedWarn {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    fn warn(&mut self, msg: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "{msg}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// Serve Prometheus metrics over HTTP on `addr` in a background thread.
+pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    thread::Builder::new().name("isthmus-metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = [0u8; 1024];
+            let n = c.read(&mut req).unwrap_or(0);
+            let line = String::from_utf8_lossy(&req[..n]);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = if path == "/metrics" || path == "/" {
+                ("200 OK", crate::stats::render(&core.sample()))
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(local)
+}

@@ -490,8 +490,8 @@ impl Worker {
     }
 
     /// This worker's counters.
-    pub fn counters(&self) -> &WorkerCounters {
-        &self.counters
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.counters.clone()
     }
 
     /// Flush both output batches.

@@ -2,6 +2,7 @@
 //! by a longest-prefix-match FIB. See `DESIGN.md` for the packet path.
 
 #![deny(unsafe_code)]
+#![allow(clippy::module_name_repetitions)]
 
 pub mod buf;
 pub mod config;

@@ -1,0 +1,193 @@
+//! The TUN device (Linux): one multi-queue file descriptor per worker.
+//!
+//! Opened directly with the TUNSETIFF ioctl rather than through the `tun-tap` crate, which
+//! has no multi-queue support and is unmaintained; the whole of it is these few calls.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::buf::{Batch, SLOT_SIZE};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// One queue of a TUN device.
+pub struct TunQueue {
+    file: File,
+}
+
+fn ifname_bytes(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?} (1-15 characters, no '/' or spaces)"),
+        ));
+    }
+    let mut b = [0u8; libc::IFNAMSIZ];
+    b[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(b)
+}
+
+/// Create (or attach to) TUN device `name` with `queues` queues, non-blocking.
+pub fn open(name: &str, queues: usize) -> io::Result<Vec<TunQueue>> {
+    let ifname = ifname_bytes(name)?;
+    let mut out = Vec::with_capacity(queues);
+    for _ in 0..queues.max(1) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        let mut req = IfReqFlags { name: ifname, flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, _pad: [0; 22] };
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReqFlags` lays out
+        // (name, then the flags member of the union, padded to the full size).
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")));
+        }
+        out.push(TunQueue { file });
+    }
+    Ok(out)
+}
+
+impl TunQueue {
+    /// The fd, for polling.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Read packets until the batch is full or the device has none. Returns the number read;
+    /// `Err(WouldBlock)` when none was ready.
+    pub fn read_batch(&self, batch: &mut Batch) -> io::Result<usize> {
+        let start = batch.len();
+        while let Some(slot) = batch.next_free() {
+            let buf = slot.buf_mut();
+            // SAFETY: reads at most SLOT_SIZE bytes into a buffer of SLOT_SIZE bytes.
+            let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), SLOT_SIZE) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if batch.len() > start && e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                return Err(e);
+            }
+            slot.len = n as usize;
+            slot.addr = None;
+            slot.truncated = false;
+            batch.commit();
+        }
+        Ok(batch.len() - start)
+    }
+
+    /// Write every packet of the batch. Returns how many failed.
+    pub fn write_batch(&self, batch: &Batch) -> usize {
+        let mut failed = 0;
+        for s in batch.used() {
+            let d = s.data();
+            // SAFETY: writes `d.len()` bytes from a valid slice.
+            let n = unsafe { libc::write(self.fd(), d.as_ptr().cast(), d.len()) };
+            if n < 0 {
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+fn ctl_socket() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned immediately.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Set the MTU of interface `name`.
+pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    let s = ctl_socket()?;
+    let mut req = IfReqMtu { name: ifname_bytes(name)?, mtu: libc::c_int::from(mtu), _pad: [0; 20] };
+    // SAFETY: SIOCSIFMTU reads a `struct ifreq` with the mtu member set.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The interface's MTU.
+pub fn mtu(name: &str) -> io::Result<u16> {
+    let s = ctl_socket()?;
+    let mut req = IfReqMtu { name: ifname_bytes(name)?, mtu: 0, _pad: [0; 20] };
+    // SAFETY: SIOCGIFMTU writes the mtu member of a `struct ifreq`.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u16::try_from(req.mtu).unwrap_or(u16::MAX))
+}
+
+/// The first IPv4 and the first global-or-ULA IPv6 address on interface `name` (sources for
+/// ICMP errors we generate).
+pub fn addresses(name: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let Ok(cname) = CString::new(name) else { return (None, None) };
+    let mut v4 = None;
+    let mut v6 = None;
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return (None, None);
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        if unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) } != cname.as_c_str() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET && v4.is_none() {
+            // SAFETY: family is AF_INET, so this is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            v4 = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        } else if family == libc::AF_INET6 && v6.is_none() {
+            // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if a.segments()[0] & 0xffc0 != 0xfe80 {
+                v6 = Some(a);
+            }
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    (v4, v6)
+}

@@ -1,0 +1,191 @@
+//! The UDP underlay: one dual-stack socket per worker on the same port (SO_REUSEPORT, so the
+//! kernel spreads peers over workers), read with recvmmsg and written with sendmmsg.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::buf::{Batch, BATCH_SIZE, SLOT_SIZE};
+
+/// Open `count` non-blocking dual-stack UDP sockets bound to `[::]:port` with SO_REUSEPORT.
+/// Port 0 picks a free port for the first and binds the others to the same one.
+pub fn bind(port: u16, count: usize, fwmark: u32) -> io::Result<(Vec<Socket>, u16)> {
+    let mut socks = Vec::with_capacity(count);
+    let mut port = port;
+    for _ in 0..count.max(1) {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        // Room for bursts: a 64-packet batch per worker is far below this.
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        if fwmark != 0 {
+            s.set_mark(fwmark)?;
+        }
+        s.bind(&SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)))?;
+        if port == 0 {
+            port = s.local_addr()?.as_socket().map_or(0, |a| a.port());
+        }
+        socks.push(s);
+    }
+    Ok((socks, port))
+}
+
+/// Unmap `::ffff:a.b.c.d` to an IPv4 address.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Map an IPv4 destination into the dual-stack socket's address family.
+fn to_v6(a: SocketAddr) -> SocketAddrV6 {
+    match a {
+        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+        SocketAddr::V6(v6) => v6,
+    }
+}
+
+/// Scratch for one recvmmsg/sendmmsg call, allocated once per worker.
+pub struct MmsgScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in6>,
+}
+
+// SAFETY: the raw pointers inside are rebuilt before every call and only point into buffers
+// owned by the calling thread for the duration of that call.
+unsafe impl Send for MmsgScratch {}
+
+impl Default for MmsgScratch {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let zero_hdr: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
+        Self {
+            hdrs: vec![zero_hdr; BATCH_SIZE],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH_SIZE],
+            addrs: vec![zero_addr; BATCH_SIZE],
+        }
+    }
+}
+
+/// Receive up to a batch of datagrams. Returns how many (0 never: WouldBlock instead).
+pub fn recv_batch(fd: RawFd, batch: &mut Batch, sc: &mut MmsgScratch) -> io::Result<usize> {
+    let n = batch.capacity().min(BATCH_SIZE);
+    for i in 0..n {
+        let slot = batch.slot_mut(i);
+        sc.iovs[i] = libc::iovec { iov_base: slot.buf_mut().as_mut_ptr().cast(), iov_len: SLOT_SIZE };
+        let h = &mut sc.hdrs[i];
+        h.msg_hdr.msg_name = (&raw mut sc.addrs[i]).cast();
+        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        h.msg_hdr.msg_iov = &raw mut sc.iovs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+        h.msg_len = 0;
+    }
+    // SAFETY: `hdrs[..n]` point to `n` valid iovecs and sockaddr buffers that live for the
+    // call; the kernel writes at most `iov_len`/`msg_namelen` bytes into them.
+    let got = unsafe {
+        libc::recvmmsg(fd, sc.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got as usize;
+    for i in 0..got {
+        let h = &sc.hdrs[i];
+        let len = h.msg_len as usize;
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let a = &sc.addrs[i];
+        let addr = if a.sin6_family == libc::AF_INET6 as u16 {
+            Some(unmap(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            ))))
+        } else {
+            None
+        };
+        let slot = batch.slot_mut(i);
+        slot.len = len.min(SLOT_SIZE);
+        slot.addr = addr;
+        slot.truncated = truncated;
+    }
+    batch.set_len(got);
+    Ok(got)
+}
+
+/// Send every datagram of the batch. Returns how many could not be sent.
+pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
+    let slots = batch.used();
+    let mut n = 0;
+    for (i, s) in slots.iter().enumerate().take(BATCH_SIZE) {
+        let Some(to) = s.addr else { continue };
+        let v6 = to_v6(to);
+        let a = &mut sc.addrs[n];
+        a.sin6_family = libc::AF_INET6 as u16;
+        a.sin6_port = v6.port().to_be();
+        a.sin6_flowinfo = 0;
+        a.sin6_addr.s6_addr = v6.ip().octets();
+        a.sin6_scope_id = v6.scope_id();
+        sc.iovs[n] = libc::iovec { iov_base: slots[i].data().as_ptr().cast_mut().cast(), iov_len: s.len };
+        let h = &mut sc.hdrs[n];
+        h.msg_hdr.msg_name = (&raw mut sc.addrs[n]).cast();
+        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        h.msg_hdr.msg_iov = &raw mut sc.iovs[n];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+        n += 1;
+    }
+    let mut sent = 0;
+    let mut failed = 0;
+    let mut retries = 0;
+    while sent < n {
+        // SAFETY: hdrs[sent..n] point to iovecs and addresses that live for the call; the
+        // iovecs point into the batch's slots, which the kernel only reads.
+        let r = unsafe {
+            libc::sendmmsg(fd, sc.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, libc::MSG_DONTWAIT)
+        };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock if retries < 200 => {
+                retries += 1;
+                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 5) };
+            }
+            io::ErrorKind::WouldBlock => break,
+            _ => {
+                // Unreachable destination or similar: skip this datagram, keep the rest.
+                sent += 1;
+                failed += 1;
+            }
+        }
+    }
+    failed + (n - sent.min(n)) + (slots.len() - n)
+}
+
+/// The raw fd of a socket.
+pub fn raw(s: &Socket) -> RawFd {
+    s.as_raw_fd()
+}
