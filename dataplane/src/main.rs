@@ -1,2 +1,2 @@
-//! `isthmus-dp`: the data plane daemon.
+//! `isthmus-dp`: the data plane daemon (being wired up).
 fn main() {}
