@@ -241,7 +241,7 @@ impl Device {
                 match udp_fd {
                     Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
                         Ok(_) => {
-                            let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                            let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
                             fwd.handle_datagrams(&mut rx_udp, &mut sink);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
@@ -263,7 +263,7 @@ impl Device {
                 match res {
                     Ok(_) => {
                         let fd = udp_fd.unwrap_or(-1);
-                        let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                        let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
                         fwd.handle_tun(&mut rx_tun, &mut sink);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun_ready = false,
@@ -318,7 +318,7 @@ impl Device {
 
 struct RealSink<'a> {
     udp_fd: i32,
-    tun: &'a TunQueue,
+    tun: &'a mut TunQueue,
     scratch: &'a mut MmsgScratch,
     counters: &'a WorkerCounters,
 }

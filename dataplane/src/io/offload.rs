@@ -197,6 +197,140 @@ impl TsoLayout {
     }
 }
 
+/// A TCP segment's layout, for coalescing (GRO on the write side).
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    v6: bool,
+    ip_len: usize,
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+impl Seg {
+    /// Plain TCP over IPv4 (no options, not fragmented) or IPv6 (no extension headers),
+    /// with payload and only ACK (and PSH) set.
+    fn parse(p: &[u8]) -> Option<Seg> {
+        let (v6, ip_len, total) = match p.first()? >> 4 {
+            4 if p.len() >= 20 && p[0] & 0x0f == 5 && p[9] == 6 && p[6] & 0x3f == 0 && p[7] == 0 => {
+                (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
+            }
+            6 if p.len() >= 40 && p[6] == 6 => (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]]))),
+            _ => return None,
+        };
+        if total != p.len() || p.len() < ip_len + 20 {
+            return None;
+        }
+        let hdr_len = ip_len + usize::from(p[ip_len + 12] >> 4) * 4;
+        let flags = p[ip_len + 13];
+        if hdr_len > p.len() || hdr_len < ip_len + 20 || flags & !0x18 != 0 || flags & 0x10 == 0 {
+            return None;
+        }
+        let seq = u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]]);
+        Some(Seg { v6, ip_len, hdr_len, seq, flags, payload: p.len() - hdr_len })
+    }
+
+    /// Can `next` (with layout `n`) follow `self` (the first of a run of `count`, whose
+    /// latest segment is `prev`) in one super-packet?
+    fn accepts(&self, first: &[u8], prev: &Seg, n: &Seg, next: &[u8], count: usize, total: usize) -> bool {
+        let ip = self.ip_len;
+        n.v6 == self.v6
+            && n.hdr_len == self.hdr_len
+            && prev.flags & 0x08 == 0 // nothing after a PSH
+            && prev.payload == self.payload // only the last may be short
+            && n.payload <= self.payload
+            && n.payload > 0
+            && n.seq == prev.seq.wrapping_add(prev.payload as u32)
+            && total + n.payload <= 65535
+            && if self.v6 {
+                first[..4] == next[..4] && first[6..40] == next[6..40]
+            } else {
+                first[..2] == next[..2]
+                    && first[6..10] == next[6..10]
+                    && first[12..20] == next[12..20]
+                    && u16::from_be_bytes([next[4], next[5]])
+                        == u16::from_be_bytes([first[4], first[5]]).wrapping_add(count as u16)
+            }
+            && first[ip..ip + 4] == next[ip..ip + 4] // ports
+            && first[ip + 8..ip + 13] == next[ip + 8..ip + 13] // ack, data offset
+            && first[ip + 14..ip + 16] == next[ip + 14..ip + 16] // window
+            && first[ip + 18..self.hdr_len] == next[ip + 18..self.hdr_len] // urgent, options
+    }
+}
+
+/// Coalesce runs of consecutive segments of one TCP flow, as the kernel's GRO would, and
+/// hand each output packet to `emit` with its virtio-net header: super-packets with GSO set
+/// and the checksum left partial for the kernel, other packets unchanged with an empty
+/// header. `buf` must hold 65535 bytes.
+pub fn coalesce<'a>(pkts: impl Iterator<Item = &'a [u8]> + Clone, buf: &mut [u8], mut emit: impl FnMut(&[u8; VNET_HDR_LEN], &[u8])) {
+    let none = [0u8; VNET_HDR_LEN];
+    let mut it = pkts.peekable();
+    while let Some(p) = it.next() {
+        let Some(first) = Seg::parse(p).filter(|s| s.payload > 0) else {
+            emit(&none, p);
+            continue;
+        };
+        // Extend the run as far as it goes.
+        let mut prev = first;
+        let mut count = 1;
+        let mut total = p.len();
+        let mut run_end = it.clone();
+        let mut pieces = 1;
+        while let Some(q) = run_end.peek().copied() {
+            match Seg::parse(q) {
+                Some(n) if first.accepts(p, &prev, &n, q, count, total) => {
+                    prev = n;
+                    count += 1;
+                    total += n.payload;
+                    pieces += 1;
+                    run_end.next();
+                }
+                _ => break,
+            }
+        }
+        if pieces == 1 {
+            emit(&none, p);
+            continue;
+        }
+        // Build the super-packet: first headers, all payloads.
+        buf[..p.len()].copy_from_slice(p);
+        let mut len = p.len();
+        let mut last_flags = first.flags;
+        for _ in 1..pieces {
+            let q = it.next().expect("counted above");
+            let n = Seg::parse(q).expect("parsed above");
+            buf[len..len + n.payload].copy_from_slice(&q[n.hdr_len..]);
+            len += n.payload;
+            last_flags = n.flags;
+        }
+        let ip = first.ip_len;
+        buf[ip + 13] = last_flags;
+        if first.v6 {
+            buf[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        } else {
+            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            buf[10..12].copy_from_slice(&[0, 0]);
+            let c = fold(sum16(0, &buf[..20]));
+            buf[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        // Partial checksum: the pseudo-header sum, folded but not inverted.
+        let mut s = if first.v6 { sum16(0, &buf[8..40]) } else { sum16(0, &buf[12..20]) };
+        s += 6 + (len - ip) as u32;
+        let partial = !fold(s);
+        buf[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if first.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            hdr_len: first.hdr_len as u16,
+            gso_size: first.payload as u16,
+            csum_start: ip as u16,
+            csum_offset: 16,
+        };
+        emit(&h.encode(), &buf[..len]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +417,49 @@ mod tests {
             let mut p = pkt.clone();
             let _ = finish_checksum(&mut p, &VnetHdr { flags: F_NEEDS_CSUM, csum_start: mss, csum_offset: u16::from(gso), ..Default::default() });
         });
+    }
+
+    #[test]
+    fn coalescing_inverts_segmentation() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+            let mut pkt = super_packet(v6, &payload, false);
+            // A pure-ACK super-packet (no CWR) so every segment is coalescable.
+            let ip = if v6 { 40 } else { 20 };
+            pkt[ip + 13] = 0x10;
+            let h = VnetHdr { gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 }, gso_size: 1300, ..Default::default() };
+            let l = TsoLayout::parse(&pkt, &h).unwrap();
+            let segs: Vec<Vec<u8>> = (0..l.segments())
+                .map(|i| {
+                    let mut o = vec![0u8; 2048];
+                    let n = l.segment(&pkt, i, &mut o);
+                    o.truncate(n);
+                    o
+                })
+                .collect();
+            // An unrelated packet in the middle breaks the run in two.
+            let mut input: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
+            let other = super_packet(!v6, b"x", false);
+            input.insert(5, &other);
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 65535];
+            coalesce(input.iter().copied(), &mut buf, |h, p| out.push((VnetHdr::decode(h).unwrap(), p.to_vec())));
+            assert_eq!(out.len(), 3);
+            assert_eq!(out[0].0.gso_size, 1300);
+            assert_eq!(out[1].0, VnetHdr::default());
+            // Splitting what we coalesced gives back the original segments.
+            let mut again = Vec::new();
+            for (h, p) in [&out[0], &out[2]] {
+                let l = TsoLayout::parse(p, h).unwrap();
+                for i in 0..l.segments() {
+                    let mut o = vec![0u8; 2048];
+                    let n = l.segment(p, i, &mut o);
+                    o.truncate(n);
+                    again.push(o);
+                }
+            }
+            assert_eq!(again, segs);
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::offload::{finish_checksum, TsoLayout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
-use crate::buf::{Batch, SLOT_SIZE};
+use super::offload::{coalesce, finish_checksum, TsoLayout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
+use crate::buf::{Batch, Slot, SLOT_SIZE};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
@@ -179,25 +179,29 @@ impl TunQueue {
         Ok(batch.len() - start)
     }
 
-    /// Write every packet of the batch. Returns how many failed.
-    pub fn write_batch(&self, batch: &Batch) -> usize {
+    /// Write every packet of the batch. Returns how many failed. With offloads, runs of
+    /// segments of one TCP flow are coalesced into one write (GRO).
+    pub fn write_batch(&mut self, batch: &Batch) -> usize {
+        let fd = self.file.as_raw_fd();
         let mut failed = 0;
-        let hdr = [0u8; VNET_HDR_LEN];
-        for s in batch.used() {
-            let d = s.data();
-            let n = if self.vnet {
+        if self.vnet {
+            coalesce(batch.used().iter().map(Slot::data), &mut self.big[..65535], |hdr, d| {
                 let iov = [
                     libc::iovec { iov_base: hdr.as_ptr().cast_mut().cast(), iov_len: VNET_HDR_LEN },
                     libc::iovec { iov_base: d.as_ptr().cast_mut().cast(), iov_len: d.len() },
                 ];
                 // SAFETY: two iovecs over live buffers; the kernel only reads them.
-                unsafe { libc::writev(self.fd(), iov.as_ptr(), 2) }
-            } else {
+                if unsafe { libc::writev(fd, iov.as_ptr(), 2) } < 0 {
+                    failed += 1;
+                }
+            });
+        } else {
+            for s in batch.used() {
+                let d = s.data();
                 // SAFETY: writes `d.len()` bytes from a valid slice.
-                unsafe { libc::write(self.fd(), d.as_ptr().cast(), d.len()) }
-            };
-            if n < 0 {
-                failed += 1;
+                if unsafe { libc::write(fd, d.as_ptr().cast(), d.len()) } < 0 {
+                    failed += 1;
+                }
             }
         }
         failed
