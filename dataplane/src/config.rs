@@ -49,6 +49,10 @@ pub struct InterfaceConfig {
     pub mss_clamp: bool,
     /// Worker threads (default 2).
     pub threads: Option<usize>,
+    /// Decrypted packets that match no route: "local" or "drop".
+    pub unrouted: Option<String>,
+    /// Control socket path.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// `[[peer]]`.
@@ -92,3 +96,8 @@ pub struct StaticRoute {
 
 #[allow(dead_code)]
 fn _unused(_: PathBuf) {}
+
+/// Load a configuration file.
+pub fn load(path: &std::path::Path) -> Result<DeviceConfig, String> {
+    Err(format!("{}: configuration files are not supported yet", path.display()))
+}
