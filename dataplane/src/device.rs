@@ -477,8 +477,57 @@ impl crate::uapi::UapiHandler for Device {
 }
 
 impl Device {
-    /// Apply a configuration file's contents.
-    pub fn apply_config(&self, _cfg: &crate::config::DeviceConfig) -> io::Result<()> {
-        Err(io::Error::other("configuration files are not supported yet"))
+    /// Apply a configuration file: key, peers (with names and classes), static routes, and
+    /// the interface's addresses (set with iproute2, then the link is brought up).
+    pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
+        use crate::config::RouteVia;
+        use crate::forward::StaticVia;
+        use crate::tunnel::PeerSettings;
+        self.core.set_private_key(cfg.interface.private_key);
+        for p in &cfg.peers {
+            let settings = PeerSettings {
+                name: p.name.clone(),
+                class: p.class,
+                preshared_key: p.preshared_key,
+                persistent_keepalive: p.persistent_keepalive,
+                allowed_ips: p.allowed_ips.clone(),
+            };
+            self.core
+                .upsert_peer(PeerSpec { public_key: p.public_key, endpoint: p.endpoint, settings })
+                .map_err(|e| io::Error::other(format!("peer {}: {e}", p.name.as_deref().unwrap_or("(unnamed)"))))?;
+        }
+        let mut routes: Vec<(ipnet::IpNet, StaticVia)> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let via = match r.via {
+                    RouteVia::Peer(k) => StaticVia::Peer(k),
+                    RouteVia::Local => StaticVia::Local,
+                    RouteVia::Blackhole => StaticVia::Blackhole,
+                };
+                (r.prefix, via)
+            })
+            .collect();
+        // The interface's own addresses are local, whatever else is routed.
+        for a in &cfg.interface.address {
+            let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
+            routes.push((host, StaticVia::Local));
+        }
+        self.core.set_static_routes(routes);
+        for a in &cfg.interface.address {
+            run_ip(&["address", "add", &a.to_string(), "dev", &self.ifname])?;
+        }
+        run_ip(&["link", "set", "dev", &self.ifname, "up"])?;
+        Ok(())
+    }
+}
+
+/// Run `ip ARGS...` (iproute2), failing with its error output.
+fn run_ip(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }

@@ -125,6 +125,10 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1)).arg("--foreground");
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    // As wireguard-go: a detached daemon is silent unless logging was asked for.
+    if std::env::var_os("ISTHMUS_LOG").is_none() {
+        cmd.stderr(std::process::Stdio::null());
+    }
     cmd.process_group(0);
     let mut child = cmd.spawn().context("starting the daemon")?;
     let sock = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
