@@ -389,9 +389,16 @@ pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr
         for conn in listener.incoming() {
             let Ok(mut c) = conn else { continue };
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = [0u8; 1024];
-            let n = c.read(&mut req).unwrap_or(0);
-            let line = String::from_utf8_lossy(&req[..n]);
+            // Read the whole request head (it may come in pieces), at most 8 KiB.
+            let mut req = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = if path == "/metrics" || path == "/" {
                 ("200 OK", crate::stats::render(&core.sample()))
