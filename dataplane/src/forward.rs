@@ -554,7 +554,7 @@ impl Worker {
         };
         let n = rx.len();
         for slot in &mut rx.slots_mut()[..n] {
-            ctx.from_local(slot.data_mut());
+            ctx.local_packet(slot.data_mut());
         }
         rx.clear();
         self.flush(sink);
@@ -895,7 +895,7 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// A packet from the TUN device.
-    fn from_local(&mut self, pkt: &mut [u8]) {
+    fn local_packet(&mut self, pkt: &mut [u8]) {
         let meta = match wire::parse_ip(pkt) {
             Ok(m) => m,
             Err(_) => return self.drop(DropReason::BadInnerPacket),
