@@ -285,6 +285,7 @@ impl Device {
         let dummy_tun = None::<&TunQueue>;
         let mut last_reset = Instant::now();
         let mut last_addr = Instant::now() - Duration::from_secs(10);
+        let mut local_addrs = Vec::new();
         while !self.shutdown.load(Relaxed) {
             thread::sleep(Duration::from_millis(100));
             let socks = self.sockets.load_full();
@@ -305,8 +306,22 @@ impl Device {
                 if let Ok(mtu) = tun::mtu(&self.ifname) {
                     next.mtu = mtu;
                 }
+                let addrs = tun::addresses(&self.ifname);
+                if addrs != local_addrs {
+                    // The interface's own addresses are delivered locally, whatever else
+                    // the FIB says (they matter when unrouted packets are dropped).
+                    self.core.set_local_addresses(&addrs);
+                    local_addrs = addrs;
+                }
                 if !self.icmp_src_fixed {
-                    (next.icmp_src_v4, next.icmp_src_v6) = tun::addresses(&self.ifname);
+                    next.icmp_src_v4 = local_addrs.iter().find_map(|a| match a {
+                        std::net::IpAddr::V4(v4) => Some(*v4),
+                        std::net::IpAddr::V6(_) => None,
+                    });
+                    next.icmp_src_v6 = local_addrs.iter().find_map(|a| match a {
+                        std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 => Some(*v6),
+                        _ => None,
+                    });
                 }
                 if next.mtu != cur.mtu || next.icmp_src_v4 != cur.icmp_src_v4 || next.icmp_src_v6 != cur.icmp_src_v6 {
                     self.core.set_settings(next);

@@ -34,6 +34,8 @@ use crate::wire::{self, IcmpError};
 pub enum RouteOrigin {
     /// A peer's allowed IPs.
     AllowedIps,
+    /// An address of the interface itself.
+    Connected,
     /// A `[[route]]` of the config file.
     Static,
     /// Pushed by the control plane.
@@ -89,6 +91,8 @@ pub struct PeerSpec {
 
 #[derive(Default)]
 struct Routes {
+    /// Host routes for the interface's own addresses.
+    connected: Vec<IpNet>,
     statics: Vec<(IpNet, StaticVia)>,
     control: Vec<(IpNet, ControlVia)>,
 }
@@ -332,6 +336,14 @@ impl Core {
         self.rebuild_tables();
     }
 
+    /// Set the interface's own addresses: each becomes a host route to the TUN device.
+    pub fn set_local_addresses(&self, addrs: &[IpAddr]) {
+        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).connected =
+            addrs.iter().map(|a| IpNet::from(*a)).collect();
+        self.rebuild_tables();
+    }
+
     /// Replace all control-plane routes (a full snapshot) and mark the FIB fresh.
     pub fn set_control_routes(&self, routes: Vec<(IpNet, ControlVia)>) {
         let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -386,6 +398,10 @@ impl Core {
                         entries.insert(net.trunc(), (origin, nh));
                     }
                 }
+            }
+            // Own addresses last: nothing overrides them.
+            for net in &r.connected {
+                entries.insert(*net, (RouteOrigin::Connected, NextHop::Local));
             }
         }
         let fib = Fib::from_routes(

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -242,16 +242,15 @@ pub fn mtu(name: &str) -> io::Result<u16> {
     Ok(u16::try_from(req.mtu).unwrap_or(u16::MAX))
 }
 
-/// The first IPv4 and the first global-or-ULA IPv6 address on interface `name` (sources for
-/// ICMP errors we generate).
-pub fn addresses(name: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
-    let Ok(cname) = CString::new(name) else { return (None, None) };
-    let mut v4 = None;
-    let mut v6 = None;
+/// The addresses on interface `name`, in the order the kernel lists them (link-local IPv6
+/// addresses included).
+pub fn addresses(name: &str) -> Vec<IpAddr> {
+    let Ok(cname) = CString::new(name) else { return Vec::new() };
+    let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return (None, None);
+        return out;
     }
     let mut cur = head;
     while !cur.is_null() {
@@ -267,20 +266,17 @@ pub fn addresses(name: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
         }
         // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family == libc::AF_INET && v4.is_none() {
+        if family == libc::AF_INET {
             // SAFETY: family is AF_INET, so this is a sockaddr_in.
             let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-            v4 = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-        } else if family == libc::AF_INET6 && v6.is_none() {
+            out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+        } else if family == libc::AF_INET6 {
             // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
             let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-            let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            if a.segments()[0] & 0xffc0 != 0xfe80 {
-                v6 = Some(a);
-            }
+            out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
         }
     }
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
-    (v4, v6)
+    out
 }
