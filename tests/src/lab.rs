@@ -16,6 +16,12 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:x}x{n:x}", std::process::id())
 }
 
+/// A unique interface name (at most 15 characters with a prefix of at most 2).
+#[must_use]
+pub fn unique_ifname(prefix: &str) -> String {
+    unique_name(prefix)
+}
+
 /// True when this process runs as root (needed for namespaces).
 #[must_use]
 pub fn is_root() -> bool {

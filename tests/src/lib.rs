@@ -18,7 +18,7 @@ mod topology;
 mod traffic;
 mod wg;
 
-pub use lab::{is_root, lab_tool_path, workspace_root, Lab};
+pub use lab::{is_root, lab_tool_path, unique_ifname, workspace_root, Lab};
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};
