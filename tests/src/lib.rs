@@ -10,6 +10,7 @@
 //! root (`ip netns add`), and the tools installed by `scripts/install-deps.sh`.
 #![deny(unsafe_code)]
 
+mod capture;
 mod lab;
 mod metrics;
 mod netns;
@@ -18,6 +19,7 @@ mod topology;
 mod traffic;
 mod wg;
 
+pub use capture::Capture;
 pub use lab::{is_root, lab_tool_path, unique_ifname, workspace_root, Lab};
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};

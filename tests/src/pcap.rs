@@ -1,5 +1,5 @@
-//! Reads the UDP datagrams out of a classic pcap file written by `tcpdump -w` (Ethernet or
-//! Linux cooked captures, IPv4 and IPv6), for the replay tests.
+//! Reads the UDP datagrams out of a classic pcap file written by `tcpdump -w` (Ethernet, Linux
+//! cooked captures v1 and v2, raw IP; IPv4 and IPv6), for the replay tests.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -59,6 +59,7 @@ pub fn parse_udp(data: &[u8]) -> Result<Vec<UdpDatagram>> {
         let l3 = match linktype {
             1 => frame.get(12..14).map(|t| (u16::from_be_bytes([t[0], t[1]]), 14)),
             113 => frame.get(14..16).map(|t| (u16::from_be_bytes([t[0], t[1]]), 16)),
+            276 => frame.get(0..2).map(|t| (u16::from_be_bytes([t[0], t[1]]), 20)),
             101 => frame.first().map(|v| (if v >> 4 == 6 { 0x86dd } else { 0x0800 }, 0)),
             _ => None,
         };

@@ -231,7 +231,7 @@ impl WgIface {
         }
         let envs: &[(&str, &str)] = match imp.flavour() {
             WgImpl::Isthmus => &[("RUST_LOG", "info")],
-            WgImpl::WireguardGo => &[("LOG_LEVEL", "error")],
+            WgImpl::WireguardGo => &[("LOG_LEVEL", "error"), ("WG_PROCESS_FOREGROUND", "1")],
             WgImpl::Boringtun => &[("WG_LOG_LEVEL", "error")],
         };
         let pid = ns.spawn_env(&args, envs, &log)?;
