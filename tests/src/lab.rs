@@ -41,7 +41,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The cargo target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
-pub(crate) fn target_dir() -> PathBuf {
+#[must_use]
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 

@@ -20,7 +20,7 @@ mod traffic;
 mod wg;
 
 pub use capture::Capture;
-pub use lab::{is_root, lab_tool_path, unique_ifname, workspace_root, Lab};
+pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, workspace_root, Lab};
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};

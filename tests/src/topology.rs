@@ -185,6 +185,80 @@ impl Topology {
         Ok(t)
     }
 
+    /// The demo's topology: two mesh islands joined by two trunk gateways.
+    ///
+    /// ```text
+    ///  h1 ──── p1 ═══════ g1 ═════════ g2 ═══════ p2 ──── h2
+    ///  host    island     gateway  trunk  gateway    island   host
+    ///          peer       (gateway_imp)            peer
+    /// ```
+    ///
+    /// Island 1 is `10.1.0.0/16` and `fd00:1::/32`, island 2 `10.2.0.0/16` and `fd00:2::/32`.
+    /// Hosts `h1` (`10.1.1.2`, `fd00:1:1::2`) and `h2` (`10.2.1.2`, `fd00:2:1::2`) sit behind
+    /// their island's WireGuard peer `p1`/`p2` (`island_imp`, kernel forwarding on), which
+    /// has one peer: its gateway. Each gateway has two peers on one UDP port: its island's peer
+    /// (mesh) and the other gateway (trunk), over the trunk veth `10.100.0.{1,2}`. Traffic
+    /// between the hosts crosses p1 → g1 → g2 → p2; an isthmus gateway relays it in user
+    /// space (its kernel does not forward). A stand-in gateway gets kernel forwarding.
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn islands(gateway_imp: WgImpl, island_imp: WgImpl) -> Result<Self> {
+        let mut t = Self::new()?;
+        for n in ["h1", "p1", "g1", "g2", "p2", "h2"] {
+            t.add_node(n)?;
+        }
+        t.link("g1", &["10.100.0.1/24"], "g2", &["10.100.0.2/24"])?;
+        for i in 1..=2u8 {
+            let (h, p, g) = (format!("h{i}"), format!("p{i}"), format!("g{i}"));
+            let (other, other6) = (format!("10.{}.0.0/16", 3 - i), format!("fd00:{}::/32", 3 - i));
+            t.link(&h, &[&format!("10.{i}.1.2/24"), &format!("fd00:{i}:1::2/64")], &p, &[
+                &format!("10.{i}.1.1/24"),
+                &format!("fd00:{i}:1::1/64"),
+            ])?;
+            let underlay_g = format!("10.10{i}.0.1/24");
+            let underlay_p = format!("10.10{i}.0.2/24");
+            t.link(&p, &[&underlay_p], &g, &[&underlay_g])?;
+            t.add_wg(&g, gateway_imp, 51820, &[&format!("10.{i}.0.1/24"), &format!("fd00:{i}::1/64")])?;
+            t.add_wg(&p, island_imp, 51820, &[&format!("10.{i}.0.2/24"), &format!("fd00:{i}::2/64")])?;
+            // Island peer: its gateway carries the other island.
+            t.peer(&p, &g, Some(endpoint(&underlay_g, 51820)), &[
+                &format!("10.{i}.0.1/32"),
+                &format!("fd00:{i}::1/128"),
+                &other,
+                &other6,
+            ], Some(5))?;
+            t.peer(&g, &p, Some(endpoint(&underlay_p, 51820)), &[
+                &format!("10.{i}.0.2/32"),
+                &format!("fd00:{i}::2/128"),
+                &format!("10.{i}.1.0/24"),
+                &format!("fd00:{i}:1::/64"),
+            ], None)?;
+            let pns = Arc::clone(t.ns(&p));
+            pns.set_forwarding(true)?;
+            let pif = t.wg(&p).ifname.clone();
+            pns.route(&[&other, "dev", &pif])?;
+            pns.route(&[&other6, "dev", &pif])?;
+            let hns = t.ns(&h);
+            hns.route(&["default", "via", &format!("10.{i}.1.1")])?;
+            hns.exec(&["ip", "-6", "route", "add", "default", "via", &format!("fd00:{i}:1::1")])?;
+            // Kernel routes on the gateway, for its own traffic into the islands.
+            let gns = Arc::clone(t.ns(&g));
+            let gif = t.wg(&g).ifname.clone();
+            gns.route(&[&format!("10.{i}.1.0/24"), "dev", &gif])?;
+            gns.route(&[&format!("fd00:{i}:1::/64"), "dev", &gif])?;
+            gns.route(&[&other, "dev", &gif])?;
+            gns.route(&[&other6, "dev", &gif])?;
+            if !gateway_imp.is_real_isthmus() {
+                gns.set_forwarding(true)?;
+            }
+        }
+        // The trunk.
+        t.peer("g1", "g2", Some(endpoint("10.100.0.2", 51820)), &["10.2.0.0/16", "fd00:2::/32"], None)?;
+        t.peer("g2", "g1", Some(endpoint("10.100.0.1", 51820)), &["10.1.0.0/16", "fd00:1::/32"], None)?;
+        Ok(t)
+    }
+
     /// Inner IPv4 address of spoke `i` in a [`Topology::star`].
     #[must_use]
     pub fn spoke_v4(i: usize) -> String {

@@ -50,8 +50,4 @@ fn metrics_scrape_shows_counters_moving() {
         );
         assert!(after >= before + 20.0, "forwarded{{path={path}}}: {before} -> {after}");
     }
-    // Counters agree with what `wg show` reports for the same peer.
-    let dump = isth.dump().unwrap();
-    let rx = m1.get("isthmus_peer_rx_bytes_total", &key);
-    assert!(dump[0].rx_bytes as f64 >= rx, "wg show rx {} < metrics rx {rx}", dump[0].rx_bytes);
 }
