@@ -32,13 +32,24 @@ impl Capture {
         args.extend(filter.split_whitespace());
         let pid = ns.spawn(&args, &log)?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
             if Instant::now() > deadline || !ns.alive(pid) {
-                bail!("tcpdump did not start in {}: {}", ns.name(), log_tail(&log, 10));
+                bail!(
+                    "tcpdump did not start in {}: {}",
+                    ns.name(),
+                    log_tail(&log, 10)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { ns: Arc::clone(ns), pid, file })
+        Ok(Self {
+            ns: Arc::clone(ns),
+            pid,
+            file,
+        })
     }
 
     /// Stops tcpdump and returns the UDP datagrams it saw.

@@ -43,14 +43,18 @@ pub fn workspace_root() -> PathBuf {
 /// The cargo target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
 #[must_use]
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 /// Finds a binary built by this workspace: first `target/release/NAME`, then `target/debug/NAME`,
 /// then next to the running executable (and its parent, for test binaries in `deps/`).
 pub(crate) fn built_binary(name: &str) -> Option<PathBuf> {
     let target = target_dir();
-    let mut candidates = vec![target.join("release").join(name), target.join("debug").join(name)];
+    let mut candidates = vec![
+        target.join("release").join(name),
+        target.join("debug").join(name),
+    ];
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             candidates.push(dir.join(name));

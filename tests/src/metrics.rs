@@ -29,7 +29,11 @@ impl Metrics {
     pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         for s in &self.samples {
-            if s.name == name && filter.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v)) {
+            if s.name == name
+                && filter
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+            {
                 *found.get_or_insert(0.0) += s.value;
             }
         }
@@ -53,7 +57,11 @@ impl Metrics {
     pub fn excerpt(&self, prefix: &str) -> String {
         let mut out = String::new();
         for s in self.samples.iter().filter(|s| s.name.starts_with(prefix)) {
-            let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
             out.push_str(&format!("{}{{{}}} {}\n", s.name, labels.join(","), s.value));
         }
         out
@@ -77,7 +85,11 @@ pub fn parse_prometheus(text: &str) -> Result<Metrics> {
             if close < open {
                 bail!("{}: unbalanced braces", ctx());
             }
-            (&line[..open], parse_labels(&line[open + 1..close]).with_context(ctx)?, &line[close + 1..])
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close]).with_context(ctx)?,
+                &line[close + 1..],
+            )
         } else {
             let sp = line.find(char::is_whitespace).with_context(ctx)?;
             (&line[..sp], BTreeMap::new(), &line[sp..])
@@ -88,7 +100,11 @@ pub fn parse_prometheus(text: &str) -> Result<Metrics> {
             "-Inf" => f64::NEG_INFINITY,
             v => v.parse().with_context(ctx)?,
         };
-        samples.push(Sample { name: name.to_owned(), labels, value });
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
     }
     Ok(Metrics { samples })
 }

@@ -30,11 +30,19 @@ impl Netns {
     /// # Errors
     /// When `ip netns add` fails (not root?).
     pub fn new(tag: &str) -> Result<Self> {
-        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
         let name = format!("{}-{tag}", unique_name("il"));
         run(Command::new("ip").args(["netns", "add", &name]))
             .with_context(|| format!("creating network namespace {name} (are you root?)"))?;
-        let ns = Self { name, children: Mutex::new(Vec::new()), cleanup: Mutex::new(Vec::new()) };
+        let ns = Self {
+            name,
+            children: Mutex::new(Vec::new()),
+            cleanup: Mutex::new(Vec::new()),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -62,7 +70,8 @@ impl Netns {
         let mut c = self.command("timeout");
         c.args(["-k", "2", &timeout_secs.to_string()]).args(args);
         c.stdin(Stdio::null());
-        c.output().with_context(|| format!("running {args:?} in {}", self.name))
+        c.output()
+            .with_context(|| format!("running {args:?} in {}", self.name))
     }
 
     /// Runs `args` inside the namespace (bounded to 60 s) and returns its stdout.
@@ -100,10 +109,19 @@ impl Netns {
         let out = File::create(log).with_context(|| format!("creating log {}", log.display()))?;
         let err = out.try_clone()?;
         let mut c = self.command(args[0]);
-        c.args(&args[1..]).envs(envs.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = c.spawn().with_context(|| format!("starting {args:?} in netns {}", self.name))?;
+        c.args(&args[1..])
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting {args:?} in netns {}", self.name))?;
         let pid = child.id();
-        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((args.join(" "), child));
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((args.join(" "), child));
         Ok(pid)
     }
 
@@ -118,7 +136,10 @@ impl Netns {
     /// Whether a process spawned by this namespace is still running.
     #[must_use]
     pub fn alive(&self, pid: u32) -> bool {
-        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         children
             .iter_mut()
             .find(|(_, c)| c.id() == pid)
@@ -127,7 +148,10 @@ impl Netns {
 
     /// Stops a process this namespace spawned: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&self, pid: u32, grace: Duration) {
-        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(pos) = children.iter().position(|(_, c)| c.id() == pid) {
             let (_, mut child) = children.remove(pos);
             stop_child(&mut child, grace);
@@ -138,13 +162,20 @@ impl Netns {
     #[must_use]
     pub fn pids(&self) -> Vec<u32> {
         run(Command::new("ip").args(["netns", "pids", &self.name]))
-            .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Registers a file (a UAPI socket, say) to remove when the namespace is dropped.
     pub fn remove_on_drop(&self, path: PathBuf) {
-        self.cleanup.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(path);
+        self.cleanup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(path);
     }
 
     /// Adds an address (`10.0.0.1/24`, `fd00::1/64`) to an interface; IPv6 ones with `nodad`.
@@ -215,7 +246,9 @@ fn stop_child(child: &mut Child, grace: Duration) {
         return;
     }
     // `ip netns exec` execs the program, so the child's PID is the program's own.
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).output();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .output();
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -229,7 +262,11 @@ fn stop_child(child: &mut Child, grace: Duration) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let children = std::mem::take(self.children.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let children = std::mem::take(
+            self.children
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for (_, mut child) in children {
             stop_child(&mut child, Duration::from_secs(2));
         }
@@ -241,14 +278,23 @@ impl Drop for Netns {
                 break;
             }
             for pid in pids {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .output();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for p in self.cleanup.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+        for p in self
+            .cleanup
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
             let _ = std::fs::remove_file(p);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -258,7 +304,19 @@ impl Drop for Netns {
 /// # Errors
 /// When `ip link add` fails.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.exec(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    a.exec(&[
+        "ip",
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
     a.link_up(a_if)?;
     b.link_up(b_if)?;
     Ok(())

@@ -54,13 +54,23 @@ pub fn parse_udp(data: &[u8]) -> Result<Vec<UdpDatagram>> {
     while off + 16 <= data.len() {
         let incl = rd32(&data[off + 8..off + 12]) as usize;
         let start = off + 16;
-        let Some(frame) = data.get(start..start + incl) else { break };
+        let Some(frame) = data.get(start..start + incl) else {
+            break;
+        };
         off = start + incl;
         let l3 = match linktype {
-            1 => frame.get(12..14).map(|t| (u16::from_be_bytes([t[0], t[1]]), 14)),
-            113 => frame.get(14..16).map(|t| (u16::from_be_bytes([t[0], t[1]]), 16)),
-            276 => frame.get(0..2).map(|t| (u16::from_be_bytes([t[0], t[1]]), 20)),
-            101 => frame.first().map(|v| (if v >> 4 == 6 { 0x86dd } else { 0x0800 }, 0)),
+            1 => frame
+                .get(12..14)
+                .map(|t| (u16::from_be_bytes([t[0], t[1]]), 14)),
+            113 => frame
+                .get(14..16)
+                .map(|t| (u16::from_be_bytes([t[0], t[1]]), 16)),
+            276 => frame
+                .get(0..2)
+                .map(|t| (u16::from_be_bytes([t[0], t[1]]), 20)),
+            101 => frame
+                .first()
+                .map(|v| (if v >> 4 == 6 { 0x86dd } else { 0x0800 }, 0)),
             _ => None,
         };
         let Some((ethertype, hdr)) = l3 else { continue };
@@ -81,7 +91,11 @@ fn parse_ip(ethertype: u16, ip: &[u8]) -> Option<UdpDatagram> {
             let s: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
             let d: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
             let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-            (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)), ip.get(ihl..total.min(ip.len()))?)
+            (
+                IpAddr::V4(Ipv4Addr::from(s)),
+                IpAddr::V4(Ipv4Addr::from(d)),
+                ip.get(ihl..total.min(ip.len()))?,
+            )
         }
         0x86dd => {
             if *ip.get(6)? != 17 {
@@ -90,7 +104,11 @@ fn parse_ip(ethertype: u16, ip: &[u8]) -> Option<UdpDatagram> {
             let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
             let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
             let plen = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), ip.get(40..(40 + plen).min(ip.len()))?)
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                ip.get(40..(40 + plen).min(ip.len()))?,
+            )
         }
         _ => return None,
     };
@@ -98,7 +116,11 @@ fn parse_ip(ethertype: u16, ip: &[u8]) -> Option<UdpDatagram> {
     let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
     let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
     let payload = udp.get(8..len.min(udp.len()))?.to_vec();
-    Some(UdpDatagram { src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport), payload })
+    Some(UdpDatagram {
+        src: SocketAddr::new(src, sport),
+        dst: SocketAddr::new(dst, dport),
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -109,14 +131,35 @@ mod tests {
     fn reads_an_ethernet_ipv4_udp_frame() {
         let mut f = Vec::new();
         f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-        f.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+        f.extend_from_slice(&[
+            2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+        ]);
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&[0x08, 0x00]);
         let payload = [4u8, 0, 0, 0, 9, 9];
         let total = 20 + 8 + payload.len();
         #[allow(clippy::cast_possible_truncation)]
         let ip = [
-            0x45, 0, 0, total as u8, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            0x45,
+            0,
+            0,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
         ];
         frame.extend_from_slice(&ip);
         #[allow(clippy::cast_possible_truncation)]

@@ -53,7 +53,12 @@ impl Topology {
     /// # Errors
     /// When the temporary directory cannot be made.
     pub fn new() -> Result<Self> {
-        Ok(Self { ifaces: BTreeMap::new(), nodes: BTreeMap::new(), links: 0, lab: Lab::new()? })
+        Ok(Self {
+            ifaces: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            links: 0,
+            lab: Lab::new()?,
+        })
     }
 
     /// Creates a namespace called `name` in this topology.
@@ -72,7 +77,9 @@ impl Topology {
     /// When there is none (a bug in the test).
     #[must_use]
     pub fn ns(&self, name: &str) -> &Arc<Netns> {
-        self.nodes.get(name).unwrap_or_else(|| panic!("no node {name} in the topology"))
+        self.nodes
+            .get(name)
+            .unwrap_or_else(|| panic!("no node {name} in the topology"))
     }
 
     /// Names of the namespaces.
@@ -85,7 +92,13 @@ impl Topology {
     ///
     /// # Errors
     /// When the link or an address cannot be added.
-    pub fn link(&mut self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) -> Result<(String, String)> {
+    pub fn link(
+        &mut self,
+        a: &str,
+        a_addrs: &[&str],
+        b: &str,
+        b_addrs: &[&str],
+    ) -> Result<(String, String)> {
         self.links += 1;
         let a_if = format!("to-{}{}", short(b), self.links);
         let b_if = format!("to-{}{}", short(a), self.links);
@@ -104,10 +117,21 @@ impl Topology {
     ///
     /// # Errors
     /// When it does not start.
-    pub fn add_wg(&mut self, node: &str, imp: WgImpl, listen_port: u16, addrs: &[&str]) -> Result<&WgIface> {
+    pub fn add_wg(
+        &mut self,
+        node: &str,
+        imp: WgImpl,
+        listen_port: u16,
+        addrs: &[&str],
+    ) -> Result<&WgIface> {
         let ns = Arc::clone(self.ns(node));
-        let spec = WgSpec { listen_port, addresses: addrs.iter().map(|s| (*s).to_owned()).collect(), keys: None };
-        let iface = WgIface::start(&ns, &self.lab, imp, &spec).with_context(|| format!("starting {} on {node}", imp.label()))?;
+        let spec = WgSpec {
+            listen_port,
+            addresses: addrs.iter().map(|s| (*s).to_owned()).collect(),
+            keys: None,
+        };
+        let iface = WgIface::start(&ns, &self.lab, imp, &spec)
+            .with_context(|| format!("starting {} on {node}", imp.label()))?;
         self.ifaces.insert(node.to_owned(), iface);
         Ok(&self.ifaces[node])
     }
@@ -118,14 +142,23 @@ impl Topology {
     /// When there is none (a bug in the test).
     #[must_use]
     pub fn wg(&self, node: &str) -> &WgIface {
-        self.ifaces.get(node).unwrap_or_else(|| panic!("no WireGuard interface on {node}"))
+        self.ifaces
+            .get(node)
+            .unwrap_or_else(|| panic!("no WireGuard interface on {node}"))
     }
 
     /// Makes `to` a peer of `from`: `from` sends to `endpoint` (if any) and accepts `allowed`.
     ///
     /// # Errors
     /// When `wg set` fails.
-    pub fn peer(&self, from: &str, to: &str, endpoint: Option<String>, allowed: &[&str], keepalive: Option<u16>) -> Result<()> {
+    pub fn peer(
+        &self,
+        from: &str,
+        to: &str,
+        endpoint: Option<String>,
+        allowed: &[&str],
+        keepalive: Option<u16>,
+    ) -> Result<()> {
         let peer = self.wg(to);
         self.wg(from).add_peer(&PeerSpec {
             public_key: peer.keys.public.clone(),
@@ -152,8 +185,20 @@ impl Topology {
         t.link("a", &[ua], "b", &[ub])?;
         t.add_wg("a", a, 51820, &["10.10.0.1/24", "fd10::1/64"])?;
         t.add_wg("b", b, 51820, &["10.10.0.2/24", "fd10::2/64"])?;
-        t.peer("a", "b", Some(endpoint(ub, 51820)), &["10.10.0.2/32", "fd10::2/128"], None)?;
-        t.peer("b", "a", Some(endpoint(ua, 51820)), &["10.10.0.1/32", "fd10::1/128"], None)?;
+        t.peer(
+            "a",
+            "b",
+            Some(endpoint(ub, 51820)),
+            &["10.10.0.2/32", "fd10::2/128"],
+            None,
+        )?;
+        t.peer(
+            "b",
+            "a",
+            Some(endpoint(ua, 51820)),
+            &["10.10.0.1/32", "fd10::1/128"],
+            None,
+        )?;
         Ok(t)
     }
 
@@ -178,9 +223,26 @@ impl Topology {
             t.link("hub", &[&hub_u], &name, &[&spoke_u])?;
             let v4 = format!("10.20.0.{}", i + 2);
             let v6 = format!("fd20::{}", i + 2);
-            t.add_wg(&name, *imp, 51820, &[&format!("{v4}/24"), &format!("{v6}/64")])?;
-            t.peer("hub", &name, None, &[&format!("{v4}/32"), &format!("{v6}/128")], None)?;
-            t.peer(&name, "hub", Some(endpoint(&hub_u, 51820)), &["10.20.0.0/24", "fd20::/64"], Some(1))?;
+            t.add_wg(
+                &name,
+                *imp,
+                51820,
+                &[&format!("{v4}/24"), &format!("{v6}/64")],
+            )?;
+            t.peer(
+                "hub",
+                &name,
+                None,
+                &[&format!("{v4}/32"), &format!("{v6}/128")],
+                None,
+            )?;
+            t.peer(
+                &name,
+                "hub",
+                Some(endpoint(&hub_u, 51820)),
+                &["10.20.0.0/24", "fd20::/64"],
+                Some(1),
+            )?;
         }
         Ok(t)
     }
@@ -211,29 +273,56 @@ impl Topology {
         t.link("g1", &["10.100.0.1/24"], "g2", &["10.100.0.2/24"])?;
         for i in 1..=2u8 {
             let (h, p, g) = (format!("h{i}"), format!("p{i}"), format!("g{i}"));
-            let (other, other6) = (format!("10.{}.0.0/16", 3 - i), format!("fd00:{}::/32", 3 - i));
-            t.link(&h, &[&format!("10.{i}.1.2/24"), &format!("fd00:{i}:1::2/64")], &p, &[
-                &format!("10.{i}.1.1/24"),
-                &format!("fd00:{i}:1::1/64"),
-            ])?;
+            let (other, other6) = (
+                format!("10.{}.0.0/16", 3 - i),
+                format!("fd00:{}::/32", 3 - i),
+            );
+            t.link(
+                &h,
+                &[&format!("10.{i}.1.2/24"), &format!("fd00:{i}:1::2/64")],
+                &p,
+                &[&format!("10.{i}.1.1/24"), &format!("fd00:{i}:1::1/64")],
+            )?;
             let underlay_g = format!("10.10{i}.0.1/24");
             let underlay_p = format!("10.10{i}.0.2/24");
             t.link(&p, &[&underlay_p], &g, &[&underlay_g])?;
-            t.add_wg(&g, gateway_imp, 51820, &[&format!("10.{i}.0.1/24"), &format!("fd00:{i}::1/64")])?;
-            t.add_wg(&p, island_imp, 51820, &[&format!("10.{i}.0.2/24"), &format!("fd00:{i}::2/64")])?;
+            t.add_wg(
+                &g,
+                gateway_imp,
+                51820,
+                &[&format!("10.{i}.0.1/24"), &format!("fd00:{i}::1/64")],
+            )?;
+            t.add_wg(
+                &p,
+                island_imp,
+                51820,
+                &[&format!("10.{i}.0.2/24"), &format!("fd00:{i}::2/64")],
+            )?;
             // Island peer: its gateway carries the other island.
-            t.peer(&p, &g, Some(endpoint(&underlay_g, 51820)), &[
-                &format!("10.{i}.0.1/32"),
-                &format!("fd00:{i}::1/128"),
-                &other,
-                &other6,
-            ], Some(5))?;
-            t.peer(&g, &p, Some(endpoint(&underlay_p, 51820)), &[
-                &format!("10.{i}.0.2/32"),
-                &format!("fd00:{i}::2/128"),
-                &format!("10.{i}.1.0/24"),
-                &format!("fd00:{i}:1::/64"),
-            ], None)?;
+            t.peer(
+                &p,
+                &g,
+                Some(endpoint(&underlay_g, 51820)),
+                &[
+                    &format!("10.{i}.0.1/32"),
+                    &format!("fd00:{i}::1/128"),
+                    &other,
+                    &other6,
+                ],
+                Some(5),
+            )?;
+            t.peer(
+                &g,
+                &p,
+                Some(endpoint(&underlay_p, 51820)),
+                &[
+                    &format!("10.{i}.0.2/32"),
+                    &format!("fd00:{i}::2/128"),
+                    &format!("10.{i}.1.0/24"),
+                    &format!("fd00:{i}:1::/64"),
+                ],
+                None,
+            )?;
             let pns = Arc::clone(t.ns(&p));
             pns.set_forwarding(true)?;
             let pif = t.wg(&p).ifname.clone();
@@ -241,7 +330,15 @@ impl Topology {
             pns.route(&[&other6, "dev", &pif])?;
             let hns = t.ns(&h);
             hns.route(&["default", "via", &format!("10.{i}.1.1")])?;
-            hns.exec(&["ip", "-6", "route", "add", "default", "via", &format!("fd00:{i}:1::1")])?;
+            hns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{i}:1::1"),
+            ])?;
             // Kernel routes on the gateway, for its own traffic into the islands.
             let gns = Arc::clone(t.ns(&g));
             let gif = t.wg(&g).ifname.clone();
@@ -254,8 +351,20 @@ impl Topology {
             }
         }
         // The trunk.
-        t.peer("g1", "g2", Some(endpoint("10.100.0.2", 51820)), &["10.2.0.0/16", "fd00:2::/32"], None)?;
-        t.peer("g2", "g1", Some(endpoint("10.100.0.1", 51820)), &["10.1.0.0/16", "fd00:1::/32"], None)?;
+        t.peer(
+            "g1",
+            "g2",
+            Some(endpoint("10.100.0.2", 51820)),
+            &["10.2.0.0/16", "fd00:2::/32"],
+            None,
+        )?;
+        t.peer(
+            "g2",
+            "g1",
+            Some(endpoint("10.100.0.1", 51820)),
+            &["10.1.0.0/16", "fd00:1::/32"],
+            None,
+        )?;
         Ok(t)
     }
 
@@ -290,5 +399,8 @@ impl Drop for Topology {
 }
 
 fn short(name: &str) -> String {
-    name.chars().filter(char::is_ascii_alphanumeric).take(6).collect()
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(6)
+        .collect()
 }

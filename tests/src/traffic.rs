@@ -55,10 +55,18 @@ fn parse_ping(output: &str) -> Result<(u32, u32)> {
         .find(|l| l.contains("packets transmitted"))
         .with_context(|| format!("no ping summary in: {output}"))?;
     let mut nums = line.split(',').map(|part| {
-        part.split_whitespace().next().and_then(|n| n.parse::<u32>().ok())
+        part.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
     });
-    let tx = nums.next().flatten().with_context(|| format!("bad ping summary {line:?}"))?;
-    let rx = nums.next().flatten().with_context(|| format!("bad ping summary {line:?}"))?;
+    let tx = nums
+        .next()
+        .flatten()
+        .with_context(|| format!("bad ping summary {line:?}"))?;
+    let rx = nums
+        .next()
+        .flatten()
+        .with_context(|| format!("bad ping summary {line:?}"))?;
     Ok((tx, rx))
 }
 
@@ -95,12 +103,24 @@ impl Netns {
         }
         args.push(dst);
         // Float to integer: a bound in whole seconds, generous.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let bound = (count as f32 * interval) as u32 + 10;
         let out = self.output_timeout(&args, bound)?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (transmitted, received) = parse_ping(&text)?;
-        Ok(PingResult { transmitted, received, output: text })
+        Ok(PingResult {
+            transmitted,
+            received,
+            output: text,
+        })
     }
 
     /// Pings `dst` once a second until a reply comes back (the first packets start the
@@ -141,14 +161,30 @@ impl Netns {
     /// When the transfer fails.
     pub fn iperf(&self, addr: &str, port: u16, bytes: &str, reverse: bool) -> Result<IperfResult> {
         let port_s = port.to_string();
-        let mut args = vec!["iperf3", "-c", addr, "-p", &port_s, "-n", bytes, "-f", "m", "--connect-timeout", "3000"];
+        let mut args = vec![
+            "iperf3",
+            "-c",
+            addr,
+            "-p",
+            &port_s,
+            "-n",
+            bytes,
+            "-f",
+            "m",
+            "--connect-timeout",
+            "3000",
+        ];
         if reverse {
             args.push("-R");
         }
         let mut last = String::new();
         for _ in 0..10 {
             let out = self.output_timeout(&args, 30)?;
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             if out.status.success() {
                 let summary = text
                     .lines()
@@ -164,7 +200,10 @@ impl Netns {
                     .find(|w| w[1] == "Mbits/sec")
                     .and_then(|w| w[0].parse().ok())
                     .unwrap_or(0.0);
-                return Ok(IperfResult { mbits_per_sec: mbits, summary });
+                return Ok(IperfResult {
+                    mbits_per_sec: mbits,
+                    summary,
+                });
             }
             last = text;
             if !(last.contains("refused") || last.contains("busy")) {
@@ -172,7 +211,10 @@ impl Netns {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        bail!("iperf3 to {addr}:{port} from netns {} failed: {last}", self.name())
+        bail!(
+            "iperf3 to {addr}:{port} from netns {} failed: {last}",
+            self.name()
+        )
     }
 
     /// A TCP transfer both ways between this namespace (client) and a server it starts in
@@ -180,7 +222,13 @@ impl Netns {
     ///
     /// # Errors
     /// When either transfer fails.
-    pub fn tcp_both_ways(&self, lab: &Lab, server: &Netns, addr: &str, port: u16) -> Result<(IperfResult, IperfResult)> {
+    pub fn tcp_both_ways(
+        &self,
+        lab: &Lab,
+        server: &Netns,
+        addr: &str,
+        port: u16,
+    ) -> Result<(IperfResult, IperfResult)> {
         let pid = server.iperf_server(lab, addr, port)?;
         let up = self.iperf(addr, port, "4M", false);
         let down = self.iperf(addr, port, "4M", true);
@@ -195,7 +243,8 @@ mod tests {
 
     #[test]
     fn parses_ping_summary() {
-        let out = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n\
+        let out =
+            "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n\
                    5 packets transmitted, 3 received, 40% packet loss, time 804ms\n";
         assert_eq!(parse_ping(out).unwrap(), (5, 3));
         let out = "10 packets transmitted, 0 received, +10 errors, 100% packet loss, time 9000ms";

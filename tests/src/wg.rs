@@ -39,8 +39,10 @@ impl WgImpl {
             let p = PathBuf::from(p);
             if p.components().count() == 1 {
                 // A bare name: look it up on PATH.
-                let found = run(Command::new("sh").arg("-c").arg(format!("command -v {}", p.display())))
-                    .with_context(|| format!("ISTHMUS_DP={} is not on PATH", p.display()))?;
+                let found = run(Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {}", p.display())))
+                .with_context(|| format!("ISTHMUS_DP={} is not on PATH", p.display()))?;
                 return Ok(PathBuf::from(found.trim()));
             }
             return Ok(p);
@@ -142,12 +144,19 @@ impl Keypair {
             .stdout(Stdio::piped())
             .spawn()
             .context("running wg pubkey")?;
-        child.stdin.take().context("wg pubkey stdin")?.write_all(format!("{private}\n").as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("wg pubkey stdin")?
+            .write_all(format!("{private}\n").as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!("wg pubkey failed");
         }
-        Ok(Self { private, public: String::from_utf8_lossy(&out.stdout).trim().to_owned() })
+        Ok(Self {
+            private,
+            public: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        })
     }
 }
 
@@ -227,7 +236,9 @@ impl WgIface {
         match imp.flavour() {
             WgImpl::Isthmus => args.extend(["-f", &ifname, "--metrics", METRICS_ADDR]),
             WgImpl::WireguardGo => args.extend(["-f", &ifname]),
-            WgImpl::Boringtun => args.extend(["--foreground", "--disable-drop-privileges", &ifname]),
+            WgImpl::Boringtun => {
+                args.extend(["--foreground", "--disable-drop-privileges", &ifname])
+            }
         }
         let envs: &[(&str, &str)] = match imp.flavour() {
             WgImpl::Isthmus => &[("RUST_LOG", "info")],
@@ -240,10 +251,20 @@ impl WgIface {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if !ns.alive(pid) {
-                bail!("{} ({bin_s}) exited before serving {}:\n{}", imp.label(), sock.display(), log_tail(&log, 20));
+                bail!(
+                    "{} ({bin_s}) exited before serving {}:\n{}",
+                    imp.label(),
+                    sock.display(),
+                    log_tail(&log, 20)
+                );
             }
             if Instant::now() > deadline {
-                bail!("{} ({bin_s}) did not create {} within 10 s:\n{}", imp.label(), sock.display(), log_tail(&log, 20));
+                bail!(
+                    "{} ({bin_s}) did not create {} within 10 s:\n{}",
+                    imp.label(),
+                    sock.display(),
+                    log_tail(&log, 20)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -252,7 +273,15 @@ impl WgIface {
             None => Keypair::generate()?,
         };
         let key_file = write_private_key(lab, &ifname, &keys.private)?;
-        let iface = Self { ns: Arc::clone(ns), ifname, keys, listen_port: spec.listen_port, imp, pid, log };
+        let iface = Self {
+            ns: Arc::clone(ns),
+            ifname,
+            keys,
+            listen_port: spec.listen_port,
+            imp,
+            pid,
+            log,
+        };
         iface.wg(&[
             "set",
             &iface.ifname,
@@ -275,7 +304,9 @@ impl WgIface {
     pub fn wg(&self, args: &[&str]) -> Result<String> {
         let mut v = vec!["wg"];
         v.extend_from_slice(args);
-        self.ns.exec(&v).with_context(|| format!("{} ({})", self.ifname, self.imp.label()))
+        self.ns
+            .exec(&v)
+            .with_context(|| format!("{} ({})", self.ifname, self.imp.label()))
     }
 
     /// Adds (or updates) a peer with `wg set`.
@@ -302,7 +333,12 @@ impl WgIface {
     ///
     /// # Errors
     /// When `wg set` fails.
-    pub fn peer_with(&self, peer: &Self, endpoint: Option<String>, allowed_ips: &[&str]) -> Result<()> {
+    pub fn peer_with(
+        &self,
+        peer: &Self,
+        endpoint: Option<String>,
+        allowed_ips: &[&str],
+    ) -> Result<()> {
         self.add_peer(&PeerSpec {
             public_key: peer.keys.public.clone(),
             endpoint,
@@ -339,7 +375,12 @@ impl WgIface {
     /// When nothing answers (not isthmus-dp?) or the text does not parse.
     pub fn metrics(&self) -> Result<Metrics> {
         scrape(&self.ns, METRICS_ADDR).with_context(|| {
-            format!("scraping {} metrics of {} ({})", self.imp.label(), self.ifname, self.ns.name())
+            format!(
+                "scraping {} metrics of {} ({})",
+                self.imp.label(),
+                self.ifname,
+                self.ns.name()
+            )
         })
     }
 }
@@ -386,15 +427,24 @@ pub fn parse_dump(text: &str) -> Result<Vec<DumpPeer>> {
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() < 8 {
-            bail!("wg show dump line {}: expected 8 fields, got {}: {line:?}", i + 1, f.len());
+            bail!(
+                "wg show dump line {}: expected 8 fields, got {}: {line:?}",
+                i + 1,
+                f.len()
+            );
         }
         let num = |s: &str, what: &str| -> Result<u64> {
-            s.parse().with_context(|| format!("wg show dump line {}: bad {what} {s:?}", i + 1))
+            s.parse()
+                .with_context(|| format!("wg show dump line {}: bad {what} {s:?}", i + 1))
         };
         peers.push(DumpPeer {
             public_key: f[0].to_owned(),
             endpoint: (f[2] != "(none)").then(|| f[2].to_owned()),
-            allowed_ips: if f[3] == "(none)" { Vec::new() } else { f[3].split(',').map(str::to_owned).collect() },
+            allowed_ips: if f[3] == "(none)" {
+                Vec::new()
+            } else {
+                f[3].split(',').map(str::to_owned).collect()
+            },
             latest_handshake: num(f[4], "latest-handshake")?,
             rx_bytes: num(f[5], "rx bytes")?,
             tx_bytes: num(f[6], "tx bytes")?,

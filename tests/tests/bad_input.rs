@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use common::{init, ping_ok};
 use isthmus_lab::pcap::UdpDatagram;
-use isthmus_lab::{lab_tool_path, require_isthmus, Capture, Metrics, Netns, PingOpts, Topology, WgImpl};
+use isthmus_lab::{
+    lab_tool_path, require_isthmus, Capture, Metrics, Netns, PingOpts, Topology, WgImpl,
+};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -29,7 +31,13 @@ fn send(from: &Netns, to: &str, payloads: &[Vec<u8>], repeat: u32) {
     let tool = lab_tool_path().unwrap();
     let hexes: Vec<String> = payloads.iter().map(|p| hex(p)).collect();
     let repeat_s = repeat.to_string();
-    let mut args = vec![tool.to_str().unwrap(), "udp-send", "--repeat", &repeat_s, to];
+    let mut args = vec![
+        tool.to_str().unwrap(),
+        "udp-send",
+        "--repeat",
+        &repeat_s,
+        to,
+    ];
     args.extend(hexes.iter().map(String::as_str));
     from.exec(&args).unwrap();
 }
@@ -43,7 +51,11 @@ struct Drops<'a> {
 
 impl<'a> Drops<'a> {
     fn new(t: &'a Topology) -> Self {
-        let mut d = Self { t, last: None, failures: Vec::new() };
+        let mut d = Self {
+            t,
+            last: None,
+            failures: Vec::new(),
+        };
         d.last = d.scrape();
         d
     }
@@ -51,7 +63,9 @@ impl<'a> Drops<'a> {
     fn scrape(&self) -> Option<Metrics> {
         // Let the hub's workers finish with what was just sent.
         std::thread::sleep(std::time::Duration::from_millis(300));
-        WgImpl::Isthmus.is_real_isthmus().then(|| self.t.wg("hub").metrics().unwrap())
+        WgImpl::Isthmus
+            .is_real_isthmus()
+            .then(|| self.t.wg("hub").metrics().unwrap())
     }
 
     /// Asserts (or records, to report all at once) that the drops under `reasons` (summed)
@@ -62,7 +76,8 @@ impl<'a> Drops<'a> {
             let grew: f64 = reasons
                 .iter()
                 .map(|r| {
-                    after.get("isthmus_drops_total", &[("reason", r)]) - before.get("isthmus_drops_total", &[("reason", r)])
+                    after.get("isthmus_drops_total", &[("reason", r)])
+                        - before.get("isthmus_drops_total", &[("reason", r)])
                 })
                 .sum();
             eprintln!("{what}: drops{reasons:?} +{grew}");
@@ -77,36 +92,69 @@ impl<'a> Drops<'a> {
 
 /// Data packets (type 4, longer than a keepalive) in a capture.
 fn data_packets(caught: &[UdpDatagram]) -> Vec<Vec<u8>> {
-    caught.iter().filter(|d| d.payload.first() == Some(&4) && d.payload.len() > 32).map(|d| d.payload.clone()).collect()
+    caught
+        .iter()
+        .filter(|d| d.payload.first() == Some(&4) && d.payload.len() > 32)
+        .map(|d| d.payload.clone())
+        .collect()
 }
 
 #[test]
 #[allow(clippy::too_many_lines)]
 fn bad_input_is_dropped_counted_and_harmless() {
     init();
-    let mut t =
-        Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
+    let mut t = Topology::star(
+        WgImpl::Isthmus,
+        &[
+            WgImpl::WireguardGo,
+            WgImpl::WireguardGo,
+            WgImpl::WireguardGo,
+        ],
+    )
+    .unwrap();
     if !WgImpl::Isthmus.is_real_isthmus() {
         t.ns("hub").set_forwarding(true).unwrap();
     }
     // A stranger: a wireguard-go whose key the hub does not know.
     t.add_node("x").unwrap();
-    t.link("hub", &["10.204.0.1/24"], "x", &["10.204.0.2/24"]).unwrap();
-    t.add_wg("x", WgImpl::WireguardGo, 51820, &["10.20.0.50/24"]).unwrap();
-    t.peer("x", "hub", Some("10.204.0.1:51820".into()), &["10.20.0.0/24"], None).unwrap();
+    t.link("hub", &["10.204.0.1/24"], "x", &["10.204.0.2/24"])
+        .unwrap();
+    t.add_wg("x", WgImpl::WireguardGo, 51820, &["10.20.0.50/24"])
+        .unwrap();
+    t.peer(
+        "x",
+        "hub",
+        Some("10.204.0.1:51820".into()),
+        &["10.20.0.0/24"],
+        None,
+    )
+    .unwrap();
 
     let hub = Arc::clone(t.ns("hub"));
-    let (s0, s1, s2) = (Arc::clone(t.ns("s0")), Arc::clone(t.ns("s1")), Arc::clone(t.ns("s2")));
+    let (s0, s1, s2) = (
+        Arc::clone(t.ns("s0")),
+        Arc::clone(t.ns("s1")),
+        Arc::clone(t.ns("s2")),
+    );
     let (s0v4, s1v4) = (Topology::spoke_v4(0), Topology::spoke_v4(1));
     ping_ok(&s0, "10.20.0.1", 1);
     ping_ok(&s1, &s0v4, 1);
     ping_ok(&s2, "10.20.0.1", 1);
 
     // Capture some of s0's data packets to the hub, to replay and forge later.
-    let cap = Capture::start(&hub, &t.lab, "udp and src host 10.201.0.2 and dst port 51820").unwrap();
+    let cap = Capture::start(
+        &hub,
+        &t.lab,
+        "udp and src host 10.201.0.2 and dst port 51820",
+    )
+    .unwrap();
     ping_ok(&s0, "10.20.0.1", 5);
     let captured = data_packets(&cap.stop().unwrap());
-    assert!(captured.len() >= 5, "captured only {} data packets from s0", captured.len());
+    assert!(
+        captured.len() >= 5,
+        "captured only {} data packets from s0",
+        captured.len()
+    );
 
     // A ping between two other peers, through the hub, for as long as the bad input lasts.
     let stop = AtomicBool::new(false);
@@ -116,7 +164,16 @@ fn bad_input_is_dropped_counted_and_harmless() {
         let bystander = scope.spawn(|| {
             let (mut sent, mut lost, mut outputs) = (0, 0, String::new());
             while !stop.load(Ordering::Relaxed) {
-                let r = s1.ping_with(&s0v4, 20, &PingOpts { interval: Some(0.05), ..Default::default() }).unwrap();
+                let r = s1
+                    .ping_with(
+                        &s0v4,
+                        20,
+                        &PingOpts {
+                            interval: Some(0.05),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                 sent += r.transmitted;
                 lost += r.lost();
                 if r.lost() > 0 {
@@ -128,15 +185,15 @@ fn bad_input_is_dropped_counted_and_harmless() {
 
         // Garbage, truncated and oversized messages.
         let garbage = vec![
-            vec![0xff; 64],          // unknown message type
-            vec![0],                 // one byte
-            msg(7, 2000),            // unknown type, large
-            msg(1, 100),             // truncated handshake initiation (148)
-            msg(1, 200),             // oversized handshake initiation
-            msg(2, 60),              // truncated handshake response (92)
-            msg(2, 150),             // oversized handshake response
-            msg(3, 40),              // truncated cookie reply (64)
-            msg(4, 16),              // data shorter than its header and tag
+            vec![0xff; 64], // unknown message type
+            vec![0],        // one byte
+            msg(7, 2000),   // unknown type, large
+            msg(1, 100),    // truncated handshake initiation (148)
+            msg(1, 200),    // oversized handshake initiation
+            msg(2, 60),     // truncated handshake response (92)
+            msg(2, 150),    // oversized handshake response
+            msg(3, 40),     // truncated cookie reply (64)
+            msg(4, 16),     // data shorter than its header and tag
             {
                 let mut m = msg(1, 148); // initiation with nonzero reserved bytes
                 m[1] = 0xaa;
@@ -145,7 +202,11 @@ fn bad_input_is_dropped_counted_and_harmless() {
         ];
         send(&s2, hub_addr, &garbage, 3);
         // A datagram larger than the data plane's receive buffer may be counted as `oversized`.
-        drops.expect("garbage/truncated/oversized", &["bad_packet", "oversized"], 3.0 * garbage.len() as f64);
+        drops.expect(
+            "garbage/truncated/oversized",
+            &["bad_packet", "oversized"],
+            3.0 * garbage.len() as f64,
+        );
 
         // Transport data for a receiver index nobody has.
         let mut unknown = msg(4, 96);
@@ -157,7 +218,11 @@ fn bad_input_is_dropped_counted_and_harmless() {
         let mut huge = msg(4, 9000);
         huge[4..8].copy_from_slice(&0x5eed_beefu32.to_le_bytes());
         send(&s2, hub_addr, &[huge], 3);
-        drops.expect("oversized data", &["bad_packet", "oversized", "unknown_index"], 3.0);
+        drops.expect(
+            "oversized data",
+            &["bad_packet", "oversized", "unknown_index"],
+            3.0,
+        );
 
         // Replayed data packets: valid, but already received.
         send(&s0, "10.201.0.1:51820", &captured, 1);
@@ -177,15 +242,35 @@ fn bad_input_is_dropped_counted_and_harmless() {
         drops.expect("forged data", &["decrypt_failed"], forged.len() as f64);
 
         // Handshakes from a key the hub does not know.
-        let r = t.ns("x").ping_with("10.20.0.1", 2, &PingOpts::default()).unwrap();
-        assert_eq!(r.received, 0, "a stranger got through the hub:\n{}", r.output);
-        drops.expect("handshake from unknown key", &["unknown_peer", "handshake_rate_limited"], 1.0);
+        let r = t
+            .ns("x")
+            .ping_with("10.20.0.1", 2, &PingOpts::default())
+            .unwrap();
+        assert_eq!(
+            r.received, 0,
+            "a stranger got through the hub:\n{}",
+            r.output
+        );
+        drops.expect(
+            "handshake from unknown key",
+            &["unknown_peer", "handshake_rate_limited"],
+            1.0,
+        );
 
         // Inner source outside the sender's allowed IPs: s2 may claim the whole /24 towards
         // the hub, but the hub allows it only 10.20.0.4.
         let s2if = t.wg("s2").ifname.clone();
         s2.add_addr(&s2if, "10.20.0.99/32").unwrap();
-        let r = s2.ping_with("10.20.0.1", 5, &PingOpts { source: Some("10.20.0.99"), ..Default::default() }).unwrap();
+        let r = s2
+            .ping_with(
+                "10.20.0.1",
+                5,
+                &PingOpts {
+                    source: Some("10.20.0.99"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(r.received, 0, "spoofed source got answers:\n{}", r.output);
         drops.expect("spoofed inner source", &["spoofed_source"], 5.0);
 
@@ -194,16 +279,31 @@ fn bad_input_is_dropped_counted_and_harmless() {
         // through the TUN, so this is either a `no_route` drop or a `to_local` delivery; it
         // must never reach another peer.
         let hub_key = t.wg("hub").keys.public.clone();
-        t.wg("s2").wg(&["set", &s2if, "peer", &hub_key, "allowed-ips", "10.20.0.0/24,fd20::/64,10.99.0.0/24"]).unwrap();
+        t.wg("s2")
+            .wg(&[
+                "set",
+                &s2if,
+                "peer",
+                &hub_key,
+                "allowed-ips",
+                "10.20.0.0/24,fd20::/64,10.99.0.0/24",
+            ])
+            .unwrap();
         s2.route(&["10.99.0.0/24", "dev", &s2if]).unwrap();
         let to_local = |m: &Option<Metrics>| {
-            m.as_ref().map_or(0.0, |m| m.get("isthmus_forwarded_packets_total", &[("path", "to_local")]))
+            m.as_ref().map_or(0.0, |m| {
+                m.get("isthmus_forwarded_packets_total", &[("path", "to_local")])
+            })
         };
         let local_before = to_local(&drops.last);
         let r = s2.ping_with("10.99.0.1", 5, &PingOpts::default()).unwrap();
         assert_eq!(r.received, 0, "{}", r.output);
         let local_grew = to_local(&drops.scrape()) - local_before;
-        drops.expect("unroutable from a peer", &["no_route"], if local_grew >= 5.0 { 0.0 } else { 5.0 });
+        drops.expect(
+            "unroutable from a peer",
+            &["no_route"],
+            if local_grew >= 5.0 { 0.0 } else { 5.0 },
+        );
         // ... and from the hub's own TUN.
         let hubif = t.wg("hub").ifname.clone();
         hub.route(&["10.98.0.0/24", "dev", &hubif]).unwrap();
@@ -212,17 +312,33 @@ fn bad_input_is_dropped_counted_and_harmless() {
         drops.expect("unroutable from the TUN", &["no_route"], 3.0);
 
         // TTL expiring at the hub on the relay path.
-        let r = s0.ping_with(&s1v4, 3, &PingOpts { ttl: Some(1), ..Default::default() }).unwrap();
+        let r = s0
+            .ping_with(
+                &s1v4,
+                3,
+                &PingOpts {
+                    ttl: Some(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(r.received, 0, "{}", r.output);
         drops.expect("TTL exceeded", &["ttl_exceeded"], 3.0);
 
         stop.store(true, Ordering::Relaxed);
         let (sent, lost, outputs) = bystander.join().unwrap();
-        assert_eq!(lost, 0, "the bystanders' ping lost {lost} of {sent}:\n{outputs}");
+        assert_eq!(
+            lost, 0,
+            "the bystanders' ping lost {lost} of {sent}:\n{outputs}"
+        );
         (sent, lost)
     });
     eprintln!("bystander ping: {sent} sent, {lost} lost");
-    assert!(t.wg("hub").alive(), "the hub died:\n{}", t.wg("hub").log_tail(30));
+    assert!(
+        t.wg("hub").alive(),
+        "the hub died:\n{}",
+        t.wg("hub").log_tail(30)
+    );
     ping_ok(&s1, &s0v4, 3);
 
     require_isthmus("drop counters by reason");

@@ -16,10 +16,24 @@ fn interop(peer: WgImpl, underlay: Family) {
     ping_ok(a, "fd10::2", 5);
     ping_ok(b, "fd10::1", 5);
     let (up, down) = a.tcp_both_ways(&t.lab, b, "10.10.0.2", 5201).unwrap();
-    eprintln!("{} over {underlay:?}, inner IPv4: a->b {}; b->a {}", peer.label(), up.summary, down.summary);
+    eprintln!(
+        "{} over {underlay:?}, inner IPv4: a->b {}; b->a {}",
+        peer.label(),
+        up.summary,
+        down.summary
+    );
     let (up, down) = b.tcp_both_ways(&t.lab, a, "fd10::1", 5202).unwrap();
-    eprintln!("{} over {underlay:?}, inner IPv6: b->a {}; a->b {}", peer.label(), up.summary, down.summary);
-    assert!(t.wg("a").alive(), "isthmus-dp died:\n{}", t.wg("a").log_tail(30));
+    eprintln!(
+        "{} over {underlay:?}, inner IPv6: b->a {}; a->b {}",
+        peer.label(),
+        up.summary,
+        down.summary
+    );
+    assert!(
+        t.wg("a").alive(),
+        "isthmus-dp died:\n{}",
+        t.wg("a").log_tail(30)
+    );
     assert!(t.wg("b").alive(), "{} died", peer.label());
 }
 

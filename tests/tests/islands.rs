@@ -14,9 +14,15 @@ fn hosts_reach_each_other_across_the_trunk() {
     ping_ok(h1, "10.2.1.2", 1);
     ping_ok(h2, "fd00:1:1::2", 1);
     let real = WgImpl::Isthmus.is_real_isthmus();
-    let before: Vec<_> = ["g1", "g2"].iter().map(|g| real.then(|| t.wg(g).metrics().unwrap())).collect();
+    let before: Vec<_> = ["g1", "g2"]
+        .iter()
+        .map(|g| real.then(|| t.wg(g).metrics().unwrap()))
+        .collect();
     const N: u32 = 20;
-    let fast = PingOpts { interval: Some(0.05), ..Default::default() };
+    let fast = PingOpts {
+        interval: Some(0.05),
+        ..Default::default()
+    };
     for (from, to) in [(h1, "10.2.1.2"), (h2, "10.1.1.2"), (h1, "fd00:2:1::2")] {
         let r = from.ping_with(to, N, &fast).unwrap();
         assert_eq!(r.lost(), 0, "{}", r.output);

@@ -19,9 +19,21 @@ fn metrics_scrape_shows_counters_moving() {
     let key = [("public_key", peer_key.as_str())];
 
     let m0 = isth.metrics().unwrap();
-    assert!(m0.has("isthmus_build_info"), "no isthmus_build_info:\n{}", m0.excerpt("isthmus_"));
-    assert!(m0.get("isthmus_fib_routes", &[("family", "ipv4")]) >= 1.0, "{}", m0.excerpt("isthmus_fib"));
-    assert!(m0.get("isthmus_fib_routes", &[("family", "ipv6")]) >= 1.0, "{}", m0.excerpt("isthmus_fib"));
+    assert!(
+        m0.has("isthmus_build_info"),
+        "no isthmus_build_info:\n{}",
+        m0.excerpt("isthmus_")
+    );
+    assert!(
+        m0.get("isthmus_fib_routes", &[("family", "ipv4")]) >= 1.0,
+        "{}",
+        m0.excerpt("isthmus_fib")
+    );
+    assert!(
+        m0.get("isthmus_fib_routes", &[("family", "ipv6")]) >= 1.0,
+        "{}",
+        m0.excerpt("isthmus_fib")
+    );
 
     ping_ok(a, "10.10.0.2", 5);
     ping_ok(b, "fd10::1", 5);
@@ -36,18 +48,39 @@ fn metrics_scrape_shows_counters_moving() {
         "isthmus_peer_handshakes_total",
     ] {
         let (before, after) = (m0.get(name, &key), m1.get(name, &key));
-        assert!(after > before, "{name}{{public_key={peer_key}}} did not grow: {before} -> {after}\n{}", m1.excerpt("isthmus_peer"));
+        assert!(
+            after > before,
+            "{name}{{public_key={peer_key}}} did not grow: {before} -> {after}\n{}",
+            m1.excerpt("isthmus_peer")
+        );
     }
-    assert!(m1.get("isthmus_peer_rx_bytes_total", &key) > 4.0e6, "{}", m1.excerpt("isthmus_peer"));
-    assert!(m1.get("isthmus_peer_tx_bytes_total", &key) > 4.0e6, "{}", m1.excerpt("isthmus_peer"));
+    assert!(
+        m1.get("isthmus_peer_rx_bytes_total", &key) > 4.0e6,
+        "{}",
+        m1.excerpt("isthmus_peer")
+    );
+    assert!(
+        m1.get("isthmus_peer_tx_bytes_total", &key) > 4.0e6,
+        "{}",
+        m1.excerpt("isthmus_peer")
+    );
     let hs = m1.get("isthmus_peer_last_handshake_seconds", &key);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!((now - hs).abs() < 120.0, "last handshake {hs} is not recent (now {now})");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - hs).abs() < 120.0,
+        "last handshake {hs} is not recent (now {now})"
+    );
     for path in ["to_local", "from_local"] {
         let (before, after) = (
             m0.get("isthmus_forwarded_packets_total", &[("path", path)]),
             m1.get("isthmus_forwarded_packets_total", &[("path", path)]),
         );
-        assert!(after >= before + 20.0, "forwarded{{path={path}}}: {before} -> {after}");
+        assert!(
+            after >= before + 20.0,
+            "forwarded{{path={path}}}: {before} -> {after}"
+        );
     }
 }

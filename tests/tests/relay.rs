@@ -19,7 +19,9 @@ fn hub_forwarding(t: &Topology) {
 }
 
 fn metrics(t: &Topology) -> Option<Metrics> {
-    WgImpl::Isthmus.is_real_isthmus().then(|| t.wg("hub").metrics().unwrap())
+    WgImpl::Isthmus
+        .is_real_isthmus()
+        .then(|| t.wg("hub").metrics().unwrap())
 }
 
 #[test]
@@ -37,16 +39,40 @@ fn hub_relays_between_spokes_without_the_tun() {
     let before = metrics(&t);
     const N4: u32 = 20;
     const N6: u32 = 10;
-    let r = s0.ping_with(&Topology::spoke_v4(1), N4, &isthmus_lab::PingOpts { interval: Some(0.05), ..Default::default() }).unwrap();
+    let r = s0
+        .ping_with(
+            &Topology::spoke_v4(1),
+            N4,
+            &isthmus_lab::PingOpts {
+                interval: Some(0.05),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(r.lost(), 0, "{}", r.output);
-    let r = s1.ping_with(&Topology::spoke_v6(0), N6, &isthmus_lab::PingOpts { interval: Some(0.05), ..Default::default() }).unwrap();
+    let r = s1
+        .ping_with(
+            &Topology::spoke_v6(0),
+            N6,
+            &isthmus_lab::PingOpts {
+                interval: Some(0.05),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(r.lost(), 0, "{}", r.output);
     let after = metrics(&t);
 
     // TCP through the relay, both ways.
-    let (up, down) = s0.tcp_both_ways(&t.lab, s1, &Topology::spoke_v4(1), 5204).unwrap();
+    let (up, down) = s0
+        .tcp_both_ways(&t.lab, s1, &Topology::spoke_v4(1), 5204)
+        .unwrap();
     eprintln!("relay TCP: s0->s1 {}; s1->s0 {}", up.summary, down.summary);
-    assert!(t.wg("hub").alive(), "hub died:\n{}", t.wg("hub").log_tail(30));
+    assert!(
+        t.wg("hub").alive(),
+        "hub died:\n{}",
+        t.wg("hub").log_tail(30)
+    );
 
     require_isthmus("relay path counters");
     let (before, after) = (before.unwrap(), after.unwrap());
@@ -56,29 +82,53 @@ fn hub_relays_between_spokes_without_the_tun() {
         - before.get("isthmus_forwarded_packets_total", &[("path", "to_local")]);
     // Every echo request and every reply crosses the hub once.
     let pings = f64::from(N4 + N6);
-    assert!(relay >= 2.0 * pings, "relay counter grew by {relay}, expected at least {}", 2.0 * pings);
-    assert!(to_local == 0.0, "to_local grew by {to_local} while only spoke-to-spoke traffic flowed");
+    assert!(
+        relay >= 2.0 * pings,
+        "relay counter grew by {relay}, expected at least {}",
+        2.0 * pings
+    );
+    assert!(
+        to_local == 0.0,
+        "to_local grew by {to_local} while only spoke-to-spoke traffic flowed"
+    );
 }
 
 #[test]
 fn spoke_roams_to_a_new_address() {
     init();
-    let mut t = Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
+    let mut t =
+        Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
     hub_forwarding(&t);
     let s1v4 = Topology::spoke_v4(1);
     ping_ok(t.ns("s0"), &s1v4, 3);
     ping_ok(t.ns("s1"), "10.20.0.1", 1);
     let spoke_key = t.wg("s0").keys.public.clone();
     let endpoint_of_s0 = |t: &Topology| {
-        t.wg("hub").dump().unwrap().into_iter().find(|p| p.public_key == spoke_key).and_then(|p| p.endpoint)
+        t.wg("hub")
+            .dump()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.public_key == spoke_key)
+            .and_then(|p| p.endpoint)
     };
     assert_eq!(endpoint_of_s0(&t).as_deref(), Some("10.201.0.2:51820"));
 
     // Move s0 to a new link and address: the old one disappears.
-    t.link("hub", &["10.203.0.1/24"], "s0", &["10.203.0.2/24"]).unwrap();
-    t.ns("s0").del_addr(&old_link_if(&t), "10.201.0.2/24").unwrap();
+    t.link("hub", &["10.203.0.1/24"], "s0", &["10.203.0.2/24"])
+        .unwrap();
+    t.ns("s0")
+        .del_addr(&old_link_if(&t), "10.201.0.2/24")
+        .unwrap();
     let s0 = t.wg("s0");
-    s0.wg(&["set", &s0.ifname, "peer", &t.wg("hub").keys.public, "endpoint", "10.203.0.1:51820"]).unwrap();
+    s0.wg(&[
+        "set",
+        &s0.ifname,
+        "peer",
+        &t.wg("hub").keys.public,
+        "endpoint",
+        "10.203.0.1:51820",
+    ])
+    .unwrap();
 
     // Traffic continues both ways; the hub learns the new endpoint from authenticated packets.
     ping_ok(t.ns("s0"), &s1v4, 5);
@@ -89,7 +139,10 @@ fn spoke_roams_to_a_new_address() {
         if e.as_deref() == Some("10.203.0.2:51820") {
             break;
         }
-        assert!(Instant::now() < deadline, "hub still shows endpoint {e:?} for the roamed spoke");
+        assert!(
+            Instant::now() < deadline,
+            "hub still shows endpoint {e:?} for the roamed spoke"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The hub reaches the spoke at its new address by itself.
@@ -99,7 +152,10 @@ fn spoke_roams_to_a_new_address() {
 
 /// The name of s0's first link (to the hub) inside s0.
 fn old_link_if(t: &Topology) -> String {
-    let out = t.ns("s0").exec(&["ip", "-o", "-4", "addr", "show"]).unwrap();
+    let out = t
+        .ns("s0")
+        .exec(&["ip", "-o", "-4", "addr", "show"])
+        .unwrap();
     out.lines()
         .find(|l| l.contains("10.201.0.2/24"))
         .and_then(|l| l.split_whitespace().nth(1))

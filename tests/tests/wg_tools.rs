@@ -30,16 +30,36 @@ fn wg_show_dump_reports_peer_handshake_and_counters() {
     let after = isth.dump().unwrap();
 
     let p = &after[0];
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    assert!(p.latest_handshake > 0, "no handshake time in wg show dump: {p:?}");
-    assert!(now.abs_diff(p.latest_handshake) < 120, "handshake time {} is not recent (now {now})", p.latest_handshake);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        p.latest_handshake > 0,
+        "no handshake time in wg show dump: {p:?}"
+    );
+    assert!(
+        now.abs_diff(p.latest_handshake) < 120,
+        "handshake time {} is not recent (now {now})",
+        p.latest_handshake
+    );
     assert_eq!(p.endpoint.as_deref(), Some("10.200.0.2:51820"));
-    assert!(p.rx_bytes > mid[0].rx_bytes && p.tx_bytes > mid[0].tx_bytes, "counters did not grow: {:?} -> {p:?}", mid[0]);
-    assert!(p.rx_bytes > 4_000_000 && p.tx_bytes > 4_000_000, "a 4 MB transfer each way should show: {p:?}");
+    assert!(
+        p.rx_bytes > mid[0].rx_bytes && p.tx_bytes > mid[0].tx_bytes,
+        "counters did not grow: {:?} -> {p:?}",
+        mid[0]
+    );
+    assert!(
+        p.rx_bytes > 4_000_000 && p.tx_bytes > 4_000_000,
+        "a 4 MB transfer each way should show: {p:?}"
+    );
 
     // The human-readable form and the per-field queries.
     let show = isth.wg(&["show", &isth.ifname]).unwrap();
-    assert!(show.contains(&format!("peer: {}", peer.keys.public)), "{show}");
+    assert!(
+        show.contains(&format!("peer: {}", peer.keys.public)),
+        "{show}"
+    );
     assert!(show.contains("latest handshake"), "{show}");
     assert!(show.contains("transfer"), "{show}");
     let pubkey = isth.wg(&["show", &isth.ifname, "public-key"]).unwrap();
@@ -48,11 +68,23 @@ fn wg_show_dump_reports_peer_handshake_and_counters() {
     assert_eq!(port.trim(), "51820");
 
     // wg set: change the allowed IPs, then remove the peer.
-    isth.wg(&["set", &isth.ifname, "peer", &peer.keys.public, "allowed-ips", "10.10.0.2/32"]).unwrap();
+    isth.wg(&[
+        "set",
+        &isth.ifname,
+        "peer",
+        &peer.keys.public,
+        "allowed-ips",
+        "10.10.0.2/32",
+    ])
+    .unwrap();
     let d = isth.dump().unwrap();
     assert_eq!(d[0].allowed_ips, vec!["10.10.0.2/32".to_owned()]);
-    isth.wg(&["set", &isth.ifname, "peer", &peer.keys.public, "remove"]).unwrap();
-    assert!(isth.dump().unwrap().is_empty(), "peer still listed after remove");
+    isth.wg(&["set", &isth.ifname, "peer", &peer.keys.public, "remove"])
+        .unwrap();
+    assert!(
+        isth.dump().unwrap().is_empty(),
+        "peer still listed after remove"
+    );
     assert!(isth.alive());
 }
 
@@ -62,14 +94,27 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     let mut t = Topology::new().unwrap();
     let q = t.add_node("quick").unwrap();
     t.add_node("peer").unwrap();
-    t.link("quick", &["10.202.0.1/24"], "peer", &["10.202.0.2/24"]).unwrap();
-    t.add_wg("peer", WgImpl::WireguardGo, 51820, &["10.30.0.2/24", "fd30::2/64"]).unwrap();
+    t.link("quick", &["10.202.0.1/24"], "peer", &["10.202.0.2/24"])
+        .unwrap();
+    t.add_wg(
+        "peer",
+        WgImpl::WireguardGo,
+        51820,
+        &["10.30.0.2/24", "fd30::2/64"],
+    )
+    .unwrap();
     let peer = t.wg("peer");
 
     let keys = Keypair::generate().unwrap();
     let ifname = unique_ifname("q");
     let conf = t.lab.path(&format!("{ifname}.conf"));
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&conf).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&conf)
+        .unwrap();
     write!(
         f,
         "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.30.0.1/24, fd30::1/64\n\n\
@@ -92,7 +137,11 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     let bin = WgImpl::Isthmus.binary().unwrap();
     let conf_s = conf.to_string_lossy().into_owned();
     let up = wg_quick(&t, &q, &bin.to_string_lossy(), "up", &conf_s);
-    assert!(up.status.success(), "wg-quick up failed: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "wg-quick up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     assert!(
         uapi_socket(&ifname).exists(),
         "wg-quick did not use the userspace implementation (no {}): {}",
@@ -107,12 +156,23 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     assert!(show.contains(&peer.keys.public), "{show}");
 
     let down = wg_quick(&t, &q, &bin.to_string_lossy(), "down", &conf_s);
-    assert!(down.status.success(), "wg-quick down failed: {}", String::from_utf8_lossy(&down.stderr));
-    assert!(q.exec(&["ip", "link", "show", &ifname]).is_err(), "{ifname} still exists after wg-quick down");
+    assert!(
+        down.status.success(),
+        "wg-quick down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(
+        q.exec(&["ip", "link", "show", &ifname]).is_err(),
+        "{ifname} still exists after wg-quick down"
+    );
     // Like wireguard-go, the daemon exits when its interface is deleted.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !q.pids().is_empty() {
-        assert!(Instant::now() < deadline, "the userspace implementation is still running 5 s after wg-quick down: pids {:?}", q.pids());
+        assert!(
+            Instant::now() < deadline,
+            "the userspace implementation is still running 5 s after wg-quick down: pids {:?}",
+            q.pids()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -123,13 +183,25 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
 /// userspace fallback when /sys/module/wireguard exists. To test the userspace implementation
 /// on any kernel it runs in a private mount namespace with /sys/module hidden, and with an
 /// `ip` wrapper on PATH that refuses to create kernel WireGuard links.
-fn wg_quick(t: &Topology, ns: &isthmus_lab::Netns, impl_bin: &str, action: &str, conf: &str) -> std::process::Output {
+fn wg_quick(
+    t: &Topology,
+    ns: &isthmus_lab::Netns,
+    impl_bin: &str,
+    action: &str,
+    conf: &str,
+) -> std::process::Output {
     let shim_dir = t.lab.path("shim");
     std::fs::create_dir_all(&shim_dir).unwrap();
-    let real_ip = String::from_utf8(std::process::Command::new("sh").args(["-c", "command -v ip"]).output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let real_ip = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v ip"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
     let shim = shim_dir.join("ip");
     std::fs::write(
         &shim,
@@ -138,10 +210,29 @@ fn wg_quick(t: &Topology, ns: &isthmus_lab::Netns, impl_bin: &str, action: &str,
         ),
     )
     .unwrap();
-    std::process::Command::new("chmod").args(["755", &shim.to_string_lossy()]).status().unwrap();
-    let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+    std::process::Command::new("chmod")
+        .args(["755", &shim.to_string_lossy()])
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let script = format!(
         "mount -t tmpfs lab-hide /sys/module 2>/dev/null || true; exec env PATH='{path}' WG_QUICK_USERSPACE_IMPLEMENTATION='{impl_bin}' wg-quick {action} '{conf}'"
     );
-    ns.output_timeout(&["unshare", "-m", "--propagation", "private", "sh", "-c", &script], 60).unwrap()
+    ns.output_timeout(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+        60,
+    )
+    .unwrap()
 }

@@ -21,6 +21,12 @@ pub fn init() {
 pub fn ping_ok(ns: &Netns, dst: &str, count: u32) -> PingResult {
     ns.wait_ping(dst, Duration::from_secs(15)).unwrap();
     let r = ns.ping(dst, count).unwrap();
-    assert_eq!(r.lost(), 0, "ping {dst} from {} lost packets:\n{}", ns.name(), r.output);
+    assert_eq!(
+        r.lost(),
+        0,
+        "ping {dst} from {} lost packets:\n{}",
+        ns.name(),
+        r.output
+    );
     r
 }
