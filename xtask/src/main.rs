@@ -105,7 +105,7 @@ fn run_tests(what: &str, mut cmd: Command) -> Result<Tally> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.trim().strip_prefix("test result: ") {
-            for part in rest.split(|c| c == ';' || c == '.') {
+            for part in rest.split([';', '.']) {
                 let mut w = part.split_whitespace();
                 if let (Some(n), Some(kind)) = (w.next(), w.next()) {
                     let Ok(n) = n.parse::<u64>() else { continue };

@@ -63,7 +63,7 @@ fn http_get(addr: &str, path: &str) -> Result<()> {
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         bail!("odd-length hex {s:?}");
     }
     (0..s.len())
