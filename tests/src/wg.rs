@@ -374,7 +374,14 @@ impl WgIface {
     /// # Errors
     /// When nothing answers (not isthmus-dp?) or the text does not parse.
     pub fn metrics(&self) -> Result<Metrics> {
-        scrape(&self.ns, METRICS_ADDR).with_context(|| {
+        // The endpoint may come up a moment after the UAPI socket.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut result = scrape(&self.ns, METRICS_ADDR);
+        while result.is_err() && Instant::now() < deadline && self.alive() {
+            std::thread::sleep(Duration::from_millis(100));
+            result = scrape(&self.ns, METRICS_ADDR);
+        }
+        result.with_context(|| {
             format!(
                 "scraping {} metrics of {} ({})",
                 self.imp.label(),

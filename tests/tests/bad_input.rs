@@ -90,6 +90,15 @@ impl<'a> Drops<'a> {
     }
 }
 
+/// Sets the flag when dropped, also during a panic.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Data packets (type 4, longer than a keepalive) in a capture.
 fn data_packets(caught: &[UdpDatagram]) -> Vec<Vec<u8>> {
     caught
@@ -161,9 +170,12 @@ fn bad_input_is_dropped_counted_and_harmless() {
     let mut drops = Drops::new(&t);
     let hub_addr = "10.201.2.1:51820"; // the hub as s2 (the attacker) sees it
     let (sent, lost) = std::thread::scope(|scope| {
+        // If an assertion below fails, stop the bystander so that the scope can end.
+        let _stop_guard = StopOnDrop(&stop);
         let bystander = scope.spawn(|| {
             let (mut sent, mut lost, mut outputs) = (0, 0, String::new());
-            while !stop.load(Ordering::Relaxed) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                 let r = s1
                     .ping_with(
                         &s0v4,
