@@ -459,3 +459,32 @@ pub fn parse_dump(text: &str) -> Result<Vec<DumpPeer>> {
     }
     Ok(peers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dump;
+
+    #[test]
+    fn parses_wg_show_dump() {
+        let text = "cHJpdg==\tcHVi\t51820\toff\n\
+                    UEVFUg==\t(none)\t10.0.0.2:51820\t10.0.0.2/32,fd00::2/128\t1700000000\t1234\t5678\toff\n\
+                    T1RIRVI=\t(none)\t(none)\t(none)\t0\t0\t0\t25\n";
+        let peers = parse_dump(text).unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].public_key, "UEVFUg==");
+        assert_eq!(peers[0].endpoint.as_deref(), Some("10.0.0.2:51820"));
+        assert_eq!(peers[0].allowed_ips, vec!["10.0.0.2/32", "fd00::2/128"]);
+        assert_eq!(
+            (
+                peers[0].latest_handshake,
+                peers[0].rx_bytes,
+                peers[0].tx_bytes
+            ),
+            (1_700_000_000, 1234, 5678)
+        );
+        assert_eq!(peers[1].endpoint, None);
+        assert!(peers[1].allowed_ips.is_empty());
+        assert!(parse_dump("if\nshort\tline\n").is_err());
+        assert!(parse_dump("if\na\tb\tc\td\tNaN\t0\t0\toff\n").is_err());
+    }
+}

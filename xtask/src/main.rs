@@ -379,12 +379,13 @@ fn demo(keep: bool) -> Result<()> {
         );
         println!("logs and keys: {}", t.lab.dir().display());
         println!(
-            "clean up with: kill {} ; for n in {}; do ip netns del $n; done",
+            "clean up with: kill {} ; for n in {}; do ip netns del $n; done; rm -rf {}",
             pids.iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(" "),
-            names.join(" ")
+            names.join(" "),
+            t.lab.dir().display()
         );
         std::env::set_var("ISTHMUS_LAB_KEEP", "1");
         std::mem::forget(t);
