@@ -124,13 +124,21 @@ impl Topology {
         listen_port: u16,
         addrs: &[&str],
     ) -> Result<&WgIface> {
-        let ns = Arc::clone(self.ns(node));
         let spec = WgSpec {
             listen_port,
             addresses: addrs.iter().map(|s| (*s).to_owned()).collect(),
-            keys: None,
+            ..WgSpec::default()
         };
-        let iface = WgIface::start(&ns, &self.lab, imp, &spec)
+        self.add_wg_spec(node, imp, &spec)
+    }
+
+    /// Starts a WireGuard implementation on `node` from a full [`WgSpec`].
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn add_wg_spec(&mut self, node: &str, imp: WgImpl, spec: &WgSpec) -> Result<&WgIface> {
+        let ns = Arc::clone(self.ns(node));
+        let iface = WgIface::start(&ns, &self.lab, imp, spec)
             .with_context(|| format!("starting {} on {node}", imp.label()))?;
         self.ifaces.insert(node.to_owned(), iface);
         Ok(&self.ifaces[node])

@@ -169,6 +169,8 @@ pub struct WgSpec {
     pub addresses: Vec<String>,
     /// Key pair; generated when `None`.
     pub keys: Option<Keypair>,
+    /// Extra command-line arguments, passed only to a real isthmus-dp (`--unrouted drop`).
+    pub isthmus_args: Vec<String>,
 }
 
 /// A peer to add to an interface.
@@ -234,7 +236,10 @@ impl WgIface {
         let log = lab.path(&format!("{ifname}.log"));
         let mut args: Vec<&str> = vec![&bin_s];
         match imp.flavour() {
-            WgImpl::Isthmus => args.extend(["-f", &ifname, "--metrics", METRICS_ADDR]),
+            WgImpl::Isthmus => {
+                args.extend(["-f", &ifname, "--metrics", METRICS_ADDR]);
+                args.extend(spec.isthmus_args.iter().map(String::as_str));
+            }
             WgImpl::WireguardGo => args.extend(["-f", &ifname]),
             WgImpl::Boringtun => {
                 args.extend(["--foreground", "--disable-drop-privileges", &ifname])

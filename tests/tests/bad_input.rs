@@ -335,6 +335,11 @@ fn bad_input_is_dropped_counted_and_harmless() {
             )
             .unwrap();
         assert_eq!(r.received, 0, "{}", r.output);
+        assert!(
+            r.output.contains("Time to live exceeded"),
+            "no ICMP time exceeded came back:\n{}",
+            r.output
+        );
         drops.expect("TTL exceeded", &["ttl_exceeded"], 3.0);
 
         stop.store(true, Ordering::Relaxed);
@@ -354,5 +359,71 @@ fn bad_input_is_dropped_counted_and_harmless() {
     ping_ok(&s1, &s0v4, 3);
 
     require_isthmus("drop counters by reason");
+    assert!(drops.failures.is_empty(), "{}", drops.failures.join("\n"));
+}
+
+/// With `--unrouted drop`, a packet from a peer that matches no route is dropped as `no_route`
+/// and an ICMP "unreachable" goes back, instead of being handed to the kernel; the hub's own
+/// addresses stay reachable.
+#[test]
+fn unroutable_from_a_peer_with_unrouted_drop() {
+    init();
+    let mut t = Topology::new().unwrap();
+    t.add_node("hub").unwrap();
+    t.add_node("s0").unwrap();
+    t.link("hub", &["10.201.0.1/24"], "s0", &["10.201.0.2/24"])
+        .unwrap();
+    let spec = isthmus_lab::WgSpec {
+        listen_port: 51820,
+        addresses: vec!["10.20.0.1/24".into(), "fd20::1/64".into()],
+        isthmus_args: vec!["--unrouted".into(), "drop".into()],
+        ..Default::default()
+    };
+    t.add_wg_spec("hub", WgImpl::Isthmus, &spec).unwrap();
+    t.add_wg(
+        "s0",
+        WgImpl::WireguardGo,
+        51820,
+        &["10.20.0.2/24", "fd20::2/64"],
+    )
+    .unwrap();
+    t.peer("hub", "s0", None, &["10.20.0.2/32", "fd20::2/128"], None)
+        .unwrap();
+    t.peer(
+        "s0",
+        "hub",
+        Some("10.201.0.1:51820".into()),
+        &["10.20.0.0/24", "fd20::/64", "10.99.0.0/24", "fd99::/64"],
+        None,
+    )
+    .unwrap();
+    let s0 = Arc::clone(t.ns("s0"));
+    let s0if = t.wg("s0").ifname.clone();
+    s0.route(&["10.99.0.0/24", "dev", &s0if]).unwrap();
+    s0.route(&["fd99::/64", "dev", &s0if]).unwrap();
+    ping_ok(&s0, "10.20.0.1", 3);
+    ping_ok(&s0, "fd20::1", 3);
+
+    let mut drops = Drops::new(&t);
+    let r4 = s0.ping_with("10.99.0.1", 5, &PingOpts::default()).unwrap();
+    let r6 = s0.ping_with("fd99::1", 5, &PingOpts::default()).unwrap();
+    assert_eq!(r4.received + r6.received, 0, "{}{}", r4.output, r6.output);
+    assert!(
+        t.wg("hub").alive(),
+        "the hub died:\n{}",
+        t.wg("hub").log_tail(30)
+    );
+    require_isthmus("--unrouted drop");
+    assert!(
+        r4.output.contains("Unreachable") && r6.output.contains("unreachable"),
+        "no ICMP unreachable came back:\n{}\n{}",
+        r4.output,
+        r6.output
+    );
+    drops.expect(
+        "unroutable from a peer (--unrouted drop)",
+        &["no_route"],
+        10.0,
+    );
     assert!(drops.failures.is_empty(), "{}", drops.failures.join("\n"));
 }
