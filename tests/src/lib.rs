@@ -26,6 +26,6 @@ pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};
 pub use traffic::{IperfResult, PingOpts, PingResult};
 pub use wg::{
-    parse_dump, require_isthmus, scrape, uapi_socket, write_private_key, DumpPeer, Keypair,
-    PeerSpec, WgIface, WgImpl, WgSpec, METRICS_ADDR,
+    parse_dump, require_isthmus, scrape, uapi_socket, write_private_key, ConfigPeer, DumpPeer,
+    IsthmusConfig, Keypair, PeerSpec, WgIface, WgImpl, WgSpec, METRICS_ADDR,
 };

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::lab::Lab;
 use crate::netns::{veth, Netns};
-use crate::wg::{PeerSpec, WgIface, WgImpl, WgSpec};
+use crate::wg::{ConfigPeer, IsthmusConfig, Keypair, PeerSpec, WgIface, WgImpl, WgSpec};
 
 /// Underlay or inner address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,18 @@ impl Topology {
             ..WgSpec::default()
         };
         self.add_wg_spec(node, imp, &spec)
+    }
+
+    /// Starts isthmus-dp on `node` from a configuration file.
+    ///
+    /// # Errors
+    /// When it does not start (or the binary under test is not isthmus-dp).
+    pub fn add_isthmus_config(&mut self, node: &str, cfg: &IsthmusConfig) -> Result<&WgIface> {
+        let ns = Arc::clone(self.ns(node));
+        let iface = WgIface::start_config(&ns, &self.lab, cfg)
+            .with_context(|| format!("starting isthmus-dp --config on {node}"))?;
+        self.ifaces.insert(node.to_owned(), iface);
+        Ok(&self.ifaces[node])
     }
 
     /// Starts a WireGuard implementation on `node` from a full [`WgSpec`].
@@ -267,7 +279,9 @@ impl Topology {
     /// Hosts `h1` (`10.1.1.2`, `fd00:1:1::2`) and `h2` (`10.2.1.2`, `fd00:2:1::2`) sit behind
     /// their island's WireGuard peer `p1`/`p2` (`island_imp`, kernel forwarding on), which
     /// has one peer: its gateway. Each gateway has two peers on one UDP port: its island's peer
-    /// (mesh) and the other gateway (trunk), over the trunk veth `10.100.0.{1,2}`. Traffic
+    /// (mesh, named `island-N`) and the other gateway (trunk, named `gw-N`), over the trunk
+    /// veth `10.100.0.{1,2}`; a real isthmus-dp gateway is started from a TOML configuration
+    /// file (`--config`) with those names and classes, a stand-in through the UAPI. Traffic
     /// between the hosts crosses p1 → g1 → g2 → p2; an isthmus gateway relays it in user
     /// space (its kernel does not forward). A stand-in gateway gets kernel forwarding.
     ///
@@ -279,64 +293,116 @@ impl Topology {
             t.add_node(n)?;
         }
         t.link("g1", &["10.100.0.1/24"], "g2", &["10.100.0.2/24"])?;
+        let gw_keys = [Keypair::generate()?, Keypair::generate()?];
+        let peer_keys = [Keypair::generate()?, Keypair::generate()?];
+        let island = |i: u8| {
+            (
+                format!("10.{i}.0.0/16"),
+                format!("fd00:{i}::/32"),
+                format!("10.10{i}.0.1/24"),
+                format!("10.10{i}.0.2/24"),
+            )
+        };
+        // Hosts and island peers first, so that gateways can name their keys.
         for i in 1..=2u8 {
             let (h, p, g) = (format!("h{i}"), format!("p{i}"), format!("g{i}"));
-            let (other, other6) = (
-                format!("10.{}.0.0/16", 3 - i),
-                format!("fd00:{}::/32", 3 - i),
-            );
+            let (_, _, underlay_g, underlay_p) = island(i);
             t.link(
                 &h,
                 &[&format!("10.{i}.1.2/24"), &format!("fd00:{i}:1::2/64")],
                 &p,
                 &[&format!("10.{i}.1.1/24"), &format!("fd00:{i}:1::1/64")],
             )?;
-            let underlay_g = format!("10.10{i}.0.1/24");
-            let underlay_p = format!("10.10{i}.0.2/24");
             t.link(&p, &[&underlay_p], &g, &[&underlay_g])?;
-            t.add_wg(
-                &g,
-                gateway_imp,
-                51820,
-                &[&format!("10.{i}.0.1/24"), &format!("fd00:{i}::1/64")],
-            )?;
-            t.add_wg(
-                &p,
-                island_imp,
-                51820,
-                &[&format!("10.{i}.0.2/24"), &format!("fd00:{i}::2/64")],
-            )?;
+            let spec = WgSpec {
+                listen_port: 51820,
+                addresses: vec![format!("10.{i}.0.2/24"), format!("fd00:{i}::2/64")],
+                keys: Some(peer_keys[usize::from(i - 1)].clone()),
+                ..WgSpec::default()
+            };
+            t.add_wg_spec(&p, island_imp, &spec)?;
+        }
+        for i in 1..=2u8 {
+            let (p, g) = (format!("p{i}"), format!("g{i}"));
+            let (other_v4, other_v6, _, _) = island(3 - i);
+            let (_, _, own_g, own_p) = island(i);
+            let mesh_allowed = vec![
+                format!("10.{i}.0.2/32"),
+                format!("fd00:{i}::2/128"),
+                format!("10.{i}.1.0/24"),
+                format!("fd00:{i}:1::/64"),
+            ];
+            let trunk_endpoint = endpoint(&format!("10.100.0.{}", 3 - i), 51820);
+            let addresses = vec![format!("10.{i}.0.1/24"), format!("fd00:{i}::1/64")];
+            let me = usize::from(i - 1);
+            if gateway_imp.is_real_isthmus() {
+                // A real gateway starts from its configuration file: named peers, classes.
+                let cfg = IsthmusConfig {
+                    listen_port: 51820,
+                    addresses,
+                    keys: Some(gw_keys[me].clone()),
+                    peers: vec![
+                        ConfigPeer {
+                            name: format!("island-{i}"),
+                            class: "mesh".into(),
+                            public_key: peer_keys[me].public.clone(),
+                            endpoint: Some(endpoint(&own_p, 51820)),
+                            allowed_ips: mesh_allowed,
+                            keepalive: None,
+                        },
+                        ConfigPeer {
+                            name: format!("gw-{}", 3 - i),
+                            class: "trunk".into(),
+                            public_key: gw_keys[1 - me].public.clone(),
+                            endpoint: Some(trunk_endpoint),
+                            allowed_ips: vec![other_v4.clone(), other_v6.clone()],
+                            keepalive: Some(10),
+                        },
+                    ],
+                    routes: Vec::new(),
+                };
+                t.add_isthmus_config(&g, &cfg)?;
+            } else {
+                let spec = WgSpec {
+                    listen_port: 51820,
+                    addresses,
+                    keys: Some(gw_keys[me].clone()),
+                    ..WgSpec::default()
+                };
+                t.add_wg_spec(&g, gateway_imp, &spec)?;
+                let gw = t.wg(&g);
+                gw.add_peer(&PeerSpec {
+                    public_key: peer_keys[me].public.clone(),
+                    endpoint: Some(endpoint(&own_p, 51820)),
+                    allowed_ips: mesh_allowed,
+                    keepalive: None,
+                })?;
+                gw.add_peer(&PeerSpec {
+                    public_key: gw_keys[1 - me].public.clone(),
+                    endpoint: Some(trunk_endpoint),
+                    allowed_ips: vec![other_v4.clone(), other_v6.clone()],
+                    keepalive: Some(10),
+                })?;
+                t.ns(&g).set_forwarding(true)?;
+            }
             // Island peer: its gateway carries the other island.
-            t.peer(
-                &p,
-                &g,
-                Some(endpoint(&underlay_g, 51820)),
-                &[
-                    &format!("10.{i}.0.1/32"),
-                    &format!("fd00:{i}::1/128"),
-                    &other,
-                    &other6,
+            t.wg(&p).add_peer(&PeerSpec {
+                public_key: gw_keys[me].public.clone(),
+                endpoint: Some(endpoint(&own_g, 51820)),
+                allowed_ips: vec![
+                    format!("10.{i}.0.1/32"),
+                    format!("fd00:{i}::1/128"),
+                    other_v4.clone(),
+                    other_v6.clone(),
                 ],
-                Some(5),
-            )?;
-            t.peer(
-                &g,
-                &p,
-                Some(endpoint(&underlay_p, 51820)),
-                &[
-                    &format!("10.{i}.0.2/32"),
-                    &format!("fd00:{i}::2/128"),
-                    &format!("10.{i}.1.0/24"),
-                    &format!("fd00:{i}:1::/64"),
-                ],
-                None,
-            )?;
+                keepalive: Some(5),
+            })?;
             let pns = Arc::clone(t.ns(&p));
             pns.set_forwarding(true)?;
             let pif = t.wg(&p).ifname.clone();
-            pns.route(&[&other, "dev", &pif])?;
-            pns.route(&[&other6, "dev", &pif])?;
-            let hns = t.ns(&h);
+            pns.route(&[&other_v4, "dev", &pif])?;
+            pns.route(&[&other_v6, "dev", &pif])?;
+            let hns = t.ns(&format!("h{i}"));
             hns.route(&["default", "via", &format!("10.{i}.1.1")])?;
             hns.exec(&[
                 "ip",
@@ -350,29 +416,15 @@ impl Topology {
             // Kernel routes on the gateway, for its own traffic into the islands.
             let gns = Arc::clone(t.ns(&g));
             let gif = t.wg(&g).ifname.clone();
-            gns.route(&[&format!("10.{i}.1.0/24"), "dev", &gif])?;
-            gns.route(&[&format!("fd00:{i}:1::/64"), "dev", &gif])?;
-            gns.route(&[&other, "dev", &gif])?;
-            gns.route(&[&other6, "dev", &gif])?;
-            if !gateway_imp.is_real_isthmus() {
-                gns.set_forwarding(true)?;
+            for prefix in [
+                format!("10.{i}.1.0/24"),
+                format!("fd00:{i}:1::/64"),
+                other_v4,
+                other_v6,
+            ] {
+                gns.route(&[&prefix, "dev", &gif])?;
             }
         }
-        // The trunk.
-        t.peer(
-            "g1",
-            "g2",
-            Some(endpoint("10.100.0.2", 51820)),
-            &["10.2.0.0/16", "fd00:2::/32"],
-            None,
-        )?;
-        t.peer(
-            "g2",
-            "g1",
-            Some(endpoint("10.100.0.1", 51820)),
-            &["10.1.0.0/16", "fd00:1::/32"],
-            None,
-        )?;
         Ok(t)
     }
 

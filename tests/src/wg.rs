@@ -250,29 +250,7 @@ impl WgIface {
             WgImpl::WireguardGo => &[("LOG_LEVEL", "error"), ("WG_PROCESS_FOREGROUND", "1")],
             WgImpl::Boringtun => &[("WG_LOG_LEVEL", "error")],
         };
-        let pid = ns.spawn_env(&args, envs, &log)?;
-        let sock = uapi_socket(&ifname);
-        ns.remove_on_drop(sock.clone());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            if !ns.alive(pid) {
-                bail!(
-                    "{} ({bin_s}) exited before serving {}:\n{}",
-                    imp.label(),
-                    sock.display(),
-                    log_tail(&log, 20)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} ({bin_s}) did not create {} within 10 s:\n{}",
-                    imp.label(),
-                    sock.display(),
-                    log_tail(&log, 20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pid = spawn_and_wait(ns, imp, &ifname, &args, envs, &log)?;
         let keys = match &spec.keys {
             Some(k) => k.clone(),
             None => Keypair::generate()?,
@@ -298,6 +276,43 @@ impl WgIface {
         for a in &spec.addresses {
             ns.add_addr(&iface.ifname, a)?;
         }
+        ns.link_up(&iface.ifname)?;
+        Ok(iface)
+    }
+
+    /// Starts a real isthmus-dp from a TOML configuration file (`isthmus-dp -f --config FILE`),
+    /// waits for its UAPI socket and sets the interface up (isthmus-dp adds the addresses).
+    ///
+    /// # Errors
+    /// When the binary under test is not isthmus-dp, or it does not start.
+    pub fn start_config(ns: &Arc<Netns>, lab: &Lab, cfg: &IsthmusConfig) -> Result<Self> {
+        let imp = WgImpl::Isthmus;
+        if !imp.is_real_isthmus() {
+            bail!("--config needs isthmus-dp, and the binary under test is a stand-in");
+        }
+        let ifname = unique_name(imp.prefix());
+        let bin_s = imp.binary()?.to_string_lossy().into_owned();
+        let log = lab.path(&format!("{ifname}.log"));
+        let keys = match &cfg.keys {
+            Some(k) => k.clone(),
+            None => Keypair::generate()?,
+        };
+        let key_file = write_private_key(lab, &ifname, &keys.private)?;
+        let conf = lab.path(&format!("{ifname}.toml"));
+        std::fs::write(&conf, cfg.to_toml(&ifname, &key_file))
+            .with_context(|| format!("writing {}", conf.display()))?;
+        let conf_s = conf.to_string_lossy().into_owned();
+        let args = [bin_s.as_str(), "-f", "--config", &conf_s];
+        let pid = spawn_and_wait(ns, imp, &ifname, &args, &[("RUST_LOG", "info")], &log)?;
+        let iface = Self {
+            ns: Arc::clone(ns),
+            ifname,
+            keys,
+            listen_port: cfg.listen_port,
+            imp,
+            pid,
+            log,
+        };
         ns.link_up(&iface.ifname)?;
         Ok(iface)
     }
@@ -394,6 +409,113 @@ impl WgIface {
                 self.ns.name()
             )
         })
+    }
+}
+
+/// Starts `args` in `ns` and waits up to 10 s for the UAPI socket of `ifname`.
+fn spawn_and_wait(
+    ns: &Arc<Netns>,
+    imp: WgImpl,
+    ifname: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> Result<u32> {
+    let bin_s = args[0];
+    let pid = ns.spawn_env(args, envs, log)?;
+    let sock = uapi_socket(ifname);
+    ns.remove_on_drop(sock.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if !ns.alive(pid) {
+            bail!(
+                "{} ({bin_s}) exited before serving {}:\n{}",
+                imp.label(),
+                sock.display(),
+                log_tail(log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} ({bin_s}) did not create {} within 10 s:\n{}",
+                imp.label(),
+                sock.display(),
+                log_tail(log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(pid)
+}
+
+/// A peer in an isthmus TOML configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigPeer {
+    /// `name`: shown in metrics labels and by isthmusctl.
+    pub name: String,
+    /// `class`: `"mesh"` or `"trunk"`.
+    pub class: String,
+    /// `public_key`.
+    pub public_key: String,
+    /// `endpoint`.
+    pub endpoint: Option<String>,
+    /// `allowed_ips`.
+    pub allowed_ips: Vec<String>,
+    /// `persistent_keepalive`.
+    pub keepalive: Option<u16>,
+}
+
+/// An isthmus-dp configuration file (`isthmus-dp --config FILE`), written by the lab.
+#[derive(Debug, Clone, Default)]
+pub struct IsthmusConfig {
+    /// `listen_port`.
+    pub listen_port: u16,
+    /// `address`: put on the TUN device by isthmus-dp itself.
+    pub addresses: Vec<String>,
+    /// Key pair; generated when `None`. The private key goes to a 0600 file.
+    pub keys: Option<Keypair>,
+    /// `[[peer]]` tables.
+    pub peers: Vec<ConfigPeer>,
+    /// `[[route]]` tables: `(prefix, via)`.
+    pub routes: Vec<(String, String)>,
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl IsthmusConfig {
+    /// The TOML text for interface `ifname` with its private key in `key_file`.
+    #[must_use]
+    pub fn to_toml(&self, ifname: &str, key_file: &Path) -> String {
+        let mut t = format!(
+            "[interface]\nname = {ifname:?}\nprivate_key_file = {:?}\nlisten_port = {}\naddress = {}\nmetrics = {METRICS_ADDR:?}\n",
+            key_file.to_string_lossy(),
+            self.listen_port,
+            toml_list(&self.addresses)
+        );
+        for p in &self.peers {
+            t.push_str(&format!(
+                "\n[[peer]]\nname = {:?}\nclass = {:?}\npublic_key = {:?}\nallowed_ips = {}\n",
+                p.name,
+                p.class,
+                p.public_key,
+                toml_list(&p.allowed_ips)
+            ));
+            if let Some(e) = &p.endpoint {
+                t.push_str(&format!("endpoint = {e:?}\n"));
+            }
+            if let Some(k) = p.keepalive {
+                t.push_str(&format!("persistent_keepalive = {k}\n"));
+            }
+        }
+        for (prefix, via) in &self.routes {
+            t.push_str(&format!(
+                "\n[[route]]\nprefix = {prefix:?}\nvia = {via:?}\n"
+            ));
+        }
+        t
     }
 }
 

@@ -1,5 +1,5 @@
 //! The demo's topology: hosts on two mesh islands reach each other across two isthmus trunk
-//! gateways, which relay in user space.
+//! gateways, which relay in user space. The gateways start from `isthmus-dp --config FILE`.
 
 mod common;
 
@@ -38,5 +38,19 @@ fn hosts_reach_each_other_across_the_trunk() {
         let relay = after.get("isthmus_forwarded_packets_total", &[("path", "relay")])
             - b.get("isthmus_forwarded_packets_total", &[("path", "relay")]);
         assert!(relay >= f64::from(6 * N), "{g}: relay grew by {relay}");
+        // Started from a configuration file: peers carry their names and classes.
+        let other = if *g == "g1" { "gw-2" } else { "gw-1" };
+        let island = if *g == "g1" { "island-1" } else { "island-2" };
+        for (peer, class) in [(other, "trunk"), (island, "mesh")] {
+            let rx = after.get(
+                "isthmus_peer_rx_packets_total",
+                &[("peer", peer), ("class", class)],
+            );
+            assert!(
+                rx > f64::from(N),
+                "{g}: peer {peer} ({class}) received {rx} packets\n{}",
+                after.excerpt("isthmus_peer_rx")
+            );
+        }
     }
 }
