@@ -407,8 +407,10 @@ fn show_routes(t: &Topology, g: &str) {
         ctl.to_string_lossy().into_owned(),
         sock.to_string_lossy().into_owned(),
     );
-    let attempts: [Vec<&str>; 2] = [
+    // isthmusctl finds the data plane by its control socket; the spellings it may accept.
+    let attempts: [Vec<&str>; 3] = [
         vec![&ctl_s, "--socket", &sock_s, "show", "routes"],
+        vec![&ctl_s, "-i", &w.ifname, "show", "routes"],
         vec![&ctl_s, "show", "routes", &w.ifname],
     ];
     let mut errors = Vec::new();
