@@ -1,1 +1,31 @@
-//! The lab.
+//! The isthmus lab: network namespaces, veth links, WireGuard implementations started inside
+//! them, traffic generators and a Prometheus scraper.
+//!
+//! Everything here cleans up after itself through `Drop` guards, also when a test panics:
+//! a [`Netns`] kills every process it spawned (by PID, and then every process still inside the
+//! namespace, all of which the lab started) and deletes the namespace; a [`Lab`] removes its
+//! temporary directory.
+//!
+//! The tests in `tests/tests/` and `cargo xtask demo` are built on this crate. All of it needs
+//! root (`ip netns add`), and the tools installed by `scripts/install-deps.sh`.
+#![deny(unsafe_code)]
+
+mod capture;
+mod lab;
+mod metrics;
+mod netns;
+pub mod pcap;
+mod topology;
+mod traffic;
+mod wg;
+
+pub use capture::Capture;
+pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, workspace_root, Lab};
+pub use metrics::{parse_prometheus, Metrics, Sample};
+pub use netns::{veth, Netns};
+pub use topology::{endpoint, ip_of, Family, Topology};
+pub use traffic::{IperfResult, PingOpts, PingResult};
+pub use wg::{
+    parse_dump, require_isthmus, scrape, uapi_socket, write_private_key, ConfigPeer, DumpPeer,
+    IsthmusConfig, Keypair, PeerSpec, WgIface, WgImpl, WgSpec, METRICS_ADDR,
+};

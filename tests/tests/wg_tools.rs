@@ -1,0 +1,238 @@
+//! WireGuard's own tools against isthmus-dp: `wg show`, `wg show dump`, `wg set`, and
+//! `wg-quick` with isthmus-dp as the userspace implementation.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{init, ping_ok};
+use isthmus_lab::{endpoint, uapi_socket, unique_ifname, Family, Keypair, Topology, WgImpl};
+
+#[test]
+fn wg_show_dump_reports_peer_handshake_and_counters() {
+    init();
+    let t = Topology::pair(WgImpl::Isthmus, WgImpl::WireguardGo, Family::V4).unwrap();
+    let (a, b) = (t.ns("a"), t.ns("b"));
+    let (isth, peer) = (t.wg("a"), t.wg("b"));
+
+    let before = isth.dump().unwrap();
+    assert_eq!(before.len(), 1, "one peer expected: {before:?}");
+    assert_eq!(before[0].public_key, peer.keys.public);
+    assert_eq!(before[0].allowed_ips.len(), 2, "{before:?}");
+
+    ping_ok(a, "10.10.0.2", 5);
+    let mid = isth.dump().unwrap();
+    ping_ok(b, "fd10::1", 5);
+    a.tcp_both_ways(&t.lab, b, "10.10.0.2", 5203).unwrap();
+    let after = isth.dump().unwrap();
+
+    let p = &after[0];
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        p.latest_handshake > 0,
+        "no handshake time in wg show dump: {p:?}"
+    );
+    assert!(
+        now.abs_diff(p.latest_handshake) < 120,
+        "handshake time {} is not recent (now {now})",
+        p.latest_handshake
+    );
+    assert_eq!(p.endpoint.as_deref(), Some("10.200.0.2:51820"));
+    assert!(
+        p.rx_bytes > mid[0].rx_bytes && p.tx_bytes > mid[0].tx_bytes,
+        "counters did not grow: {:?} -> {p:?}",
+        mid[0]
+    );
+    assert!(
+        p.rx_bytes > 2_000_000 && p.tx_bytes > 2_000_000,
+        "a 4 MB transfer each way (of which iperf3 counts at least 2 MB delivered) should show: {p:?}"
+    );
+
+    // The human-readable form and the per-field queries.
+    let show = isth.wg(&["show", &isth.ifname]).unwrap();
+    assert!(
+        show.contains(&format!("peer: {}", peer.keys.public)),
+        "{show}"
+    );
+    assert!(show.contains("latest handshake"), "{show}");
+    assert!(show.contains("transfer"), "{show}");
+    let pubkey = isth.wg(&["show", &isth.ifname, "public-key"]).unwrap();
+    assert_eq!(pubkey.trim(), isth.keys.public);
+    let port = isth.wg(&["show", &isth.ifname, "listen-port"]).unwrap();
+    assert_eq!(port.trim(), "51820");
+
+    // wg set: change the allowed IPs, then remove the peer.
+    isth.wg(&[
+        "set",
+        &isth.ifname,
+        "peer",
+        &peer.keys.public,
+        "allowed-ips",
+        "10.10.0.2/32",
+    ])
+    .unwrap();
+    let d = isth.dump().unwrap();
+    assert_eq!(d[0].allowed_ips, vec!["10.10.0.2/32".to_owned()]);
+    isth.wg(&["set", &isth.ifname, "peer", &peer.keys.public, "remove"])
+        .unwrap();
+    assert!(
+        isth.dump().unwrap().is_empty(),
+        "peer still listed after remove"
+    );
+    assert!(isth.alive());
+}
+
+#[test]
+fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
+    init();
+    let mut t = Topology::new().unwrap();
+    let q = t.add_node("quick").unwrap();
+    t.add_node("peer").unwrap();
+    t.link("quick", &["10.202.0.1/24"], "peer", &["10.202.0.2/24"])
+        .unwrap();
+    t.add_wg(
+        "peer",
+        WgImpl::WireguardGo,
+        51820,
+        &["10.30.0.2/24", "fd30::2/64"],
+    )
+    .unwrap();
+    let peer = t.wg("peer");
+
+    let keys = Keypair::generate().unwrap();
+    let ifname = unique_ifname("q");
+    let conf = t.lab.path(&format!("{ifname}.conf"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&conf)
+        .unwrap();
+    write!(
+        f,
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.30.0.1/24, fd30::1/64\n\n\
+         [Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 10.30.0.2/32, fd30::2/128\n",
+        keys.private,
+        peer.keys.public,
+        endpoint("10.202.0.2", 51820)
+    )
+    .unwrap();
+    drop(f);
+    peer.add_peer(&isthmus_lab::PeerSpec {
+        public_key: keys.public.clone(),
+        endpoint: Some(endpoint("10.202.0.1", 51820)),
+        allowed_ips: vec!["10.30.0.1/32".into(), "fd30::1/128".into()],
+        keepalive: None,
+    })
+    .unwrap();
+    q.remove_on_drop(uapi_socket(&ifname));
+
+    let bin = WgImpl::Isthmus.binary().unwrap();
+    let conf_s = conf.to_string_lossy().into_owned();
+    let up = wg_quick(&t, &q, &bin.to_string_lossy(), "up", &conf_s);
+    assert!(
+        up.status.success(),
+        "wg-quick up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(
+        uapi_socket(&ifname).exists(),
+        "wg-quick did not use the userspace implementation (no {}): {}",
+        uapi_socket(&ifname).display(),
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    ping_ok(&q, "10.30.0.2", 5);
+    ping_ok(&q, "fd30::2", 3);
+    ping_ok(t.ns("peer"), "10.30.0.1", 3);
+    let show = q.exec(&["wg", "show", &ifname]).unwrap();
+    assert!(show.contains(&peer.keys.public), "{show}");
+
+    let down = wg_quick(&t, &q, &bin.to_string_lossy(), "down", &conf_s);
+    assert!(
+        down.status.success(),
+        "wg-quick down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(
+        q.exec(&["ip", "link", "show", &ifname]).is_err(),
+        "{ifname} still exists after wg-quick down"
+    );
+    // Like wireguard-go, the daemon exits when its interface is deleted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !q.pids().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the userspace implementation is still running 5 s after wg-quick down: pids {:?}",
+            q.pids()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `wg-quick ACTION CONF` in `ns` with `impl_bin` as the userspace implementation.
+///
+/// wg-quick prefers kernel WireGuard when `ip link add type wireguard` works, and refuses the
+/// userspace fallback when /sys/module/wireguard exists. To test the userspace implementation
+/// on any kernel it runs in a private mount namespace with /sys/module hidden, and with an
+/// `ip` wrapper on PATH that refuses to create kernel WireGuard links.
+fn wg_quick(
+    t: &Topology,
+    ns: &isthmus_lab::Netns,
+    impl_bin: &str,
+    action: &str,
+    conf: &str,
+) -> std::process::Output {
+    let shim_dir = t.lab.path("shim");
+    std::fs::create_dir_all(&shim_dir).unwrap();
+    let real_ip = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v ip"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let shim = shim_dir.join("ip");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" type wireguard \"*) echo 'lab: kernel WireGuard disabled' >&2; exit 2;; esac\nexec {real_ip} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["755", &shim.to_string_lossy()])
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!(
+        "mount -t tmpfs lab-hide /sys/module 2>/dev/null || true; exec env PATH='{path}' WG_QUICK_USERSPACE_IMPLEMENTATION='{impl_bin}' wg-quick {action} '{conf}'"
+    );
+    ns.output_timeout(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+        60,
+    )
+    .unwrap()
+}
