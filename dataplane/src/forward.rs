@@ -673,17 +673,13 @@ impl<S: Sink> Ctx<'_, S> {
             return self.drop(DropReason::Oversized);
         }
         let data = slot.data();
-        let Some(&ty) = data.first() else { return self.drop(DropReason::BadPacket) };
-        if data.len() < 4 || data[1..4] != [0, 0, 0] {
-            return self.drop(DropReason::BadPacket);
-        }
-        match (ty, data.len()) {
-            (1, 148) => self.handshake_init(data, src),
-            (2, 92) => self.by_index(u32::from_le_bytes([data[8], data[9], data[10], data[11]]), data, src),
-            (3, 64) | (4, 32..) => {
-                self.by_index(u32::from_le_bytes([data[4], data[5], data[6], data[7]]), data, src);
+        match wire::wg::Message::classify(data) {
+            Some(wire::wg::Message::Initiation { .. }) => self.handshake_init(data, src),
+            Some(m) => {
+                let idx = m.receiver_index().expect("every other message has a receiver");
+                self.by_index(idx, data, src);
             }
-            _ => self.drop(DropReason::BadPacket),
+            None => self.drop(DropReason::BadPacket),
         }
     }
 

@@ -204,6 +204,7 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     h.set_private_key(Some(kh));
     a.upsert_peer(peer(public(kh), Some(addr(3)), &["0.0.0.0/0"])).unwrap();
     h.upsert_peer(peer(public(ka), Some(addr(1)), &["10.0.1.0/24"])).unwrap();
+    h.upsert_peer(peer(public(key(2)), None, &["10.0.2.0/24"])).unwrap();
     let mut net = LoopbackNet::new();
     net.add(a, addr(1));
     net.add(h, addr(3));
@@ -211,6 +212,18 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     net.run(32);
     let t = net.nodes[1].core.totals();
     assert_eq!(t.dropped(DropReason::NoRoute), 1);
+    assert_eq!(t.icmp_sent, 1);
+    // A net-unreachable from the hub's address came back through the tunnel to A's TUN.
+    let icmp = net.nodes[0].tun_delivered.last().expect("ICMP error delivered").clone();
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 0), "ICMP type 3 code 0");
+    assert_eq!(&icmp[12..16], &[10, 0, 0, 254]);
+    // TTL 1 through the hub: time exceeded.
+    net.send_from_tun(0, &udp4([10, 0, 1, 1], [10, 0, 2, 9], 1, b"short-lived"));
+    net.run(32);
+    let t = net.nodes[1].core.totals();
+    assert_eq!(t.dropped(DropReason::TtlExceeded), 1, "{t:?}");
+    let icmp = net.nodes[0].tun_delivered.last().unwrap().clone();
+    assert_eq!((icmp[20], icmp[21]), (11, 0), "ICMP time exceeded");
     // Arc keeps `Arc` import used in all configurations.
     let _ = Arc::strong_count(&net.nodes[0].core);
 }

@@ -67,24 +67,7 @@ pub enum OffloadError {
     Unsupported(u8),
 }
 
-/// One's-complement sum of `data` (not folded, not inverted), continuing from `sum`.
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use crate::wire::checksum::{finish as fold, sum as sum16};
 
 /// Finish a checksum the kernel left partial (`NEEDS_CSUM`): the field already holds the
 /// pseudo-header sum; sum from `csum_start` to the end and store the result.

@@ -1,7 +1,30 @@
 //! Zero-copy views of the headers the data plane touches: IPv4, IPv6, UDP, ICMP/ICMPv6,
-//! TCP (MSS option only) and WireGuard messages. Parsers never panic on any input.
+//! TCP (for the MSS option) and WireGuard messages, in the style of smoltcp's `wire`:
+//! views that check lengths before they read, and parsers that never panic on any input.
+//!
+//! The fixed headers are `#[repr(C)]` structs ([`headers`]) that zerocopy lays over the
+//! buffer; the functions here are what the forwarding path needs from them.
+
+pub mod checksum;
+pub mod headers;
+pub mod wg;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use headers::{view, view_mut, IcmpHeader, Ipv4Header, Ipv6Header, TcpHeader};
+use zerocopy::IntoBytes;
+
+/// IP protocol numbers used here.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+}
 
 /// Why a packet could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,15 +59,13 @@ pub struct IpMeta {
 }
 
 /// Parse the IP header at the start of `pkt`.
+#[inline]
 pub fn parse_ip(pkt: &[u8]) -> Result<IpMeta, WireError> {
-    let first = *pkt.first().ok_or(WireError::Truncated)?;
-    match first >> 4 {
+    match pkt.first().ok_or(WireError::Truncated)? >> 4 {
         4 => {
-            if pkt.len() < 20 {
-                return Err(WireError::Truncated);
-            }
-            let ihl = usize::from(first & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            let h: &Ipv4Header = view(pkt)?;
+            let ihl = usize::from(h.version_ihl & 0x0f) * 4;
+            let total = usize::from(h.total_len.get());
             if ihl < 20 || total < ihl {
                 return Err(WireError::Malformed);
             }
@@ -52,29 +73,25 @@ pub fn parse_ip(pkt: &[u8]) -> Result<IpMeta, WireError> {
                 return Err(WireError::Truncated);
             }
             Ok(IpMeta {
-                src: IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
-                dst: IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
-                proto: pkt[9],
-                ttl: pkt[8],
+                src: IpAddr::V4(Ipv4Addr::from(h.src)),
+                dst: IpAddr::V4(Ipv4Addr::from(h.dst)),
+                proto: h.protocol,
+                ttl: h.ttl,
                 total_len: total,
                 header_len: ihl,
             })
         }
         6 => {
-            if pkt.len() < 40 {
-                return Err(WireError::Truncated);
-            }
-            let total = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            let h: &Ipv6Header = view(pkt)?;
+            let total = 40 + usize::from(h.payload_len.get());
             if pkt.len() < total {
                 return Err(WireError::Truncated);
             }
-            let src: [u8; 16] = pkt[8..24].try_into().map_err(|_| WireError::Truncated)?;
-            let dst: [u8; 16] = pkt[24..40].try_into().map_err(|_| WireError::Truncated)?;
             Ok(IpMeta {
-                src: IpAddr::V6(Ipv6Addr::from(src)),
-                dst: IpAddr::V6(Ipv6Addr::from(dst)),
-                proto: pkt[6],
-                ttl: pkt[7],
+                src: IpAddr::V6(Ipv6Addr::from(h.src)),
+                dst: IpAddr::V6(Ipv6Addr::from(h.dst)),
+                proto: h.next_header,
+                ttl: h.hop_limit,
                 total_len: total,
                 header_len: 40,
             })
@@ -85,28 +102,28 @@ pub fn parse_ip(pkt: &[u8]) -> Result<IpMeta, WireError> {
 
 /// Decrement the TTL / hop limit in place (fixing the IPv4 checksum incrementally).
 /// Returns `false`, leaving the packet untouched, when the packet must not be forwarded
-/// because its TTL is 0 or 1 (time exceeded).
+/// because its TTL is 0 or 1 (time exceeded) or it is not IP.
+#[inline]
 pub fn decrement_ttl(pkt: &mut [u8]) -> bool {
     match pkt.first().map(|b| b >> 4) {
-        Some(4) if pkt.len() >= 20 => {
-            if pkt[8] <= 1 {
+        Some(4) => {
+            let Ok(h) = view_mut::<Ipv4Header>(pkt) else { return false };
+            if h.ttl <= 1 {
                 return false;
             }
-            pkt[8] -= 1;
-            // RFC 1624: HC' = ~(~HC + ~m + m'); TTL is the high byte of its 16-bit word.
-            let old = u16::from_be_bytes([pkt[10], pkt[11]]);
-            let sum = u32::from(!old) + u32::from(!0x0100u16 & 0xffff) + 0;
-            let sum = (sum & 0xffff) + (sum >> 16);
-            let sum = (sum & 0xffff) + (sum >> 16);
-            let new = !(sum as u16);
-            pkt[10..12].copy_from_slice(&new.to_be_bytes());
+            // TTL is the high byte of the 16-bit word it shares with the protocol.
+            let old = u16::from_be_bytes([h.ttl, h.protocol]);
+            h.ttl -= 1;
+            let new = u16::from_be_bytes([h.ttl, h.protocol]);
+            h.checksum.set(checksum::update(h.checksum.get(), old, new));
             true
         }
-        Some(6) if pkt.len() >= 40 => {
-            if pkt[7] <= 1 {
+        Some(6) => {
+            let Ok(h) = view_mut::<Ipv6Header>(pkt) else { return false };
+            if h.hop_limit <= 1 {
                 return false;
             }
-            pkt[7] -= 1;
+            h.hop_limit -= 1;
             true
         }
         _ => false,
@@ -120,7 +137,7 @@ pub enum IcmpError {
     TimeExceeded,
     /// No route to the destination (network unreachable / ICMPv6 no route).
     NoRoute,
-    /// Administratively prohibited (blackhole route).
+    /// Administratively prohibited.
     Prohibited,
     /// Packet too big for the next hop: IPv4 fragmentation needed (DF set) or ICMPv6
     /// packet too big, carrying the next-hop MTU.
@@ -130,27 +147,183 @@ pub enum IcmpError {
     },
 }
 
+/// Is this address one an ICMP error must never be sent to (RFC 1812 4.3.2.7, RFC 4443 2.4)?
+fn bad_error_target(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
+    }
+}
+
 /// Build an ICMP (for IPv4) or ICMPv6 (for IPv6) error about `offending` into `out`, sent
 /// from `from`, addressed to the offending packet's source. Returns the length written, or
 /// `None` where RFC 1812 / RFC 4443 forbid an error (offending packet is itself an ICMP
-/// error, multicast/broadcast, unparsable) or `out` is too small.
+/// error, multicast/broadcast, a non-first fragment, unparsable), `from` is of the other
+/// family, or `out` is too small.
 pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8]) -> Option<usize> {
-    let _ = (kind, offending, from, out);
-    None
+    let meta = parse_ip(offending).ok()?;
+    if bad_error_target(meta.src) {
+        return None;
+    }
+    let payload = &offending[meta.header_len..meta.total_len];
+    match (meta.src, from) {
+        (IpAddr::V4(dst), IpAddr::V4(src)) => {
+            let h: &Ipv4Header = view(offending).ok()?;
+            // Not for non-first fragments, not for ICMP errors, not to multicast traffic.
+            if h.flags_frag.get() & 0x1fff != 0 || meta.dst.is_multicast() || Ipv4Addr::from(h.dst).is_broadcast() {
+                return None;
+            }
+            if meta.proto == proto::ICMP && payload.first().is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12)) {
+                return None;
+            }
+            let (ty, code, rest) = match kind {
+                IcmpError::TimeExceeded => (11, 0, [0; 4]),
+                IcmpError::NoRoute => (3, 0, [0; 4]),
+                IcmpError::Prohibited => (3, 13, [0; 4]),
+                IcmpError::PacketTooBig { mtu } => {
+                    let m = mtu.to_be_bytes();
+                    (3, 4, [0, 0, m[0], m[1]])
+                }
+            };
+            // RFC 1812 4.3.2.3: as much of the original as fits in 576 bytes.
+            let quote = meta.total_len.min(576 - 28);
+            let len = 28 + quote;
+            if out.len() < len {
+                return None;
+            }
+            let ip = Ipv4Header {
+                version_ihl: 0x45,
+                tos: 0,
+                total_len: (len as u16).into(),
+                id: 0.into(),
+                flags_frag: 0.into(),
+                ttl: 64,
+                protocol: proto::ICMP,
+                checksum: 0.into(),
+                src: src.octets(),
+                dst: dst.octets(),
+            };
+            out[..20].copy_from_slice(ip.as_bytes());
+            let c = checksum::checksum(&out[..20]);
+            out[10..12].copy_from_slice(&c.to_be_bytes());
+            let icmp = IcmpHeader { ty, code, checksum: 0.into(), rest };
+            out[20..28].copy_from_slice(icmp.as_bytes());
+            out[28..len].copy_from_slice(&offending[..quote]);
+            let c = checksum::checksum(&out[20..len]);
+            out[22..24].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        (IpAddr::V6(dst), IpAddr::V6(src)) => {
+            let too_big = matches!(kind, IcmpError::PacketTooBig { .. });
+            if meta.dst.is_multicast() && !too_big {
+                return None;
+            }
+            if meta.proto == proto::ICMPV6 && payload.first().is_some_and(|t| *t < 128) {
+                return None;
+            }
+            let (ty, code, rest) = match kind {
+                IcmpError::TimeExceeded => (3, 0, [0; 4]),
+                IcmpError::NoRoute => (1, 0, [0; 4]),
+                IcmpError::Prohibited => (1, 1, [0; 4]),
+                IcmpError::PacketTooBig { mtu } => (2, 0, u32::from(mtu).to_be_bytes()),
+            };
+            // RFC 4443 2.4 (c): as much as fits in the minimum MTU.
+            let quote = meta.total_len.min(1280 - 48);
+            let len = 48 + quote;
+            if out.len() < len {
+                return None;
+            }
+            let ip = Ipv6Header {
+                version_tc_flow: (6u32 << 28).into(),
+                payload_len: ((len - 40) as u16).into(),
+                next_header: proto::ICMPV6,
+                hop_limit: 64,
+                src: src.octets(),
+                dst: dst.octets(),
+            };
+            out[..40].copy_from_slice(ip.as_bytes());
+            let icmp = IcmpHeader { ty, code, checksum: 0.into(), rest };
+            out[40..48].copy_from_slice(icmp.as_bytes());
+            out[48..len].copy_from_slice(&offending[..quote]);
+            let s = checksum::pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), proto::ICMPV6, len - 40);
+            let c = checksum::finish(checksum::sum(s, &out[40..len]));
+            out[42..44].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        _ => None,
+    }
 }
 
 /// Clamp the MSS option of a TCP SYN in `pkt` (an IP packet) to `max_mss`, fixing the TCP
-/// checksum. Returns whether the packet was changed.
+/// checksum incrementally. Returns whether the packet was changed.
 pub fn clamp_tcp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
-    let _ = (pkt, max_mss);
+    let Ok(meta) = parse_ip(pkt) else { return false };
+    if meta.proto != proto::TCP {
+        return false;
+    }
+    // Only the first fragment carries the TCP header.
+    if matches!(meta.src, IpAddr::V4(_)) && u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff != 0 {
+        return false;
+    }
+    let seg = &mut pkt[meta.header_len..meta.total_len];
+    let Ok(tcp) = view::<TcpHeader>(seg) else { return false };
+    if tcp.flags & 0x02 == 0 {
+        return false; // not a SYN
+    }
+    let hlen = usize::from(tcp.data_offset >> 4) * 4;
+    if hlen < 20 || hlen > seg.len() {
+        return false;
+    }
+    let mut i = 20;
+    while i < hlen {
+        match seg[i] {
+            0 => break,      // end of options
+            1 => i += 1,     // no-op
+            kind => {
+                let Some(&l) = seg.get(i + 1) else { return false };
+                let l = usize::from(l);
+                if l < 2 || i + l > hlen {
+                    return false;
+                }
+                if kind == 2 && l == 4 {
+                    let old = u16::from_be_bytes([seg[i + 2], seg[i + 3]]);
+                    if old <= max_mss {
+                        return false;
+                    }
+                    seg[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    let Ok(tcp) = view_mut::<TcpHeader>(seg) else { return false };
+                    // The option may sit at an odd offset of its 16-bit word; i is even
+                    // relative to the TCP header only when the option is aligned.
+                    if i % 2 == 0 {
+                        tcp.checksum.set(checksum::update(tcp.checksum.get(), old, max_mss));
+                    } else {
+                        let c = full_tcp_checksum(meta.src, meta.dst, seg);
+                        if let Ok(tcp) = view_mut::<TcpHeader>(seg) {
+                            tcp.checksum.set(c);
+                        }
+                    }
+                    return true;
+                }
+                i += l;
+            }
+        }
+    }
     false
+}
+
+fn full_tcp_checksum(src: IpAddr, dst: IpAddr, seg: &mut [u8]) -> u16 {
+    seg[16] = 0;
+    seg[17] = 0;
+    let s = checksum::pseudo_header(src, dst, proto::TCP, seg.len());
+    checksum::finish(checksum::sum(s, seg))
 }
 
 /// Is this a Babel packet for the control plane (UDP port 6696 to a link-local unicast
 /// address or to ff02::1:6)?
+#[inline]
 pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
     let IpAddr::V6(dst) = meta.dst else { return false };
-    if meta.proto != 17 || pkt.len() < meta.header_len + 8 {
+    if meta.proto != proto::UDP || pkt.len() < meta.header_len + 8 {
         return false;
     }
     let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
@@ -158,3 +331,6 @@ pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
     let dport = u16::from_be_bytes([pkt[meta.header_len + 2], pkt[meta.header_len + 3]]);
     (link_local || babel_group) && dport == 6696
 }
+
+#[cfg(test)]
+mod tests;
