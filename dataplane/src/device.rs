@@ -553,3 +553,146 @@ fn run_ip(args: &[&str]) -> io::Result<()> {
         Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
+
+/// The control channel's view of a device.
+struct CtlGlue {
+    dev: Arc<Device>,
+    inject: Mutex<(Worker, MmsgScratch)>,
+}
+
+fn via_of(nh: &crate::ctl::proto::CtlNextHop) -> crate::forward::StaticVia {
+    use crate::ctl::proto::CtlNextHop as N;
+    match nh {
+        N::Peer(k) => crate::forward::StaticVia::Peer(*k),
+        N::Local => crate::forward::StaticVia::Local,
+        N::Blackhole => crate::forward::StaticVia::Blackhole,
+    }
+}
+
+impl crate::ctl::server::CtlBackend for CtlGlue {
+    fn hello(&self) -> (String, Option<crate::keys::Key>) {
+        (self.dev.ifname.clone(), self.dev.core.public_key())
+    }
+
+    fn peers(&self) -> Vec<crate::ctl::proto::PeerInfo> {
+        self.dev
+            .core
+            .peers()
+            .iter()
+            .map(|p| {
+                let s = p.settings();
+                crate::ctl::proto::PeerInfo {
+                    public_key: p.public_key,
+                    name: s.name.clone(),
+                    class: s.class.as_str().into(),
+                    endpoint: p.endpoint(),
+                    last_handshake_unix: p
+                        .last_handshake()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    rx_bytes: p.counters.rx_bytes.load(Relaxed),
+                    tx_bytes: p.counters.tx_bytes.load(Relaxed),
+                    rx_packets: p.counters.rx_packets.load(Relaxed),
+                    tx_packets: p.counters.tx_packets.load(Relaxed),
+                    allowed_ips: s.allowed_ips,
+                }
+            })
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<crate::ctl::proto::RouteInfo> {
+        use crate::ctl::proto::{CtlNextHop, RouteInfo, RouteOrigin as O};
+        let peers = self.dev.core.peers();
+        let mut out: Vec<RouteInfo> = self
+            .dev
+            .core
+            .fib()
+            .routes()
+            .into_iter()
+            .filter_map(|r| {
+                let next_hop = match r.next_hop {
+                    crate::fib::NextHop::Peer(id) => CtlNextHop::Peer(peers.get(id)?.public_key),
+                    crate::fib::NextHop::Local => CtlNextHop::Local,
+                    crate::fib::NextHop::Blackhole => CtlNextHop::Blackhole,
+                };
+                let origin = match self.dev.core.route_origin(&r.prefix) {
+                    Some(crate::forward::RouteOrigin::Static) => O::Static,
+                    Some(crate::forward::RouteOrigin::Control) => O::Control,
+                    Some(crate::forward::RouteOrigin::Connected) => O::Connected,
+                    _ => O::AllowedIps,
+                };
+                Some(RouteInfo { prefix: r.prefix, next_hop, origin })
+            })
+            .collect();
+        out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        out
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        let t = self.dev.core.totals();
+        let mut v = Vec::new();
+        for p in crate::stats::Path::ALL {
+            v.push((format!("forwarded_{}", p.label()), t.forwarded_on(p)));
+        }
+        for r in crate::stats::DropReason::ALL {
+            v.push((format!("drop_{}", r.label()), t.dropped(r)));
+        }
+        v.push(("icmp_sent".into(), t.icmp_sent));
+        v.push(("cookies_sent".into(), t.cookies_sent));
+        v.push(("mss_clamped".into(), t.mss_clamped));
+        v
+    }
+
+    fn fib_snapshot(&self, routes: Vec<crate::ctl::proto::CtlRoute>) -> Result<(), String> {
+        self.dev.core.set_control_routes(routes.iter().map(|r| (r.prefix, via_of(&r.next_hop))).collect());
+        Ok(())
+    }
+
+    fn fib_update(&self, add: Vec<crate::ctl::proto::CtlRoute>, remove: Vec<ipnet::IpNet>) -> Result<(), String> {
+        self.dev.core.update_control_routes(add.iter().map(|r| (r.prefix, via_of(&r.next_hop))).collect(), &remove);
+        Ok(())
+    }
+
+    fn inject(&self, peer: crate::keys::Key, packet: Vec<u8>) -> Result<(), String> {
+        let socks = self.dev.sockets.load_full();
+        let Some(s) = socks.first() else { return Err("no UDP socket bound".into()) };
+        let mut g = self.inject.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (worker, scratch) = &mut *g;
+        let counters = worker.counters();
+        let mut sink = TimerSink { udp_fd: s.as_raw_fd(), scratch, counters: &counters, _tun: None };
+        if worker.inject(&peer, &packet, &mut sink) {
+            Ok(())
+        } else {
+            Err("no such peer".into())
+        }
+    }
+
+    fn disconnected(&self, was_subscriber: bool) {
+        if was_subscriber {
+            // The control plane went away: keep forwarding on its routes, marked stale,
+            // until it comes back with a fresh snapshot.
+            self.dev.core.set_fib_stale(true);
+        }
+    }
+}
+
+/// Serve the control channel of `dev` at `path`, and route the core's events (handshakes,
+/// roaming, punted Babel packets) to its subscribers.
+pub fn serve_ctl(dev: &Arc<Device>, path: &std::path::Path) -> io::Result<crate::ctl::server::CtlServer> {
+    use crate::ctl::proto::{Msg, PeerEvent};
+    use crate::forward::CoreEvent;
+    let bus = crate::ctl::server::EventBus::new();
+    let b = bus.clone();
+    dev.core.set_event_sink(Arc::new(move |ev| {
+        if !b.has_subscribers() {
+            return false;
+        }
+        b.publish(match ev {
+            CoreEvent::HandshakeUp(peer) => Msg::Event(PeerEvent::HandshakeUp { peer }),
+            CoreEvent::EndpointChanged(peer, endpoint) => Msg::Event(PeerEvent::EndpointChanged { peer, endpoint }),
+            CoreEvent::Punt(peer, packet) => Msg::Punt { peer, packet },
+        })
+    }));
+    let glue = Arc::new(CtlGlue { dev: dev.clone(), inject: Mutex::new((Worker::new(dev.core.clone()), MmsgScratch::default())) });
+    crate::ctl::server::serve(path, glue, bus)
+}

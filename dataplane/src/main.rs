@@ -178,7 +178,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone()).context("serving the WireGuard userspace API")?;
-    let ctl = ();
+    let ctl_path = args
+        .ctl_socket
+        .clone()
+        .or(iface.control_socket.clone())
+        .unwrap_or_else(|| PathBuf::from(format!("/var/run/isthmus/{ifname}.ctl")));
+    let ctl = device::serve_ctl(&dev, &ctl_path)
+        .with_context(|| format!("serving the control socket {}", ctl_path.display()))?;
 
     let d: Arc<Device> = dev.clone();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
@@ -194,7 +200,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     sig_handle.close();
     drop(uapi);
-    let () = ctl;
+    drop(ctl);
     dev.join();
     Ok(())
 }

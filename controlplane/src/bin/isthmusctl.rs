@@ -1,2 +1,196 @@
-//! `isthmusctl`: keys, configuration checks and a view of a running data plane.
-fn main() {}
+//! `isthmusctl`: keys, configuration checks, and a view of a running data plane through its
+//! control socket.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use isthmus_dataplane::ctl::proto::{CtlNextHop, Msg, PeerInfo, RouteInfo, RouteOrigin};
+use isthmus_dataplane::ctl::server::CtlClient;
+use isthmus_dataplane::keys::Key;
+
+const USAGE: &str = "\
+usage: isthmusctl genkey
+       isthmusctl pubkey < private.key
+       isthmusctl check-config FILE
+       isthmusctl show peers|routes|stats [IFNAME | --socket PATH]
+
+genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
+show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl; without IFNAME,
+the only socket there is used.";
+
+const SOCKET_DIR: &str = "/var/run/isthmus";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("isthmusctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["genkey"] => {
+            println!("{}", Key::generate_private().to_base64());
+            Ok(())
+        }
+        ["pubkey"] => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+            let k = Key::from_base64(&s).context("Key is not the correct length or format")?;
+            println!("{}", k.public_key().to_base64());
+            Ok(())
+        }
+        ["check-config", file] => {
+            let cfg = isthmus_dataplane::config::load(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{file}: OK ({} peers, {} routes)", cfg.peers.len(), cfg.routes.len());
+            Ok(())
+        }
+        ["show", what, rest @ ..] => {
+            let path = socket(rest)?;
+            let mut c = CtlClient::connect(&path, "isthmusctl").with_context(|| "is isthmus-dp running?".to_string())?;
+            match *what {
+                "peers" => show_peers(&mut c),
+                "routes" => show_routes(&mut c),
+                "stats" => show_stats(&mut c),
+                other => bail!("unknown: show {other}\n{USAGE}"),
+            }
+        }
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
+    match rest {
+        ["--socket", p] => Ok(PathBuf::from(p)),
+        [ifname] if !ifname.starts_with('-') => Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.ctl"))),
+        [] => {
+            let found: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
+                .with_context(|| format!("no isthmus-dp is running ({SOCKET_DIR} does not exist)"))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "ctl"))
+                .collect();
+            match found.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => bail!("no isthmus-dp control socket in {SOCKET_DIR}"),
+                _ => bail!("several isthmus-dp are running; name one: {}", names(&found)),
+            }
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    paths.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+}
+
+fn ago(unix: Option<u64>) -> String {
+    let Some(t) = unix else { return "never".into() };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = now.saturating_sub(t);
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Print rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn peer_label(p: &PeerInfo) -> String {
+    p.name.clone().unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
+}
+
+fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
+    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else { bail!("unexpected answer") };
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                peer_label(p),
+                p.public_key.to_base64(),
+                p.class.clone(),
+                p.endpoint.map_or("-".into(), |e| e.to_string()),
+                ago(p.last_handshake_unix),
+                format!("{} / {}", bytes(p.rx_bytes), bytes(p.tx_bytes)),
+                p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    table(&["PEER", "PUBLIC KEY", "CLASS", "ENDPOINT", "HANDSHAKE", "RX / TX", "ALLOWED IPS"], &rows);
+    Ok(())
+}
+
+fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
+    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else { bail!("unexpected answer") };
+    let Msg::Routes(routes) = c.request(&Msg::GetRoutes)? else { bail!("unexpected answer") };
+    let label = |r: &RouteInfo| match r.next_hop {
+        CtlNextHop::Peer(k) => peers.iter().find(|p| p.public_key == k).map_or_else(|| k.to_base64()[..8].to_string(), peer_label),
+        CtlNextHop::Local => "local".into(),
+        CtlNextHop::Blackhole => "blackhole".into(),
+    };
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            let origin = match r.origin {
+                RouteOrigin::AllowedIps => "allowed-ips",
+                RouteOrigin::Connected => "connected",
+                RouteOrigin::Static => "static",
+                RouteOrigin::Control => "babel",
+            };
+            vec![r.prefix.to_string(), label(r), origin.into()]
+        })
+        .collect();
+    table(&["PREFIX", "NEXT HOP", "ORIGIN"], &rows);
+    Ok(())
+}
+
+fn show_stats(c: &mut CtlClient) -> anyhow::Result<()> {
+    let Msg::Stats(stats) = c.request(&Msg::GetStats)? else { bail!("unexpected answer") };
+    let rows: Vec<Vec<String>> = stats.iter().filter(|(_, v)| *v > 0).map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    table(&["COUNTER", "VALUE"], &rows);
+    Ok(())
+}
