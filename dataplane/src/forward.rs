@@ -797,10 +797,11 @@ impl<S: Sink> Ctx<'_, S> {
             Err(_) => return self.drop(DropReason::BadInnerPacket),
         };
         slot.len = meta.total_len; // drop WireGuard's padding
-        if self.allowed.lookup(meta.src) != Some(NextHop::Peer(from.id)) {
-            return self.drop(DropReason::SpoofedSource);
-        }
-        if wire::is_babel(&meta, slot.data()) {
+        // Babel from a tunnel peer: the peer is authenticated by its session, and its
+        // link-local source names the point-to-point link, not a routed address, so it
+        // needs no allowed-IP: hand it to the control plane.
+        let link_local_src = matches!(meta.src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+        if link_local_src && wire::is_babel(&meta, slot.data()) {
             let pkt = slot.data().to_vec(); // off the hot path: control traffic
             if self.core.emit(CoreEvent::Punt(from.public_key, pkt)) {
                 self.counters.forwarded(Path::Punt, meta.total_len);
@@ -808,6 +809,13 @@ impl<S: Sink> Ctx<'_, S> {
                 self.drop(DropReason::PuntDropped);
             }
             return;
+        }
+        // Source filter: the peer's allowed IPs, as in WireGuard, or (strict reverse-path
+        // check) a source the FIB routes back to this same peer, so that routes learned by
+        // the control plane or configured statically carry traffic both ways.
+        let from_hop = Some(NextHop::Peer(from.id));
+        if self.allowed.lookup(meta.src) != from_hop && self.fib.lookup(meta.src) != from_hop {
+            return self.drop(DropReason::SpoofedSource);
         }
         // In drop-in mode (as in wireguard-go) whatever is not routed to another peer goes to
         // the kernel, which owns the rest of the routing decision.
