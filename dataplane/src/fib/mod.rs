@@ -64,8 +64,10 @@ pub struct FibStats {
     pub v6_trie_bytes: usize,
     /// 256-slot chunks in use (IPv4, IPv6).
     pub chunks: (usize, usize),
-    /// Buckets in use (IPv4, IPv6).
+    /// One-cache-line buckets (up to 2 long prefixes) in use (IPv4, IPv6).
     pub buckets: (usize, usize),
+    /// Two-cache-line buckets (up to 5 long prefixes) in use (IPv4, IPv6).
+    pub big_buckets: (usize, usize),
 }
 
 /// One address family: the source-of-truth maps and the trie.
@@ -276,6 +278,45 @@ impl Fib {
         self.hops.get(self.v6.trie.lookup(key_v6(addr)))
     }
 
+    /// Longest-prefix match for a batch of IPv4 addresses: `out[i]` gets the next hop of
+    /// `addrs[i]`. Faster per address than [`Fib::lookup_v4`] on large tables, because the
+    /// memory accesses of different addresses overlap. Processes `min(addrs.len(), out.len())`
+    /// addresses; allocates nothing.
+    #[inline]
+    pub fn lookup_v4_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<NextHop>]) {
+        const B: usize = 16;
+        let mut keys = [0u128; B];
+        let mut codes = [0u32; B];
+        for (addrs, out) in addrs.chunks(B).zip(out.chunks_mut(B)) {
+            let n = addrs.len().min(out.len());
+            for (k, a) in keys.iter_mut().zip(addrs) {
+                *k = key_v4(*a);
+            }
+            self.v4.trie.lookup_batch(&keys[..n], &mut codes[..n]);
+            for (o, c) in out.iter_mut().zip(&codes[..n]) {
+                *o = self.hops.get(*c);
+            }
+        }
+    }
+
+    /// Longest-prefix match for a batch of IPv6 addresses; see [`Fib::lookup_v4_batch`].
+    #[inline]
+    pub fn lookup_v6_batch(&self, addrs: &[Ipv6Addr], out: &mut [Option<NextHop>]) {
+        const B: usize = 16;
+        let mut keys = [0u128; B];
+        let mut codes = [0u32; B];
+        for (addrs, out) in addrs.chunks(B).zip(out.chunks_mut(B)) {
+            let n = addrs.len().min(out.len());
+            for (k, a) in keys.iter_mut().zip(addrs) {
+                *k = key_v6(*a);
+            }
+            self.v6.trie.lookup_batch(&keys[..n], &mut codes[..n]);
+            for (o, c) in out.iter_mut().zip(&codes[..n]) {
+                *o = self.hops.get(*c);
+            }
+        }
+    }
+
     /// Number of IPv4 prefixes.
     pub fn len_v4(&self) -> usize {
         self.v4.len
@@ -307,13 +348,14 @@ impl Fib {
 
     /// Memory and shape of the lookup structures.
     pub fn stats(&self) -> FibStats {
-        let (c4, b4) = self.v4.trie.counts();
-        let (c6, b6) = self.v6.trie.counts();
+        let (c4, b4, g4) = self.v4.trie.counts();
+        let (c6, b6, g6) = self.v6.trie.counts();
         FibStats {
             v4_trie_bytes: self.v4.trie.memory_bytes(),
             v6_trie_bytes: self.v6.trie.memory_bytes(),
             chunks: (c4, c6),
             buckets: (b4, b6),
+            big_buckets: (g4, g6),
         }
     }
 }

@@ -102,7 +102,7 @@ fn remove_restores_the_covering_route() {
     assert!(fib.is_empty());
     // Everything collapsed back: no chunk, no bucket.
     let stats = fib.stats();
-    assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)));
+    assert_eq!((stats.chunks, stats.buckets, stats.big_buckets), ((0, 0), (0, 0), (0, 0)));
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn many_long_prefixes_in_one_slot_burst_and_collapse() {
     assert_eq!(fib.remove(&v4("2001:db8::/32")), Some(NextHop::Local));
     assert_eq!(fib.lookup(a4("2001:db8::")), None);
     let stats = fib.stats();
-    assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)), "{stats:?}");
+    assert_eq!((stats.chunks, stats.buckets, stats.big_buckets), ((0, 0), (0, 0), (0, 0)), "{stats:?}");
 }
 
 #[test]
@@ -307,9 +307,25 @@ fn sorted(mut routes: Vec<Route>) -> Vec<Route> {
 }
 
 fn check_same(fib: &Fib, naive: &NaiveFib, gen: &mut Gen, inside: &[IpNet], probes: usize) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for _ in 0..probes {
         let addr = gen.probe(inside);
         assert_eq!(fib.lookup(addr), naive.lookup(addr), "lookup {addr}");
+        match addr {
+            IpAddr::V4(a) => v4.push(a),
+            IpAddr::V6(a) => v6.push(a),
+        }
+    }
+    // The batch lookups agree with the single ones.
+    let mut out = vec![Some(NextHop::Local); v4.len().max(v6.len())];
+    fib.lookup_v4_batch(&v4, &mut out);
+    for (a, o) in v4.iter().zip(&out) {
+        assert_eq!(*o, fib.lookup_v4(*a), "batch lookup {a}");
+    }
+    fib.lookup_v6_batch(&v6, &mut out);
+    for (a, o) in v6.iter().zip(&out) {
+        assert_eq!(*o, fib.lookup_v6(*a), "batch lookup {a}");
     }
     assert_eq!(fib.len_v4(), naive.len_v4());
     assert_eq!(fib.len_v6(), naive.len_v6());
@@ -363,7 +379,7 @@ fn seeded_random_tables_match_the_oracle() {
         check_same(&fib, &naive, &mut gen, &[], 500);
         assert!(fib.is_empty());
         let stats = fib.stats();
-        assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)), "seed {seed}: {stats:?}");
+        assert_eq!((stats.chunks, stats.buckets, stats.big_buckets), ((0, 0), (0, 0), (0, 0)), "seed {seed}: {stats:?}");
     }
 }
 
