@@ -100,7 +100,12 @@ impl<const N: usize> Bucket<N> {
     const CAP: usize = N - 1;
 
     fn with_default(code: u32) -> Self {
-        Self { keys: [0; N], codes: [code; N], lens: [0; N], count: 0 }
+        Self {
+            keys: [0; N],
+            codes: [code; N],
+            lens: [0; N],
+            count: 0,
+        }
     }
 
     #[inline]
@@ -177,7 +182,11 @@ struct Pool<const N: usize> {
 
 impl<const N: usize> Pool<N> {
     fn new() -> Self {
-        Self { items: Vec::new(), depth: Vec::new(), free: Vec::new() }
+        Self {
+            items: Vec::new(),
+            depth: Vec::new(),
+            free: Vec::new(),
+        }
     }
 
     fn alloc(&mut self, bucket: Bucket<N>, default_depth: u8) -> u32 {
@@ -376,8 +385,9 @@ impl Lpm {
         } else {
             let c = (self.chunks.len() >> STRIDE) as u32;
             assert!(c <= PAYLOAD, "FIB trie out of chunk indices");
-            self.chunks.extend(std::iter::repeat(code).take(CHUNK));
-            self.chunk_depth.extend(std::iter::repeat(depth).take(CHUNK));
+            self.chunks.resize(self.chunks.len() + CHUNK, code);
+            self.chunk_depth
+                .resize(self.chunk_depth.len() + CHUNK, depth);
             c
         }
     }
@@ -526,7 +536,8 @@ impl Lpm {
                 self.try_collapse(loc, end);
             }
             TAG_SMALL => {
-                if let Some((code, depth)) = self.small.remove((slot & PAYLOAD) as usize, key, len) {
+                if let Some((code, depth)) = self.small.remove((slot & PAYLOAD) as usize, key, len)
+                {
                     self.set(loc, code, depth);
                 }
             }
@@ -568,7 +579,9 @@ impl Lpm {
                 }
                 self.try_collapse(loc, end);
             }
-            TAG_SMALL => self.small.clear_down((slot & PAYLOAD) as usize, depth, cover),
+            TAG_SMALL => self
+                .small
+                .clear_down((slot & PAYLOAD) as usize, depth, cover),
             _ => self.big.clear_down((slot & PAYLOAD) as usize, depth, cover),
         }
     }

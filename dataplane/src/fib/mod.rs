@@ -71,18 +71,12 @@ pub struct FibStats {
 }
 
 /// One address family: the source-of-truth maps and the trie.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Family {
     /// `by_len[l]`: left-aligned prefix key of length `l` -> next-hop code.
     by_len: Vec<HashMap<u128, u32>>,
     len: usize,
     trie: lpm::Lpm,
-}
-
-impl Default for Family {
-    fn default() -> Self {
-        Self { by_len: Vec::new(), len: 0, trie: lpm::Lpm::new() }
-    }
 }
 
 impl Family {
@@ -144,7 +138,12 @@ struct Hops {
 
 impl Default for Hops {
     fn default() -> Self {
-        Self { table: vec![None], refs: vec![0], codes: HashMap::new(), free: Vec::new() }
+        Self {
+            table: vec![None],
+            refs: vec![0],
+            codes: HashMap::new(),
+            free: Vec::new(),
+        }
     }
 }
 
@@ -234,12 +233,12 @@ impl Fib {
     pub fn insert(&mut self, prefix: IpNet, next_hop: NextHop) -> Option<NextHop> {
         let code = self.hops.acquire(next_hop);
         let old = match prefix.trunc() {
-            IpNet::V4(p) => {
-                self.v4.insert(V4_BITS, key_v4(p.network()), p.prefix_len(), code)
-            }
-            IpNet::V6(p) => {
-                self.v6.insert(V6_BITS, key_v6(p.network()), p.prefix_len(), code)
-            }
+            IpNet::V4(p) => self
+                .v4
+                .insert(V4_BITS, key_v4(p.network()), p.prefix_len(), code),
+            IpNet::V6(p) => self
+                .v6
+                .insert(V6_BITS, key_v6(p.network()), p.prefix_len(), code),
         }?;
         let hop = self.hops.hop(old);
         self.hops.release(old);
@@ -337,13 +336,24 @@ impl Fib {
         let v4 = self.v4.routes().map(|(len, key, code)| {
             // Keys of the IPv4 family are 32-bit addresses shifted left by 96.
             let addr = Ipv4Addr::from((key >> 96) as u32);
-            (IpNet::V4(Ipv4Net::new(addr, len).expect("stored IPv4 prefix length <= 32")), code)
+            (
+                IpNet::V4(Ipv4Net::new(addr, len).expect("stored IPv4 prefix length <= 32")),
+                code,
+            )
         });
         let v6 = self.v6.routes().map(|(len, key, code)| {
             let addr = Ipv6Addr::from(key);
-            (IpNet::V6(Ipv6Net::new(addr, len).expect("stored IPv6 prefix length <= 128")), code)
+            (
+                IpNet::V6(Ipv6Net::new(addr, len).expect("stored IPv6 prefix length <= 128")),
+                code,
+            )
         });
-        v4.chain(v6).map(|(prefix, code)| Route { prefix, next_hop: self.hops.hop(code) }).collect()
+        v4.chain(v6)
+            .map(|(prefix, code)| Route {
+                prefix,
+                next_hop: self.hops.hop(code),
+            })
+            .collect()
     }
 
     /// Memory and shape of the lookup structures.
@@ -369,7 +379,9 @@ pub struct FibHandle {
 impl FibHandle {
     /// Publish `fib` as the initial table.
     pub fn new(fib: Fib) -> Self {
-        Self { current: ArcSwap::from_pointee(fib) }
+        Self {
+            current: ArcSwap::from_pointee(fib),
+        }
     }
 
     /// The current table. Cheap; keep the guard for a batch, not forever.
