@@ -70,12 +70,13 @@ fn index(key: u128, start: u32, end: u32) -> usize {
 }
 
 /// Up to `N - 1` prefixes longer than their slot, sorted longest first, then the slot's own
-/// leaf value (the default) as a last entry of length 0, which matches every key.
-/// `Bucket<3>` is one cache line, `Bucket<6>` two.
+/// leaf value (the default) as a last entry (key 0, length 0). `Bucket<3>` is one cache line,
+/// `Bucket<6>` two.
 ///
-/// Unused entries are copies of the default entry, so a lookup tests all entries without
-/// looking at `count` (no data-dependent branch): scanning from the back, each match
-/// overwrites the answer, so the longest (first) match wins.
+/// Unused entries are copies of the default entry, so a lookup tests all `N - 1` entries
+/// without looking at `count` (no data-dependent branch, few instructions): it starts from the
+/// default and scans from the back, each match overwriting the answer, so the longest (first)
+/// match wins. A default copy can only give the default's own code.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 struct Bucket<const N: usize> {
@@ -88,11 +89,13 @@ struct Bucket<const N: usize> {
 const _: () = assert!(std::mem::size_of::<Bucket<SMALL>>() == 64);
 const _: () = assert!(std::mem::size_of::<Bucket<BIG>>() == 128);
 
-/// Mask of the first `len` bits (0..=128) without a branch: two shifts, each below 128.
+/// Mask of the first `len` bits for `len` in 1..=128, in one shift. For `len == 0` it gives
+/// all ones instead of zero; bucket lookups rely on that only for unused entries, which are
+/// copies of the default entry (key 0, length 0) and so at most match key 0 with the default's
+/// own code, which is the answer anyway when nothing else matches.
 #[inline]
-fn mask_nb(len: u8) -> u128 {
-    let half = u32::from(len >> 1);
-    !((u128::MAX >> half) >> (u32::from(len) - half))
+fn mask_bucket(len: u8) -> u128 {
+    u128::MAX.wrapping_shl(128 - u32::from(len))
 }
 
 impl<const N: usize> Bucket<N> {
@@ -112,7 +115,7 @@ impl<const N: usize> Bucket<N> {
     fn lookup(&self, key: u128) -> u32 {
         let mut code = self.codes[N - 1];
         for i in (0..N - 1).rev() {
-            if key & mask_nb(self.lens[i]) == self.keys[i] {
+            if key & mask_bucket(self.lens[i]) == self.keys[i] {
                 code = self.codes[i];
             }
         }
