@@ -184,10 +184,12 @@ struct Pool<const N: usize> {
 }
 
 impl<const N: usize> Pool<N> {
+    /// A pool whose index 0 is a dummy bucket that is never handed out (no prefixes, default
+    /// code 0), so a lookup may scan `items[0]` for a slot that is a leaf.
     fn new() -> Self {
         Self {
-            items: Vec::new(),
-            depth: Vec::new(),
+            items: vec![Bucket::with_default(0)],
+            depth: vec![0],
             free: Vec::new(),
         }
     }
@@ -235,7 +237,7 @@ impl<const N: usize> Pool<N> {
     }
 
     fn in_use(&self) -> usize {
-        self.items.len() - self.free.len()
+        self.items.len() - 1 - self.free.len()
     }
 
     fn memory_bytes(&self) -> usize {
@@ -285,23 +287,35 @@ impl Lpm {
     }
 
     /// The next-hop code of the longest prefix containing `key` (0 = none).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup(&self, key: u128) -> u32 {
         let mut slot = self.root[(key >> (128 - ROOT_BITS)) as usize];
         let mut shift = 128 - ROOT_BITS;
-        loop {
-            match tag(slot) {
-                TAG_LEAF => return slot,
-                TAG_CHUNK => {
-                    // A chunk is never created below the last level, so `shift >= STRIDE`.
-                    shift -= STRIDE;
-                    let i = ((slot & PAYLOAD) as usize) << STRIDE
-                        | ((key >> shift) as usize & (CHUNK - 1));
-                    slot = self.chunks[i];
-                }
-                TAG_SMALL => return self.small.items[(slot & PAYLOAD) as usize].lookup(key),
-                _ => return self.big.items[(slot & PAYLOAD) as usize].lookup(key),
-            }
+        while tag(slot) == TAG_CHUNK {
+            // A chunk is never created below the last level, so `shift >= STRIDE` here.
+            shift -= STRIDE;
+            let i = ((slot & PAYLOAD) as usize) << STRIDE | ((key >> shift) as usize & (CHUNK - 1));
+            slot = self.chunks[i];
+        }
+        self.finish(slot, key)
+    }
+
+    /// The answer for a slot that is not a chunk: a leaf's own code, or a bucket scan. Leaves
+    /// and small buckets share one code path (a leaf scans the dummy bucket 0 and keeps its
+    /// own code), which measured faster on a random leaf/bucket mix than a three-way match.
+    #[inline(always)]
+    fn finish(&self, slot: u32, key: u128) -> u32 {
+        let t = tag(slot);
+        let p = (slot & PAYLOAD) as usize;
+        if t == TAG_BIG {
+            return self.big.items[p].lookup(key);
+        }
+        let is_small = t == TAG_SMALL;
+        let code = self.small.items[if is_small { p } else { 0 }].lookup(key);
+        if is_small {
+            code
+        } else {
+            slot
         }
     }
 
@@ -337,13 +351,7 @@ impl Lpm {
                 }
             }
             for i in 0..n {
-                let slot = slots[i];
-                let p = (slot & PAYLOAD) as usize;
-                out[i] = match tag(slot) {
-                    TAG_SMALL => self.small.items[p].lookup(keys[i]),
-                    TAG_BIG => self.big.items[p].lookup(keys[i]),
-                    _ => slot,
-                };
+                out[i] = self.finish(slots[i], keys[i]);
             }
         }
     }
