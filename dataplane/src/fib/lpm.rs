@@ -6,12 +6,17 @@
 //!
 //! - the root is a direct array of `2^16` slots indexed by the first 16 bits of the key;
 //! - below it, chunks of 256 slots, each consuming 8 more bits;
-//! - a slot is a *leaf* (a next-hop code), a *chunk* (descend) or a *bucket*: up to
-//!   [`BUCKET_CAP`] prefixes longer than the slot, scanned longest first, plus the slot's own
-//!   leaf value as the default, in one cache line.
+//! - a slot is a *leaf* (a next-hop code), a *chunk* (descend) or a *bucket*: a few prefixes
+//!   longer than the slot, scanned longest first, plus the slot's own leaf value as the
+//!   default. A small bucket (2 prefixes) is one cache line; when full it grows into a big
+//!   one (5 prefixes, two lines), and a full big bucket bursts into a chunk.
 //!
-//! Keys are `u128`, left-aligned: an IPv4 address is `u128::from(addr) << 96`. A table holds
-//! prefixes of one family; `bits` is 32 or 128.
+//! Keys are `u128`, left-aligned: an IPv4 address is `u128::from(addr) << 96`. A trie holds
+//! prefixes of one family.
+//!
+//! Lookups are bound by memory latency, and how many lookups the CPU overlaps depends on how
+//! few instructions each takes: that is why the bucket scan is branch-free with one shift per
+//! entry, and why [`Lpm::lookup_batch`] walks many keys level by level.
 //!
 //! Every leaf remembers the length of the prefix it came from (`depth` = length + 1, 0 = no
 //! route), kept in parallel arrays that lookups never touch. Inserting a prefix overwrites
