@@ -36,16 +36,28 @@ impl NaiveFib {
 
     /// Number of IPv4 prefixes.
     pub fn len_v4(&self) -> usize {
-        self.routes.keys().filter(|p| matches!(p, IpNet::V4(_))).count()
+        self.routes
+            .keys()
+            .filter(|p| matches!(p, IpNet::V4(_)))
+            .count()
     }
 
     /// Number of IPv6 prefixes.
     pub fn len_v6(&self) -> usize {
-        self.routes.keys().filter(|p| matches!(p, IpNet::V6(_))).count()
+        self.routes
+            .keys()
+            .filter(|p| matches!(p, IpNet::V6(_)))
+            .count()
     }
 
     /// All routes.
     pub fn routes(&self) -> Vec<Route> {
-        self.routes.iter().map(|(p, nh)| Route { prefix: *p, next_hop: *nh }).collect()
+        self.routes
+            .iter()
+            .map(|(p, nh)| Route {
+                prefix: *p,
+                next_hop: *nh,
+            })
+            .collect()
     }
 }

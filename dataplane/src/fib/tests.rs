@@ -51,7 +51,10 @@ fn default_routes_and_host_routes() {
     assert_eq!(fib.lookup(a4("10.1.2.4")), Some(NextHop::Local));
     assert_eq!(fib.lookup(a4("2001:db8::1")), peer(8));
     assert_eq!(fib.lookup(a4("2001:db8::2")), Some(NextHop::Blackhole));
-    assert_eq!(fib.lookup(a4("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), Some(NextHop::Blackhole));
+    assert_eq!(
+        fib.lookup(a4("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+        Some(NextHop::Blackhole)
+    );
     // The families do not leak into each other.
     assert_eq!(fib.remove(&v4("0.0.0.0/0")), Some(NextHop::Local));
     assert_eq!(fib.lookup(a4("8.8.8.8")), None);
@@ -61,7 +64,13 @@ fn default_routes_and_host_routes() {
 
 #[test]
 fn longest_prefix_wins_in_every_order() {
-    let prefixes = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.128/25", "10.1.2.129/32"];
+    let prefixes = [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.128/25",
+        "10.1.2.129/32",
+    ];
     // Every permutation of insertion order gives the same answers.
     let mut order: Vec<usize> = (0..prefixes.len()).collect();
     let mut rng = StdRng::seed_from_u64(1);
@@ -102,7 +111,10 @@ fn remove_restores_the_covering_route() {
     assert!(fib.is_empty());
     // Everything collapsed back: no chunk, no bucket.
     let stats = fib.stats();
-    assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)));
+    assert_eq!(
+        (stats.chunks, stats.buckets, stats.big_buckets),
+        ((0, 0), (0, 0), (0, 0))
+    );
 }
 
 #[test]
@@ -121,12 +133,24 @@ fn insert_replaces_and_returns_previous() {
     let mut fib = Fib::new();
     assert_eq!(fib.insert(v4("192.168.0.0/16"), NextHop::Peer(1)), None);
     assert_eq!(fib.insert(v4("192.168.0.0/16"), NextHop::Peer(1)), peer(1));
-    assert_eq!(fib.insert(v4("192.168.0.0/16"), NextHop::Blackhole), peer(1));
+    assert_eq!(
+        fib.insert(v4("192.168.0.0/16"), NextHop::Blackhole),
+        peer(1)
+    );
     assert_eq!(fib.lookup(a4("192.168.3.4")), Some(NextHop::Blackhole));
     assert_eq!(fib.len_v4(), 1);
     // Host bits are ignored: this is the same prefix.
-    assert_eq!(fib.insert(v4("192.168.77.1/16"), NextHop::Local), Some(NextHop::Blackhole));
-    assert_eq!(fib.routes(), vec![Route { prefix: v4("192.168.0.0/16"), next_hop: NextHop::Local }]);
+    assert_eq!(
+        fib.insert(v4("192.168.77.1/16"), NextHop::Local),
+        Some(NextHop::Blackhole)
+    );
+    assert_eq!(
+        fib.routes(),
+        vec![Route {
+            prefix: v4("192.168.0.0/16"),
+            next_hop: NextHop::Local
+        }]
+    );
     assert_eq!(fib.remove(&v4("192.168.1.1/16")), Some(NextHop::Local));
     assert!(fib.is_empty());
 }
@@ -158,18 +182,30 @@ fn many_long_prefixes_in_one_slot_burst_and_collapse() {
     for i in 0..300u32 {
         let a = Ipv4Addr::from(0x0a01_0000 | (i * 37 % 65536));
         assert_eq!(fib.lookup_v4(a), peer(i));
-        assert_eq!(fib.lookup_v4(Ipv4Addr::from(u32::from(a) ^ 1)), Some(NextHop::Local));
+        assert_eq!(
+            fib.lookup_v4(Ipv4Addr::from(u32::from(a) ^ 1)),
+            Some(NextHop::Local)
+        );
         let b = Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i) << 20);
         assert_eq!(fib.lookup_v6(b), peer(i));
-        assert_eq!(fib.lookup_v6(Ipv6Addr::from(u128::from(b) ^ 1)), Some(NextHop::Local));
+        assert_eq!(
+            fib.lookup_v6(Ipv6Addr::from(u128::from(b) ^ 1)),
+            Some(NextHop::Local)
+        );
     }
     let stats = fib.stats();
     assert!(stats.chunks.0 > 0 && stats.chunks.1 > 0, "{stats:?}");
     for i in 0..300u32 {
         let a = Ipv4Addr::from(0x0a01_0000 | (i * 37 % 65536));
-        assert_eq!(fib.remove(&IpNet::V4(Ipv4Net::new(a, 32).unwrap())), peer(i));
+        assert_eq!(
+            fib.remove(&IpNet::V4(Ipv4Net::new(a, 32).unwrap())),
+            peer(i)
+        );
         let b = Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i) << 20);
-        assert_eq!(fib.remove(&IpNet::V6(Ipv6Net::new(b, 128).unwrap())), peer(i));
+        assert_eq!(
+            fib.remove(&IpNet::V6(Ipv6Net::new(b, 128).unwrap())),
+            peer(i)
+        );
     }
     assert_eq!(fib.lookup(a4("10.1.0.0")), Some(NextHop::Local));
     assert_eq!(fib.lookup(a4("2001:db8::")), Some(NextHop::Local));
@@ -179,7 +215,40 @@ fn many_long_prefixes_in_one_slot_burst_and_collapse() {
     assert_eq!(fib.remove(&v4("2001:db8::/32")), Some(NextHop::Local));
     assert_eq!(fib.lookup(a4("2001:db8::")), None);
     let stats = fib.stats();
-    assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)), "{stats:?}");
+    assert_eq!(
+        (stats.chunks, stats.buckets, stats.big_buckets),
+        ((0, 0), (0, 0), (0, 0)),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn full_chunk_of_equal_siblings_is_not_mistaken_for_one_prefix() {
+    // 256 sibling /24s with the same next hop fill a whole chunk with equal leaves; it must
+    // not collapse into one leaf, or removing one of them would be lost.
+    let mut fib = Fib::new();
+    for i in 0..256u32 {
+        let a = Ipv4Addr::from(0x0a01_0000 | i << 8);
+        fib.insert(IpNet::V4(Ipv4Net::new(a, 24).unwrap()), NextHop::Peer(1));
+    }
+    // A longer prefix below, then its removal, which checks whether the chunk can collapse.
+    fib.insert(v4("10.1.77.128/25"), NextHop::Peer(2));
+    assert_eq!(fib.lookup(a4("10.1.77.129")), peer(2));
+    assert_eq!(fib.remove(&v4("10.1.77.128/25")), peer(2));
+    assert_eq!(fib.lookup(a4("10.1.77.1")), peer(1));
+    assert_eq!(fib.remove(&v4("10.1.77.0/24")), peer(1));
+    assert_eq!(fib.lookup(a4("10.1.77.1")), None);
+    assert_eq!(fib.lookup(a4("10.1.78.1")), peer(1));
+    for i in 0..256u32 {
+        let a = Ipv4Addr::from(0x0a01_0000 | i << 8);
+        fib.remove(&IpNet::V4(Ipv4Net::new(a, 24).unwrap()));
+    }
+    assert_eq!(fib.lookup(a4("10.1.78.1")), None);
+    let stats = fib.stats();
+    assert_eq!(
+        (stats.chunks, stats.buckets, stats.big_buckets),
+        ((0, 0), (0, 0), (0, 0))
+    );
 }
 
 #[test]
@@ -225,7 +294,11 @@ impl Gen {
         let mut rng = StdRng::seed_from_u64(seed);
         let bases4 = (0..4).map(|_| rng.gen()).collect();
         let bases6 = (0..4).map(|_| rng.gen()).collect();
-        Self { rng, bases4, bases6 }
+        Self {
+            rng,
+            bases4,
+            bases6,
+        }
     }
 
     fn addr4(&mut self) -> u32 {
@@ -236,7 +309,11 @@ impl Gen {
         // Flip a few random bits, mostly low ones, so prefixes nest and collide.
         let mut a = base;
         for _ in 0..self.rng.gen_range(0..4) {
-            a ^= 1 << self.rng.gen_range(0..32u32).min(self.rng.gen_range(0..32u32));
+            a ^= 1
+                << self
+                    .rng
+                    .gen_range(0..32u32)
+                    .min(self.rng.gen_range(0..32u32));
         }
         a
     }
@@ -248,7 +325,11 @@ impl Gen {
         let base = self.bases6[self.rng.gen_range(0..self.bases6.len())];
         let mut a = base;
         for _ in 0..self.rng.gen_range(0..4) {
-            a ^= 1 << self.rng.gen_range(0..128u32).min(self.rng.gen_range(0..128u32));
+            a ^= 1
+                << self
+                    .rng
+                    .gen_range(0..128u32)
+                    .min(self.rng.gen_range(0..128u32));
         }
         a
     }
@@ -307,9 +388,25 @@ fn sorted(mut routes: Vec<Route>) -> Vec<Route> {
 }
 
 fn check_same(fib: &Fib, naive: &NaiveFib, gen: &mut Gen, inside: &[IpNet], probes: usize) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for _ in 0..probes {
         let addr = gen.probe(inside);
         assert_eq!(fib.lookup(addr), naive.lookup(addr), "lookup {addr}");
+        match addr {
+            IpAddr::V4(a) => v4.push(a),
+            IpAddr::V6(a) => v6.push(a),
+        }
+    }
+    // The batch lookups agree with the single ones.
+    let mut out = vec![Some(NextHop::Local); v4.len().max(v6.len())];
+    fib.lookup_v4_batch(&v4, &mut out);
+    for (a, o) in v4.iter().zip(&out) {
+        assert_eq!(*o, fib.lookup_v4(*a), "batch lookup {a}");
+    }
+    fib.lookup_v6_batch(&v6, &mut out);
+    for (a, o) in v6.iter().zip(&out) {
+        assert_eq!(*o, fib.lookup_v6(*a), "batch lookup {a}");
     }
     assert_eq!(fib.len_v4(), naive.len_v4());
     assert_eq!(fib.len_v6(), naive.len_v6());
@@ -363,15 +460,23 @@ fn seeded_random_tables_match_the_oracle() {
         check_same(&fib, &naive, &mut gen, &[], 500);
         assert!(fib.is_empty());
         let stats = fib.stats();
-        assert_eq!((stats.chunks, stats.buckets), ((0, 0), (0, 0)), "seed {seed}: {stats:?}");
+        assert_eq!(
+            (stats.chunks, stats.buckets, stats.big_buckets),
+            ((0, 0), (0, 0), (0, 0)),
+            "seed {seed}: {stats:?}"
+        );
     }
 }
 
 #[test]
 fn from_routes_matches_incremental_build() {
     let mut gen = Gen::new(99);
-    let routes: Vec<Route> =
-        (0..3000).map(|_| Route { prefix: gen.prefix(), next_hop: gen.hop() }).collect();
+    let routes: Vec<Route> = (0..3000)
+        .map(|_| Route {
+            prefix: gen.prefix(),
+            next_hop: gen.hop(),
+        })
+        .collect();
     let built = Fib::from_routes(routes.iter().copied());
     let mut naive = NaiveFib::default();
     for r in &routes {
@@ -395,14 +500,20 @@ fn arb_prefix() -> impl Strategy<Value = IpNet> {
             IpNet::V4(Ipv4Net::new(a, len).unwrap()).trunc()
         }),
         (0..4u128, any::<u16>(), 0u8..=128).prop_map(|(hi, lo, len)| {
-            let a = Ipv6Addr::from(0x2001_0db8_u128 << 96 | hi << 80 | u128::from(lo) << 60 | u128::from(lo));
+            let a = Ipv6Addr::from(
+                0x2001_0db8_u128 << 96 | hi << 80 | u128::from(lo) << 60 | u128::from(lo),
+            );
             IpNet::V6(Ipv6Net::new(a, len).unwrap()).trunc()
         }),
     ]
 }
 
 fn arb_hop() -> impl Strategy<Value = NextHop> {
-    prop_oneof![Just(NextHop::Local), Just(NextHop::Blackhole), (0..8u32).prop_map(NextHop::Peer)]
+    prop_oneof![
+        Just(NextHop::Local),
+        Just(NextHop::Blackhole),
+        (0..8u32).prop_map(NextHop::Peer)
+    ]
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
