@@ -4,7 +4,13 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 fn run(cmd: &str, args: &[&str], stdin: &str) -> (bool, String) {
-    let mut c = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect(cmd);
+    let mut c = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(cmd);
     c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = c.wait_with_output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap())
@@ -35,12 +41,22 @@ fn check_config_reports_file_line_and_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad.toml");
     std::fs::write(&f, "[interface]\nlisten_port = 70000\n").unwrap();
-    let out = Command::new(CTL).args(["check-config", f.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(CTL)
+        .args(["check-config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: interface.listen_port"), "{err}");
     std::fs::write(&f, "[interface]\nlisten_port = 51820\n").unwrap();
-    let out = Command::new(CTL).args(["check-config", f.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(CTL)
+        .args(["check-config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -27,7 +27,12 @@ pub struct Slot {
 
 impl Default for Slot {
     fn default() -> Self {
-        Self { buf: Box::new([0; SLOT_SIZE]), len: 0, addr: None, truncated: false }
+        Self {
+            buf: Box::new([0; SLOT_SIZE]),
+            len: 0,
+            addr: None,
+            truncated: false,
+        }
     }
 }
 
@@ -75,7 +80,10 @@ impl Default for Batch {
 impl Batch {
     /// A batch of `capacity` slots, allocated now.
     pub fn new(capacity: usize) -> Self {
-        Self { slots: (0..capacity).map(|_| Slot::default()).collect(), len: 0 }
+        Self {
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+            len: 0,
+        }
     }
 
     /// Slots in use.

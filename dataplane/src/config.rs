@@ -201,18 +201,34 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn line(&self, span: Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
-    fn err(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.clone(), line: self.line(span), key: key.into(), message: message.into() }
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line(span),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     fn prefix(&self, v: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
-        let net: IpNet = v
-            .get_ref()
-            .parse()
-            .map_err(|_| self.err(v.span(), key, format!("invalid prefix {:?} (expected ADDRESS/LENGTH)", v.get_ref())))?;
+        let net: IpNet = v.get_ref().parse().map_err(|_| {
+            self.err(
+                v.span(),
+                key,
+                format!("invalid prefix {:?} (expected ADDRESS/LENGTH)", v.get_ref()),
+            )
+        })?;
         if net.trunc() != net {
             return Err(self.err(
                 v.span(),
@@ -223,10 +239,19 @@ impl Ctx<'_> {
         Ok(net)
     }
 
-    fn int<T: TryFrom<i64>>(&self, v: &Spanned<i64>, key: &str, range: Range<i64>) -> Result<T, ConfigError> {
+    fn int<T: TryFrom<i64>>(
+        &self,
+        v: &Spanned<i64>,
+        key: &str,
+        range: Range<i64>,
+    ) -> Result<T, ConfigError> {
         let n = *v.get_ref();
         if !range.contains(&n) {
-            return Err(self.err(v.span(), key, format!("{n} is out of range ({}..={})", range.start, range.end - 1)));
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("{n} is out of range ({}..={})", range.start, range.end - 1),
+            ));
         }
         T::try_from(n).map_err(|_| self.err(v.span(), key, format!("{n} is out of range")))
     }
@@ -237,7 +262,11 @@ impl Ctx<'_> {
 
     fn key_file(&self, v: &Spanned<String>, key: &str) -> Result<Key, ConfigError> {
         let p = Path::new(v.get_ref());
-        let p = if p.is_relative() { self.dir.join(p) } else { p.to_path_buf() };
+        let p = if p.is_relative() {
+            self.dir.join(p)
+        } else {
+            p.to_path_buf()
+        };
         read_private_key_file(&p).map_err(|e| self.err(v.span(), key, e.to_string()))
     }
 }
@@ -264,8 +293,16 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         // The message names the unknown or invalid key; keep its first line.
-        let msg = e.message().lines().next().unwrap_or("syntax error").to_string();
-        let key = text.get(span.clone()).filter(|s| !s.contains('\n') && s.len() < 64).unwrap_or("(syntax)");
+        let msg = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("syntax error")
+            .to_string();
+        let key = text
+            .get(span.clone())
+            .filter(|s| !s.contains('\n') && s.len() < 64)
+            .unwrap_or("(syntax)");
         cx.err(span, key.trim().to_string(), msg)
     })?;
 
@@ -274,15 +311,25 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         let i = iface.get_ref();
         let c = &mut cfg.interface;
         if let Some(n) = &i.name {
-            let ok = !n.get_ref().is_empty() && n.get_ref().len() < 16 && !n.get_ref().contains(['/', ' ']);
+            let ok = !n.get_ref().is_empty()
+                && n.get_ref().len() < 16
+                && !n.get_ref().contains(['/', ' ']);
             if !ok {
-                return Err(cx.err(n.span(), "interface.name", "must be 1-15 characters without '/' or spaces"));
+                return Err(cx.err(
+                    n.span(),
+                    "interface.name",
+                    "must be 1-15 characters without '/' or spaces",
+                ));
             }
             c.name = Some(n.get_ref().clone());
         }
         match (&i.private_key, &i.private_key_file) {
             (Some(k), Some(_)) => {
-                return Err(cx.err(k.span(), "interface.private_key", "give private_key or private_key_file, not both"));
+                return Err(cx.err(
+                    k.span(),
+                    "interface.private_key",
+                    "give private_key or private_key_file, not both",
+                ));
             }
             (Some(k), None) => c.private_key = Some(cx.key(k, "interface.private_key")?),
             (None, Some(f)) => c.private_key = Some(cx.key_file(f, "interface.private_key_file")?),
@@ -296,7 +343,14 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         }
         for (n, a) in i.address.iter().enumerate() {
             let net: IpNet = a.get_ref().parse().map_err(|_| {
-                cx.err(a.span(), format!("interface.address[{n}]"), format!("invalid address {:?} (expected ADDRESS/LENGTH)", a.get_ref()))
+                cx.err(
+                    a.span(),
+                    format!("interface.address[{n}]"),
+                    format!(
+                        "invalid address {:?} (expected ADDRESS/LENGTH)",
+                        a.get_ref()
+                    ),
+                )
             })?;
             c.address.push(net);
         }
@@ -305,7 +359,14 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         }
         if let Some(v) = &i.metrics {
             let a: SocketAddr = v.get_ref().parse().map_err(|_| {
-                cx.err(v.span(), "interface.metrics", format!("invalid socket address {:?} (expected IP:PORT)", v.get_ref()))
+                cx.err(
+                    v.span(),
+                    "interface.metrics",
+                    format!(
+                        "invalid socket address {:?} (expected IP:PORT)",
+                        v.get_ref()
+                    ),
+                )
             })?;
             let public = i.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
             if !a.ip().is_loopback() && !public {
@@ -325,11 +386,18 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         }
         if let Some(v) = &i.unrouted {
             if !matches!(v.get_ref().as_str(), "local" | "drop") {
-                return Err(cx.err(v.span(), "interface.unrouted", format!("expected \"local\" or \"drop\", got {:?}", v.get_ref())));
+                return Err(cx.err(
+                    v.span(),
+                    "interface.unrouted",
+                    format!("expected \"local\" or \"drop\", got {:?}", v.get_ref()),
+                ));
             }
             c.unrouted = Some(v.get_ref().clone());
         }
-        c.control_socket = i.control_socket.as_ref().map(|s| PathBuf::from(s.get_ref()));
+        c.control_socket = i
+            .control_socket
+            .as_ref()
+            .map(|s| PathBuf::from(s.get_ref()));
     }
     let own_public = cfg.interface.private_key.map(|k| k.public_key());
 
@@ -342,15 +410,28 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         };
         let public_key = cx.key(pk, &k("public_key"))?;
         if Some(public_key) == own_public {
-            return Err(cx.err(pk.span(), k("public_key"), "this is the interface's own public key"));
+            return Err(cx.err(
+                pk.span(),
+                k("public_key"),
+                "this is the interface's own public key",
+            ));
         }
         if let Some(dup) = cfg.peers.iter().position(|q| q.public_key == public_key) {
-            return Err(cx.err(pk.span(), k("public_key"), format!("same public key as peer[{dup}]")));
+            return Err(cx.err(
+                pk.span(),
+                k("public_key"),
+                format!("same public key as peer[{dup}]"),
+            ));
         }
         let name = match &p.name {
             Some(nm) => {
                 let s = nm.get_ref();
-                if s.is_empty() || s.len() > 64 || s == "local" || s == "blackhole" || s.contains(['"', '\\', '\n']) {
+                if s.is_empty()
+                    || s.len() > 64
+                    || s == "local"
+                    || s == "blackhole"
+                    || s.contains(['"', '\\', '\n'])
+                {
                     return Err(cx.err(nm.span(), k("name"), "must be 1-64 characters, not \"local\" or \"blackhole\", without quotes or backslashes"));
                 }
                 if let Some(dup) = cfg.peers.iter().position(|q| q.name.as_deref() == Some(s)) {
@@ -361,19 +442,33 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
             None => None,
         };
         let preshared_key = match (&p.preshared_key, &p.preshared_key_file) {
-            (Some(v), Some(_)) => return Err(cx.err(v.span(), k("preshared_key"), "give preshared_key or preshared_key_file, not both")),
+            (Some(v), Some(_)) => {
+                return Err(cx.err(
+                    v.span(),
+                    k("preshared_key"),
+                    "give preshared_key or preshared_key_file, not both",
+                ))
+            }
             (Some(v), None) => Some(cx.key(v, &k("preshared_key"))?),
             (None, Some(f)) => Some(cx.key_file(f, &k("preshared_key_file"))?),
             (None, None) => None,
         };
         let endpoint = match &p.endpoint {
             Some(e) => Some(e.get_ref().parse::<SocketAddr>().map_err(|_| {
-                let hint = if e.get_ref().rsplit_once(':').is_some_and(|(h, _)| h.parse::<IpAddr>().is_err() && !h.starts_with('[')) {
+                let hint = if e
+                    .get_ref()
+                    .rsplit_once(':')
+                    .is_some_and(|(h, _)| h.parse::<IpAddr>().is_err() && !h.starts_with('['))
+                {
                     " (host names are not resolved: give a numeric address)"
                 } else {
                     " (expected IP:PORT or [IPv6]:PORT)"
                 };
-                cx.err(e.span(), k("endpoint"), format!("invalid socket address {:?}{hint}", e.get_ref()))
+                cx.err(
+                    e.span(),
+                    k("endpoint"),
+                    format!("invalid socket address {:?}{hint}", e.get_ref()),
+                )
             })?),
             None => None,
         };
@@ -382,7 +477,9 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
             allowed_ips.push(cx.prefix(a, &k(&format!("allowed_ips[{j}]")))?);
         }
         let persistent_keepalive = match &p.persistent_keepalive {
-            Some(v) => Some(cx.int(v, &k("persistent_keepalive"), 0..65536)?).filter(|&s: &u16| s > 0),
+            Some(v) => {
+                Some(cx.int(v, &k("persistent_keepalive"), 0..65536)?).filter(|&s: &u16| s > 0)
+            }
             None => None,
         };
         let class = match &p.class {
@@ -390,10 +487,24 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
             Some(c) => match c.get_ref().as_str() {
                 "mesh" => LinkClass::Mesh,
                 "trunk" => LinkClass::Trunk,
-                other => return Err(cx.err(c.span(), k("class"), format!("expected \"mesh\" or \"trunk\", got {other:?}"))),
+                other => {
+                    return Err(cx.err(
+                        c.span(),
+                        k("class"),
+                        format!("expected \"mesh\" or \"trunk\", got {other:?}"),
+                    ))
+                }
             },
         };
-        cfg.peers.push(PeerConfig { name, public_key, preshared_key, endpoint, allowed_ips, persistent_keepalive, class });
+        cfg.peers.push(PeerConfig {
+            name,
+            public_key,
+            preshared_key,
+            endpoint,
+            allowed_ips,
+            persistent_keepalive,
+            class,
+        });
     }
 
     for (n, r) in raw.route.iter().enumerate() {
@@ -408,7 +519,9 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
             "blackhole" => RouteVia::Blackhole,
             name => {
                 let by_name = cfg.peers.iter().find(|p| p.name.as_deref() == Some(name));
-                let by_key = Key::from_base64(name).ok().and_then(|k| cfg.peers.iter().find(|p| p.public_key == k));
+                let by_key = Key::from_base64(name)
+                    .ok()
+                    .and_then(|k| cfg.peers.iter().find(|p| p.public_key == k));
                 match by_name.or(by_key) {
                     Some(p) => RouteVia::Peer(p.public_key),
                     None => {
@@ -432,7 +545,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn keys() -> (Key, Key, Key) {
-        (Key::generate_private(), Key::generate_private().public_key(), Key::generate_private().public_key())
+        (
+            Key::generate_private(),
+            Key::generate_private().public_key(),
+            Key::generate_private().public_key(),
+        )
     }
 
     fn parse_str(text: &str) -> Result<DeviceConfig, ConfigError> {
@@ -496,7 +613,13 @@ via = "blackhole"
         assert_eq!(c.peers[0].persistent_keepalive, Some(25));
         assert_eq!(c.peers[1].public_key, b);
         assert_eq!(c.peers[1].endpoint.unwrap().port(), 51820);
-        assert_eq!(c.routes[0], StaticRoute { prefix: "10.2.0.0/16".parse().unwrap(), via: RouteVia::Peer(a) });
+        assert_eq!(
+            c.routes[0],
+            StaticRoute {
+                prefix: "10.2.0.0/16".parse().unwrap(),
+                via: RouteVia::Peer(a)
+            }
+        );
         assert_eq!(c.routes[1].via, RouteVia::Blackhole);
     }
 
@@ -506,13 +629,23 @@ via = "blackhole"
         let bad = text.replace("endpoint = \"192.0.2.1:51820\"", "endpoint = \"192.0.2.1\"");
         let e = err_of(&bad);
         assert_eq!((e.line, e.key.as_str()), (13, "peer[0].endpoint"), "{e}");
-        assert!(e.to_string().starts_with("/etc/isthmus/gw.toml:13: peer[0].endpoint: invalid socket address"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/isthmus/gw.toml:13: peer[0].endpoint: invalid socket address"),
+            "{e}"
+        );
         assert!(!e.to_string().contains(&own.to_base64()));
 
-        let e = err_of(&text.replace("endpoint = \"192.0.2.1:51820\"", "endpoint = \"gw.example.net:51820\""));
+        let e = err_of(&text.replace(
+            "endpoint = \"192.0.2.1:51820\"",
+            "endpoint = \"gw.example.net:51820\"",
+        ));
         assert!(e.message.contains("host names are not resolved"), "{e}");
 
-        let e = err_of(&text.replace("allowed_ips = [\"10.1.0.0/16\"]", "allowed_ips = [\"10.1.0.1/16\"]"));
+        let e = err_of(&text.replace(
+            "allowed_ips = [\"10.1.0.0/16\"]",
+            "allowed_ips = [\"10.1.0.1/16\"]",
+        ));
         assert_eq!((e.line, e.key.as_str()), (14, "peer[0].allowed_ips[0]"));
         assert!(e.message.contains("did you mean 10.1.0.0/16"), "{e}");
 
@@ -530,7 +663,11 @@ via = "blackhole"
 
         let e = err_of(&text.replace("metrics = \"127.0.0.1:9586\"", "metrics = \"0.0.0.0:9586\""));
         assert!(e.message.contains("metrics_public"), "{e}");
-        assert!(parse_str(&text.replace("metrics = \"127.0.0.1:9586\"", "metrics = \"0.0.0.0:9586\"\nmetrics_public = true")).is_ok());
+        assert!(parse_str(&text.replace(
+            "metrics = \"127.0.0.1:9586\"",
+            "metrics = \"0.0.0.0:9586\"\nmetrics_public = true"
+        ))
+        .is_ok());
 
         let e = err_of(&text.replace("class = \"trunk\"", "class = \"backbone\""));
         assert_eq!((e.line, e.key.as_str()), (16, "peer[0].class"));
@@ -570,7 +707,11 @@ via = "blackhole"
         std::fs::write(&f, k.to_base64()).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         let cfg_path = dir.join("gw.toml");
-        std::fs::write(&cfg_path, "[interface]\nprivate_key_file = \"private.key\"\n").unwrap();
+        std::fs::write(
+            &cfg_path,
+            "[interface]\nprivate_key_file = \"private.key\"\n",
+        )
+        .unwrap();
         let e = load(&cfg_path).unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (2, "interface.private_key_file"));
         assert!(e.message.contains("0640"), "{e}");

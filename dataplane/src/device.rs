@@ -43,7 +43,14 @@ pub struct DeviceOptions {
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { threads: 2, listen_port: 0, fwmark: 0, mtu: 1420, settings: Settings::default(), offload: true }
+        Self {
+            threads: 2,
+            listen_port: 0,
+            fwmark: 0,
+            mtu: 1420,
+            settings: Settings::default(),
+            offload: true,
+        }
     }
 }
 
@@ -78,12 +85,21 @@ impl Device {
         let (socks, port) = udp::bind(opts.listen_port, threads, opts.fwmark)?;
         let icmp_src_fixed =
             opts.settings.icmp_src_v4.is_some() || opts.settings.icmp_src_v6.is_some();
-        let core = Core::new(ifname, Settings { mtu: opts.mtu, ..opts.settings });
+        let core = Core::new(
+            ifname,
+            Settings {
+                mtu: opts.mtu,
+                ..opts.settings
+            },
+        );
         let dev = Arc::new(Device {
             core,
             ifname: ifname.to_string(),
             threads,
-            net: Mutex::new(Net { port, fwmark: opts.fwmark }),
+            net: Mutex::new(Net {
+                port,
+                fwmark: opts.fwmark,
+            }),
             sockets: ArcSwap::from_pointee(socks),
             generation: AtomicU64::new(1),
             wakers: Mutex::new(Vec::new()),
@@ -101,11 +117,18 @@ impl Device {
                     .spawn(move || d.worker_loop(i, q, &tx))?,
             );
             // Wait until the worker registered its waker, so shutdown can reach it.
-            rx.recv().map_err(|_| io::Error::other("worker thread failed to start"))??;
+            rx.recv()
+                .map_err(|_| io::Error::other("worker thread failed to start"))??;
         }
         let d = dev.clone();
-        handles.push(thread::Builder::new().name("isthmus-timers".into()).spawn(move || d.timer_loop())?);
-        *dev.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+        handles.push(
+            thread::Builder::new()
+                .name("isthmus-timers".into())
+                .spawn(move || d.timer_loop())?,
+        );
+        *dev.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
         tracing::info!(ifname, port, threads, "device up");
         Ok(dev)
     }
@@ -117,17 +140,26 @@ impl Device {
 
     /// The UDP port in use.
     pub fn listen_port(&self) -> u16 {
-        self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner).port
+        self.net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .port
     }
 
     /// The fwmark in use (0: none).
     pub fn fwmark(&self) -> u32 {
-        self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fwmark
+        self.net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fwmark
     }
 
     /// Rebind the UDP sockets to another port and/or fwmark. Port 0 picks a free port.
     pub fn rebind(&self, port: Option<u16>, fwmark: Option<u32>) -> io::Result<()> {
-        let mut net = self.net.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut net = self
+            .net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let port = port.unwrap_or(net.port);
         let fwmark = fwmark.unwrap_or(net.fwmark);
         if port == net.port && fwmark == net.fwmark && port != 0 {
@@ -152,7 +184,12 @@ impl Device {
     }
 
     fn wake_all(&self) {
-        for w in self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        for w in self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             let _ = w.wake();
         }
     }
@@ -170,18 +207,29 @@ impl Device {
 
     /// Wait for the threads to end (after [`Device::shutdown`]).
     pub fn join(&self) {
-        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let handles = std::mem::take(
+            &mut *self
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for h in handles {
             let _ = h.join();
         }
     }
 
-    fn worker_loop(&self, idx: usize, mut tunq: TunQueue, ready: &std::sync::mpsc::Sender<io::Result<()>>) {
+    fn worker_loop(
+        &self,
+        idx: usize,
+        mut tunq: TunQueue,
+        ready: &std::sync::mpsc::Sender<io::Result<()>>,
+    ) {
         let setup = (|| -> io::Result<(Poll, Arc<Waker>)> {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
             let tfd = tunq.fd();
-            poll.registry().register(&mut SourceFd(&tfd), TUN, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut SourceFd(&tfd), TUN, Interest::READABLE)?;
             Ok((poll, waker))
         })();
         let (mut poll, waker) = match setup {
@@ -191,7 +239,10 @@ impl Device {
                 return;
             }
         };
-        self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waker);
+        self.wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(waker);
         let _ = ready.send(Ok(()));
 
         let mut fwd = Worker::new(self.core.clone());
@@ -214,7 +265,11 @@ impl Device {
                 socks = self.sockets.load_full();
                 if !socks.is_empty() {
                     let fd = socks[idx % socks.len()].as_raw_fd();
-                    if poll.registry().register(&mut SourceFd(&fd), UDP, Interest::READABLE).is_ok() {
+                    if poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), UDP, Interest::READABLE)
+                        .is_ok()
+                    {
                         udp_fd = Some(fd);
                         udp_ready = true;
                     }
@@ -241,7 +296,12 @@ impl Device {
                 match udp_fd {
                     Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
                         Ok(_) => {
-                            let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
+                            let mut sink = RealSink {
+                                udp_fd: fd,
+                                tun: &mut tunq,
+                                scratch: &mut scratch,
+                                counters: &counters,
+                            };
                             fwd.handle_datagrams(&mut rx_udp, &mut sink);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
@@ -263,7 +323,12 @@ impl Device {
                 match res {
                     Ok(_) => {
                         let fd = udp_fd.unwrap_or(-1);
-                        let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
+                        let mut sink = RealSink {
+                            udp_fd: fd,
+                            tun: &mut tunq,
+                            scratch: &mut scratch,
+                            counters: &counters,
+                        };
                         fwd.handle_tun(&mut rx_tun, &mut sink);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun_ready = false,
@@ -290,7 +355,12 @@ impl Device {
             thread::sleep(Duration::from_millis(100));
             let socks = self.sockets.load_full();
             if let Some(s) = socks.first() {
-                let mut sink = TimerSink { udp_fd: s.as_raw_fd(), scratch: &mut scratch, counters: &counters, _tun: dummy_tun };
+                let mut sink = TimerSink {
+                    udp_fd: s.as_raw_fd(),
+                    scratch: &mut scratch,
+                    counters: &counters,
+                    _tun: dummy_tun,
+                };
                 fwd.tick(&mut sink);
             }
             if last_reset.elapsed() >= Duration::from_secs(1) {
@@ -319,11 +389,16 @@ impl Device {
                         std::net::IpAddr::V6(_) => None,
                     });
                     next.icmp_src_v6 = local_addrs.iter().find_map(|a| match a {
-                        std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 => Some(*v6),
+                        std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 => {
+                            Some(*v6)
+                        }
                         _ => None,
                     });
                 }
-                if next.mtu != cur.mtu || next.icmp_src_v4 != cur.icmp_src_v4 || next.icmp_src_v6 != cur.icmp_src_v6 {
+                if next.mtu != cur.mtu
+                    || next.icmp_src_v4 != cur.icmp_src_v4
+                    || next.icmp_src_v6 != cur.icmp_src_v6
+                {
                     self.core.set_settings(next);
                 }
             }
@@ -340,7 +415,11 @@ struct RealSink<'a> {
 
 impl Sink for RealSink<'_> {
     fn send_udp(&mut self, batch: &mut Batch) {
-        let failed = if self.udp_fd >= 0 { udp::send_batch(self.udp_fd, batch, self.scratch) } else { batch.len() };
+        let failed = if self.udp_fd >= 0 {
+            udp::send_batch(self.udp_fd, batch, self.scratch)
+        } else {
+            batch.len()
+        };
         if failed > 0 {
             self.counters.drops[DropReason::TxError as usize].add(failed as u64);
         }
@@ -386,7 +465,10 @@ struct RateLimitedWarn {
 
 impl RateLimitedWarn {
     fn warn(&mut self, msg: &str) {
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
             self.suppressed += 1;
             return;
         }
@@ -461,7 +543,8 @@ impl crate::uapi::UapiHandler for Device {
             self.core.set_private_key(k);
         }
         if req.listen_port.is_some() || req.fwmark.is_some() {
-            self.rebind(req.listen_port, req.fwmark).map_err(|e| crate::uapi::UapiError::io(format!("binding UDP sockets: {e}")))?;
+            self.rebind(req.listen_port, req.fwmark)
+                .map_err(|e| crate::uapi::UapiError::io(format!("binding UDP sockets: {e}")))?;
         }
         if req.replace_peers {
             self.core.clear_peers();
@@ -491,7 +574,11 @@ impl crate::uapi::UapiHandler for Device {
                 }
             }
             self.core
-                .upsert_peer(PeerSpec { public_key: ps.public_key, endpoint: ps.endpoint, settings })
+                .upsert_peer(PeerSpec {
+                    public_key: ps.public_key,
+                    endpoint: ps.endpoint,
+                    settings,
+                })
                 .map_err(|e| crate::uapi::UapiError::invalid(e.to_string()))?;
         }
         Ok(())
@@ -515,8 +602,17 @@ impl Device {
                 allowed_ips: p.allowed_ips.clone(),
             };
             self.core
-                .upsert_peer(PeerSpec { public_key: p.public_key, endpoint: p.endpoint, settings })
-                .map_err(|e| io::Error::other(format!("peer {}: {e}", p.name.as_deref().unwrap_or("(unnamed)"))))?;
+                .upsert_peer(PeerSpec {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint,
+                    settings,
+                })
+                .map_err(|e| {
+                    io::Error::other(format!(
+                        "peer {}: {e}",
+                        p.name.as_deref().unwrap_or("(unnamed)")
+                    ))
+                })?;
         }
         let mut routes: Vec<(ipnet::IpNet, StaticVia)> = cfg
             .routes
@@ -550,7 +646,11 @@ fn run_ip(args: &[&str]) -> io::Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -621,7 +721,11 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
                     Some(crate::forward::RouteOrigin::Connected) => O::Connected,
                     _ => O::AllowedIps,
                 };
-                Some(RouteInfo { prefix: r.prefix, next_hop, origin })
+                Some(RouteInfo {
+                    prefix: r.prefix,
+                    next_hop,
+                    origin,
+                })
             })
             .collect();
         out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
@@ -644,22 +748,46 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
     }
 
     fn fib_snapshot(&self, routes: Vec<crate::ctl::proto::CtlRoute>) -> Result<(), String> {
-        self.dev.core.set_control_routes(routes.iter().map(|r| (r.prefix, via_of(&r.next_hop))).collect());
+        self.dev.core.set_control_routes(
+            routes
+                .iter()
+                .map(|r| (r.prefix, via_of(&r.next_hop)))
+                .collect(),
+        );
         Ok(())
     }
 
-    fn fib_update(&self, add: Vec<crate::ctl::proto::CtlRoute>, remove: Vec<ipnet::IpNet>) -> Result<(), String> {
-        self.dev.core.update_control_routes(add.iter().map(|r| (r.prefix, via_of(&r.next_hop))).collect(), &remove);
+    fn fib_update(
+        &self,
+        add: Vec<crate::ctl::proto::CtlRoute>,
+        remove: Vec<ipnet::IpNet>,
+    ) -> Result<(), String> {
+        self.dev.core.update_control_routes(
+            add.iter()
+                .map(|r| (r.prefix, via_of(&r.next_hop)))
+                .collect(),
+            &remove,
+        );
         Ok(())
     }
 
     fn inject(&self, peer: crate::keys::Key, packet: Vec<u8>) -> Result<(), String> {
         let socks = self.dev.sockets.load_full();
-        let Some(s) = socks.first() else { return Err("no UDP socket bound".into()) };
-        let mut g = self.inject.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(s) = socks.first() else {
+            return Err("no UDP socket bound".into());
+        };
+        let mut g = self
+            .inject
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (worker, scratch) = &mut *g;
         let counters = worker.counters();
-        let mut sink = TimerSink { udp_fd: s.as_raw_fd(), scratch, counters: &counters, _tun: None };
+        let mut sink = TimerSink {
+            udp_fd: s.as_raw_fd(),
+            scratch,
+            counters: &counters,
+            _tun: None,
+        };
         if worker.inject(&peer, &packet, &mut sink) {
             Ok(())
         } else {
@@ -678,7 +806,10 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
 
 /// Serve the control channel of `dev` at `path`, and route the core's events (handshakes,
 /// roaming, punted Babel packets) to its subscribers.
-pub fn serve_ctl(dev: &Arc<Device>, path: &std::path::Path) -> io::Result<crate::ctl::server::CtlServer> {
+pub fn serve_ctl(
+    dev: &Arc<Device>,
+    path: &std::path::Path,
+) -> io::Result<crate::ctl::server::CtlServer> {
     use crate::ctl::proto::{Msg, PeerEvent};
     use crate::forward::CoreEvent;
     let bus = crate::ctl::server::EventBus::new();
@@ -689,10 +820,15 @@ pub fn serve_ctl(dev: &Arc<Device>, path: &std::path::Path) -> io::Result<crate:
         }
         b.publish(match ev {
             CoreEvent::HandshakeUp(peer) => Msg::Event(PeerEvent::HandshakeUp { peer }),
-            CoreEvent::EndpointChanged(peer, endpoint) => Msg::Event(PeerEvent::EndpointChanged { peer, endpoint }),
+            CoreEvent::EndpointChanged(peer, endpoint) => {
+                Msg::Event(PeerEvent::EndpointChanged { peer, endpoint })
+            }
             CoreEvent::Punt(peer, packet) => Msg::Punt { peer, packet },
         })
     }));
-    let glue = Arc::new(CtlGlue { dev: dev.clone(), inject: Mutex::new((Worker::new(dev.core.clone()), MmsgScratch::default())) });
+    let glue = Arc::new(CtlGlue {
+        dev: dev.clone(),
+        inject: Mutex::new((Worker::new(dev.core.clone()), MmsgScratch::default())),
+    });
     crate::ctl::server::serve(path, glue, bus)
 }

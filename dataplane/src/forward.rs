@@ -74,7 +74,13 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { mtu: 1420, mss_clamp: true, icmp_src_v4: None, icmp_src_v6: None, unrouted_local: true }
+        Self {
+            mtu: 1420,
+            mss_clamp: true,
+            icmp_src_v4: None,
+            icmp_src_v6: None,
+            unrouted_local: true,
+        }
     }
 }
 
@@ -217,8 +223,13 @@ impl Core {
     /// Set or clear the private key. Sessions are reset; a peer with the device's own public
     /// key is removed (as wireguard-go does).
     pub fn set_private_key(&self, key: Option<Key>) {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let identity = key.filter(|k| k.0 != [0; 32]).map(|k| Arc::new(Identity::new(k)));
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let identity = key
+            .filter(|k| k.0 != [0; 32])
+            .map(|k| Arc::new(Identity::new(k)));
         if identity.as_ref().map(|i| i.private_key) == self.private_key() {
             return;
         }
@@ -244,15 +255,20 @@ impl Core {
     /// Add a peer or update an existing one. A changed preshared key or keepalive resets
     /// the session; everything else is kept.
     pub fn upsert_peer(&self, spec: PeerSpec) -> Result<PeerId, CoreError> {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let identity = self.identity.load_full();
         let mut map = (**self.peers.load()).clone();
         if let Some(peer) = map.by_key(&spec.public_key) {
             let old = peer.settings();
             let reset = old.preshared_key != spec.settings.preshared_key
                 || old.persistent_keepalive != spec.settings.persistent_keepalive;
-            *peer.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                spec.settings.clone();
+            *peer
+                .settings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = spec.settings.clone();
             if let Some(ep) = spec.endpoint {
                 peer.lock().endpoint = Some(ep);
             }
@@ -266,7 +282,10 @@ impl Core {
             self.rebuild_tables();
             return Ok(id);
         }
-        if identity.as_ref().is_some_and(|i| i.public_key() == spec.public_key) {
+        if identity
+            .as_ref()
+            .is_some_and(|i| i.public_key() == spec.public_key)
+        {
             return Err(CoreError::OwnKey);
         }
         let id = map.next_id();
@@ -302,7 +321,10 @@ impl Core {
 
     /// Remove a peer. Returns whether it existed.
     pub fn remove_peer(&self, key: &Key) -> bool {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut map = (**self.peers.load()).clone();
         let existed = map.remove(key).is_some();
         self.peers.store(Arc::new(map));
@@ -331,32 +353,55 @@ impl Core {
 
     /// Replace the static routes.
     pub fn set_static_routes(&self, routes: Vec<(IpNet, StaticVia)>) {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).statics = routes;
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .statics = routes;
         self.rebuild_tables();
     }
 
     /// Set the interface's own addresses: each becomes a host route to the TUN device.
     pub fn set_local_addresses(&self, addrs: &[IpAddr]) {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).connected =
-            addrs.iter().map(|a| IpNet::from(*a)).collect();
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .connected = addrs.iter().map(|a| IpNet::from(*a)).collect();
         self.rebuild_tables();
     }
 
     /// Replace all control-plane routes (a full snapshot) and mark the FIB fresh.
     pub fn set_control_routes(&self, routes: Vec<(IpNet, ControlVia)>) {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).control = routes;
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .control = routes;
         self.fib_stale.store(false, Relaxed);
         self.rebuild_tables();
     }
 
     /// Apply an incremental control-plane update.
     pub fn update_control_routes(&self, add: Vec<(IpNet, ControlVia)>, remove: &[IpNet]) {
-        let _g = self.config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         {
-            let mut r = self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut r = self
+                .routes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut map: std::collections::HashMap<IpNet, ControlVia> =
                 r.control.drain(..).collect();
             for p in remove {
@@ -389,10 +434,14 @@ impl Core {
             StaticVia::Blackhole => Some(NextHop::Blackhole),
         };
         {
-            let r = self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (origin, list) in
-                [(RouteOrigin::Static, &r.statics), (RouteOrigin::Control, &r.control)]
-            {
+            let r = self
+                .routes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (origin, list) in [
+                (RouteOrigin::Static, &r.statics),
+                (RouteOrigin::Control, &r.control),
+            ] {
                 for (net, via) in list {
                     if let Some(nh) = resolve(via) {
                         entries.insert(net.trunc(), (origin, nh));
@@ -404,10 +453,13 @@ impl Core {
                 entries.insert(*net, (RouteOrigin::Connected, NextHop::Local));
             }
         }
-        let fib = Fib::from_routes(
-            entries.iter().map(|(p, (_, nh))| Route { prefix: *p, next_hop: *nh }),
-        );
-        self.origins.store(Arc::new(entries.into_iter().map(|(p, (o, _))| (p, o)).collect()));
+        let fib = Fib::from_routes(entries.iter().map(|(p, (_, nh))| Route {
+            prefix: *p,
+            next_hop: *nh,
+        }));
+        self.origins.store(Arc::new(
+            entries.into_iter().map(|(p, (o, _))| (p, o)).collect(),
+        ));
         self.allowed.publish(allowed);
         self.fib.publish(fib);
     }
@@ -415,13 +467,19 @@ impl Core {
     /// Register a worker's counters (for scrapes).
     fn register_worker(&self) -> Arc<WorkerCounters> {
         let c = Arc::new(WorkerCounters::default());
-        self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c.clone());
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(c.clone());
         c
     }
 
     /// Sum of the workers' counters.
     pub fn totals(&self) -> Totals {
-        let w = self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Totals::sum(w.iter().map(|c| &**c))
     }
 
@@ -449,7 +507,9 @@ impl Core {
                         tx_packets: c.tx_packets.load(Relaxed),
                         handshakes: c.handshakes.load(Relaxed),
                         last_handshake: p.last_handshake().and_then(|t| {
-                            t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+                            t.duration_since(SystemTime::UNIX_EPOCH)
+                                .ok()
+                                .map(|d| d.as_secs_f64())
                         }),
                     }
                 })
@@ -579,7 +639,9 @@ impl Worker {
     /// Inject an IP packet into a peer's tunnel (control plane → peer).
     pub fn inject(&mut self, peer: &Key, packet: &[u8], sink: &mut impl Sink) -> bool {
         let peers = self.core.peers.load();
-        let Some(p) = peers.by_key(peer).cloned() else { return false };
+        let Some(p) = peers.by_key(peer).cloned() else {
+            return false;
+        };
         let fib = self.core.fib.load();
         let allowed = self.core.allowed.load();
         let settings = self.core.settings.load();
@@ -609,7 +671,9 @@ impl Worker {
             }
             let mut st = p.lock();
             let endpoint = st.endpoint;
-            let Some(slot) = self.udp_out.next_free() else { continue };
+            let Some(slot) = self.udp_out.next_free() else {
+                continue;
+            };
             match st.tunn.update_timers(&mut slot.buf_mut()[..]) {
                 TunnResult::WriteToNetwork(out) => {
                     let n = out.len();
@@ -668,7 +732,9 @@ impl<S: Sink> Ctx<'_, S> {
 
     /// One received datagram.
     fn datagram(&mut self, slot: &Slot) {
-        let Some(src) = slot.addr else { return self.drop(DropReason::BadPacket) };
+        let Some(src) = slot.addr else {
+            return self.drop(DropReason::BadPacket);
+        };
         if slot.truncated {
             return self.drop(DropReason::Oversized);
         }
@@ -676,7 +742,9 @@ impl<S: Sink> Ctx<'_, S> {
         match wire::wg::Message::classify(data) {
             Some(wire::wg::Message::Initiation { .. }) => self.handshake_init(data, src),
             Some(m) => {
-                let idx = m.receiver_index().expect("every other message has a receiver");
+                let idx = m
+                    .receiver_index()
+                    .expect("every other message has a receiver");
                 self.by_index(idx, data, src);
             }
             None => self.drop(DropReason::BadPacket),
@@ -690,7 +758,9 @@ impl<S: Sink> Ctx<'_, S> {
         let limiter = self.core.limiter.load();
         let mut cookie = [0u8; 64];
         let half = match limiter.verify_packet(Some(src.ip()), data, &mut cookie) {
-            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&identity.secret, &identity.public, &p),
+            Ok(Packet::HandshakeInit(p)) => {
+                parse_handshake_anon(&identity.secret, &identity.public, &p)
+            }
             Ok(_) => return self.drop(DropReason::BadPacket),
             Err(TunnResult::WriteToNetwork(reply)) => {
                 let n = reply.len();
@@ -703,7 +773,9 @@ impl<S: Sink> Ctx<'_, S> {
             Err(TunnResult::Err(e)) => return self.drop(drop_reason(&e)),
             Err(_) => return self.drop(DropReason::BadPacket),
         };
-        let Ok(half) = half else { return self.drop(DropReason::HandshakeFailed) };
+        let Ok(half) = half else {
+            return self.drop(DropReason::HandshakeFailed);
+        };
         let Some(peer) = self.peers.by_key(&Key(half.peer_static_public)).cloned() else {
             return self.drop(DropReason::UnknownPeer);
         };
@@ -728,8 +800,13 @@ impl<S: Sink> Ctx<'_, S> {
             if self.tun_out.is_full() {
                 self.sink.write_tun(self.tun_out);
             }
-            let Some(slot) = self.tun_out.next_free() else { return };
-            match st.tunn.decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..]) {
+            let Some(slot) = self.tun_out.next_free() else {
+                return;
+            };
+            match st
+                .tunn
+                .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
+            {
                 TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
                     inner_len = p.len();
                 }
@@ -747,9 +824,12 @@ impl<S: Sink> Ctx<'_, S> {
                 if self.udp_out.is_full() {
                     self.sink.send_udp(self.udp_out);
                 }
-                let Some(slot) = self.udp_out.next_free() else { break };
+                let Some(slot) = self.udp_out.next_free() else {
+                    break;
+                };
                 let res = if first {
-                    st.tunn.decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
+                    st.tunn
+                        .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
                 } else {
                     st.tunn.decapsulate(None, &[], &mut slot.buf_mut()[..])
                 };
@@ -781,7 +861,8 @@ impl<S: Sink> Ctx<'_, S> {
             self.core.emit(CoreEvent::HandshakeUp(peer.public_key));
         }
         if moved {
-            self.core.emit(CoreEvent::EndpointChanged(peer.public_key, src));
+            self.core
+                .emit(CoreEvent::EndpointChanged(peer.public_key, src));
         }
         if inner_len > 0 {
             self.route_from_peer(peer, inner_len);
@@ -797,10 +878,11 @@ impl<S: Sink> Ctx<'_, S> {
             Err(_) => return self.drop(DropReason::BadInnerPacket),
         };
         slot.len = meta.total_len; // drop WireGuard's padding
-        // Babel from a tunnel peer: the peer is authenticated by its session, and its
-        // link-local source names the point-to-point link, not a routed address, so it
-        // needs no allowed-IP: hand it to the control plane.
-        let link_local_src = matches!(meta.src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+                                   // Babel from a tunnel peer: the peer is authenticated by its session, and its
+                                   // link-local source names the point-to-point link, not a routed address, so it
+                                   // needs no allowed-IP: hand it to the control plane.
+        let link_local_src =
+            matches!(meta.src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
         if link_local_src && wire::is_babel(&meta, slot.data()) {
             let pkt = slot.data().to_vec(); // off the hot path: control traffic
             if self.core.emit(CoreEvent::Punt(from.public_key, pkt)) {
@@ -856,7 +938,9 @@ impl<S: Sink> Ctx<'_, S> {
         }
         if len > mtu {
             self.drop(DropReason::TooBig);
-            return self.icmp_back(IcmpError::PacketTooBig { mtu: self.settings.mtu });
+            return self.icmp_back(IcmpError::PacketTooBig {
+                mtu: self.settings.mtu,
+            });
         }
         let mss = mss_for(self.settings.mtu, slot.data());
         if self.settings.mss_clamp && wire::clamp_tcp_mss(slot.data_mut(), mss) {
@@ -877,7 +961,9 @@ impl<S: Sink> Ctx<'_, S> {
     /// dropped) and route it back toward the packet's source: into a peer's tunnel, or to the
     /// TUN device in place of the dropped packet.
     fn icmp_back(&mut self, kind: IcmpError) {
-        let Some(slot) = self.tun_out.next_free() else { return };
+        let Some(slot) = self.tun_out.next_free() else {
+            return;
+        };
         let from = match slot.data().first().map(|b| b >> 4) {
             Some(4) => self.settings.icmp_src_v4.map(IpAddr::V4),
             Some(6) => self.settings.icmp_src_v6.map(IpAddr::V6),
@@ -887,7 +973,9 @@ impl<S: Sink> Ctx<'_, S> {
         let Some(n) = wire::icmp_error(kind, slot.data(), from, &mut self.scratch[..]) else {
             return;
         };
-        let Ok(meta) = wire::parse_ip(&self.scratch[..n]) else { return };
+        let Ok(meta) = wire::parse_ip(&self.scratch[..n]) else {
+            return;
+        };
         self.counters.icmp_sent.add(1);
         match self.fib.lookup(meta.dst) {
             Some(NextHop::Peer(to)) => {
@@ -943,7 +1031,9 @@ impl<S: Sink> Ctx<'_, S> {
                     IpAddr::V6(_) => self.settings.icmp_src_v6.map(IpAddr::V6),
                 };
                 if let Some(from) = from {
-                    if let Some(n) = wire::icmp_error(IcmpError::NoRoute, pkt, from, &mut self.scratch[..]) {
+                    if let Some(n) =
+                        wire::icmp_error(IcmpError::NoRoute, pkt, from, &mut self.scratch[..])
+                    {
                         self.counters.icmp_sent.add(1);
                         if self.tun_out.is_full() {
                             self.sink.write_tun(self.tun_out);
@@ -971,7 +1061,11 @@ impl<S: Sink> Ctx<'_, S> {
 
 /// MSS that fits a tunnel MTU for this packet's family.
 fn mss_for(mtu: u16, pkt: &[u8]) -> u16 {
-    let overhead = if pkt.first().map(|b| b >> 4) == Some(6) { 60 } else { 40 };
+    let overhead = if pkt.first().map(|b| b >> 4) == Some(6) {
+        60
+    } else {
+        40
+    };
     mtu.saturating_sub(overhead)
 }
 
@@ -1008,4 +1102,3 @@ fn encapsulate_into(udp_out: &mut Batch, counters: &WorkerCounters, to: &Peer, p
 
 /// Size check: boringtun needs `src.len() + 32` bytes of output and at least 148.
 const _: () = assert!(SLOT_SIZE >= 1500 + 32 && SLOT_SIZE >= 148);
-

@@ -59,7 +59,9 @@ impl Key {
         if s.len() != 44 {
             return Err(KeyError::Base64);
         }
-        let v = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| KeyError::Base64)?;
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| KeyError::Base64)?;
         Ok(Key(v.try_into().map_err(|_| KeyError::Base64)?))
     }
 
@@ -120,13 +122,22 @@ impl Key {
 /// Read a base64 private key from a file that only its owner can access.
 pub fn read_private_key_file(path: &Path) -> Result<Key, KeyError> {
     let p = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: p.clone(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions { path: p, mode });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
-    Key::from_base64(&text).map_err(|e| KeyError::File { path: p, inner: Box::new(e) })
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    Key::from_base64(&text).map_err(|e| KeyError::File {
+        path: p,
+        inner: Box::new(e),
+    })
 }
 
 #[cfg(test)]
@@ -136,8 +147,13 @@ mod tests {
     #[test]
     fn rfc7748_vector() {
         // RFC 7748 section 6.1: Alice's private and public keys.
-        let private = Key::from_hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
-        assert_eq!(private.public_key().to_hex(), "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        let private =
+            Key::from_hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap();
+        assert_eq!(
+            private.public_key().to_hex(),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
     }
 
     #[test]
@@ -167,7 +183,10 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
         let public = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
-        assert_eq!(Key::from_base64(&private).unwrap().public_key().to_base64(), public.trim());
+        assert_eq!(
+            Key::from_base64(&private).unwrap().public_key().to_base64(),
+            public.trim()
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut a = Args { foreground: std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1"), ..Args::default() };
+    let mut a = Args {
+        foreground: std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1"),
+        ..Args::default()
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -57,7 +60,14 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "--metrics" => a.metrics = Some(value(&arg)?),
             "--threads" => {
                 let v = value(&arg)?;
-                a.threads = Some(v.parse().ok().filter(|&n| (1..=64).contains(&n)).with_context(|| format!("--threads: {v:?} is not a number from 1 to 64"))?);
+                a.threads = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n| (1..=64).contains(&n))
+                        .with_context(|| {
+                            format!("--threads: {v:?} is not a number from 1 to 64")
+                        })?,
+                );
             }
             "--unrouted" => a.unrouted = Some(value(&arg)?),
             "--ctl-socket" => a.ctl_socket = Some(value(&arg)?.into()),
@@ -92,8 +102,15 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let result = if args.foreground { run(&args) } else { daemonize(&args) };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = if args.foreground {
+        run(&args)
+    } else {
+        daemonize(&args)
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,7 +126,10 @@ fn load_config(args: &Args) -> anyhow::Result<(String, Option<DeviceConfig>)> {
         Some(path) => Some(config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let ifname = match (args.ifname.clone(), cfg.as_ref().and_then(|c| c.interface.name.clone())) {
+    let ifname = match (
+        args.ifname.clone(),
+        cfg.as_ref().and_then(|c| c.interface.name.clone()),
+    ) {
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => bail!("no interface name given\n{USAGE}"),
     };
@@ -124,7 +144,8 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1)).arg("--foreground");
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
     // As wireguard-go: a detached daemon is silent unless logging was asked for.
     if std::env::var_os("ISTHMUS_LOG").is_none() {
         cmd.stderr(std::process::Stdio::null());
@@ -147,7 +168,10 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let (ifname, cfg) = load_config(args)?;
-    let iface = cfg.as_ref().map(|c| c.interface.clone()).unwrap_or_default();
+    let iface = cfg
+        .as_ref()
+        .map(|c| c.interface.clone())
+        .unwrap_or_default();
     let unrouted_local = match args.unrouted.as_deref().or(iface.unrouted.as_deref()) {
         None | Some("local") => true,
         Some("drop") => false,
@@ -158,18 +182,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
         listen_port: iface.listen_port.unwrap_or(0),
         fwmark: iface.fwmark.unwrap_or(0),
         mtu: iface.mtu.unwrap_or(1420),
-        settings: Settings { mss_clamp: iface.mss_clamp, unrouted_local, ..Settings::default() },
+        settings: Settings {
+            mss_clamp: iface.mss_clamp,
+            unrouted_local,
+            ..Settings::default()
+        },
         offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),
     };
     let dev = Device::start(&ifname, opts).with_context(|| format!("starting device {ifname}"))?;
     if let Some(cfg) = &cfg {
-        dev.apply_config(cfg).context("applying the configuration")?;
+        dev.apply_config(cfg)
+            .context("applying the configuration")?;
     }
 
     let metrics = match args.metrics.as_deref() {
         Some("off") => None,
-        Some(a) => Some(a.parse::<SocketAddr>().with_context(|| format!("--metrics: {a:?} is not an address:port"))?),
-        None => Some(iface.metrics.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9586)))),
+        Some(a) => Some(
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--metrics: {a:?} is not an address:port"))?,
+        ),
+        None => Some(
+            iface
+                .metrics
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9586))),
+        ),
     };
     if let Some(addr) = metrics {
         match device::serve_metrics(addr, dev.core.clone()) {
@@ -177,7 +213,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("metrics endpoint {addr} not available: {e}"),
         }
     }
-    let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone()).context("serving the WireGuard userspace API")?;
+    let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
+        .context("serving the WireGuard userspace API")?;
     let ctl_path = args
         .ctl_socket
         .clone()
@@ -187,7 +224,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("serving the control socket {}", ctl_path.display()))?;
 
     let d: Arc<Device> = dev.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     let sig_handle = signals.handle();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {

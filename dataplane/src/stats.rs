@@ -288,7 +288,9 @@ pub struct Sample {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Render a sample in the Prometheus text exposition format (version 0.0.4).
@@ -305,11 +307,31 @@ pub fn render(s: &Sample) -> String {
 
     type PeerField = fn(&PeerSample) -> u64;
     let peer_counters: [(&str, &str, PeerField); 5] = [
-        ("isthmus_peer_rx_bytes_total", "Bytes received from the peer.", |p| p.rx_bytes),
-        ("isthmus_peer_tx_bytes_total", "Bytes sent to the peer.", |p| p.tx_bytes),
-        ("isthmus_peer_rx_packets_total", "Packets received from the peer.", |p| p.rx_packets),
-        ("isthmus_peer_tx_packets_total", "Packets sent to the peer.", |p| p.tx_packets),
-        ("isthmus_peer_handshakes_total", "Completed handshakes with the peer.", |p| p.handshakes),
+        (
+            "isthmus_peer_rx_bytes_total",
+            "Bytes received from the peer.",
+            |p| p.rx_bytes,
+        ),
+        (
+            "isthmus_peer_tx_bytes_total",
+            "Bytes sent to the peer.",
+            |p| p.tx_bytes,
+        ),
+        (
+            "isthmus_peer_rx_packets_total",
+            "Packets received from the peer.",
+            |p| p.rx_packets,
+        ),
+        (
+            "isthmus_peer_tx_packets_total",
+            "Packets sent to the peer.",
+            |p| p.tx_packets,
+        ),
+        (
+            "isthmus_peer_handshakes_total",
+            "Completed handshakes with the peer.",
+            |p| p.handshakes,
+        ),
     ];
     for (name, help, get) in peer_counters {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -325,7 +347,10 @@ pub fn render(s: &Sample) -> String {
         }
     }
     let name = "isthmus_peer_last_handshake_seconds";
-    let _ = writeln!(o, "# HELP {name} Unix time of the last completed handshake (0: never).");
+    let _ = writeln!(
+        o,
+        "# HELP {name} Unix time of the last completed handshake (0: never)."
+    );
     let _ = writeln!(o, "# TYPE {name} gauge");
     for p in &s.peers {
         let _ = writeln!(
@@ -338,17 +363,31 @@ pub fn render(s: &Sample) -> String {
         );
     }
 
-    let _ = writeln!(o, "# HELP isthmus_forwarded_packets_total Packets forwarded, by path.");
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_forwarded_packets_total Packets forwarded, by path."
+    );
     let _ = writeln!(o, "# TYPE isthmus_forwarded_packets_total counter");
     for p in Path::ALL {
         let v = s.totals.forwarded[p as usize];
-        let _ = writeln!(o, "isthmus_forwarded_packets_total{{path=\"{}\"}} {v}", p.label());
+        let _ = writeln!(
+            o,
+            "isthmus_forwarded_packets_total{{path=\"{}\"}} {v}",
+            p.label()
+        );
     }
-    let _ = writeln!(o, "# HELP isthmus_forwarded_bytes_total Bytes forwarded, by path.");
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_forwarded_bytes_total Bytes forwarded, by path."
+    );
     let _ = writeln!(o, "# TYPE isthmus_forwarded_bytes_total counter");
     for p in Path::ALL {
         let v = s.totals.forwarded_bytes[p as usize];
-        let _ = writeln!(o, "isthmus_forwarded_bytes_total{{path=\"{}\"}} {v}", p.label());
+        let _ = writeln!(
+            o,
+            "isthmus_forwarded_bytes_total{{path=\"{}\"}} {v}",
+            p.label()
+        );
     }
     let _ = writeln!(o, "# HELP isthmus_drops_total Packets dropped, by reason.");
     let _ = writeln!(o, "# TYPE isthmus_drops_total counter");
@@ -357,11 +396,36 @@ pub fn render(s: &Sample) -> String {
         let _ = writeln!(o, "isthmus_drops_total{{reason=\"{}\"}} {v}", r.label());
     }
     let simple: [(&str, &str, &str, u64); 5] = [
-        ("isthmus_icmp_errors_sent_total", "counter", "ICMP errors generated.", s.totals.icmp_sent),
-        ("isthmus_cookie_replies_sent_total", "counter", "Cookie replies sent under load.", s.totals.cookies_sent),
-        ("isthmus_mss_clamped_total", "counter", "TCP SYNs whose MSS was clamped.", s.totals.mss_clamped),
-        ("isthmus_rx_batches_total", "counter", "Receive batches processed.", s.totals.rx_batches),
-        ("isthmus_rx_packets_total", "counter", "Packets received from UDP and TUN.", s.totals.rx_packets),
+        (
+            "isthmus_icmp_errors_sent_total",
+            "counter",
+            "ICMP errors generated.",
+            s.totals.icmp_sent,
+        ),
+        (
+            "isthmus_cookie_replies_sent_total",
+            "counter",
+            "Cookie replies sent under load.",
+            s.totals.cookies_sent,
+        ),
+        (
+            "isthmus_mss_clamped_total",
+            "counter",
+            "TCP SYNs whose MSS was clamped.",
+            s.totals.mss_clamped,
+        ),
+        (
+            "isthmus_rx_batches_total",
+            "counter",
+            "Receive batches processed.",
+            s.totals.rx_batches,
+        ),
+        (
+            "isthmus_rx_packets_total",
+            "counter",
+            "Packets received from UDP and TUN.",
+            s.totals.rx_packets,
+        ),
     ];
     for (name, kind, help, v) in simple {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -370,7 +434,10 @@ pub fn render(s: &Sample) -> String {
     let _ = writeln!(o, "# TYPE isthmus_fib_routes gauge");
     let _ = writeln!(o, "isthmus_fib_routes{{family=\"ipv4\"}} {}", s.fib_v4);
     let _ = writeln!(o, "isthmus_fib_routes{{family=\"ipv6\"}} {}", s.fib_v6);
-    let _ = writeln!(o, "# HELP isthmus_fib_stale 1 while the FIB is kept from a control plane that went away.");
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_fib_stale 1 while the FIB is kept from a control plane that went away."
+    );
     let _ = writeln!(o, "# TYPE isthmus_fib_stale gauge");
     let _ = writeln!(o, "isthmus_fib_stale {}", u8::from(s.fib_stale));
     o

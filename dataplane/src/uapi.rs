@@ -101,22 +101,34 @@ pub struct UapiError {
 impl UapiError {
     /// EINVAL: a bad key or value.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { errno: libc::EINVAL, message: message.into() }
+        Self {
+            errno: libc::EINVAL,
+            message: message.into(),
+        }
     }
 
     /// EPROTO: the request is not the protocol.
     pub fn protocol(message: impl Into<String>) -> Self {
-        Self { errno: libc::EPROTO, message: message.into() }
+        Self {
+            errno: libc::EPROTO,
+            message: message.into(),
+        }
     }
 
     /// EIO: the device could not do it (e.g. bind).
     pub fn io(message: impl Into<String>) -> Self {
-        Self { errno: libc::EIO, message: message.into() }
+        Self {
+            errno: libc::EIO,
+            message: message.into(),
+        }
     }
 
     /// EADDRINUSE: the port is taken.
     pub fn port_in_use(message: impl Into<String>) -> Self {
-        Self { errno: libc::EADDRINUSE, message: message.into() }
+        Self {
+            errno: libc::EADDRINUSE,
+            message: message.into(),
+        }
     }
 }
 
@@ -132,7 +144,9 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, UapiError> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(UapiError::invalid(format!("{key}: expected true or false, got {v:?}"))),
+        _ => Err(UapiError::invalid(format!(
+            "{key}: expected true or false, got {v:?}"
+        ))),
     }
 }
 
@@ -141,7 +155,8 @@ fn parse_key(key: &str, v: &str) -> Result<Key, UapiError> {
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, UapiError> {
-    v.parse().map_err(|_| UapiError::invalid(format!("{key}: invalid number {v:?}")))
+    v.parse()
+        .map_err(|_| UapiError::invalid(format!("{key}: invalid number {v:?}")))
 }
 
 /// Decode the body of a `set=1` request (the lines after `set=1`, without the blank line).
@@ -151,9 +166,14 @@ pub fn parse_set(text: &str) -> Result<SetRequest, UapiError> {
         if line.is_empty() {
             break;
         }
-        let (k, v) = line.split_once('=').ok_or_else(|| UapiError::protocol(format!("line without '=': {line:?}")))?;
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| UapiError::protocol(format!("line without '=': {line:?}")))?;
         if k == "public_key" {
-            req.peers.push(PeerSet { public_key: parse_key(k, v)?, ..PeerSet::default() });
+            req.peers.push(PeerSet {
+                public_key: parse_key(k, v)?,
+                ..PeerSet::default()
+            });
             continue;
         }
         if let Some(peer) = req.peers.last_mut() {
@@ -165,17 +185,25 @@ pub fn parse_set(text: &str) -> Result<SetRequest, UapiError> {
                     peer.preshared_key = Some((!key.is_zero()).then_some(key));
                 }
                 "endpoint" => {
-                    peer.endpoint = Some(v.parse().map_err(|_| UapiError::invalid(format!("endpoint: invalid address {v:?}")))?);
+                    peer.endpoint = Some(v.parse().map_err(|_| {
+                        UapiError::invalid(format!("endpoint: invalid address {v:?}"))
+                    })?);
                 }
-                "persistent_keepalive_interval" => peer.persistent_keepalive = Some(parse_num(k, v)?),
+                "persistent_keepalive_interval" => {
+                    peer.persistent_keepalive = Some(parse_num(k, v)?)
+                }
                 "replace_allowed_ips" => peer.replace_allowed_ips = parse_bool(k, v)?,
                 "allowed_ip" => {
-                    let net: IpNet = v.parse().map_err(|_| UapiError::invalid(format!("allowed_ip: invalid prefix {v:?}")))?;
+                    let net: IpNet = v.parse().map_err(|_| {
+                        UapiError::invalid(format!("allowed_ip: invalid prefix {v:?}"))
+                    })?;
                     peer.allowed_ips.push(net.trunc());
                 }
                 "protocol_version" => {
                     if v != "1" {
-                        return Err(UapiError::invalid(format!("protocol_version {v} is not supported")));
+                        return Err(UapiError::invalid(format!(
+                            "protocol_version {v} is not supported"
+                        )));
                     }
                 }
                 _ => return Err(UapiError::invalid(format!("unknown peer key {k:?}"))),
@@ -211,17 +239,28 @@ pub fn format_get(state: &DeviceState) -> String {
     }
     for p in &state.peers {
         let _ = writeln!(o, "public_key={}", p.public_key.to_hex());
-        let _ = writeln!(o, "preshared_key={}", p.preshared_key.unwrap_or_default().to_hex());
+        let _ = writeln!(
+            o,
+            "preshared_key={}",
+            p.preshared_key.unwrap_or_default().to_hex()
+        );
         let _ = writeln!(o, "protocol_version=1");
         if let Some(e) = p.endpoint {
             let _ = writeln!(o, "endpoint={e}");
         }
-        let t = p.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
+        let t = p
+            .last_handshake
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
         let _ = writeln!(o, "last_handshake_time_sec={}", t.as_secs());
         let _ = writeln!(o, "last_handshake_time_nsec={}", t.subsec_nanos());
         let _ = writeln!(o, "tx_bytes={}", p.tx_bytes);
         let _ = writeln!(o, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(o, "persistent_keepalive_interval={}", p.persistent_keepalive.unwrap_or(0));
+        let _ = writeln!(
+            o,
+            "persistent_keepalive_interval={}",
+            p.persistent_keepalive.unwrap_or(0)
+        );
         for a in &p.allowed_ips {
             let _ = writeln!(o, "allowed_ip={a}");
         }
@@ -322,23 +361,29 @@ pub fn serve_at(path: &Path, handler: Arc<dyn UapiHandler>) -> io::Result<UapiSe
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    std::thread::Builder::new().name("isthmus-uapi".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if stop2.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(conn) = conn else { continue };
-            let h = handler.clone();
-            let _ = std::thread::Builder::new().name("isthmus-uapi-conn".into()).spawn(move || {
-                if let Err(e) = serve_conn(conn, &*h) {
-                    tracing::debug!("userspace API connection: {e}");
+    std::thread::Builder::new()
+        .name("isthmus-uapi".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
                 }
-            });
-        }
-    })?;
-    Ok(UapiServer { path: path.to_path_buf(), stop })
+                let Ok(conn) = conn else { continue };
+                let h = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("isthmus-uapi-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = serve_conn(conn, &*h) {
+                            tracing::debug!("userspace API connection: {e}");
+                        }
+                    });
+            }
+        })?;
+    Ok(UapiServer {
+        path: path.to_path_buf(),
+        stop,
+    })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -374,9 +419,18 @@ mod tests {
     #[test]
     fn rejects_bad_input_with_errno() {
         assert_eq!(parse_set("bogus=1\n").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(parse_set("listen_port=70000\n").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(parse_set("private_key=xyz\n").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(parse_set("no equals sign\n").unwrap_err().errno, libc::EPROTO);
+        assert_eq!(
+            parse_set("listen_port=70000\n").unwrap_err().errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            parse_set("private_key=xyz\n").unwrap_err().errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            parse_set("no equals sign\n").unwrap_err().errno,
+            libc::EPROTO
+        );
         let pk = format!("public_key={}\n", "ab".repeat(32));
         assert!(parse_set(&format!("{pk}allowed_ip=10.0.0.0/33\n")).is_err());
         assert!(parse_set(&format!("{pk}endpoint=nonsense\n")).is_err());
@@ -386,7 +440,11 @@ mod tests {
     #[test]
     fn zero_keys_mean_removal() {
         let z = "0".repeat(64);
-        let r = parse_set(&format!("private_key={z}\npublic_key={}\npreshared_key={z}\n", "ab".repeat(32))).unwrap();
+        let r = parse_set(&format!(
+            "private_key={z}\npublic_key={}\npreshared_key={z}\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
         assert_eq!(r.private_key, Some(None));
         assert_eq!(r.peers[0].preshared_key, Some(None));
     }
@@ -429,8 +487,15 @@ mod tests {
     }
 
     fn wg(args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new("wg").args(args).output().expect("wg tool installed");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let out = std::process::Command::new("wg")
+            .args(args)
+            .output()
+            .expect("wg tool installed");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     #[test]
@@ -445,9 +510,20 @@ mod tests {
         std::fs::write(&keyfile, private.to_base64()).unwrap();
         let peer = Key::generate_private().public_key();
         let (ok, _, err) = wg(&[
-            "set", &ifname, "private-key", keyfile.to_str().unwrap(), "listen-port", "51999",
-            "peer", &peer.to_base64(), "allowed-ips", "10.0.0.0/24,fd00::/64",
-            "endpoint", "127.0.0.1:5000", "persistent-keepalive", "25",
+            "set",
+            &ifname,
+            "private-key",
+            keyfile.to_str().unwrap(),
+            "listen-port",
+            "51999",
+            "peer",
+            &peer.to_base64(),
+            "allowed-ips",
+            "10.0.0.0/24,fd00::/64",
+            "endpoint",
+            "127.0.0.1:5000",
+            "persistent-keepalive",
+            "25",
         ]);
         assert!(ok, "{err}");
         let s = dev.get();
@@ -470,7 +546,14 @@ mod tests {
         assert_eq!(lines[1][6], "5678");
         assert_eq!(lines[1][7], "25");
         // An invalid request is refused with the errno wg reports.
-        let (ok, _, err) = wg(&["set", &ifname, "peer", &peer.to_base64(), "allowed-ips", "10.0.0.0/99"]);
+        let (ok, _, err) = wg(&[
+            "set",
+            &ifname,
+            "peer",
+            &peer.to_base64(),
+            "allowed-ips",
+            "10.0.0.0/99",
+        ]);
         assert!(!ok, "{err}");
         let (ok, conf, _) = wg(&["showconf", &ifname]);
         assert!(ok && conf.contains("ListenPort = 51999"), "{conf}");

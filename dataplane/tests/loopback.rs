@@ -59,8 +59,18 @@ fn pair() -> (LoopbackNet, Key, Key) {
     let b = Core::new("b", Settings::default());
     a.set_private_key(Some(ka));
     b.set_private_key(Some(kb));
-    a.upsert_peer(peer(public(kb), Some(addr(2)), &["10.0.0.2/32", "fd00::2/128"])).unwrap();
-    b.upsert_peer(peer(public(ka), Some(addr(1)), &["10.0.0.1/32", "fd00::1/128"])).unwrap();
+    a.upsert_peer(peer(
+        public(kb),
+        Some(addr(2)),
+        &["10.0.0.2/32", "fd00::2/128"],
+    ))
+    .unwrap();
+    b.upsert_peer(peer(
+        public(ka),
+        Some(addr(1)),
+        &["10.0.0.1/32", "fd00::1/128"],
+    ))
+    .unwrap();
     let mut net = LoopbackNet::new();
     net.add(a, addr(1));
     net.add(b, addr(2));
@@ -75,7 +85,11 @@ fn two_nodes_handshake_and_exchange_both_ways() {
     net.run(16);
     // The first packet was queued during the handshake and delivered after it.
     assert_eq!(net.nodes[1].tun_delivered, vec![p.clone()]);
-    let back = udp6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], b"hello a");
+    let back = udp6(
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        b"hello a",
+    );
     net.send_from_tun(1, &back);
     net.run(16);
     assert_eq!(net.nodes[0].tun_delivered, vec![back]);
@@ -90,7 +104,13 @@ fn two_nodes_handshake_and_exchange_both_ways() {
     assert_eq!(tb.forwarded_on(Path::ToLocal), 201);
     let peer_b = net.nodes[0].core.peers().iter().next().unwrap().clone();
     assert!(peer_b.last_handshake().is_some());
-    assert!(peer_b.counters.handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        peer_b
+            .counters
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
 
 #[test]
@@ -105,10 +125,14 @@ fn hub_relays_between_spokes_without_local_delivery() {
     a.set_private_key(Some(ka));
     b.set_private_key(Some(kb));
     h.set_private_key(Some(kh));
-    a.upsert_peer(peer(public(kh), Some(addr(3)), &["10.0.0.0/16"])).unwrap();
-    b.upsert_peer(peer(public(kh), Some(addr(3)), &["10.0.0.0/16"])).unwrap();
-    h.upsert_peer(peer(public(ka), None, &["10.0.1.0/24"])).unwrap();
-    h.upsert_peer(peer(public(kb), None, &["10.0.2.0/24"])).unwrap();
+    a.upsert_peer(peer(public(kh), Some(addr(3)), &["10.0.0.0/16"]))
+        .unwrap();
+    b.upsert_peer(peer(public(kh), Some(addr(3)), &["10.0.0.0/16"]))
+        .unwrap();
+    h.upsert_peer(peer(public(ka), None, &["10.0.1.0/24"]))
+        .unwrap();
+    h.upsert_peer(peer(public(kb), None, &["10.0.2.0/24"]))
+        .unwrap();
     let mut net = LoopbackNet::new();
     net.add(a, addr(1));
     net.add(b, addr(2));
@@ -116,7 +140,11 @@ fn hub_relays_between_spokes_without_local_delivery() {
     // B must have talked to H first so H knows B's endpoint.
     net.send_from_tun(1, &udp4([10, 0, 2, 1], [10, 0, 1, 1], 64, b"b to a"));
     net.run(32);
-    assert_eq!(net.nodes[0].tun_delivered.len(), 0, "H does not know A's endpoint yet");
+    assert_eq!(
+        net.nodes[0].tun_delivered.len(),
+        0,
+        "H does not know A's endpoint yet"
+    );
     net.send_from_tun(0, &udp4([10, 0, 1, 1], [10, 0, 2, 1], 64, b"a to b"));
     net.run(32);
     net.send_from_tun(1, &udp4([10, 0, 2, 1], [10, 0, 1, 1], 64, b"b to a again"));
@@ -128,7 +156,10 @@ fn hub_relays_between_spokes_without_local_delivery() {
     let th = net.nodes[2].core.totals();
     assert!(th.forwarded_on(Path::Relay) >= 2, "{th:?}");
     assert_eq!(th.forwarded_on(Path::ToLocal), 0);
-    assert_eq!(net.nodes[2].tun_count, 0, "relay must not touch the hub's TUN");
+    assert_eq!(
+        net.nodes[2].tun_count, 0,
+        "relay must not touch the hub's TUN"
+    );
 }
 
 #[test]
@@ -164,7 +195,9 @@ fn bad_input_is_dropped_counted_and_harmless() {
     // Handshake initiation from an unknown key: a real one, made by a stranger.
     let stranger = Core::new("s", Settings::default());
     stranger.set_private_key(Some(key(9)));
-    stranger.upsert_peer(peer(public(key(2)), Some(addr(2)), &["10.0.0.2/32"])).unwrap();
+    stranger
+        .upsert_peer(peer(public(key(2)), Some(addr(2)), &["10.0.0.2/32"]))
+        .unwrap();
     let mut other = LoopbackNet::new();
     other.add(stranger, evil);
     other.send_from_tun(0, &p);
@@ -177,12 +210,21 @@ fn bad_input_is_dropped_counted_and_harmless() {
     assert_eq!(t.dropped(DropReason::BadPacket), 3, "{t:?}");
     assert_eq!(t.dropped(DropReason::UnknownIndex), 1, "{t:?}");
     assert!(t.dropped(DropReason::Replay) >= 2, "{t:?}");
-    assert!(t.dropped(DropReason::DecryptFailed) + t.dropped(DropReason::Replay) >= 3, "{t:?}");
+    assert!(
+        t.dropped(DropReason::DecryptFailed) + t.dropped(DropReason::Replay) >= 3,
+        "{t:?}"
+    );
     assert_eq!(t.dropped(DropReason::UnknownPeer), 1, "{t:?}");
     // Spoofed inner source: A sends from an address B doesn't allow for A.
     net.send_from_tun(0, &udp4([10, 9, 9, 9], [10, 0, 0, 2], 64, b"spoof"));
     net.run(16);
-    assert_eq!(net.nodes[1].core.totals().dropped(DropReason::SpoofedSource), 1);
+    assert_eq!(
+        net.nodes[1]
+            .core
+            .totals()
+            .dropped(DropReason::SpoofedSource),
+        1
+    );
     // The real peer still gets through, and its endpoint was not hijacked by the replays.
     let before = net.nodes[1].tun_delivered.len();
     net.send_from_tun(0, &p);
@@ -198,13 +240,20 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     let a = Core::new("a", Settings::default());
     let h = Core::new(
         "h",
-        Settings { unrouted_local: false, icmp_src_v4: Some(Ipv4Addr::new(10, 0, 0, 254)), ..Settings::default() },
+        Settings {
+            unrouted_local: false,
+            icmp_src_v4: Some(Ipv4Addr::new(10, 0, 0, 254)),
+            ..Settings::default()
+        },
     );
     a.set_private_key(Some(ka));
     h.set_private_key(Some(kh));
-    a.upsert_peer(peer(public(kh), Some(addr(3)), &["0.0.0.0/0"])).unwrap();
-    h.upsert_peer(peer(public(ka), Some(addr(1)), &["10.0.1.0/24"])).unwrap();
-    h.upsert_peer(peer(public(key(2)), None, &["10.0.2.0/24"])).unwrap();
+    a.upsert_peer(peer(public(kh), Some(addr(3)), &["0.0.0.0/0"]))
+        .unwrap();
+    h.upsert_peer(peer(public(ka), Some(addr(1)), &["10.0.1.0/24"]))
+        .unwrap();
+    h.upsert_peer(peer(public(key(2)), None, &["10.0.2.0/24"]))
+        .unwrap();
     let mut net = LoopbackNet::new();
     net.add(a, addr(1));
     net.add(h, addr(3));
@@ -214,8 +263,16 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     assert_eq!(t.dropped(DropReason::NoRoute), 1);
     assert_eq!(t.icmp_sent, 1);
     // A net-unreachable from the hub's address came back through the tunnel to A's TUN.
-    let icmp = net.nodes[0].tun_delivered.last().expect("ICMP error delivered").clone();
-    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 0), "ICMP type 3 code 0");
+    let icmp = net.nodes[0]
+        .tun_delivered
+        .last()
+        .expect("ICMP error delivered")
+        .clone();
+    assert_eq!(
+        (icmp[9], icmp[20], icmp[21]),
+        (1, 3, 0),
+        "ICMP type 3 code 0"
+    );
     assert_eq!(&icmp[12..16], &[10, 0, 0, 254]);
     // TTL 1 through the hub: time exceeded.
     net.send_from_tun(0, &udp4([10, 0, 1, 1], [10, 0, 2, 9], 1, b"short-lived"));

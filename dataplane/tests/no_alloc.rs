@@ -54,7 +54,10 @@ fn spec(public_key: Key, endpoint: Option<SocketAddr>, allowed: &str) -> PeerSpe
     PeerSpec {
         public_key,
         endpoint,
-        settings: PeerSettings { allowed_ips: vec![allowed.parse().unwrap()], ..Default::default() },
+        settings: PeerSettings {
+            allowed_ips: vec![allowed.parse().unwrap()],
+            ..Default::default()
+        },
     }
 }
 
@@ -70,10 +73,14 @@ fn relay_and_delivery_allocate_nothing_in_steady_state() {
     a.set_private_key(Some(ka));
     b.set_private_key(Some(kb));
     h.set_private_key(Some(kh));
-    a.upsert_peer(spec(public(kh), Some(addr(3)), "10.0.0.0/16")).unwrap();
-    b.upsert_peer(spec(public(kh), Some(addr(3)), "10.0.0.0/16")).unwrap();
-    h.upsert_peer(spec(public(ka), Some(addr(1)), "10.0.1.0/24")).unwrap();
-    h.upsert_peer(spec(public(kb), Some(addr(2)), "10.0.2.0/24")).unwrap();
+    a.upsert_peer(spec(public(kh), Some(addr(3)), "10.0.0.0/16"))
+        .unwrap();
+    b.upsert_peer(spec(public(kh), Some(addr(3)), "10.0.0.0/16"))
+        .unwrap();
+    h.upsert_peer(spec(public(ka), Some(addr(1)), "10.0.1.0/24"))
+        .unwrap();
+    h.upsert_peer(spec(public(kb), Some(addr(2)), "10.0.2.0/24"))
+        .unwrap();
     let mut net = LoopbackNet::new();
     for (core, i) in [(a, 1), (b, 2), (h, 3)] {
         let n = net.add(core, addr(i));

@@ -18,7 +18,11 @@ use isthmus_lab::{require_isthmus, Topology, WgImpl};
 
 fn isthmusctl() -> PathBuf {
     let t = isthmus_lab::target_dir();
-    ["release", "debug"].iter().map(|p| t.join(p).join("isthmusctl")).find(|p| p.exists()).expect("isthmusctl built")
+    ["release", "debug"]
+        .iter()
+        .map(|p| t.join(p).join("isthmusctl"))
+        .find(|p| p.exists())
+        .expect("isthmusctl built")
 }
 
 fn ctl_path(ifname: &str) -> PathBuf {
@@ -51,32 +55,80 @@ fn control_channel_drives_a_running_data_plane() {
     ping_ok(t.ns("s1"), "10.20.0.1", 1);
 
     // isthmusctl sees both peers and their allowed-IPs routes.
-    let out = Command::new(isthmusctl()).args(["show", "peers", &hub.ifname]).output().unwrap();
+    let out = Command::new(isthmusctl())
+        .args(["show", "peers", &hub.ifname])
+        .output()
+        .unwrap();
     let peers = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(peers.contains(&s0.keys.public) && peers.contains(&s1.keys.public), "{peers}");
-    let out = Command::new(isthmusctl()).args(["show", "routes", &hub.ifname]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        peers.contains(&s0.keys.public) && peers.contains(&s1.keys.public),
+        "{peers}"
+    );
+    let out = Command::new(isthmusctl())
+        .args(["show", "routes", &hub.ifname])
+        .output()
+        .unwrap();
     let routes = String::from_utf8_lossy(&out.stdout);
-    assert!(routes.contains("10.20.0.2/32") && routes.contains("allowed-ips"), "{routes}");
+    assert!(
+        routes.contains("10.20.0.2/32") && routes.contains("allowed-ips"),
+        "{routes}"
+    );
 
     // A control-plane route: 10.99.0.0/24 lives behind s1 (which has no allowed-IP for it at
     // the hub). s0 routes it into its tunnel.
-    t.ns("s1").exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &s1.ifname]).unwrap();
-    s0.wg(&["set", &s0.ifname, "peer", &t.wg("hub").keys.public, "allowed-ips", "10.20.0.0/24,fd20::/64,10.99.0.0/24,fe80::/64,ff02::1:6/128"]).unwrap();
-    t.ns("s0").exec(&["ip", "route", "add", "10.99.0.0/24", "dev", &s0.ifname]).unwrap();
+    t.ns("s1")
+        .exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &s1.ifname])
+        .unwrap();
+    s0.wg(&[
+        "set",
+        &s0.ifname,
+        "peer",
+        &t.wg("hub").keys.public,
+        "allowed-ips",
+        "10.20.0.0/24,fd20::/64,10.99.0.0/24,fe80::/64,ff02::1:6/128",
+    ])
+    .unwrap();
+    t.ns("s0")
+        .exec(&["ip", "route", "add", "10.99.0.0/24", "dev", &s0.ifname])
+        .unwrap();
     let mut cp = CtlClient::connect(&ctl_path(&hub.ifname), "test-cp").unwrap();
-    let Msg::HelloAck { ifname, public_key, .. } = &cp.hello else { panic!("{:?}", cp.hello) };
+    let Msg::HelloAck {
+        ifname, public_key, ..
+    } = &cp.hello
+    else {
+        panic!("{:?}", cp.hello)
+    };
     assert_eq!(ifname, &hub.ifname);
     assert_eq!(public_key.unwrap(), key(&hub.keys.public));
-    let route = CtlRoute { prefix: "10.99.0.0/24".parse().unwrap(), next_hop: CtlNextHop::Peer(key(&s1.keys.public)) };
-    assert_eq!(cp.request(&Msg::FibSnapshot { routes: vec![route] }).unwrap(), Msg::Ok);
-    let Msg::Routes(rs) = cp.request(&Msg::GetRoutes).unwrap() else { panic!() };
-    assert!(rs.iter().any(|r| r.prefix == route.prefix && r.origin == RouteOrigin::Control && r.next_hop == route.next_hop));
+    let route = CtlRoute {
+        prefix: "10.99.0.0/24".parse().unwrap(),
+        next_hop: CtlNextHop::Peer(key(&s1.keys.public)),
+    };
+    assert_eq!(
+        cp.request(&Msg::FibSnapshot {
+            routes: vec![route]
+        })
+        .unwrap(),
+        Msg::Ok
+    );
+    let Msg::Routes(rs) = cp.request(&Msg::GetRoutes).unwrap() else {
+        panic!()
+    };
+    assert!(rs.iter().any(|r| r.prefix == route.prefix
+        && r.origin == RouteOrigin::Control
+        && r.next_hop == route.next_hop));
     ping_ok(t.ns("s0"), "10.99.0.1", 3);
 
     // Subscribe, then a Babel hello from s0 (link-local source, to ff02::1:6 port 6696).
     assert_eq!(cp.request(&Msg::Subscribe).unwrap(), Msg::Ok);
-    t.ns("s0").exec(&["ip", "addr", "add", "fe80::2/64", "dev", &s0.ifname]).unwrap();
+    t.ns("s0")
+        .exec(&["ip", "addr", "add", "fe80::2/64", "dev", &s0.ifname])
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut punted = None;
     while punted.is_none() && Instant::now() < deadline {
@@ -95,7 +147,10 @@ fn control_channel_drives_a_running_data_plane() {
     let (peer, packet) = punted.expect("Babel packet punted to the subscriber");
     assert_eq!(peer, key(&s0.keys.public), "punt carries the sending peer");
     assert!(packet.ends_with(b"babel-hello"));
-    assert_eq!(&packet[24..40], &"ff02::1:6".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    assert_eq!(
+        &packet[24..40],
+        &"ff02::1:6".parse::<std::net::Ipv6Addr>().unwrap().octets()
+    );
 
     // Inject: a UDP packet from the hub's side into s0's tunnel, to a listener on s0.
     let listener = t
@@ -123,7 +178,11 @@ fn control_channel_drives_a_running_data_plane() {
     .udp(6696, 6696)
     .write(&mut pkt, b"babel-from-cp")
     .unwrap();
-    cp.send(&Msg::Inject { peer: key(&s0.keys.public), packet: pkt }).unwrap();
+    cp.send(&Msg::Inject {
+        peer: key(&s0.keys.public),
+        packet: pkt,
+    })
+    .unwrap();
     let out = listener.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "babel-from-cp");
 
@@ -135,7 +194,13 @@ fn control_channel_drives_a_running_data_plane() {
     ping_ok(t.ns("s0"), "10.99.0.1", 3);
     // It comes back with a snapshot: fresh again.
     let mut cp = CtlClient::connect(&ctl_path(&hub.ifname), "test-cp").unwrap();
-    assert_eq!(cp.request(&Msg::FibSnapshot { routes: vec![route] }).unwrap(), Msg::Ok);
+    assert_eq!(
+        cp.request(&Msg::FibSnapshot {
+            routes: vec![route]
+        })
+        .unwrap(),
+        Msg::Ok
+    );
     assert_eq!(hub.metrics().unwrap().get("isthmus_fib_stale", &[]), 0.0);
     assert!(hub.alive());
 }

@@ -43,19 +43,27 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["pubkey"] => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading stdin")?;
             let k = Key::from_base64(&s).context("Key is not the correct length or format")?;
             println!("{}", k.public_key().to_base64());
             Ok(())
         }
         ["check-config", file] => {
-            let cfg = isthmus_dataplane::config::load(Path::new(file)).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{file}: OK ({} peers, {} routes)", cfg.peers.len(), cfg.routes.len());
+            let cfg = isthmus_dataplane::config::load(Path::new(file))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{file}: OK ({} peers, {} routes)",
+                cfg.peers.len(),
+                cfg.routes.len()
+            );
             Ok(())
         }
         ["show", what, rest @ ..] => {
             let path = socket(rest)?;
-            let mut c = CtlClient::connect(&path, "isthmusctl").with_context(|| "is isthmus-dp running?".to_string())?;
+            let mut c = CtlClient::connect(&path, "isthmusctl")
+                .with_context(|| "is isthmus-dp running?".to_string())?;
             match *what {
                 "peers" => show_peers(&mut c),
                 "routes" => show_routes(&mut c),
@@ -74,7 +82,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
     match rest {
         ["--socket", p] => Ok(PathBuf::from(p)),
-        [ifname] if !ifname.starts_with('-') => Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.ctl"))),
+        [ifname] if !ifname.starts_with('-') => {
+            Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.ctl")))
+        }
         [] => {
             let found: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
                 .with_context(|| format!("no isthmus-dp is running ({SOCKET_DIR} does not exist)"))?
@@ -85,7 +95,10 @@ fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
             match found.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => bail!("no isthmus-dp control socket in {SOCKET_DIR}"),
-                _ => bail!("several isthmus-dp are running; name one: {}", names(&found)),
+                _ => bail!(
+                    "several isthmus-dp are running; name one: {}",
+                    names(&found)
+                ),
             }
         }
         _ => bail!("{USAGE}"),
@@ -93,12 +106,20 @@ fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
 }
 
 fn names(paths: &[PathBuf]) -> String {
-    paths.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .filter_map(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ago(unix: Option<u64>) -> String {
     let Some(t) = unix else { return "never".into() };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let s = now.saturating_sub(t);
     match s {
         0..=119 => format!("{s}s ago"),
@@ -131,7 +152,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -141,11 +166,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 fn peer_label(p: &PeerInfo) -> String {
-    p.name.clone().unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
+    p.name
+        .clone()
+        .unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
 }
 
 fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
-    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else { bail!("unexpected answer") };
+    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
+        bail!("unexpected answer")
+    };
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|p| {
@@ -156,19 +185,41 @@ fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
                 p.endpoint.map_or("-".into(), |e| e.to_string()),
                 ago(p.last_handshake_unix),
                 format!("{} / {}", bytes(p.rx_bytes), bytes(p.tx_bytes)),
-                p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                p.allowed_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
-    table(&["PEER", "PUBLIC KEY", "CLASS", "ENDPOINT", "HANDSHAKE", "RX / TX", "ALLOWED IPS"], &rows);
+    table(
+        &[
+            "PEER",
+            "PUBLIC KEY",
+            "CLASS",
+            "ENDPOINT",
+            "HANDSHAKE",
+            "RX / TX",
+            "ALLOWED IPS",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
 fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
-    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else { bail!("unexpected answer") };
-    let Msg::Routes(routes) = c.request(&Msg::GetRoutes)? else { bail!("unexpected answer") };
+    let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
+        bail!("unexpected answer")
+    };
+    let Msg::Routes(routes) = c.request(&Msg::GetRoutes)? else {
+        bail!("unexpected answer")
+    };
     let label = |r: &RouteInfo| match r.next_hop {
-        CtlNextHop::Peer(k) => peers.iter().find(|p| p.public_key == k).map_or_else(|| k.to_base64()[..8].to_string(), peer_label),
+        CtlNextHop::Peer(k) => peers
+            .iter()
+            .find(|p| p.public_key == k)
+            .map_or_else(|| k.to_base64()[..8].to_string(), peer_label),
         CtlNextHop::Local => "local".into(),
         CtlNextHop::Blackhole => "blackhole".into(),
     };
@@ -189,8 +240,14 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
 }
 
 fn show_stats(c: &mut CtlClient) -> anyhow::Result<()> {
-    let Msg::Stats(stats) = c.request(&Msg::GetStats)? else { bail!("unexpected answer") };
-    let rows: Vec<Vec<String>> = stats.iter().filter(|(_, v)| *v > 0).map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    let Msg::Stats(stats) = c.request(&Msg::GetStats)? else {
+        bail!("unexpected answer")
+    };
+    let rows: Vec<Vec<String>> = stats
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| vec![k.clone(), v.to_string()])
+        .collect();
     table(&["COUNTER", "VALUE"], &rows);
     Ok(())
 }

@@ -291,13 +291,25 @@ impl R<'_> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, ProtoError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| ProtoError::Truncated)?))
+        Ok(u16::from_be_bytes(
+            self.take(2)?
+                .try_into()
+                .map_err(|_| ProtoError::Truncated)?,
+        ))
     }
     fn u32(&mut self) -> Result<u32, ProtoError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| ProtoError::Truncated)?))
+        Ok(u32::from_be_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| ProtoError::Truncated)?,
+        ))
     }
     fn u64(&mut self) -> Result<u64, ProtoError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| ProtoError::Truncated)?))
+        Ok(u64::from_be_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| ProtoError::Truncated)?,
+        ))
     }
     fn bytes(&mut self) -> Result<Vec<u8>, ProtoError> {
         let n = self.u32()? as usize;
@@ -307,17 +319,30 @@ impl R<'_> {
         String::from_utf8(self.bytes()?).map_err(|_| ProtoError::Invalid("UTF-8 string"))
     }
     fn key(&mut self) -> Result<Key, ProtoError> {
-        Ok(Key(self.take(32)?.try_into().map_err(|_| ProtoError::Truncated)?))
+        Ok(Key(self
+            .take(32)?
+            .try_into()
+            .map_err(|_| ProtoError::Truncated)?))
     }
-    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, ProtoError>) -> Result<Option<T>, ProtoError> {
+    fn opt<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, ProtoError>,
+    ) -> Result<Option<T>, ProtoError> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(f(self)?)),
-            v => Err(ProtoError::Unknown { what: "option tag", value: v }),
+            v => Err(ProtoError::Unknown {
+                what: "option tag",
+                value: v,
+            }),
         }
     }
     /// A vector whose items take at least `min_item` bytes (bounds the allocation).
-    fn vec<T>(&mut self, min_item: usize, mut f: impl FnMut(&mut Self) -> Result<T, ProtoError>) -> Result<Vec<T>, ProtoError> {
+    fn vec<T>(
+        &mut self,
+        min_item: usize,
+        mut f: impl FnMut(&mut Self) -> Result<T, ProtoError>,
+    ) -> Result<Vec<T>, ProtoError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item) > self.0.len() {
             return Err(ProtoError::Truncated);
@@ -330,9 +355,16 @@ impl R<'_> {
     }
     fn ip(&mut self) -> Result<IpAddr, ProtoError> {
         match self.u8()? {
-            4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(self.take(4)?).map_err(|_| ProtoError::Truncated)?))),
-            6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(self.take(16)?).map_err(|_| ProtoError::Truncated)?))),
-            v => Err(ProtoError::Unknown { what: "address family", value: v }),
+            4 => Ok(IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(self.take(4)?).map_err(|_| ProtoError::Truncated)?,
+            ))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(self.take(16)?).map_err(|_| ProtoError::Truncated)?,
+            ))),
+            v => Err(ProtoError::Unknown {
+                what: "address family",
+                value: v,
+            }),
         }
     }
     fn prefix(&mut self) -> Result<IpNet, ProtoError> {
@@ -349,11 +381,17 @@ impl R<'_> {
             1 => Ok(CtlNextHop::Peer(self.key()?)),
             2 => Ok(CtlNextHop::Local),
             3 => Ok(CtlNextHop::Blackhole),
-            v => Err(ProtoError::Unknown { what: "next hop", value: v }),
+            v => Err(ProtoError::Unknown {
+                what: "next hop",
+                value: v,
+            }),
         }
     }
     fn route(&mut self) -> Result<CtlRoute, ProtoError> {
-        Ok(CtlRoute { prefix: self.prefix()?, next_hop: self.hop()? })
+        Ok(CtlRoute {
+            prefix: self.prefix()?,
+            next_hop: self.hop()?,
+        })
     }
 }
 
@@ -368,7 +406,11 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
             w.u16(*version);
             w.str(client);
         }
-        Msg::HelloAck { version, ifname, public_key } => {
+        Msg::HelloAck {
+            version,
+            ifname,
+            public_key,
+        } => {
             w.u8(2);
             w.u16(*version);
             w.str(ifname);
@@ -491,15 +533,30 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
 pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
     let mut r = R(body);
     let msg = match r.u8()? {
-        1 => Msg::Hello { version: r.u16()?, client: r.str()? },
-        2 => Msg::HelloAck { version: r.u16()?, ifname: r.str()?, public_key: r.opt(R::key)? },
+        1 => Msg::Hello {
+            version: r.u16()?,
+            client: r.str()?,
+        },
+        2 => Msg::HelloAck {
+            version: r.u16()?,
+            ifname: r.str()?,
+            public_key: r.opt(R::key)?,
+        },
         3 => Msg::GetPeers,
         4 => Msg::GetRoutes,
         5 => Msg::GetStats,
-        6 => Msg::FibSnapshot { routes: r.vec(7, R::route)? },
-        7 => Msg::FibUpdate { add: r.vec(7, R::route)?, remove: r.vec(6, R::prefix)? },
+        6 => Msg::FibSnapshot {
+            routes: r.vec(7, R::route)?,
+        },
+        7 => Msg::FibUpdate {
+            add: r.vec(7, R::route)?,
+            remove: r.vec(6, R::prefix)?,
+        },
         8 => Msg::Subscribe,
-        9 => Msg::Inject { peer: r.key()?, packet: r.bytes()? },
+        9 => Msg::Inject {
+            peer: r.key()?,
+            packet: r.bytes()?,
+        },
         10 => Msg::Peers(r.vec(32 + 45, |r| {
             Ok(PeerInfo {
                 public_key: r.key()?,
@@ -522,20 +579,45 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
                 2 => RouteOrigin::Connected,
                 3 => RouteOrigin::Static,
                 4 => RouteOrigin::Control,
-                v => return Err(ProtoError::Unknown { what: "route origin", value: v }),
+                v => {
+                    return Err(ProtoError::Unknown {
+                        what: "route origin",
+                        value: v,
+                    })
+                }
             };
-            Ok(RouteInfo { prefix, next_hop, origin })
+            Ok(RouteInfo {
+                prefix,
+                next_hop,
+                origin,
+            })
         })?),
         12 => Msg::Stats(r.vec(12, |r| Ok((r.str()?, r.u64()?)))?),
         13 => Msg::Ok,
         14 => Msg::Error(r.str()?),
         15 => Msg::Event(match r.u8()? {
             1 => PeerEvent::HandshakeUp { peer: r.key()? },
-            2 => PeerEvent::EndpointChanged { peer: r.key()?, endpoint: r.sockaddr()? },
-            v => return Err(ProtoError::Unknown { what: "event", value: v }),
+            2 => PeerEvent::EndpointChanged {
+                peer: r.key()?,
+                endpoint: r.sockaddr()?,
+            },
+            v => {
+                return Err(ProtoError::Unknown {
+                    what: "event",
+                    value: v,
+                })
+            }
         }),
-        16 => Msg::Punt { peer: r.key()?, packet: r.bytes()? },
-        v => return Err(ProtoError::Unknown { what: "message type", value: v }),
+        16 => Msg::Punt {
+            peer: r.key()?,
+            packet: r.bytes()?,
+        },
+        v => {
+            return Err(ProtoError::Unknown {
+                what: "message type",
+                value: v,
+            })
+        }
     };
     if !r.0.is_empty() {
         return Err(ProtoError::Trailing(r.0.len()));
@@ -574,17 +656,23 @@ mod tests {
     fn prefix() -> impl Strategy<Value = IpNet> {
         prop_oneof![
             (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
-            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
+            (any::<[u8; 16]>(), 0u8..=128)
+                .prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
         ]
     }
     fn sockaddr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
             (any::<[u8; 4]>(), any::<u16>()).prop_map(|(a, p)| SocketAddr::new(IpAddr::from(a), p)),
-            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(a, p)| SocketAddr::new(IpAddr::from(a), p)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(a, p)| SocketAddr::new(IpAddr::from(a), p)),
         ]
     }
     fn hop() -> impl Strategy<Value = CtlNextHop> {
-        prop_oneof![key().prop_map(CtlNextHop::Peer), Just(CtlNextHop::Local), Just(CtlNextHop::Blackhole)]
+        prop_oneof![
+            key().prop_map(CtlNextHop::Peer),
+            Just(CtlNextHop::Local),
+            Just(CtlNextHop::Blackhole)
+        ]
     }
     fn route() -> impl Strategy<Value = CtlRoute> {
         (prefix(), hop()).prop_map(|(prefix, next_hop)| CtlRoute { prefix, next_hop })
@@ -599,18 +687,22 @@ mod tests {
             any::<[u64; 4]>(),
             proptest::collection::vec(prefix(), 0..4),
         )
-            .prop_map(|(public_key, name, class, endpoint, last_handshake_unix, c, allowed_ips)| PeerInfo {
-                public_key,
-                name,
-                class,
-                endpoint,
-                last_handshake_unix,
-                rx_bytes: c[0],
-                tx_bytes: c[1],
-                rx_packets: c[2],
-                tx_packets: c[3],
-                allowed_ips,
-            })
+            .prop_map(
+                |(public_key, name, class, endpoint, last_handshake_unix, c, allowed_ips)| {
+                    PeerInfo {
+                        public_key,
+                        name,
+                        class,
+                        endpoint,
+                        last_handshake_unix,
+                        rx_bytes: c[0],
+                        tx_bytes: c[1],
+                        rx_packets: c[2],
+                        tx_packets: c[3],
+                        allowed_ips,
+                    }
+                },
+            )
     }
     fn origin() -> impl Strategy<Value = RouteOrigin> {
         prop_oneof![
@@ -623,26 +715,47 @@ mod tests {
     fn msg() -> impl Strategy<Value = Msg> {
         prop_oneof![
             (any::<u16>(), ".{0,20}").prop_map(|(version, client)| Msg::Hello { version, client }),
-            (any::<u16>(), "[a-z0-9]{1,15}", proptest::option::of(key()))
-                .prop_map(|(version, ifname, public_key)| Msg::HelloAck { version, ifname, public_key }),
+            (any::<u16>(), "[a-z0-9]{1,15}", proptest::option::of(key())).prop_map(
+                |(version, ifname, public_key)| Msg::HelloAck {
+                    version,
+                    ifname,
+                    public_key
+                }
+            ),
             Just(Msg::GetPeers),
             Just(Msg::GetRoutes),
             Just(Msg::GetStats),
-            proptest::collection::vec(route(), 0..20).prop_map(|routes| Msg::FibSnapshot { routes }),
-            (proptest::collection::vec(route(), 0..10), proptest::collection::vec(prefix(), 0..10))
+            proptest::collection::vec(route(), 0..20)
+                .prop_map(|routes| Msg::FibSnapshot { routes }),
+            (
+                proptest::collection::vec(route(), 0..10),
+                proptest::collection::vec(prefix(), 0..10)
+            )
                 .prop_map(|(add, remove)| Msg::FibUpdate { add, remove }),
             Just(Msg::Subscribe),
-            (key(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(peer, packet)| Msg::Inject { peer, packet }),
+            (key(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(peer, packet)| Msg::Inject { peer, packet }),
             proptest::collection::vec(peer(), 0..5).prop_map(Msg::Peers),
-            proptest::collection::vec((prefix(), hop(), origin()), 0..10).prop_map(|v| Msg::Routes(
-                v.into_iter().map(|(prefix, next_hop, origin)| RouteInfo { prefix, next_hop, origin }).collect()
-            )),
+            proptest::collection::vec((prefix(), hop(), origin()), 0..10).prop_map(
+                |v| Msg::Routes(
+                    v.into_iter()
+                        .map(|(prefix, next_hop, origin)| RouteInfo {
+                            prefix,
+                            next_hop,
+                            origin
+                        })
+                        .collect()
+                )
+            ),
             proptest::collection::vec((".{0,10}", any::<u64>()), 0..10).prop_map(Msg::Stats),
             Just(Msg::Ok),
             ".{0,40}".prop_map(Msg::Error),
             key().prop_map(|peer| Msg::Event(PeerEvent::HandshakeUp { peer })),
-            (key(), sockaddr()).prop_map(|(peer, endpoint)| Msg::Event(PeerEvent::EndpointChanged { peer, endpoint })),
-            (key(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(peer, packet)| Msg::Punt { peer, packet }),
+            (key(), sockaddr()).prop_map(|(peer, endpoint)| Msg::Event(
+                PeerEvent::EndpointChanged { peer, endpoint }
+            )),
+            (key(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(peer, packet)| Msg::Punt { peer, packet }),
         ]
     }
 
@@ -673,7 +786,10 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_reading() {
         let frame = (u32::MAX).to_be_bytes();
-        assert!(matches!(read_msg(&mut &frame[..]), Err(ProtoError::TooLarge(_))));
+        assert!(matches!(
+            read_msg(&mut &frame[..]),
+            Err(ProtoError::TooLarge(_))
+        ));
         // A huge count with few bytes behind it does not allocate.
         let mut body = vec![6u8];
         body.extend_from_slice(&u32::MAX.to_be_bytes());

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use ipnet::IpNet;
 
-use super::proto::{read_msg, write_msg, CtlRoute, Msg, PeerInfo, ProtoError, RouteInfo, PROTOCOL_VERSION};
+use super::proto::{
+    read_msg, write_msg, CtlRoute, Msg, PeerInfo, ProtoError, RouteInfo, PROTOCOL_VERSION,
+};
 use crate::keys::Key;
 
 /// Events and punts a subscriber may have queued before it loses some.
@@ -71,7 +73,11 @@ impl EventBus {
         if !self.has_subscribers() {
             return false;
         }
-        let subs = self.0.subs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let subs = self
+            .0
+            .subs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut delivered = false;
         for (_, tx) in subs.iter() {
             match tx.try_send(msg.clone()) {
@@ -91,14 +97,22 @@ impl EventBus {
 
     fn subscribe(&self, tx: Sender<Msg>) -> u64 {
         let id = self.0.next.fetch_add(1, Relaxed);
-        let mut subs = self.0.subs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subs = self
+            .0
+            .subs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         subs.push((id, tx));
         self.0.count.store(subs.len(), Relaxed);
         id
     }
 
     fn unsubscribe(&self, id: u64) {
-        let mut subs = self.0.subs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subs = self
+            .0
+            .subs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         subs.retain(|(i, _)| *i != id);
         self.0.count.store(subs.len(), Relaxed);
     }
@@ -136,7 +150,10 @@ pub fn serve(path: &Path, backend: Arc<dyn CtlBackend>, bus: EventBus) -> io::Re
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -144,34 +161,47 @@ pub fn serve(path: &Path, backend: Arc<dyn CtlBackend>, bus: EventBus) -> io::Re
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    std::thread::Builder::new().name("isthmus-ctl".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if stop2.load(SeqCst) {
-                break;
-            }
-            let Ok(conn) = conn else { continue };
-            let (b, bus) = (backend.clone(), bus.clone());
-            let _ = std::thread::Builder::new().name("isthmus-ctl-conn".into()).spawn(move || {
-                if let Err(e) = connection(conn, &*b, &bus) {
-                    tracing::debug!("control connection: {e}");
+    std::thread::Builder::new()
+        .name("isthmus-ctl".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(SeqCst) {
+                    break;
                 }
-            });
-        }
-    })?;
-    Ok(CtlServer { path: path.to_path_buf(), stop })
+                let Ok(conn) = conn else { continue };
+                let (b, bus) = (backend.clone(), bus.clone());
+                let _ = std::thread::Builder::new()
+                    .name("isthmus-ctl-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = connection(conn, &*b, &bus) {
+                            tracing::debug!("control connection: {e}");
+                        }
+                    });
+            }
+        })?;
+    Ok(CtlServer {
+        path: path.to_path_buf(),
+        stop,
+    })
 }
 
-fn connection(stream: UnixStream, backend: &dyn CtlBackend, bus: &EventBus) -> Result<(), ProtoError> {
+fn connection(
+    stream: UnixStream,
+    backend: &dyn CtlBackend,
+    bus: &EventBus,
+) -> Result<(), ProtoError> {
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel::bounded(SUBSCRIBER_QUEUE);
     let mut out = stream.try_clone()?;
-    let writer = std::thread::Builder::new().name("isthmus-ctl-write".into()).spawn(move || {
-        for m in rx {
-            if write_msg(&mut out, &m).is_err() {
-                break;
+    let writer = std::thread::Builder::new()
+        .name("isthmus-ctl-write".into())
+        .spawn(move || {
+            for m in rx {
+                if write_msg(&mut out, &m).is_err() {
+                    break;
+                }
             }
-        }
-        let _ = out.shutdown(std::net::Shutdown::Both);
-    })?;
+            let _ = out.shutdown(std::net::Shutdown::Both);
+        })?;
     let mut input = BufReader::new(stream);
     let mut sub: Option<u64> = None;
     let result = (|| -> Result<(), ProtoError> {
@@ -179,7 +209,11 @@ fn connection(stream: UnixStream, backend: &dyn CtlBackend, bus: &EventBus) -> R
             Ok(Msg::Hello { version, client }) if version == PROTOCOL_VERSION => {
                 let (ifname, public_key) = backend.hello();
                 tracing::debug!(%client, "control client connected");
-                let _ = tx.send(Msg::HelloAck { version: PROTOCOL_VERSION, ifname, public_key });
+                let _ = tx.send(Msg::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    ifname,
+                    public_key,
+                });
             }
             Ok(Msg::Hello { version, .. }) => {
                 let _ = tx.send(Msg::Error(format!(
@@ -273,9 +307,17 @@ pub struct CtlClient {
 impl CtlClient {
     /// Connect and say hello.
     pub fn connect(path: &Path, client: &str) -> io::Result<CtlClient> {
-        let stream = UnixStream::connect(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut c = CtlClient { reader: BufReader::new(stream.try_clone()?), writer: stream, hello: Msg::Ok };
-        let hello = c.request(&Msg::Hello { version: PROTOCOL_VERSION, client: client.to_string() })?;
+        let stream = UnixStream::connect(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut c = CtlClient {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            hello: Msg::Ok,
+        };
+        let hello = c.request(&Msg::Hello {
+            version: PROTOCOL_VERSION,
+            client: client.to_string(),
+        })?;
         if let Msg::Error(e) = &hello {
             return Err(io::Error::other(e.clone()));
         }
@@ -328,7 +370,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|r| RouteInfo { prefix: r.prefix, next_hop: r.next_hop, origin: RouteOrigin::Control })
+                .map(|r| RouteInfo {
+                    prefix: r.prefix,
+                    next_hop: r.next_hop,
+                    origin: RouteOrigin::Control,
+                })
                 .collect()
         }
         fn stats(&self) -> Vec<(String, u64)> {
@@ -355,7 +401,9 @@ mod tests {
     }
 
     fn socket_path(tag: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("isthmus-ctl-{tag}-{}", std::process::id())).join("c.ctl")
+        std::env::temp_dir()
+            .join(format!("isthmus-ctl-{tag}-{}", std::process::id()))
+            .join("c.ctl")
     }
 
     #[test]
@@ -368,12 +416,34 @@ mod tests {
         assert_eq!(mode, 0o600);
 
         let mut c = CtlClient::connect(&path, "test").unwrap();
-        assert_eq!(c.hello, Msg::HelloAck { version: 1, ifname: "ist0".into(), public_key: Some(Key([7; 32])) });
-        let r = CtlRoute { prefix: "10.0.0.0/8".parse().unwrap(), next_hop: CtlNextHop::Local };
-        assert_eq!(c.request(&Msg::FibSnapshot { routes: vec![r] }).unwrap(), Msg::Ok);
-        let Msg::Routes(rs) = c.request(&Msg::GetRoutes).unwrap() else { panic!() };
+        assert_eq!(
+            c.hello,
+            Msg::HelloAck {
+                version: 1,
+                ifname: "ist0".into(),
+                public_key: Some(Key([7; 32]))
+            }
+        );
+        let r = CtlRoute {
+            prefix: "10.0.0.0/8".parse().unwrap(),
+            next_hop: CtlNextHop::Local,
+        };
+        assert_eq!(
+            c.request(&Msg::FibSnapshot { routes: vec![r] }).unwrap(),
+            Msg::Ok
+        );
+        let Msg::Routes(rs) = c.request(&Msg::GetRoutes).unwrap() else {
+            panic!()
+        };
         assert_eq!(rs.len(), 1);
-        assert!(matches!(c.request(&Msg::Inject { peer: Key([1; 32]), packet: vec![] }).unwrap(), Msg::Error(_)));
+        assert!(matches!(
+            c.request(&Msg::Inject {
+                peer: Key([1; 32]),
+                packet: vec![]
+            })
+            .unwrap(),
+            Msg::Error(_)
+        ));
 
         // Nobody subscribed: publishing reports it.
         assert!(!bus.publish(Msg::Ok));
@@ -389,14 +459,26 @@ mod tests {
         let reply = read_msg(&mut raw).unwrap();
         assert!(matches!(reply, Msg::Error(_)), "{reply:?}");
         let mut old = UnixStream::connect(&path).unwrap();
-        write_msg(&mut old, &Msg::Hello { version: 99, client: "old".into() }).unwrap();
-        let Msg::Error(e) = read_msg(&mut old).unwrap() else { panic!() };
+        write_msg(
+            &mut old,
+            &Msg::Hello {
+                version: 99,
+                client: "old".into(),
+            },
+        )
+        .unwrap();
+        let Msg::Error(e) = read_msg(&mut old).unwrap() else {
+            panic!()
+        };
         assert!(e.contains("99"), "{e}");
         assert!(matches!(c.request(&Msg::GetStats).unwrap(), Msg::Stats(_)));
 
         // A subscriber that never reads loses messages without blocking the publisher.
         for _ in 0..(SUBSCRIBER_QUEUE * 3) {
-            bus.publish(Msg::Punt { peer: Key([3; 32]), packet: vec![0; 1000] });
+            bus.publish(Msg::Punt {
+                peer: Key([3; 32]),
+                packet: vec![0; 1000],
+            });
         }
         assert!(bus.lost() > 0);
         drop(s);

@@ -51,7 +51,11 @@ impl Sink for NodeSink<'_> {
     fn send_udp(&mut self, batch: &mut Batch) {
         for s in batch.used() {
             let Some(to) = s.addr else { continue };
-            let mut buf = self.wire.spare.pop().unwrap_or_else(|| Box::new([0; SLOT_SIZE]));
+            let mut buf = self
+                .wire
+                .spare
+                .pop()
+                .unwrap_or_else(|| Box::new([0; SLOT_SIZE]));
             buf[..s.len].copy_from_slice(s.data());
             self.wire.queue.push_back((self.from, to, buf, s.len));
         }
@@ -61,7 +65,8 @@ impl Sink for NodeSink<'_> {
     fn write_tun(&mut self, batch: &mut Batch) {
         *self.tun_count += batch.len() as u64;
         if self.keep_tun {
-            self.tun_delivered.extend(batch.used().iter().map(|s| s.data().to_vec()));
+            self.tun_delivered
+                .extend(batch.used().iter().map(|s| s.data().to_vec()));
         }
         batch.clear();
     }
@@ -83,7 +88,14 @@ impl Default for LoopbackNet {
 impl LoopbackNet {
     /// An empty network.
     pub fn new() -> Self {
-        Self { nodes: Vec::new(), wire: Wire { queue: VecDeque::new(), spare: Vec::new(), lost: 0 } }
+        Self {
+            nodes: Vec::new(),
+            wire: Wire {
+                queue: VecDeque::new(),
+                spare: Vec::new(),
+                lost: 0,
+            },
+        }
     }
 
     /// Add a node with this core at this underlay address; returns its index.
@@ -116,7 +128,11 @@ impl LoopbackNet {
 
     /// A copy of every datagram currently in flight (to capture and replay).
     pub fn in_flight(&self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
-        self.wire.queue.iter().map(|(f, t, b, n)| (*f, *t, b[..*n].to_vec())).collect()
+        self.wire
+            .queue
+            .iter()
+            .map(|(f, t, b, n)| (*f, *t, b[..*n].to_vec()))
+            .collect()
     }
 
     /// Write an IP packet into node `i`'s TUN (as if the kernel routed it there) and process

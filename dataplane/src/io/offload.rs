@@ -40,7 +40,14 @@ impl VnetHdr {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let b: &[u8; VNET_HDR_LEN] = b.get(..VNET_HDR_LEN)?.try_into().ok()?;
         let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        Some(Self { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+        Some(Self {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
     }
 
     /// Encode.
@@ -124,7 +131,13 @@ impl TsoLayout {
         if tcp_len < 20 || pkt.len() < hdr_len || mss == 0 {
             return Err(OffloadError::Malformed);
         }
-        Ok(Self { v6, ip_len, hdr_len, mss, payload: pkt.len() - hdr_len })
+        Ok(Self {
+            v6,
+            ip_len,
+            hdr_len,
+            mss,
+            payload: pkt.len() - hdr_len,
+        })
     }
 
     /// Length of the largest segment.
@@ -145,7 +158,8 @@ impl TsoLayout {
         let chunk = self.mss.min(self.payload - off.min(self.payload));
         let len = self.hdr_len + chunk;
         out[..self.hdr_len].copy_from_slice(&pkt[..self.hdr_len]);
-        out[self.hdr_len..len].copy_from_slice(&pkt[self.hdr_len + off..self.hdr_len + off + chunk]);
+        out[self.hdr_len..len]
+            .copy_from_slice(&pkt[self.hdr_len + off..self.hdr_len + off + chunk]);
         let ip = self.ip_len;
         if self.v6 {
             let pl = u16::try_from(len - 40).unwrap_or(u16::MAX);
@@ -172,7 +186,11 @@ impl TsoLayout {
         // Full TCP checksum over the pseudo-header and the segment.
         out[ip + 16..ip + 18].copy_from_slice(&[0, 0]);
         let tcp_len = len - ip;
-        let mut s = if self.v6 { sum16(0, &out[8..40]) } else { sum16(0, &out[12..20]) };
+        let mut s = if self.v6 {
+            sum16(0, &out[8..40])
+        } else {
+            sum16(0, &out[12..20])
+        };
         s += 6 + tcp_len as u32;
         s = sum16(s, &out[ip..len]);
         out[ip + 16..ip + 18].copy_from_slice(&fold(s).to_be_bytes());
@@ -196,10 +214,17 @@ impl Seg {
     /// with payload and only ACK (and PSH) set.
     fn parse(p: &[u8]) -> Option<Seg> {
         let (v6, ip_len, total) = match p.first()? >> 4 {
-            4 if p.len() >= 20 && p[0] & 0x0f == 5 && p[9] == 6 && p[6] & 0x3f == 0 && p[7] == 0 => {
+            4 if p.len() >= 20
+                && p[0] & 0x0f == 5
+                && p[9] == 6
+                && p[6] & 0x3f == 0
+                && p[7] == 0 =>
+            {
                 (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
             }
-            6 if p.len() >= 40 && p[6] == 6 => (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]]))),
+            6 if p.len() >= 40 && p[6] == 6 => {
+                (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
+            }
             _ => return None,
         };
         if total != p.len() || p.len() < ip_len + 20 {
@@ -211,12 +236,27 @@ impl Seg {
             return None;
         }
         let seq = u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]]);
-        Some(Seg { v6, ip_len, hdr_len, seq, flags, payload: p.len() - hdr_len })
+        Some(Seg {
+            v6,
+            ip_len,
+            hdr_len,
+            seq,
+            flags,
+            payload: p.len() - hdr_len,
+        })
     }
 
     /// Can `next` (with layout `n`) follow `self` (the first of a run of `count`, whose
     /// latest segment is `prev`) in one super-packet?
-    fn accepts(&self, first: &[u8], prev: &Seg, n: &Seg, next: &[u8], count: usize, total: usize) -> bool {
+    fn accepts(
+        &self,
+        first: &[u8],
+        prev: &Seg,
+        n: &Seg,
+        next: &[u8],
+        count: usize,
+        total: usize,
+    ) -> bool {
         let ip = self.ip_len;
         n.v6 == self.v6
             && n.hdr_len == self.hdr_len
@@ -246,7 +286,11 @@ impl Seg {
 /// hand each output packet to `emit` with its virtio-net header: super-packets with GSO set
 /// and the checksum left partial for the kernel, other packets unchanged with an empty
 /// header. `buf` must hold 65535 bytes.
-pub fn coalesce<'a>(pkts: impl Iterator<Item = &'a [u8]> + Clone, buf: &mut [u8], mut emit: impl FnMut(&[u8; VNET_HDR_LEN], &[u8])) {
+pub fn coalesce<'a>(
+    pkts: impl Iterator<Item = &'a [u8]> + Clone,
+    buf: &mut [u8],
+    mut emit: impl FnMut(&[u8; VNET_HDR_LEN], &[u8]),
+) {
     let none = [0u8; VNET_HDR_LEN];
     let mut it = pkts.peekable();
     while let Some(p) = it.next() {
@@ -298,7 +342,11 @@ pub fn coalesce<'a>(pkts: impl Iterator<Item = &'a [u8]> + Clone, buf: &mut [u8]
             buf[10..12].copy_from_slice(&c.to_be_bytes());
         }
         // Partial checksum: the pseudo-header sum, folded but not inverted.
-        let mut s = if first.v6 { sum16(0, &buf[8..40]) } else { sum16(0, &buf[12..20]) };
+        let mut s = if first.v6 {
+            sum16(0, &buf[8..40])
+        } else {
+            sum16(0, &buf[12..20])
+        };
         s += 6 + (len - ip) as u32;
         let partial = !fold(s);
         buf[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
@@ -321,7 +369,11 @@ mod tests {
 
     fn super_packet(v6: bool, payload: &[u8], flags_fin_psh: bool) -> Vec<u8> {
         let b = if v6 {
-            PacketBuilder::ipv6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 64)
+            PacketBuilder::ipv6(
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                64,
+            )
         } else {
             PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
         };
@@ -339,7 +391,11 @@ mod tests {
         for v6 in [false, true] {
             let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
             let pkt = super_packet(v6, &payload, true);
-            let h = VnetHdr { gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 }, gso_size: 1400, ..Default::default() };
+            let h = VnetHdr {
+                gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+                gso_size: 1400,
+                ..Default::default()
+            };
             let l = TsoLayout::parse(&pkt, &h).unwrap();
             assert_eq!(l.segments(), 8);
             let mut joined = Vec::new();
@@ -347,7 +403,9 @@ mod tests {
                 let mut out = vec![0u8; 2048];
                 let n = l.segment(&pkt, i, &mut out);
                 let s = SlicedPacket::from_ip(&out[..n]).unwrap();
-                let Some(TransportSlice::Tcp(tcp)) = s.transport else { panic!("not tcp") };
+                let Some(TransportSlice::Tcp(tcp)) = s.transport else {
+                    panic!("not tcp")
+                };
                 assert_eq!(tcp.sequence_number(), 1_000_000 + (i as u32) * 1400);
                 assert_eq!(tcp.fin(), i == 7);
                 assert_eq!(tcp.psh(), i == 7);
@@ -355,12 +413,18 @@ mod tests {
                 // Checksums verified by recomputing them independently.
                 let expect = match &s.net {
                     Some(etherparse::NetSlice::Ipv4(ip)) => {
-                        assert!(ip.header().to_header().calc_header_checksum() == ip.header().header_checksum());
-                        tcp.to_header().calc_checksum_ipv4(&ip.header().to_header(), tcp.payload()).unwrap()
+                        assert!(
+                            ip.header().to_header().calc_header_checksum()
+                                == ip.header().header_checksum()
+                        );
+                        tcp.to_header()
+                            .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+                            .unwrap()
                     }
-                    Some(etherparse::NetSlice::Ipv6(ip)) => {
-                        tcp.to_header().calc_checksum_ipv6(&ip.header().to_header(), tcp.payload()).unwrap()
-                    }
+                    Some(etherparse::NetSlice::Ipv6(ip)) => tcp
+                        .to_header()
+                        .calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
+                        .unwrap(),
                     _ => unreachable!(),
                 };
                 assert_eq!(tcp.checksum(), expect);
@@ -381,7 +445,12 @@ mod tests {
             s = (s & 0xffff) + (s >> 16);
         }
         pkt[36..38].copy_from_slice(&(s as u16).to_be_bytes());
-        let h = VnetHdr { flags: F_NEEDS_CSUM, csum_start: 20, csum_offset: 16, ..Default::default() };
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
         finish_checksum(&mut pkt, &h).unwrap();
         assert_eq!(u16::from_be_bytes([pkt[36], pkt[37]]), want);
     }
@@ -410,7 +479,11 @@ mod tests {
             // A pure-ACK super-packet (no CWR) so every segment is coalescable.
             let ip = if v6 { 40 } else { 20 };
             pkt[ip + 13] = 0x10;
-            let h = VnetHdr { gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 }, gso_size: 1300, ..Default::default() };
+            let h = VnetHdr {
+                gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+                gso_size: 1300,
+                ..Default::default()
+            };
             let l = TsoLayout::parse(&pkt, &h).unwrap();
             let segs: Vec<Vec<u8>> = (0..l.segments())
                 .map(|i| {
@@ -426,7 +499,9 @@ mod tests {
             input.insert(5, &other);
             let mut out = Vec::new();
             let mut buf = vec![0u8; 65535];
-            coalesce(input.iter().copied(), &mut buf, |h, p| out.push((VnetHdr::decode(h).unwrap(), p.to_vec())));
+            coalesce(input.iter().copied(), &mut buf, |h, p| {
+                out.push((VnetHdr::decode(h).unwrap(), p.to_vec()))
+            });
             assert_eq!(out.len(), 3);
             assert_eq!(out[0].0.gso_size, 1300);
             assert_eq!(out[1].0, VnetHdr::default());
@@ -447,7 +522,14 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = VnetHdr { flags: 1, gso_type: 4, hdr_len: 60, gso_size: 1380, csum_start: 40, csum_offset: 16 };
+        let h = VnetHdr {
+            flags: 1,
+            gso_type: 4,
+            hdr_len: 60,
+            gso_size: 1380,
+            csum_start: 40,
+            csum_offset: 16,
+        };
         assert_eq!(VnetHdr::decode(&h.encode()), Some(h));
     }
 }

@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::offload::{coalesce, finish_checksum, TsoLayout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
+use super::offload::{
+    coalesce, finish_checksum, TsoLayout, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN,
+};
 use crate::buf::{Batch, Slot, SLOT_SIZE};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -78,26 +80,40 @@ pub fn open(name: &str, queues: usize, offload: bool) -> io::Result<Vec<TunQueue
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
         let vnet_flag = if offload { IFF_VNET_HDR } else { 0 };
-        let mut req = IfReqFlags { name: ifname, flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | vnet_flag, _pad: [0; 22] };
+        let mut req = IfReqFlags {
+            name: ifname,
+            flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | vnet_flag,
+            _pad: [0; 22],
+        };
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReqFlags` lays out
         // (name, then the flags member of the union, padded to the full size).
         let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
         if r < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("creating TUN device {name}: {e}"),
+            ));
         }
         let mut vnet = offload;
         if offload {
             let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
             // SAFETY: TUNSETOFFLOAD takes the flags as an unsigned long argument by value.
-            let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+            let r =
+                unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
             if r < 0 {
                 // The fd still carries virtio headers, just never offloaded ones.
                 tracing::debug!("TUN offloads refused: {}", io::Error::last_os_error());
             }
             vnet = true;
         }
-        out.push(TunQueue { file, vnet, big: vec![0u8; BIG].into_boxed_slice(), pending: None, malformed: 0 });
+        out.push(TunQueue {
+            file,
+            vnet,
+            big: vec![0u8; BIG].into_boxed_slice(),
+            pending: None,
+            malformed: 0,
+        });
     }
     Ok(out)
 }
@@ -132,9 +148,18 @@ impl TunQueue {
             let n = if self.vnet {
                 let mut hdr = [0u8; VNET_HDR_LEN];
                 let iov = [
-                    libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
-                    libc::iovec { iov_base: slot.buf_mut().as_mut_ptr().cast(), iov_len: SLOT_SIZE },
-                    libc::iovec { iov_base: self.big[SLOT_SIZE..].as_mut_ptr().cast(), iov_len: BIG - SLOT_SIZE },
+                    libc::iovec {
+                        iov_base: hdr.as_mut_ptr().cast(),
+                        iov_len: VNET_HDR_LEN,
+                    },
+                    libc::iovec {
+                        iov_base: slot.buf_mut().as_mut_ptr().cast(),
+                        iov_len: SLOT_SIZE,
+                    },
+                    libc::iovec {
+                        iov_base: self.big[SLOT_SIZE..].as_mut_ptr().cast(),
+                        iov_len: BIG - SLOT_SIZE,
+                    },
                 ];
                 // SAFETY: three iovecs over buffers we own, each with its true length.
                 let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 3) };
@@ -144,7 +169,10 @@ impl TunQueue {
                     let n = (n as usize).saturating_sub(VNET_HDR_LEN);
                     let h = VnetHdr::decode(&hdr).unwrap_or_default();
                     if h.gso_type == GSO_NONE {
-                        if n > SLOT_SIZE || (h.flags & F_NEEDS_CSUM != 0 && finish_checksum(&mut slot.buf_mut()[..n], &h).is_err()) {
+                        if n > SLOT_SIZE
+                            || (h.flags & F_NEEDS_CSUM != 0
+                                && finish_checksum(&mut slot.buf_mut()[..n], &h).is_err())
+                        {
                             self.malformed += 1;
                             continue;
                         }
@@ -153,7 +181,9 @@ impl TunQueue {
                         // A super-packet: make it contiguous in `big` and split it.
                         self.big[..SLOT_SIZE].copy_from_slice(&slot.buf_mut()[..]);
                         match TsoLayout::parse(&self.big[..n], &h) {
-                            Ok(l) if l.max_segment_len() <= SLOT_SIZE => self.pending = Some((n, l, 0)),
+                            Ok(l) if l.max_segment_len() <= SLOT_SIZE => {
+                                self.pending = Some((n, l, 0))
+                            }
                             _ => self.malformed += 1,
                         }
                         continue;
@@ -161,8 +191,13 @@ impl TunQueue {
                 }
             } else {
                 // SAFETY: reads at most SLOT_SIZE bytes into a buffer of SLOT_SIZE bytes.
-                let n = unsafe { libc::read(self.fd(), slot.buf_mut().as_mut_ptr().cast(), SLOT_SIZE) };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+                let n =
+                    unsafe { libc::read(self.fd(), slot.buf_mut().as_mut_ptr().cast(), SLOT_SIZE) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
             };
             match n {
                 Ok(n) => {
@@ -185,16 +220,26 @@ impl TunQueue {
         let fd = self.file.as_raw_fd();
         let mut failed = 0;
         if self.vnet {
-            coalesce(batch.used().iter().map(Slot::data), &mut self.big[..65535], |hdr, d| {
-                let iov = [
-                    libc::iovec { iov_base: hdr.as_ptr().cast_mut().cast(), iov_len: VNET_HDR_LEN },
-                    libc::iovec { iov_base: d.as_ptr().cast_mut().cast(), iov_len: d.len() },
-                ];
-                // SAFETY: two iovecs over live buffers; the kernel only reads them.
-                if unsafe { libc::writev(fd, iov.as_ptr(), 2) } < 0 {
-                    failed += 1;
-                }
-            });
+            coalesce(
+                batch.used().iter().map(Slot::data),
+                &mut self.big[..65535],
+                |hdr, d| {
+                    let iov = [
+                        libc::iovec {
+                            iov_base: hdr.as_ptr().cast_mut().cast(),
+                            iov_len: VNET_HDR_LEN,
+                        },
+                        libc::iovec {
+                            iov_base: d.as_ptr().cast_mut().cast(),
+                            iov_len: d.len(),
+                        },
+                    ];
+                    // SAFETY: two iovecs over live buffers; the kernel only reads them.
+                    if unsafe { libc::writev(fd, iov.as_ptr(), 2) } < 0 {
+                        failed += 1;
+                    }
+                },
+            );
         } else {
             for s in batch.used() {
                 let d = s.data();
@@ -221,7 +266,11 @@ fn ctl_socket() -> io::Result<std::os::fd::OwnedFd> {
 /// Set the MTU of interface `name`.
 pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
     let s = ctl_socket()?;
-    let mut req = IfReqMtu { name: ifname_bytes(name)?, mtu: libc::c_int::from(mtu), _pad: [0; 20] };
+    let mut req = IfReqMtu {
+        name: ifname_bytes(name)?,
+        mtu: libc::c_int::from(mtu),
+        _pad: [0; 20],
+    };
     // SAFETY: SIOCSIFMTU reads a `struct ifreq` with the mtu member set.
     let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &mut req) };
     if r < 0 {
@@ -233,7 +282,11 @@ pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
 /// The interface's MTU.
 pub fn mtu(name: &str) -> io::Result<u16> {
     let s = ctl_socket()?;
-    let mut req = IfReqMtu { name: ifname_bytes(name)?, mtu: 0, _pad: [0; 20] };
+    let mut req = IfReqMtu {
+        name: ifname_bytes(name)?,
+        mtu: 0,
+        _pad: [0; 20],
+    };
     // SAFETY: SIOCGIFMTU writes the mtu member of a `struct ifreq`.
     let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
     if r < 0 {
@@ -245,7 +298,9 @@ pub fn mtu(name: &str) -> io::Result<u16> {
 /// The addresses on interface `name`, in the order the kernel lists them (link-local IPv6
 /// addresses included).
 pub fn addresses(name: &str) -> Vec<IpAddr> {
-    let Ok(cname) = CString::new(name) else { return Vec::new() };
+    let Ok(cname) = CString::new(name) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
@@ -269,7 +324,9 @@ pub fn addresses(name: &str) -> Vec<IpAddr> {
         if family == libc::AF_INET {
             // SAFETY: family is AF_INET, so this is a sockaddr_in.
             let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-            out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))));
         } else if family == libc::AF_INET6 {
             // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
             let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };

@@ -26,7 +26,12 @@ pub fn bind(port: u16, count: usize, fwmark: u32) -> io::Result<(Vec<Socket>, u1
         if fwmark != 0 {
             s.set_mark(fwmark)?;
         }
-        s.bind(&SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)))?;
+        s.bind(&SockAddr::from(SocketAddrV6::new(
+            Ipv6Addr::UNSPECIFIED,
+            port,
+            0,
+            0,
+        )))?;
         if port == 0 {
             port = s.local_addr()?.as_socket().map_or(0, |a| a.port());
         }
@@ -73,7 +78,13 @@ impl Default for MmsgScratch {
         let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
         Self {
             hdrs: vec![zero_hdr; BATCH_SIZE],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH_SIZE],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                BATCH_SIZE
+            ],
             addrs: vec![zero_addr; BATCH_SIZE],
         }
     }
@@ -84,7 +95,10 @@ pub fn recv_batch(fd: RawFd, batch: &mut Batch, sc: &mut MmsgScratch) -> io::Res
     let n = batch.capacity().min(BATCH_SIZE);
     for i in 0..n {
         let slot = batch.slot_mut(i);
-        sc.iovs[i] = libc::iovec { iov_base: slot.buf_mut().as_mut_ptr().cast(), iov_len: SLOT_SIZE };
+        sc.iovs[i] = libc::iovec {
+            iov_base: slot.buf_mut().as_mut_ptr().cast(),
+            iov_len: SLOT_SIZE,
+        };
         let h = &mut sc.hdrs[i];
         h.msg_hdr.msg_name = (&raw mut sc.addrs[i]).cast();
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
@@ -98,7 +112,13 @@ pub fn recv_batch(fd: RawFd, batch: &mut Batch, sc: &mut MmsgScratch) -> io::Res
     // SAFETY: `hdrs[..n]` point to `n` valid iovecs and sockaddr buffers that live for the
     // call; the kernel writes at most `iov_len`/`msg_namelen` bytes into them.
     let got = unsafe {
-        libc::recvmmsg(fd, sc.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        libc::recvmmsg(
+            fd,
+            sc.hdrs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
     };
     if got < 0 {
         return Err(io::Error::last_os_error());
@@ -141,7 +161,10 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         a.sin6_flowinfo = 0;
         a.sin6_addr.s6_addr = v6.ip().octets();
         a.sin6_scope_id = v6.scope_id();
-        sc.iovs[n] = libc::iovec { iov_base: slots[i].data().as_ptr().cast_mut().cast(), iov_len: s.len };
+        sc.iovs[n] = libc::iovec {
+            iov_base: slots[i].data().as_ptr().cast_mut().cast(),
+            iov_len: s.len,
+        };
         let h = &mut sc.hdrs[n];
         h.msg_hdr.msg_name = (&raw mut sc.addrs[n]).cast();
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
@@ -159,7 +182,12 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         // SAFETY: hdrs[sent..n] point to iovecs and addresses that live for the call; the
         // iovecs point into the batch's slots, which the kernel only reads.
         let r = unsafe {
-            libc::sendmmsg(fd, sc.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                fd,
+                sc.hdrs[sent..].as_mut_ptr(),
+                (n - sent) as u32,
+                libc::MSG_DONTWAIT,
+            )
         };
         if r > 0 {
             sent += r as usize;
@@ -170,7 +198,11 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock if retries < 200 => {
                 retries += 1;
-                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, 5) };
             }

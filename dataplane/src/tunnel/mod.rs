@@ -43,7 +43,11 @@ impl Identity {
     pub fn new(private_key: Key) -> Self {
         let secret = StaticSecret::from(private_key.0);
         let public = PublicKey::from(&secret);
-        Self { secret, public, private_key }
+        Self {
+            secret,
+            public,
+            private_key,
+        }
     }
 
     /// The public key.
@@ -135,7 +139,10 @@ impl Peer {
         limiter: Arc<RateLimiter>,
     ) -> Self {
         let tunn = new_tunn(id, identity, &public_key, &settings, limiter);
-        let label = settings.name.clone().unwrap_or_else(|| short_key(&public_key));
+        let label = settings
+            .name
+            .clone()
+            .unwrap_or_else(|| short_key(&public_key));
         Self {
             id,
             public_key,
@@ -149,7 +156,9 @@ impl Peer {
     /// Lock the session. Held for one packet at a time.
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, PeerState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Replace the session (new key, preshared key or keepalive), keeping the endpoint.
@@ -161,7 +170,10 @@ impl Peer {
 
     /// A copy of the settings.
     pub fn settings(&self) -> PeerSettings {
-        self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Current endpoint.

@@ -53,7 +53,9 @@ pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
         }
     };
     s = s.wrapping_add(u32::from(proto));
-    s = s.wrapping_add((len as u32) >> 16).wrapping_add((len as u32) & 0xffff);
+    s = s
+        .wrapping_add((len as u32) >> 16)
+        .wrapping_add((len as u32) & 0xffff);
     s
 }
 

@@ -7,7 +7,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::WireError;
 
 /// The IPv4 header without options (RFC 791).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct Ipv4Header {
     /// Version (4) and header length in 32-bit words.
@@ -33,7 +35,9 @@ pub struct Ipv4Header {
 }
 
 /// The IPv6 fixed header (RFC 8200).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct Ipv6Header {
     /// Version (6), traffic class, flow label.
@@ -51,7 +55,9 @@ pub struct Ipv6Header {
 }
 
 /// The UDP header (RFC 768).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct UdpHeader {
     /// Source port.
@@ -65,7 +71,9 @@ pub struct UdpHeader {
 }
 
 /// The fixed part of the TCP header (RFC 9293).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct TcpHeader {
     /// Source port.
@@ -89,7 +97,9 @@ pub struct TcpHeader {
 }
 
 /// The ICMP / ICMPv6 header: type, code, checksum and the 4-byte rest-of-header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct IcmpHeader {
     /// Type.
@@ -103,7 +113,9 @@ pub struct IcmpHeader {
 }
 
 /// The header every WireGuard message starts with: type and three reserved zero bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct WgHeader {
     /// Message type (1..=4).
@@ -114,12 +126,20 @@ pub struct WgHeader {
 
 /// View the start of `buf` as `T`, or say it is too short.
 #[inline]
-pub fn view<T: FromBytes + KnownLayout + Immutable + Unaligned>(buf: &[u8]) -> Result<&T, WireError> {
-    T::ref_from_prefix(buf).map(|(h, _)| h).map_err(|_| WireError::Truncated)
+pub fn view<T: FromBytes + KnownLayout + Immutable + Unaligned>(
+    buf: &[u8],
+) -> Result<&T, WireError> {
+    T::ref_from_prefix(buf)
+        .map(|(h, _)| h)
+        .map_err(|_| WireError::Truncated)
 }
 
 /// View the start of `buf` as a mutable `T`.
 #[inline]
-pub fn view_mut<T: FromBytes + IntoBytes + KnownLayout + Unaligned>(buf: &mut [u8]) -> Result<&mut T, WireError> {
-    T::mut_from_prefix(buf).map(|(h, _)| h).map_err(|_| WireError::Truncated)
+pub fn view_mut<T: FromBytes + IntoBytes + KnownLayout + Unaligned>(
+    buf: &mut [u8],
+) -> Result<&mut T, WireError> {
+    T::mut_from_prefix(buf)
+        .map(|(h, _)| h)
+        .map_err(|_| WireError::Truncated)
 }

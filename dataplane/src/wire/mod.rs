@@ -107,7 +107,9 @@ pub fn parse_ip(pkt: &[u8]) -> Result<IpMeta, WireError> {
 pub fn decrement_ttl(pkt: &mut [u8]) -> bool {
     match pkt.first().map(|b| b >> 4) {
         Some(4) => {
-            let Ok(h) = view_mut::<Ipv4Header>(pkt) else { return false };
+            let Ok(h) = view_mut::<Ipv4Header>(pkt) else {
+                return false;
+            };
             if h.ttl <= 1 {
                 return false;
             }
@@ -119,7 +121,9 @@ pub fn decrement_ttl(pkt: &mut [u8]) -> bool {
             true
         }
         Some(6) => {
-            let Ok(h) = view_mut::<Ipv6Header>(pkt) else { return false };
+            let Ok(h) = view_mut::<Ipv6Header>(pkt) else {
+                return false;
+            };
             if h.hop_limit <= 1 {
                 return false;
             }
@@ -150,7 +154,9 @@ pub enum IcmpError {
 /// Is this address one an ICMP error must never be sent to (RFC 1812 4.3.2.7, RFC 4443 2.4)?
 fn bad_error_target(a: IpAddr) -> bool {
     match a {
-        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback(),
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+        }
         IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
     }
 }
@@ -160,7 +166,12 @@ fn bad_error_target(a: IpAddr) -> bool {
 /// `None` where RFC 1812 / RFC 4443 forbid an error (offending packet is itself an ICMP
 /// error, multicast/broadcast, a non-first fragment, unparsable), `from` is of the other
 /// family, or `out` is too small.
-pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8]) -> Option<usize> {
+pub fn icmp_error(
+    kind: IcmpError,
+    offending: &[u8],
+    from: IpAddr,
+    out: &mut [u8],
+) -> Option<usize> {
     let meta = parse_ip(offending).ok()?;
     if bad_error_target(meta.src) {
         return None;
@@ -170,10 +181,17 @@ pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8
         (IpAddr::V4(dst), IpAddr::V4(src)) => {
             let h: &Ipv4Header = view(offending).ok()?;
             // Not for non-first fragments, not for ICMP errors, not to multicast traffic.
-            if h.flags_frag.get() & 0x1fff != 0 || meta.dst.is_multicast() || Ipv4Addr::from(h.dst).is_broadcast() {
+            if h.flags_frag.get() & 0x1fff != 0
+                || meta.dst.is_multicast()
+                || Ipv4Addr::from(h.dst).is_broadcast()
+            {
                 return None;
             }
-            if meta.proto == proto::ICMP && payload.first().is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12)) {
+            if meta.proto == proto::ICMP
+                && payload
+                    .first()
+                    .is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12))
+            {
                 return None;
             }
             let (ty, code, rest) = match kind {
@@ -206,7 +224,12 @@ pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8
             out[..20].copy_from_slice(ip.as_bytes());
             let c = checksum::checksum(&out[..20]);
             out[10..12].copy_from_slice(&c.to_be_bytes());
-            let icmp = IcmpHeader { ty, code, checksum: 0.into(), rest };
+            let icmp = IcmpHeader {
+                ty,
+                code,
+                checksum: 0.into(),
+                rest,
+            };
             out[20..28].copy_from_slice(icmp.as_bytes());
             out[28..len].copy_from_slice(&offending[..quote]);
             let c = checksum::checksum(&out[20..len]);
@@ -242,10 +265,16 @@ pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8
                 dst: dst.octets(),
             };
             out[..40].copy_from_slice(ip.as_bytes());
-            let icmp = IcmpHeader { ty, code, checksum: 0.into(), rest };
+            let icmp = IcmpHeader {
+                ty,
+                code,
+                checksum: 0.into(),
+                rest,
+            };
             out[40..48].copy_from_slice(icmp.as_bytes());
             out[48..len].copy_from_slice(&offending[..quote]);
-            let s = checksum::pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), proto::ICMPV6, len - 40);
+            let s =
+                checksum::pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), proto::ICMPV6, len - 40);
             let c = checksum::finish(checksum::sum(s, &out[40..len]));
             out[42..44].copy_from_slice(&c.to_be_bytes());
             Some(len)
@@ -257,7 +286,9 @@ pub fn icmp_error(kind: IcmpError, offending: &[u8], from: IpAddr, out: &mut [u8
 /// Clamp the MSS option of a TCP SYN in `pkt` (an IP packet) to `max_mss`, fixing the TCP
 /// checksum incrementally. Returns whether the packet was changed.
 pub fn clamp_tcp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
-    let Ok(meta) = parse_ip(pkt) else { return false };
+    let Ok(meta) = parse_ip(pkt) else {
+        return false;
+    };
     if meta.proto != proto::TCP {
         return false;
     }
@@ -266,7 +297,9 @@ pub fn clamp_tcp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
         return false;
     }
     let seg = &mut pkt[meta.header_len..meta.total_len];
-    let Ok(tcp) = view::<TcpHeader>(seg) else { return false };
+    let Ok(tcp) = view::<TcpHeader>(seg) else {
+        return false;
+    };
     if tcp.flags & 0x02 == 0 {
         return false; // not a SYN
     }
@@ -277,10 +310,12 @@ pub fn clamp_tcp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
     let mut i = 20;
     while i < hlen {
         match seg[i] {
-            0 => break,      // end of options
-            1 => i += 1,     // no-op
+            0 => break,  // end of options
+            1 => i += 1, // no-op
             kind => {
-                let Some(&l) = seg.get(i + 1) else { return false };
+                let Some(&l) = seg.get(i + 1) else {
+                    return false;
+                };
                 let l = usize::from(l);
                 if l < 2 || i + l > hlen {
                     return false;
@@ -291,11 +326,14 @@ pub fn clamp_tcp_mss(pkt: &mut [u8], max_mss: u16) -> bool {
                         return false;
                     }
                     seg[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
-                    let Ok(tcp) = view_mut::<TcpHeader>(seg) else { return false };
+                    let Ok(tcp) = view_mut::<TcpHeader>(seg) else {
+                        return false;
+                    };
                     // The option may sit at an odd offset of its 16-bit word; i is even
                     // relative to the TCP header only when the option is aligned.
                     if i % 2 == 0 {
-                        tcp.checksum.set(checksum::update(tcp.checksum.get(), old, max_mss));
+                        tcp.checksum
+                            .set(checksum::update(tcp.checksum.get(), old, max_mss));
                     } else {
                         let c = full_tcp_checksum(meta.src, meta.dst, seg);
                         if let Ok(tcp) = view_mut::<TcpHeader>(seg) {
@@ -322,7 +360,9 @@ fn full_tcp_checksum(src: IpAddr, dst: IpAddr, seg: &mut [u8]) -> u16 {
 /// address or to ff02::1:6)?
 #[inline]
 pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
-    let IpAddr::V6(dst) = meta.dst else { return false };
+    let IpAddr::V6(dst) = meta.dst else {
+        return false;
+    };
     if meta.proto != proto::UDP || pkt.len() < meta.header_len + 8 {
         return false;
     }

@@ -1,6 +1,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header as EpV4, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header as EpV4, PacketBuilder, SlicedPacket,
+    TcpOptionElement, TransportSlice,
+};
 use proptest::prelude::*;
 use zerocopy::IntoBytes;
 
@@ -9,13 +12,19 @@ use super::*;
 
 fn v4_udp(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, ttl).udp(1000, 2000).write(&mut out, payload).unwrap();
+    PacketBuilder::ipv4(src, dst, ttl)
+        .udp(1000, 2000)
+        .write(&mut out, payload)
+        .unwrap();
     out
 }
 
 fn v6_udp(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ipv6(src.octets(), dst.octets(), hop).udp(1000, dport).write(&mut out, payload).unwrap();
+    PacketBuilder::ipv6(src.octets(), dst.octets(), hop)
+        .udp(1000, dport)
+        .write(&mut out, payload)
+        .unwrap();
     out
 }
 
@@ -104,14 +113,24 @@ fn icmpv4_errors_are_well_formed() {
         let n = icmp_error(kind, &offending, from, &mut out).unwrap();
         assert_eq!(n, 576);
         let s = SlicedPacket::from_ip(&out[..n]).unwrap();
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else { panic!() };
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+            panic!()
+        };
         assert_eq!(ip.header().source(), [10, 0, 0, 254]);
         assert_eq!(ip.header().destination(), [10, 0, 1, 1]);
-        assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
-        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else { panic!() };
+        assert_eq!(
+            ip.header().to_header().calc_header_checksum(),
+            ip.header().header_checksum()
+        );
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!()
+        };
         assert_eq!((icmp.type_u8(), icmp.code_u8()), ty);
         assert_eq!(checksum::checksum(&out[20..n]), 0, "ICMP checksum");
-        if let Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) = icmp.icmp_type() {
+        if let Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) = icmp.icmp_type()
+        {
             assert_eq!(next_hop_mtu, 1380);
         }
         // The quote starts with the offending header.
@@ -134,10 +153,22 @@ fn icmpv6_errors_are_well_formed() {
         let n = icmp_error(kind, &offending, from, &mut out).unwrap();
         assert_eq!(n, 1280);
         let s = SlicedPacket::from_ip(&out[..n]).unwrap();
-        let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else { panic!() };
+        let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
+            panic!()
+        };
         assert_eq!((icmp.type_u8(), icmp.code_u8()), ty);
-        let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net else { panic!() };
-        let expect = icmp.header().icmp_type.calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload()).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &s.net else {
+            panic!()
+        };
+        let expect = icmp
+            .header()
+            .icmp_type
+            .calc_checksum(
+                ip.header().source(),
+                ip.header().destination(),
+                icmp.payload(),
+            )
+            .unwrap();
         assert_eq!(icmp.checksum(), expect);
         if let Icmpv6Type::PacketTooBig { mtu } = icmp.icmp_type() {
             assert_eq!(mtu, 1400);
@@ -156,23 +187,65 @@ fn no_errors_about_errors_multicast_fragments_or_across_families() {
     assert_eq!(icmp_error(IcmpError::NoRoute, &err, from, &mut out), None);
     // But an echo request does get one.
     let mut echo = Vec::new();
-    PacketBuilder::ipv4([10, 0, 1, 1], [10, 0, 2, 1], 1).icmpv4_echo_request(1, 1).write(&mut echo, b"ping").unwrap();
+    PacketBuilder::ipv4([10, 0, 1, 1], [10, 0, 2, 1], 1)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
     assert!(icmp_error(IcmpError::TimeExceeded, &echo, from, &mut out).is_some());
     // Multicast destination, multicast source.
-    assert_eq!(icmp_error(IcmpError::NoRoute, &v4_udp([10, 0, 1, 1], [224, 0, 0, 5], 1, b"x"), from, &mut out), None);
-    assert_eq!(icmp_error(IcmpError::NoRoute, &v4_udp([224, 0, 0, 1], [10, 0, 0, 5], 1, b"x"), from, &mut out), None);
+    assert_eq!(
+        icmp_error(
+            IcmpError::NoRoute,
+            &v4_udp([10, 0, 1, 1], [224, 0, 0, 5], 1, b"x"),
+            from,
+            &mut out
+        ),
+        None
+    );
+    assert_eq!(
+        icmp_error(
+            IcmpError::NoRoute,
+            &v4_udp([224, 0, 0, 1], [10, 0, 0, 5], 1, b"x"),
+            from,
+            &mut out
+        ),
+        None
+    );
     // A non-first fragment.
     let mut frag = v4_udp([10, 0, 1, 1], [10, 0, 2, 1], 1, b"x");
     frag[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
-    assert_eq!(icmp_error(IcmpError::TimeExceeded, &frag, from, &mut out), None);
+    assert_eq!(
+        icmp_error(IcmpError::TimeExceeded, &frag, from, &mut out),
+        None
+    );
     // Family mismatch, output too small.
-    assert_eq!(icmp_error(IcmpError::TimeExceeded, &inner, IpAddr::V6(Ipv6Addr::LOCALHOST), &mut out), None);
-    assert_eq!(icmp_error(IcmpError::TimeExceeded, &inner, from, &mut out[..40]), None);
+    assert_eq!(
+        icmp_error(
+            IcmpError::TimeExceeded,
+            &inner,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            &mut out
+        ),
+        None
+    );
+    assert_eq!(
+        icmp_error(IcmpError::TimeExceeded, &inner, from, &mut out[..40]),
+        None
+    );
     // IPv6: packet too big is allowed toward a multicast destination, others are not.
-    let m = v6_udp("fd00::1".parse().unwrap(), "ff0e::1".parse().unwrap(), 1, 9, b"x");
+    let m = v6_udp(
+        "fd00::1".parse().unwrap(),
+        "ff0e::1".parse().unwrap(),
+        1,
+        9,
+        b"x",
+    );
     let from6 = IpAddr::V6("fd00::fe".parse().unwrap());
     assert!(icmp_error(IcmpError::PacketTooBig { mtu: 1280 }, &m, from6, &mut out).is_some());
-    assert_eq!(icmp_error(IcmpError::TimeExceeded, &m, from6, &mut out), None);
+    assert_eq!(
+        icmp_error(IcmpError::TimeExceeded, &m, from6, &mut out),
+        None
+    );
 }
 
 fn syn(v6: bool, mss: u16, extra_nop: bool) -> Vec<u8> {
@@ -188,7 +261,12 @@ fn syn(v6: bool, mss: u16, extra_nop: bool) -> Vec<u8> {
     opts.push(TcpOptionElement::MaximumSegmentSize(mss));
     opts.push(TcpOptionElement::WindowScale(7));
     let mut out = Vec::new();
-    b.tcp(1234, 80, 1, 65535).syn().options(&opts).unwrap().write(&mut out, &[]).unwrap();
+    b.tcp(1234, 80, 1, 65535)
+        .syn()
+        .options(&opts)
+        .unwrap()
+        .write(&mut out, &[])
+        .unwrap();
     out
 }
 
@@ -199,15 +277,23 @@ fn mss_is_clamped_with_a_valid_checksum() {
             let mut p = syn(v6, 1460, nop);
             assert!(clamp_tcp_mss(&mut p, 1380));
             let s = SlicedPacket::from_ip(&p).unwrap();
-            let Some(TransportSlice::Tcp(tcp)) = &s.transport else { panic!() };
+            let Some(TransportSlice::Tcp(tcp)) = &s.transport else {
+                panic!()
+            };
             let mss = tcp.options_iterator().find_map(|o| match o {
                 Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
                 _ => None,
             });
             assert_eq!(mss, Some(1380));
             let expect = match &s.net {
-                Some(etherparse::NetSlice::Ipv4(ip)) => tcp.to_header().calc_checksum_ipv4(&ip.header().to_header(), &[]).unwrap(),
-                Some(etherparse::NetSlice::Ipv6(ip)) => tcp.to_header().calc_checksum_ipv6(&ip.header().to_header(), &[]).unwrap(),
+                Some(etherparse::NetSlice::Ipv4(ip)) => tcp
+                    .to_header()
+                    .calc_checksum_ipv4(&ip.header().to_header(), &[])
+                    .unwrap(),
+                Some(etherparse::NetSlice::Ipv6(ip)) => tcp
+                    .to_header()
+                    .calc_checksum_ipv6(&ip.header().to_header(), &[])
+                    .unwrap(),
                 _ => unreachable!(),
             };
             assert_eq!(tcp.checksum(), expect, "v6={v6} nop={nop}");
@@ -228,7 +314,12 @@ fn mss_is_clamped_with_a_valid_checksum() {
 fn babel_is_recognised() {
     let ll: Ipv6Addr = "fe80::1".parse().unwrap();
     let group: Ipv6Addr = "ff02::1:6".parse().unwrap();
-    for (dst, port, want) in [(group, 6696, true), (ll, 6696, true), (group, 6697, false), ("fd00::1".parse().unwrap(), 6696, false)] {
+    for (dst, port, want) in [
+        (group, 6696, true),
+        (ll, 6696, true),
+        (group, 6697, false),
+        ("fd00::1".parse().unwrap(), 6696, false),
+    ] {
         let p = v6_udp(ll, dst, 1, port, b"babel");
         assert_eq!(is_babel(&parse_ip(&p).unwrap(), &p), want, "{dst} {port}");
     }

@@ -61,8 +61,13 @@ impl Message {
         let u32_at = |i: usize| Some(u32::from_le_bytes(d.get(i..i + 4)?.try_into().ok()?));
         match (h.ty, d.len()) {
             (INITIATION, INITIATION_LEN) => Some(Message::Initiation { sender: u32_at(4)? }),
-            (RESPONSE, RESPONSE_LEN) => Some(Message::Response { sender: u32_at(4)?, receiver: u32_at(8)? }),
-            (COOKIE_REPLY, COOKIE_REPLY_LEN) => Some(Message::CookieReply { receiver: u32_at(4)? }),
+            (RESPONSE, RESPONSE_LEN) => Some(Message::Response {
+                sender: u32_at(4)?,
+                receiver: u32_at(8)?,
+            }),
+            (COOKIE_REPLY, COOKIE_REPLY_LEN) => Some(Message::CookieReply {
+                receiver: u32_at(4)?,
+            }),
             (DATA, n) if n >= DATA_MIN_LEN => Some(Message::Data {
                 receiver: u32_at(4)?,
                 counter: u64::from_le_bytes(d.get(8..16)?.try_into().ok()?),
@@ -76,9 +81,9 @@ impl Message {
     pub fn receiver_index(&self) -> Option<u32> {
         match *self {
             Message::Initiation { .. } => None,
-            Message::Response { receiver, .. } | Message::CookieReply { receiver } | Message::Data { receiver, .. } => {
-                Some(receiver)
-            }
+            Message::Response { receiver, .. }
+            | Message::CookieReply { receiver }
+            | Message::Data { receiver, .. } => Some(receiver),
         }
     }
 
@@ -102,19 +107,35 @@ mod tests {
         let mut d = vec![0u8; 148];
         d[0] = 1;
         d[4..8].copy_from_slice(&7u32.to_le_bytes());
-        assert_eq!(Message::classify(&d), Some(Message::Initiation { sender: 7 }));
+        assert_eq!(
+            Message::classify(&d),
+            Some(Message::Initiation { sender: 7 })
+        );
         d.truncate(147);
         assert_eq!(Message::classify(&d), None);
         let mut r = vec![0u8; 92];
         r[0] = 2;
         r[8..12].copy_from_slice(&0x0102_0300u32.to_le_bytes());
-        assert_eq!(Message::classify(&r).and_then(|m| m.receiver_index()), Some(0x0102_0300));
+        assert_eq!(
+            Message::classify(&r).and_then(|m| m.receiver_index()),
+            Some(0x0102_0300)
+        );
         let mut data = vec![0u8; 32];
         data[0] = 4;
         data[8] = 9;
-        assert_eq!(Message::classify(&data), Some(Message::Data { receiver: 0, counter: 9 }));
+        assert_eq!(
+            Message::classify(&data),
+            Some(Message::Data {
+                receiver: 0,
+                counter: 9
+            })
+        );
         data[1] = 1;
-        assert_eq!(Message::classify(&data), None, "reserved bytes must be zero");
+        assert_eq!(
+            Message::classify(&data),
+            None,
+            "reserved bytes must be zero"
+        );
         assert_eq!(Message::classify(&[4, 0, 0]), None);
     }
 
