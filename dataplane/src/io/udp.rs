@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::buf::{Batch, BATCH_SIZE, SLOT_SIZE};
+use crate::buf::{Batch, Slot, BATCH_SIZE, SLOT_SIZE};
 
 /// Open `count` non-blocking dual-stack UDP sockets bound to `[::]:port` with SO_REUSEPORT.
 /// Port 0 picks a free port for the first and binds the others to the same one.
@@ -59,11 +59,27 @@ fn to_v6(a: SocketAddr) -> SocketAddrV6 {
     }
 }
 
+/// `SOL_UDP` / `UDP_SEGMENT` (Linux 4.18): send one buffer as several datagrams.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send (a UDP datagram's limit over IPv6 with headers).
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Control-message space for one `UDP_SEGMENT` (a cmsghdr and a u16, aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct GsoCmsg([u8; 24]);
+
 /// Scratch for one recvmmsg/sendmmsg call, allocated once per worker.
 pub struct MmsgScratch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in6>,
+    cmsgs: Vec<GsoCmsg>,
+    /// Whether UDP GSO is used; turned off for good if the kernel refuses it.
+    pub gso: bool,
 }
 
 // SAFETY: the raw pointers inside are rebuilt before every call and only point into buffers
@@ -78,14 +94,10 @@ impl Default for MmsgScratch {
         let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
         Self {
             hdrs: vec![zero_hdr; BATCH_SIZE],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                BATCH_SIZE
-            ],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH_SIZE],
             addrs: vec![zero_addr; BATCH_SIZE],
+            cmsgs: vec![GsoCmsg([0; 24]); BATCH_SIZE],
+            gso: std::env::var_os("ISTHMUS_NO_GSO").is_none(),
         }
     }
 }
@@ -149,72 +161,142 @@ pub fn recv_batch(fd: RawFd, batch: &mut Batch, sc: &mut MmsgScratch) -> io::Res
 }
 
 /// Send every datagram of the batch. Returns how many could not be sent.
+///
+/// With GSO, each run of datagrams to the same destination whose sizes are equal (the last
+/// may be shorter) goes as one message: its slots become the iovecs of one `sendmsg` with a
+/// `UDP_SEGMENT` control message, and the kernel cuts it back into datagrams. Nothing is
+/// copied.
 pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
     let slots = batch.used();
+    let slots = &slots[..slots.len().min(BATCH_SIZE)];
+    // msgs[k] = (first slot, slot count, segment size) of message k.
+    let mut msgs = [(0usize, 0usize, 0usize); BATCH_SIZE];
     let mut n = 0;
-    for (i, s) in slots.iter().enumerate().take(BATCH_SIZE) {
-        let Some(to) = s.addr else { continue };
-        let v6 = to_v6(to);
-        let a = &mut sc.addrs[n];
+    let mut unaddressed = 0;
+    let mut i = 0;
+    while i < slots.len() {
+        let Some(to) = slots[i].addr else {
+            unaddressed += 1;
+            i += 1;
+            continue;
+        };
+        let seg = slots[i].len;
+        let mut j = i + 1;
+        if sc.gso {
+            let mut total = seg;
+            while j < slots.len()
+                && j - i < MAX_GSO_SEGMENTS
+                && slots[j].addr == Some(to)
+                && slots[j].len <= seg
+                && total + slots[j].len <= MAX_GSO_BYTES
+            {
+                total += slots[j].len;
+                j += 1;
+                if slots[j - 1].len < seg {
+                    break; // a short one ends the run
+                }
+            }
+        }
+        msgs[n] = (i, j - i, seg);
+        n += 1;
+        i = j;
+    }
+    for (k, &(first, count, seg)) in msgs[..n].iter().enumerate() {
+        let v6 = to_v6(slots[first].addr.unwrap_or(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))));
+        let a = &mut sc.addrs[k];
         a.sin6_family = libc::AF_INET6 as u16;
         a.sin6_port = v6.port().to_be();
         a.sin6_flowinfo = 0;
         a.sin6_addr.s6_addr = v6.ip().octets();
         a.sin6_scope_id = v6.scope_id();
-        sc.iovs[n] = libc::iovec {
-            iov_base: slots[i].data().as_ptr().cast_mut().cast(),
-            iov_len: s.len,
-        };
-        let h = &mut sc.hdrs[n];
-        h.msg_hdr.msg_name = (&raw mut sc.addrs[n]).cast();
+        for (o, s) in slots[first..first + count].iter().enumerate() {
+            sc.iovs[first + o] = libc::iovec { iov_base: s.data().as_ptr().cast_mut().cast(), iov_len: s.len };
+        }
+        let h = &mut sc.hdrs[k];
+        h.msg_hdr.msg_name = (&raw mut sc.addrs[k]).cast();
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-        h.msg_hdr.msg_iov = &raw mut sc.iovs[n];
-        h.msg_hdr.msg_iovlen = 1;
-        h.msg_hdr.msg_control = std::ptr::null_mut();
-        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_iov = &raw mut sc.iovs[first];
+        h.msg_hdr.msg_iovlen = count;
         h.msg_hdr.msg_flags = 0;
-        n += 1;
+        if count > 1 {
+            let c = &mut sc.cmsgs[k];
+            // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
+            let (len, space) = unsafe { (libc::CMSG_LEN(2) as usize, libc::CMSG_SPACE(2) as usize) };
+            let hdr = libc::cmsghdr { cmsg_len: len, cmsg_level: SOL_UDP, cmsg_type: UDP_SEGMENT };
+            let hsz = std::mem::size_of::<libc::cmsghdr>();
+            // SAFETY: `c` is 24 bytes, 8-aligned: room for the 16-byte header and the u16.
+            unsafe { std::ptr::write_unaligned(c.0.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+            c.0[hsz..hsz + 2].copy_from_slice(&(seg as u16).to_ne_bytes());
+            h.msg_hdr.msg_control = c.0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = space;
+        } else {
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+        }
     }
-    let mut sent = 0;
-    let mut failed = 0;
+    let mut sent = 0; // messages
+    let mut failed = 0; // datagrams
     let mut retries = 0;
     while sent < n {
-        // SAFETY: hdrs[sent..n] point to iovecs and addresses that live for the call; the
-        // iovecs point into the batch's slots, which the kernel only reads.
+        // SAFETY: hdrs[sent..n] point to iovecs, addresses and control messages that live
+        // for the call; the iovecs point into the batch's slots, which the kernel only reads.
         let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                sc.hdrs[sent..].as_mut_ptr(),
-                (n - sent) as u32,
-                libc::MSG_DONTWAIT,
-            )
+            libc::sendmmsg(fd, sc.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, libc::MSG_DONTWAIT)
         };
         if r > 0 {
             sent += r as usize;
             continue;
         }
         let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock if retries < 200 => {
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) if retries < 200 => {
                 retries += 1;
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
+                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, 5) };
             }
-            io::ErrorKind::WouldBlock => break,
+            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP) if sc.gso && msgs[sent].1 > 1 => {
+                // The kernel or the device cannot segment: send the rest one by one.
+                tracing::info!("UDP GSO refused ({err}); sending datagrams one by one");
+                sc.gso = false;
+                let rest: Vec<usize> = msgs[sent..n].iter().flat_map(|&(f, c, _)| f..f + c).collect();
+                failed += send_each(fd, slots, &rest);
+                sent = n;
+            }
             _ => {
-                // Unreachable destination or similar: skip this datagram, keep the rest.
+                // Unreachable destination or similar: skip this message, keep the rest.
+                failed += msgs[sent].1;
                 sent += 1;
-                failed += 1;
+                if retries >= 200 {
+                    failed += msgs[sent..n].iter().map(|m| m.1).sum::<usize>();
+                    break;
+                }
             }
         }
     }
-    failed + (n - sent.min(n)) + (slots.len() - n)
+    failed + unaddressed
+}
+
+/// Send the given slots one datagram per call (the fallback when GSO is refused).
+fn send_each(fd: RawFd, slots: &[Slot], which: &[usize]) -> usize {
+    let mut failed = 0;
+    for &i in which {
+        let s = &slots[i];
+        let Some(to) = s.addr else {
+            failed += 1;
+            continue;
+        };
+        let addr = SockAddr::from(to_v6(to));
+        // SAFETY: a valid buffer and a valid socket address for the call's duration.
+        let r = unsafe {
+            libc::sendto(fd, s.data().as_ptr().cast(), s.len, libc::MSG_DONTWAIT, addr.as_ptr().cast(), addr.len())
+        };
+        if r < 0 {
+            failed += 1;
+        }
+    }
+    failed
 }
 
 /// The raw fd of a socket.
