@@ -251,6 +251,9 @@ impl Device {
         let mut rx_udp = Batch::default();
         let mut rx_tun = Batch::default();
         let mut scratch = MmsgScratch::default();
+        // GRO receive buffers (1 MiB) unless turned off.
+        let gro = std::env::var_os("ISTHMUS_NO_GRO").is_none();
+        let mut gro_area = if gro { udp::GroArea::default() } else { udp::GroArea::empty() };
         let mut gen = 0;
         let mut socks: Arc<Vec<Socket>> = Arc::new(Vec::new());
         let mut udp_fd: Option<i32> = None;
@@ -294,6 +297,15 @@ impl Device {
             // Edge-triggered: drain both to WouldBlock, a batch from each in turn.
             if udp_ready {
                 match udp_fd {
+                    Some(fd) if gro => match gro_area.recv(fd) {
+                        Ok(_) => {
+                            let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
+                            fwd.handle_segments(gro_area.segments(), &mut sink);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => warn.warn(&format!("udp receive: {e}")),
+                    },
                     Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
                         Ok(_) => {
                             let mut sink = RealSink {

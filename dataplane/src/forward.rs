@@ -608,6 +608,43 @@ impl Worker {
         self.flush(sink);
     }
 
+    /// Process datagrams that sit in caller-owned buffers (e.g. the segments of a
+    /// GRO-coalesced receive), each with its source.
+    pub fn handle_segments<'a>(
+        &mut self,
+        segments: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+        sink: &mut impl Sink,
+    ) {
+        self.counters.rx_batches.add(1);
+        let peers = self.core.peers.load();
+        let fib = self.core.fib.load();
+        let allowed = self.core.allowed.load();
+        let settings = self.core.settings.load();
+        let mut ctx = Ctx {
+            core: &self.core,
+            counters: &self.counters,
+            peers: &peers,
+            fib: &fib,
+            allowed: &allowed,
+            settings: &settings,
+            udp_out: &mut self.udp_out,
+            tun_out: &mut self.tun_out,
+            scratch: &mut self.scratch,
+            sink,
+        };
+        let mut n = 0;
+        for (data, src) in segments {
+            n += 1;
+            if data.len() > SLOT_SIZE {
+                ctx.drop(DropReason::Oversized);
+                continue;
+            }
+            ctx.datagram_bytes(data, src);
+        }
+        self.counters.rx_packets.add(n);
+        self.flush(sink);
+    }
+
     /// Process a batch of IP packets read from the TUN device.
     pub fn handle_tun(&mut self, rx: &mut Batch, sink: &mut impl Sink) {
         self.counters.rx_batches.add(1);
@@ -738,7 +775,10 @@ impl<S: Sink> Ctx<'_, S> {
         if slot.truncated {
             return self.drop(DropReason::Oversized);
         }
-        let data = slot.data();
+        self.datagram_bytes(slot.data(), src);
+    }
+
+    fn datagram_bytes(&mut self, data: &[u8], src: SocketAddr) {
         match wire::wg::Message::classify(data) {
             Some(wire::wg::Message::Initiation { .. }) => self.handshake_init(data, src),
             Some(m) => {

@@ -26,6 +26,13 @@ pub fn bind(port: u16, count: usize, fwmark: u32) -> io::Result<(Vec<Socket>, u1
         if fwmark != 0 {
             s.set_mark(fwmark)?;
         }
+        // Receive coalesced datagrams (GRO) when the kernel can: see `GroArea`. Workers
+        // read these sockets with 64 KiB buffers then; ISTHMUS_NO_GRO turns both off.
+        let one: libc::c_int = i32::from(std::env::var_os("ISTHMUS_NO_GRO").is_none());
+        // SAFETY: setsockopt with a valid int option value.
+        let _ = unsafe {
+            libc::setsockopt(s.as_raw_fd(), SOL_UDP, UDP_GRO, (&raw const one).cast(), std::mem::size_of::<libc::c_int>() as u32)
+        };
         s.bind(&SockAddr::from(SocketAddrV6::new(
             Ipv6Addr::UNSPECIFIED,
             port,
@@ -62,6 +69,8 @@ fn to_v6(a: SocketAddr) -> SocketAddrV6 {
 /// `SOL_UDP` / `UDP_SEGMENT` (Linux 4.18): send one buffer as several datagrams.
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` (Linux 5.0): receive coalesced datagrams with their segment size.
+const UDP_GRO: libc::c_int = 104;
 /// Most segments the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send (a UDP datagram's limit over IPv6 with headers).
@@ -302,4 +311,114 @@ fn send_each(fd: RawFd, slots: &[Slot], which: &[usize]) -> usize {
 /// The raw fd of a socket.
 pub fn raw(s: &Socket) -> RawFd {
     s.as_raw_fd()
+}
+
+/// Messages per GRO receive call.
+const GRO_MSGS: usize = 16;
+/// Bytes per GRO receive buffer: the largest coalesced datagram.
+const GRO_BUF: usize = 65_536;
+
+/// Receive buffers for GRO: each message may be up to 64 KiB of datagrams of one size,
+/// coalesced by the kernel (or never split, when a GSO sender sits on the same host).
+pub struct GroArea {
+    bufs: Vec<Box<[u8]>>,
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in6>,
+    cmsgs: Vec<GsoCmsg>,
+    /// Per message: length, source, segment size (0: not coalesced).
+    got: Vec<(usize, Option<SocketAddr>, usize)>,
+}
+
+// SAFETY: as for `MmsgScratch`: pointers are rebuilt for each call into owned buffers.
+unsafe impl Send for GroArea {}
+
+impl Default for GroArea {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let zero_hdr: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
+        Self {
+            bufs: (0..GRO_MSGS).map(|_| vec![0u8; GRO_BUF].into_boxed_slice()).collect(),
+            hdrs: vec![zero_hdr; GRO_MSGS],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; GRO_MSGS],
+            addrs: vec![zero_addr; GRO_MSGS],
+            cmsgs: vec![GsoCmsg([0; 24]); GRO_MSGS],
+            got: Vec::with_capacity(GRO_MSGS),
+        }
+    }
+}
+
+impl GroArea {
+    /// An area with no buffers, for workers that do not use GRO.
+    pub fn empty() -> Self {
+        Self { bufs: Vec::new(), hdrs: Vec::new(), iovs: Vec::new(), addrs: Vec::new(), cmsgs: Vec::new(), got: Vec::new() }
+    }
+
+    /// Receive up to `GRO_MSGS` messages. `Err(WouldBlock)` when none is ready.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..GRO_MSGS {
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: GRO_BUF };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+            h.msg_hdr.msg_iov = &raw mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = self.cmsgs[i].0.len();
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points to a live buffer, address and control area of the
+        // lengths given; the kernel writes within them.
+        let got = unsafe {
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), GRO_MSGS as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.got.clear();
+        for i in 0..got as usize {
+            let h = &self.hdrs[i];
+            let len = (h.msg_len as usize).min(GRO_BUF);
+            let a = &self.addrs[i];
+            let addr = (a.sin6_family == libc::AF_INET6 as u16).then(|| {
+                unmap(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    0,
+                    a.sin6_scope_id,
+                )))
+            });
+            let mut seg = 0;
+            if h.msg_hdr.msg_controllen >= std::mem::size_of::<libc::cmsghdr>() {
+                // SAFETY: the kernel wrote a cmsghdr at the start of our control area.
+                let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(self.cmsgs[i].0.as_ptr().cast()) };
+                if c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO {
+                    let hsz = std::mem::size_of::<libc::cmsghdr>();
+                    let b = &self.cmsgs[i].0[hsz..hsz + 4];
+                    seg = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize;
+                }
+            }
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.got.push((if truncated { usize::MAX } else { len }, addr, seg));
+        }
+        Ok(got as usize)
+    }
+
+    /// The datagrams of the last receive, split at their segment size, with their sources.
+    /// A truncated message yields one oversized slice (dropped by the caller as such).
+    pub fn segments(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+        self.got.iter().enumerate().filter_map(|(i, &(len, addr, seg))| Some((i, len, addr?, seg))).flat_map(
+            move |(i, len, addr, seg)| {
+                let (data, step) = if len == usize::MAX {
+                    (&self.bufs[i][..], GRO_BUF)
+                } else {
+                    (&self.bufs[i][..len], if seg == 0 { len.max(1) } else { seg })
+                };
+                data.chunks(step).map(move |c| (c, addr))
+            },
+        )
+    }
 }
