@@ -284,3 +284,32 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     // Arc keeps `Arc` import used in all configurations.
     let _ = Arc::strong_count(&net.nodes[0].core);
 }
+
+#[test]
+fn handshake_floods_get_cookies_and_real_peers_still_connect() {
+    let (mut net, _, _) = pair();
+    // Capture a genuine initiation from A and replay it as a flood from many addresses.
+    net.send_from_tun(0, &udp4([10, 0, 0, 1], [10, 0, 0, 2], 64, b"x"));
+    net.flush_tun(0);
+    let init = net.in_flight().into_iter().find(|(_, _, d)| d[0] == 1).expect("an initiation").2;
+    for i in 0..600u32 {
+        let from = SocketAddr::from((Ipv4Addr::from(0xc633_6400 + (i % 200)), 40000 + (i % 7) as u16));
+        net.inject_datagram(from, addr(2), &init);
+    }
+    net.run(64);
+    let t = net.nodes[1].core.totals();
+    assert!(t.cookies_sent > 0, "{t:?}");
+    assert_eq!(t.cookies_sent, t.dropped(DropReason::HandshakeRateLimited));
+    // Below the limit the replays reached the session and were refused as stale.
+    assert!(t.dropped(DropReason::HandshakeFailed) > 0, "{t:?}");
+    // A new second: the limiter resets, and traffic between the real peers flows.
+    net.nodes[1].core.reset_rate_limiter();
+    net.nodes[0].tun_delivered.clear();
+    net.nodes[1].tun_delivered.clear();
+    let p = udp4([10, 0, 0, 1], [10, 0, 0, 2], 64, b"after the flood");
+    net.send_from_tun(0, &p);
+    net.run(16);
+    net.send_from_tun(1, &udp4([10, 0, 0, 2], [10, 0, 0, 1], 64, b"reply"));
+    net.run(16);
+    assert_eq!(net.nodes[0].tun_delivered.len(), 1);
+}
