@@ -891,10 +891,13 @@ impl<S: Sink> Ctx<'_, S> {
                 first = false;
             }
         }
-        // Authenticated: count it, and this is where the peer is now (roaming).
+        // Authenticated: count it, and this is where the peer is now (roaming). A cookie
+        // reply moves nothing: as in WireGuard, only handshakes and data do.
         peer.counters.rx(data.len());
-        let moved = st.endpoint != Some(src);
-        st.endpoint = Some(src);
+        let moved = ty != 3 && st.endpoint != Some(src);
+        if moved {
+            st.endpoint = Some(src);
+        }
         drop(st);
         if ty == 1 || ty == 2 {
             peer.counters.handshakes.fetch_add(1, Relaxed);
