@@ -253,7 +253,11 @@ impl Device {
         let mut scratch = MmsgScratch::default();
         // GRO receive buffers (1 MiB) unless turned off.
         let gro = std::env::var_os("ISTHMUS_NO_GRO").is_none();
-        let mut gro_area = if gro { udp::GroArea::default() } else { udp::GroArea::empty() };
+        let mut gro_area = if gro {
+            udp::GroArea::default()
+        } else {
+            udp::GroArea::empty()
+        };
         let mut gen = 0;
         let mut socks: Arc<Vec<Socket>> = Arc::new(Vec::new());
         let mut udp_fd: Option<i32> = None;
@@ -299,7 +303,12 @@ impl Device {
                 match udp_fd {
                     Some(fd) if gro => match gro_area.recv(fd) {
                         Ok(_) => {
-                            let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
+                            let mut sink = RealSink {
+                                udp_fd: fd,
+                                tun: &mut tunq,
+                                scratch: &mut scratch,
+                                counters: &counters,
+                            };
                             fwd.handle_segments(gro_area.segments(), &mut sink);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,

@@ -580,11 +580,9 @@ impl Worker {
         }
     }
 
-    /// Process a batch of received UDP datagrams (slot `addr` = source). Output is flushed
-    /// to `sink` whenever a batch fills and at the end.
-    pub fn handle_datagrams(&mut self, rx: &mut Batch, sink: &mut impl Sink) {
-        self.counters.rx_batches.add(1);
-        self.counters.rx_packets.add(rx.len() as u64);
+    /// Run `f` with the state of one batch (tables loaded once, output batches borrowed),
+    /// then flush what it produced.
+    fn with_ctx<S: Sink, R>(&mut self, sink: &mut S, f: impl FnOnce(&mut Ctx<'_, S>) -> R) -> R {
         let peers = self.core.peers.load();
         let fib = self.core.fib.load();
         let allowed = self.core.allowed.load();
@@ -601,11 +599,22 @@ impl Worker {
             scratch: &mut self.scratch,
             sink,
         };
-        for slot in rx.used() {
-            ctx.datagram(slot);
-        }
-        rx.clear();
+        let r = f(&mut ctx);
         self.flush(sink);
+        r
+    }
+
+    /// Process a batch of received UDP datagrams (slot `addr` = source). Output is flushed
+    /// to `sink` whenever a batch fills and at the end.
+    pub fn handle_datagrams(&mut self, rx: &mut Batch, sink: &mut impl Sink) {
+        self.counters.rx_batches.add(1);
+        self.counters.rx_packets.add(rx.len() as u64);
+        self.with_ctx(sink, |ctx| {
+            for slot in rx.used() {
+                ctx.datagram(slot);
+            }
+        });
+        rx.clear();
     }
 
     /// Process datagrams that sit in caller-owned buffers (e.g. the segments of a
@@ -616,87 +625,40 @@ impl Worker {
         sink: &mut impl Sink,
     ) {
         self.counters.rx_batches.add(1);
-        let peers = self.core.peers.load();
-        let fib = self.core.fib.load();
-        let allowed = self.core.allowed.load();
-        let settings = self.core.settings.load();
-        let mut ctx = Ctx {
-            core: &self.core,
-            counters: &self.counters,
-            peers: &peers,
-            fib: &fib,
-            allowed: &allowed,
-            settings: &settings,
-            udp_out: &mut self.udp_out,
-            tun_out: &mut self.tun_out,
-            scratch: &mut self.scratch,
-            sink,
-        };
-        let mut n = 0;
-        for (data, src) in segments {
-            n += 1;
-            if data.len() > SLOT_SIZE {
-                ctx.drop(DropReason::Oversized);
-                continue;
+        let n = self.with_ctx(sink, |ctx| {
+            let mut n = 0;
+            for (data, src) in segments {
+                n += 1;
+                if data.len() > SLOT_SIZE {
+                    ctx.drop(DropReason::Oversized);
+                } else {
+                    ctx.datagram_bytes(data, src);
+                }
             }
-            ctx.datagram_bytes(data, src);
-        }
+            n
+        });
         self.counters.rx_packets.add(n);
-        self.flush(sink);
     }
 
     /// Process a batch of IP packets read from the TUN device.
     pub fn handle_tun(&mut self, rx: &mut Batch, sink: &mut impl Sink) {
         self.counters.rx_batches.add(1);
         self.counters.rx_packets.add(rx.len() as u64);
-        let peers = self.core.peers.load();
-        let fib = self.core.fib.load();
-        let allowed = self.core.allowed.load();
-        let settings = self.core.settings.load();
-        let mut ctx = Ctx {
-            core: &self.core,
-            counters: &self.counters,
-            peers: &peers,
-            fib: &fib,
-            allowed: &allowed,
-            settings: &settings,
-            udp_out: &mut self.udp_out,
-            tun_out: &mut self.tun_out,
-            scratch: &mut self.scratch,
-            sink,
-        };
         let n = rx.len();
-        for slot in &mut rx.slots_mut()[..n] {
-            ctx.local_packet(slot.data_mut());
-        }
+        self.with_ctx(sink, |ctx| {
+            for slot in &mut rx.slots_mut()[..n] {
+                ctx.local_packet(slot.data_mut());
+            }
+        });
         rx.clear();
-        self.flush(sink);
     }
 
     /// Inject an IP packet into a peer's tunnel (control plane → peer).
     pub fn inject(&mut self, peer: &Key, packet: &[u8], sink: &mut impl Sink) -> bool {
-        let peers = self.core.peers.load();
-        let Some(p) = peers.by_key(peer).cloned() else {
+        let Some(p) = self.core.peers.load().by_key(peer).cloned() else {
             return false;
         };
-        let fib = self.core.fib.load();
-        let allowed = self.core.allowed.load();
-        let settings = self.core.settings.load();
-        let mut ctx = Ctx {
-            core: &self.core,
-            counters: &self.counters,
-            peers: &peers,
-            fib: &fib,
-            allowed: &allowed,
-            settings: &settings,
-            udp_out: &mut self.udp_out,
-            tun_out: &mut self.tun_out,
-            scratch: &mut self.scratch,
-            sink,
-        };
-        let ok = ctx.encapsulate_to(&p, packet);
-        self.flush(sink);
-        ok
+        self.with_ctx(sink, |ctx| ctx.encapsulate_to(&p, packet))
     }
 
     /// Run every peer's timers (handshake retries, rekey, keepalives). Call every ~100 ms.

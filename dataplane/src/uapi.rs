@@ -4,10 +4,8 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -317,71 +315,21 @@ fn serve_conn(stream: UnixStream, handler: &dyn UapiHandler) -> io::Result<()> {
 }
 
 /// A listening UAPI socket; the socket file is removed when this is dropped.
-pub struct UapiServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for UapiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.path);
-        // Unblock accept().
-        let _ = UnixStream::connect(&self.path);
-    }
-}
-
-impl UapiServer {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+pub type UapiServer = crate::io::unix::UnixServer;
 
 /// Serve the API for `ifname` at `/var/run/wireguard/IFNAME.sock`.
 pub fn serve(ifname: &str, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServer> {
     let dir = Path::new(SOCKET_DIR);
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    crate::io::unix::ensure_dir(dir, 0o755)?;
     serve_at(&dir.join(format!("{ifname}.sock")), handler)
 }
 
 /// Serve the API at `path` (mode 0600).
 pub fn serve_at(path: &Path, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServer> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ));
+    crate::io::unix::UnixServer::start(path, "isthmus-uapi", move |conn| {
+        if let Err(e) = serve_conn(conn, &*handler) {
+            tracing::debug!("userspace API connection: {e}");
         }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    std::thread::Builder::new()
-        .name("isthmus-uapi".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let h = handler.clone();
-                let _ = std::thread::Builder::new()
-                    .name("isthmus-uapi-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve_conn(conn, &*h) {
-                            tracing::debug!("userspace API connection: {e}");
-                        }
-                    });
-            }
-        })?;
-    Ok(UapiServer {
-        path: path.to_path_buf(),
-        stop,
     })
 }
 

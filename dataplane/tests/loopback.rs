@@ -291,9 +291,17 @@ fn handshake_floods_get_cookies_and_real_peers_still_connect() {
     // Capture a genuine initiation from A and replay it as a flood from many addresses.
     net.send_from_tun(0, &udp4([10, 0, 0, 1], [10, 0, 0, 2], 64, b"x"));
     net.flush_tun(0);
-    let init = net.in_flight().into_iter().find(|(_, _, d)| d[0] == 1).expect("an initiation").2;
+    let init = net
+        .in_flight()
+        .into_iter()
+        .find(|(_, _, d)| d[0] == 1)
+        .expect("an initiation")
+        .2;
     for i in 0..600u32 {
-        let from = SocketAddr::from((Ipv4Addr::from(0xc633_6400 + (i % 200)), 40000 + (i % 7) as u16));
+        let from = SocketAddr::from((
+            Ipv4Addr::from(0xc633_6400 + (i % 200)),
+            40000 + (i % 7) as u16,
+        ));
         net.inject_datagram(from, addr(2), &init);
     }
     net.run(64);

@@ -3,10 +3,10 @@
 //! [`EventBus`] that the data plane publishes to without ever blocking.
 
 use std::io::{self, BufReader};
-use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -119,69 +119,18 @@ impl EventBus {
 }
 
 /// A listening control socket; removed when dropped.
-pub struct CtlServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-}
-
-impl CtlServer {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for CtlServer {
-    fn drop(&mut self) {
-        self.stop.store(true, SeqCst);
-        let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
+pub type CtlServer = crate::io::unix::UnixServer;
 
 /// Serve the control channel at `path` (its directory is created with mode 0700, the
 /// socket gets 0600).
 pub fn serve(path: &Path, backend: Arc<dyn CtlBackend>, bus: EventBus) -> io::Result<CtlServer> {
     if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        crate::io::unix::ensure_dir(dir, 0o700)?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ));
+    crate::io::unix::UnixServer::start(path, "isthmus-ctl", move |conn| {
+        if let Err(e) = connection(conn, &*backend, &bus) {
+            tracing::debug!("control connection: {e}");
         }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    std::thread::Builder::new()
-        .name("isthmus-ctl".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (b, bus) = (backend.clone(), bus.clone());
-                let _ = std::thread::Builder::new()
-                    .name("isthmus-ctl-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = connection(conn, &*b, &bus) {
-                            tracing::debug!("control connection: {e}");
-                        }
-                    });
-            }
-        })?;
-    Ok(CtlServer {
-        path: path.to_path_buf(),
-        stop,
     })
 }
 
@@ -350,6 +299,9 @@ mod tests {
     use super::super::proto::{CtlNextHop, PeerEvent, RouteOrigin};
     use super::*;
     use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering::SeqCst;
 
     /// An in-memory backend: a fixture for the protocol, not a stand-in for a peer.
     #[derive(Default)]

@@ -7,3 +7,4 @@ pub mod loopback;
 pub mod offload;
 pub mod tun;
 pub mod udp;
+pub mod unix;

@@ -31,7 +31,13 @@ pub fn bind(port: u16, count: usize, fwmark: u32) -> io::Result<(Vec<Socket>, u1
         let one: libc::c_int = i32::from(std::env::var_os("ISTHMUS_NO_GRO").is_none());
         // SAFETY: setsockopt with a valid int option value.
         let _ = unsafe {
-            libc::setsockopt(s.as_raw_fd(), SOL_UDP, UDP_GRO, (&raw const one).cast(), std::mem::size_of::<libc::c_int>() as u32)
+            libc::setsockopt(
+                s.as_raw_fd(),
+                SOL_UDP,
+                UDP_GRO,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
         };
         s.bind(&SockAddr::from(SocketAddrV6::new(
             Ipv6Addr::UNSPECIFIED,
@@ -103,7 +109,13 @@ impl Default for MmsgScratch {
         let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
         Self {
             hdrs: vec![zero_hdr; BATCH_SIZE],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH_SIZE],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                BATCH_SIZE
+            ],
             addrs: vec![zero_addr; BATCH_SIZE],
             cmsgs: vec![GsoCmsg([0; 24]); BATCH_SIZE],
             gso: std::env::var_os("ISTHMUS_NO_GSO").is_none(),
@@ -211,7 +223,16 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         i = j;
     }
     for (k, &(first, count, seg)) in msgs[..n].iter().enumerate() {
-        let v6 = to_v6(slots[first].addr.unwrap_or(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))));
+        let v6 = to_v6(
+            slots[first]
+                .addr
+                .unwrap_or(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::UNSPECIFIED,
+                    0,
+                    0,
+                    0,
+                ))),
+        );
         let a = &mut sc.addrs[k];
         a.sin6_family = libc::AF_INET6 as u16;
         a.sin6_port = v6.port().to_be();
@@ -219,7 +240,10 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         a.sin6_addr.s6_addr = v6.ip().octets();
         a.sin6_scope_id = v6.scope_id();
         for (o, s) in slots[first..first + count].iter().enumerate() {
-            sc.iovs[first + o] = libc::iovec { iov_base: s.data().as_ptr().cast_mut().cast(), iov_len: s.len };
+            sc.iovs[first + o] = libc::iovec {
+                iov_base: s.data().as_ptr().cast_mut().cast(),
+                iov_len: s.len,
+            };
         }
         let h = &mut sc.hdrs[k];
         h.msg_hdr.msg_name = (&raw mut sc.addrs[k]).cast();
@@ -230,8 +254,13 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         if count > 1 {
             let c = &mut sc.cmsgs[k];
             // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
-            let (len, space) = unsafe { (libc::CMSG_LEN(2) as usize, libc::CMSG_SPACE(2) as usize) };
-            let hdr = libc::cmsghdr { cmsg_len: len, cmsg_level: SOL_UDP, cmsg_type: UDP_SEGMENT };
+            let (len, space) =
+                unsafe { (libc::CMSG_LEN(2) as usize, libc::CMSG_SPACE(2) as usize) };
+            let hdr = libc::cmsghdr {
+                cmsg_len: len,
+                cmsg_level: SOL_UDP,
+                cmsg_type: UDP_SEGMENT,
+            };
             let hsz = std::mem::size_of::<libc::cmsghdr>();
             // SAFETY: `c` is 24 bytes, 8-aligned: room for the 16-byte header and the u16.
             unsafe { std::ptr::write_unaligned(c.0.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
@@ -250,7 +279,12 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
         // SAFETY: hdrs[sent..n] point to iovecs, addresses and control messages that live
         // for the call; the iovecs point into the batch's slots, which the kernel only reads.
         let r = unsafe {
-            libc::sendmmsg(fd, sc.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                fd,
+                sc.hdrs[sent..].as_mut_ptr(),
+                (n - sent) as u32,
+                libc::MSG_DONTWAIT,
+            )
         };
         if r > 0 {
             sent += r as usize;
@@ -261,7 +295,11 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
             Some(libc::EINTR) => {}
             Some(libc::EAGAIN) if retries < 200 => {
                 retries += 1;
-                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, 5) };
             }
@@ -269,7 +307,10 @@ pub fn send_batch(fd: RawFd, batch: &Batch, sc: &mut MmsgScratch) -> usize {
                 // The kernel or the device cannot segment: send the rest one by one.
                 tracing::info!("UDP GSO refused ({err}); sending datagrams one by one");
                 sc.gso = false;
-                let rest: Vec<usize> = msgs[sent..n].iter().flat_map(|&(f, c, _)| f..f + c).collect();
+                let rest: Vec<usize> = msgs[sent..n]
+                    .iter()
+                    .flat_map(|&(f, c, _)| f..f + c)
+                    .collect();
                 failed += send_each(fd, slots, &rest);
                 sent = n;
             }
@@ -299,7 +340,14 @@ fn send_each(fd: RawFd, slots: &[Slot], which: &[usize]) -> usize {
         let addr = SockAddr::from(to_v6(to));
         // SAFETY: a valid buffer and a valid socket address for the call's duration.
         let r = unsafe {
-            libc::sendto(fd, s.data().as_ptr().cast(), s.len, libc::MSG_DONTWAIT, addr.as_ptr().cast(), addr.len())
+            libc::sendto(
+                fd,
+                s.data().as_ptr().cast(),
+                s.len,
+                libc::MSG_DONTWAIT,
+                addr.as_ptr().cast(),
+                addr.len(),
+            )
         };
         if r < 0 {
             failed += 1;
@@ -340,9 +388,17 @@ impl Default for GroArea {
         // SAFETY: as above.
         let zero_addr: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
         Self {
-            bufs: (0..GRO_MSGS).map(|_| vec![0u8; GRO_BUF].into_boxed_slice()).collect(),
+            bufs: (0..GRO_MSGS)
+                .map(|_| vec![0u8; GRO_BUF].into_boxed_slice())
+                .collect(),
             hdrs: vec![zero_hdr; GRO_MSGS],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; GRO_MSGS],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                GRO_MSGS
+            ],
             addrs: vec![zero_addr; GRO_MSGS],
             cmsgs: vec![GsoCmsg([0; 24]); GRO_MSGS],
             got: Vec::with_capacity(GRO_MSGS),
@@ -353,13 +409,23 @@ impl Default for GroArea {
 impl GroArea {
     /// An area with no buffers, for workers that do not use GRO.
     pub fn empty() -> Self {
-        Self { bufs: Vec::new(), hdrs: Vec::new(), iovs: Vec::new(), addrs: Vec::new(), cmsgs: Vec::new(), got: Vec::new() }
+        Self {
+            bufs: Vec::new(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
+            addrs: Vec::new(),
+            cmsgs: Vec::new(),
+            got: Vec::new(),
+        }
     }
 
     /// Receive up to `GRO_MSGS` messages. `Err(WouldBlock)` when none is ready.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..GRO_MSGS {
-            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: GRO_BUF };
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: GRO_BUF,
+            };
             let h = &mut self.hdrs[i];
             h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
@@ -373,7 +439,13 @@ impl GroArea {
         // SAFETY: every header points to a live buffer, address and control area of the
         // lengths given; the kernel writes within them.
         let got = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), GRO_MSGS as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                GRO_MSGS as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if got < 0 {
             return Err(io::Error::last_os_error());
@@ -394,7 +466,8 @@ impl GroArea {
             let mut seg = 0;
             if h.msg_hdr.msg_controllen >= std::mem::size_of::<libc::cmsghdr>() {
                 // SAFETY: the kernel wrote a cmsghdr at the start of our control area.
-                let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(self.cmsgs[i].0.as_ptr().cast()) };
+                let c: libc::cmsghdr =
+                    unsafe { std::ptr::read_unaligned(self.cmsgs[i].0.as_ptr().cast()) };
                 if c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO {
                     let hsz = std::mem::size_of::<libc::cmsghdr>();
                     let b = &self.cmsgs[i].0[hsz..hsz + 4];
@@ -402,7 +475,8 @@ impl GroArea {
                 }
             }
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.got.push((if truncated { usize::MAX } else { len }, addr, seg));
+            self.got
+                .push((if truncated { usize::MAX } else { len }, addr, seg));
         }
         Ok(got as usize)
     }
@@ -410,15 +484,20 @@ impl GroArea {
     /// The datagrams of the last receive, split at their segment size, with their sources.
     /// A truncated message yields one oversized slice (dropped by the caller as such).
     pub fn segments(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
-        self.got.iter().enumerate().filter_map(|(i, &(len, addr, seg))| Some((i, len, addr?, seg))).flat_map(
-            move |(i, len, addr, seg)| {
+        self.got
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(len, addr, seg))| Some((i, len, addr?, seg)))
+            .flat_map(move |(i, len, addr, seg)| {
                 let (data, step) = if len == usize::MAX {
                     (&self.bufs[i][..], GRO_BUF)
                 } else {
-                    (&self.bufs[i][..len], if seg == 0 { len.max(1) } else { seg })
+                    (
+                        &self.bufs[i][..len],
+                        if seg == 0 { len.max(1) } else { seg },
+                    )
                 };
                 data.chunks(step).map(move |c| (c, addr))
-            },
-        )
+            })
     }
 }
