@@ -564,8 +564,14 @@ impl crate::uapi::UapiHandler for Device {
             self.core.set_private_key(k);
         }
         if req.listen_port.is_some() || req.fwmark.is_some() {
-            self.rebind(req.listen_port, req.fwmark)
-                .map_err(|e| crate::uapi::UapiError::io(format!("binding UDP sockets: {e}")))?;
+            self.rebind(req.listen_port, req.fwmark).map_err(|e| {
+                let msg = format!("binding UDP port {}: {e}", req.listen_port.unwrap_or(0));
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    crate::uapi::UapiError::port_in_use(msg)
+                } else {
+                    crate::uapi::UapiError::io(msg)
+                }
+            })?;
         }
         if req.replace_peers {
             self.core.clear_peers();

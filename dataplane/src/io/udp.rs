@@ -15,6 +15,18 @@ use crate::buf::{Batch, Slot, BATCH_SIZE, SLOT_SIZE};
 pub fn bind(port: u16, count: usize, fwmark: u32) -> io::Result<(Vec<Socket>, u16)> {
     let mut socks = Vec::with_capacity(count);
     let mut port = port;
+    if port != 0 {
+        // SO_REUSEPORT would let us share a port another root process holds with the same
+        // option, silently splitting its traffic: first make sure the port is free.
+        let probe = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        probe.set_only_v6(false)?;
+        probe.bind(&SockAddr::from(SocketAddrV6::new(
+            Ipv6Addr::UNSPECIFIED,
+            port,
+            0,
+            0,
+        )))?;
+    }
     for _ in 0..count.max(1) {
         let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_only_v6(false)?;
