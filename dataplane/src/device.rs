@@ -131,16 +131,15 @@ impl Device {
         if port == net.port && fwmark == net.fwmark && port != 0 {
             return Ok(());
         }
-        // Close the old sockets first so that the same port can be bound again.
-        let (socks, bound) = if port == net.port && port != 0 {
-            self.sockets.store(Arc::new(Vec::new()));
-            self.generation.fetch_add(1, SeqCst);
-            self.wake_all();
-            thread::sleep(Duration::from_millis(20));
-            udp::bind(port, self.threads, fwmark)?
-        } else {
-            udp::bind(port, self.threads, fwmark)?
-        };
+        if port == net.port && port != 0 {
+            // Same port: only the mark changes, on the sockets we have.
+            for sock in self.sockets.load().iter() {
+                sock.set_mark(fwmark)?;
+            }
+            net.fwmark = fwmark;
+            return Ok(());
+        }
+        let (socks, bound) = udp::bind(port, self.threads, fwmark)?;
         self.sockets.store(Arc::new(socks));
         self.generation.fetch_add(1, SeqCst);
         self.wake_all();
@@ -290,12 +289,20 @@ impl Device {
                 self.core.reset_rate_limiter();
                 last_reset = Instant::now();
             }
-            if !self.icmp_src_fixed && last_addr.elapsed() >= Duration::from_secs(2) {
+            if last_addr.elapsed() >= Duration::from_secs(1) {
+                // Follow what wg-quick or the operator do to the interface: its MTU bounds
+                // relayed packets, its addresses source our ICMP errors.
                 last_addr = Instant::now();
-                let (v4, v6) = tun::addresses(&self.ifname);
                 let cur = self.core.settings();
-                if cur.icmp_src_v4 != v4 || cur.icmp_src_v6 != v6 {
-                    self.core.set_settings(Settings { icmp_src_v4: v4, icmp_src_v6: v6, ..(*cur).clone() });
+                let mut next = (*cur).clone();
+                if let Ok(mtu) = tun::mtu(&self.ifname) {
+                    next.mtu = mtu;
+                }
+                if !self.icmp_src_fixed {
+                    (next.icmp_src_v4, next.icmp_src_v6) = tun::addresses(&self.ifname);
+                }
+                if next.mtu != cur.mtu || next.icmp_src_v4 != cur.icmp_src_v4 || next.icmp_src_v6 != cur.icmp_src_v6 {
+                    self.core.set_settings(next);
                 }
             }
         }
