@@ -37,11 +37,13 @@ pub struct DeviceOptions {
     pub mtu: u16,
     /// Forwarding settings.
     pub settings: Settings,
+    /// TUN offloads (TSO, checksum): one read for up to 64 KiB of TCP.
+    pub offload: bool,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { threads: 2, listen_port: 0, fwmark: 0, mtu: 1420, settings: Settings::default() }
+        Self { threads: 2, listen_port: 0, fwmark: 0, mtu: 1420, settings: Settings::default(), offload: true }
     }
 }
 
@@ -69,7 +71,7 @@ impl Device {
     /// Create the TUN device, bind the sockets and start the workers and the timer thread.
     pub fn start(ifname: &str, opts: DeviceOptions) -> io::Result<Arc<Device>> {
         let threads = opts.threads.max(1);
-        let queues = tun::open(ifname, threads)?;
+        let queues = tun::open(ifname, threads, opts.offload)?;
         if let Err(e) = tun::set_mtu(ifname, opts.mtu) {
             tracing::warn!(%e, "could not set MTU of {ifname}");
         }
@@ -174,7 +176,7 @@ impl Device {
         }
     }
 
-    fn worker_loop(&self, idx: usize, tunq: TunQueue, ready: &std::sync::mpsc::Sender<io::Result<()>>) {
+    fn worker_loop(&self, idx: usize, mut tunq: TunQueue, ready: &std::sync::mpsc::Sender<io::Result<()>>) {
         let setup = (|| -> io::Result<(Poll, Arc<Waker>)> {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -239,7 +241,7 @@ impl Device {
                 match udp_fd {
                     Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
                         Ok(_) => {
-                            let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                            let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
                             fwd.handle_datagrams(&mut rx_udp, &mut sink);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
@@ -253,10 +255,15 @@ impl Device {
                 }
             }
             if tun_ready {
-                match tunq.read_batch(&mut rx_tun) {
+                let res = tunq.read_batch(&mut rx_tun);
+                if tunq.malformed > 0 {
+                    counters.drops[DropReason::BadInnerPacket as usize].add(tunq.malformed);
+                    tunq.malformed = 0;
+                }
+                match res {
                     Ok(_) => {
                         let fd = udp_fd.unwrap_or(-1);
-                        let mut sink = RealSink { udp_fd: fd, tun: &tunq, scratch: &mut scratch, counters: &counters };
+                        let mut sink = RealSink { udp_fd: fd, tun: &mut tunq, scratch: &mut scratch, counters: &counters };
                         fwd.handle_tun(&mut rx_tun, &mut sink);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun_ready = false,
@@ -311,7 +318,7 @@ impl Device {
 
 struct RealSink<'a> {
     udp_fd: i32,
-    tun: &'a TunQueue,
+    tun: &'a mut TunQueue,
     scratch: &'a mut MmsgScratch,
     counters: &'a WorkerCounters,
 }

@@ -4,5 +4,6 @@
 #![allow(unsafe_code)]
 
 pub mod loopback;
+pub mod offload;
 pub mod tun;
 pub mod udp;
