@@ -2,6 +2,9 @@
 //! TUN to B's TUN (encrypt at A, decrypt at B), and through a hub (decrypt and re-encrypt in
 //! user space), for 64- and 1420-byte IP packets. Sessions are established before measuring.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -63,7 +66,10 @@ fn relay(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30)
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
 }
 
 criterion_group! { name = benches; config = config(); targets = pair, relay }

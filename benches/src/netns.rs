@@ -33,7 +33,11 @@ static HANDLER: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new(
 /// When the handlers cannot be registered.
 pub fn install_interrupt_handler() -> Result<()> {
     let flag = HANDLER.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, flag.clone()).context("registering a signal handler")?;
     }
     Ok(())
@@ -77,11 +81,16 @@ pub fn host(argv: &[&str], timeout: Duration) -> Result<String> {
 fn run_argv(argv: Vec<String>, env: &[(&str, &str)], timeout: Duration) -> Result<String> {
     check_interrupted()?;
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting `{}`", argv.join(" ")))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{}`", argv.join(" ")))?;
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());
     let start = Instant::now();
@@ -100,7 +109,11 @@ fn run_argv(argv: Vec<String>, env: &[(&str, &str)], timeout: Duration) -> Resul
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
     if !status.success() {
-        let detail = if err.trim().is_empty() { out.trim() } else { err.trim() };
+        let detail = if err.trim().is_empty() {
+            out.trim()
+        } else {
+            err.trim()
+        };
         let detail: String = detail.chars().take(2000).collect();
         bail!("`{}` failed ({status}): {detail}", argv.join(" "));
     }
@@ -119,11 +132,17 @@ fn reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<String> 
 
 /// Delete namespaces left by earlier runs whose process is gone.
 pub fn remove_stale() {
-    let Ok(list) = host(&["ip", "netns", "list"], Duration::from_secs(10)) else { return };
+    let Ok(list) = host(&["ip", "netns", "list"], Duration::from_secs(10)) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some((pid, _)) = rest.split_once('-') else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
         if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = host(&["ip", "netns", "del", name], Duration::from_secs(10));
         }
@@ -186,7 +205,10 @@ impl Lab {
 
     /// Delete a namespace created by [`Lab::netns`] (stop its processes first).
     pub fn remove_netns(&mut self, ns: &str) {
-        let ok = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
         if ok.is_ok_and(|s| s.success()) {
             self.namespaces.retain(|n| n != ns);
         }
@@ -196,8 +218,19 @@ impl Lab {
     ///
     /// # Errors
     /// When an `ip` command fails.
-    pub fn veth(&self, a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) -> Result<()> {
-        self.ip(a, &format!("link add {a_if} type veth peer name {b_if} netns {b}"))?;
+    pub fn veth(
+        &self,
+        a: &str,
+        a_if: &str,
+        a_addr: &str,
+        b: &str,
+        b_if: &str,
+        b_addr: &str,
+    ) -> Result<()> {
+        self.ip(
+            a,
+            &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
+        )?;
         self.ip(a, &format!("addr add {a_addr} dev {a_if}"))?;
         self.ip(b, &format!("addr add {b_addr} dev {b_if}"))?;
         self.ip(a, &format!("link set {a_if} up"))?;
@@ -220,7 +253,12 @@ impl Lab {
     /// # Errors
     /// When it fails.
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
-        self.exec(ns, &["sysctl", "-qw", &format!("{key}={value}")], Duration::from_secs(10)).map(drop)
+        self.exec(
+            ns,
+            &["sysctl", "-qw", &format!("{key}={value}")],
+            Duration::from_secs(10),
+        )
+        .map(drop)
     }
 
     /// Run a command inside `ns` to completion; returns stdout, fails with stderr.
@@ -235,8 +273,17 @@ impl Lab {
     ///
     /// # Errors
     /// As [`Lab::exec`].
-    pub fn exec_env(&self, ns: &str, argv: &[&str], env: &[(&str, &str)], timeout: Duration) -> Result<String> {
-        let mut full: Vec<String> = ["ip", "netns", "exec", ns].iter().map(|s| (*s).to_owned()).collect();
+    pub fn exec_env(
+        &self,
+        ns: &str,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<String> {
+        let mut full: Vec<String> = ["ip", "netns", "exec", ns]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         full.extend(argv.iter().map(|s| (*s).to_owned()));
         run_argv(full, env, timeout)
     }
@@ -246,19 +293,38 @@ impl Lab {
     ///
     /// # Errors
     /// When it cannot be started.
-    pub fn spawn(&mut self, ns: &str, label: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<ProcId> {
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        label: &str,
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ProcId> {
         check_interrupted()?;
         let log = self.log_dir.join(format!("{label}.log"));
         let f = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(argv).stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
+        cmd.args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting `{}` in {ns}", argv.join(" ")))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting `{}` in {ns}", argv.join(" ")))?;
         let id = ProcId(self.next);
         self.next += 1;
-        self.procs.insert(id, Proc { what: format!("{} (in {ns})", argv.join(" ")), child, log });
+        self.procs.insert(
+            id,
+            Proc {
+                what: format!("{} (in {ns})", argv.join(" ")),
+                child,
+                log,
+            },
+        );
         Ok(id)
     }
 
@@ -270,7 +336,12 @@ impl Lab {
                 let log = fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(8).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                Some(format!("`{}` exited ({status}); log {}:\n{}", p.what, p.log.display(), tail.join("\n")))
+                Some(format!(
+                    "`{}` exited ({status}); log {}:\n{}",
+                    p.what,
+                    p.log.display(),
+                    tail.join("\n")
+                ))
             }
             _ => None,
         }
@@ -312,7 +383,10 @@ impl Lab {
         // Signal all first, then wait, so that shutdowns overlap.
         for id in &ids {
             if let Some(p) = self.procs.get(id) {
-                let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).stderr(Stdio::null()).status();
+                let _ = Command::new("kill")
+                    .args(["-TERM", &p.child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
         for id in ids {
@@ -325,7 +399,10 @@ fn terminate(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -341,7 +418,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_all();
         for ns in std::mem::take(&mut self.namespaces) {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
         }
         for f in std::mem::take(&mut self.cleanup_files) {
             let _ = fs::remove_file(f);

@@ -36,7 +36,10 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
 }
 
 fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -89,7 +92,9 @@ pub enum SetupError {
 }
 
 fn upsert(c: &Core, node: &'static str, spec: PeerSpec) -> Result<(), SetupError> {
-    c.upsert_peer(spec).map(|_| ()).map_err(|source| SetupError::Peer { node, source })
+    c.upsert_peer(spec)
+        .map(|_| ())
+        .map_err(|source| SetupError::Peer { node, source })
 }
 
 /// Two data planes, A (10.0.0.1) and B (10.0.0.2), with an established session.
@@ -174,7 +179,11 @@ impl Relay {
         for n in &mut net.nodes {
             n.keep_tun = false;
         }
-        Ok(Self { net, packet, b: None })
+        Ok(Self {
+            net,
+            packet,
+            b: None,
+        })
     }
 
     /// End to end: send `n` packets from A's TUN and run until B has them. Returns how many B

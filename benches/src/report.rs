@@ -42,13 +42,23 @@ pub fn read_criterion(dir: &Path, since: SystemTime) -> Vec<CriterionResult> {
                 stack.push(p);
                 continue;
             }
-            if p.file_name().and_then(|n| n.to_str()) != Some("estimates.json") || p.parent().and_then(|x| x.file_name()).and_then(|n| n.to_str()) != Some("new") {
+            if p.file_name().and_then(|n| n.to_str()) != Some("estimates.json")
+                || p.parent()
+                    .and_then(|x| x.file_name())
+                    .and_then(|n| n.to_str())
+                    != Some("new")
+            {
                 continue;
             }
-            if e.metadata().and_then(|m| m.modified()).map_or(true, |m| m < since) {
+            if e.metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |m| m < since)
+            {
                 continue;
             }
-            let Some(parsed) = parse_one(&p) else { continue };
+            let Some(parsed) = parse_one(&p) else {
+                continue;
+            };
             out.push(parsed);
         }
     }
@@ -58,12 +68,20 @@ pub fn read_criterion(dir: &Path, since: SystemTime) -> Vec<CriterionResult> {
 
 fn parse_one(estimates: &Path) -> Option<CriterionResult> {
     let est: serde_json::Value = serde_json::from_str(&fs::read_to_string(estimates).ok()?).ok()?;
-    let bench: serde_json::Value = serde_json::from_str(&fs::read_to_string(estimates.with_file_name("benchmark.json")).ok()?).ok()?;
+    let bench: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(estimates.with_file_name("benchmark.json")).ok()?)
+            .ok()?;
     Some(CriterionResult {
         id: bench.get("full_id")?.as_str()?.to_owned(),
         median_ns: est.get("median")?.get("point_estimate")?.as_f64()?,
-        elements: bench.get("throughput").and_then(|t| t.get("Elements")).and_then(serde_json::Value::as_u64),
-        bytes: bench.get("throughput").and_then(|t| t.get("Bytes")).and_then(serde_json::Value::as_u64),
+        elements: bench
+            .get("throughput")
+            .and_then(|t| t.get("Elements"))
+            .and_then(serde_json::Value::as_u64),
+        bytes: bench
+            .get("throughput")
+            .and_then(|t| t.get("Bytes"))
+            .and_then(serde_json::Value::as_u64),
     })
 }
 
@@ -87,7 +105,10 @@ fn value(t: &Topology, metric: &str, imp: &str) -> Option<f64> {
 fn topology_table(out: &mut String, t: &Topology, impls: &[Impl], repeat: usize) {
     // Columns: every implementation, except kernel WireGuard where this kernel lacks it (it
     // is an extra reference, not one of the compared implementations).
-    let cols: Vec<&Impl> = impls.iter().filter(|i| i.id != "kernel-wg" || i.unavailable.is_none()).collect();
+    let cols: Vec<&Impl> = impls
+        .iter()
+        .filter(|i| i.id != "kernel-wg" || i.unavailable.is_none())
+        .collect();
     let _ = writeln!(out, "### {}\n", t.title);
     let _ = write!(out, "| test | unit |");
     for c in &cols {
@@ -122,8 +143,17 @@ fn topology_table(out: &mut String, t: &Topology, impls: &[Impl], repeat: usize)
                     format!("{} ({})", sig(v), ratios.join(" / "))
                 }
             } else {
-                let err = t.cells.get(m.id).and_then(|r| r.get(&c.id)).and_then(|c| c.error.clone()).unwrap_or_default();
-                if err.is_empty() { "–".to_owned() } else { "failed".to_owned() }
+                let err = t
+                    .cells
+                    .get(m.id)
+                    .and_then(|r| r.get(&c.id))
+                    .and_then(|c| c.error.clone())
+                    .unwrap_or_default();
+                if err.is_empty() {
+                    "–".to_owned()
+                } else {
+                    "failed".to_owned()
+                }
             };
             let _ = write!(out, " {cell} |");
         }
@@ -138,8 +168,19 @@ fn topology_table(out: &mut String, t: &Topology, impls: &[Impl], repeat: usize)
             let _ = writeln!(out, "- **{}** failed: {}", c.label, one_line(why));
         }
         for m in METRICS {
-            if let Some(e) = t.cells.get(m.id).and_then(|r| r.get(&c.id)).and_then(|c| c.error.as_ref()) {
-                let _ = writeln!(out, "- {} / {}: a run failed: {}", c.label, m.title, one_line(e));
+            if let Some(e) = t
+                .cells
+                .get(m.id)
+                .and_then(|r| r.get(&c.id))
+                .and_then(|c| c.error.as_ref())
+            {
+                let _ = writeln!(
+                    out,
+                    "- {} / {}: a run failed: {}",
+                    c.label,
+                    m.title,
+                    one_line(e)
+                );
             }
         }
     }
@@ -186,7 +227,12 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
         if !missing.is_empty() {
             let _ = writeln!(out, "Not measured:");
             for i in missing {
-                let _ = writeln!(out, "- {}: {}", i.label, i.unavailable.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "- {}: {}",
+                    i.label,
+                    i.unavailable.as_deref().unwrap_or("")
+                );
             }
             out.push('\n');
         }
@@ -195,28 +241,68 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
         let _ = writeln!(out, "## Criterion micro-benchmarks\n\n| bench | time / iteration | per element | throughput |\n|---|---:|---:|---:|");
         for c in crit {
             let (per, thr) = match (c.elements, c.bytes) {
-                (Some(e), _) => (format!("{} ns", sig(c.ns_per_element())), format!("{} M elem/s", sig(e as f64 / c.median_ns * 1e3))),
-                (None, Some(b)) => ("–".to_owned(), format!("{} GB/s", sig(b as f64 / c.median_ns))),
+                (Some(e), _) => (
+                    format!("{} ns", sig(c.ns_per_element())),
+                    format!("{} M elem/s", sig(e as f64 / c.median_ns * 1e3)),
+                ),
+                (None, Some(b)) => (
+                    "–".to_owned(),
+                    format!("{} GB/s", sig(b as f64 / c.median_ns)),
+                ),
                 _ => ("–".to_owned(), "–".to_owned()),
             };
-            let _ = writeln!(out, "| {} | {} µs | {per} | {thr} |", c.id, sig(c.median_ns / 1e3));
+            let _ = writeln!(
+                out,
+                "| {} | {} µs | {per} | {thr} |",
+                c.id,
+                sig(c.median_ns / 1e3)
+            );
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "## Targets (issue 3)\n\n| target | measured | wanted | |\n|---|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "## Targets (issue 3)\n\n| target | measured | wanted | |\n|---|---:|---:|---|"
+    );
     if let Some(r) = r {
-        ratio_line(&mut out, "terminating, isthmus ÷ boringtun-cli", &r.line, "isthmus", "boringtun", 1.0);
+        ratio_line(
+            &mut out,
+            "terminating, isthmus ÷ boringtun-cli",
+            &r.line,
+            "isthmus",
+            "boringtun",
+            1.0,
+        );
         if let Some(relay) = &r.relay {
-            ratio_line(&mut out, "relay hub, isthmus ÷ wireguard-go", relay, "isthmus", WG_GO_DEB, 2.0);
+            ratio_line(
+                &mut out,
+                "relay hub, isthmus ÷ wireguard-go",
+                relay,
+                "isthmus",
+                WG_GO_DEB,
+                2.0,
+            );
         }
     }
-    let fib: Vec<&CriterionResult> = crit.iter().filter(|c| { let l = c.id.to_lowercase(); l.contains("fib") && l.contains("lookup") }).collect();
+    let fib: Vec<&CriterionResult> = crit
+        .iter()
+        .filter(|c| {
+            let l = c.id.to_lowercase();
+            l.contains("fib") && l.contains("lookup")
+        })
+        .collect();
     if fib.is_empty() {
         let _ = writeln!(out, "| FIB lookup | not measured | < 30 ns | – |");
     }
     for c in fib {
         let ns = c.ns_per_element();
-        let _ = writeln!(out, "| FIB lookup: {} | {} ns | < 30 ns | {} |", c.id, sig(ns), if ns < 30.0 { "met" } else { "NOT met" });
+        let _ = writeln!(
+            out,
+            "| FIB lookup: {} | {} ns | < 30 ns | {} |",
+            c.id,
+            sig(ns),
+            if ns < 30.0 { "met" } else { "NOT met" }
+        );
     }
     out
 }

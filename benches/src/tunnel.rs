@@ -81,13 +81,20 @@ pub const KERNEL: &str = "kernel";
 pub const WG_GO_DEB: &str = "wg-go-deb";
 
 fn version_line(argv: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(argv[0]).args(&argv[1..]).output().ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    s.lines().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_owned())
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .ok()?;
+    let s =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
@@ -107,21 +114,55 @@ pub fn default_upstream_wireguard_go() -> PathBuf {
 
 /// The implementations, in column order, with availability worked out.
 pub fn implementations(o: &Options) -> Vec<Impl> {
-    let wg_env = vec![("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD".to_owned(), "1".to_owned()), ("LOG_LEVEL".to_owned(), "error".to_owned())];
+    let wg_env = vec![
+        (
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD".to_owned(),
+            "1".to_owned(),
+        ),
+        ("LOG_LEVEL".to_owned(), "error".to_owned()),
+    ];
     let mut v = vec![
-        Impl { id: KERNEL.into(), label: "kernel forwarding (no tunnel)".into(), kind: Kind::Plain, unavailable: None },
-        Impl { id: "kernel-wg".into(), label: "kernel WireGuard".into(), kind: Kind::KernelWg, unavailable: None },
+        Impl {
+            id: KERNEL.into(),
+            label: "kernel forwarding (no tunnel)".into(),
+            kind: Kind::Plain,
+            unavailable: None,
+        },
+        Impl {
+            id: "kernel-wg".into(),
+            label: "kernel WireGuard".into(),
+            kind: Kind::KernelWg,
+            unavailable: None,
+        },
     ];
     let deb = Path::new("/usr/bin/wireguard-go");
     v.push(Impl {
         id: WG_GO_DEB.into(),
-        label: format!("wireguard-go {} (Debian)", version_line(&["/usr/bin/wireguard-go", "--version"]).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned)).unwrap_or_default()),
-        kind: Kind::Userspace { argv: vec![deb.display().to_string(), "-f".into()], env: wg_env.clone() },
-        unavailable: (!deb.is_file()).then(|| "/usr/bin/wireguard-go is not installed (apt-get install wireguard-go)".to_owned()),
+        label: format!(
+            "wireguard-go {} (Debian)",
+            version_line(&["/usr/bin/wireguard-go", "--version"])
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+                .unwrap_or_default()
+        ),
+        kind: Kind::Userspace {
+            argv: vec![deb.display().to_string(), "-f".into()],
+            env: wg_env.clone(),
+        },
+        unavailable: (!deb.is_file()).then(|| {
+            "/usr/bin/wireguard-go is not installed (apt-get install wireguard-go)".to_owned()
+        }),
     });
-    let up = o.upstream_wireguard_go.clone().unwrap_or_else(default_upstream_wireguard_go);
+    let up = o
+        .upstream_wireguard_go
+        .clone()
+        .unwrap_or_else(default_upstream_wireguard_go);
     let up_s = up.display().to_string();
-    let up_ver = up.is_file().then(|| version_line(&[&up_s, "--version"])).flatten().and_then(|l| l.split_whitespace().nth(1).map(str::to_owned)).unwrap_or_default();
+    let up_ver = up
+        .is_file()
+        .then(|| version_line(&[&up_s, "--version"]))
+        .flatten()
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap_or_default();
     v.push(Impl {
         id: "wg-go-up".into(),
         label: format!("wireguard-go {up_ver} (upstream)"),
@@ -131,19 +172,38 @@ pub fn implementations(o: &Options) -> Vec<Impl> {
     let bt = find_in_path("boringtun-cli");
     v.push(Impl {
         id: "boringtun".into(),
-        label: format!("boringtun-cli {}", bt.as_ref().and_then(|p| version_line(&[&p.display().to_string(), "--version"])).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned)).unwrap_or_default()),
+        label: format!(
+            "boringtun-cli {}",
+            bt.as_ref()
+                .and_then(|p| version_line(&[&p.display().to_string(), "--version"]))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+                .unwrap_or_default()
+        ),
         kind: Kind::Userspace {
-            argv: vec![bt.as_ref().map_or_else(String::new, |p| p.display().to_string()), "--foreground".into(), "--disable-drop-privileges".into()],
+            argv: vec![
+                bt.as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+                "--foreground".into(),
+                "--disable-drop-privileges".into(),
+            ],
             env: vec![],
         },
-        unavailable: bt.is_none().then(|| "boringtun-cli not found (cargo install boringtun-cli)".to_owned()),
+        unavailable: bt
+            .is_none()
+            .then(|| "boringtun-cli not found (cargo install boringtun-cli)".to_owned()),
     });
     let dp = o.isthmus_dp.clone();
     v.push(Impl {
         id: "isthmus".into(),
         label: "isthmus-dp".into(),
         kind: Kind::Userspace {
-            argv: vec![dp.as_ref().map_or_else(String::new, |p| p.display().to_string()), "-f".into(), "--metrics".into(), "off".into()],
+            argv: vec![
+                dp.as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+                "-f".into(),
+                "--metrics".into(),
+                "off".into(),
+            ],
             env: vec![],
         },
         unavailable: match &dp {
@@ -154,7 +214,11 @@ pub fn implementations(o: &Options) -> Vec<Impl> {
     });
     if !o.only.is_empty() {
         for i in &mut v {
-            if i.unavailable.is_none() && !o.only.contains(&i.id) && i.id != KERNEL && i.id != WG_GO_DEB {
+            if i.unavailable.is_none()
+                && !o.only.contains(&i.id)
+                && i.id != KERNEL
+                && i.id != WG_GO_DEB
+            {
                 i.unavailable = Some("not selected (--only)".into());
             }
         }
@@ -177,12 +241,42 @@ pub struct Metric {
 
 /// The rows measured on each topology, in order.
 pub const METRICS: [Metric; 6] = [
-    Metric { id: "tcp1", title: "TCP, 1 stream", unit: "Gbit/s", higher_is_better: true },
-    Metric { id: "tcp4", title: "TCP, 4 streams", unit: "Gbit/s", higher_is_better: true },
-    Metric { id: "udp64", title: "UDP 64-byte payload, received", unit: "kpps", higher_is_better: true },
-    Metric { id: "ping_avg", title: "ping RTT avg", unit: "ms", higher_is_better: false },
-    Metric { id: "ping_p50", title: "ping RTT p50", unit: "ms", higher_is_better: false },
-    Metric { id: "ping_p99", title: "ping RTT p99", unit: "ms", higher_is_better: false },
+    Metric {
+        id: "tcp1",
+        title: "TCP, 1 stream",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    Metric {
+        id: "tcp4",
+        title: "TCP, 4 streams",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    Metric {
+        id: "udp64",
+        title: "UDP 64-byte payload, received",
+        unit: "kpps",
+        higher_is_better: true,
+    },
+    Metric {
+        id: "ping_avg",
+        title: "ping RTT avg",
+        unit: "ms",
+        higher_is_better: false,
+    },
+    Metric {
+        id: "ping_p50",
+        title: "ping RTT p50",
+        unit: "ms",
+        higher_is_better: false,
+    },
+    Metric {
+        id: "ping_p99",
+        title: "ping RTT p99",
+        unit: "ms",
+        higher_is_better: false,
+    },
 ];
 
 /// All samples of one metric for one implementation.
@@ -237,7 +331,8 @@ struct Keys {
 fn keypair(dir: &Path, name: &str) -> Result<Keys> {
     let private = netns::host(&["wg", "genkey"], Duration::from_secs(10))?;
     let private_file = dir.join(format!("{name}.key"));
-    fs::write(&private_file, private.trim()).with_context(|| format!("writing {}", private_file.display()))?;
+    fs::write(&private_file, private.trim())
+        .with_context(|| format!("writing {}", private_file.display()))?;
     fs::set_permissions(&private_file, fs::Permissions::from_mode(0o600))?;
     let mut child = std::process::Command::new("wg")
         .arg("pubkey")
@@ -245,12 +340,21 @@ fn keypair(dir: &Path, name: &str) -> Result<Keys> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running wg pubkey")?;
-    std::io::Write::write_all(child.stdin.as_mut().ok_or_else(|| anyhow!("wg pubkey stdin"))?, private.trim().as_bytes())?;
+    std::io::Write::write_all(
+        child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("wg pubkey stdin"))?,
+        private.trim().as_bytes(),
+    )?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("wg pubkey failed");
     }
-    Ok(Keys { private_file, public: String::from_utf8_lossy(&out.stdout).trim().to_owned() })
+    Ok(Keys {
+        private_file,
+        public: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    })
 }
 
 /// A WireGuard end: one interface in one namespace.
@@ -290,7 +394,8 @@ fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()>
     match &imp.kind {
         Kind::Plain => bail!("plain forwarding has no tunnel end"),
         Kind::KernelWg => {
-            lab.ip(end.ns, &format!("link add {} type wireguard", end.ifname)).context("creating a kernel WireGuard interface")?;
+            lab.ip(end.ns, &format!("link add {} type wireguard", end.ifname))
+                .context("creating a kernel WireGuard interface")?;
             up.links.push((end.ns.to_owned(), end.ifname.clone()));
         }
         Kind::Userspace { argv, env } => {
@@ -304,19 +409,34 @@ fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()>
             up.links.push((end.ns.to_owned(), end.ifname.clone()));
             up.socks.push(sock.clone());
             lab.remove_on_drop(sock.clone());
-            lab.wait_for_path(id, &sock, Duration::from_secs(10)).with_context(|| format!("{} did not come up", imp.label))?;
+            lab.wait_for_path(id, &sock, Duration::from_secs(10))
+                .with_context(|| format!("{} did not come up", imp.label))?;
         }
     }
     let key = end.keys.private_file.display().to_string();
-    let mut wg: Vec<String> = vec!["wg".into(), "set".into(), end.ifname.clone(), "private-key".into(), key, "listen-port".into(), "51820".into()];
+    let mut wg: Vec<String> = vec![
+        "wg".into(),
+        "set".into(),
+        end.ifname.clone(),
+        "private-key".into(),
+        key,
+        "listen-port".into(),
+        "51820".into(),
+    ];
     for (public, endpoint, allowed) in &end.peers {
-        wg.extend(["peer".into(), (*public).to_owned(), "allowed-ips".into(), (*allowed).to_owned()]);
+        wg.extend([
+            "peer".into(),
+            (*public).to_owned(),
+            "allowed-ips".into(),
+            (*allowed).to_owned(),
+        ]);
         if let Some(ep) = endpoint {
             wg.extend(["endpoint".into(), ep.clone()]);
         }
     }
     let wg: Vec<&str> = wg.iter().map(String::as_str).collect();
-    lab.exec(end.ns, &wg, Duration::from_secs(10)).with_context(|| format!("configuring {} in {}", end.ifname, end.ns))?;
+    lab.exec(end.ns, &wg, Duration::from_secs(10))
+        .with_context(|| format!("configuring {} in {}", end.ifname, end.ns))?;
     lab.ip(end.ns, &format!("addr add {} dev {}", end.addr, end.ifname))?;
     lab.ip(end.ns, &format!("link set {} mtu 1420 up", end.ifname))?;
     for r in &end.routes {
@@ -329,9 +449,15 @@ fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()>
 fn wait_reachable(lab: &Lab, ns: &str, dst: &str) -> Result<()> {
     let start = Instant::now();
     loop {
-        match lab.exec(ns, &["ping", "-c", "1", "-W", "1", dst], Duration::from_secs(5)) {
+        match lab.exec(
+            ns,
+            &["ping", "-c", "1", "-W", "1", dst],
+            Duration::from_secs(5),
+        ) {
             Ok(_) => return Ok(()),
-            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e.context(format!("{dst} unreachable from {ns} after 10 s"))),
+            Err(e) if start.elapsed() > Duration::from_secs(10) => {
+                return Err(e.context(format!("{dst} unreachable from {ns} after 10 s")))
+            }
             Err(_) => netns::sleep(Duration::from_millis(200))?,
         }
     }
@@ -348,20 +474,56 @@ fn json(s: &str) -> Result<serde_json::Value> {
 fn num(v: &serde_json::Value, path: &[&str]) -> Result<f64> {
     let mut cur = v;
     for p in path {
-        cur = cur.get(p).ok_or_else(|| anyhow!("iperf3 JSON lacks {}", path.join(".")))?;
+        cur = cur
+            .get(p)
+            .ok_or_else(|| anyhow!("iperf3 JSON lacks {}", path.join(".")))?;
     }
-    cur.as_f64().ok_or_else(|| anyhow!("iperf3 JSON {} is not a number", path.join(".")))
+    cur.as_f64()
+        .ok_or_else(|| anyhow!("iperf3 JSON {} is not a number", path.join(".")))
 }
 
 fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<f64> {
     let (p, t) = (streams.to_string(), secs.to_string());
-    let out = lab.exec(ns, &["iperf3", "-c", dst, "-J", "-t", &t, "-P", &p, "--connect-timeout", "3000"], Duration::from_secs(u64::from(secs) + 20))?;
+    let out = lab.exec(
+        ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-J",
+            "-t",
+            &t,
+            "-P",
+            &p,
+            "--connect-timeout",
+            "3000",
+        ],
+        Duration::from_secs(u64::from(secs) + 20),
+    )?;
     Ok(num(&json(&out)?, &["end", "sum_received", "bits_per_second"])? / 1e9)
 }
 
 fn iperf_udp64(lab: &Lab, ns: &str, dst: &str, secs: u32) -> Result<f64> {
     let t = secs.to_string();
-    let out = lab.exec(ns, &["iperf3", "-c", dst, "-J", "-t", &t, "-u", "-l", "64", "-b", "0", "--connect-timeout", "3000"], Duration::from_secs(u64::from(secs) + 20))?;
+    let out = lab.exec(
+        ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-J",
+            "-t",
+            &t,
+            "-u",
+            "-l",
+            "64",
+            "-b",
+            "0",
+            "--connect-timeout",
+            "3000",
+        ],
+        Duration::from_secs(u64::from(secs) + 20),
+    )?;
     let v = json(&out)?;
     let bytes = num(&v, &["end", "sum_received", "bytes"])?;
     let seconds = num(&v, &["end", "sum_received", "seconds"])?;
@@ -376,14 +538,26 @@ fn ping(lab: &Lab, ns: &str, dst: &str, count: u32) -> Result<(f64, f64, f64)> {
     let c = count.to_string();
     // ping exits 1 if some replies were lost; the replies that came are still good.
     let cmd = format!("ping -n -c {c} -i 0.01 -W 1 {dst}; exit 0");
-    let out = lab.exec(ns, &["sh", "-c", &cmd], Duration::from_secs(u64::from(count) / 50 + 20))?;
-    let mut rtts: Vec<f64> = out.lines().filter_map(|l| l.split("time=").nth(1)).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect();
+    let out = lab.exec(
+        ns,
+        &["sh", "-c", &cmd],
+        Duration::from_secs(u64::from(count) / 50 + 20),
+    )?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
     if rtts.len() < (count as usize) / 2 {
         bail!("only {} of {count} pings answered", rtts.len());
     }
     rtts.sort_by(f64::total_cmp);
     let pct = |p: f64| rtts[(((rtts.len() - 1) as f64) * p).round() as usize];
-    Ok((rtts.iter().sum::<f64>() / rtts.len() as f64, pct(0.5), pct(0.99)))
+    Ok((
+        rtts.iter().sum::<f64>() / rtts.len() as f64,
+        pct(0.5),
+        pct(0.99),
+    ))
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -393,12 +567,26 @@ fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
 }
 
 /// Run the measurement set from `client` to `dst` (an iperf3 server listens there).
-fn measure(lab: &mut Lab, o: &Options, client: &str, dst: &str, what: &str, server: &mut Server) -> BTreeMap<String, Cell> {
-    let mut cells: BTreeMap<String, Cell> = METRICS.iter().map(|m| (m.id.to_owned(), Cell::default())).collect();
+fn measure(
+    lab: &mut Lab,
+    o: &Options,
+    client: &str,
+    dst: &str,
+    what: &str,
+    server: &mut Server,
+) -> BTreeMap<String, Cell> {
+    let mut cells: BTreeMap<String, Cell> = METRICS
+        .iter()
+        .map(|m| (m.id.to_owned(), Cell::default()))
+        .collect();
     let record = |cells: &mut BTreeMap<String, Cell>, id: &str, r: &Result<f64>| {
         let c = cells.entry(id.to_owned()).or_default();
         match r {
@@ -437,7 +625,11 @@ fn measure(lab: &mut Lab, o: &Options, client: &str, dst: &str, what: &str, serv
                 let e = Err(e);
                 report_progress(what, "ping", rep, &e);
                 for id in ["ping_avg", "ping_p50", "ping_p99"] {
-                    record(&mut cells, id, &e.as_ref().map(|_| 0.0).map_err(|e| anyhow!("{e:#}")));
+                    record(
+                        &mut cells,
+                        id,
+                        &e.as_ref().map(|_| 0.0).map_err(|e| anyhow!("{e:#}")),
+                    );
                 }
             }
         }
@@ -464,13 +656,22 @@ struct Server {
 
 impl Server {
     fn start(lab: &mut Lab, ns: &str, label: &str) -> Result<Self> {
-        let mut s = Self { ns: ns.to_owned(), label: label.to_owned(), id: None };
+        let mut s = Self {
+            ns: ns.to_owned(),
+            label: label.to_owned(),
+            id: None,
+        };
         s.spawn(lab)?;
         Ok(s)
     }
 
     fn spawn(&mut self, lab: &mut Lab) -> Result<()> {
-        self.id = Some(lab.spawn(&self.ns, &self.label, &["iperf3", "-s", "--idle-timeout", "30"], &[])?);
+        self.id = Some(lab.spawn(
+            &self.ns,
+            &self.label,
+            &["iperf3", "-s", "--idle-timeout", "30"],
+            &[],
+        )?);
         netns::sleep(Duration::from_millis(300))
     }
 
@@ -504,12 +705,20 @@ fn take_turn(topo: &mut Topology, imp: &Impl, r: Result<BTreeMap<String, Cell>>)
 pub fn run(o: &Options) -> Result<Results> {
     netns::remove_stale();
     for tool in ["ip", "iperf3", "ping", "wg"] {
-        if find_in_path(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() && !Path::new("/sbin").join(tool).is_file() {
-            bail!("`{tool}` is not installed (scripts/install-deps.sh installs what the bench needs)");
+        if find_in_path(tool).is_none()
+            && !Path::new("/usr/sbin").join(tool).is_file()
+            && !Path::new("/sbin").join(tool).is_file()
+        {
+            bail!(
+                "`{tool}` is not installed (scripts/install-deps.sh installs what the bench needs)"
+            );
         }
     }
     let started = Instant::now();
-    let loadavg_before = fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
+    let loadavg_before = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let mut impls = implementations(o);
     let mut lab = Lab::new(&o.work_dir.join("logs"))?;
     let key_dir = o.work_dir.join("keys");
@@ -527,20 +736,46 @@ pub fn run(o: &Options) -> Result<Results> {
 
     let tag = lab.tag().to_owned();
     let line = line_topology(&mut lab, o, &impls, &key_dir, &tag)?;
-    let relay = if o.no_relay { None } else { Some(relay_topology(&mut lab, o, &impls, &key_dir, &tag)?) };
+    let relay = if o.no_relay {
+        None
+    } else {
+        Some(relay_topology(&mut lab, o, &impls, &key_dir, &tag)?)
+    };
     let _ = fs::remove_dir_all(&key_dir);
     drop(lab);
-    Ok(Results { impls, line, relay, duration: o.duration, repeat: o.repeat, pings: o.pings, loadavg_before, wall_seconds: started.elapsed().as_secs_f64() })
+    Ok(Results {
+        impls,
+        line,
+        relay,
+        duration: o.duration,
+        repeat: o.repeat,
+        pings: o.pings,
+        loadavg_before,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
-fn line_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag: &str) -> Result<Topology> {
+fn line_topology(
+    lab: &mut Lab,
+    o: &Options,
+    impls: &[Impl],
+    key_dir: &Path,
+    tag: &str,
+) -> Result<Topology> {
     eprintln!("== line topology: ha — ga ══ gb — hb");
     let ha = lab.netns("ha")?;
     let ga = lab.netns("ga")?;
     let gb = lab.netns("gb")?;
     let hb = lab.netns("hb")?;
     lab.veth(&ha, "eth0", "10.10.1.2/24", &ga, "lan", "10.10.1.1/24")?;
-    lab.veth(&ga, "trunk", "192.168.100.1/24", &gb, "trunk", "192.168.100.2/24")?;
+    lab.veth(
+        &ga,
+        "trunk",
+        "192.168.100.1/24",
+        &gb,
+        "trunk",
+        "192.168.100.2/24",
+    )?;
     lab.veth(&gb, "lan", "10.10.2.1/24", &hb, "eth0", "10.10.2.2/24")?;
     lab.ip(&ha, "route add default via 10.10.1.1")?;
     lab.ip(&hb, "route add default via 10.10.2.1")?;
@@ -549,7 +784,10 @@ fn line_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag
     }
     let (ka, kb) = (keypair(key_dir, "ga")?, keypair(key_dir, "gb")?);
     let mut server = Server::start(lab, &hb, "iperf3-hb")?;
-    let mut topo = Topology { title: "host — gateway ══ gateway — host".into(), ..Topology::default() };
+    let mut topo = Topology {
+        title: "host — gateway ══ gateway — host".into(),
+        ..Topology::default()
+    };
     for (n, imp) in impls.iter().enumerate() {
         if imp.unavailable.is_some() {
             continue;
@@ -567,7 +805,11 @@ fn line_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag
                     ifname: format!("{tag}{n}a"),
                     keys: &ka,
                     addr: "10.99.0.1/30",
-                    peers: vec![(&kb.public, Some("192.168.100.2:51820".into()), "10.99.0.2/32,10.10.2.0/24")],
+                    peers: vec![(
+                        &kb.public,
+                        Some("192.168.100.2:51820".into()),
+                        "10.99.0.2/32,10.10.2.0/24",
+                    )],
                     routes: vec!["10.10.2.0/24"],
                 };
                 let b = End {
@@ -575,7 +817,11 @@ fn line_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag
                     ifname: format!("{tag}{n}b"),
                     keys: &kb,
                     addr: "10.99.0.2/30",
-                    peers: vec![(&ka.public, Some("192.168.100.1:51820".into()), "10.99.0.1/32,10.10.1.0/24")],
+                    peers: vec![(
+                        &ka.public,
+                        Some("192.168.100.1:51820".into()),
+                        "10.99.0.1/32,10.10.1.0/24",
+                    )],
                     routes: vec!["10.10.1.0/24"],
                 };
                 bring_up(lab, imp, &a, &mut up)?;
@@ -600,25 +846,57 @@ fn line_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag
     Ok(topo)
 }
 
-fn relay_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, tag: &str) -> Result<Topology> {
+fn relay_topology(
+    lab: &mut Lab,
+    o: &Options,
+    impls: &[Impl],
+    key_dir: &Path,
+    tag: &str,
+) -> Result<Topology> {
     eprintln!("== relay topology: pa ══ hub ══ pb (spokes: Debian wireguard-go)");
-    let spoke = impls.iter().find(|i| i.id == WG_GO_DEB).cloned().ok_or_else(|| anyhow!("no wireguard-go"))?;
-    let mut topo = Topology { title: "peer ══ hub ══ peer (relay)".into(), ..Topology::default() };
+    let spoke = impls
+        .iter()
+        .find(|i| i.id == WG_GO_DEB)
+        .cloned()
+        .ok_or_else(|| anyhow!("no wireguard-go"))?;
+    let mut topo = Topology {
+        title: "peer ══ hub ══ peer (relay)".into(),
+        ..Topology::default()
+    };
     if let Some(why) = &spoke.unavailable {
         for i in impls {
-            topo.failed.insert(i.id.clone(), format!("the spokes need wireguard-go: {why}"));
+            topo.failed
+                .insert(i.id.clone(), format!("the spokes need wireguard-go: {why}"));
         }
         return Ok(topo);
     }
     let pa = lab.netns("pa")?;
     let hub = lab.netns("hub")?;
     let pb = lab.netns("pb")?;
-    lab.veth(&pa, "uplink", "192.168.101.2/24", &hub, "to-pa", "192.168.101.1/24")?;
-    lab.veth(&pb, "uplink", "192.168.102.2/24", &hub, "to-pb", "192.168.102.1/24")?;
+    lab.veth(
+        &pa,
+        "uplink",
+        "192.168.101.2/24",
+        &hub,
+        "to-pa",
+        "192.168.101.1/24",
+    )?;
+    lab.veth(
+        &pb,
+        "uplink",
+        "192.168.102.2/24",
+        &hub,
+        "to-pb",
+        "192.168.102.1/24",
+    )?;
     // wireguard-go as a hub relays through the kernel: the packet leaves its TUN and comes
     // back in. isthmus relays in user space and does not need this.
     lab.sysctl(&hub, "net.ipv4.ip_forward", "1")?;
-    let (kpa, kpb, kh) = (keypair(key_dir, "pa")?, keypair(key_dir, "pb")?, keypair(key_dir, "hub")?);
+    let (kpa, kpb, kh) = (
+        keypair(key_dir, "pa")?,
+        keypair(key_dir, "pb")?,
+        keypair(key_dir, "hub")?,
+    );
     let mut server = Server::start(lab, &pb, "iperf3-pb")?;
     for (n, imp) in impls.iter().enumerate() {
         if imp.unavailable.is_some() {
@@ -631,8 +909,14 @@ fn relay_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, ta
             if let Kind::Plain = imp.kind {
                 lab.ip(&pa, "addr add 10.20.0.1/32 dev lo")?;
                 lab.ip(&pb, "addr add 10.20.0.2/32 dev lo")?;
-                lab.ip(&pa, "route add 10.20.0.2/32 via 192.168.101.1 src 10.20.0.1")?;
-                lab.ip(&pb, "route add 10.20.0.1/32 via 192.168.102.1 src 10.20.0.2")?;
+                lab.ip(
+                    &pa,
+                    "route add 10.20.0.2/32 via 192.168.101.1 src 10.20.0.1",
+                )?;
+                lab.ip(
+                    &pb,
+                    "route add 10.20.0.1/32 via 192.168.102.1 src 10.20.0.2",
+                )?;
                 lab.ip(&hub, "route add 10.20.0.1/32 via 192.168.101.2")?;
                 lab.ip(&hub, "route add 10.20.0.2/32 via 192.168.102.2")?;
             } else {
@@ -642,14 +926,32 @@ fn relay_topology(lab: &mut Lab, o: &Options, impls: &[Impl], key_dir: &Path, ta
                     keys: &kh,
                     addr: "10.20.0.254/24",
                     peers: vec![
-                        (&kpa.public, Some("192.168.101.2:51820".into()), "10.20.0.1/32"),
-                        (&kpb.public, Some("192.168.102.2:51820".into()), "10.20.0.2/32"),
+                        (
+                            &kpa.public,
+                            Some("192.168.101.2:51820".into()),
+                            "10.20.0.1/32",
+                        ),
+                        (
+                            &kpb.public,
+                            Some("192.168.102.2:51820".into()),
+                            "10.20.0.2/32",
+                        ),
                     ],
                     routes: vec![],
                 };
                 bring_up(lab, imp, &h, &mut up)?;
-                for (ns, keys, addr, ep, c) in [(&pa, &kpa, "10.20.0.1/24", "192.168.101.1:51820", 'p'), (&pb, &kpb, "10.20.0.2/24", "192.168.102.1:51820", 'q')] {
-                    let e = End { ns, ifname: format!("{tag}{n}{c}"), keys, addr, peers: vec![(&kh.public, Some(ep.into()), "10.20.0.0/24")], routes: vec![] };
+                for (ns, keys, addr, ep, c) in [
+                    (&pa, &kpa, "10.20.0.1/24", "192.168.101.1:51820", 'p'),
+                    (&pb, &kpb, "10.20.0.2/24", "192.168.102.1:51820", 'q'),
+                ] {
+                    let e = End {
+                        ns,
+                        ifname: format!("{tag}{n}{c}"),
+                        keys,
+                        addr,
+                        peers: vec![(&kh.public, Some(ep.into()), "10.20.0.0/24")],
+                        routes: vec![],
+                    };
                     bring_up(lab, &spoke, &e, &mut up)?;
                 }
             }

@@ -34,10 +34,13 @@ pub fn run(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--no-criterion" => criterion = false,
             "--no-tunnels" => tunnels = false,
-            "--quick" => driver_args.extend(["--duration", "1", "--repeat", "1", "--pings", "50"].map(String::from)),
+            "--quick" => driver_args
+                .extend(["--duration", "1", "--repeat", "1", "--pings", "50"].map(String::from)),
             "--no-relay" => driver_args.push(a.clone()),
             "--duration" | "--repeat" | "--pings" | "--only" | "--wireguard-go-upstream" => {
-                let v = it.next().with_context(|| format!("{a} needs a value\n{USAGE}"))?;
+                let v = it
+                    .next()
+                    .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
                 driver_args.extend([a.clone(), v.clone()]);
             }
             "-h" | "--help" => {
@@ -47,44 +50,93 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")?.to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let target = if target.is_absolute() { target } else { root.join(target) };
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_owned();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
     eprintln!("== building the tunnel benchmark driver and isthmus-dp (release)");
-    cmd(Command::new(&cargo).current_dir(&root).args(["build", "--release", "-p", "isthmus-benches", "--bin", "isthmus-tunnel-bench"]))?;
+    cmd(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "isthmus-benches",
+        "--bin",
+        "isthmus-tunnel-bench",
+    ]))?;
     let dp = target.join("release/isthmus-dp");
-    match cmd(Command::new(&cargo).current_dir(&root).args(["build", "--release", "-p", "isthmus-dataplane", "--bin", "isthmus-dp"])) {
+    match cmd(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "isthmus-dataplane",
+        "--bin",
+        "isthmus-dp",
+    ])) {
         Ok(()) => driver_args.extend(["--isthmus-dp".to_owned(), dp.display().to_string()]),
         Err(e) => eprintln!("warning: isthmus-dp did not build, the bench runs without it: {e:#}"),
     }
 
     if criterion {
         eprintln!("== criterion micro-benchmarks (cargo bench -p isthmus-benches)");
-        cmd(Command::new(&cargo).current_dir(&root).args(["bench", "-p", "isthmus-benches", "--benches"]))?;
-        driver_args.extend(["--criterion".to_owned(), target.join("criterion").display().to_string(), "--criterion-since".to_owned(), since.to_string()]);
+        cmd(Command::new(&cargo).current_dir(&root).args([
+            "bench",
+            "-p",
+            "isthmus-benches",
+            "--benches",
+        ]))?;
+        driver_args.extend([
+            "--criterion".to_owned(),
+            target.join("criterion").display().to_string(),
+            "--criterion-since".to_owned(),
+            since.to_string(),
+        ]);
     }
     if tunnels {
-        let uid = Command::new("id").arg("-u").output().context("running id -u")?;
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .context("running id -u")?;
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
             bail!("the tunnel benchmark needs root (network namespaces); run as root, or pass --no-tunnels");
         }
     } else {
         driver_args.push("--no-tunnels".to_owned());
     }
-    driver_args.extend(["--out".to_owned(), target.join("bench").display().to_string()]);
+    driver_args.extend([
+        "--out".to_owned(),
+        target.join("bench").display().to_string(),
+    ]);
 
     // The driver cleans up its namespaces and daemons on Ctrl-C; wait for it rather than die
     // first and leave the terminal to it.
     let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, interrupted.clone()).context("registering a signal handler")?;
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, interrupted.clone())
+            .context("registering a signal handler")?;
     }
     eprintln!("== tunnel benchmark");
     let driver = target.join("release/isthmus-tunnel-bench");
-    let status = Command::new(&driver).current_dir(&root).args(&driver_args).status().with_context(|| format!("running {}", driver.display()))?;
+    let status = Command::new(&driver)
+        .current_dir(&root)
+        .args(&driver_args)
+        .status()
+        .with_context(|| format!("running {}", driver.display()))?;
     if interrupted.load(Ordering::Relaxed) {
         bail!("interrupted");
     }

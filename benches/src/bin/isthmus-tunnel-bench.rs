@@ -42,16 +42,27 @@ fn run() -> Result<()> {
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "--duration" => o.duration = val("--duration")?.parse().context("--duration: seconds")?,
+            "--duration" => {
+                o.duration = val("--duration")?.parse().context("--duration: seconds")?
+            }
             "--repeat" => o.repeat = val("--repeat")?.parse().context("--repeat: a count")?,
             "--pings" => o.pings = val("--pings")?.parse().context("--pings: a count")?,
             "--isthmus-dp" => o.isthmus_dp = Some(val("--isthmus-dp")?.into()),
-            "--wireguard-go-upstream" => o.upstream_wireguard_go = Some(val("--wireguard-go-upstream")?.into()),
+            "--wireguard-go-upstream" => {
+                o.upstream_wireguard_go = Some(val("--wireguard-go-upstream")?.into())
+            }
             "--only" => o.only = val("--only")?.split(',').map(str::to_owned).collect(),
             "--no-relay" => o.no_relay = true,
             "--no-tunnels" => tunnels = false,
             "--criterion" => criterion = Some(val("--criterion")?.into()),
-            "--criterion-since" => since = UNIX_EPOCH + Duration::from_secs(val("--criterion-since")?.parse().context("--criterion-since: unix seconds")?),
+            "--criterion-since" => {
+                since = UNIX_EPOCH
+                    + Duration::from_secs(
+                        val("--criterion-since")?
+                            .parse()
+                            .context("--criterion-since: unix seconds")?,
+                    )
+            }
             "--out" => o.work_dir = val("--out")?.into(),
             "-h" | "--help" => {
                 println!("usage: isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH] [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels] [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]");
@@ -64,15 +75,22 @@ fn run() -> Result<()> {
         bail!("--repeat and --duration must be at least 1");
     }
     netns::install_interrupt_handler()?;
-    let results = if tunnels { Some(tunnel::run(&o)?) } else { None };
-    let crit = criterion.map(|d| report::read_criterion(&d, since)).unwrap_or_default();
+    let results = if tunnels {
+        Some(tunnel::run(&o)?)
+    } else {
+        None
+    };
+    let crit = criterion
+        .map(|d| report::read_criterion(&d, since))
+        .unwrap_or_default();
     let md = report::markdown(results.as_ref(), &crit);
     std::fs::create_dir_all(&o.work_dir)?;
     let md_path = o.work_dir.join("report.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let json = serde_json::json!({ "tunnels": results, "criterion": crit, "written": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) });
     let json_path = o.work_dir.join("report.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     println!("{md}");
     eprintln!("report: {} and {}", md_path.display(), json_path.display());
     Ok(())
