@@ -216,7 +216,7 @@ fn ratio_line(out: &mut String, what: &str, t: &Topology, num: &str, den: &str, 
 pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
     let mut out = String::from("# isthmus benchmark\n\n");
     if let Some(r) = r {
-        let _ = writeln!(out, "iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; load average before: {}; namespace part took {:.0} s.\n", r.duration, r.repeat, r.pings, r.loadavg_before, r.wall_seconds);
+        let _ = writeln!(out, "{}; iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; load average before: {}; namespace part took {:.0} s.\n", r.machine, r.duration, r.repeat, r.pings, r.loadavg_before, r.wall_seconds);
         let _ = writeln!(out, "## Tunnels side by side\n");
         topology_table(&mut out, &r.line, &r.impls, r.repeat);
         if let Some(relay) = &r.relay {

@@ -318,6 +318,8 @@ pub struct Results {
     pub pings: u32,
     /// Load average before the run (from /proc/loadavg).
     pub loadavg_before: String,
+    /// CPUs and kernel release of the machine.
+    pub machine: String,
     /// Wall time of the whole namespace part.
     pub wall_seconds: f64,
 }
@@ -751,6 +753,13 @@ pub fn run(o: &Options) -> Result<Results> {
         repeat: o.repeat,
         pings: o.pings,
         loadavg_before,
+        machine: format!(
+            "{} CPUs, Linux {}",
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        ),
         wall_seconds: started.elapsed().as_secs_f64(),
     })
 }
