@@ -306,3 +306,64 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::{Cell, Kind};
+
+    fn imp(id: &str, unavailable: Option<&str>) -> Impl {
+        Impl {
+            id: id.into(),
+            label: id.into(),
+            kind: Kind::Plain,
+            unavailable: unavailable.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn table_shows_ratios_to_both_baselines_and_marks_missing_columns() {
+        let impls = vec![
+            imp(KERNEL, None),
+            imp(WG_GO_DEB, None),
+            imp("isthmus", None),
+            imp("wg-go-up", Some("not built")),
+        ];
+        let mut line = Topology {
+            title: "line".into(),
+            ..Topology::default()
+        };
+        for (id, v) in [(KERNEL, 10.0), (WG_GO_DEB, 1.0), ("isthmus", 2.5)] {
+            let c = Cell {
+                samples: vec![v],
+                median: Some(v),
+                error: None,
+            };
+            line.cells
+                .entry("tcp1".into())
+                .or_default()
+                .insert(id.into(), c);
+        }
+        let r = Results {
+            impls,
+            line,
+            relay: None,
+            duration: 1,
+            repeat: 1,
+            pings: 10,
+            loadavg_before: String::new(),
+            machine: String::new(),
+            wall_seconds: 0.0,
+        };
+        let md = markdown(Some(&r), &[]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| TCP, 1 stream"))
+            .unwrap();
+        assert!(row.contains("| 10.0 |"), "{row}");
+        assert!(row.contains("| 1.00 (0.100×) |"), "{row}");
+        assert!(row.contains("| 2.50 (0.250× / 2.50×) |"), "{row}");
+        assert!(row.ends_with("| n/a |"), "{row}");
+        assert!(md.contains("- wg-go-up: not built"));
+    }
+}
