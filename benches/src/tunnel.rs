@@ -165,9 +165,15 @@ pub fn implementations(o: &Options) -> Vec<Impl> {
         .unwrap_or_default();
     v.push(Impl {
         id: "wg-go-up".into(),
-        label: format!("wireguard-go {up_ver} (upstream)"),
+        label: if up_ver.is_empty() { "wireguard-go (upstream)".to_owned() } else { format!("wireguard-go {up_ver} (upstream)") },
         kind: Kind::Userspace { argv: vec![up_s.clone(), "-f".into()], env: wg_env },
-        unavailable: (!up.is_file()).then(|| format!("not built here: {up_s} is missing (scripts/build-upstream-wireguard-go.sh builds it; it needs Go and either the Go module proxy or local mirrors of its dependencies)")),
+        unavailable: (!up.is_file()).then(|| {
+            let attempt = fs::read_to_string(o.work_dir.join("build-upstream-wireguard-go.log"))
+                .ok()
+                .and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+                .map_or_else(String::new, |l| format!("; the build attempt of this run said: {l}"));
+            format!("not available here: {up_s} is missing (scripts/build-upstream-wireguard-go.sh builds it; it needs Go and either the Go module proxy or local mirrors of its dependencies){attempt}")
+        }),
     });
     let bt = find_in_path("boringtun-cli");
     v.push(Impl {

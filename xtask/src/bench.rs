@@ -130,6 +130,9 @@ pub fn run(args: &[String]) -> Result<()> {
         signal_hook::flag::register(sig, interrupted.clone())
             .context("registering a signal handler")?;
     }
+    if tunnels && !driver_args.iter().any(|a| a == "--wireguard-go-upstream") {
+        build_upstream_wireguard_go(&root, &target.join("bench"));
+    }
     eprintln!("== tunnel benchmark");
     let driver = target.join("release/isthmus-tunnel-bench");
     let status = Command::new(&driver)
@@ -144,6 +147,46 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("{} failed ({status})", driver.display());
     }
     Ok(())
+}
+
+/// Where `scripts/build-upstream-wireguard-go.sh` puts its binary (the driver looks there too).
+fn upstream_wireguard_go() -> PathBuf {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) => PathBuf::from(x),
+        None if Path::new("/work/cache").is_dir() => PathBuf::from("/work/cache"),
+        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/isthmus"),
+    };
+    cache.join("wireguard-go-upstream/wireguard-go")
+}
+
+/// Build upstream wireguard-go once if it is missing; it is an optional baseline, so a failure
+/// is only reported (the driver quotes the log's last line in the report).
+fn build_upstream_wireguard_go(root: &Path, out: &Path) {
+    let log = out.join("build-upstream-wireguard-go.log");
+    let _ = std::fs::remove_file(&log);
+    if upstream_wireguard_go().is_file() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(out);
+    let Ok(f) = std::fs::File::create(&log) else {
+        return;
+    };
+    eprintln!(
+        "== building upstream wireguard-go (optional baseline; log: {})",
+        log.display()
+    );
+    let script = root.join("scripts/build-upstream-wireguard-go.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .stdout(
+            f.try_clone()
+                .map_or_else(|_| std::process::Stdio::null(), Into::into),
+        )
+        .stderr(f)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("warning: upstream wireguard-go could not be built here; the bench runs without it (see {})", log.display());
+    }
 }
 
 fn cmd(c: &mut Command) -> Result<()> {
