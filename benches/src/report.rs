@@ -119,7 +119,7 @@ fn topology_table(out: &mut String, t: &Topology, impls: &[Impl], repeat: usize)
         let _ = write!(out, "---:|");
     }
     out.push('\n');
-    for m in METRICS {
+    for m in METRICS.iter().filter(|m| t.cells.contains_key(m.id)) {
         let arrow = if m.higher_is_better { "↑" } else { "↓" };
         let _ = write!(out, "| {} {arrow} | {} |", m.title, m.unit);
         let k = value(t, m.id, KERNEL);
@@ -198,6 +198,9 @@ fn one_line(s: &str) -> String {
 
 fn ratio_line(out: &mut String, what: &str, t: &Topology, num: &str, den: &str, target: f64) {
     for m in ["tcp1", "tcp4", "udp64"] {
+        if !t.cells.contains_key(m) && !t.cells.is_empty() {
+            continue;
+        }
         let title = METRICS.iter().find(|x| x.id == m).map_or(m, |x| x.title);
         match (value(t, m, num), value(t, m, den)) {
             (Some(a), Some(b)) if b > 0.0 => {
