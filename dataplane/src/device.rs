@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::Socket;
 
 use crate::buf::Batch;
-use crate::forward::{Core, Settings, Sink, Worker};
+use crate::forward::{Core, PeerSpec, Settings, Sink, Worker};
 use crate::io::tun::{self, TunQueue};
 use crate::io::udp::{self, MmsgScratch};
 use crate::stats::{DropReason, WorkerCounters};
@@ -406,4 +406,128 @@ pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr
         }
     })?;
     Ok(local)
+}
+
+impl crate::uapi::UapiHandler for Device {
+    fn get(&self) -> crate::uapi::DeviceState {
+        let peers = self.core.peers();
+        crate::uapi::DeviceState {
+            private_key: self.core.private_key(),
+            listen_port: self.listen_port(),
+            fwmark: self.fwmark(),
+            peers: peers
+                .iter()
+                .map(|p| {
+                    let s = p.settings();
+                    crate::uapi::PeerState {
+                        public_key: p.public_key,
+                        preshared_key: s.preshared_key,
+                        endpoint: p.endpoint(),
+                        last_handshake: p.last_handshake(),
+                        rx_bytes: p.counters.rx_bytes.load(Relaxed),
+                        tx_bytes: p.counters.tx_bytes.load(Relaxed),
+                        persistent_keepalive: s.persistent_keepalive,
+                        allowed_ips: s.allowed_ips,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn set(&self, req: crate::uapi::SetRequest) -> Result<(), crate::uapi::UapiError> {
+        if let Some(k) = req.private_key {
+            self.core.set_private_key(k);
+        }
+        if req.listen_port.is_some() || req.fwmark.is_some() {
+            self.rebind(req.listen_port, req.fwmark).map_err(|e| crate::uapi::UapiError::io(format!("binding UDP sockets: {e}")))?;
+        }
+        if req.replace_peers {
+            self.core.clear_peers();
+        }
+        for ps in req.peers {
+            if ps.remove {
+                self.core.remove_peer(&ps.public_key);
+                continue;
+            }
+            let existing = self.core.peers().by_key(&ps.public_key).cloned();
+            if ps.update_only && existing.is_none() {
+                continue;
+            }
+            let mut settings = existing.as_ref().map(|p| p.settings()).unwrap_or_default();
+            if let Some(psk) = ps.preshared_key {
+                settings.preshared_key = psk;
+            }
+            if let Some(k) = ps.persistent_keepalive {
+                settings.persistent_keepalive = (k > 0).then_some(k);
+            }
+            if ps.replace_allowed_ips {
+                settings.allowed_ips.clear();
+            }
+            for net in ps.allowed_ips {
+                if !settings.allowed_ips.contains(&net) {
+                    settings.allowed_ips.push(net);
+                }
+            }
+            self.core
+                .upsert_peer(PeerSpec { public_key: ps.public_key, endpoint: ps.endpoint, settings })
+                .map_err(|e| crate::uapi::UapiError::invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Device {
+    /// Apply a configuration file: key, peers (with names and classes), static routes, and
+    /// the interface's addresses (set with iproute2, then the link is brought up).
+    pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
+        use crate::config::RouteVia;
+        use crate::forward::StaticVia;
+        use crate::tunnel::PeerSettings;
+        self.core.set_private_key(cfg.interface.private_key);
+        for p in &cfg.peers {
+            let settings = PeerSettings {
+                name: p.name.clone(),
+                class: p.class,
+                preshared_key: p.preshared_key,
+                persistent_keepalive: p.persistent_keepalive,
+                allowed_ips: p.allowed_ips.clone(),
+            };
+            self.core
+                .upsert_peer(PeerSpec { public_key: p.public_key, endpoint: p.endpoint, settings })
+                .map_err(|e| io::Error::other(format!("peer {}: {e}", p.name.as_deref().unwrap_or("(unnamed)"))))?;
+        }
+        let mut routes: Vec<(ipnet::IpNet, StaticVia)> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let via = match r.via {
+                    RouteVia::Peer(k) => StaticVia::Peer(k),
+                    RouteVia::Local => StaticVia::Local,
+                    RouteVia::Blackhole => StaticVia::Blackhole,
+                };
+                (r.prefix, via)
+            })
+            .collect();
+        // The interface's own addresses are local, whatever else is routed.
+        for a in &cfg.interface.address {
+            let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
+            routes.push((host, StaticVia::Local));
+        }
+        self.core.set_static_routes(routes);
+        for a in &cfg.interface.address {
+            run_ip(&["address", "add", &a.to_string(), "dev", &self.ifname])?;
+        }
+        run_ip(&["link", "set", "dev", &self.ifname, "up"])?;
+        Ok(())
+    }
+}
+
+/// Run `ip ARGS...` (iproute2), failing with its error output.
+fn run_ip(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
 }

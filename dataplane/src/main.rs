@@ -1,2 +1,200 @@
-//! `isthmus-dp`: the data plane daemon (being wired up).
-fn main() {}
+//! `isthmus-dp`: the isthmus data plane daemon.
+//!
+//! A drop-in for wireguard-go: `isthmus-dp [-f] IFNAME` creates the TUN device and serves
+//! WireGuard's userspace API on `/var/run/wireguard/IFNAME.sock`; without `-f` it detaches
+//! once the device is ready, as wg-quick expects. `isthmus-dp --config FILE` starts from an
+//! isthmus TOML configuration instead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use isthmus_dataplane::config::{self, DeviceConfig};
+use isthmus_dataplane::device::{self, Device, DeviceOptions};
+use isthmus_dataplane::forward::Settings;
+
+const USAGE: &str = "\
+usage: isthmus-dp [options] IFNAME
+       isthmus-dp [options] --config FILE
+
+Creates TUN device IFNAME and serves WireGuard's userspace API on
+/var/run/wireguard/IFNAME.sock (configure it with wg(8) or wg-quick(8)).
+
+options:
+  -f, --foreground       stay in the foreground (also: WG_PROCESS_FOREGROUND=1)
+  -c, --config FILE      isthmus TOML configuration (see docs/config.md)
+      --metrics ADDR     Prometheus endpoint (default 127.0.0.1:9586; 'off' to disable)
+      --threads N        worker threads (default 2)
+      --unrouted MODE    decrypted packets matching no route: 'local' (default, as
+                         wireguard-go: hand to the kernel) or 'drop' (count and send
+                         ICMP unreachable)
+      --ctl-socket PATH  control socket (default /var/run/isthmus/IFNAME.ctl)
+  -V, --version          print the version
+  -h, --help             this text";
+
+#[derive(Debug, Default)]
+struct Args {
+    foreground: bool,
+    ifname: Option<String>,
+    config: Option<PathBuf>,
+    metrics: Option<String>,
+    threads: Option<usize>,
+    unrouted: Option<String>,
+    ctl_socket: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Option<Args>> {
+    let mut a = Args { foreground: std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1"), ..Args::default() };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "-f" | "--foreground" => a.foreground = true,
+            "-c" | "--config" => a.config = Some(value(&arg)?.into()),
+            "--metrics" => a.metrics = Some(value(&arg)?),
+            "--threads" => {
+                let v = value(&arg)?;
+                a.threads = Some(v.parse().ok().filter(|&n| (1..=64).contains(&n)).with_context(|| format!("--threads: {v:?} is not a number from 1 to 64"))?);
+            }
+            "--unrouted" => a.unrouted = Some(value(&arg)?),
+            "--ctl-socket" => a.ctl_socket = Some(value(&arg)?.into()),
+            "-V" | "--version" => {
+                println!("isthmus-dp {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
+            s => {
+                if a.ifname.is_some() {
+                    bail!("more than one interface name given\n{USAGE}");
+                }
+                a.ifname = Some(s.to_string());
+            }
+        }
+    }
+    Ok(Some(a))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("isthmus-dp: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = if args.foreground { run(&args) } else { daemonize(&args) };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("isthmus-dp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load and check everything that can be checked before touching the system.
+fn load_config(args: &Args) -> anyhow::Result<(String, Option<DeviceConfig>)> {
+    let cfg = match &args.config {
+        Some(path) => Some(config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let ifname = match (args.ifname.clone(), cfg.as_ref().and_then(|c| c.interface.name.clone())) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => bail!("no interface name given\n{USAGE}"),
+    };
+    Ok((ifname, cfg))
+}
+
+/// Start a detached copy of ourselves in the foreground and return once its UAPI socket is
+/// up (as wireguard-go does, so that `wg-quick` can go on configuring the interface).
+fn daemonize(args: &Args) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let (ifname, _) = load_config(args)?;
+    let exe = std::env::current_exe().context("finding our own executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).arg("--foreground");
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    // As wireguard-go: a detached daemon is silent unless logging was asked for.
+    if std::env::var_os("ISTHMUS_LOG").is_none() {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("starting the daemon")?;
+    let sock = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("daemon exited during start-up ({status})");
+        }
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("daemon did not come up within 10 s")
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let (ifname, cfg) = load_config(args)?;
+    let iface = cfg.as_ref().map(|c| c.interface.clone()).unwrap_or_default();
+    let unrouted_local = match args.unrouted.as_deref().or(iface.unrouted.as_deref()) {
+        None | Some("local") => true,
+        Some("drop") => false,
+        Some(other) => bail!("--unrouted: expected 'local' or 'drop', got {other:?}"),
+    };
+    let opts = DeviceOptions {
+        threads: args.threads.or(iface.threads).unwrap_or(2),
+        listen_port: iface.listen_port.unwrap_or(0),
+        fwmark: iface.fwmark.unwrap_or(0),
+        mtu: iface.mtu.unwrap_or(1420),
+        settings: Settings { mss_clamp: iface.mss_clamp, unrouted_local, ..Settings::default() },
+        offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),
+    };
+    let dev = Device::start(&ifname, opts).with_context(|| format!("starting device {ifname}"))?;
+    if let Some(cfg) = &cfg {
+        dev.apply_config(cfg).context("applying the configuration")?;
+    }
+
+    let metrics = match args.metrics.as_deref() {
+        Some("off") => None,
+        Some(a) => Some(a.parse::<SocketAddr>().with_context(|| format!("--metrics: {a:?} is not an address:port"))?),
+        None => Some(iface.metrics.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9586)))),
+    };
+    if let Some(addr) = metrics {
+        match device::serve_metrics(addr, dev.core.clone()) {
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => tracing::warn!("metrics endpoint {addr} not available: {e}"),
+        }
+    }
+    let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone()).context("serving the WireGuard userspace API")?;
+    let ctl = ();
+
+    let d: Arc<Device> = dev.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(sig, "signal received, shutting down");
+            d.shutdown();
+        }
+    });
+    while !dev.is_shutting_down() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sig_handle.close();
+    drop(uapi);
+    let () = ctl;
+    dev.join();
+    Ok(())
+}

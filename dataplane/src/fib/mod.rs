@@ -4,13 +4,17 @@
 //! through [`FibHandle`] (arc-swap), so readers never take a lock. [`oracle::NaiveFib`] is the
 //! slow, obviously-correct linear scan that the fast table is tested against.
 
+mod lpm;
 pub mod oracle;
+#[cfg(test)]
+mod tests;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Index of a peer in the device's peer table.
 pub type PeerId = u32;
@@ -39,9 +43,174 @@ pub struct Route {
 ///
 /// Inserting a prefix that is present replaces its next hop. Host bits of inserted prefixes
 /// are ignored (the prefix is truncated).
+///
+/// Inside: per family, a multibit trie (16-bit root, 8-bit chunks, small buckets of long
+/// prefixes at the fringe; see `lpm.rs`) that lookups read, and a map per prefix length that
+/// is the source of truth for `routes`, `remove` and the lengths. Next hops are interned as
+/// small codes so the trie's slots are 32-bit words.
 #[derive(Debug, Clone, Default)]
 pub struct Fib {
-    inner: oracle::NaiveFib,
+    v4: Family,
+    v6: Family,
+    hops: Hops,
+}
+
+/// Memory and shape of a [`Fib`], for reports and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FibStats {
+    /// Bytes held by the IPv4 lookup structure (not counting the route maps).
+    pub v4_trie_bytes: usize,
+    /// Bytes held by the IPv6 lookup structure (not counting the route maps).
+    pub v6_trie_bytes: usize,
+    /// 256-slot chunks in use (IPv4, IPv6).
+    pub chunks: (usize, usize),
+    /// Buckets in use (IPv4, IPv6).
+    pub buckets: (usize, usize),
+}
+
+/// One address family: the source-of-truth maps and the trie.
+#[derive(Debug, Clone)]
+struct Family {
+    /// `by_len[l]`: left-aligned prefix key of length `l` -> next-hop code.
+    by_len: Vec<HashMap<u128, u32>>,
+    len: usize,
+    trie: lpm::Lpm,
+}
+
+impl Default for Family {
+    fn default() -> Self {
+        Self { by_len: Vec::new(), len: 0, trie: lpm::Lpm::new() }
+    }
+}
+
+impl Family {
+    fn ensure_maps(&mut self, bits: u8) {
+        if self.by_len.is_empty() {
+            self.by_len = (0..=bits).map(|_| HashMap::new()).collect();
+        }
+    }
+
+    /// Insert; returns the previous code of exactly this prefix.
+    fn insert(&mut self, bits: u8, key: u128, len: u8, code: u32) -> Option<u32> {
+        self.ensure_maps(bits);
+        let old = self.by_len[usize::from(len)].insert(key, code);
+        if old.is_none() {
+            self.len += 1;
+        }
+        if old != Some(code) {
+            self.trie.insert(key, len, code);
+        }
+        old
+    }
+
+    fn remove(&mut self, key: u128, len: u8) -> Option<u32> {
+        let old = self.by_len.get_mut(usize::from(len))?.remove(&key)?;
+        self.len -= 1;
+        let cover = (0..len)
+            .rev()
+            .find_map(|l| {
+                let map = &self.by_len[usize::from(l)];
+                if map.is_empty() {
+                    return None;
+                }
+                map.get(&(key & lpm::mask(l))).map(|&code| (code, l + 1))
+            })
+            .unwrap_or((0, 0));
+        self.trie.remove(key, len, cover);
+        Some(old)
+    }
+
+    fn routes(&self) -> impl Iterator<Item = (u8, u128, u32)> + '_ {
+        self.by_len.iter().enumerate().flat_map(|(l, map)| {
+            // `by_len` has at most 129 entries.
+            let l = l as u8;
+            map.iter().map(move |(&key, &code)| (l, key, code))
+        })
+    }
+}
+
+/// Interned next hops: code 0 is "no route", codes from 1 index `table`.
+#[derive(Debug, Clone)]
+struct Hops {
+    /// `table[code]`; `None` at 0 and at free codes.
+    table: Vec<Option<NextHop>>,
+    /// Routes using each code.
+    refs: Vec<u32>,
+    codes: HashMap<NextHop, u32>,
+    free: Vec<u32>,
+}
+
+impl Default for Hops {
+    fn default() -> Self {
+        Self { table: vec![None], refs: vec![0], codes: HashMap::new(), free: Vec::new() }
+    }
+}
+
+impl Hops {
+    /// The code for `hop`, counting one more route that uses it.
+    fn acquire(&mut self, hop: NextHop) -> u32 {
+        let code = match self.codes.get(&hop) {
+            Some(&code) => code,
+            None => {
+                let code = match self.free.pop() {
+                    Some(code) => {
+                        self.table[code as usize] = Some(hop);
+                        code
+                    }
+                    None => {
+                        let code = u32::try_from(self.table.len())
+                            .ok()
+                            .filter(|&c| c <= lpm::PAYLOAD)
+                            .expect("more than 2^30 distinct next hops");
+                        self.table.push(Some(hop));
+                        self.refs.push(0);
+                        code
+                    }
+                };
+                self.codes.insert(hop, code);
+                code
+            }
+        };
+        self.refs[code as usize] += 1;
+        code
+    }
+
+    /// One route fewer uses `code`.
+    fn release(&mut self, code: u32) {
+        let c = code as usize;
+        self.refs[c] -= 1;
+        if self.refs[c] == 0 {
+            if let Some(hop) = self.table[c].take() {
+                self.codes.remove(&hop);
+            }
+            self.free.push(code);
+        }
+    }
+
+    #[inline]
+    fn get(&self, code: u32) -> Option<NextHop> {
+        match self.table.get(code as usize) {
+            Some(hop) => *hop,
+            None => None,
+        }
+    }
+
+    fn hop(&self, code: u32) -> NextHop {
+        self.get(code).expect("route with a released next-hop code")
+    }
+}
+
+const V4_BITS: u8 = 32;
+const V6_BITS: u8 = 128;
+
+#[inline]
+fn key_v4(addr: Ipv4Addr) -> u128 {
+    u128::from(u32::from(addr)) << 96
+}
+
+#[inline]
+fn key_v6(addr: Ipv6Addr) -> u128 {
+    u128::from(addr)
 }
 
 impl Fib {
@@ -61,12 +230,29 @@ impl Fib {
 
     /// Insert or replace a route. Returns the previous next hop of that exact prefix.
     pub fn insert(&mut self, prefix: IpNet, next_hop: NextHop) -> Option<NextHop> {
-        self.inner.insert(prefix, next_hop)
+        let code = self.hops.acquire(next_hop);
+        let old = match prefix.trunc() {
+            IpNet::V4(p) => {
+                self.v4.insert(V4_BITS, key_v4(p.network()), p.prefix_len(), code)
+            }
+            IpNet::V6(p) => {
+                self.v6.insert(V6_BITS, key_v6(p.network()), p.prefix_len(), code)
+            }
+        }?;
+        let hop = self.hops.hop(old);
+        self.hops.release(old);
+        Some(hop)
     }
 
     /// Remove the route for exactly this prefix.
     pub fn remove(&mut self, prefix: &IpNet) -> Option<NextHop> {
-        self.inner.remove(prefix)
+        let old = match prefix.trunc() {
+            IpNet::V4(p) => self.v4.remove(key_v4(p.network()), p.prefix_len()),
+            IpNet::V6(p) => self.v6.remove(key_v6(p.network()), p.prefix_len()),
+        }?;
+        let hop = self.hops.hop(old);
+        self.hops.release(old);
+        Some(hop)
     }
 
     /// Longest-prefix match.
@@ -81,28 +267,54 @@ impl Fib {
     /// Longest-prefix match for an IPv4 address.
     #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<NextHop> {
-        self.inner.lookup(IpAddr::V4(addr))
+        self.hops.get(self.v4.trie.lookup(key_v4(addr)))
     }
 
     /// Longest-prefix match for an IPv6 address.
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<NextHop> {
-        self.inner.lookup(IpAddr::V6(addr))
+        self.hops.get(self.v6.trie.lookup(key_v6(addr)))
     }
 
     /// Number of IPv4 prefixes.
     pub fn len_v4(&self) -> usize {
-        self.inner.len_v4()
+        self.v4.len
     }
 
     /// Number of IPv6 prefixes.
     pub fn len_v6(&self) -> usize {
-        self.inner.len_v6()
+        self.v6.len
+    }
+
+    /// True if the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.v4.len == 0 && self.v6.len == 0
     }
 
     /// All routes, in no particular order.
     pub fn routes(&self) -> Vec<Route> {
-        self.inner.routes()
+        let v4 = self.v4.routes().map(|(len, key, code)| {
+            // Keys of the IPv4 family are 32-bit addresses shifted left by 96.
+            let addr = Ipv4Addr::from((key >> 96) as u32);
+            (IpNet::V4(Ipv4Net::new(addr, len).expect("stored IPv4 prefix length <= 32")), code)
+        });
+        let v6 = self.v6.routes().map(|(len, key, code)| {
+            let addr = Ipv6Addr::from(key);
+            (IpNet::V6(Ipv6Net::new(addr, len).expect("stored IPv6 prefix length <= 128")), code)
+        });
+        v4.chain(v6).map(|(prefix, code)| Route { prefix, next_hop: self.hops.hop(code) }).collect()
+    }
+
+    /// Memory and shape of the lookup structures.
+    pub fn stats(&self) -> FibStats {
+        let (c4, b4) = self.v4.trie.counts();
+        let (c6, b6) = self.v6.trie.counts();
+        FibStats {
+            v4_trie_bytes: self.v4.trie.memory_bytes(),
+            v6_trie_bytes: self.v6.trie.memory_bytes(),
+            chunks: (c4, c6),
+            buckets: (b4, b6),
+        }
     }
 }
 
