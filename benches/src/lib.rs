@@ -1,1 +1,12 @@
-//! Benchmarks.
+//! Benchmarks of isthmus.
+//!
+//! - [`pipeline`]: in-memory set-ups of the forwarding pipeline on the loopback backend (a
+//!   pair, and a relay through a hub) that the criterion bench `benches/pipeline.rs` drives.
+//! - [`netns`], [`tunnel`], [`report`]: the side-by-side tunnel benchmark in network namespaces
+//!   (kernel forwarding, kernel WireGuard, wireguard-go, boringtun-cli, isthmus-dp), run by
+//!   the `isthmus-tunnel-bench` binary that `cargo xtask bench` builds and runs.
+
+pub mod netns;
+pub mod pipeline;
+pub mod report;
+pub mod tunnel;

@@ -5,13 +5,16 @@
 //!   `isthmus-dp`, and prints `N passed, N failed`.
 //! - `demo`: two mesh islands joined by two isthmus trunk gateways, in namespaces; traffic
 //!   across, `wg show`, routes and metrics; cleans up unless `--keep`.
-//! - `bench`: the side-by-side benchmark (not yet).
+//! - `bench`: the side-by-side tunnel benchmark and the criterion micro-benchmarks, with a
+//!   table of ratios (see `bench.rs`).
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod bench;
 
 use anyhow::{bail, Context, Result};
 use isthmus_lab::{is_root, target_dir, workspace_root, PingOpts, Topology, WgImpl};
@@ -22,17 +25,14 @@ commands:
   test            build, run the unit tests, then the network-namespace tests (needs root)
   demo [--keep]   two mesh islands joined by two isthmus trunk gateways (needs root);
                   --keep leaves the namespaces and processes running
-  bench           side-by-side tunnel benchmark (not yet)";
+  bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(args.iter().any(|a| a == "--keep")),
-        Some("bench") => {
-            println!("cargo xtask bench: not yet");
-            Ok(())
-        }
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

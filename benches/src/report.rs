@@ -1,0 +1,372 @@
+//! The report of `cargo xtask bench`: tables with ratios (markdown, also printed) and JSON.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::tunnel::{Impl, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
+
+/// One criterion benchmark's headline.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriterionResult {
+    /// Full id (`group/function/parameter`).
+    pub id: String,
+    /// Median time per iteration, ns.
+    pub median_ns: f64,
+    /// Elements per iteration, if the bench declared `Throughput::Elements`.
+    pub elements: Option<u64>,
+    /// Bytes per iteration, if the bench declared `Throughput::Bytes`.
+    pub bytes: Option<u64>,
+}
+
+impl CriterionResult {
+    /// Nanoseconds per element (or per iteration).
+    pub fn ns_per_element(&self) -> f64 {
+        self.median_ns / self.elements.map_or(1.0, |e| e as f64)
+    }
+}
+
+/// Read criterion's `new/benchmark.json` + `new/estimates.json` under `dir`, keeping those
+/// written at or after `since` (so that results of earlier runs are not reported as new).
+pub fn read_criterion(dir: &Path, since: SystemTime) -> Vec<CriterionResult> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.file_name().and_then(|n| n.to_str()) != Some("estimates.json")
+                || p.parent()
+                    .and_then(|x| x.file_name())
+                    .and_then(|n| n.to_str())
+                    != Some("new")
+            {
+                continue;
+            }
+            if e.metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |m| m < since)
+            {
+                continue;
+            }
+            let Some(parsed) = parse_one(&p) else {
+                continue;
+            };
+            out.push(parsed);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+fn parse_one(estimates: &Path) -> Option<CriterionResult> {
+    let est: serde_json::Value = serde_json::from_str(&fs::read_to_string(estimates).ok()?).ok()?;
+    let bench: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(estimates.with_file_name("benchmark.json")).ok()?)
+            .ok()?;
+    Some(CriterionResult {
+        id: bench.get("full_id")?.as_str()?.to_owned(),
+        median_ns: est.get("median")?.get("point_estimate")?.as_f64()?,
+        elements: bench
+            .get("throughput")
+            .and_then(|t| t.get("Elements"))
+            .and_then(serde_json::Value::as_u64),
+        bytes: bench
+            .get("throughput")
+            .and_then(|t| t.get("Bytes"))
+            .and_then(serde_json::Value::as_u64),
+    })
+}
+
+fn sig(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn value(t: &Topology, metric: &str, imp: &str) -> Option<f64> {
+    t.cells.get(metric)?.get(imp)?.median
+}
+
+fn topology_table(out: &mut String, t: &Topology, impls: &[Impl], repeat: usize) {
+    // Columns: every implementation, except kernel WireGuard where this kernel lacks it (it
+    // is an extra reference, not one of the compared implementations).
+    let cols: Vec<&Impl> = impls
+        .iter()
+        .filter(|i| i.id != "kernel-wg" || i.unavailable.is_none())
+        .collect();
+    let _ = writeln!(out, "### {}\n", t.title);
+    let _ = write!(out, "| test | unit |");
+    for c in &cols {
+        let _ = write!(out, " {} |", c.label);
+    }
+    let _ = write!(out, "\n|---|---|");
+    for _ in &cols {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    for m in METRICS.iter().filter(|m| t.cells.contains_key(m.id)) {
+        let arrow = if m.higher_is_better { "↑" } else { "↓" };
+        let _ = write!(out, "| {} {arrow} | {} |", m.title, m.unit);
+        let k = value(t, m.id, KERNEL);
+        let w = value(t, m.id, WG_GO_DEB);
+        for c in &cols {
+            let cell = if c.unavailable.is_some() {
+                "n/a".to_owned()
+            } else if t.failed.contains_key(&c.id) {
+                "failed".to_owned()
+            } else if let Some(v) = value(t, m.id, &c.id) {
+                let mut ratios = Vec::new();
+                if c.id != KERNEL {
+                    ratios.push(k.map_or_else(|| "–".to_owned(), |k| format!("{}×", sig(v / k))));
+                }
+                if c.id != KERNEL && c.id != WG_GO_DEB {
+                    ratios.push(w.map_or_else(|| "–".to_owned(), |w| format!("{}×", sig(v / w))));
+                }
+                if ratios.is_empty() {
+                    sig(v)
+                } else {
+                    format!("{} ({})", sig(v), ratios.join(" / "))
+                }
+            } else {
+                let err = t
+                    .cells
+                    .get(m.id)
+                    .and_then(|r| r.get(&c.id))
+                    .and_then(|c| c.error.clone())
+                    .unwrap_or_default();
+                if err.is_empty() {
+                    "–".to_owned()
+                } else {
+                    "failed".to_owned()
+                }
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\nMedian of {repeat} runs. In parentheses: ratio to the kernel's plain forwarding / ratio to Debian's wireguard-go, same run. ↑ higher is better, ↓ lower is better."
+    );
+    for c in &cols {
+        if let Some(why) = &t.failed.get(&c.id) {
+            let _ = writeln!(out, "- **{}** failed: {}", c.label, one_line(why));
+        }
+        for m in METRICS {
+            if let Some(e) = t
+                .cells
+                .get(m.id)
+                .and_then(|r| r.get(&c.id))
+                .and_then(|c| c.error.as_ref())
+            {
+                let _ = writeln!(
+                    out,
+                    "- {} / {}: a run failed: {}",
+                    c.label,
+                    m.title,
+                    one_line(e)
+                );
+            }
+        }
+    }
+    out.push('\n');
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 400 {
+        s.chars().take(400).collect::<String>() + "…"
+    } else {
+        s
+    }
+}
+
+fn ratio_line(out: &mut String, what: &str, t: &Topology, num: &str, den: &str, target: f64) {
+    for m in ["tcp1", "tcp4", "udp64"] {
+        if !t.cells.contains_key(m) && !t.cells.is_empty() {
+            continue;
+        }
+        let title = METRICS.iter().find(|x| x.id == m).map_or(m, |x| x.title);
+        match (value(t, m, num), value(t, m, den)) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                let r = a / b;
+                let ok = if r >= target { "met" } else { "NOT met" };
+                let _ = writeln!(out, "| {what}: {title} | {} | ≥ {target} | {ok} |", sig(r));
+            }
+            _ => {
+                let _ = writeln!(out, "| {what}: {title} | not measured | ≥ {target} | – |");
+            }
+        }
+    }
+}
+
+/// The whole report as markdown.
+pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
+    let mut out = String::from("# isthmus benchmark\n\n");
+    if let Some(r) = r {
+        let _ = writeln!(out, "{}; iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; load average before: {}; namespace part took {:.0} s.\n", r.machine, r.duration, r.repeat, r.pings, r.loadavg_before, r.wall_seconds);
+        let _ = writeln!(out, "## Tunnels side by side\n");
+        topology_table(&mut out, &r.line, &r.impls, r.repeat);
+        if let Some(relay) = &r.relay {
+            let _ = writeln!(out, "Relay: two Debian wireguard-go peers connected only to the hub; the column is the hub's implementation (\"kernel\": plain IP forwarding through the hub, no tunnel).\n");
+            topology_table(&mut out, relay, &r.impls, r.repeat);
+        }
+        let missing: Vec<&Impl> = r.impls.iter().filter(|i| i.unavailable.is_some()).collect();
+        if !missing.is_empty() {
+            let _ = writeln!(out, "Not measured:");
+            for i in missing {
+                let _ = writeln!(
+                    out,
+                    "- {}: {}",
+                    i.label,
+                    i.unavailable.as_deref().unwrap_or("")
+                );
+            }
+            out.push('\n');
+        }
+    }
+    if !crit.is_empty() {
+        let _ = writeln!(out, "## Criterion micro-benchmarks\n\n| bench | time / iteration | per element | throughput |\n|---|---:|---:|---:|");
+        for c in crit {
+            let (per, thr) = match (c.elements, c.bytes) {
+                (Some(e), _) => (
+                    format!("{} ns", sig(c.ns_per_element())),
+                    format!("{} M elem/s", sig(e as f64 / c.median_ns * 1e3)),
+                ),
+                (None, Some(b)) => (
+                    "–".to_owned(),
+                    format!("{} GB/s", sig(b as f64 / c.median_ns)),
+                ),
+                _ => ("–".to_owned(), "–".to_owned()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} µs | {per} | {thr} |",
+                c.id,
+                sig(c.median_ns / 1e3)
+            );
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "## Targets (issue 3)\n\n| target | measured | wanted | |\n|---|---:|---:|---|"
+    );
+    if let Some(r) = r {
+        ratio_line(
+            &mut out,
+            "terminating, isthmus ÷ boringtun-cli",
+            &r.line,
+            "isthmus",
+            "boringtun",
+            1.0,
+        );
+        if let Some(relay) = &r.relay {
+            ratio_line(
+                &mut out,
+                "relay hub, isthmus ÷ wireguard-go",
+                relay,
+                "isthmus",
+                WG_GO_DEB,
+                2.0,
+            );
+        }
+    }
+    let fib: Vec<&CriterionResult> = crit
+        .iter()
+        .filter(|c| {
+            let l = c.id.to_lowercase();
+            l.contains("fib") && l.contains("lookup")
+        })
+        .collect();
+    if fib.is_empty() {
+        let _ = writeln!(out, "| FIB lookup | not measured | < 30 ns | – |");
+    }
+    for c in fib {
+        let ns = c.ns_per_element();
+        let _ = writeln!(
+            out,
+            "| FIB lookup: {} | {} ns | < 30 ns | {} |",
+            c.id,
+            sig(ns),
+            if ns < 30.0 { "met" } else { "NOT met" }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::{Cell, Kind};
+
+    fn imp(id: &str, unavailable: Option<&str>) -> Impl {
+        Impl {
+            id: id.into(),
+            label: id.into(),
+            kind: Kind::Plain,
+            unavailable: unavailable.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn table_shows_ratios_to_both_baselines_and_marks_missing_columns() {
+        let impls = vec![
+            imp(KERNEL, None),
+            imp(WG_GO_DEB, None),
+            imp("isthmus", None),
+            imp("wg-go-up", Some("not built")),
+        ];
+        let mut line = Topology {
+            title: "line".into(),
+            ..Topology::default()
+        };
+        for (id, v) in [(KERNEL, 10.0), (WG_GO_DEB, 1.0), ("isthmus", 2.5)] {
+            let c = Cell {
+                samples: vec![v],
+                median: Some(v),
+                error: None,
+            };
+            line.cells
+                .entry("tcp1".into())
+                .or_default()
+                .insert(id.into(), c);
+        }
+        let r = Results {
+            impls,
+            line,
+            relay: None,
+            duration: 1,
+            repeat: 1,
+            pings: 10,
+            loadavg_before: String::new(),
+            machine: String::new(),
+            wall_seconds: 0.0,
+        };
+        let md = markdown(Some(&r), &[]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| TCP, 1 stream"))
+            .unwrap();
+        assert!(row.contains("| 10.0 |"), "{row}");
+        assert!(row.contains("| 1.00 (0.100×) |"), "{row}");
+        assert!(row.contains("| 2.50 (0.250× / 2.50×) |"), "{row}");
+        assert!(row.ends_with("| n/a |"), "{row}");
+        assert!(md.contains("- wg-go-up: not built"));
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask bench`: criterion micro-benchmarks and the side-by-side tunnel benchmark.
+//!
+//! 1. builds `isthmus-dp` and the driver `isthmus-tunnel-bench` in release mode;
+//! 2. unless `--no-criterion`, runs `cargo bench -p isthmus-benches` (loopback pipeline,
+//!    FIB);
+//! 3. unless `--no-tunnels`, runs the driver as root: host — gateway ══ gateway — host and
+//!    the relay topology in network namespaces, with the kernel's plain forwarding, Debian's
+//!    wireguard-go, upstream wireguard-go (if `scripts/build-upstream-wireguard-go.sh` built
+//!    it), boringtun-cli and isthmus-dp;
+//! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`).
+//!
+//! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition), and, passed
+//! to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`, `--no-relay`,
+//! `--wireguard-go-upstream PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--wireguard-go-upstream PATH]
+implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus";
+
+/// Run the benchmarks; `args` are the words after `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut criterion = true;
+    let mut tunnels = true;
+    let mut driver_args: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--no-criterion" => criterion = false,
+            "--no-tunnels" => tunnels = false,
+            "--quick" => driver_args
+                .extend(["--duration", "1", "--repeat", "1", "--pings", "50"].map(String::from)),
+            "--no-relay" => driver_args.push(a.clone()),
+            "--duration" | "--repeat" | "--pings" | "--only" | "--wireguard-go-upstream" => {
+                let v = it
+                    .next()
+                    .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
+                driver_args.extend([a.clone(), v.clone()]);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_owned();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+
+    eprintln!("== building the tunnel benchmark driver and isthmus-dp (release)");
+    cmd(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "isthmus-benches",
+        "--bin",
+        "isthmus-tunnel-bench",
+    ]))?;
+    let dp = target.join("release/isthmus-dp");
+    match cmd(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "isthmus-dataplane",
+        "--bin",
+        "isthmus-dp",
+    ])) {
+        Ok(()) => driver_args.extend(["--isthmus-dp".to_owned(), dp.display().to_string()]),
+        Err(e) => eprintln!("warning: isthmus-dp did not build, the bench runs without it: {e:#}"),
+    }
+
+    if criterion {
+        eprintln!("== criterion micro-benchmarks (cargo bench -p isthmus-benches)");
+        cmd(Command::new(&cargo).current_dir(&root).args([
+            "bench",
+            "-p",
+            "isthmus-benches",
+            "--benches",
+        ]))?;
+        driver_args.extend([
+            "--criterion".to_owned(),
+            target.join("criterion").display().to_string(),
+            "--criterion-since".to_owned(),
+            since.to_string(),
+        ]);
+    }
+    if tunnels {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .context("running id -u")?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            bail!("the tunnel benchmark needs root (network namespaces); run as root, or pass --no-tunnels");
+        }
+    } else {
+        driver_args.push("--no-tunnels".to_owned());
+    }
+    driver_args.extend([
+        "--out".to_owned(),
+        target.join("bench").display().to_string(),
+    ]);
+
+    // The driver cleans up its namespaces and daemons on Ctrl-C; wait for it rather than die
+    // first and leave the terminal to it.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, interrupted.clone())
+            .context("registering a signal handler")?;
+    }
+    if tunnels && !driver_args.iter().any(|a| a == "--wireguard-go-upstream") {
+        build_upstream_wireguard_go(&root, &target.join("bench"));
+    }
+    eprintln!("== tunnel benchmark");
+    let driver = target.join("release/isthmus-tunnel-bench");
+    let status = Command::new(&driver)
+        .current_dir(&root)
+        .args(&driver_args)
+        .status()
+        .with_context(|| format!("running {}", driver.display()))?;
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    if !status.success() {
+        bail!("{} failed ({status})", driver.display());
+    }
+    Ok(())
+}
+
+/// Where `scripts/build-upstream-wireguard-go.sh` puts its binary (the driver looks there too).
+fn upstream_wireguard_go() -> PathBuf {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) => PathBuf::from(x),
+        None if Path::new("/work/cache").is_dir() => PathBuf::from("/work/cache"),
+        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/isthmus"),
+    };
+    cache.join("wireguard-go-upstream/wireguard-go")
+}
+
+/// Build upstream wireguard-go once if it is missing; it is an optional baseline, so a failure
+/// is only reported (the driver quotes the log's last line in the report).
+fn build_upstream_wireguard_go(root: &Path, out: &Path) {
+    let log = out.join("build-upstream-wireguard-go.log");
+    let _ = std::fs::remove_file(&log);
+    if upstream_wireguard_go().is_file() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(out);
+    let Ok(f) = std::fs::File::create(&log) else {
+        return;
+    };
+    eprintln!(
+        "== building upstream wireguard-go (optional baseline; log: {})",
+        log.display()
+    );
+    let script = root.join("scripts/build-upstream-wireguard-go.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .stdout(
+            f.try_clone()
+                .map_or_else(|_| std::process::Stdio::null(), Into::into),
+        )
+        .stderr(f)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("warning: upstream wireguard-go could not be built here; the bench runs without it (see {})", log.display());
+    }
+}
+
+fn cmd(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
