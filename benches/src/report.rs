@@ -223,7 +223,7 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
         let _ = writeln!(out, "## Tunnels side by side\n");
         topology_table(&mut out, &r.line, &r.impls, r.repeat);
         if let Some(relay) = &r.relay {
-            let _ = writeln!(out, "Relay: two Debian wireguard-go peers connected only to the hub; the column is the hub's implementation (\"kernel\": plain IP forwarding through the hub, no tunnel).\n");
+            let _ = writeln!(out, "{}\n", relay.note);
             topology_table(&mut out, relay, &r.impls, r.repeat);
         }
         let missing: Vec<&Impl> = r.impls.iter().filter(|i| i.unavailable.is_some()).collect();
