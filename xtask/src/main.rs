@@ -332,8 +332,10 @@ fn demo(keep: bool) -> Result<()> {
             Ok(s) => println!("{}", s.trim_end()),
             Err(e) => println!("wg show failed: {e:#}"),
         }
+        section(&format!("{g}: isthmusctl show peers"));
+        isthmusctl_show(&t, g, "peers");
         section(&format!("{g}: isthmusctl show routes"));
-        show_routes(&t, g);
+        isthmusctl_show(&t, g, "routes");
         section(&format!("{g}: metrics (isthmus_*)"));
         match w.metrics() {
             Ok(m) => {
@@ -397,40 +399,14 @@ fn demo(keep: bool) -> Result<()> {
     Ok(())
 }
 
-/// `isthmusctl show routes` against a gateway's control socket, inside its namespace. Errors
-/// are printed, not fatal.
-fn show_routes(t: &Topology, g: &str) {
+/// `isthmusctl show WHAT IFNAME` against a gateway's control socket. Errors are printed,
+/// not fatal: the demo goes on.
+fn isthmusctl_show(t: &Topology, g: &str, what: &str) {
     let w = t.wg(g);
-    let ctl = release_bin("isthmusctl");
-    let sock = Path::new("/var/run/isthmus").join(format!("{}.ctl", w.ifname));
-    let (ctl_s, sock_s) = (
-        ctl.to_string_lossy().into_owned(),
-        sock.to_string_lossy().into_owned(),
-    );
-    // isthmusctl finds the data plane by its control socket; the spellings it may accept.
-    let attempts: [Vec<&str>; 3] = [
-        vec![&ctl_s, "--socket", &sock_s, "show", "routes"],
-        vec![&ctl_s, "-i", &w.ifname, "show", "routes"],
-        vec![&ctl_s, "show", "routes", &w.ifname],
-    ];
-    let mut errors = Vec::new();
-    for args in &attempts {
-        match w.ns.output_timeout(args, 10) {
-            Ok(o) if o.status.success() => {
-                println!("{}", String::from_utf8_lossy(&o.stdout).trim_end());
-                return;
-            }
-            Ok(o) => errors.push(format!(
-                "{}: {} {}",
-                args[1..].join(" "),
-                String::from_utf8_lossy(&o.stderr).trim(),
-                String::from_utf8_lossy(&o.stdout).trim()
-            )),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
+    let ctl = release_bin("isthmusctl").to_string_lossy().into_owned();
+    match w.ns.output_timeout(&[&ctl, "show", what, &w.ifname], 10) {
+        Ok(o) if o.status.success() => println!("{}", String::from_utf8_lossy(&o.stdout).trim_end()),
+        Ok(o) => println!("isthmusctl show {what} failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => println!("isthmusctl show {what} failed: {e:#}"),
     }
-    println!(
-        "isthmusctl show routes failed (continuing):\n  {}",
-        errors.join("\n  ")
-    );
 }
