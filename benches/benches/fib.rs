@@ -93,6 +93,10 @@ fn build(routes: impl Iterator<Item = (IpNet, NextHop)>, what: &str) -> Fib {
     for (p, h) in routes {
         fib.insert(p, h);
     }
+    // What the data plane does after building a table (`Fib::from_routes`).
+    if std::env::var_os("FIB_NO_SETTLE").is_none() {
+        fib.settle();
+    }
     let stats = fib.stats();
     eprintln!(
         "fib: built {what} ({} v4 + {} v6 distinct prefixes) in {:.2} s; trie {:.1} MiB v4 + {:.1} MiB v6; \

@@ -886,7 +886,10 @@ fn relay_topology(
         .or_else(|| impls.iter().find(|i| i.id == WG_GO_DEB))
         .cloned()
         .ok_or_else(|| anyhow!("no wireguard-go"))?;
-    eprintln!("== relay topology: pa ══ hub ══ pb (spokes: {})", spoke.label);
+    eprintln!(
+        "== relay topology: pa ══ hub ══ pb (spokes: {})",
+        spoke.label
+    );
     let mut topo = Topology {
         title: "peer ══ hub ══ peer (relay)".into(),
         note: format!(

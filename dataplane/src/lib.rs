@@ -13,6 +13,7 @@ pub mod forward;
 pub mod io;
 pub mod keys;
 pub mod stats;
+pub mod sys;
 pub mod tunnel;
 pub mod uapi;
 pub mod wire;

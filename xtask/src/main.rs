@@ -10,7 +10,7 @@
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -405,8 +405,13 @@ fn isthmusctl_show(t: &Topology, g: &str, what: &str) {
     let w = t.wg(g);
     let ctl = release_bin("isthmusctl").to_string_lossy().into_owned();
     match w.ns.output_timeout(&[&ctl, "show", what, &w.ifname], 10) {
-        Ok(o) if o.status.success() => println!("{}", String::from_utf8_lossy(&o.stdout).trim_end()),
-        Ok(o) => println!("isthmusctl show {what} failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) if o.status.success() => {
+            println!("{}", String::from_utf8_lossy(&o.stdout).trim_end())
+        }
+        Ok(o) => println!(
+            "isthmusctl show {what} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(e) => println!("isthmusctl show {what} failed: {e:#}"),
     }
 }

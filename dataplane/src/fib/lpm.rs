@@ -291,6 +291,14 @@ impl Lpm {
         }
     }
 
+    /// Move the arrays lookups read into huge-page-backed memory (after a bulk build).
+    pub(crate) fn settle(&mut self) {
+        self.root = crate::sys::huge_page_copy(&self.root);
+        self.chunks = crate::sys::huge_page_copy(&self.chunks);
+        self.small.items = crate::sys::huge_page_copy(&self.small.items);
+        self.big.items = crate::sys::huge_page_copy(&self.big.items);
+    }
+
     /// The next-hop code of the longest prefix containing `key` (0 = none).
     #[inline(always)]
     pub(crate) fn lookup(&self, key: u128) -> u32 {
