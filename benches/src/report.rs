@@ -197,12 +197,27 @@ fn one_line(s: &str) -> String {
 }
 
 fn ratio_line(out: &mut String, what: &str, t: &Topology, num: &str, den: &str, target: f64) {
-    for m in ["tcp1", "tcp4", "udp64"] {
+    for m in ["tcp1", "tcp4", "udp64", "hub_cpu"] {
         if !t.cells.contains_key(m) && !t.cells.is_empty() {
             continue;
         }
-        let title = METRICS.iter().find(|x| x.id == m).map_or(m, |x| x.title);
-        match (value(t, m, num), value(t, m, den)) {
+        let title = METRICS
+            .iter()
+            .find(|x| x.id == m)
+            .map_or(m.to_owned(), |x| {
+                if m == "hub_cpu" {
+                    format!("{} (inverse: the other's CPU ÷ isthmus's)", x.title)
+                } else {
+                    x.title.to_owned()
+                }
+            });
+        // For CPU per packet lower is better: the ratio is how many times less isthmus needs.
+        let (num_v, den_v) = if m == "hub_cpu" {
+            (value(t, m, den), value(t, m, num))
+        } else {
+            (value(t, m, num), value(t, m, den))
+        };
+        match (num_v, den_v) {
             (Some(a), Some(b)) if b > 0.0 => {
                 let r = a / b;
                 let ok = if r >= target { "met" } else { "NOT met" };

@@ -246,7 +246,7 @@ pub struct Metric {
 }
 
 /// The rows measured on each topology, in order.
-pub const METRICS: [Metric; 6] = [
+pub const METRICS: [Metric; 7] = [
     Metric {
         id: "tcp1",
         title: "TCP, 1 stream",
@@ -264,6 +264,12 @@ pub const METRICS: [Metric; 6] = [
         title: "UDP 64-byte payload, received",
         unit: "kpps",
         higher_is_better: true,
+    },
+    Metric {
+        id: "hub_cpu",
+        title: "hub CPU per relayed UDP 64-byte packet",
+        unit: "µs",
+        higher_is_better: false,
     },
     Metric {
         id: "ping_avg",
@@ -513,6 +519,27 @@ fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<
     Ok(num(&json(&out)?, &["end", "sum_received", "bits_per_second"])? / 1e9)
 }
 
+/// User + system CPU seconds of every process in network namespace `ns` (from
+/// `/proc/PID/stat`, in USER_HZ = 100 ticks per second on Linux).
+fn ns_cpu_seconds(ns: &str) -> f64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output();
+    let Ok(out) = out else { return 0.0 };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may contain spaces) start at ")".
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .sum()
+}
+
 fn iperf_udp64(lab: &Lab, ns: &str, dst: &str, secs: u32) -> Result<f64> {
     let t = secs.to_string();
     let out = lab.exec(
@@ -593,10 +620,12 @@ fn measure(
     what: &str,
     server: &mut Server,
     tcp4: bool,
+    cpu_ns: Option<&str>,
 ) -> BTreeMap<String, Cell> {
     let mut cells: BTreeMap<String, Cell> = METRICS
         .iter()
         .filter(|m| tcp4 || m.id != "tcp4")
+        .filter(|m| cpu_ns.is_some() || m.id != "hub_cpu")
         .map(|m| (m.id.to_owned(), Cell::default()))
         .collect();
     let record = |cells: &mut BTreeMap<String, Cell>, id: &str, r: &Result<f64>| {
@@ -624,8 +653,18 @@ fn measure(
             record(&mut cells, id, &r);
             let _ = netns::sleep(Duration::from_millis(300));
         }
+        let cpu_before = cpu_ns.map(ns_cpu_seconds);
         let r = iperf_udp64(lab, client, dst, o.duration);
         report_progress(what, "udp64", rep, &r);
+        if let (Some(ns), Some(before), Ok(kpps)) = (cpu_ns, cpu_before, &r) {
+            // CPU the hub's processes spent, per packet that made it through.
+            let packets = kpps * 1000.0 * f64::from(o.duration);
+            if packets > 0.0 {
+                let us = (ns_cpu_seconds(ns) - before) * 1e6 / packets;
+                report_progress(what, "hub cpu µs/pkt", rep, &Ok(us));
+                record(&mut cells, "hub_cpu", &Ok(us));
+            }
+        }
         if r.is_err() {
             server.restart(lab);
         }
@@ -852,7 +891,16 @@ fn line_topology(
                 bring_up(lab, imp, &b, &mut up)?;
             }
             wait_reachable(lab, &ha, "10.10.2.2")?;
-            Ok(measure(lab, o, &ha, "10.10.2.2", &what, &mut server, true))
+            Ok(measure(
+                lab,
+                o,
+                &ha,
+                "10.10.2.2",
+                &what,
+                &mut server,
+                true,
+                None,
+            ))
         })();
         up.down(lab);
         if let Kind::Plain = imp.kind {
@@ -992,7 +1040,17 @@ fn relay_topology(
             }
             wait_reachable(lab, &pa, "10.20.0.2")?;
             // Four streams add little through a hub and cost a minute: not measured there.
-            Ok(measure(lab, o, &pa, "10.20.0.2", &what, &mut server, false))
+            let cpu_ns = (!matches!(imp.kind, Kind::Plain)).then_some(hub.as_str());
+            Ok(measure(
+                lab,
+                o,
+                &pa,
+                "10.20.0.2",
+                &what,
+                &mut server,
+                false,
+                cpu_ns,
+            ))
         })();
         up.down(lab);
         if let Kind::Plain = imp.kind {
