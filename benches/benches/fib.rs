@@ -1,3 +1,4 @@
+#![allow(missing_docs)] // criterion_group! generates an undocumented public function
 //! FIB lookup on random 1M-prefix tables (IPv4 and IPv6), ns per lookup.
 //!
 //! Prefix lengths follow a rough BGP-like distribution (IPv4 mostly /16-/24 with some
@@ -280,4 +281,5 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
+
 criterion_main!(benches);

@@ -612,6 +612,7 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// Run the measurement set from `client` to `dst` (an iperf3 server listens there).
+#[allow(clippy::too_many_arguments)] // one call per topology; a struct would only rename them
 fn measure(
     lab: &mut Lab,
     o: &Options,

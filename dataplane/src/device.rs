@@ -755,7 +755,7 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
                 })
             })
             .collect();
-        out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        out.sort_by_key(|r| r.prefix);
         out
     }
 
