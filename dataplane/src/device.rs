@@ -300,39 +300,33 @@ impl Device {
             }
             // Edge-triggered: drain both to WouldBlock, a batch from each in turn.
             if udp_ready {
-                match udp_fd {
-                    Some(fd) if gro => match gro_area.recv(fd) {
+                if let Some(fd) = udp_fd {
+                    let got = if gro {
+                        gro_area.recv(fd)
+                    } else {
+                        udp::recv_batch(fd, &mut rx_udp, &mut scratch)
+                    };
+                    match got {
                         Ok(_) => {
                             let mut sink = RealSink {
                                 udp_fd: fd,
-                                tun: &mut tunq,
+                                tun: Some(&mut tunq),
                                 scratch: &mut scratch,
                                 counters: &counters,
                             };
-                            fwd.handle_segments(gro_area.segments(), &mut sink);
+                            if gro {
+                                fwd.handle_segments(gro_area.segments(), &mut sink);
+                            } else {
+                                fwd.handle_datagrams(&mut rx_udp, &mut sink);
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // ICMP errors surface as ECONNREFUSED etc.; keep going.
                         Err(e) => warn.warn(&format!("udp receive: {e}")),
-                    },
-                    Some(fd) => match udp::recv_batch(fd, &mut rx_udp, &mut scratch) {
-                        Ok(_) => {
-                            let mut sink = RealSink {
-                                udp_fd: fd,
-                                tun: &mut tunq,
-                                scratch: &mut scratch,
-                                counters: &counters,
-                            };
-                            fwd.handle_datagrams(&mut rx_udp, &mut sink);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp_ready = false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            // ICMP errors surface as ECONNREFUSED etc.; keep going.
-                            warn.warn(&format!("udp receive: {e}"));
-                        }
-                    },
-                    None => udp_ready = false,
+                    }
+                } else {
+                    udp_ready = false;
                 }
             }
             if tun_ready {
@@ -346,7 +340,7 @@ impl Device {
                         let fd = udp_fd.unwrap_or(-1);
                         let mut sink = RealSink {
                             udp_fd: fd,
-                            tun: &mut tunq,
+                            tun: Some(&mut tunq),
                             scratch: &mut scratch,
                             counters: &counters,
                         };
@@ -368,7 +362,6 @@ impl Device {
         let mut fwd = Worker::new(self.core.clone());
         let counters = fwd.counters();
         let mut scratch = MmsgScratch::default();
-        let dummy_tun = None::<&TunQueue>;
         let mut last_reset = Instant::now();
         let mut last_addr = Instant::now() - Duration::from_secs(10);
         let mut local_addrs = Vec::new();
@@ -376,11 +369,11 @@ impl Device {
             thread::sleep(Duration::from_millis(100));
             let socks = self.sockets.load_full();
             if let Some(s) = socks.first() {
-                let mut sink = TimerSink {
+                let mut sink = RealSink {
                     udp_fd: s.as_raw_fd(),
+                    tun: None,
                     scratch: &mut scratch,
                     counters: &counters,
-                    _tun: dummy_tun,
                 };
                 fwd.tick(&mut sink);
             }
@@ -427,9 +420,10 @@ impl Device {
     }
 }
 
+/// Output of a worker (or of the timer and inject paths, which have no TUN queue).
 struct RealSink<'a> {
     udp_fd: i32,
-    tun: &'a mut TunQueue,
+    tun: Option<&'a mut TunQueue>,
     scratch: &'a mut MmsgScratch,
     counters: &'a WorkerCounters,
 }
@@ -448,31 +442,10 @@ impl Sink for RealSink<'_> {
     }
 
     fn write_tun(&mut self, batch: &mut Batch) {
-        let failed = self.tun.write_batch(batch);
+        let failed = self.tun.as_mut().map_or(0, |t| t.write_batch(batch));
         if failed > 0 {
             self.counters.drops[DropReason::TxError as usize].add(failed as u64);
         }
-        batch.clear();
-    }
-}
-
-struct TimerSink<'a> {
-    udp_fd: i32,
-    scratch: &'a mut MmsgScratch,
-    counters: &'a WorkerCounters,
-    _tun: Option<&'a TunQueue>,
-}
-
-impl Sink for TimerSink<'_> {
-    fn send_udp(&mut self, batch: &mut Batch) {
-        let failed = udp::send_batch(self.udp_fd, batch, self.scratch);
-        if failed > 0 {
-            self.counters.drops[DropReason::TxError as usize].add(failed as u64);
-        }
-        batch.clear();
-    }
-
-    fn write_tun(&mut self, batch: &mut Batch) {
         batch.clear();
     }
 }
@@ -809,11 +782,11 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (worker, scratch) = &mut *g;
         let counters = worker.counters();
-        let mut sink = TimerSink {
+        let mut sink = RealSink {
             udp_fd: s.as_raw_fd(),
+            tun: None,
             scratch,
             counters: &counters,
-            _tun: None,
         };
         if worker.inject(&peer, &packet, &mut sink) {
             Ok(())

@@ -1,6 +1,10 @@
 //! The whole pipeline on the loopback backend: handshakes, traffic both ways, relay through
 //! a hub, and bad input — all in memory, deterministic.
 
+mod common;
+
+use common::{key, public};
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -10,18 +14,6 @@ use isthmus_dataplane::io::loopback::LoopbackNet;
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::stats::{DropReason, Path};
 use isthmus_dataplane::tunnel::PeerSettings;
-
-fn key(seed: u8) -> Key {
-    let mut k = [seed; 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    Key(k)
-}
-
-fn public(k: Key) -> Key {
-    let s = boringtun::x25519::StaticSecret::from(k.0);
-    Key(*boringtun::x25519::PublicKey::from(&s).as_bytes())
-}
 
 fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ipv4(src, dst, ttl).udp(4000, 5000);

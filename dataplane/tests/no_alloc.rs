@@ -2,6 +2,10 @@
 //! relayed through a hub and delivered cause zero heap allocations (counted by a global
 //! allocator wrapper).
 
+mod common;
+
+use common::{key, public};
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -37,18 +41,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn key(seed: u8) -> Key {
-    let mut k = [seed; 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    Key(k)
-}
-
-fn public(k: Key) -> Key {
-    let s = boringtun::x25519::StaticSecret::from(k.0);
-    Key(*boringtun::x25519::PublicKey::from(&s).as_bytes())
-}
 
 fn spec(public_key: Key, endpoint: Option<SocketAddr>, allowed: &str) -> PeerSpec {
     PeerSpec {

@@ -76,6 +76,18 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The sender of a received datagram, IPv4 unmapped.
+fn source_of(a: &libc::sockaddr_in6) -> Option<SocketAddr> {
+    (a.sin6_family == libc::AF_INET6 as u16).then(|| {
+        unmap(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(a.sin6_addr.s6_addr),
+            u16::from_be(a.sin6_port),
+            0,
+            a.sin6_scope_id,
+        )))
+    })
+}
+
 /// Map an IPv4 destination into the dual-stack socket's address family.
 fn to_v6(a: SocketAddr) -> SocketAddrV6 {
     match a {
@@ -174,16 +186,7 @@ pub fn recv_batch(fd: RawFd, batch: &mut Batch, sc: &mut MmsgScratch) -> io::Res
         let len = h.msg_len as usize;
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let a = &sc.addrs[i];
-        let addr = if a.sin6_family == libc::AF_INET6 as u16 {
-            Some(unmap(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                u32::from_be(a.sin6_flowinfo),
-                a.sin6_scope_id,
-            ))))
-        } else {
-            None
-        };
+        let addr = source_of(a);
         let slot = batch.slot_mut(i);
         slot.len = len.min(SLOT_SIZE);
         slot.addr = addr;
@@ -467,14 +470,7 @@ impl GroArea {
             let h = &self.hdrs[i];
             let len = (h.msg_len as usize).min(GRO_BUF);
             let a = &self.addrs[i];
-            let addr = (a.sin6_family == libc::AF_INET6 as u16).then(|| {
-                unmap(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    0,
-                    a.sin6_scope_id,
-                )))
-            });
+            let addr = source_of(a);
             let mut seg = 0;
             if h.msg_hdr.msg_controllen >= std::mem::size_of::<libc::cmsghdr>() {
                 // SAFETY: the kernel wrote a cmsghdr at the start of our control area.
