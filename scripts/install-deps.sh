@@ -15,6 +15,8 @@ packages=(
     wireguard-tools   # wg, wg-quick
     wireguard-go      # reference userspace peer
     iperf3            # TCP/UDP transfers
+    babeld            # reference Babel router (interop tests, demo islands)
+    bird2             # second Babel implementation (interop tests)
     iputils-ping      # ping
     iproute2          # ip netns, veth
     netcat-openbsd    # nc
