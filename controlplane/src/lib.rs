@@ -1,2 +1,5 @@
-//! isthmus control plane. The Babel core arrives with the control-plane issue; today this
-//! crate holds the CLI, `isthmusctl`.
+//! isthmus control plane: the Babel routing protocol ([`babel`], sans I/O), its
+//! deterministic simulator ([`sim`]), the daemon `isthmus-cp` that drives it, and the CLI
+//! `isthmusctl`.
+
+pub mod babel;

@@ -1,0 +1,1389 @@
+//! The Babel routing protocol (RFC 8966), sans I/O.
+//!
+//! A [`Router`] is driven from outside, in the style of quinn-proto: [`Router::handle`] a
+//! received packet, [`Router::handle_timeout`] when [`Router::poll_timeout`] says so, and
+//! drain [`Router::poll_transmit`] (packets to send on a link) and [`Router::poll_event`]
+//! (selected routes that changed). It never reads a clock, opens a socket or spawns a thread:
+//! time is the `now` passed in, randomness (jitter) comes from a generator seeded with the
+//! router-id. The daemon (`crate::daemon`) and the simulator (`crate::sim`) are its drivers.
+//!
+//! Files follow the RFC's concepts: [`packet`] (§4), [`neighbour`] (§3.4, Appendix A),
+//! [`source`] (§3.5.1), [`route`] (§3.2.6, §3.6), [`request`] (§3.8), and this module, the
+//! node that ties them together (§3.5.4 update processing, §3.7 route acquisition and
+//! triggered updates, §3.8 requests, §4.6.2 acknowledgments).
+
+pub mod neighbour;
+pub mod packet;
+pub mod request;
+pub mod route;
+pub mod source;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use neighbour::{cs, to_cs, Neighbour};
+use packet::{Msg, RouterId, Writer, INFINITY};
+pub use route::RouteInfo;
+use route::{Choice, NeighKey, Table};
+use source::{seqno_gt, Sources};
+
+/// A link, as numbered by the driver (an interface or a tunnel peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u32);
+
+/// How the cost of a link is computed (RFC 8966 Appendix A.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostModel {
+    /// k-out-of-j (2 of the last 3 hellos) for wired-like links.
+    TwoOutOfThree,
+    /// Expected transmission count, for lossy radio links.
+    Etx,
+}
+
+/// Per-link protocol parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkParams {
+    /// Hello interval.
+    pub hello_interval: Duration,
+    /// Periodic full update interval.
+    pub update_interval: Duration,
+    /// IHU interval (advertised; IHUs also ride on every hello).
+    pub ihu_interval: Duration,
+    /// Nominal rxcost.
+    pub rxcost: u16,
+    /// Cost model.
+    pub cost_model: CostModel,
+    /// Send and use RFC 9616 timestamps.
+    pub timestamps: bool,
+    /// RTT below which there is no penalty.
+    pub rtt_min: Duration,
+    /// RTT at and above which the full penalty applies.
+    pub rtt_max: Duration,
+    /// Largest RTT penalty added to the cost.
+    pub max_rtt_penalty: u16,
+    /// Do not advertise a route on the link it was learned from (safe on wired and
+    /// point-to-point links, not on radio meshes).
+    pub split_horizon: bool,
+}
+
+impl LinkParams {
+    /// RFC defaults for a wired link: 4 s hellos, cost 96, 2-out-of-3.
+    pub fn wired() -> Self {
+        Self {
+            hello_interval: Duration::from_secs(4),
+            update_interval: Duration::from_secs(16),
+            ihu_interval: Duration::from_secs(12),
+            rxcost: 96,
+            cost_model: CostModel::TwoOutOfThree,
+            timestamps: false,
+            rtt_min: Duration::from_millis(10),
+            rtt_max: Duration::from_millis(120),
+            max_rtt_penalty: 0,
+            split_horizon: true,
+        }
+    }
+
+    /// A lossy mesh link: cost 256, ETX, no split horizon.
+    pub fn mesh() -> Self {
+        Self {
+            rxcost: 256,
+            cost_model: CostModel::Etx,
+            split_horizon: false,
+            ..Self::wired()
+        }
+    }
+
+    /// A trunk (tunnel): wired costs plus timestamps and an RTT penalty up to 150.
+    pub fn trunk() -> Self {
+        Self {
+            timestamps: true,
+            max_rtt_penalty: 150,
+            ..Self::wired()
+        }
+    }
+}
+
+/// A link's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Name (interface or peer), for filters and display.
+    pub name: String,
+    /// Parameters.
+    pub params: LinkParams,
+    /// Our link-local address on it (packets leave from it; IHUs are addressed to it).
+    pub address: Ipv6Addr,
+    /// Our IPv4 address on it, announced as next hop for IPv4 routes.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Without an IPv4 address, announce IPv4 routes with an IPv6 next hop (RFC 9229).
+    pub v4_via_v6: bool,
+    /// Largest Babel packet (UDP payload) on the link.
+    pub max_packet: usize,
+}
+
+/// Import and export policy: `None` refuses, `Some(extra)` accepts adding `extra` to the metric.
+pub trait Policy {
+    /// A route learned on `link`.
+    fn import(&self, link: &str, prefix: &IpNet) -> Option<u16>;
+    /// A route about to be advertised on `link`.
+    fn export(&self, link: &str, prefix: &IpNet) -> Option<u16>;
+}
+
+/// Accepts everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AcceptAll;
+
+impl Policy for AcceptAll {
+    fn import(&self, _: &str, _: &IpNet) -> Option<u16> {
+        Some(0)
+    }
+    fn export(&self, _: &str, _: &IpNet) -> Option<u16> {
+        Some(0)
+    }
+}
+
+/// A packet to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// On which link.
+    pub link: LinkId,
+    /// To whom: `None` for the multicast group (ff02::1:6), else a neighbour.
+    pub dest: Option<Ipv6Addr>,
+    /// The Babel packet (UDP payload).
+    pub bytes: Vec<u8>,
+}
+
+/// The route selected for a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// Link of the next hop.
+    pub link: LinkId,
+    /// Next hop address.
+    pub next_hop: IpAddr,
+    /// Metric.
+    pub metric: u16,
+    /// Originator.
+    pub router_id: RouterId,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The selected route for `prefix` changed (`None`: no route any more).
+    Route {
+        /// Destination.
+        prefix: IpNet,
+        /// The new route.
+        route: Option<Selected>,
+    },
+    /// A neighbour appeared or went away.
+    Neighbour {
+        /// Its link.
+        link: LinkId,
+        /// Its address.
+        address: Ipv6Addr,
+        /// Appeared.
+        up: bool,
+    },
+}
+
+/// A neighbour as shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourInfo {
+    /// Link.
+    pub link: LinkId,
+    /// Link-local address.
+    pub address: Ipv6Addr,
+    /// Multicast hello history (most recent in the top bit).
+    pub reach: u16,
+    /// Unicast hello history.
+    pub unicast_reach: u16,
+    /// Our cost of hearing it.
+    pub rxcost: u16,
+    /// Its cost of hearing us.
+    pub txcost: u16,
+    /// Smoothed RTT.
+    pub rtt: Option<Duration>,
+    /// RTT penalty in the cost.
+    pub rtt_penalty: u16,
+    /// Link cost used by routes.
+    pub cost: u16,
+}
+
+/// Counters of what the node did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets received and accepted.
+    pub packets_rx: u64,
+    /// Packets refused (bad header, non-link-local source, unknown link).
+    pub packets_bad: u64,
+    /// Packets sent.
+    pub packets_tx: u64,
+    /// TLVs received by type.
+    pub tlv_rx: [u64; packet::tlv::COUNT],
+    /// TLVs sent by type.
+    pub tlv_tx: [u64; packet::tlv::COUNT],
+    /// TLVs skipped: unknown type.
+    pub tlv_unknown: u64,
+    /// TLVs skipped: unknown mandatory sub-TLV.
+    pub tlv_mandatory: u64,
+    /// TLVs skipped: malformed.
+    pub tlv_malformed: u64,
+    /// Updates refused as unfeasible.
+    pub updates_unfeasible: u64,
+    /// Updates refused by the import policy.
+    pub updates_filtered: u64,
+    /// Seqno requests forwarded.
+    pub requests_forwarded: u64,
+    /// Seqno requests suppressed as duplicates.
+    pub requests_duplicate: u64,
+    /// Urgent updates resent.
+    pub resends: u64,
+    /// Acks received for our requests.
+    pub acks_rx: u64,
+    /// Selected-route changes.
+    pub route_changes: u64,
+}
+
+/// Node-wide configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Our router-id.
+    pub router_id: RouterId,
+    /// Hop count of the seqno requests we originate.
+    pub request_hops: u8,
+}
+
+impl Config {
+    /// Defaults with the given router-id.
+    pub fn new(router_id: RouterId) -> Self {
+        Self {
+            router_id,
+            request_hops: 64,
+        }
+    }
+}
+
+struct Link {
+    cfg: LinkConfig,
+    hello_seqno: u16,
+    next_hello: Instant,
+    next_update: Instant,
+}
+
+/// Messages waiting to go out on a link.
+#[derive(Default)]
+struct Outbox {
+    /// Hello, IHUs, requests, acks, in order.
+    msgs: Vec<Msg>,
+    /// Prefixes to announce (current state is read when flushing).
+    updates: BTreeSet<IpNet>,
+    /// Announce everything.
+    full: bool,
+}
+
+/// An urgent update being made reliable (RFC 8966 §3.7.2): resent a few times on
+/// multicast, or until acknowledged on unicast.
+struct Resend {
+    link: LinkId,
+    dest: Option<Ipv6Addr>,
+    prefix: IpNet,
+    left: u8,
+    at: Instant,
+    opaque: Option<u16>,
+}
+
+const FLUSH_DELAY: Duration = Duration::from_millis(10);
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+const RESEND_DELAY: Duration = Duration::from_millis(500);
+const URGENT_RESENDS: u8 = 2;
+
+/// A Babel node.
+pub struct Router {
+    cfg: Config,
+    epoch: Instant,
+    seqno: u16,
+    rng: u64,
+    links: BTreeMap<LinkId, Link>,
+    neighbours: BTreeMap<NeighKey, Neighbour>,
+    routes: Table,
+    sources: Sources,
+    xroutes: BTreeMap<IpNet, u16>,
+    requests: request::Pending,
+    resends: Vec<Resend>,
+    out: BTreeMap<(LinkId, Option<Ipv6Addr>), Outbox>,
+    flush_at: Option<Instant>,
+    housekeeping_at: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_opaque: u16,
+    counters: Counters,
+    policy: Box<dyn Policy + Send>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("router_id", &self.cfg.router_id)
+            .field("links", &self.links.len())
+            .field("neighbours", &self.neighbours.len())
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// A node with no links yet.
+    pub fn new(cfg: Config, now: Instant) -> Self {
+        let rng = u64::from_be_bytes(cfg.router_id) | 1;
+        Self {
+            seqno: 0,
+            epoch: now,
+            rng,
+            links: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            routes: Table::new(),
+            sources: Sources::default(),
+            xroutes: BTreeMap::new(),
+            requests: request::Pending::default(),
+            resends: Vec::new(),
+            out: BTreeMap::new(),
+            flush_at: None,
+            housekeeping_at: now + HOUSEKEEPING,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_opaque: 1,
+            counters: Counters::default(),
+            policy: Box::new(AcceptAll),
+            cfg,
+        }
+    }
+
+    /// Replaces the import/export policy.
+    pub fn set_policy(&mut self, policy: Box<dyn Policy + Send>) {
+        self.policy = policy;
+    }
+
+    /// Our router-id.
+    pub fn router_id(&self) -> RouterId {
+        self.cfg.router_id
+    }
+
+    /// Our current seqno.
+    pub fn seqno(&self) -> u16 {
+        self.seqno
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn jitter(&mut self, d: Duration, fraction: u32) -> Duration {
+        // xorshift64: deterministic per router-id.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let span = d / fraction;
+        let nanos = u64::try_from(span.as_nanos()).unwrap_or(u64::MAX).max(1);
+        d - span + Duration::from_nanos(self.rng % nanos)
+    }
+
+    /// Our clock for RFC 9616 timestamps: microseconds since the node started, wrapping.
+    fn timestamp(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.epoch).as_micros() & 0xFFFF_FFFF) as u32
+    }
+
+    /// Adds a link (or replaces its configuration) and starts speaking on it.
+    pub fn add_link(&mut self, id: LinkId, cfg: LinkConfig, now: Instant) {
+        let first_update = now + self.jitter(Duration::from_millis(100), 1);
+        match self.links.get_mut(&id) {
+            Some(l) => l.cfg = cfg,
+            None => {
+                self.links.insert(
+                    id,
+                    Link {
+                        cfg,
+                        hello_seqno: (self.rng & 0xFFFF) as u16,
+                        next_hello: now,
+                        next_update: first_update,
+                    },
+                );
+                // Ask for everything straight away.
+                self.queue(id, None, Msg::RouteRequest { prefix: None }, now);
+            }
+        }
+    }
+
+    /// Removes a link: its neighbours and their routes go.
+    pub fn remove_link(&mut self, id: LinkId, now: Instant) {
+        if self.links.remove(&id).is_none() {
+            return;
+        }
+        let gone: Vec<NeighKey> = self
+            .neighbours
+            .keys()
+            .filter(|k| k.0 == id)
+            .copied()
+            .collect();
+        for k in gone {
+            self.drop_neighbour(k, now);
+        }
+        self.out.retain(|k, _| k.0 != id);
+        self.resends.retain(|r| r.link != id);
+    }
+
+    /// The configured links.
+    pub fn links(&self) -> impl Iterator<Item = (LinkId, &LinkConfig)> {
+        self.links.iter().map(|(id, l)| (*id, &l.cfg))
+    }
+
+    /// Originates `prefix` with `metric` (usually 0).
+    pub fn originate(&mut self, prefix: IpNet, metric: u16, now: Instant) {
+        let prefix = prefix.trunc();
+        if self.xroutes.insert(prefix, metric) != Some(metric) {
+            if self
+                .routes
+                .get(&prefix)
+                .is_some_and(|e| e.selected.is_some())
+            {
+                // Our own origination takes over from a learned route.
+                if let Some(e) = self.routes.get_mut(&prefix) {
+                    e.selected = None;
+                    e.last = None;
+                }
+                self.events.push_back(Event::Route {
+                    prefix,
+                    route: None,
+                });
+            }
+            self.announce(prefix, true, now);
+        }
+    }
+
+    /// Stops originating `prefix` (retracting it, unless a learned route takes over).
+    pub fn withdraw(&mut self, prefix: IpNet, now: Instant) {
+        let prefix = prefix.trunc();
+        if self.xroutes.remove(&prefix).is_some() {
+            self.reselect(prefix, now);
+            self.announce(prefix, true, now);
+        }
+    }
+
+    /// Prefixes we originate.
+    pub fn xroutes(&self) -> impl Iterator<Item = (IpNet, u16)> + '_ {
+        self.xroutes.iter().map(|(p, m)| (*p, *m))
+    }
+
+    /// Retracts everything we announce (clean shutdown); flushes at once.
+    pub fn retract_all(&mut self, now: Instant) {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            // A wildcard retraction withdraws every route we advertised on the link.
+            self.queue(
+                id,
+                None,
+                Msg::Update {
+                    prefix: None,
+                    v4_via_v6: false,
+                    interval: 0,
+                    seqno: 0,
+                    metric: INFINITY,
+                    router_id: [0; 8],
+                    next_hop: None,
+                },
+                now,
+            );
+        }
+        self.xroutes.clear();
+        self.flush(now);
+    }
+
+    /// When [`Router::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.housekeeping_at;
+        if let Some(f) = self.flush_at {
+            t = t.min(f);
+        }
+        for l in self.links.values() {
+            t = t.min(l.next_hello).min(l.next_update);
+        }
+        for n in self.neighbours.values() {
+            if let Some(x) = n.next_timer() {
+                t = t.min(x);
+            }
+        }
+        Some(t)
+    }
+
+    /// A packet to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// An event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            let Some(l) = self.links.get(&id) else {
+                continue;
+            };
+            let (hello_due, update_due) = (l.next_hello <= now, l.next_update <= now);
+            if hello_due {
+                self.send_hello(id, now);
+            }
+            if update_due {
+                let iv = self.links[&id].cfg.params.update_interval;
+                let next = now + self.jitter(iv, 4);
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.next_update = next;
+                }
+                self.out.entry((id, None)).or_default().full = true;
+                self.schedule_flush(now);
+            }
+        }
+        // Neighbour timers: missed hellos, IHU expiry.
+        let keys: Vec<NeighKey> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.next_timer().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(n) = self.neighbours.get_mut(&k) {
+                while n.multicast.tick(now) {}
+                while n.unicast.tick(now) {}
+                if n.ihu_expires.is_some_and(|t| t <= now) {
+                    n.ihu_expires = None;
+                    n.txcost = INFINITY;
+                }
+                if n.is_dead() {
+                    self.drop_neighbour(k, now);
+                } else {
+                    self.update_cost(k, now);
+                }
+            }
+        }
+        if self.housekeeping_at <= now {
+            self.housekeeping_at = now + HOUSEKEEPING;
+            self.housekeeping(now);
+        }
+        if self.flush_at.is_some_and(|t| t <= now) {
+            self.flush(now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Route expiry: first retract, later forget.
+        let mut touched = Vec::new();
+        for (p, e) in self.routes.iter_mut() {
+            let sel = e.selected.map(|i| e.routes[i].neighbour);
+            let mut changed = false;
+            e.routes.retain_mut(|r| {
+                if r.expires > now {
+                    return true;
+                }
+                changed = true;
+                if r.refmetric < INFINITY {
+                    r.refmetric = INFINITY;
+                    r.expires = now + Duration::from_secs(60);
+                    true
+                } else {
+                    false
+                }
+            });
+            e.selected = sel.and_then(|s| e.find(s));
+            if changed {
+                touched.push(*p);
+            }
+        }
+        for p in touched {
+            self.reselect(p, now);
+        }
+        self.routes.retain(|_, e| !e.routes.is_empty());
+        self.sources.gc(now);
+        // Our own seqno requests: resend with backoff, give up after a few.
+        for (link, dest, msg) in self.requests.due(now) {
+            self.queue(link, dest, msg, now);
+        }
+        // Urgent updates.
+        let due: Vec<usize> = (0..self.resends.len())
+            .filter(|&i| self.resends[i].at <= now)
+            .collect();
+        for &i in due.iter().rev() {
+            let r = &mut self.resends[i];
+            if r.left == 0 {
+                self.resends.swap_remove(i);
+                continue;
+            }
+            r.left -= 1;
+            r.at = now + RESEND_DELAY;
+            let (link, dest, prefix, opaque) = (r.link, r.dest, r.prefix, r.opaque);
+            self.counters.resends += 1;
+            if let Some(o) = opaque {
+                self.queue(
+                    link,
+                    dest,
+                    Msg::AckReq {
+                        opaque: o,
+                        interval: to_cs(RESEND_DELAY),
+                    },
+                    now,
+                );
+            }
+            self.out
+                .entry((link, dest))
+                .or_default()
+                .updates
+                .insert(prefix);
+            self.schedule_flush(now);
+        }
+    }
+
+    fn schedule_flush(&mut self, now: Instant) {
+        let at = now + FLUSH_DELAY;
+        self.flush_at = Some(self.flush_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn queue(&mut self, link: LinkId, dest: Option<Ipv6Addr>, msg: Msg, now: Instant) {
+        self.out.entry((link, dest)).or_default().msgs.push(msg);
+        self.schedule_flush(now);
+    }
+
+    fn send_hello(&mut self, id: LinkId, now: Instant) {
+        let ts = self.timestamp(now);
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        l.hello_seqno = l.hello_seqno.wrapping_add(1);
+        let p = l.cfg.params;
+        let seqno = l.hello_seqno;
+        let hello = Msg::Hello {
+            unicast: false,
+            seqno,
+            interval: to_cs(p.hello_interval),
+            timestamp: p.timestamps.then_some(ts),
+        };
+        let next = now + self.jitter(p.hello_interval, 8);
+        if let Some(l) = self.links.get_mut(&id) {
+            l.next_hello = next;
+        }
+        let mut msgs = vec![hello];
+        for n in self.neighbours.values().filter(|n| n.link == id) {
+            msgs.push(Msg::Ihu {
+                rxcost: n.rxcost(&p),
+                interval: to_cs(p.ihu_interval),
+                address: Some(IpAddr::V6(n.address)),
+                timestamp: if p.timestamps { n.hello_ts } else { None },
+            });
+        }
+        let ob = self.out.entry((id, None)).or_default();
+        // Hello and IHUs go first in the packet, so RTT samples pair them.
+        ob.msgs.splice(0..0, msgs);
+        self.flush_at = Some(now);
+    }
+
+    /// Handles a Babel packet received on `link` from `from` (the UDP source address).
+    pub fn handle(&mut self, now: Instant, link: LinkId, from: IpAddr, bytes: &[u8]) {
+        let IpAddr::V6(src) = from else {
+            self.counters.packets_bad += 1;
+            return;
+        };
+        if src.segments()[0] & 0xffc0 != 0xfe80 || !self.links.contains_key(&link) {
+            // RFC 8966 §4: only link-local sources.
+            self.counters.packets_bad += 1;
+            return;
+        }
+        let (msgs, skipped) = match packet::parse(bytes) {
+            Ok(x) => x,
+            Err(_) => {
+                self.counters.packets_bad += 1;
+                return;
+            }
+        };
+        self.counters.packets_rx += 1;
+        self.counters.tlv_unknown += u64::from(skipped.unknown_tlv);
+        self.counters.tlv_mandatory += u64::from(skipped.mandatory);
+        self.counters.tlv_malformed += u64::from(skipped.malformed) + u64::from(skipped.overrun);
+        for m in &msgs {
+            self.counters.tlv_rx[usize::from(m.kind())] += 1;
+        }
+        let key = (link, src);
+        let params = self.links[&link].cfg.params;
+        let mut fresh = false;
+        if !self.neighbours.contains_key(&key) {
+            self.neighbours.insert(key, Neighbour::new(link, src));
+            fresh = true;
+        }
+        // Pass 1: hellos (so IHUs and updates in the same packet see the neighbour's state).
+        let mut hello_ts = None;
+        for m in &msgs {
+            if let Msg::Hello {
+                unicast,
+                seqno,
+                interval,
+                timestamp,
+            } = *m
+            {
+                let ts_now = self.timestamp(now);
+                let n = self.neighbours.get_mut(&key).expect("inserted above");
+                if unicast {
+                    n.unicast.hello(seqno, interval, now);
+                } else {
+                    n.multicast.hello(seqno, interval, now);
+                }
+                if let Some(t) = timestamp {
+                    n.hello_ts = Some((t, ts_now));
+                    hello_ts = Some(t);
+                }
+            }
+        }
+        let our = self.links[&link].cfg.address;
+        let our4 = self.links[&link].cfg.ipv4;
+        let now_ts = self.timestamp(now);
+        // Pass 2: the rest, in order.
+        for m in msgs {
+            match m {
+                Msg::Hello { .. } => {}
+                Msg::Ihu {
+                    rxcost,
+                    interval,
+                    address,
+                    timestamp,
+                } => {
+                    let for_us = match address {
+                        None => true,
+                        Some(IpAddr::V6(a)) => a == our,
+                        Some(IpAddr::V4(a)) => Some(a) == our4,
+                    };
+                    if !for_us {
+                        continue;
+                    }
+                    let n = self.neighbours.get_mut(&key).expect("inserted above");
+                    n.txcost = rxcost;
+                    let hold = cs(interval).max(Duration::from_millis(100)) * 7 / 2;
+                    n.ihu_expires = Some(now + hold);
+                    if let (Some((origin, recv)), Some(sent), true) =
+                        (timestamp, hello_ts, params.timestamps)
+                    {
+                        // RFC 9616 §3.2: (t4 - t1) - (t3 - t2).
+                        let total = now_ts.wrapping_sub(origin);
+                        let held = sent.wrapping_sub(recv);
+                        let rtt = total.wrapping_sub(held);
+                        if origin != 0 && total < 60_000_000 && rtt < total.max(1) + 1 {
+                            n.rtt_sample(Duration::from_micros(u64::from(rtt)), now);
+                        }
+                    }
+                }
+                Msg::AckReq { opaque, .. } => {
+                    self.queue(link, Some(src), Msg::Ack { opaque }, now);
+                    self.flush_at = Some(now);
+                }
+                Msg::Ack { opaque } => {
+                    let before = self.resends.len();
+                    self.resends.retain(|r| r.opaque != Some(opaque));
+                    if self.resends.len() != before {
+                        self.counters.acks_rx += 1;
+                    }
+                }
+                Msg::Update {
+                    prefix,
+                    v4_via_v6: _,
+                    interval,
+                    seqno,
+                    metric,
+                    router_id,
+                    next_hop,
+                } => self.on_update(
+                    now, key, prefix, interval, seqno, metric, router_id, next_hop,
+                ),
+                Msg::RouteRequest { prefix } => {
+                    let ob = self.out.entry((link, None)).or_default();
+                    match prefix {
+                        None => ob.full = true,
+                        Some(p) => {
+                            ob.updates.insert(p);
+                        }
+                    }
+                    self.schedule_flush(now);
+                }
+                Msg::SeqnoRequest {
+                    prefix,
+                    seqno,
+                    hop_count,
+                    router_id,
+                } => self.on_seqno_request(now, key, prefix, seqno, hop_count, router_id),
+            }
+        }
+        if fresh {
+            self.events.push_back(Event::Neighbour {
+                link,
+                address: src,
+                up: true,
+            });
+            // Tell it we hear it, and ask for its routes, without waiting for timers.
+            self.send_hello(link, now);
+            self.queue(link, Some(src), Msg::RouteRequest { prefix: None }, now);
+        }
+        self.update_cost(key, now);
+    }
+
+    /// Recomputes a neighbour's cost and reselects its routes if it changed.
+    fn update_cost(&mut self, key: NeighKey, now: Instant) {
+        let Some(params) = self.links.get(&key.0).map(|l| l.cfg.params) else {
+            return;
+        };
+        let Some(n) = self.neighbours.get_mut(&key) else {
+            return;
+        };
+        let cost = n.compute_cost(&params, now);
+        if cost == n.cost {
+            return;
+        }
+        let was_up = n.cost < INFINITY;
+        n.cost = cost;
+        if !was_up && cost < INFINITY {
+            // A neighbour that became usable: give it our table.
+            self.out.entry((key.0, None)).or_default().full = true;
+            self.schedule_flush(now);
+        }
+        let prefixes: Vec<IpNet> = self
+            .routes
+            .iter()
+            .filter(|(_, e)| e.routes.iter().any(|r| r.neighbour == key))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in prefixes {
+            self.reselect(p, now);
+        }
+    }
+
+    fn drop_neighbour(&mut self, key: NeighKey, now: Instant) {
+        if self.neighbours.remove(&key).is_none() {
+            return;
+        }
+        self.events.push_back(Event::Neighbour {
+            link: key.0,
+            address: key.1,
+            up: false,
+        });
+        let prefixes: Vec<IpNet> = self
+            .routes
+            .iter()
+            .filter(|(_, e)| e.routes.iter().any(|r| r.neighbour == key))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in prefixes {
+            if let Some(e) = self.routes.get_mut(&p) {
+                let sel = e.selected.map(|i| e.routes[i].neighbour);
+                e.routes.retain(|r| r.neighbour != key);
+                e.selected = sel.and_then(|s| e.find(s));
+            }
+            self.reselect(p, now);
+        }
+        self.routes.retain(|_, e| !e.routes.is_empty());
+    }
+
+    fn cost_of(neighbours: &BTreeMap<NeighKey, Neighbour>) -> impl Fn(NeighKey) -> u16 + '_ {
+        move |k| neighbours.get(&k).map_or(INFINITY, |n| n.cost)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_update(
+        &mut self,
+        now: Instant,
+        key: NeighKey,
+        prefix: Option<IpNet>,
+        interval: u16,
+        seqno: u16,
+        metric: u16,
+        router_id: RouterId,
+        next_hop: Option<IpAddr>,
+    ) {
+        let Some(prefix) = prefix else {
+            // Wildcard retraction: everything from this neighbour.
+            let prefixes: Vec<IpNet> = self
+                .routes
+                .iter_mut()
+                .filter_map(|(p, e)| {
+                    let mut hit = false;
+                    for r in e.routes.iter_mut().filter(|r| r.neighbour == key) {
+                        r.refmetric = INFINITY;
+                        hit = true;
+                    }
+                    hit.then_some(*p)
+                })
+                .collect();
+            for p in prefixes {
+                self.reselect(p, now);
+            }
+            return;
+        };
+        if router_id == self.cfg.router_id || martian(&prefix) {
+            return;
+        }
+        let next_hop = match (prefix, next_hop) {
+            (_, Some(nh)) => nh,
+            (IpNet::V6(_), None) => IpAddr::V6(key.1),
+            // IPv4 without a next hop: only via the IPv6 source (RFC 9229).
+            (IpNet::V4(_), None) => IpAddr::V6(key.1),
+        };
+        let link_name = self.links[&key.0].cfg.name.clone();
+        let metric = match self.policy.import(&link_name, &prefix) {
+            Some(extra) if metric < INFINITY => route::metric(metric, extra),
+            Some(_) => metric,
+            None => {
+                self.counters.updates_filtered += 1;
+                INFINITY
+            }
+        };
+        let feasible = self.sources.feasible(prefix, router_id, seqno, metric, now);
+        let hold = if interval == 0 {
+            Duration::from_secs(60)
+        } else {
+            cs(interval) * 7 / 2
+        };
+        let entry = self.routes.entry(prefix).or_default();
+        let idx = entry.find(key);
+        match idx {
+            None => {
+                if metric >= INFINITY {
+                    if entry.routes.is_empty() {
+                        self.routes.remove(&prefix);
+                    }
+                    return;
+                }
+                if !feasible {
+                    self.counters.updates_unfeasible += 1;
+                    if entry.routes.is_empty() {
+                        self.routes.remove(&prefix);
+                    }
+                    return;
+                }
+                entry.routes.push(route::Route {
+                    neighbour: key,
+                    router_id,
+                    seqno,
+                    refmetric: metric,
+                    next_hop,
+                    expires: now + hold,
+                });
+            }
+            Some(i) => {
+                if !feasible {
+                    self.counters.updates_unfeasible += 1;
+                }
+                let r = &mut entry.routes[i];
+                r.router_id = router_id;
+                r.seqno = seqno;
+                r.refmetric = metric;
+                r.next_hop = next_hop;
+                r.expires = now + hold;
+            }
+        }
+        if metric < INFINITY {
+            self.requests.satisfied(prefix, router_id, seqno);
+        }
+        self.reselect(prefix, now);
+    }
+
+    fn on_seqno_request(
+        &mut self,
+        now: Instant,
+        from: NeighKey,
+        prefix: IpNet,
+        seqno: u16,
+        hop_count: u8,
+        router_id: RouterId,
+    ) {
+        if self.xroutes.contains_key(&prefix) {
+            if router_id == self.cfg.router_id && seqno_gt(seqno, self.seqno) {
+                self.seqno = self.seqno.wrapping_add(1);
+            }
+            self.announce(prefix, false, now);
+            return;
+        }
+        let choice = {
+            let cost = Self::cost_of(&self.neighbours);
+            self.routes.get(&prefix).and_then(|e| e.choice(&cost))
+        };
+        let Some(choice) = choice else {
+            return;
+        };
+        if choice.router_id == router_id && !seqno_gt(seqno, choice.seqno) {
+            // We can satisfy it.
+            self.out
+                .entry((from.0, None))
+                .or_default()
+                .updates
+                .insert(prefix);
+            self.schedule_flush(now);
+            return;
+        }
+        if hop_count < 2 || choice.neighbour == from {
+            return;
+        }
+        if !self.requests.forward(prefix, router_id, seqno, now) {
+            self.counters.requests_duplicate += 1;
+            return;
+        }
+        self.counters.requests_forwarded += 1;
+        self.queue(
+            choice.neighbour.0,
+            Some(choice.neighbour.1),
+            Msg::SeqnoRequest {
+                prefix,
+                seqno,
+                hop_count: hop_count - 1,
+                router_id,
+            },
+            now,
+        );
+    }
+
+    /// Route selection for one prefix, with the consequences: events, triggered updates,
+    /// seqno requests on starvation.
+    fn reselect(&mut self, prefix: IpNet, now: Instant) {
+        if self.xroutes.contains_key(&prefix) {
+            return;
+        }
+        let (before, after, starving_for) = {
+            let cost = Self::cost_of(&self.neighbours);
+            let Some(entry) = self.routes.get_mut(&prefix) else {
+                return;
+            };
+            let before = entry.last;
+            let after = entry.select(prefix, &self.sources, &cost, now);
+            // Starvation (§3.8.2.1): routes exist but none is feasible.
+            let starving = after.is_none()
+                && entry
+                    .routes
+                    .iter()
+                    .any(|r| route::metric(r.refmetric, cost(r.neighbour)) < INFINITY);
+            let starving_for = if starving {
+                entry
+                    .routes
+                    .iter()
+                    .filter(|r| r.refmetric < INFINITY)
+                    .map(|r| r.router_id)
+                    .next()
+                    .or_else(|| before.map(|b| b.router_id))
+            } else {
+                None
+            };
+            (before, after, starving_for)
+        };
+        if before != after {
+            self.on_selection_change(prefix, before, after, now);
+        }
+        if let Some(id) = starving_for {
+            let seqno = self
+                .sources
+                .get(prefix, id)
+                .map_or(0, |s| s.seqno)
+                .wrapping_add(1);
+            let msg = Msg::SeqnoRequest {
+                prefix,
+                seqno,
+                hop_count: self.cfg.request_hops,
+                router_id: id,
+            };
+            if self.requests.originate(prefix, id, seqno, now) {
+                let links: Vec<LinkId> = self.links.keys().copied().collect();
+                for l in links {
+                    self.requests.track(l, None, msg.clone());
+                    self.queue(l, None, msg.clone(), now);
+                }
+            }
+        }
+    }
+
+    fn on_selection_change(
+        &mut self,
+        prefix: IpNet,
+        before: Option<Choice>,
+        after: Option<Choice>,
+        now: Instant,
+    ) {
+        let route_of = |c: Choice| Selected {
+            link: c.neighbour.0,
+            next_hop: c.next_hop,
+            metric: c.metric,
+            router_id: c.router_id,
+        };
+        let (b, a) = (before.map(route_of), after.map(route_of));
+        if b != a {
+            self.counters.route_changes += 1;
+            self.events.push_back(Event::Route { prefix, route: a });
+        }
+        let urgent = match (before, after) {
+            (Some(b), Some(a)) => b.router_id != a.router_id,
+            (None, None) => false,
+            _ => true,
+        };
+        let significant = match (before, after) {
+            (Some(b), Some(a)) => {
+                b.seqno != a.seqno
+                    || b.metric.abs_diff(a.metric) >= 256
+                    || b.neighbour != a.neighbour
+            }
+            _ => true,
+        };
+        if urgent || significant {
+            self.announce(prefix, urgent, now);
+        }
+    }
+
+    /// Queues an update for `prefix` on every link; urgent ones are made reliable.
+    fn announce(&mut self, prefix: IpNet, urgent: bool, now: Instant) {
+        let ids: Vec<(LinkId, Option<Ipv6Addr>)> = self
+            .links
+            .keys()
+            .map(|id| {
+                // On a link with exactly one neighbour, urgent updates go unicast with an
+                // acknowledgment request; elsewhere they are repeated.
+                let mut ns = self.neighbours.keys().filter(|k| k.0 == *id);
+                let dest = match (ns.next(), ns.next()) {
+                    (Some(k), None) if urgent => Some(k.1),
+                    _ => None,
+                };
+                (*id, dest)
+            })
+            .collect();
+        for (id, dest) in ids {
+            self.out
+                .entry((id, dest))
+                .or_default()
+                .updates
+                .insert(prefix);
+            if urgent {
+                let opaque = dest.map(|_| {
+                    let o = self.next_opaque;
+                    self.next_opaque = self.next_opaque.wrapping_add(1).max(1);
+                    o
+                });
+                if let Some(o) = opaque {
+                    self.out
+                        .entry((id, dest))
+                        .or_default()
+                        .msgs
+                        .push(Msg::AckReq {
+                            opaque: o,
+                            interval: to_cs(RESEND_DELAY),
+                        });
+                }
+                self.resends
+                    .retain(|r| !(r.link == id && r.prefix == prefix));
+                self.resends.push(Resend {
+                    link: id,
+                    dest,
+                    prefix,
+                    left: URGENT_RESENDS,
+                    at: now + RESEND_DELAY,
+                    opaque,
+                });
+            }
+        }
+        self.schedule_flush(now);
+    }
+
+    /// What we would advertise for `prefix` on `link`: (metric, seqno, router-id).
+    fn advertisement(&self, prefix: IpNet, link: LinkId) -> Option<(u16, u16, RouterId)> {
+        if let Some(&m) = self.xroutes.get(&prefix) {
+            return Some((m, self.seqno, self.cfg.router_id));
+        }
+        let e = self.routes.get(&prefix)?;
+        let cost = Self::cost_of(&self.neighbours);
+        let c = e.choice(&cost)?;
+        let params = self.links.get(&link)?.cfg.params;
+        if params.split_horizon && c.neighbour.0 == link {
+            return None;
+        }
+        Some((c.metric, c.seqno, c.router_id))
+    }
+
+    fn flush(&mut self, now: Instant) {
+        self.flush_at = None;
+        let out = std::mem::take(&mut self.out);
+        for ((link, dest), ob) in out {
+            let Some(l) = self.links.get(&link) else {
+                continue;
+            };
+            let cfg = l.cfg.clone();
+            let mut msgs = ob.msgs;
+            let prefixes: Vec<IpNet> = if ob.full {
+                let mut all: BTreeSet<IpNet> = self.xroutes.keys().copied().collect();
+                all.extend(
+                    self.routes
+                        .iter()
+                        .filter(|(_, e)| e.selected.is_some())
+                        .map(|(p, _)| *p),
+                );
+                all.extend(ob.updates);
+                all.into_iter().collect()
+            } else {
+                ob.updates.into_iter().collect()
+            };
+            let interval = to_cs(cfg.params.update_interval);
+            let mut updates = Vec::with_capacity(prefixes.len());
+            for p in prefixes {
+                let (metric, seqno, rid) = match self.advertisement(p, link) {
+                    Some(a) => a,
+                    None if ob.full => continue,
+                    None => (INFINITY, self.seqno, self.cfg.router_id),
+                };
+                let Some(extra) = self.policy.export(&cfg.name, &p) else {
+                    continue;
+                };
+                let metric = route::metric(metric, extra);
+                let (next_hop, v4_via_v6) = match p {
+                    IpNet::V6(_) => (None, false),
+                    IpNet::V4(_) => match (cfg.ipv4, cfg.v4_via_v6) {
+                        (Some(a), _) => (Some(IpAddr::V4(a)), false),
+                        (None, true) => (None, true),
+                        (None, false) => continue,
+                    },
+                };
+                if metric < INFINITY {
+                    self.sources.advertised(p, rid, seqno, metric, now);
+                }
+                updates.push(Msg::Update {
+                    prefix: Some(p),
+                    v4_via_v6,
+                    interval,
+                    seqno,
+                    metric,
+                    router_id: rid,
+                    next_hop,
+                });
+            }
+            // Group by router-id so each gets one Router-Id TLV.
+            updates.sort_by_key(|m| match m {
+                Msg::Update { router_id, .. } => *router_id,
+                _ => [0; 8],
+            });
+            msgs.extend(updates);
+            self.packetize(link, dest, cfg.max_packet, &msgs);
+        }
+    }
+
+    fn packetize(&mut self, link: LinkId, dest: Option<Ipv6Addr>, max: usize, msgs: &[Msg]) {
+        let mut w = Writer::new(max);
+        for m in msgs {
+            if !w.push(m) {
+                let full = std::mem::replace(&mut w, Writer::new(max));
+                self.emit(link, dest, full.finish());
+                if !w.push(m) {
+                    continue;
+                }
+            }
+            self.counters.tlv_tx[usize::from(m.kind())] += 1;
+        }
+        if !w.is_empty() {
+            self.emit(link, dest, w.finish());
+        }
+    }
+
+    fn emit(&mut self, link: LinkId, dest: Option<Ipv6Addr>, bytes: Vec<u8>) {
+        self.counters.packets_tx += 1;
+        self.transmits.push_back(Transmit { link, dest, bytes });
+    }
+
+    /// Neighbours, for display.
+    pub fn neighbours(&self, now: Instant) -> Vec<NeighbourInfo> {
+        self.neighbours
+            .values()
+            .map(|n| {
+                let p = self.links[&n.link].cfg.params;
+                NeighbourInfo {
+                    link: n.link,
+                    address: n.address,
+                    reach: n.multicast.reach,
+                    unicast_reach: n.unicast.reach,
+                    rxcost: n.rxcost(&p),
+                    txcost: n.txcost,
+                    rtt: n.rtt,
+                    rtt_penalty: n.rtt_penalty(&p, now),
+                    cost: n.cost,
+                }
+            })
+            .collect()
+    }
+
+    /// Every route in the table.
+    pub fn routes(&self, now: Instant) -> Vec<RouteInfo> {
+        let cost = Self::cost_of(&self.neighbours);
+        let mut v = Vec::new();
+        for (p, e) in &self.routes {
+            for (i, r) in e.routes.iter().enumerate() {
+                v.push(RouteInfo {
+                    prefix: *p,
+                    link: r.neighbour.0,
+                    neighbour: r.neighbour.1,
+                    next_hop: r.next_hop,
+                    router_id: r.router_id,
+                    seqno: r.seqno,
+                    refmetric: r.refmetric,
+                    metric: route::metric(r.refmetric, cost(r.neighbour)),
+                    feasible: self
+                        .sources
+                        .feasible(*p, r.router_id, r.seqno, r.refmetric, now),
+                    selected: e.selected == Some(i),
+                });
+            }
+        }
+        v.sort_by(|a, b| (a.prefix, !a.selected, a.metric).cmp(&(b.prefix, !b.selected, b.metric)));
+        v
+    }
+
+    /// The selected route for every prefix.
+    pub fn selected(&self) -> impl Iterator<Item = (IpNet, Selected)> + '_ {
+        let cost = Self::cost_of(&self.neighbours);
+        self.routes.iter().filter_map(move |(p, e)| {
+            e.choice(&cost).map(|c| {
+                (
+                    *p,
+                    Selected {
+                        link: c.neighbour.0,
+                        next_hop: c.next_hop,
+                        metric: c.metric,
+                        router_id: c.router_id,
+                    },
+                )
+            })
+        })
+    }
+
+    /// Number of prefixes in the route table, and of sources.
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.routes.len(), self.sources.len())
+    }
+
+    /// Pending seqno requests we originated or forwarded.
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+}
+
+/// Prefixes never routed: link-local, multicast, loopback.
+fn martian(p: &IpNet) -> bool {
+    match p {
+        IpNet::V4(n) => {
+            n.addr().is_loopback() || n.addr().is_multicast() || n.addr().is_link_local()
+        }
+        IpNet::V6(n) => {
+            let s = n.addr().segments()[0];
+            n.addr().is_loopback() || n.addr().is_multicast() || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
