@@ -433,12 +433,27 @@ impl Kernel {
                     Ok(()) => removed += 1,
                     Err(n) if n.errno == libc::ESRCH => {}
                     Err(n) => {
-                        return Err(kernel_error(n.errno, format!("flush: remove {r}"), n.extack))
+                        return Err(kernel_error(
+                            n.errno,
+                            format!("flush: remove {r}"),
+                            n.extack,
+                        ))
                     }
                 }
             }
         }
         Ok(removed)
+    }
+
+    /// For tests of the overflow path: pipeline `batch` requests per datagram into a receive
+    /// buffer of about `rcvbuf` bytes, so that the kernel has to drop acks (ENOBUFS).
+    ///
+    /// # Errors
+    /// When the socket refuses the buffer size.
+    #[doc(hidden)]
+    pub fn squeeze_for_test(&mut self, batch: usize, rcvbuf: i32) -> io::Result<()> {
+        self.sock.batch = batch.max(1);
+        setsockopt_int(&self.sock.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf)
     }
 
     /// Dump both families, keep our table and protocol.
@@ -448,16 +463,17 @@ impl Kernel {
             let mut body = [0u8; RTMSG_LEN];
             body[0] = family;
             let (proto, table) = (self.proto, self.table);
-            self.sock.dump(RTM_GETROUTE, &body, "dump routes", |ty, payload| {
-                if ty != RTM_NEWROUTE {
-                    return;
-                }
-                if let Some(raw) = RawRoute::parse(payload) {
-                    if raw.protocol == proto && raw.table == table {
-                        out.push(raw);
+            self.sock
+                .dump(RTM_GETROUTE, &body, "dump routes", |ty, payload| {
+                    if ty != RTM_NEWROUTE {
+                        return;
                     }
-                }
-            })?;
+                    if let Some(raw) = RawRoute::parse(payload) {
+                        if raw.protocol == proto && raw.table == table {
+                            out.push(raw);
+                        }
+                    }
+                })?;
         }
         Ok(out)
     }
@@ -537,9 +553,7 @@ fn ip_bytes(a: IpAddr) -> Vec<u8> {
 fn parse_ip(family: u8, b: &[u8]) -> Option<IpAddr> {
     match (i32::from(family), b.len()) {
         (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        (libc::AF_INET6, 16) => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(b).ok()?,
-        ))),
+        (libc::AF_INET6, 16) => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
         _ => None,
     }
 }
