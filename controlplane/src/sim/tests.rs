@@ -1,0 +1,134 @@
+//! Convergence, loop freedom and failure recovery on simulated networks of 100+ nodes.
+
+use std::time::Duration;
+
+use super::*;
+use crate::babel::LinkParams;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn wired() -> LinkParams {
+    LinkParams::wired()
+}
+
+fn converge(sim: &mut Sim, limit: Duration) -> Duration {
+    let t = sim
+        .run_until_pred(limit, Duration::from_millis(500), |s| s.converged())
+        .unwrap_or_else(|| panic!("no convergence within {limit:?}"));
+    assert!(sim.loops.is_empty(), "forwarding loops: {:?}", &sim.loops[..sim.loops.len().min(5)]);
+    t
+}
+
+#[test]
+fn line_of_100_converges_without_loops() {
+    let mut sim = Sim::new(1);
+    let nodes = sim.line(100, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    let t = converge(&mut sim, Duration::from_secs(120));
+    eprintln!("line of 100: converged in {t:?} simulated, {:?}", sim.stats);
+    // Shortest paths on a line: end to end is 99 hops.
+    let p = sim.path(nodes[0], "10.0.99.0/24".parse().unwrap()).unwrap();
+    assert_eq!(p.len(), 100);
+}
+
+#[test]
+fn ring_of_120_converges_to_shortest_paths() {
+    let mut sim = Sim::new(2);
+    let nodes = sim.ring(120, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    let t = converge(&mut sim, Duration::from_secs(120));
+    eprintln!("ring of 120: converged in {t:?} simulated");
+    // Node 0 to node 60's prefix: 60 hops either way; to node 10: 10 hops.
+    let p = sim.path(nodes[0], "10.0.10.0/24".parse().unwrap()).unwrap();
+    assert_eq!(p.len(), 11, "path {p:?}");
+    let p = sim.path(nodes[0], "10.0.110.0/24".parse().unwrap()).unwrap();
+    assert_eq!(p.len(), 11, "the short way round: {p:?}");
+}
+
+#[test]
+fn grid_of_144_with_loss_converges_without_loops() {
+    let mut sim = Sim::new(3);
+    let nodes = sim.grid(12, 12, LinkParams::mesh(), 5 * MS, 50);
+    sim.originate_one_each();
+    let t = converge(&mut sim, Duration::from_secs(300));
+    eprintln!("12x12 grid, 5% loss, ETX: converged in {t:?} simulated; {:?}", sim.stats);
+    // Manhattan distance bounds the hop count from corner to corner (ETX may detour a bit).
+    let far = "10.0.143.0/24".parse().unwrap();
+    let p = sim.path(nodes[0], far).unwrap();
+    assert!(p.len() >= 23 && p.len() <= 40, "path length {}", p.len());
+    sim.run_for(Duration::from_secs(60));
+    assert!(sim.loops.is_empty(), "loops under loss: {:?}", &sim.loops[..sim.loops.len().min(3)]);
+    assert!(sim.converged(), "stays converged under 5% loss");
+}
+
+#[test]
+fn link_failure_reroutes_within_bound_and_without_loops() {
+    let mut sim = Sim::new(4);
+    let nodes = sim.ring(100, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    converge(&mut sim, Duration::from_secs(120));
+    let prefix: IpNet = "10.0.1.0/24".parse().unwrap();
+    assert_eq!(sim.path(nodes[0], prefix).unwrap(), vec![0, 1]);
+    // Cut 0-1: node 0 must go the long way round (99 hops).
+    sim.set_link_up(0, false);
+    let t = sim
+        .run_until_pred(Duration::from_secs(60), 100 * MS, |s| {
+            s.path(0, prefix).is_some_and(|p| p.len() == 100) && s.converged()
+        })
+        .expect("reroutes");
+    // Detection: two missed hellos (2-out-of-3) at 1.5 and 2.5 hello intervals after the
+    // last hello, then propagation round the ring.
+    let hello = wired().hello_interval;
+    eprintln!("ring of 100: rerouted around a cut link in {t:?} simulated");
+    assert!(t <= hello * 2 + wired().ihu_interval * 7 / 2, "took {t:?}");
+    assert!(sim.loops.is_empty(), "loops: {:?}", &sim.loops[..sim.loops.len().min(3)]);
+}
+
+#[test]
+fn partition_and_healing() {
+    let mut sim = Sim::new(5);
+    let nodes = sim.line(100, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    converge(&mut sim, Duration::from_secs(120));
+    // Split in the middle: each half must lose the other's routes (retractions and
+    // expiry), and never loop meanwhile.
+    sim.set_link_up(49, false);
+    let t = sim
+        .run_until_pred(Duration::from_secs(200), Duration::from_secs(1), |s| s.converged_partitioned())
+        .expect("partition detected");
+    eprintln!("line of 100 split: routes across the cut gone after {t:?} simulated");
+    assert!(sim.path(nodes[0], "10.0.99.0/24".parse().unwrap()).is_none());
+    assert!(sim.path(nodes[0], "10.0.48.0/24".parse().unwrap()).is_some());
+    sim.set_link_up(49, true);
+    let t = converge(&mut sim, Duration::from_secs(120));
+    eprintln!("healed in {t:?} simulated");
+    assert!(sim.loops.is_empty());
+}
+
+#[test]
+fn withdrawn_prefix_disappears_everywhere() {
+    let mut sim = Sim::new(6);
+    sim.grid(10, 10, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    converge(&mut sim, Duration::from_secs(120));
+    let p: IpNet = "10.0.55.0/24".parse().unwrap();
+    sim.withdraw(55, p);
+    let t = sim
+        .run_until_pred(Duration::from_secs(120), 100 * MS, |s| s.nodes.iter().all(|n| !n.fib.contains_key(&p)))
+        .expect("retraction propagates");
+    eprintln!("retraction reached 100 nodes in {t:?} simulated");
+    assert!(t < Duration::from_secs(5), "a retraction is a triggered update: {t:?}");
+    assert!(sim.loops.is_empty());
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = |seed| {
+        let mut sim = Sim::new(seed);
+        sim.grid(5, 5, LinkParams::mesh(), 3 * MS, 100);
+        sim.originate_one_each();
+        sim.run_for(Duration::from_secs(40));
+        (sim.stats.delivered, sim.stats.lost, sim.stats.bytes)
+    };
+    assert_eq!(run(9), run(9));
+}
