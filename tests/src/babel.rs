@@ -16,6 +16,15 @@
 //! - babeld's `redistribute if X` matches main-table routes only: an IPv4 `/32` address (which
 //!   has no main-table route) needs `redistribute local ip A/32`; IPv6 `/128` addresses do get
 //!   a main-table route and are matched.
+//! - babeld gives a newly learned route a smoothed metric of 32767 that halves every
+//!   `smoothing-half-life` (4 s): with the default it takes ~40 s to move to a better route
+//!   that appears late (a restored link). [`Babeld::start`] sets `smoothing-half-life 0`.
+//! - babeld and BIRD keep a retracted prefix as an `unreachable` kernel route for a while;
+//!   the route waits below only count usable (unicast) routes.
+//! - babeld ignores an interface without an IPv6 link-local address ("Interface tun0 has no
+//!   link-local address"), which is the case of tun/WireGuard interfaces: add one
+//!   (`fe80::…/64`) first.
+//! - The kernel here has no `dummy` module; [`add_stub_iface`] falls back to a veth pair.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
