@@ -1,5 +1,6 @@
 //! The isthmus lab: network namespaces, veth links, WireGuard implementations started inside
-//! them, traffic generators and a Prometheus scraper.
+//! them, traffic generators, a Prometheus scraper, and reference Babel routers (babeld, BIRD)
+//! with routing-table helpers for the control plane's interop tests.
 //!
 //! Everything here cleans up after itself through `Drop` guards, also when a test panics:
 //! a [`Netns`] kills every process it spawned (by PID, and then every process still inside the
@@ -10,6 +11,7 @@
 //! root (`ip netns add`), and the tools installed by `scripts/install-deps.sh`.
 #![deny(unsafe_code)]
 
+mod babel;
 mod capture;
 mod lab;
 mod metrics;
@@ -19,6 +21,12 @@ mod topology;
 mod traffic;
 mod wg;
 
+pub use babel::{
+    add_stub_iface, babeld_config, bird_config, kernel_routes, parse_babel_dump, parse_bird_routes,
+    parse_ip_routes, routes_to, wait_for_no_route, wait_for_route, wait_for_route_dev,
+    wait_for_route_where, BabelDump, BabelNeighbour, BabelRoute, Babeld, Bird, BirdRoute,
+    KernelRoute, PingProbe, ProbeResult,
+};
 pub use capture::Capture;
 pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, workspace_root, Lab};
 pub use metrics::{parse_prometheus, Metrics, Sample};
