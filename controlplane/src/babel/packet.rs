@@ -727,7 +727,7 @@ impl Writer {
                 };
                 canonical(&p) && id_ok && nh_ok
             }
-            Msg::RouteRequest { prefix } => prefix.as_ref().map_or(true, canonical),
+            Msg::RouteRequest { prefix } => prefix.as_ref().is_none_or(canonical),
             Msg::SeqnoRequest {
                 prefix, hop_count, ..
             } => canonical(&prefix) && hop_count != 0,
