@@ -193,7 +193,11 @@ pub struct Skipped {
     pub overrun: bool,
 }
 
-/// Decodes a packet received from `source` (which gives the default next hop).
+/// Decodes a packet (header, body; a trailer after the body is ignored).
+///
+/// Errors only for a bad header; bad TLVs are counted in [`Skipped`] and the rest of the
+/// packet is used. Parser state follows RFC 8966 §4.5: a Router-Id, Next Hop or Update TLV
+/// ignored for an unknown mandatory sub-TLV still updates it.
 pub fn parse(bytes: &[u8]) -> Result<(Vec<Msg>, Skipped), ParseError> {
     if bytes.len() < HEADER_LEN {
         return Err(ParseError::Truncated);
@@ -248,8 +252,10 @@ struct ParseState {
     router_id: Option<RouterId>,
     nh4: Option<Ipv4Addr>,
     nh6: Option<Ipv6Addr>,
-    default4: [u8; 4],
-    default6: [u8; 16],
+    /// Default prefixes (P flag), one per AE: 1, 4 (RFC 9229 keeps its own) and 2.
+    default4: Option<[u8; 4]>,
+    default4v6: Option<[u8; 4]>,
+    default6: Option<[u8; 16]>,
 }
 
 fn u16_at(v: &[u8], i: usize) -> Result<u16, TlvError> {
@@ -286,26 +292,51 @@ fn sub_tlvs(v: &[u8]) -> Result<Option<&[u8]>, TlvError> {
     Ok(ts)
 }
 
-/// Decodes a network prefix of `plen` bits with `omitted` leading bytes from `default`.
+/// Decodes a network prefix of `plen` bits with `omitted` leading bytes from `default`;
+/// returns the masked prefix and the number of bytes read from `v`.
 fn prefix_bytes<const N: usize>(
     v: &[u8],
     plen: u8,
     omitted: u8,
-    default: &[u8; N],
+    default: Option<&[u8; N]>,
 ) -> Result<([u8; N], usize), TlvError> {
-    if usize::from(plen) > N * 8 || usize::from(omitted) > N {
+    if usize::from(plen) > N * 8 {
         return Err(TlvError::Malformed);
     }
     let total = usize::from(plen).div_ceil(8);
-    // More omitted bytes than the prefix needs is harmless (babeld accepts it too).
-    let omitted = usize::from(omitted).min(total);
+    let omitted = usize::from(omitted);
+    // RFC 8966 §4.6.9: the prefix field is ceil(plen/8) - omitted bytes long, so more
+    // omitted bytes than that is malformed (babeld rejects it too), and so is compression
+    // before a default prefix was set.
+    if omitted > total {
+        return Err(TlvError::Malformed);
+    }
     let carried = total - omitted;
     let src = v.get(..carried).ok_or(TlvError::Malformed)?;
     let mut out = [0u8; N];
-    out[..omitted].copy_from_slice(&default[..omitted]);
+    if omitted > 0 {
+        let d = default.ok_or(TlvError::Malformed)?;
+        out[..omitted].copy_from_slice(&d[..omitted]);
+    }
     out[omitted..total].copy_from_slice(src);
     mask::<N>(&mut out, plen);
     Ok((out, carried))
+}
+
+/// AE 3 prefix: `fe80::/64` is implied, the field holds ceil(plen/8) - 8 bytes, `plen` is at
+/// least 64 and nothing may be omitted.
+fn link_local_prefix(v: &[u8], plen: u8, omitted: u8) -> Result<(IpNet, usize), TlvError> {
+    if !(64..=128).contains(&plen) || omitted != 0 {
+        return Err(TlvError::Malformed);
+    }
+    let carried = usize::from(plen).div_ceil(8) - 8;
+    let src = v.get(..carried).ok_or(TlvError::Malformed)?;
+    let mut b = [0u8; 16];
+    b[0] = 0xfe;
+    b[1] = 0x80;
+    b[8..8 + carried].copy_from_slice(src);
+    mask::<16>(&mut b, plen);
+    Ok((net6(b, plen)?, carried))
 }
 
 fn mask<const N: usize>(b: &mut [u8; N], plen: u8) {
@@ -334,6 +365,11 @@ fn link_local(b: &[u8]) -> Ipv6Addr {
     a[1] = 0x80;
     a[8..].copy_from_slice(b);
     Ipv6Addr::from(a)
+}
+
+/// RFC 8966 §4.6.7: all zeros and all ones are not router-ids.
+fn valid_router_id(id: &RouterId) -> bool {
+    *id != [0; 8] && *id != [0xFF; 8]
 }
 
 /// Reads a full (uncompressed) address with the given AE; returns it and its length.
@@ -399,7 +435,7 @@ impl ParseState {
                 if ae_ == ae::V4_VIA_V6 {
                     return Err(TlvError::Malformed);
                 }
-                let (address, n) = address(ae_, v.get(6..).ok_or(TlvError::Malformed)?)?;
+                let (address, n) = address(ae_, &v[6..])?;
                 let ts = sub_tlvs(&v[6 + n..])?;
                 let timestamp = ts.and_then(|t| Some((u32_at(t, 0)?, u32_at(t, 4)?)));
                 out.push(Msg::Ihu {
@@ -415,32 +451,33 @@ impl ParseState {
                     .get(2..10)
                     .and_then(|b| b.try_into().ok())
                     .ok_or(TlvError::Malformed)?;
+                // The router-id applies even if a mandatory sub-TLV makes us ignore the
+                // TLV (RFC 8966 §4.4). An invalid one drops the router-id so that following
+                // updates with a finite metric are ignored.
+                self.router_id = valid_router_id(&id).then_some(id);
                 sub_tlvs(&v[10..])?;
-                if id == [0; 8] || id == [0xFF; 8] {
-                    // RFC 8966 §4.6.7: all zeros and all ones are invalid; drop the
-                    // router-id so that following updates are ignored.
-                    self.router_id = None;
+                if self.router_id.is_none() {
                     return Err(TlvError::Malformed);
                 }
-                self.router_id = Some(id);
                 Ok(())
             }
             tlv::NEXT_HOP => {
                 let ae_ = *v.first().ok_or(TlvError::Malformed)?;
                 let (a, n) = address(ae_, v.get(2..).ok_or(TlvError::Malformed)?)?;
-                sub_tlvs(&v[2 + n..])?;
+                // Applies even if a mandatory sub-TLV makes us ignore the TLV (§4.4).
                 match (ae_, a) {
                     (ae::IPV4, Some(IpAddr::V4(a))) => self.nh4 = Some(a),
                     (ae::IPV6 | ae::LINK_LOCAL, Some(IpAddr::V6(a))) => self.nh6 = Some(a),
                     _ => return Err(TlvError::Malformed),
                 }
+                sub_tlvs(&v[2 + n..])?;
                 Ok(())
             }
             tlv::UPDATE => self.update(v, out),
             tlv::ROUTE_REQUEST => {
                 let ae_ = *v.first().ok_or(TlvError::Malformed)?;
                 let plen = *v.get(1).ok_or(TlvError::Malformed)?;
-                let (prefix, n) = self.request_prefix(ae_, plen, &v[2..])?;
+                let (prefix, n) = request_prefix(ae_, plen, &v[2..])?;
                 sub_tlvs(&v[2 + n..])?;
                 out.push(Msg::RouteRequest { prefix });
                 Ok(())
@@ -454,7 +491,7 @@ impl ParseState {
                     .get(6..14)
                     .and_then(|b| b.try_into().ok())
                     .ok_or(TlvError::Malformed)?;
-                let (prefix, n) = self.request_prefix(ae_, plen, &v[14..])?;
+                let (prefix, n) = request_prefix(ae_, plen, &v[14..])?;
                 let prefix = prefix.ok_or(TlvError::Malformed)?;
                 sub_tlvs(&v[14 + n..])?;
                 if hop_count == 0 {
@@ -472,31 +509,6 @@ impl ParseState {
         }
     }
 
-    fn request_prefix(
-        &self,
-        ae_: u8,
-        plen: u8,
-        v: &[u8],
-    ) -> Result<(Option<IpNet>, usize), TlvError> {
-        match ae_ {
-            ae::WILDCARD if plen == 0 => Ok((None, 0)),
-            ae::IPV4 | ae::V4_VIA_V6 => {
-                let (b, n) = prefix_bytes::<4>(v, plen, 0, &[0; 4])?;
-                Ok((Some(net4(b, plen)?), n))
-            }
-            ae::IPV6 => {
-                let (b, n) = prefix_bytes::<16>(v, plen, 0, &[0; 16])?;
-                Ok((Some(net6(b, plen)?), n))
-            }
-            ae::LINK_LOCAL => {
-                let b = v.get(..8).ok_or(TlvError::Malformed)?;
-                let a = link_local(b);
-                Ok((Some(net6(a.octets(), plen.min(128))?), 8))
-            }
-            _ => Err(TlvError::Malformed),
-        }
-    }
-
     fn update(&mut self, v: &[u8], out: &mut Vec<Msg>) -> Result<(), TlvError> {
         if v.len() < 10 {
             return Err(TlvError::Malformed);
@@ -508,36 +520,49 @@ impl ParseState {
         let rest = &v[10..];
         let (prefix, n) = match ae_ {
             ae::WILDCARD => {
-                if metric != INFINITY {
+                // §4.6.9: only as a retraction, with Plen and Omitted 0.
+                if metric != INFINITY || plen != 0 || omitted != 0 {
                     return Err(TlvError::Malformed);
                 }
                 (None, 0)
             }
             ae::IPV4 | ae::V4_VIA_V6 => {
-                let (b, n) = prefix_bytes::<4>(rest, plen, omitted, &self.default4)?;
+                let default = if ae_ == ae::IPV4 {
+                    &mut self.default4
+                } else {
+                    &mut self.default4v6
+                };
+                let (b, n) = prefix_bytes::<4>(rest, plen, omitted, default.as_ref())?;
                 if flags & FLAG_DEFAULT_PREFIX != 0 {
-                    self.default4 = b;
+                    *default = Some(b);
                 }
                 (Some(net4(b, plen)?), n)
             }
             ae::IPV6 => {
-                let (b, n) = prefix_bytes::<16>(rest, plen, omitted, &self.default6)?;
+                let (b, n) = prefix_bytes::<16>(rest, plen, omitted, self.default6.as_ref())?;
                 if flags & FLAG_DEFAULT_PREFIX != 0 {
-                    self.default6 = b;
-                }
-                if flags & FLAG_ROUTER_ID != 0 {
-                    let mut id = [0; 8];
-                    id.copy_from_slice(&b[8..]);
-                    self.router_id = Some(id);
+                    self.default6 = Some(b);
                 }
                 (Some(net6(b, plen)?), n)
             }
+            // No default prefix for AE 3 (Omitted must be 0).
             ae::LINK_LOCAL => {
-                let b = rest.get(..8).ok_or(TlvError::Malformed)?;
-                (Some(net6(link_local(b).octets(), plen.min(128))?), 8)
+                let (p, n) = link_local_prefix(rest, plen, omitted)?;
+                (Some(p), n)
             }
             _ => return Err(TlvError::Malformed),
         };
+        if let (Some(p), true) = (prefix, flags & FLAG_ROUTER_ID != 0) {
+            // §4.6.9 R flag: the last 8 bytes of the address, or an IPv4 address after 4
+            // zero bytes.
+            let mut id = [0; 8];
+            match p {
+                IpNet::V4(n) => id[4..].copy_from_slice(&n.addr().octets()),
+                IpNet::V6(n) => id.copy_from_slice(&n.addr().octets()[8..]),
+            }
+            // An invalid one drops the router-id: a retraction still goes through.
+            self.router_id = valid_router_id(&id).then_some(id);
+        }
         sub_tlvs(&rest[n..])?;
         let next_hop = match (prefix, ae_) {
             (None, _) => None,
@@ -545,10 +570,17 @@ impl ParseState {
             (Some(IpNet::V4(_)), _) => self.nh4.map(IpAddr::V4),
             (Some(IpNet::V6(_)), _) => self.nh6.map(IpAddr::V6),
         };
-        // A wildcard retraction needs no router-id; everything else does.
+        // An IPv4 route (AE 1) without an IPv4 next hop would go via the packet's source,
+        // which is IPv6 here: §4.6.9 says to ignore it (AE 4 exists for that).
+        if ae_ == ae::IPV4 && next_hop.is_none() && metric != INFINITY {
+            return Err(TlvError::Malformed);
+        }
+        // The router-id matters for routes only (§4.6.9): retractions need none, and a
+        // wildcard retraction has none.
         let router_id = match (prefix, self.router_id) {
-            (None, id) => id.unwrap_or([0; 8]),
+            (None, _) => [0; 8],
             (Some(_), Some(id)) => id,
+            (Some(_), None) if metric == INFINITY => [0; 8],
             (Some(_), None) => return Err(TlvError::Malformed),
         };
         out.push(Msg::Update {
@@ -564,31 +596,58 @@ impl ParseState {
     }
 }
 
+/// The prefix of a Route or Seqno Request (never compressed).
+fn request_prefix(ae_: u8, plen: u8, v: &[u8]) -> Result<(Option<IpNet>, usize), TlvError> {
+    match ae_ {
+        ae::WILDCARD if plen == 0 => Ok((None, 0)),
+        // AE 4 in a request names an IPv4 prefix, as AE 1 does (babeld reads it so too).
+        ae::IPV4 | ae::V4_VIA_V6 => {
+            let (b, n) = prefix_bytes::<4>(v, plen, 0, None)?;
+            Ok((Some(net4(b, plen)?), n))
+        }
+        ae::IPV6 => {
+            let (b, n) = prefix_bytes::<16>(v, plen, 0, None)?;
+            Ok((Some(net6(b, plen)?), n))
+        }
+        ae::LINK_LOCAL => {
+            let (p, n) = link_local_prefix(v, plen, 0)?;
+            Ok((Some(p), n))
+        }
+        _ => Err(TlvError::Malformed),
+    }
+}
+
 /// Builds one packet of at most `max` bytes, compressing as it goes.
+///
+/// What the parser would make of the packet so far is tracked, so that
+/// `parse(finish()) == ` the messages `push` accepted, exactly.
 #[derive(Debug)]
 pub struct Writer {
     buf: Vec<u8>,
     max: usize,
+    st: WriterState,
+}
+
+/// The receiver's parser state after the bytes written so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct WriterState {
     router_id: Option<RouterId>,
     nh4: Option<Ipv4Addr>,
     nh6: Option<Ipv6Addr>,
     default4: Option<[u8; 4]>,
+    default4v6: Option<[u8; 4]>,
     default6: Option<[u8; 16]>,
 }
 
 impl Writer {
-    /// An empty packet of at most `max` bytes (header included).
+    /// An empty packet of at most `max` bytes (header included; at least 36, at most 65535).
     pub fn new(max: usize) -> Self {
         let mut buf = Vec::with_capacity(max.min(1 << 16));
         buf.extend_from_slice(&[MAGIC, VERSION, 0, 0]);
         Self {
             buf,
             max: max.clamp(HEADER_LEN + 32, usize::from(u16::MAX)),
-            router_id: None,
-            nh4: None,
-            nh6: None,
-            default4: None,
-            default6: None,
+            st: WriterState::default(),
         }
     }
 
@@ -602,26 +661,28 @@ impl Writer {
         self.buf.len()
     }
 
-    /// Appends `msg`; `false` (and nothing written) when it does not fit.
+    /// Appends `msg`; `false` (and nothing written) when it does not fit, or when this packet
+    /// cannot carry it so that it parses back equal:
+    ///
+    /// - an update whose `next_hop` is `None` (the packet's source) after one of the same
+    ///   family with a next hop (a fresh packet takes it);
+    /// - never representable: a prefix with host bits set, an update whose next hop is of the
+    ///   wrong family (IPv4 for an IPv6 prefix or for `v4_via_v6`, IPv6 for an AE 1 IPv4
+    ///   prefix), `v4_via_v6` on an IPv6 prefix, an IPv4 route (finite metric, not
+    ///   `v4_via_v6`) without an IPv4 next hop, a route with an all-zeros or all-ones
+    ///   router-id (a retraction may carry `[0; 8]`, "none"), a wildcard retraction that is
+    ///   not `metric: INFINITY, router_id: [0; 8], next_hop: None, v4_via_v6: false`, and a
+    ///   Seqno Request with `hop_count` 0.
     pub fn push(&mut self, msg: &Msg) -> bool {
+        if !self.representable(msg) {
+            return false;
+        }
         let mark = self.buf.len();
-        let saved = (
-            self.router_id,
-            self.nh4,
-            self.nh6,
-            self.default4,
-            self.default6,
-        );
+        let saved = self.st;
         self.encode(msg);
         if self.buf.len() > self.max {
             self.buf.truncate(mark);
-            (
-                self.router_id,
-                self.nh4,
-                self.nh6,
-                self.default4,
-                self.default6,
-            ) = saved;
+            self.st = saved;
             return false;
         }
         true
@@ -632,6 +693,46 @@ impl Writer {
         let body = u16::try_from(self.buf.len() - HEADER_LEN).unwrap_or(u16::MAX);
         self.buf[2..4].copy_from_slice(&body.to_be_bytes());
         self.buf
+    }
+
+    fn representable(&self, msg: &Msg) -> bool {
+        let canonical = |p: &IpNet| p.trunc() == *p;
+        match *msg {
+            Msg::Update {
+                prefix: None,
+                v4_via_v6,
+                metric,
+                router_id,
+                next_hop,
+                ..
+            } => metric == INFINITY && router_id == [0; 8] && next_hop.is_none() && !v4_via_v6,
+            Msg::Update {
+                prefix: Some(p),
+                v4_via_v6,
+                metric,
+                router_id,
+                next_hop,
+                ..
+            } => {
+                let id_ok =
+                    valid_router_id(&router_id) || (metric == INFINITY && router_id == [0; 8]);
+                let nh_ok = match (p, v4_via_v6, next_hop) {
+                    (IpNet::V6(_), true, _) => false,
+                    // AE 1: the IPv4 next hop.
+                    (IpNet::V4(_), false, None) => metric == INFINITY && self.st.nh4.is_none(),
+                    (IpNet::V4(_), false, Some(nh)) => nh.is_ipv4(),
+                    // AE 2 and AE 4: the IPv6 next hop.
+                    (_, _, None) => self.st.nh6.is_none(),
+                    (_, _, Some(nh)) => nh.is_ipv6(),
+                };
+                canonical(&p) && id_ok && nh_ok
+            }
+            Msg::RouteRequest { prefix } => prefix.as_ref().is_none_or(canonical),
+            Msg::SeqnoRequest {
+                prefix, hop_count, ..
+            } => canonical(&prefix) && hop_count != 0,
+            Msg::AckReq { .. } | Msg::Ack { .. } | Msg::Hello { .. } | Msg::Ihu { .. } => true,
+        }
     }
 
     fn tlv(&mut self, t: u8, f: impl FnOnce(&mut Vec<u8>)) {
@@ -754,22 +855,28 @@ impl Writer {
             });
             return;
         };
-        if self.router_id != Some(router_id) {
+        if router_id == [0; 8] {
+            // A retraction without a router-id: clear the receiver's with an invalid one.
+            if self.st.router_id.is_some() {
+                self.tlv(tlv::ROUTER_ID, |b| b.extend_from_slice(&[0; 10]));
+                self.st.router_id = None;
+            }
+        } else if self.st.router_id != Some(router_id) {
             self.tlv(tlv::ROUTER_ID, |b| {
                 b.extend_from_slice(&[0, 0]);
                 b.extend_from_slice(&router_id);
             });
-            self.router_id = Some(router_id);
+            self.st.router_id = Some(router_id);
         }
         match next_hop {
-            Some(IpAddr::V4(a)) if self.nh4 != Some(a) => {
+            Some(IpAddr::V4(a)) if self.st.nh4 != Some(a) => {
                 self.tlv(tlv::NEXT_HOP, |b| {
                     b.extend_from_slice(&[ae::IPV4, 0]);
                     b.extend_from_slice(&a.octets());
                 });
-                self.nh4 = Some(a);
+                self.st.nh4 = Some(a);
             }
-            Some(IpAddr::V6(a)) if self.nh6 != Some(a) => {
+            Some(IpAddr::V6(a)) if self.st.nh6 != Some(a) => {
                 self.tlv(tlv::NEXT_HOP, |b| {
                     if is_link_local(a) {
                         b.extend_from_slice(&[ae::LINK_LOCAL, 0]);
@@ -779,40 +886,35 @@ impl Writer {
                         b.extend_from_slice(&a.octets());
                     }
                 });
-                self.nh6 = Some(a);
+                self.st.nh6 = Some(a);
             }
             _ => {}
         }
         let plen = p.prefix_len();
         let bytes = net_bytes(&p);
         let total = usize::from(plen).div_ceil(8);
-        let (ae_, omitted) = match p {
-            IpNet::V4(_) => {
-                let ae_ = if v4_via_v6 { ae::V4_VIA_V6 } else { ae::IPV4 };
-                (
-                    ae_,
-                    common(self.default4.as_ref().map(|d| &d[..]), &bytes[..total]),
-                )
+        let (ae_, default): (u8, Option<&[u8]>) = match p {
+            IpNet::V4(_) if v4_via_v6 => {
+                (ae::V4_VIA_V6, self.st.default4v6.as_ref().map(|d| &d[..]))
             }
-            IpNet::V6(_) => (
-                ae::IPV6,
-                common(self.default6.as_ref().map(|d| &d[..]), &bytes[..total]),
-            ),
+            IpNet::V4(_) => (ae::IPV4, self.st.default4.as_ref().map(|d| &d[..])),
+            IpNet::V6(_) => (ae::IPV6, self.st.default6.as_ref().map(|d| &d[..])),
         };
+        let omitted = common(default, &bytes[..total]);
         self.tlv(tlv::UPDATE, |b| {
+            // `omitted <= total <= 16`.
             b.extend_from_slice(&[ae_, FLAG_DEFAULT_PREFIX, plen, omitted as u8]);
             b.extend_from_slice(&interval.to_be_bytes());
             b.extend_from_slice(&seqno.to_be_bytes());
             b.extend_from_slice(&metric.to_be_bytes());
             b.extend_from_slice(&bytes[omitted..total]);
         });
-        match p {
-            IpNet::V4(_) => {
-                let mut d = [0; 4];
-                d.copy_from_slice(&bytes[..4]);
-                self.default4 = Some(d);
-            }
-            IpNet::V6(_) => self.default6 = Some(bytes),
+        let mut d4 = [0; 4];
+        d4.copy_from_slice(&bytes[..4]);
+        match ae_ {
+            ae::V4_VIA_V6 => self.st.default4v6 = Some(d4),
+            ae::IPV4 => self.st.default4 = Some(d4),
+            _ => self.st.default6 = Some(bytes),
         }
     }
 }
@@ -844,3 +946,7 @@ fn net_bytes(p: &IpNet) -> [u8; 16] {
 pub fn is_link_local(a: Ipv6Addr) -> bool {
     a.segments()[..4] == [0xfe80, 0, 0, 0]
 }
+
+#[cfg(test)]
+#[path = "packet_tests.rs"]
+mod packet_tests;
