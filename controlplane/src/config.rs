@@ -2118,6 +2118,42 @@ action = "accept"
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let text = include_str!("../../docs/isthmus.example.toml");
+        let dir = std::env::temp_dir().join(format!("isthmus-cp-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("private.key");
+        std::fs::write(&f, Key::generate_private().to_base64()).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(text, &dir.join("isthmus.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let b = c.unwrap().babel;
+        assert_eq!(b.router_id, Some([2, 0, 0, 0, 0, 0, 0x0a, 1]));
+        assert_eq!(b.originate.len(), 2);
+        assert_eq!(b.interfaces.len(), 2);
+        assert_eq!(b.interfaces[1].params.rxcost, 384);
+        assert_eq!(b.interfaces[1].params.hello_interval, ms(2000));
+        assert_eq!(b.peers[0].params.hello_interval, ms(1000));
+        assert_eq!(b.peers[0].params.rtt_max, ms(200));
+        assert_eq!(b.filters.len(), 3);
+        let first = |d, l, p| b.first_filter(d, l, &net(p)).map(|f| f.action);
+        assert_eq!(
+            first(Direction::In, "trunk-south", "10.20.0.0/16"),
+            Some(FilterAction::AddMetric(128))
+        );
+        assert_eq!(
+            first(Direction::In, "trunk-south", "10.20.1.128/25"),
+            Some(FilterAction::Deny)
+        );
+        assert_eq!(first(Direction::In, "roof-12", "10.20.1.128/25"), None);
+        assert_eq!(
+            first(Direction::Out, "eth1", "10.10.99.0/24"),
+            Some(FilterAction::Deny)
+        );
+    }
+
+    #[test]
     fn load_reads_a_file() {
         let dir = std::env::temp_dir().join(format!("isthmus-cp-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
