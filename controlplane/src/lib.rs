@@ -1,7 +1,9 @@
 //! isthmus control plane: the Babel routing protocol ([`babel`], sans I/O), its
-//! deterministic simulator ([`sim`]), the daemon `isthmus-cp` that drives it, [`kernel`]
-//! (the seam to the kernel's routing table), and the CLI `isthmusctl`.
+//! deterministic simulator ([`sim`]), the daemon `isthmus-cp` that drives it, its
+//! configuration ([`config`]), [`kernel`] (the seam to the kernel's routing table), and the
+//! CLI `isthmusctl`.
 
 pub mod babel;
+pub mod config;
 pub mod kernel;
 pub mod sim;

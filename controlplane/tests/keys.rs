@@ -60,3 +60,42 @@ fn check_config_reports_file_line_and_key() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_config_checks_babel_and_summarizes_it() {
+    let dir = std::env::temp_dir().join(format!("isthmusctl-babel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("gw.toml");
+    let good = "[interface]\nlisten_port = 51820\n\n[[peer]]\nname = \"roof-12\"\n\
+                public_key = \"TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=\"\n\n\
+                [babel]\noriginate = [\"10.10.0.0/16\", \"fd10::/48\"]\n\n\
+                [[babel.interface]]\nname = \"eth1\"\n\n[[babel.interface]]\nname = \"wlan0\"\nclass = \"mesh\"\n";
+    std::fs::write(&f, good).unwrap();
+    let out = Command::new(CTL)
+        .args(["check-config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK (1 peers, 0 routes)"), "{stdout}");
+    assert!(
+        stdout.contains("babel: interfaces eth1 (wired), wlan0 (mesh); 1 of 1 peers; originates 10.10.0.0/16, fd10::/48; 0 filters"),
+        "{stdout}"
+    );
+    std::fs::write(&f, good.replace("\"mesh\"", "\"wifi\"")).unwrap();
+    let out = Command::new(CTL)
+        .args(["check-config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gw.toml:16: babel.interface[1].class: expected \"wired\", \"mesh\" or \"trunk\", got \"wifi\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

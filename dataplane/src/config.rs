@@ -151,6 +151,10 @@ struct RawFile {
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    /// `[babel]` belongs to the control plane (`isthmus-cp`), which reads the same file and
+    /// validates it; the data plane accepts and ignores it.
+    #[serde(rename = "babel")]
+    _babel: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -687,6 +691,17 @@ via = "blackhole"
         assert_eq!(e.key, "interface.private_key");
         let e = err_of(&text.replace(&own.to_base64(), "bm90IGEga2V5"));
         assert_eq!((e.line, e.key.as_str()), (3, "interface.private_key"));
+    }
+
+    #[test]
+    fn a_babel_section_is_ignored() {
+        let (text, _, _, _) = valid();
+        let with = format!("{text}\n[babel]\nrouter_id = \"02:00:00:00:00:00:00:01\"\n\n[[babel.interface]]\nname = \"eth1\"\nanything = [1, 2]\n");
+        let c = parse_str(&with).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        // Other unknown top-level tables are still refused.
+        let e = err_of(&format!("{text}\n[bable]\nrouter_id = 1\n"));
+        assert!(e.message.contains("bable"), "{e}");
     }
 
     #[test]

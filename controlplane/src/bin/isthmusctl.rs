@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use isthmus_controlplane::config::{BabelConfig, DefaultRoute};
 use isthmus_dataplane::ctl::proto::{CtlNextHop, Msg, PeerInfo, RouteInfo, RouteOrigin};
 use isthmus_dataplane::ctl::server::CtlClient;
 use isthmus_dataplane::keys::Key;
@@ -51,13 +52,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["check-config", file] => {
-            let cfg = isthmus_dataplane::config::load(Path::new(file))
+            let cfg = isthmus_controlplane::config::load(Path::new(file))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "{file}: OK ({} peers, {} routes)",
-                cfg.peers.len(),
-                cfg.routes.len()
+                cfg.device.peers.len(),
+                cfg.device.routes.len()
             );
+            println!("{}", babel_summary(&cfg.babel));
             Ok(())
         }
         ["show", what, rest @ ..] => {
@@ -77,6 +79,34 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// One line: `babel: interfaces eth1 (wired), wlan0 (mesh); 3 of 3 peers; originates 10.10.0.0/16, fd10::/48; 2 filters`.
+fn babel_summary(b: &BabelConfig) -> String {
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let ifaces = list(
+        b.interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.class))
+            .collect(),
+    );
+    let mut originate: Vec<String> = b.originate.iter().map(ToString::to_string).collect();
+    if b.default_route == DefaultRoute::Originate {
+        originate.push("default".into());
+    }
+    let enabled = b.peers.iter().filter(|p| p.enabled).count();
+    format!(
+        "babel: interfaces {ifaces}; {enabled} of {} peers; originates {}; {} filters",
+        b.peers.len(),
+        list(originate),
+        b.filters.len()
+    )
 }
 
 fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
