@@ -962,8 +962,14 @@ impl Router {
                 }
                 if !feasible {
                     self.counters.updates_unfeasible += 1;
+                    let have_route = entry.selected.is_some();
                     if entry.routes.is_empty() {
                         self.routes.remove(&prefix);
+                    }
+                    if !have_route {
+                        // §3.8.2.2: without a route, ask this neighbour's source for a
+                        // seqno that makes its route feasible.
+                        self.request_from(key, prefix, router_id, now);
                     }
                     return;
                 }
@@ -992,6 +998,25 @@ impl Router {
             self.requests.satisfied(prefix, router_id, seqno);
         }
         self.reselect(prefix, now);
+    }
+
+    /// Sends a unicast seqno request to `to` for a seqno newer than our feasibility distance.
+    fn request_from(&mut self, to: NeighKey, prefix: IpNet, id: RouterId, now: Instant) {
+        let seqno = self
+            .sources
+            .get(prefix, id)
+            .map_or(0, |s| s.seqno)
+            .wrapping_add(1);
+        if self.requests.originate(prefix, id, seqno, now) {
+            let msg = Msg::SeqnoRequest {
+                prefix,
+                seqno,
+                hop_count: self.cfg.request_hops,
+                router_id: id,
+            };
+            self.requests.track(to.0, Some(to.1), msg.clone());
+            self.queue(to.0, Some(to.1), msg, now);
+        }
     }
 
     fn on_seqno_request(
@@ -1061,20 +1086,23 @@ impl Router {
             };
             let before = entry.last;
             let after = entry.select(prefix, &self.sources, &cost, now);
-            // Starvation (§3.8.2.1): routes exist but none is feasible.
+            // Starvation (§3.8.2.1): the selected route is gone, or routes exist but none is
+            // feasible. Ask the source for a new seqno (babeld does the same on route loss).
             let starving = after.is_none()
-                && entry
-                    .routes
-                    .iter()
-                    .any(|r| route::metric(r.refmetric, cost(r.neighbour)) < INFINITY);
+                && (before.is_some()
+                    || entry
+                        .routes
+                        .iter()
+                        .any(|r| route::metric(r.refmetric, cost(r.neighbour)) < INFINITY));
             let starving_for = if starving {
-                entry
-                    .routes
-                    .iter()
-                    .filter(|r| r.refmetric < INFINITY)
-                    .map(|r| r.router_id)
-                    .next()
-                    .or_else(|| before.map(|b| b.router_id))
+                before.map(|b| b.router_id).or_else(|| {
+                    entry
+                        .routes
+                        .iter()
+                        .filter(|r| r.refmetric < INFINITY)
+                        .map(|r| r.router_id)
+                        .next()
+                })
             } else {
                 None
             };

@@ -35,6 +35,8 @@ pub struct SimLink {
     pub delay: Duration,
     /// Probability of losing a packet, in 1/1000.
     pub loss_permille: u32,
+    /// Arrival time of the last packet each way: links jitter but do not reorder.
+    last: [Option<Instant>; 2],
 }
 
 /// A node: its router and the forwarding table its events built.
@@ -164,7 +166,16 @@ impl Sim {
     }
 
     fn address(node: NodeId, link: LinkId) -> Ipv6Addr {
-        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, (node >> 16) as u16, node as u16, link.0 as u16)
+        Ipv6Addr::new(
+            0xfe80,
+            0,
+            0,
+            0,
+            0,
+            (node >> 16) as u16,
+            node as u16,
+            link.0 as u16,
+        )
     }
 
     /// Connects two nodes with a point-to-point link; returns the link's index.
@@ -204,6 +215,7 @@ impl Sim {
             up: true,
             delay,
             loss_permille,
+            last: [None; 2],
         });
         idx
     }
@@ -259,10 +271,10 @@ impl Sim {
             (l.up, l.delay, l.loss_permille)
         };
         let l = &self.links[li];
-        let (me, other) = if l.ends[0].node == node && l.ends[0].link == t.link {
-            (l.ends[0], l.ends[1])
+        let (dir, me, other) = if l.ends[0].node == node && l.ends[0].link == t.link {
+            (0, l.ends[0], l.ends[1])
         } else {
-            (l.ends[1], l.ends[0])
+            (1, l.ends[1], l.ends[0])
         };
         if t.dest.is_some_and(|d| d != other.addr) {
             self.stats.lost += 1;
@@ -274,7 +286,11 @@ impl Sim {
             return;
         }
         let jitter = Duration::from_micros(self.rand() % 1000);
-        let at = self.now + delay + jitter;
+        let mut at = self.now + delay + jitter;
+        if let Some(prev) = self.links[li].last[dir] {
+            at = at.max(prev);
+        }
+        self.links[li].last[dir] = Some(at);
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq)));
         self.packets.insert(
@@ -302,7 +318,9 @@ impl Sim {
                 break;
             }
             self.queue.pop();
-            let Some(p) = self.packets.remove(&seq) else { continue };
+            let Some(p) = self.packets.remove(&seq) else {
+                continue;
+            };
             self.stats.delivered += 1;
             self.stats.bytes += p.bytes.len() as u64;
             self.nodes[p.to]
@@ -469,7 +487,13 @@ impl Sim {
     }
 
     /// Builds a line of `n` nodes; returns the nodes.
-    pub fn line(&mut self, n: usize, params: LinkParams, delay: Duration, loss: u32) -> Vec<NodeId> {
+    pub fn line(
+        &mut self,
+        n: usize,
+        params: LinkParams,
+        delay: Duration,
+        loss: u32,
+    ) -> Vec<NodeId> {
         let nodes = self.add_nodes(n);
         for w in nodes.windows(2) {
             self.connect(w[0], w[1], params, delay, loss);
@@ -478,7 +502,13 @@ impl Sim {
     }
 
     /// Builds a ring of `n` nodes.
-    pub fn ring(&mut self, n: usize, params: LinkParams, delay: Duration, loss: u32) -> Vec<NodeId> {
+    pub fn ring(
+        &mut self,
+        n: usize,
+        params: LinkParams,
+        delay: Duration,
+        loss: u32,
+    ) -> Vec<NodeId> {
         let nodes = self.line(n, params, delay, loss);
         self.connect(nodes[n - 1], nodes[0], params, delay, loss);
         nodes
