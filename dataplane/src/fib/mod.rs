@@ -407,4 +407,10 @@ impl FibHandle {
     pub fn publish(&self, fib: Fib) {
         self.current.store(Arc::new(fib));
     }
+
+    /// Replace the table whole with `fib`; returns the table it replaced (which readers may
+    /// still hold for a moment).
+    pub fn swap(&self, fib: Arc<Fib>) -> Arc<Fib> {
+        self.current.swap(fib)
+    }
 }
