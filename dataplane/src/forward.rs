@@ -10,7 +10,7 @@
 //! the TUN output batch (the AEAD does the copy), and encrypted from there into a slot of the
 //! UDP output batch when it is relayed. No other copy is made.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use boringtun::noise::{Packet, TunnResult};
 use ipnet::IpNet;
 
 use crate::buf::{Batch, Slot, SLOT_SIZE};
-use crate::fib::{Fib, FibHandle, NextHop, PeerId, Route};
+use crate::fib::{Fib, FibHandle, NextHop, PeerId, PrefixMap, Route};
 use crate::keys::Key;
 use crate::stats::{DropReason, Path, PeerSample, Sample, Totals, WorkerCounters};
 use crate::tunnel::{Identity, Peer, PeerMap, PeerSettings, HANDSHAKE_RATE_LIMIT, MAX_PEER_ID};
@@ -96,6 +96,9 @@ pub struct PeerSpec {
     pub settings: PeerSettings,
 }
 
+/// A set of prefixes, with the FIB's fast hasher.
+type PrefixSet = HashSet<IpNet, std::hash::BuildHasherDefault<crate::fib::PrefixHasher>>;
+
 /// A change to the FIB: the prefix now maps to this next hop, or (None) has no route.
 type FibOp = (IpNet, Option<NextHop>);
 
@@ -112,15 +115,15 @@ type FibOp = (IpNet, Option<NextHop>);
 #[derive(Default)]
 struct Routes {
     /// Host routes for the interface's own addresses.
-    connected: HashSet<IpNet>,
+    connected: PrefixSet,
     /// Static routes by prefix, duplicates in config order (the last that resolves wins).
-    statics: HashMap<IpNet, Vec<StaticVia>>,
+    statics: PrefixMap<IpNet, Vec<StaticVia>>,
     /// Control-plane routes by prefix.
-    control: HashMap<IpNet, ControlVia>,
+    control: PrefixMap<IpNet, ControlVia>,
     /// The peers' allowed IPs by prefix (the last peer claiming one wins).
-    allowed: HashMap<IpNet, NextHop>,
+    allowed: PrefixMap<IpNet, NextHop>,
     /// What the published FIB holds, and where each route came from.
-    merged: HashMap<IpNet, (RouteOrigin, NextHop)>,
+    merged: PrefixMap<IpNet, (RouteOrigin, NextHop)>,
     /// The previously published FIB, to be brought up to date and published next.
     spare: Option<Arc<Fib>>,
     /// Ops the published FIB has and `spare` does not.
@@ -207,9 +210,11 @@ fn wait_exclusive(fib: &mut Arc<Fib>) -> bool {
     }
 }
 
-/// Changes of at least this many routes, and at least an eighth of the table, re-lay the
-/// table in huge pages ([`Fib::settle`]; a copy of the lookup arrays).
-const SETTLE_MIN_OPS: usize = 4096;
+/// Changes of at least this many routes (and a good part of the table) are "large": they
+/// re-lay the table in huge pages ([`Fib::settle`]; a copy of the lookup arrays), or take
+/// the cheaper way of a rebuild or a copy (see `Core::publish_ops`).
+/// (Small in unit tests, so that their small tables take every path.)
+const SETTLE_MIN_OPS: usize = if cfg!(test) { 8 } else { 4096 };
 
 /// How long a change waits for readers to let go of the spare FIB before copying the
 /// published one instead. Workers hold a table for one batch.
@@ -492,7 +497,7 @@ impl Core {
             .config_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut statics: HashMap<IpNet, Vec<StaticVia>> = HashMap::new();
+        let mut statics: PrefixMap<IpNet, Vec<StaticVia>> = PrefixMap::default();
         for (p, v) in routes {
             statics.entry(p.trunc()).or_default().push(v);
         }
@@ -529,7 +534,8 @@ impl Core {
             .routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut new: HashMap<IpNet, ControlVia> = HashMap::with_capacity(routes.len());
+        let mut new: PrefixMap<IpNet, ControlVia> =
+            PrefixMap::with_capacity_and_hasher(routes.len(), Default::default());
         for (p, v) in routes {
             new.insert(p.trunc(), v);
         }
@@ -581,7 +587,7 @@ impl Core {
     fn rebuild_tables(&self) {
         let peers = self.peers.load_full();
         let mut allowed = Fib::new();
-        let mut allowed_map = HashMap::new();
+        let mut allowed_map = PrefixMap::default();
         for p in peers.iter() {
             for net in p.settings().allowed_ips {
                 // As in WireGuard, an allowed IP belongs to the last peer that claimed it.
@@ -594,7 +600,7 @@ impl Core {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         r.allowed = allowed_map;
-        let mut all: HashSet<IpNet> = r.merged.keys().copied().collect();
+        let mut all: PrefixSet = r.merged.keys().copied().collect();
         all.extend(r.control.keys());
         all.extend(r.statics.keys());
         all.extend(r.connected.iter());
@@ -606,34 +612,44 @@ impl Core {
     }
 
     /// Make `ops` live: bring the spare FIB up to date, apply them, publish it whole.
+    ///
+    /// Large changes are cheaper another way: a change of half the table or more builds the
+    /// new FIB from `merged` (inserts into an empty table beat removals), and a spare that
+    /// lags by an eighth of the table or more is replaced by a copy of the live one.
     fn publish_ops(&self, r: &mut Routes, ops: Vec<FibOp>) {
         if ops.is_empty() {
             return;
         }
+        let table = r.merged.len();
+        let big = |n: usize| n >= SETTLE_MIN_OPS && n * 8 >= table;
         let lag = std::mem::take(&mut r.lag);
-        let spare = r.spare.take().and_then(|mut spare| {
-            let free = wait_exclusive(&mut spare);
-            free.then_some(spare)
-        });
-        let (mut next, applied) = match spare {
-            Some(mut spare) => {
-                let fib = Arc::get_mut(&mut spare).expect("checked exclusive");
-                apply_ops(fib, &lag);
-                (spare, lag.len() + ops.len())
-            }
-            // A reader still holds the spare (or there is none yet): copy the live table (and
-            // re-lay the copy in huge pages if it is large).
-            None => {
-                let fib = (**self.fib.load()).clone();
-                let copied = fib.len_v4() + fib.len_v6();
-                (Arc::new(fib), copied.max(ops.len()))
-            }
+        let next = if ops.len() >= SETTLE_MIN_OPS && ops.len() * 2 >= table {
+            Arc::new(Fib::from_routes(r.merged.iter().map(|(p, e)| Route {
+                prefix: *p,
+                next_hop: e.1,
+            })))
+        } else {
+            let spare = r.spare.take().filter(|_| !big(lag.len()));
+            let spare = spare.and_then(|mut spare| {
+                let free = wait_exclusive(&mut spare);
+                free.then_some(spare)
+            });
+            let mut next = match spare {
+                Some(mut spare) => {
+                    let fib = Arc::get_mut(&mut spare).expect("checked exclusive");
+                    apply_ops(fib, &lag);
+                    if big(lag.len() + ops.len()) {
+                        fib.settle();
+                    }
+                    spare
+                }
+                // The spare lags too far, a reader still holds it, or there is none yet: copy
+                // the live table.
+                None => Arc::new(self.fib.load().settled_clone()),
+            };
+            apply_ops(Arc::get_mut(&mut next).expect("not yet shared"), &ops);
+            next
         };
-        let fib = Arc::get_mut(&mut next).expect("not yet shared");
-        apply_ops(fib, &ops);
-        if applied >= SETTLE_MIN_OPS && applied * 8 >= fib.len_v4() + fib.len_v6() {
-            fib.settle();
-        }
         r.spare = Some(self.fib.swap(next));
         r.lag = ops;
     }
