@@ -9,6 +9,9 @@
 //! - `update_1_in_100k`, `update_1000_in_100k`: `Core::update_control_routes` adding, then
 //!   (next iteration) withdrawing k routes of a 100k table: one call per iteration.
 //!
+//! The quick mode also times the first one-route update after a snapshot, which copies the
+//! live table into the spare (see `Core::publish_ops`).
+//!
 //! `FIB_PUSH_QUICK=1 cargo bench -p isthmus-benches --bench fib_push` skips criterion and
 //! prints min / median of a few plain-timed runs (useful on a noisy shared machine).
 
@@ -121,12 +124,35 @@ fn bench(c: &mut Criterion) {
             c2.set_control_routes(r);
             t.elapsed()
         });
+        let mut flip = false;
+        quick("update_1_right_after_a_snapshot", 6, || {
+            flip = !flip;
+            c2.set_control_routes(if flip { b.clone() } else { a.clone() });
+            let t = Instant::now();
+            c2.update_control_routes(extra[..1].to_vec(), &[]);
+            t.elapsed()
+        });
         quick("snapshot_100k_same", 5, || {
             let r = a.clone();
             let t = Instant::now();
             base.set_control_routes(r);
             t.elapsed()
         });
+        let live = base.fib();
+        quick("Fib::settle of the 100k table", 5, || {
+            let mut f = (*live).clone();
+            let t = Instant::now();
+            f.settle();
+            t.elapsed()
+        });
+        quick("Fib::settled_clone of the 100k table", 5, || {
+            let t = Instant::now();
+            let f = live.settled_clone();
+            let d = t.elapsed();
+            drop(black_box(f));
+            d
+        });
+        drop(live);
         for k in [1usize, 1000] {
             let mut add = true;
             quick(&format!("update_{k}_in_100k"), 41, || {

@@ -109,7 +109,7 @@ fn snapshot_of_100k_routes_over_the_control_socket() {
     let server = serve_ctl(&dev, &path).expect("serve ctl");
     let mut c = CtlClient::connect(&path, "fib-push-test").unwrap();
 
-    let mut rng = StdRng::seed_from_u64(0x5eed_f1b);
+    let mut rng = StdRng::seed_from_u64(0x05ee_df1b);
     let snap = routes(&mut rng, ROUTES);
     let msg = Msg::FibSnapshot {
         routes: snap.clone(),
