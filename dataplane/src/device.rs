@@ -706,20 +706,19 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         let mut out: Vec<RouteInfo> = self
             .dev
             .core
-            .fib()
-            .routes()
+            .fib_routes()
             .into_iter()
-            .filter_map(|r| {
+            .filter_map(|(r, origin)| {
                 let next_hop = match r.next_hop {
                     crate::fib::NextHop::Peer(id) => CtlNextHop::Peer(peers.get(id)?.public_key),
                     crate::fib::NextHop::Local => CtlNextHop::Local,
                     crate::fib::NextHop::Blackhole => CtlNextHop::Blackhole,
                 };
-                let origin = match self.dev.core.route_origin(&r.prefix) {
-                    Some(crate::forward::RouteOrigin::Static) => O::Static,
-                    Some(crate::forward::RouteOrigin::Control) => O::Control,
-                    Some(crate::forward::RouteOrigin::Connected) => O::Connected,
-                    _ => O::AllowedIps,
+                let origin = match origin {
+                    crate::forward::RouteOrigin::Static => O::Static,
+                    crate::forward::RouteOrigin::Control => O::Control,
+                    crate::forward::RouteOrigin::Connected => O::Connected,
+                    crate::forward::RouteOrigin::AllowedIps => O::AllowedIps,
                 };
                 Some(RouteInfo {
                     prefix: r.prefix,

@@ -299,6 +299,28 @@ impl Lpm {
         self.big.items = crate::sys::huge_page_copy(&self.big.items);
     }
 
+    /// A copy whose lookup arrays are laid out in huge-page-backed memory: a clone and a
+    /// [`Lpm::settle`] in one copy.
+    pub(crate) fn settled_clone(&self) -> Self {
+        Self {
+            root: crate::sys::huge_page_copy(&self.root),
+            root_depth: self.root_depth.clone(),
+            chunks: crate::sys::huge_page_copy(&self.chunks),
+            chunk_depth: self.chunk_depth.clone(),
+            free_chunks: self.free_chunks.clone(),
+            small: Pool {
+                items: crate::sys::huge_page_copy(&self.small.items),
+                depth: self.small.depth.clone(),
+                free: self.small.free.clone(),
+            },
+            big: Pool {
+                items: crate::sys::huge_page_copy(&self.big.items),
+                depth: self.big.depth.clone(),
+                free: self.big.free.clone(),
+            },
+        }
+    }
+
     /// The next-hop code of the longest prefix containing `key` (0 = none).
     #[inline(always)]
     pub(crate) fn lookup(&self, key: u128) -> u32 {
