@@ -5,5 +5,6 @@
 
 pub mod babel;
 pub mod config;
+pub mod daemon;
 pub mod kernel;
 pub mod sim;

@@ -591,7 +591,7 @@ impl Router {
                     return true;
                 }
                 changed = true;
-                if r.refmetric < INFINITY {
+                if r.refmetric != INFINITY {
                     r.refmetric = INFINITY;
                     r.expires = now + Duration::from_secs(60);
                     true
@@ -847,9 +847,9 @@ impl Router {
         if cost == n.cost {
             return;
         }
-        let was_up = n.cost < INFINITY;
+        let was_up = n.cost != INFINITY;
         n.cost = cost;
-        if !was_up && cost < INFINITY {
+        if !was_up && cost != INFINITY {
             // A neighbour that became usable: give it our table.
             self.out.entry((key.0, None)).or_default().full = true;
             self.schedule_flush(now);
@@ -937,7 +937,7 @@ impl Router {
         };
         let link_name = self.links[&key.0].cfg.name.clone();
         let metric = match self.policy.import(&link_name, &prefix) {
-            Some(extra) if metric < INFINITY => route::metric(metric, extra),
+            Some(extra) if metric != INFINITY => route::metric(metric, extra),
             Some(_) => metric,
             None => {
                 self.counters.updates_filtered += 1;
@@ -954,7 +954,7 @@ impl Router {
         let idx = entry.find(key);
         match idx {
             None => {
-                if metric >= INFINITY {
+                if metric == INFINITY {
                     if entry.routes.is_empty() {
                         self.routes.remove(&prefix);
                     }
@@ -994,7 +994,7 @@ impl Router {
                 r.expires = now + hold;
             }
         }
-        if metric < INFINITY {
+        if metric != INFINITY {
             self.requests.satisfied(prefix, router_id, seqno);
         }
         self.reselect(prefix, now);
@@ -1093,13 +1093,13 @@ impl Router {
                     || entry
                         .routes
                         .iter()
-                        .any(|r| route::metric(r.refmetric, cost(r.neighbour)) < INFINITY));
+                        .any(|r| route::metric(r.refmetric, cost(r.neighbour)) != INFINITY));
             let starving_for = if starving {
                 before.map(|b| b.router_id).or_else(|| {
                     entry
                         .routes
                         .iter()
-                        .filter(|r| r.refmetric < INFINITY)
+                        .filter(|r| r.refmetric != INFINITY)
                         .map(|r| r.router_id)
                         .next()
                 })
@@ -1279,7 +1279,7 @@ impl Router {
                         (None, false) => continue,
                     },
                 };
-                if metric < INFINITY {
+                if metric != INFINITY {
                     self.sources.advertised(p, rid, seqno, metric, now);
                 }
                 updates.push(Msg::Update {

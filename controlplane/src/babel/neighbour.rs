@@ -133,7 +133,7 @@ impl Neighbour {
     pub fn compute_cost(&self, p: &LinkParams, now: Instant) -> u16 {
         let tx = self.txcost;
         let rx = self.rxcost(p);
-        if tx >= INFINITY || rx >= INFINITY {
+        if tx == INFINITY || rx == INFINITY {
             return INFINITY;
         }
         let base = match p.cost_model {
@@ -190,7 +190,7 @@ impl Neighbour {
 
     /// Nothing heard for 16 hellos and no IHU: forget it.
     pub fn is_dead(&self) -> bool {
-        self.multicast.reach == 0 && self.unicast.reach == 0 && self.txcost >= INFINITY
+        self.multicast.reach == 0 && self.unicast.reach == 0 && self.txcost == INFINITY
     }
 }
 

@@ -61,7 +61,7 @@ pub const HYSTERESIS: u16 = 16;
 
 /// Metric of a route: refmetric plus the cost of its neighbour.
 pub fn metric(refmetric: u16, cost: u16) -> u16 {
-    if refmetric >= INFINITY || cost >= INFINITY {
+    if refmetric == INFINITY || cost == INFINITY {
         INFINITY
     } else {
         u16::try_from(u32::from(refmetric) + u32::from(cost))
@@ -99,7 +99,7 @@ impl Entry {
     ) -> Option<Choice> {
         let usable = |r: &Route| {
             let m = metric(r.refmetric, cost(r.neighbour));
-            (m < INFINITY && sources.feasible(prefix, r.router_id, r.seqno, r.refmetric, now))
+            (m != INFINITY && sources.feasible(prefix, r.router_id, r.seqno, r.refmetric, now))
                 .then_some(m)
         };
         let mut best: Option<(usize, u16)> = None;

@@ -42,7 +42,7 @@ impl Sources {
         metric: u16,
         now: Instant,
     ) -> bool {
-        if metric >= INFINITY {
+        if metric == INFINITY {
             return true;
         }
         match self.map.get(&(prefix, id)) {
@@ -61,7 +61,7 @@ impl Sources {
         metric: u16,
         now: Instant,
     ) {
-        if metric >= INFINITY {
+        if metric == INFINITY {
             return;
         }
         let e = self.map.entry((prefix, id)).or_insert(Source {

@@ -16,11 +16,13 @@ const USAGE: &str = "\
 usage: isthmusctl genkey
        isthmusctl pubkey < private.key
        isthmusctl check-config FILE
-       isthmusctl show peers|routes|stats [IFNAME | --socket PATH]
+       isthmusctl show peers|fib|stats [IFNAME | --socket PATH]      (isthmus-dp)
+       isthmusctl show neighbours|routes|babel [IFNAME | --socket PATH]  (isthmus-cp)
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
-show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl; without IFNAME,
-the only socket there is used.";
+show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
+through /var/run/isthmus/IFNAME.cp; without IFNAME, the only socket there is used. Without a
+running isthmus-cp, `show routes` shows the data plane's table (`show fib`).";
 
 const SOCKET_DIR: &str = "/var/run/isthmus";
 
@@ -62,13 +64,32 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{}", babel_summary(&cfg.babel));
             Ok(())
         }
+        ["show", what @ ("neighbours" | "neighbors" | "babel"), rest @ ..] => {
+            let path = socket_of(rest, "cp")?;
+            print!(
+                "{}",
+                isthmus_controlplane::daemon::query(&path, what)
+                    .context("is isthmus-cp running?")?
+            );
+            Ok(())
+        }
+        ["show", "routes", rest @ ..] if socket_of(rest, "cp").is_ok_and(|p| p.exists()) => {
+            let path = socket_of(rest, "cp")?;
+            print!(
+                "{}",
+                isthmus_controlplane::daemon::query(&path, "routes")
+                    .context("is isthmus-cp running?")?
+            );
+            Ok(())
+        }
         ["show", what, rest @ ..] => {
             let path = socket(rest)?;
             let mut c = CtlClient::connect(&path, "isthmusctl")
                 .with_context(|| "is isthmus-dp running?".to_string())?;
             match *what {
                 "peers" => show_peers(&mut c),
-                "routes" => show_routes(&mut c),
+                // Without a running isthmus-cp, `routes` shows the data plane's table.
+                "routes" | "fib" => show_routes(&mut c),
                 "stats" => show_stats(&mut c),
                 other => bail!("unknown: show {other}\n{USAGE}"),
             }
@@ -110,17 +131,22 @@ fn babel_summary(b: &BabelConfig) -> String {
 }
 
 fn socket(rest: &[&str]) -> anyhow::Result<PathBuf> {
+    socket_of(rest, "ctl")
+}
+
+/// The socket of a data plane (`ctl`) or control plane (`cp`) by interface name.
+fn socket_of(rest: &[&str], ext: &str) -> anyhow::Result<PathBuf> {
     match rest {
         ["--socket", p] => Ok(PathBuf::from(p)),
         [ifname] if !ifname.starts_with('-') => {
-            Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.ctl")))
+            Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.{ext}")))
         }
         [] => {
             let found: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
                 .with_context(|| format!("no isthmus-dp is running ({SOCKET_DIR} does not exist)"))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "ctl"))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
                 .collect();
             match found.as_slice() {
                 [one] => Ok(one.clone()),

@@ -1,0 +1,992 @@
+//! `isthmus-cp`: the Babel daemon. It owns every piece of I/O around the sans-I/O
+//! [`Router`]: sockets on mesh interfaces, the data plane's control channel (punted Babel
+//! packets in, injected ones out, FIB snapshots and updates), netlink for kernel routes,
+//! timers, the status socket for `isthmusctl` and the Prometheus endpoint.
+//!
+//! One thread runs the router; readers (interface sockets, the control channel, the status
+//! socket, metrics, signals) feed it through one channel, so the router needs no locks.
+//!
+//! Non-stop forwarding: after a start, nothing is pushed to the data plane or the kernel until
+//! the neighbours have had time to send their tables (two hello intervals and a second); the
+//! data plane forwards on its last table, marked stale, meanwhile. Then one snapshot replaces
+//! the table without a flush, and changes follow incrementally.
+
+mod links;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use isthmus_dataplane::ctl::proto::{
+    read_msg, write_msg, CtlNextHop, CtlRoute, Msg, PROTOCOL_VERSION,
+};
+use isthmus_dataplane::keys::Key;
+use tracing::{debug, info, warn};
+
+pub use links::{unwrap, wrap};
+
+use crate::babel::packet::{RouterId, MULTICAST};
+use crate::babel::{self, Event, LinkConfig, LinkId, Router, Selected};
+use crate::config::{self, CpConfig, DefaultRoute, Direction, FilterAction};
+use crate::kernel::{self, Kernel, KernelChange, KernelRoute, RTPROT_ISTHMUS};
+
+/// Default Prometheus address of `isthmus-cp`.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9587";
+/// Where sockets live.
+pub const SOCKET_DIR: &str = "/var/run/isthmus";
+
+/// Command-line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Control channel of the data plane.
+    pub ctl_socket: Option<PathBuf>,
+    /// Status socket for `isthmusctl`.
+    pub status_socket: Option<PathBuf>,
+    /// Metrics address; `Some(None)` turns metrics off.
+    pub metrics: Option<Option<SocketAddr>>,
+}
+
+/// What the router thread is told.
+pub enum Input {
+    /// A Babel packet from a kernel interface.
+    Packet {
+        /// Link.
+        link: LinkId,
+        /// Source address.
+        from: IpAddr,
+        /// UDP payload.
+        bytes: Vec<u8>,
+    },
+    /// The control channel connected: where to write.
+    CtlUp(UnixStream),
+    /// A message from the data plane.
+    Ctl(Msg),
+    /// The control channel went away.
+    CtlDown(String),
+    /// A status query (`neighbours`, `routes`, `babel`, `metrics`) and where to answer.
+    Query(String, Sender<String>),
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// How a Babel link is reached.
+#[derive(Debug, Clone)]
+enum Via {
+    /// A WireGuard peer of the data plane.
+    Peer(Key),
+    /// A kernel interface.
+    Iface { ifindex: u32 },
+}
+
+struct LinkInfo {
+    name: String,
+    class: config::LinkClass,
+    via: Via,
+    cfg: LinkConfig,
+}
+
+/// Import/export policy from `[[babel.filter]]` and `default_route`.
+struct ConfigPolicy {
+    filters: Vec<config::Filter>,
+    default_route: DefaultRoute,
+}
+
+impl ConfigPolicy {
+    fn decide(&self, dir: Direction, link: &str, prefix: &IpNet) -> Option<u16> {
+        if prefix.prefix_len() == 0 && self.default_route != DefaultRoute::Accept {
+            // Default routes: ignored when learned unless accepted; ours go out when we
+            // originate them.
+            if dir == Direction::In || self.default_route == DefaultRoute::Ignore {
+                return None;
+            }
+        }
+        match self.filters.iter().find(|f| f.matches(dir, link, prefix)) {
+            None => Some(0),
+            Some(f) => match f.action {
+                FilterAction::Accept => Some(0),
+                FilterAction::Deny => None,
+                FilterAction::AddMetric(m) => Some(m),
+            },
+        }
+    }
+}
+
+impl babel::Policy for ConfigPolicy {
+    fn import(&self, link: &str, prefix: &IpNet) -> Option<u16> {
+        self.decide(Direction::In, link, prefix)
+    }
+    fn export(&self, link: &str, prefix: &IpNet) -> Option<u16> {
+        self.decide(Direction::Out, link, prefix)
+    }
+}
+
+/// Counters of the daemon's own I/O.
+#[derive(Debug, Default, Clone)]
+pub struct IoStats {
+    /// Punted packets that were not Babel (by reason).
+    pub punt_errors: BTreeMap<&'static str, u64>,
+    /// Send failures (interface or control channel).
+    pub send_errors: u64,
+    /// FIB messages sent (snapshots, updates).
+    pub fib_snapshots: u64,
+    /// Incremental FIB updates sent.
+    pub fib_updates: u64,
+    /// Routes in the data plane's control table.
+    pub fib_routes: u64,
+    /// Sum and count of FIB push latencies (send to the data plane's Ok), seconds.
+    pub fib_push_seconds: f64,
+    /// Number of acknowledged pushes.
+    pub fib_pushes: u64,
+    /// Last push latency.
+    pub fib_push_last: Option<Duration>,
+    /// Kernel routes installed by us.
+    pub kernel_routes: u64,
+    /// Kernel route operations that failed.
+    pub kernel_errors: u64,
+    /// Control channel connected.
+    pub ctl_connected: bool,
+    /// Times the control channel (re)connected.
+    pub ctl_connects: u64,
+    /// Synchronised with the data plane and the kernel (after the start-up hold).
+    pub synced: bool,
+}
+
+/// The running daemon's state, on the router thread.
+pub struct Daemon {
+    cfg: CpConfig,
+    router: Router,
+    links: BTreeMap<LinkId, LinkInfo>,
+    by_key: HashMap<Key, LinkId>,
+    ifaces: HashMap<LinkId, links::IfaceSocket>,
+    ctl: Option<UnixStream>,
+    ifname: String,
+    tun_ifindex: Option<u32>,
+    kernel: Option<Kernel>,
+    /// What the data plane and the kernel should hold, by prefix.
+    fib: BTreeMap<IpNet, CtlNextHop>,
+    kroutes: BTreeMap<IpNet, KernelRoute>,
+    /// What we installed in the kernel.
+    kinstalled: BTreeMap<IpNet, KernelRoute>,
+    /// Changes since the last push.
+    dirty: BTreeMap<IpNet, ()>,
+    sync_at: Instant,
+    started: Instant,
+    pushes: VecDeque<Instant>,
+    stats: IoStats,
+    status_path: PathBuf,
+}
+
+fn derive_router_id(pk: Option<&Key>) -> RouterId {
+    let mut id = [0u8; 8];
+    match pk {
+        Some(k) => id.copy_from_slice(&k.0[..8]),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            id = (t ^ u64::from(std::process::id())).to_be_bytes();
+        }
+    }
+    id[0] = (id[0] & 0xfc) | 0x02;
+    if id == [0xff; 8] {
+        id[7] = 0xfe;
+    }
+    id
+}
+
+fn derive_link_local(pk: Option<&Key>) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    if let Some(k) = pk {
+        a[8..].copy_from_slice(&k.0[8..16]);
+    } else {
+        a[15] = 1;
+    }
+    a[8] &= 0xfd;
+    Ipv6Addr::from(a)
+}
+
+fn babel_params(p: &config::LinkParams, split_horizon: bool) -> babel::LinkParams {
+    babel::LinkParams {
+        hello_interval: p.hello_interval,
+        update_interval: p.update_interval,
+        ihu_interval: p.ihu_interval,
+        rxcost: p.rxcost,
+        cost_model: match p.cost_model {
+            config::CostModel::TwoOutOfThree => babel::CostModel::TwoOutOfThree,
+            config::CostModel::Etx => babel::CostModel::Etx,
+        },
+        timestamps: p.timestamps,
+        rtt_min: p.rtt_min,
+        rtt_max: p.rtt_max,
+        max_rtt_penalty: p.max_rtt_penalty,
+        split_horizon,
+    }
+}
+
+/// Starts the daemon and runs it until SIGTERM/SIGINT.
+pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let ifname = cfg
+        .device
+        .interface
+        .name
+        .clone()
+        .unwrap_or_else(|| "isthmus0".into());
+    let public = cfg
+        .device
+        .interface
+        .private_key
+        .as_ref()
+        .map(Key::public_key);
+    let router_id = cfg
+        .babel
+        .router_id
+        .unwrap_or_else(|| derive_router_id(public.as_ref()));
+    let mut router = Router::new(babel::Config::new(router_id), now);
+    router.set_policy(Box::new(ConfigPolicy {
+        filters: cfg.babel.filters.clone(),
+        default_route: cfg.babel.default_route,
+    }));
+    let (tx, rx) = mpsc::channel::<Input>();
+
+    let addrs = kernel::addresses().unwrap_or_default();
+    let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(1420));
+    let link_local = cfg
+        .babel
+        .link_local
+        .or_else(|| {
+            cfg.device
+                .interface
+                .address
+                .iter()
+                .find_map(|n| match n.addr() {
+                    IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(a),
+                    _ => None,
+                })
+        })
+        .unwrap_or_else(|| derive_link_local(public.as_ref()));
+    let ipv4 = cfg.babel.ipv4_next_hop.or_else(|| {
+        cfg.device
+            .interface
+            .address
+            .iter()
+            .find_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                _ => None,
+            })
+    });
+
+    let mut links = BTreeMap::new();
+    let mut by_key = HashMap::new();
+    let mut ifaces = HashMap::new();
+    let mut next = 0u32;
+    for p in cfg.babel.peers.iter().filter(|p| p.enabled) {
+        let id = LinkId(next);
+        next += 1;
+        let lc = LinkConfig {
+            name: p.name.clone(),
+            params: babel_params(&p.params, true),
+            address: link_local,
+            ipv4,
+            v4_via_v6: ipv4.is_none(),
+            max_packet: mtu.saturating_sub(48).max(512),
+        };
+        by_key.insert(p.public_key, id);
+        links.insert(
+            id,
+            LinkInfo {
+                name: p.name.clone(),
+                class: p.class,
+                via: Via::Peer(p.public_key),
+                cfg: lc,
+            },
+        );
+    }
+    for i in &cfg.babel.interfaces {
+        let id = LinkId(next);
+        next += 1;
+        let ifindex = kernel::ifindex(&i.name)?;
+        let ll = addrs.iter().find_map(|a| match a.addr {
+            IpAddr::V6(v) if a.ifindex == ifindex && v.segments()[0] & 0xffc0 == 0xfe80 => Some(v),
+            _ => None,
+        });
+        let Some(ll) = ll else {
+            anyhow::bail!(
+                "{}: interface has no IPv6 link-local address (Babel needs one)",
+                i.name
+            );
+        };
+        let v4 = addrs.iter().find_map(|a| match a.addr {
+            IpAddr::V4(v) if a.ifindex == ifindex => Some(v),
+            _ => None,
+        });
+        let sock = links::IfaceSocket::open(&i.name, ifindex)?;
+        sock.spawn_reader(id, tx.clone())?;
+        ifaces.insert(id, sock);
+        let lc = LinkConfig {
+            name: i.name.clone(),
+            params: babel_params(&i.params, i.class != config::LinkClass::Mesh),
+            address: ll,
+            ipv4: v4,
+            v4_via_v6: v4.is_none(),
+            max_packet: 1452,
+        };
+        links.insert(
+            id,
+            LinkInfo {
+                name: i.name.clone(),
+                class: i.class,
+                via: Via::Iface { ifindex },
+                cfg: lc,
+            },
+        );
+    }
+    for (id, l) in &links {
+        router.add_link(*id, l.cfg.clone(), now);
+    }
+    for p in &cfg.babel.originate {
+        router.originate(*p, 0, now);
+    }
+    if cfg.babel.default_route == DefaultRoute::Originate {
+        router.originate("0.0.0.0/0".parse().expect("valid"), 0, now);
+        router.originate("::/0".parse().expect("valid"), 0, now);
+    }
+
+    let kernel = if cfg.babel.kernel_routes {
+        Some(Kernel::open(RTPROT_ISTHMUS, cfg.babel.kernel_table)?)
+    } else {
+        None
+    };
+    let ctl_path = opts
+        .ctl_socket
+        .clone()
+        .or_else(|| cfg.device.interface.control_socket.clone())
+        .unwrap_or_else(|| Path::new(SOCKET_DIR).join(format!("{ifname}.ctl")));
+    let status_path = opts
+        .status_socket
+        .clone()
+        .or_else(|| cfg.babel.control_socket.clone())
+        .unwrap_or_else(|| Path::new(SOCKET_DIR).join(format!("{ifname}.cp")));
+    let metrics = match opts.metrics {
+        Some(m) => m,
+        None if cfg.babel.metrics_off => None,
+        None => Some(
+            cfg.babel
+                .metrics
+                .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid")),
+        ),
+    };
+
+    spawn_ctl(ctl_path.clone(), tx.clone())?;
+    let _status = spawn_status(&status_path, tx.clone())?;
+    if let Some(addr) = metrics {
+        let bound = spawn_metrics(addr, tx.clone())?;
+        info!(%bound, "metrics");
+    }
+    spawn_signals(tx.clone())?;
+
+    let hold = links
+        .values()
+        .map(|l| l.cfg.params.hello_interval)
+        .max()
+        .unwrap_or(Duration::from_secs(4))
+        * 2
+        + Duration::from_secs(1);
+    info!(
+        router_id = %hex(&router_id),
+        links = links.len(),
+        ctl = %ctl_path.display(),
+        status = %status_path.display(),
+        "isthmus-cp started; first push to the data plane in {hold:?}"
+    );
+    let tun_ifindex = kernel::ifindex(&ifname).ok();
+    let mut d = Daemon {
+        cfg,
+        router,
+        links,
+        by_key,
+        ifaces,
+        ctl: None,
+        ifname,
+        tun_ifindex,
+        kernel,
+        fib: BTreeMap::new(),
+        kroutes: BTreeMap::new(),
+        kinstalled: BTreeMap::new(),
+        dirty: BTreeMap::new(),
+        sync_at: now + hold,
+        started: now,
+        pushes: VecDeque::new(),
+        stats: IoStats::default(),
+        status_path,
+    };
+    // Our own prefixes go to the data plane as local routes.
+    for (p, _) in d.router.xroutes().collect::<Vec<_>>() {
+        d.fib.insert(p, CtlNextHop::Local);
+    }
+    d.run(rx)
+}
+
+/// The kernel stores IPv6 metric 0 as 1024; use that so dumps compare equal.
+fn kernel_metric(p: &IpNet) -> u32 {
+    match p {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Daemon {
+    fn run(&mut self, rx: mpsc::Receiver<Input>) -> anyhow::Result<()> {
+        loop {
+            let now = Instant::now();
+            let mut deadline = self
+                .router
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(1));
+            if !self.stats.synced {
+                deadline = deadline.min(self.sync_at);
+            }
+            let wait = deadline.saturating_duration_since(now);
+            let first = match rx.recv_timeout(wait) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            let mut batch: Vec<Input> = first.into_iter().collect();
+            while let Ok(i) = rx.try_recv() {
+                batch.push(i);
+                if batch.len() > 1024 {
+                    break;
+                }
+            }
+            for input in batch {
+                if !self.input(input) {
+                    self.shutdown();
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            if self.router.poll_timeout().is_some_and(|t| t <= now) {
+                self.router.handle_timeout(now);
+            }
+            self.drain();
+            if !self.stats.synced && now >= self.sync_at {
+                self.sync();
+            } else if self.stats.synced {
+                self.push_changes();
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) -> bool {
+        let now = Instant::now();
+        match input {
+            Input::Packet { link, from, bytes } => self.router.handle(now, link, from, &bytes),
+            Input::CtlUp(stream) => {
+                info!("control channel to the data plane up");
+                self.ctl = Some(stream);
+                self.stats.ctl_connected = true;
+                self.stats.ctl_connects += 1;
+                self.pushes.clear();
+                if self.stats.synced {
+                    // The data plane may have restarted (empty table) or kept ours (stale):
+                    // a snapshot is right either way.
+                    self.push_snapshot();
+                }
+            }
+            Input::CtlDown(why) => {
+                if self.ctl.take().is_some() {
+                    warn!("control channel down: {why}");
+                }
+                self.stats.ctl_connected = false;
+            }
+            Input::Ctl(msg) => self.ctl_msg(msg, now),
+            Input::Query(what, reply) => {
+                let _ = reply.send(self.query(&what));
+            }
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn ctl_msg(&mut self, msg: Msg, now: Instant) {
+        match msg {
+            Msg::Punt { peer, packet } => {
+                let Some(&link) = self.by_key.get(&peer) else {
+                    *self.stats.punt_errors.entry("unknown_peer").or_default() += 1;
+                    return;
+                };
+                match links::unwrap(&packet) {
+                    Ok((src, payload)) => self.router.handle(now, link, IpAddr::V6(src), payload),
+                    Err(e) => {
+                        let reason = match e {
+                            links::UnwrapError::NotUdp6 => "not_udp6",
+                            links::UnwrapError::Truncated => "truncated",
+                            links::UnwrapError::Port => "port",
+                            links::UnwrapError::Checksum => "checksum",
+                        };
+                        *self.stats.punt_errors.entry(reason).or_default() += 1;
+                    }
+                }
+            }
+            Msg::Ok => {
+                if let Some(t) = self.pushes.pop_front() {
+                    let d = t.elapsed();
+                    self.stats.fib_push_last = Some(d);
+                    self.stats.fib_push_seconds += d.as_secs_f64();
+                    self.stats.fib_pushes += 1;
+                }
+            }
+            Msg::Error(e) => {
+                self.pushes.pop_front();
+                warn!("data plane refused a message: {e}");
+            }
+            Msg::Event(ev) => debug!(?ev, "data plane event"),
+            _ => {}
+        }
+    }
+
+    /// Sends what the router produced and applies its route changes to our wanted state.
+    fn drain(&mut self) {
+        while let Some(t) = self.router.poll_transmit() {
+            let Some(l) = self.links.get(&t.link) else {
+                continue;
+            };
+            let res = match &l.via {
+                Via::Iface { .. } => match self.ifaces.get(&t.link) {
+                    Some(s) => s.send(t.dest, &t.bytes),
+                    None => Ok(()),
+                },
+                Via::Peer(key) => {
+                    let pkt = links::wrap(l.cfg.address, t.dest.unwrap_or(MULTICAST), &t.bytes);
+                    match self.ctl.as_mut() {
+                        Some(c) => write_msg(
+                            c,
+                            &Msg::Inject {
+                                peer: *key,
+                                packet: pkt,
+                            },
+                        ),
+                        None => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = res {
+                self.stats.send_errors += 1;
+                debug!(link = %l.name, "send: {e}");
+            }
+        }
+        while let Some(e) = self.router.poll_event() {
+            match e {
+                Event::Route { prefix, route } => self.route_changed(prefix, route),
+                Event::Neighbour { link, address, up } => {
+                    let name = self.links.get(&link).map_or("?", |l| l.name.as_str());
+                    info!(link = name, %address, up, "neighbour");
+                }
+            }
+        }
+    }
+
+    fn route_changed(&mut self, prefix: IpNet, route: Option<Selected>) {
+        let own = self.router.xroutes().any(|(p, _)| p == prefix);
+        if own {
+            return;
+        }
+        match route {
+            None => {
+                self.fib.remove(&prefix);
+                self.kroutes.remove(&prefix);
+            }
+            Some(r) => {
+                let Some(l) = self.links.get(&r.link) else {
+                    return;
+                };
+                match &l.via {
+                    Via::Peer(key) => {
+                        self.fib.insert(prefix, CtlNextHop::Peer(*key));
+                        match self.tun_ifindex {
+                            Some(ifindex) => {
+                                self.kroutes.insert(
+                                    prefix,
+                                    KernelRoute {
+                                        prefix,
+                                        gateway: None,
+                                        ifindex,
+                                        metric: kernel_metric(&prefix),
+                                    },
+                                );
+                            }
+                            None => {
+                                self.kroutes.remove(&prefix);
+                            }
+                        }
+                    }
+                    Via::Iface { ifindex } => {
+                        self.fib.insert(prefix, CtlNextHop::Local);
+                        self.kroutes.insert(
+                            prefix,
+                            KernelRoute {
+                                prefix,
+                                gateway: Some(r.next_hop),
+                                ifindex: *ifindex,
+                                metric: kernel_metric(&prefix),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.dirty.insert(prefix, ());
+    }
+
+    fn send_ctl(&mut self, msg: &Msg) -> bool {
+        let Some(c) = self.ctl.as_mut() else {
+            return false;
+        };
+        match write_msg(c, msg) {
+            Ok(()) => {
+                self.pushes.push_back(Instant::now());
+                true
+            }
+            Err(e) => {
+                warn!("control channel write: {e}");
+                self.ctl = None;
+                self.stats.ctl_connected = false;
+                false
+            }
+        }
+    }
+
+    fn push_snapshot(&mut self) {
+        let routes: Vec<CtlRoute> = self
+            .fib
+            .iter()
+            .map(|(p, h)| CtlRoute {
+                prefix: *p,
+                next_hop: *h,
+            })
+            .collect();
+        let n = routes.len();
+        if self.send_ctl(&Msg::FibSnapshot { routes }) {
+            self.stats.fib_snapshots += 1;
+            self.stats.fib_routes = n as u64;
+            info!(routes = n, "pushed a full table to the data plane");
+        }
+    }
+
+    /// End of the start-up hold: one snapshot to the data plane, kernel reconciled.
+    fn sync(&mut self) {
+        self.stats.synced = true;
+        self.dirty.clear();
+        self.push_snapshot();
+        if let Some(k) = self.kernel.as_mut() {
+            // Routes a previous run installed stay until replaced: no flush.
+            let have = k.dump_own().unwrap_or_default();
+            let mut changes = Vec::new();
+            for r in &have {
+                let wanted = self.kroutes.get(&r.prefix);
+                if wanted.is_none_or(|w| w.metric != r.metric) {
+                    changes.push(KernelChange::Remove(*r));
+                }
+            }
+            for r in self.kroutes.values() {
+                if !have.contains(r) {
+                    changes.push(KernelChange::Replace(*r));
+                }
+            }
+            let results = k.apply(&changes);
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            self.stats.kernel_errors += failed as u64;
+            for (c, r) in changes.iter().zip(&results) {
+                if let Err(e) = r {
+                    warn!(?c, "kernel: {e}");
+                }
+            }
+            self.kinstalled = self.kroutes.clone();
+            self.stats.kernel_routes = self.kinstalled.len() as u64;
+            info!(
+                found = have.len(),
+                changes = changes.len(),
+                failed,
+                "kernel routes reconciled"
+            );
+        }
+    }
+
+    fn push_changes(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        let mut kchanges = Vec::new();
+        for p in dirty.keys() {
+            match self.fib.get(p) {
+                Some(h) => add.push(CtlRoute {
+                    prefix: *p,
+                    next_hop: *h,
+                }),
+                None => remove.push(*p),
+            }
+            match (self.kroutes.get(p), self.kinstalled.get(p)) {
+                (Some(w), Some(i)) if w == i => {}
+                (Some(w), _) => kchanges.push(KernelChange::Replace(*w)),
+                (None, Some(i)) => kchanges.push(KernelChange::Remove(*i)),
+                (None, None) => {}
+            }
+        }
+        if self.send_ctl(&Msg::FibUpdate { add, remove }) {
+            self.stats.fib_updates += 1;
+            self.stats.fib_routes = self.fib.len() as u64;
+        }
+        if let Some(k) = self.kernel.as_mut() {
+            // Replacing with a new gateway keeps the metric, so one route per prefix stays.
+            let results = k.apply(&kchanges);
+            for (c, r) in kchanges.iter().zip(results) {
+                match (c, r) {
+                    (KernelChange::Replace(w), Ok(())) => {
+                        self.kinstalled.insert(w.prefix, *w);
+                    }
+                    (KernelChange::Remove(i), Ok(())) => {
+                        self.kinstalled.remove(&i.prefix);
+                    }
+                    (c, Err(e)) => {
+                        self.stats.kernel_errors += 1;
+                        warn!(?c, "kernel: {e}");
+                    }
+                }
+            }
+            self.stats.kernel_routes = self.kinstalled.len() as u64;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let _ = std::fs::remove_file(&self.status_path);
+        if self.cfg.babel.retract_on_shutdown {
+            info!("retracting our routes (retract_on_shutdown)");
+            self.router.retract_all(Instant::now());
+            self.drain();
+            self.fib.clear();
+            if self.stats.synced || self.ctl.is_some() {
+                self.push_snapshot();
+            }
+            if let Some(k) = self.kernel.as_mut() {
+                let _ = k.flush_own();
+            }
+        } else {
+            info!("stopping; the data plane and the kernel keep our routes (non-stop forwarding)");
+        }
+    }
+
+    fn query(&self, what: &str) -> String {
+        let now = Instant::now();
+        let view = status::View {
+            router: &self.router,
+            links: self
+                .links
+                .iter()
+                .map(|(id, l)| {
+                    (
+                        *id,
+                        status::LinkView {
+                            name: l.name.clone(),
+                            class: l.class.as_str(),
+                            kind: match l.via {
+                                Via::Peer(_) => "peer",
+                                Via::Iface { .. } => "interface",
+                            },
+                        },
+                    )
+                })
+                .collect(),
+            io: &self.stats,
+            uptime: now - self.started,
+            ifname: &self.ifname,
+            now,
+        };
+        match what.trim() {
+            "neighbours" | "neighbors" => status::neighbours(&view),
+            "routes" => status::routes(&view),
+            "babel" => status::babel(&view),
+            "metrics" => status::metrics(&view),
+            other => {
+                format!("error: unknown query {other:?} (neighbours, routes, babel, metrics)\n")
+            }
+        }
+    }
+}
+
+/// Keeps a connection to the data plane's control channel, reconnecting forever.
+fn spawn_ctl(path: PathBuf, tx: Sender<Input>) -> io::Result<()> {
+    thread::Builder::new().name("ctl".into()).spawn(move || {
+        let mut logged = false;
+        loop {
+            match connect_ctl(&path) {
+                Ok((reader, writer)) => {
+                    logged = false;
+                    if tx.send(Input::CtlUp(writer)).is_err() {
+                        return;
+                    }
+                    let mut reader = reader;
+                    let why = loop {
+                        match read_msg(&mut reader) {
+                            Ok(m) => {
+                                if tx.send(Input::Ctl(m)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => break e.to_string(),
+                        }
+                    };
+                    if tx.send(Input::CtlDown(why)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !logged {
+                        info!("waiting for the data plane at {}: {e}", path.display());
+                        logged = true;
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    })?;
+    Ok(())
+}
+
+fn connect_ctl(path: &Path) -> io::Result<(BufReader<UnixStream>, UnixStream)> {
+    let mut s = UnixStream::connect(path)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let io_err = |e: isthmus_dataplane::ctl::proto::ProtoError| io::Error::other(e.to_string());
+    write_msg(
+        &mut s,
+        &Msg::Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("isthmus-cp {}", env!("CARGO_PKG_VERSION")),
+        },
+    )?;
+    match read_msg(&mut r).map_err(io_err)? {
+        Msg::HelloAck { .. } => {}
+        Msg::Error(e) => return Err(io::Error::other(format!("data plane refused: {e}"))),
+        other => return Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    }
+    write_msg(&mut s, &Msg::Subscribe)?;
+    match read_msg(&mut r).map_err(io_err)? {
+        Msg::Ok => {}
+        other => return Err(io::Error::other(format!("subscribe: unexpected {other:?}"))),
+    }
+    Ok((r, s))
+}
+
+/// The status socket: one line in (`neighbours`, `routes`, `babel`, `metrics`), text out.
+/// Mode 0600 in a 0700 directory: only root asks.
+fn spawn_status(
+    path: &Path,
+    tx: Sender<Input>,
+) -> io::Result<isthmus_dataplane::io::unix::UnixServer> {
+    if let Some(dir) = path.parent() {
+        isthmus_dataplane::io::unix::ensure_dir(dir, 0o700)?;
+    }
+    let tx = std::sync::Mutex::new(tx);
+    isthmus_dataplane::io::unix::UnixServer::start(path, "status", move |conn| {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut r = BufReader::new(&conn);
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() {
+            return;
+        }
+        let (rtx, rrx) = mpsc::channel();
+        let sent = tx
+            .lock()
+            .is_ok_and(|t| t.send(Input::Query(line, rtx)).is_ok());
+        if !sent {
+            return;
+        }
+        if let Ok(answer) = rrx.recv_timeout(Duration::from_secs(10)) {
+            let mut w = &conn;
+            let _ = w.write_all(answer.as_bytes());
+        }
+    })
+}
+
+fn spawn_metrics(addr: SocketAddr, tx: Sender<Input>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                match io::Read::read(&mut c, &mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&req);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = if path == "/metrics" || path == "/" {
+                let (rtx, rrx) = mpsc::channel();
+                if tx.send(Input::Query("metrics".into(), rtx)).is_err() {
+                    return;
+                }
+                ("200 OK", rrx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
+            } else {
+                ("404 Not Found", "not found\n".into())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(local)
+}
+
+fn spawn_signals(tx: Sender<Input>) -> io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = tx.send(Input::Stop);
+            }
+        })?;
+    Ok(())
+}
+
+/// Asks a running `isthmus-cp` for a status page.
+pub fn query(path: &Path, what: &str) -> io::Result<String> {
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    writeln!(s, "{what}")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = String::new();
+    io::Read::read_to_string(&mut s, &mut out)?;
+    Ok(out)
+}

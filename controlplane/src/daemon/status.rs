@@ -1,0 +1,393 @@
+//! What `isthmusctl show neighbours|routes|babel` prints and what Prometheus scrapes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::babel::packet::{tlv, INFINITY};
+use crate::babel::{LinkId, Router};
+
+use super::IoStats;
+
+/// A link as shown.
+pub struct LinkView {
+    /// Peer or interface name.
+    pub name: String,
+    /// `wired`, `mesh`, `trunk`.
+    pub class: &'static str,
+    /// `peer` or `interface`.
+    pub kind: &'static str,
+}
+
+/// Everything a page needs.
+pub struct View<'a> {
+    /// The router.
+    pub router: &'a Router,
+    /// Links by id.
+    pub links: BTreeMap<LinkId, LinkView>,
+    /// The daemon's I/O counters.
+    pub io: &'a IoStats,
+    /// Since start.
+    pub uptime: Duration,
+    /// The data plane's interface.
+    pub ifname: &'a str,
+    /// Now.
+    pub now: Instant,
+}
+
+impl View<'_> {
+    fn link(&self, id: LinkId) -> &str {
+        self.links.get(&id).map_or("?", |l| l.name.as_str())
+    }
+}
+
+fn rid(b: &[u8; 8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn metric(m: u16) -> String {
+    if m == INFINITY {
+        "inf".into()
+    } else {
+        m.to_string()
+    }
+}
+
+/// `isthmusctl show neighbours`.
+pub fn neighbours(v: &View) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<16} {:<26} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5}",
+        "LINK", "ADDRESS", "REACH", "RXCOST", "TXCOST", "COST", "RTT", "PEN"
+    );
+    for n in v.router.neighbours(v.now) {
+        let rtt = n
+            .rtt
+            .map_or("-".into(), |r| format!("{:.1}ms", r.as_secs_f64() * 1000.0));
+        let _ = writeln!(
+            s,
+            "{:<16} {:<26} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5}",
+            v.link(n.link),
+            n.address.to_string(),
+            format!("{:04x}", n.reach),
+            metric(n.rxcost),
+            metric(n.txcost),
+            metric(n.cost),
+            rtt,
+            n.rtt_penalty
+        );
+    }
+    s
+}
+
+/// `isthmusctl show routes`.
+pub fn routes(v: &View) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} {}",
+        "", "PREFIX", "METRIC", "REF", "LINK", "NEXT HOP", "ROUTER-ID", "SEQNO", "FEASIBLE"
+    );
+    for (p, m) in v.router.xroutes() {
+        let _ = writeln!(
+            s,
+            "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} {}",
+            "L",
+            p.to_string(),
+            m,
+            "-",
+            "local",
+            "-",
+            rid(&v.router.router_id()),
+            v.router.seqno(),
+            "yes"
+        );
+    }
+    for r in v.router.routes(v.now) {
+        let _ = writeln!(
+            s,
+            "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} {}",
+            if r.selected { "*" } else { "" },
+            r.prefix.to_string(),
+            metric(r.metric),
+            metric(r.refmetric),
+            v.link(r.link),
+            r.next_hop.to_string(),
+            rid(&r.router_id),
+            r.seqno,
+            if r.feasible { "yes" } else { "no" }
+        );
+    }
+    s.push_str("* selected, L originated here\n");
+    s
+}
+
+/// `isthmusctl show babel`.
+pub fn babel(v: &View) -> String {
+    let c = v.router.counters();
+    let (prefixes, sources) = v.router.table_sizes();
+    let selected = v.router.selected().count();
+    let mut s = String::new();
+    let _ = writeln!(s, "router-id   {}", rid(&v.router.router_id()));
+    let _ = writeln!(s, "seqno       {}", v.router.seqno());
+    let _ = writeln!(s, "uptime      {:.0?}", v.uptime);
+    let _ = writeln!(
+        s,
+        "data plane  {} ({}), {}",
+        v.ifname,
+        if v.io.ctl_connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        if v.io.synced {
+            "synchronised"
+        } else {
+            "start-up hold: not pushing yet"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "routes      {selected} selected of {prefixes} prefixes, {} originated, {sources} sources, {} pending requests",
+        v.router.xroutes().count(),
+        v.router.pending_requests()
+    );
+    let _ = writeln!(
+        s,
+        "fib         {} routes pushed, {} snapshots, {} updates, last push {}",
+        v.io.fib_routes,
+        v.io.fib_snapshots,
+        v.io.fib_updates,
+        v.io.fib_push_last
+            .map_or("-".into(), |d| format!("{:.2}ms", d.as_secs_f64() * 1000.0))
+    );
+    let _ = writeln!(
+        s,
+        "kernel      {} routes (proto 77), {} errors",
+        v.io.kernel_routes, v.io.kernel_errors
+    );
+    let _ = writeln!(
+        s,
+        "packets     {} in, {} out, {} refused",
+        c.packets_rx, c.packets_tx, c.packets_bad
+    );
+    let _ = writeln!(s, "links");
+    for (id, l) in &v.links {
+        let n = v
+            .router
+            .neighbours(v.now)
+            .iter()
+            .filter(|n| n.link == *id)
+            .count();
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<9} {:<6} {} neighbour(s)",
+            l.name, l.kind, l.class, n
+        );
+    }
+    s
+}
+
+const TLV_NAMES: [&str; tlv::COUNT] = [
+    "pad1",
+    "padn",
+    "ack_request",
+    "ack",
+    "hello",
+    "ihu",
+    "router_id",
+    "next_hop",
+    "update",
+    "route_request",
+    "seqno_request",
+];
+
+/// Prometheus text exposition.
+pub fn metrics(v: &View) -> String {
+    let c = v.router.counters();
+    let mut s = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "isthmus_babel_neighbour_rxcost",
+        "gauge",
+        "Cost of receiving from the neighbour (65535: unreachable).",
+    );
+    family(
+        "isthmus_babel_neighbour_txcost",
+        "gauge",
+        "Cost the neighbour reports for hearing us.",
+    );
+    family(
+        "isthmus_babel_neighbour_cost",
+        "gauge",
+        "Link cost used by routes, RTT penalty included.",
+    );
+    family(
+        "isthmus_babel_neighbour_rtt_seconds",
+        "gauge",
+        "Smoothed RTT (RFC 9616 timestamps).",
+    );
+    family(
+        "isthmus_babel_neighbour_reachability",
+        "gauge",
+        "Fraction of the last 16 hellos received.",
+    );
+    let mut out = s;
+    for n in v.router.neighbours(v.now) {
+        let l = format!("link=\"{}\",address=\"{}\"", v.link(n.link), n.address);
+        let _ = writeln!(out, "isthmus_babel_neighbour_rxcost{{{l}}} {}", n.rxcost);
+        let _ = writeln!(out, "isthmus_babel_neighbour_txcost{{{l}}} {}", n.txcost);
+        let _ = writeln!(out, "isthmus_babel_neighbour_cost{{{l}}} {}", n.cost);
+        if let Some(r) = n.rtt {
+            let _ = writeln!(
+                out,
+                "isthmus_babel_neighbour_rtt_seconds{{{l}}} {}",
+                r.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "isthmus_babel_neighbour_reachability{{{l}}} {}",
+            f64::from(n.reach.count_ones().max(n.unicast_reach.count_ones())) / 16.0
+        );
+    }
+    let mut states: BTreeMap<&str, u64> = BTreeMap::from([
+        ("selected", 0),
+        ("feasible", 0),
+        ("unfeasible", 0),
+        ("retracted", 0),
+    ]);
+    for r in v.router.routes(v.now) {
+        let st = if r.selected {
+            "selected"
+        } else if r.refmetric == INFINITY || r.metric == INFINITY {
+            "retracted"
+        } else if r.feasible {
+            "feasible"
+        } else {
+            "unfeasible"
+        };
+        *states.entry(st).or_default() += 1;
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_routes Routes in the table by state.\n# TYPE isthmus_babel_routes gauge");
+    for (st, n) in &states {
+        let _ = writeln!(out, "isthmus_babel_routes{{state=\"{st}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_originated_routes Prefixes originated here.\n# TYPE isthmus_babel_originated_routes gauge");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_originated_routes {}",
+        v.router.xroutes().count()
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_packets_total Babel packets.\n# TYPE isthmus_babel_packets_total counter");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_packets_total{{direction=\"rx\"}} {}",
+        c.packets_rx
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_packets_total{{direction=\"tx\"}} {}",
+        c.packets_tx
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_packets_total{{direction=\"refused\"}} {}",
+        c.packets_bad
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_tlvs_total TLVs by type and direction (updates, requests, ...).\n# TYPE isthmus_babel_tlvs_total counter");
+    for (i, name) in TLV_NAMES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_tlvs_total{{type=\"{name}\",direction=\"rx\"}} {}",
+            c.tlv_rx[i]
+        );
+        let _ = writeln!(
+            out,
+            "isthmus_babel_tlvs_total{{type=\"{name}\",direction=\"tx\"}} {}",
+            c.tlv_tx[i]
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_tlv_dropped_total TLVs skipped, by reason.\n# TYPE isthmus_babel_tlv_dropped_total counter");
+    for (reason, n) in [
+        ("unknown_type", c.tlv_unknown),
+        ("mandatory_sub_tlv", c.tlv_mandatory),
+        ("malformed", c.tlv_malformed),
+        ("unfeasible", c.updates_unfeasible),
+        ("filtered", c.updates_filtered),
+    ] {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_tlv_dropped_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_requests_total Seqno requests forwarded or suppressed.\n# TYPE isthmus_babel_requests_total counter");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_requests_total{{action=\"forwarded\"}} {}",
+        c.requests_forwarded
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_requests_total{{action=\"duplicate\"}} {}",
+        c.requests_duplicate
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_resends_total Urgent updates resent.\n# TYPE isthmus_babel_resends_total counter");
+    let _ = writeln!(out, "isthmus_babel_resends_total {}", c.resends);
+    let _ = writeln!(out, "# HELP isthmus_babel_route_changes_total Selected-route changes.\n# TYPE isthmus_babel_route_changes_total counter");
+    let _ = writeln!(out, "isthmus_babel_route_changes_total {}", c.route_changes);
+    let _ = writeln!(out, "# HELP isthmus_babel_fib_push_seconds Time from a FIB push to the data plane's acknowledgment.\n# TYPE isthmus_babel_fib_push_seconds summary");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_fib_push_seconds_sum {}",
+        v.io.fib_push_seconds
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_fib_push_seconds_count {}",
+        v.io.fib_pushes
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_fib_pushes_total FIB messages sent to the data plane.\n# TYPE isthmus_babel_fib_pushes_total counter");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_fib_pushes_total{{kind=\"snapshot\"}} {}",
+        v.io.fib_snapshots
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_fib_pushes_total{{kind=\"update\"}} {}",
+        v.io.fib_updates
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_fib_routes Routes in the data plane's control table.\n# TYPE isthmus_babel_fib_routes gauge");
+    let _ = writeln!(out, "isthmus_babel_fib_routes {}", v.io.fib_routes);
+    let _ = writeln!(out, "# HELP isthmus_babel_kernel_routes Kernel routes installed with protocol 77.\n# TYPE isthmus_babel_kernel_routes gauge");
+    let _ = writeln!(out, "isthmus_babel_kernel_routes {}", v.io.kernel_routes);
+    let _ = writeln!(out, "# HELP isthmus_babel_kernel_errors_total Failed kernel route operations.\n# TYPE isthmus_babel_kernel_errors_total counter");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_kernel_errors_total {}",
+        v.io.kernel_errors
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_punt_errors_total Punted packets that were not Babel, by reason.\n# TYPE isthmus_babel_punt_errors_total counter");
+    for (reason, n) in &v.io.punt_errors {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_punt_errors_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_dataplane_connected Control channel to the data plane is up.\n# TYPE isthmus_babel_dataplane_connected gauge");
+    let _ = writeln!(
+        out,
+        "isthmus_babel_dataplane_connected {}",
+        u8::from(v.io.ctl_connected)
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_synced Start-up hold over, tables pushed.\n# TYPE isthmus_babel_synced gauge");
+    let _ = writeln!(out, "isthmus_babel_synced {}", u8::from(v.io.synced));
+    out
+}
