@@ -178,7 +178,9 @@ pub struct Daemon {
     dirty: BTreeMap<IpNet, ()>,
     sync_at: Instant,
     started: Instant,
-    pushes: VecDeque<Instant>,
+    /// One entry per message awaiting the data plane's Ok: the send time of FIB pushes,
+    /// `None` for injected packets (also acknowledged).
+    pushes: VecDeque<Option<Instant>>,
     stats: IoStats,
     status_path: PathBuf,
 }
@@ -547,7 +549,7 @@ impl Daemon {
                 }
             }
             Msg::Ok => {
-                if let Some(t) = self.pushes.pop_front() {
+                if let Some(Some(t)) = self.pushes.pop_front() {
                     let d = t.elapsed();
                     self.stats.fib_push_last = Some(d);
                     self.stats.fib_push_seconds += d.as_secs_f64();
@@ -662,7 +664,7 @@ impl Daemon {
         };
         match write_msg(c, msg) {
             Ok(()) => {
-                self.pushes.push_back(Instant::now());
+                self.pushes.push_back(Some(Instant::now()));
                 true
             }
             Err(e) => {
