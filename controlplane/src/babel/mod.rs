@@ -254,6 +254,10 @@ pub struct Config {
     pub router_id: RouterId,
     /// Hop count of the seqno requests we originate.
     pub request_hops: u8,
+    /// Wall-clock milliseconds at start, if the driver has a clock. Seeds the route seqno
+    /// and the hello seqnos from time, so that after a restart neighbours see our hellos
+    /// continue where they left off (their hello history survives) and our routes as newer.
+    pub wall_clock_ms: Option<u64>,
 }
 
 impl Config {
@@ -262,6 +266,7 @@ impl Config {
         Self {
             router_id,
             request_hops: 64,
+            wall_clock_ms: None,
         }
     }
 }
@@ -339,7 +344,7 @@ impl Router {
     pub fn new(cfg: Config, now: Instant) -> Self {
         let rng = u64::from_be_bytes(cfg.router_id) | 1;
         Self {
-            seqno: 0,
+            seqno: cfg.wall_clock_ms.map_or(0, |ms| (ms / 4000) as u16),
             epoch: now,
             rng,
             links: BTreeMap::new(),
@@ -402,11 +407,18 @@ impl Router {
         match self.links.get_mut(&id) {
             Some(l) => l.cfg = cfg,
             None => {
+                let hello_seqno = match self.cfg.wall_clock_ms {
+                    Some(ms) => {
+                        let iv = cfg.params.hello_interval.as_millis().max(1) as u64;
+                        (ms / iv) as u16
+                    }
+                    None => (self.rng & 0xFFFF) as u16,
+                };
                 self.links.insert(
                     id,
                     Link {
                         cfg,
-                        hello_seqno: (self.rng & 0xFFFF) as u16,
+                        hello_seqno,
                         next_hello: now,
                         next_update: first_update,
                     },
@@ -677,6 +689,11 @@ impl Router {
         }
         let mut msgs = vec![hello];
         for n in self.neighbours.values().filter(|n| n.link == id) {
+            // Never claim a neighbour unreachable before we have heard it enough to know:
+            // after our restart, the neighbour's txcost then survives until we do.
+            if !n.ever_up && n.rxcost(&p) == INFINITY {
+                continue;
+            }
             msgs.push(Msg::Ihu {
                 rxcost: n.rxcost(&p),
                 interval: to_cs(p.ihu_interval),
@@ -849,6 +866,9 @@ impl Router {
         }
         let was_up = n.cost != INFINITY;
         n.cost = cost;
+        if n.rxcost(&params) != INFINITY {
+            n.ever_up = true;
+        }
         if !was_up && cost != INFINITY {
             // A neighbour that became usable: give it our table.
             self.out.entry((key.0, None)).or_default().full = true;

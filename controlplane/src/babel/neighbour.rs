@@ -106,6 +106,8 @@ pub(crate) struct Neighbour {
     pub rtt_time: Option<Instant>,
     /// The cost used by routes, as last computed.
     pub cost: u16,
+    /// We have heard it well enough once (finite rxcost).
+    pub ever_up: bool,
 }
 
 impl Neighbour {
@@ -121,6 +123,7 @@ impl Neighbour {
             rtt: None,
             rtt_time: None,
             cost: INFINITY,
+            ever_up: false,
         }
     }
 

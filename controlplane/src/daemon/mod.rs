@@ -254,7 +254,12 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         .babel
         .router_id
         .unwrap_or_else(|| derive_router_id(public.as_ref()));
-    let mut router = Router::new(babel::Config::new(router_id), now);
+    let mut bcfg = babel::Config::new(router_id);
+    bcfg.wall_clock_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    let mut router = Router::new(bcfg, now);
     router.set_policy(Box::new(ConfigPolicy {
         filters: cfg.babel.filters.clone(),
         default_route: cfg.babel.default_route,
