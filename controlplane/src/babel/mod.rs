@@ -735,10 +735,10 @@ impl Router {
         let key = (link, src);
         let params = self.links[&link].cfg.params;
         let mut fresh = false;
-        if !self.neighbours.contains_key(&key) {
-            self.neighbours.insert(key, Neighbour::new(link, src));
+        self.neighbours.entry(key).or_insert_with(|| {
             fresh = true;
-        }
+            Neighbour::new(link, src)
+        });
         // Pass 1: hellos (so IHUs and updates in the same packet see the neighbour's state).
         let mut hello_ts = None;
         for m in &msgs {
@@ -1387,7 +1387,7 @@ impl Router {
                 });
             }
         }
-        v.sort_by(|a, b| (a.prefix, !a.selected, a.metric).cmp(&(b.prefix, !b.selected, b.metric)));
+        v.sort_by_key(|r| (r.prefix, !r.selected, r.metric));
         v
     }
 

@@ -77,12 +77,9 @@ impl History {
                 }
             }
             CostModel::Etx => {
-                let n = self.reach.count_ones();
-                if n == 0 {
-                    INFINITY
-                } else {
-                    let c = u32::from(p.rxcost.max(1)) * 16 / n;
-                    u16::try_from(c).unwrap_or(INFINITY - 1).min(INFINITY - 1)
+                match (u32::from(p.rxcost.max(1)) * 16).checked_div(self.reach.count_ones()) {
+                    None => INFINITY,
+                    Some(c) => u16::try_from(c).unwrap_or(INFINITY - 1).min(INFINITY - 1),
                 }
             }
         }

@@ -64,9 +64,7 @@ pub fn metric(refmetric: u16, cost: u16) -> u16 {
     if refmetric == INFINITY || cost == INFINITY {
         INFINITY
     } else {
-        u16::try_from(u32::from(refmetric) + u32::from(cost))
-            .unwrap_or(INFINITY)
-            .min(INFINITY)
+        u16::try_from(u32::from(refmetric) + u32::from(cost)).unwrap_or(INFINITY)
     }
 }
 

@@ -89,13 +89,13 @@ pub fn routes(v: &View) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} {}",
-        "", "PREFIX", "METRIC", "REF", "LINK", "NEXT HOP", "ROUTER-ID", "SEQNO", "FEASIBLE"
+        "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} FEASIBLE",
+        "", "PREFIX", "METRIC", "REF", "LINK", "NEXT HOP", "ROUTER-ID", "SEQNO"
     );
     for (p, m) in v.router.xroutes() {
         let _ = writeln!(
             s,
-            "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} {}",
+            "{:<3} {:<24} {:>6} {:>6} {:<16} {:<26} {:<23} {:>5} yes",
             "L",
             p.to_string(),
             m,
@@ -103,8 +103,7 @@ pub fn routes(v: &View) -> String {
             "local",
             "-",
             rid(&v.router.router_id()),
-            v.router.seqno(),
-            "yes"
+            v.router.seqno()
         );
     }
     for r in v.router.routes(v.now) {
