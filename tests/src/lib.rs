@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod babel;
+pub mod babel_islands;
 mod capture;
 mod lab;
 mod metrics;

@@ -360,6 +360,7 @@ impl Topology {
                         },
                     ],
                     routes: Vec::new(),
+                    babel: None,
                 };
                 t.add_isthmus_config(&g, &cfg)?;
             } else {

@@ -478,6 +478,8 @@ pub struct IsthmusConfig {
     pub peers: Vec<ConfigPeer>,
     /// `[[route]]` tables: `(prefix, via)`.
     pub routes: Vec<(String, String)>,
+    /// Raw TOML appended at the end (a `[babel]` section for isthmus-cp).
+    pub babel: Option<String>,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -514,6 +516,10 @@ impl IsthmusConfig {
             t.push_str(&format!(
                 "\n[[route]]\nprefix = {prefix:?}\nvia = {via:?}\n"
             ));
+        }
+        if let Some(b) = &self.babel {
+            t.push('\n');
+            t.push_str(b);
         }
         t
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 mod bench;
 
 use anyhow::{bail, Context, Result};
-use isthmus_lab::{is_root, target_dir, workspace_root, PingOpts, Topology, WgImpl};
+use isthmus_lab::babel_islands::BabelIslands;
+use isthmus_lab::{is_root, target_dir, workspace_root, PingOpts, PingProbe, WgImpl};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -262,31 +263,49 @@ fn demo(keep: bool) -> Result<()> {
 
     section("topology");
     println!(
-        "  h1 ── p1 ══ g1 ════ trunk ════ g2 ══ p2 ── h2\n\n\
-         island 1: 10.1.0.0/16, fd00:1::/32   host h1 10.1.1.2   peer p1 (wireguard-go)\n\
-         island 2: 10.2.0.0/16, fd00:2::/32   host h2 10.2.1.2   peer p2 (wireguard-go)\n\
-         gateways g1, g2: {} (trunk veth 10.100.0.1 <-> 10.100.0.2, UDP 51820){}",
-        dp.display(),
-        if real {
-            ""
-        } else {
-            "\n(stand-in for isthmus-dp: the gateways' kernels forward)"
-        }
+        "  h1 ── r1 ──┬── g1a ══ trunk a ══ g2a ──┬── r2 ── h2\n\
+         \x20            └── g1b ══ trunk b ══ g2b ──┘\n\n\
+         island 1: 10.1.1.0/24, fd00:1:1::/64   host h1 .2, babeld router r1 .1\n\
+         island 2: 10.2.1.0/24, fd00:2:1::/64   host h2 .2, babeld router r2 .1\n\
+         gateways: isthmus-dp ({}) + isthmus-cp, WireGuard trunks over 10.100.0.0/24 and\n\
+         10.101.0.0/24; Babel everywhere (hello 1 s), no static routes, no allowed-IPs routes",
+        dp.display()
     );
-    let t =
-        Topology::islands(WgImpl::Isthmus, WgImpl::WireguardGo).context("building the islands")?;
+    if !real {
+        bail!("the demo needs the real isthmus-dp (ISTHMUS_DP points at a stand-in)");
+    }
+    if std::env::var_os("ISTHMUS_CP").is_none() {
+        std::env::set_var("ISTHMUS_CP", release_bin("isthmus-cp"));
+    }
+    let isl = BabelIslands::build(2, 1).context("building the islands")?;
+    let routers = isl.routers().context("starting babeld on r1 and r2")?;
+    let t = &isl.t;
     for n in t.node_names() {
         println!("  netns {}", t.ns(n).name());
     }
 
-    section("traffic: ping across the trunk");
+    section("Babel: every router learns every route");
+    let learned = Instant::now();
+    for (node, prefix) in [
+        ("r1", "10.2.1.0/24"),
+        ("r2", "10.1.1.0/24"),
+        ("r1", "fd00:2:1::/64"),
+        ("g1a", "10.2.1.0/24"),
+        ("g2b", "10.1.1.0/24"),
+    ] {
+        match isl.wait_route(node, prefix, Duration::from_secs(40)) {
+            Ok(_) => println!("{node}: route to {prefix} after {:.1?}", learned.elapsed()),
+            Err(e) => println!("{node}: {e:#}"),
+        }
+    }
+    section("traffic: ping across the islands");
     let (h1, h2) = (t.ns("h1"), t.ns("h2"));
     for (from, name, to) in [
         (h1, "h1", "10.2.1.2"),
         (h2, "h2", "10.1.1.2"),
         (h1, "h1", "fd00:2:1::2"),
     ] {
-        if let Err(e) = from.wait_ping(to, Duration::from_secs(15)) {
+        if let Err(e) = from.wait_ping(to, Duration::from_secs(20)) {
             println!("{name} -> {to}: {e:#}");
             continue;
         }
@@ -313,59 +332,87 @@ fn demo(keep: bool) -> Result<()> {
     section("traffic: iperf3 TCP h1 <-> h2 (4 MB each way)");
     match h1.tcp_both_ways(&t.lab, h2, "10.2.1.2", 5201) {
         Ok((up, down)) => {
-            println!(
-                "h1 -> h2: {:.0} Mbit/s   ({})",
-                up.mbits_per_sec, up.summary
-            );
-            println!(
-                "h2 -> h1: {:.0} Mbit/s   ({})",
-                down.mbits_per_sec, down.summary
-            );
+            println!("h1 -> h2: {:.0} Mbit/s   ({})", up.mbits_per_sec, up.summary);
+            println!("h2 -> h1: {:.0} Mbit/s   ({})", down.mbits_per_sec, down.summary);
         }
         Err(e) => println!("iperf3 failed: {e:#}"),
     }
 
-    for g in ["g1", "g2"] {
-        let w = t.wg(g);
-        section(&format!("{g}: wg show {}", w.ifname));
-        match w.wg(&["show", &w.ifname]) {
+    for (g, what) in [
+        ("g1a", "neighbours"),
+        ("g1a", "routes"),
+        ("g1a", "babel"),
+        ("g1a", "fib"),
+    ] {
+        section(&format!("{g}: isthmusctl show {what}"));
+        match isl.show(g, what) {
             Ok(s) => println!("{}", s.trim_end()),
-            Err(e) => println!("wg show failed: {e:#}"),
-        }
-        section(&format!("{g}: isthmusctl show peers"));
-        isthmusctl_show(&t, g, "peers");
-        section(&format!("{g}: isthmusctl show routes"));
-        isthmusctl_show(&t, g, "routes");
-        section(&format!("{g}: metrics (isthmus_*)"));
-        match w.metrics() {
-            Ok(m) => {
-                let interesting = [
-                    "isthmus_forwarded_packets_total",
-                    "isthmus_peer_rx_packets_total",
-                    "isthmus_peer_tx_packets_total",
-                    "isthmus_peer_handshakes_total",
-                    "isthmus_fib_routes",
-                    "isthmus_build_info",
-                ];
-                for name in interesting {
-                    print!(
-                        "{}",
-                        m.excerpt(name)
-                            .lines()
-                            .filter(|l| l.starts_with(&format!("{name}{{")))
-                            .fold(String::new(), |a, l| a + l + "\n")
-                    );
-                }
-                let drops: String = m
-                    .excerpt("isthmus_drops_total")
-                    .lines()
-                    .filter(|l| !l.ends_with(" 0"))
-                    .fold(String::new(), |a, l| a + l + "\n");
-                print!("{drops}");
-            }
-            Err(e) => println!("no metrics: {e:#}"),
+            Err(e) => println!("failed: {e:#}"),
         }
     }
+    section("r1: babeld's kernel routes");
+    println!(
+        "{}",
+        t.ns("r1")
+            .exec(&["ip", "route", "show", "proto", "babel"])
+            .unwrap_or_default()
+            .trim_end()
+    );
+
+    section("failover: cut the trunk in use under a 10 ms ping");
+    match isl.trunk_in_use() {
+        None => println!("r1 has no route to island 2; skipping"),
+        Some(k) => {
+            let probe = PingProbe::start(h1, "10.2.1.2", 10)?;
+            std::thread::sleep(Duration::from_secs(2));
+            let cut = Instant::now();
+            isl.set_trunk(k, false)?;
+            println!(
+                "trunk {} cut (ip link set down on both ends)",
+                (b'a' + k as u8) as char
+            );
+            let resumed = probe.wait_replies(probe.replies_so_far() + 50, Duration::from_secs(40));
+            std::thread::sleep(Duration::from_secs(2));
+            let r = probe.finish()?;
+            let hello = 1.0;
+            let target = 2.0 * hello + 3.5 * 3.0 * hello;
+            match resumed {
+                Ok(()) => println!(
+                    "traffic moved to trunk {}: outage {:.2} s (longest gap between replies), \
+                     {} of {} pings lost; target: 2 hello intervals + IHU hold = {target:.1} s",
+                    isl.trunk_in_use().map_or('?', |k| (b'a' + k as u8) as char),
+                    r.longest_gap.as_secs_f64(),
+                    r.lost(),
+                    r.sent
+                ),
+                Err(e) => println!("traffic did not resume within 40 s of the cut: {e:#}"),
+            }
+            let _ = cut;
+            isl.set_trunk(k, true)?;
+        }
+    }
+
+    section("g1a: isthmus-cp metrics (isthmus_babel_*)");
+    let m = t
+        .ns("g1a")
+        .exec(&[&release_bin("lab-tool").to_string_lossy(), "http-get", "127.0.0.1:9587", "/metrics"]);
+    match m {
+        Ok(text) => {
+            for l in text.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("isthmus_babel_neighbour_cost")
+                        || l.starts_with("isthmus_babel_neighbour_rtt")
+                        || l.starts_with("isthmus_babel_routes")
+                        || l.starts_with("isthmus_babel_fib")
+                        || l.starts_with("isthmus_babel_kernel_routes"))
+            }) {
+                println!("{l}");
+            }
+        }
+        Err(e) => println!("no metrics: {e:#}"),
+    }
+    drop(routers);
+    let t = isl.t;
 
     if keep {
         section("kept running (--keep)");
@@ -399,19 +446,3 @@ fn demo(keep: bool) -> Result<()> {
     Ok(())
 }
 
-/// `isthmusctl show WHAT IFNAME` against a gateway's control socket. Errors are printed,
-/// not fatal: the demo goes on.
-fn isthmusctl_show(t: &Topology, g: &str, what: &str) {
-    let w = t.wg(g);
-    let ctl = release_bin("isthmusctl").to_string_lossy().into_owned();
-    match w.ns.output_timeout(&[&ctl, "show", what, &w.ifname], 10) {
-        Ok(o) if o.status.success() => {
-            println!("{}", String::from_utf8_lossy(&o.stdout).trim_end())
-        }
-        Ok(o) => println!(
-            "isthmusctl show {what} failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => println!("isthmusctl show {what} failed: {e:#}"),
-    }
-}
