@@ -847,6 +847,231 @@ impl Drop for Bird<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// isthmus-cp
+// ---------------------------------------------------------------------------------------------
+
+/// Where [`IsthmusCp`] serves Prometheus metrics inside its namespace.
+pub const CP_METRICS_ADDR: &str = "127.0.0.1:9587";
+
+/// Finds a binary: `$VAR` if set (a path, or a bare name on `PATH`), else the workspace's.
+fn binary_from_env(var: &str, name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        let p = PathBuf::from(p);
+        if p.components().count() == 1 {
+            let found = crate::lab::run(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {}", p.display())),
+            )
+            .with_context(|| format!("{var}={} is not on PATH", p.display()))?;
+            return Ok(PathBuf::from(found.trim()));
+        }
+        return Ok(p);
+    }
+    crate::lab::built_binary(name).with_context(|| {
+        format!("{name} not found in target/release or target/debug: build it or set {var}")
+    })
+}
+
+/// An `isthmus-cp` (the isthmus Babel daemon) running in a namespace without a data plane:
+/// it speaks Babel on its `[[babel.interface]]`s and installs kernel routes (protocol 77).
+/// Its configuration, log, status socket and (unused) control socket live in the lab
+/// directory under `cp-NAME.*`; metrics are on [`CP_METRICS_ADDR`] in its namespace.
+/// Dropping it stops it with SIGTERM.
+#[derive(Debug)]
+pub struct IsthmusCp<'a> {
+    ns: &'a Netns,
+    pid: u32,
+    name: String,
+    conf: PathBuf,
+    log: PathBuf,
+    status: PathBuf,
+}
+
+impl<'a> IsthmusCp<'a> {
+    /// The `isthmus-cp` binary: `$ISTHMUS_CP`, else the one built in the target directory.
+    ///
+    /// # Errors
+    /// When neither exists.
+    pub fn binary() -> Result<PathBuf> {
+        binary_from_env("ISTHMUS_CP", "isthmus-cp")
+    }
+
+    /// The `isthmusctl` binary: `$ISTHMUSCTL`, else the one next to `isthmus-cp`, else the
+    /// one built in the target directory.
+    ///
+    /// # Errors
+    /// When none exists.
+    pub fn ctl_binary() -> Result<PathBuf> {
+        if std::env::var_os("ISTHMUSCTL").is_none() {
+            if let Some(p) = Self::binary()
+                .ok()
+                .and_then(|b| b.parent().map(|d| d.join("isthmusctl")))
+                .filter(|p| p.is_file())
+            {
+                return Ok(p);
+            }
+        }
+        binary_from_env("ISTHMUSCTL", "isthmusctl")
+    }
+
+    /// Writes `config` (isthmus TOML with an `[interface]` and a `[babel]` section) to
+    /// `cp-NAME.toml` in the lab directory and starts `isthmus-cp` in `ns` with its status
+    /// socket `cp-NAME.cp`, a control socket `cp-NAME.ctl` that nothing serves, and metrics on
+    /// [`CP_METRICS_ADDR`]; waits until its status socket answers. Restarting under the same
+    /// name (after [`IsthmusCp::kill`] or [`IsthmusCp::stop`]) keeps the previous log as
+    /// `cp-NAME.log.old`.
+    ///
+    /// # Errors
+    /// When it exits or does not answer within 10 s; the error quotes its log.
+    pub fn start(ns: &'a Netns, lab: &Lab, name: &str, config: &str) -> Result<Self> {
+        let conf = lab.path(&format!("cp-{name}.toml"));
+        let log = lab.path(&format!("cp-{name}.log"));
+        let status = lab.path(&format!("cp-{name}.cp"));
+        let ctl = lab.path(&format!("cp-{name}.ctl"));
+        std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
+        if log.exists() {
+            let _ = std::fs::rename(&log, lab.path(&format!("cp-{name}.log.old")));
+        }
+        // A killed daemon leaves its status socket behind.
+        let _ = std::fs::remove_file(&status);
+        let bin = Self::binary()?;
+        let bin = bin.to_string_lossy().into_owned();
+        let conf_s = conf.to_string_lossy().into_owned();
+        let status_s = status.to_string_lossy().into_owned();
+        let ctl_s = ctl.to_string_lossy().into_owned();
+        // Plain text logs: tracing colours its output unless NO_COLOR is set.
+        let pid = ns.spawn_env(
+            &[
+                &bin,
+                "--config",
+                &conf_s,
+                "--ctl-socket",
+                &ctl_s,
+                "--status-socket",
+                &status_s,
+                "--metrics",
+                CP_METRICS_ADDR,
+            ],
+            &[("NO_COLOR", "1")],
+            &log,
+        )?;
+        let cp = Self {
+            ns,
+            pid,
+            name: name.to_owned(),
+            conf,
+            log,
+            status,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if !ns.alive(pid) {
+                bail!(
+                    "isthmus-cp {name} in {} exited at startup; config {}:\n{config}\nlog:\n{}",
+                    ns.name(),
+                    cp.conf.display(),
+                    cp.log_tail()
+                );
+            }
+            if cp.status.exists() && cp.status("babel").is_ok() {
+                return Ok(cp);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "isthmus-cp {name} in {} did not open {} within {START_TIMEOUT:?}; log:\n{}",
+                    ns.name(),
+                    cp.status.display(),
+                    cp.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its PID.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it is still running.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        self.ns.alive(self.pid)
+    }
+
+    /// Path of its log (stderr).
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Path of its status socket.
+    #[must_use]
+    pub fn status_path(&self) -> &Path {
+        &self.status
+    }
+
+    /// The last 30 lines of its log.
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, LOG_LINES)
+    }
+
+    /// `isthmusctl show WHAT --socket STATUS` (`neighbours`, `routes`, `babel`).
+    ///
+    /// # Errors
+    /// When isthmusctl fails (the daemon is not answering).
+    pub fn status(&self, what: &str) -> Result<String> {
+        let ctl = Self::ctl_binary()?;
+        let status = self.status.to_string_lossy().into_owned();
+        crate::lab::run(Command::new(&ctl).args(["show", what, "--socket", &status]))
+            .with_context(|| format!("isthmus-cp {} status {what}", self.name))
+    }
+
+    /// Scrapes its metrics.
+    ///
+    /// # Errors
+    /// When the GET fails or the text does not parse.
+    pub fn metrics(&self) -> Result<crate::metrics::Metrics> {
+        crate::wg::scrape(self.ns, CP_METRICS_ADDR)
+    }
+
+    /// Its status pages and log tail, for error messages.
+    #[must_use]
+    pub fn diagnostics(&self) -> String {
+        let page = |w: &str| self.status(w).unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "isthmus-cp {} in {}:\n{}\n{}\n{}\nlog:\n{}",
+            self.name,
+            self.ns.name(),
+            page("babel"),
+            page("neighbours"),
+            page("routes"),
+            self.log_tail()
+        )
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit (SIGKILL after 5 s).
+    pub fn stop(&self) {
+        self.ns.stop(self.pid, Duration::from_secs(5));
+    }
+
+    /// Kills it with SIGKILL (its kernel routes stay behind) and waits for it to exit.
+    pub fn kill(&self) {
+        send_signal(self.pid, "KILL");
+        wait_exit(self.ns, self.pid, Duration::from_secs(5));
+    }
+}
+
+impl Drop for IsthmusCp<'_> {
+    fn drop(&mut self) {
+        self.ns.stop(self.pid, Duration::from_secs(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kernel routes
 // ---------------------------------------------------------------------------------------------
 
