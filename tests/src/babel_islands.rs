@@ -65,7 +65,8 @@ pub fn isthmus_cp_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ISTHMUS_CP") {
         return Ok(PathBuf::from(p));
     }
-    built_binary("isthmus-cp").context("isthmus-cp not found: cargo build --release -p isthmus-controlplane")
+    built_binary("isthmus-cp")
+        .context("isthmus-cp not found: cargo build --release -p isthmus-controlplane")
 }
 
 impl BabelIslands {
@@ -92,8 +93,23 @@ impl BabelIslands {
             )?;
             router_ifs[usize::from(i - 1)].1 = r_if;
             let hn = t.ns(&h).clone();
-            hn.exec(&["ip", "route", "add", "default", "via", &format!("10.{i}.1.1")])?;
-            hn.exec(&["ip", "-6", "route", "add", "default", "via", &format!("fd00:{i}:1::1")])?;
+            hn.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{i}.1.1"),
+            ])?;
+            hn.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{i}:1::1"),
+            ])?;
             t.ns(&r).set_forwarding(true)?;
         }
         let cp = isthmus_cp_binary()?;
@@ -214,7 +230,10 @@ impl BabelIslands {
         let ctl = ctl.to_string_lossy().into_owned();
         if what == "fib" {
             let ifname = self.t.wg(node).ifname.clone();
-            return self.t.ns(node).exec_timeout(&[&ctl, "show", "fib", &ifname], 10);
+            return self
+                .t
+                .ns(node)
+                .exec_timeout(&[&ctl, "show", "fib", &ifname], 10);
         }
         let status = g.status.to_string_lossy().into_owned();
         self.t
@@ -254,10 +273,7 @@ impl BabelIslands {
     /// Kills a gateway's isthmus-cp with SIGKILL.
     pub fn kill_cp(&self, node: &str) {
         let g = self.gateway(node);
-        let _ = self
-            .t
-            .ns(node)
-            .exec(&["kill", "-9", &g.cp_pid.to_string()]);
+        let _ = self.t.ns(node).exec(&["kill", "-9", &g.cp_pid.to_string()]);
     }
 
     /// Starts a gateway's isthmus-cp again (after [`BabelIslands::kill_cp`]).
@@ -285,7 +301,10 @@ impl BabelIslands {
         let start = Instant::now();
         loop {
             let out = self.t.ns(node).exec(&["ip", "route", "show", prefix])?;
-            let out6 = self.t.ns(node).exec(&["ip", "-6", "route", "show", prefix])?;
+            let out6 = self
+                .t
+                .ns(node)
+                .exec(&["ip", "-6", "route", "show", prefix])?;
             if [out, out6]
                 .iter()
                 .any(|o| !o.trim().is_empty() && !o.contains("unreachable"))
@@ -298,7 +317,8 @@ impl BabelIslands {
                     diag.push_str(&format!(
                         "--- {} routes:\n{}\n--- {} log:\n{}\n",
                         g.node,
-                        self.show(&g.node, "routes").unwrap_or_else(|e| e.to_string()),
+                        self.show(&g.node, "routes")
+                            .unwrap_or_else(|e| e.to_string()),
                         g.node,
                         tail(&g.cp_log, 15)
                     ));

@@ -332,8 +332,14 @@ fn demo(keep: bool) -> Result<()> {
     section("traffic: iperf3 TCP h1 <-> h2 (4 MB each way)");
     match h1.tcp_both_ways(&t.lab, h2, "10.2.1.2", 5201) {
         Ok((up, down)) => {
-            println!("h1 -> h2: {:.0} Mbit/s   ({})", up.mbits_per_sec, up.summary);
-            println!("h2 -> h1: {:.0} Mbit/s   ({})", down.mbits_per_sec, down.summary);
+            println!(
+                "h1 -> h2: {:.0} Mbit/s   ({})",
+                up.mbits_per_sec, up.summary
+            );
+            println!(
+                "h2 -> h1: {:.0} Mbit/s   ({})",
+                down.mbits_per_sec, down.summary
+            );
         }
         Err(e) => println!("iperf3 failed: {e:#}"),
     }
@@ -393,9 +399,12 @@ fn demo(keep: bool) -> Result<()> {
     }
 
     section("g1a: isthmus-cp metrics (isthmus_babel_*)");
-    let m = t
-        .ns("g1a")
-        .exec(&[&release_bin("lab-tool").to_string_lossy(), "http-get", "127.0.0.1:9587", "/metrics"]);
+    let m = t.ns("g1a").exec(&[
+        &release_bin("lab-tool").to_string_lossy(),
+        "http-get",
+        "127.0.0.1:9587",
+        "/metrics",
+    ]);
     match m {
         Ok(text) => {
             for l in text.lines().filter(|l| {
@@ -445,4 +454,3 @@ fn demo(keep: bool) -> Result<()> {
     }
     Ok(())
 }
-

@@ -683,7 +683,8 @@ impl Router {
             interval: to_cs(p.hello_interval),
             timestamp: p.timestamps.then_some(ts),
         };
-        let next = now + self.jitter(p.hello_interval, 8);
+        // Jitter around the interval, not below it, so hellos keep pace with the clock.
+        let next = now + self.jitter(p.hello_interval, 8) + p.hello_interval / 16;
         if let Some(l) = self.links.get_mut(&id) {
             l.next_hello = next;
         }

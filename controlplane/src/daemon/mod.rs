@@ -177,6 +177,12 @@ pub struct Daemon {
     /// Changes since the last push.
     dirty: BTreeMap<IpNet, ()>,
     sync_at: Instant,
+    /// When routes a previous run left (in the data plane and the kernel) and that were not
+    /// relearned are finally removed.
+    cleanup_at: Instant,
+    cleaned: bool,
+    /// Control-plane routes the data plane held when we connected (a previous run's).
+    dp_stale: BTreeMap<IpNet, CtlNextHop>,
     started: Instant,
     /// One entry per message awaiting the data plane's Ok: the send time of FIB pushes,
     /// `None` for injected packets (also acknowledged).
@@ -409,6 +415,16 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         .unwrap_or(Duration::from_secs(4))
         * 2
         + Duration::from_secs(1);
+    // Neighbours send IHUs every IHU interval and full tables every update interval: routes
+    // not relearned after both are really gone.
+    let cleanup = links
+        .values()
+        .map(|l| {
+            l.cfg.params.update_interval.max(l.cfg.params.ihu_interval)
+                + l.cfg.params.hello_interval
+        })
+        .max()
+        .unwrap_or(Duration::from_secs(20));
     info!(
         router_id = %hex(&router_id),
         links = links.len(),
@@ -432,6 +448,9 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         kinstalled: BTreeMap::new(),
         dirty: BTreeMap::new(),
         sync_at: now + hold,
+        cleanup_at: now + hold + cleanup,
+        cleaned: false,
+        dp_stale: BTreeMap::new(),
         started: now,
         pushes: VecDeque::new(),
         stats: IoStats::default(),
@@ -469,6 +488,8 @@ impl Daemon {
                 .unwrap_or(now + Duration::from_secs(1));
             if !self.stats.synced {
                 deadline = deadline.min(self.sync_at);
+            } else if !self.cleaned {
+                deadline = deadline.min(self.cleanup_at);
             }
             let wait = deadline.saturating_duration_since(now);
             let first = match rx.recv_timeout(wait) {
@@ -498,6 +519,9 @@ impl Daemon {
                 self.sync();
             } else if self.stats.synced {
                 self.push_changes();
+                if !self.cleaned && now >= self.cleanup_at {
+                    self.cleanup();
+                }
             }
         }
     }
@@ -512,6 +536,13 @@ impl Daemon {
                 self.stats.ctl_connected = true;
                 self.stats.ctl_connects += 1;
                 self.pushes.clear();
+                if !self.cleaned {
+                    // Learn what a previous run left in the data plane, to keep it until
+                    // the clean-up (its answer is a `Routes` message).
+                    if let Some(c) = self.ctl.as_mut() {
+                        let _ = write_msg(c, &Msg::GetRoutes);
+                    }
+                }
                 if self.stats.synced {
                     // The data plane may have restarted (empty table) or kept ours (stale):
                     // a snapshot is right either way.
@@ -566,6 +597,19 @@ impl Daemon {
                 warn!("data plane refused a message: {e}");
             }
             Msg::Event(ev) => debug!(?ev, "data plane event"),
+            Msg::Routes(rs) if !self.cleaned => {
+                self.dp_stale = rs
+                    .into_iter()
+                    .filter(|r| r.origin == isthmus_dataplane::ctl::proto::RouteOrigin::Control)
+                    .map(|r| (r.prefix, r.next_hop))
+                    .collect();
+                if !self.dp_stale.is_empty() {
+                    info!(
+                        routes = self.dp_stale.len(),
+                        "the data plane kept a previous run's routes"
+                    );
+                }
+            }
             _ => {}
         }
     }
@@ -682,8 +726,14 @@ impl Daemon {
     }
 
     fn push_snapshot(&mut self) {
-        let routes: Vec<CtlRoute> = self
-            .fib
+        let mut table = self.fib.clone();
+        if !self.cleaned {
+            // Until the clean-up, a previous run's routes that are not relearned yet stay.
+            for (p, h) in &self.dp_stale {
+                table.entry(*p).or_insert(*h);
+            }
+        }
+        let routes: Vec<CtlRoute> = table
             .iter()
             .map(|(p, h)| CtlRoute {
                 prefix: *p,
@@ -704,13 +754,20 @@ impl Daemon {
         self.dirty.clear();
         self.push_snapshot();
         if let Some(k) = self.kernel.as_mut() {
-            // Routes a previous run installed stay until replaced: no flush.
+            // Routes a previous run installed stay until replaced or until the clean-up:
+            // no flush, and no gap while neighbours are still being heard.
             let have = k.dump_own().unwrap_or_default();
             let mut changes = Vec::new();
+            let mut kept = 0;
+            self.kinstalled.clear();
             for r in &have {
-                let wanted = self.kroutes.get(&r.prefix);
-                if wanted.is_none_or(|w| w.metric != r.metric) {
-                    changes.push(KernelChange::Remove(*r));
+                match self.kroutes.get(&r.prefix) {
+                    Some(w) if w.metric != r.metric => changes.push(KernelChange::Remove(*r)),
+                    Some(_) => {}
+                    None => {
+                        kept += 1;
+                        self.kinstalled.insert(r.prefix, *r);
+                    }
                 }
             }
             for r in self.kroutes.values() {
@@ -718,6 +775,8 @@ impl Daemon {
                     changes.push(KernelChange::Replace(*r));
                 }
             }
+            // Replacements first: a route is never missing.
+            changes.sort_by_key(|c| matches!(c, KernelChange::Remove(_)));
             let results = k.apply(&changes);
             let failed = results.iter().filter(|r| r.is_err()).count();
             self.stats.kernel_errors += failed as u64;
@@ -726,15 +785,60 @@ impl Daemon {
                     warn!(?c, "kernel: {e}");
                 }
             }
-            self.kinstalled = self.kroutes.clone();
+            self.kinstalled
+                .extend(self.kroutes.iter().map(|(p, r)| (*p, *r)));
             self.stats.kernel_routes = self.kinstalled.len() as u64;
             info!(
                 found = have.len(),
                 changes = changes.len(),
+                kept_until_cleanup = kept,
                 failed,
                 "kernel routes reconciled"
             );
         }
+    }
+
+    /// Removes what a previous run left and nobody relearned.
+    fn cleanup(&mut self) {
+        self.cleaned = true;
+        let stale_dp = self
+            .dp_stale
+            .keys()
+            .filter(|p| !self.fib.contains_key(p))
+            .count();
+        self.dp_stale.clear();
+        if stale_dp > 0 {
+            self.push_snapshot();
+        }
+        let gone: Vec<KernelRoute> = self
+            .kinstalled
+            .values()
+            .filter(|r| !self.kroutes.contains_key(&r.prefix))
+            .copied()
+            .collect();
+        if let Some(k) = self.kernel.as_mut() {
+            let changes: Vec<KernelChange> =
+                gone.iter().map(|r| KernelChange::Remove(*r)).collect();
+            for (c, r) in changes.iter().zip(k.apply(&changes)) {
+                match r {
+                    Ok(()) => {
+                        if let KernelChange::Remove(r) = c {
+                            self.kinstalled.remove(&r.prefix);
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.kernel_errors += 1;
+                        warn!(?c, "kernel: {e}");
+                    }
+                }
+            }
+            self.stats.kernel_routes = self.kinstalled.len() as u64;
+        }
+        info!(
+            data_plane = stale_dp,
+            kernel = gone.len(),
+            "removed routes of a previous run that were not relearned"
+        );
     }
 
     fn push_changes(&mut self) {
