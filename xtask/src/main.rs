@@ -185,6 +185,9 @@ fn test() -> Result<()> {
         if std::env::var_os("ISTHMUS_LAB_TOOL").is_none() {
             ns.env("ISTHMUS_LAB_TOOL", release_bin("lab-tool"));
         }
+        if std::env::var_os("ISTHMUS_CP").is_none() {
+            ns.env("ISTHMUS_CP", release_bin("isthmus-cp"));
+        }
         eprintln!(
             "xtask: isthmus-dp under test: {}",
             std::env::var("ISTHMUS_DP")
