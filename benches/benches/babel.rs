@@ -36,7 +36,7 @@ const MEMORY_ROUTES: usize = 100_000;
 /// Prefix `k`: even `k` an IPv4 /24 in 10.0.0.0/8 and beyond, odd `k` an IPv6 /48.
 fn prefix(k: usize) -> IpNet {
     let i = (k / 2) as u32;
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let a = Ipv4Addr::from((10u32 << 24) + (i << 8));
         IpNet::V4(Ipv4Net::new(a, 24).expect("valid /24"))
     } else {
@@ -199,7 +199,9 @@ fn trim() {
 fn memory(extras: &mut Vec<Extra>) {
     let now = Instant::now();
     let a = updates(MEMORY_ROUTES, 100);
-    let b = updates(MEMORY_ROUTES, 200);
+    // The second neighbour's routes must be feasible (refmetric below the distance we
+    // advertise, 196) to be kept, and not better by the hysteresis, to stay unselected.
+    let b = updates(MEMORY_ROUTES, 90);
     let mut r = router(3, now);
     trim();
     let (base, heap0) = (rss(), heap());

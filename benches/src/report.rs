@@ -574,4 +574,48 @@ mod tests {
         assert!(row.ends_with("| n/a |"), "{row}");
         assert!(md.contains("- wg-go-up: not built"));
     }
+
+    #[test]
+    fn control_plane_table_has_units_and_the_rss_target() {
+        let crit = vec![
+            CriterionResult {
+                id: "babel/updates_new_10k".into(),
+                median_ns: 100e6,
+                elements: Some(10_000),
+                bytes: None,
+            },
+            CriterionResult {
+                id: "fib_push/snapshot_100k_into_empty".into(),
+                median_ns: 25e6,
+                elements: None,
+                bytes: None,
+            },
+        ];
+        let extras = vec![
+            Extra::new("babel/converge_grid_10x10_simulated", 3.9, "s", ""),
+            Extra::new(
+                "babel/rss_with_100k_prefixes",
+                150.0 * 1048576.0,
+                "bytes",
+                "",
+            ),
+        ];
+        let md = markdown(None, &crit, &extras);
+        assert!(md.contains("| 3.90 s simulated |"), "{md}");
+        assert!(md.contains("| 100 k updates/s |"), "{md}");
+        assert!(
+            md.contains("full push of 100k routes (into an empty FIB) | 25.0 ms |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 150 MiB | target for the whole isthmus-cp: < 200 MiB (met) |"),
+            "{md}"
+        );
+        let dir = std::env::temp_dir().join(format!("isthmus-extras-{}", std::process::id()));
+        write_extras(&dir, "t", &extras).unwrap();
+        let back = read_extras(&dir, SystemTime::UNIX_EPOCH);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].id, "babel/converge_grid_10x10_simulated");
+    }
 }
