@@ -25,7 +25,7 @@ use crate::babel::LinkParams;
 /// Prefix `k` of node `node`: even `k` an IPv4 /24 in (10 + node).0.0.0/8, odd `k` an IPv6
 /// /48 in 2001:(db8 + node)::/32.
 fn prefix(node: usize, k: usize) -> IpNet {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let i = (k / 2) as u32;
         let a = Ipv4Addr::from(((10 + node as u32) << 24) | (i << 8));
         IpNet::V4(Ipv4Net::new(a, 24).expect("valid /24"))
