@@ -66,6 +66,65 @@ pub fn read_criterion(dir: &Path, since: SystemTime) -> Vec<CriterionResult> {
     out
 }
 
+/// A measurement a bench makes besides criterion's timings (simulated seconds, bytes):
+/// benches write them with [`write_extras`], the report reads them with [`read_extras`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Extra {
+    /// Id (`group/name`).
+    pub id: String,
+    /// Value, in `unit`.
+    pub value: f64,
+    /// Unit (`s`, `bytes`, …).
+    pub unit: String,
+    /// What was measured.
+    pub note: String,
+}
+
+impl Extra {
+    /// An extra measurement.
+    pub fn new(id: &str, value: f64, unit: &str, note: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            value,
+            unit: unit.to_owned(),
+            note: note.to_owned(),
+        }
+    }
+}
+
+/// Writes `extras` to `<criterion_dir>/extra/<name>.json`.
+pub fn write_extras(criterion_dir: &Path, name: &str, extras: &[Extra]) -> std::io::Result<()> {
+    let dir = criterion_dir.join("extra");
+    fs::create_dir_all(&dir)?;
+    let json = serde_json::to_string_pretty(extras).map_err(std::io::Error::other)?;
+    fs::write(dir.join(format!("{name}.json")), json)
+}
+
+/// Reads the extras under `<criterion_dir>/extra/` written at or after `since`.
+pub fn read_extras(criterion_dir: &Path, since: SystemTime) -> Vec<Extra> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(criterion_dir.join("extra")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let fresh = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= since);
+        if !fresh {
+            continue;
+        }
+        if let Some(v) = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<Extra>>(&t).ok())
+        {
+            out.extend(v);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 fn parse_one(estimates: &Path) -> Option<CriterionResult> {
     let est: serde_json::Value = serde_json::from_str(&fs::read_to_string(estimates).ok()?).ok()?;
     let bench: serde_json::Value =
@@ -230,8 +289,138 @@ fn ratio_line(out: &mut String, what: &str, t: &Topology, num: &str, den: &str, 
     }
 }
 
+fn human_bytes(b: f64) -> String {
+    if b >= 1048576.0 {
+        format!("{} MiB", sig(b / 1048576.0))
+    } else if b >= 1024.0 {
+        format!("{} KiB", sig(b / 1024.0))
+    } else {
+        format!("{} B", sig(b))
+    }
+}
+
+/// The control-plane table: Babel convergence, update processing, memory, FIB pushes.
+fn control_plane_table(out: &mut String, crit: &[CriterionResult], extras: &[Extra]) {
+    let c = |id: &str| crit.iter().find(|c| c.id == id);
+    let x = |id: &str| extras.iter().find(|x| x.id == id);
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let ms = |c: &CriterionResult| format!("{} ms", sig(c.median_ns / 1e6));
+    if let Some(e) = x("babel/converge_grid_10x10_simulated") {
+        rows.push((
+            "Babel: 100 routers (10×10 grid, wired) converge from cold start".into(),
+            format!("{} s simulated", sig(e.value)),
+            "simulated time until every node reaches every prefix".into(),
+        ));
+    }
+    if let Some(r) = c("babel/converge_grid_10x10") {
+        rows.push((
+            "Babel: the same, simulator wall time per run".into(),
+            ms(r),
+            "100 routers on one thread".into(),
+        ));
+    }
+    for (id, what) in [
+        ("babel/updates_new_10k", "new routes"),
+        ("babel/updates_refresh_10k", "refreshes of known routes"),
+    ] {
+        if let Some(r) = c(id) {
+            let per_s = r.elements.unwrap_or(1) as f64 / r.median_ns * 1e9;
+            rows.push((
+                format!("Babel: updates processed, {what}"),
+                format!("{} k updates/s", sig(per_s / 1e3)),
+                format!(
+                    "{} ns per update, including triggered updates out",
+                    sig(r.ns_per_element())
+                ),
+            ));
+        }
+    }
+    if let Some(e) = x("babel/memory_per_route") {
+        rows.push((
+            "Babel: heap in use per route (100,000 prefixes)".into(),
+            human_bytes(e.value),
+            x("babel/memory_100k_routes_one_neighbour").map_or(String::new(), |t| {
+                format!("RSS growth for 100k prefixes: {}", human_bytes(t.value))
+            }),
+        ));
+    }
+    if let Some(e) = x("babel/memory_100k_routes_learning") {
+        rows.push((
+            "Babel: RSS growth right after learning 100,000 prefixes".into(),
+            human_bytes(e.value),
+            "peak, with urgent updates to 3 links in flight".into(),
+        ));
+    }
+    if let Some(e) = x("babel/memory_per_extra_route") {
+        rows.push((
+            "Babel: heap in use per second route to a prefix".into(),
+            human_bytes(e.value),
+            "a backup route from another neighbour".into(),
+        ));
+    }
+    if let Some(e) = x("babel/rss_with_100k_prefixes") {
+        rows.push((
+            "Babel: process RSS holding 100k prefixes × 2 routes".into(),
+            human_bytes(e.value),
+            format!(
+                "target for the whole isthmus-cp: < 200 MiB ({})",
+                if e.value < 200.0 * 1048576.0 {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ),
+        ));
+    }
+    for (id, what) in [
+        (
+            "fib_push/snapshot_100k_into_empty",
+            "FIB: full push of 100k routes (into an empty FIB)",
+        ),
+        (
+            "fib_push/snapshot_100k_replace",
+            "FIB: full push of 100k routes (replacing 100k others)",
+        ),
+        (
+            "fib_push/snapshot_100k_same",
+            "FIB: full push of the same 100k routes",
+        ),
+        (
+            "fib_push/update_1_in_100k",
+            "FIB: 1-route update in a 100k table",
+        ),
+        (
+            "fib_push/update_1000_in_100k",
+            "FIB: 1000-route update in a 100k table",
+        ),
+    ] {
+        if let Some(r) = c(id) {
+            let v = if r.median_ns >= 1e6 {
+                ms(r)
+            } else {
+                format!("{} µs", sig(r.median_ns / 1e3))
+            };
+            rows.push((what.into(), v, "per push (median)".into()));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Control plane
+
+| measure | value | note |
+|---|---:|---|"
+    );
+    for (a, b, n) in rows {
+        let _ = writeln!(out, "| {a} | {b} | {n} |");
+    }
+    out.push('\n');
+}
+
 /// The whole report as markdown.
-pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
+pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra]) -> String {
     let mut out = String::from("# isthmus benchmark\n\n");
     if let Some(r) = r {
         let _ = writeln!(out, "{}; iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; load average before: {}; namespace part took {:.0} s.\n", r.machine, r.duration, r.repeat, r.pings, r.loadavg_before, r.wall_seconds);
@@ -255,6 +444,7 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult]) -> String {
             out.push('\n');
         }
     }
+    control_plane_table(&mut out, crit, extras);
     if !crit.is_empty() {
         let _ = writeln!(out, "## Criterion micro-benchmarks\n\n| bench | time / iteration | per element | throughput |\n|---|---:|---:|---:|");
         for c in crit {
@@ -373,7 +563,7 @@ mod tests {
             machine: String::new(),
             wall_seconds: 0.0,
         };
-        let md = markdown(Some(&r), &[]);
+        let md = markdown(Some(&r), &[], &[]);
         let row = md
             .lines()
             .find(|l| l.starts_with("| TCP, 1 stream"))
@@ -383,5 +573,49 @@ mod tests {
         assert!(row.contains("| 2.50 (0.250× / 2.50×) |"), "{row}");
         assert!(row.ends_with("| n/a |"), "{row}");
         assert!(md.contains("- wg-go-up: not built"));
+    }
+
+    #[test]
+    fn control_plane_table_has_units_and_the_rss_target() {
+        let crit = vec![
+            CriterionResult {
+                id: "babel/updates_new_10k".into(),
+                median_ns: 100e6,
+                elements: Some(10_000),
+                bytes: None,
+            },
+            CriterionResult {
+                id: "fib_push/snapshot_100k_into_empty".into(),
+                median_ns: 25e6,
+                elements: None,
+                bytes: None,
+            },
+        ];
+        let extras = vec![
+            Extra::new("babel/converge_grid_10x10_simulated", 3.9, "s", ""),
+            Extra::new(
+                "babel/rss_with_100k_prefixes",
+                150.0 * 1048576.0,
+                "bytes",
+                "",
+            ),
+        ];
+        let md = markdown(None, &crit, &extras);
+        assert!(md.contains("| 3.90 s simulated |"), "{md}");
+        assert!(md.contains("| 100 k updates/s |"), "{md}");
+        assert!(
+            md.contains("full push of 100k routes (into an empty FIB) | 25.0 ms |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 150 MiB | target for the whole isthmus-cp: < 200 MiB (met) |"),
+            "{md}"
+        );
+        let dir = std::env::temp_dir().join(format!("isthmus-extras-{}", std::process::id()));
+        write_extras(&dir, "t", &extras).unwrap();
+        let back = read_extras(&dir, SystemTime::UNIX_EPOCH);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].id, "babel/converge_grid_10x10_simulated");
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! 1. builds `isthmus-dp` and the driver `isthmus-tunnel-bench` in release mode;
 //! 2. unless `--no-criterion`, runs `cargo bench -p isthmus-benches` (loopback pipeline,
-//!    FIB);
+//!    FIB lookups, FIB pushes of 100k routes, the Babel control plane: simulator
+//!    convergence, updates per second, memory per route);
 //! 3. unless `--no-tunnels`, runs the driver as root: host — gateway ══ gateway — host and
 //!    the relay topology in network namespaces, with the kernel's plain forwarding, Debian's
 //!    wireguard-go, upstream wireguard-go (if `scripts/build-upstream-wireguard-go.sh` built
 //!    it), boringtun-cli and isthmus-dp;
-//! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`).
+//! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`):
+//!    the tunnels, a control-plane table (from criterion's results and the measurements
+//!    benches leave in `target/criterion/extra/`), every criterion bench, the targets.
 //!
 //! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition), and, passed
 //! to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`, `--no-relay`,

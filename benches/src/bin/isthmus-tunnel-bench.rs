@@ -81,13 +81,18 @@ fn run() -> Result<()> {
         None
     };
     let crit = criterion
-        .map(|d| report::read_criterion(&d, since))
+        .as_ref()
+        .map(|d| report::read_criterion(d, since))
         .unwrap_or_default();
-    let md = report::markdown(results.as_ref(), &crit);
+    let extras = criterion
+        .as_ref()
+        .map(|d| report::read_extras(d, since))
+        .unwrap_or_default();
+    let md = report::markdown(results.as_ref(), &crit, &extras);
     std::fs::create_dir_all(&o.work_dir)?;
     let md_path = o.work_dir.join("report.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    let json = serde_json::json!({ "tunnels": results, "criterion": crit, "written": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) });
+    let json = serde_json::json!({ "tunnels": results, "criterion": crit, "extras": extras, "written": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) });
     let json_path = o.work_dir.join("report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", json_path.display()))?;

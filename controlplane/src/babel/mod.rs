@@ -15,6 +15,7 @@
 pub mod neighbour;
 pub mod packet;
 pub mod request;
+mod resend;
 pub mod route;
 pub mod source;
 
@@ -289,17 +290,6 @@ struct Outbox {
     full: bool,
 }
 
-/// An urgent update being made reliable (RFC 8966 §3.7.2): resent a few times on
-/// multicast, or until acknowledged on unicast.
-struct Resend {
-    link: LinkId,
-    dest: Option<Ipv6Addr>,
-    prefix: IpNet,
-    left: u8,
-    at: Instant,
-    opaque: Option<u16>,
-}
-
 const FLUSH_DELAY: Duration = Duration::from_millis(10);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const RESEND_DELAY: Duration = Duration::from_millis(500);
@@ -314,10 +304,13 @@ pub struct Router {
     links: BTreeMap<LinkId, Link>,
     neighbours: BTreeMap<NeighKey, Neighbour>,
     routes: Table,
+    /// No route expires before this (a lower bound; `None`: no routes), so that
+    /// housekeeping walks the table only when something may have expired.
+    next_expiry: Option<Instant>,
     sources: Sources,
     xroutes: BTreeMap<IpNet, u16>,
     requests: request::Pending,
-    resends: Vec<Resend>,
+    resends: resend::Resends,
     out: BTreeMap<(LinkId, Option<Ipv6Addr>), Outbox>,
     flush_at: Option<Instant>,
     housekeeping_at: Instant,
@@ -350,10 +343,11 @@ impl Router {
             links: BTreeMap::new(),
             neighbours: BTreeMap::new(),
             routes: Table::new(),
+            next_expiry: None,
             sources: Sources::default(),
             xroutes: BTreeMap::new(),
             requests: request::Pending::default(),
-            resends: Vec::new(),
+            resends: resend::Resends::default(),
             out: BTreeMap::new(),
             flush_at: None,
             housekeeping_at: now + HOUSEKEEPING,
@@ -444,7 +438,7 @@ impl Router {
             self.drop_neighbour(k, now);
         }
         self.out.retain(|k, _| k.0 != id);
-        self.resends.retain(|r| r.link != id);
+        self.resends.remove_link(id);
     }
 
     /// The configured links.
@@ -594,49 +588,45 @@ impl Router {
 
     fn housekeeping(&mut self, now: Instant) {
         // Route expiry: first retract, later forget.
-        let mut touched = Vec::new();
-        for (p, e) in self.routes.iter_mut() {
-            let sel = e.selected.map(|i| e.routes[i].neighbour);
-            let mut changed = false;
-            e.routes.retain_mut(|r| {
-                if r.expires > now {
-                    return true;
+        if self.next_expiry.is_some_and(|t| t <= now) {
+            let mut touched = Vec::new();
+            let mut next: Option<Instant> = None;
+            for (p, e) in self.routes.iter_mut() {
+                let sel = e.selected.map(|i| e.routes[i].neighbour);
+                let mut changed = false;
+                e.routes.retain_mut(|r| {
+                    if r.expires > now {
+                        next = Some(next.map_or(r.expires, |t| t.min(r.expires)));
+                        return true;
+                    }
+                    changed = true;
+                    if r.refmetric != INFINITY {
+                        r.refmetric = INFINITY;
+                        r.expires = now + Duration::from_secs(60);
+                        next = Some(next.map_or(r.expires, |t| t.min(r.expires)));
+                        true
+                    } else {
+                        false
+                    }
+                });
+                e.selected = sel.and_then(|s| e.find(s));
+                if changed {
+                    touched.push(*p);
                 }
-                changed = true;
-                if r.refmetric != INFINITY {
-                    r.refmetric = INFINITY;
-                    r.expires = now + Duration::from_secs(60);
-                    true
-                } else {
-                    false
-                }
-            });
-            e.selected = sel.and_then(|s| e.find(s));
-            if changed {
-                touched.push(*p);
             }
+            self.next_expiry = next;
+            for p in touched {
+                self.reselect(p, now);
+            }
+            self.routes.retain(|_, e| !e.routes.is_empty());
         }
-        for p in touched {
-            self.reselect(p, now);
-        }
-        self.routes.retain(|_, e| !e.routes.is_empty());
         self.sources.gc(now);
         // Our own seqno requests: resend with backoff, give up after a few.
         for (link, dest, msg) in self.requests.due(now) {
             self.queue(link, dest, msg, now);
         }
         // Urgent updates.
-        let due: Vec<usize> = (0..self.resends.len())
-            .filter(|&i| self.resends[i].at <= now)
-            .collect();
-        for &i in due.iter().rev() {
-            let r = &mut self.resends[i];
-            if r.left == 0 {
-                self.resends.swap_remove(i);
-                continue;
-            }
-            r.left -= 1;
-            r.at = now + RESEND_DELAY;
+        for r in self.resends.due(now, now + RESEND_DELAY) {
             let (link, dest, prefix, opaque) = (r.link, r.dest, r.prefix, r.opaque);
             self.counters.resends += 1;
             if let Some(o) = opaque {
@@ -805,9 +795,7 @@ impl Router {
                     self.flush_at = Some(now);
                 }
                 Msg::Ack { opaque } => {
-                    let before = self.resends.len();
-                    self.resends.retain(|r| r.opaque != Some(opaque));
-                    if self.resends.len() != before {
+                    if self.resends.acked(opaque) {
                         self.counters.acks_rx += 1;
                     }
                 }
@@ -971,6 +959,7 @@ impl Router {
         } else {
             cs(interval) * 7 / 2
         };
+        let expires = now + hold;
         let entry = self.routes.entry(prefix).or_default();
         let idx = entry.find(key);
         match idx {
@@ -994,13 +983,16 @@ impl Router {
                     }
                     return;
                 }
+                // Most prefixes have one or two routes: grow by one, not to Vec's minimum
+                // of 4 (a 100k-route table would carry ~20 MB of empty slots).
+                entry.routes.reserve_exact(1);
                 entry.routes.push(route::Route {
                     neighbour: key,
                     router_id,
                     seqno,
                     refmetric: metric,
                     next_hop,
-                    expires: now + hold,
+                    expires,
                 });
             }
             Some(i) => {
@@ -1012,9 +1004,10 @@ impl Router {
                 r.seqno = seqno;
                 r.refmetric = metric;
                 r.next_hop = next_hop;
-                r.expires = now + hold;
+                r.expires = expires;
             }
         }
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
         if metric != INFINITY {
             self.requests.satisfied(prefix, router_id, seqno);
         }
@@ -1172,10 +1165,12 @@ impl Router {
             self.counters.route_changes += 1;
             self.events.push_back(Event::Route { prefix, route: a });
         }
+        // Urgent (made reliable): retractions and router-id changes (RFC 8966 §3.7.2). A new
+        // route is announced promptly but not resent: periodic updates cover a loss.
         let urgent = match (before, after) {
             (Some(b), Some(a)) => b.router_id != a.router_id,
-            (None, None) => false,
-            _ => true,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
         let significant = match (before, after) {
             (Some(b), Some(a)) => {
@@ -1228,9 +1223,7 @@ impl Router {
                             interval: to_cs(RESEND_DELAY),
                         });
                 }
-                self.resends
-                    .retain(|r| !(r.link == id && r.prefix == prefix));
-                self.resends.push(Resend {
+                self.resends.insert(resend::Resend {
                     link: id,
                     dest,
                     prefix,

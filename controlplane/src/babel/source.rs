@@ -30,6 +30,9 @@ pub struct Source {
 #[derive(Debug, Default)]
 pub struct Sources {
     map: HashMap<(IpNet, RouterId), Source>,
+    /// No entry is older than this (a lower bound), so that [`Sources::gc`] walks the table
+    /// only when something may have aged out.
+    oldest: Option<Instant>,
 }
 
 impl Sources {
@@ -64,6 +67,7 @@ impl Sources {
         if metric == INFINITY {
             return;
         }
+        self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
         let e = self.map.entry((prefix, id)).or_insert(Source {
             seqno,
             metric,
@@ -88,8 +92,21 @@ impl Sources {
 
     /// Drops entries older than [`SOURCE_GC`].
     pub fn gc(&mut self, now: Instant) {
-        self.map
-            .retain(|_, s| now.saturating_duration_since(s.time) <= SOURCE_GC);
+        if self
+            .oldest
+            .is_none_or(|t| now.saturating_duration_since(t) <= SOURCE_GC)
+        {
+            return;
+        }
+        let mut oldest: Option<Instant> = None;
+        self.map.retain(|_, s| {
+            let keep = now.saturating_duration_since(s.time) <= SOURCE_GC;
+            if keep {
+                oldest = Some(oldest.map_or(s.time, |t| t.min(s.time)));
+            }
+            keep
+        });
+        self.oldest = oldest;
     }
 
     /// Number of entries.
