@@ -329,15 +329,28 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         let id = LinkId(next);
         next += 1;
         let ifindex = kernel::ifindex(&i.name)?;
-        let ll = addrs.iter().find_map(|a| match a.addr {
-            IpAddr::V6(v) if a.ifindex == ifindex && v.segments()[0] & 0xffc0 == 0xfe80 => Some(v),
-            _ => None,
-        });
-        let Some(ll) = ll else {
-            anyhow::bail!(
-                "{}: interface has no IPv6 link-local address (Babel needs one)",
-                i.name
-            );
+        // An interface that just came up gets its link-local address after duplicate address
+        // detection: wait a little for it.
+        let mut addrs = addrs.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ll = loop {
+            let ll = addrs.iter().find_map(|a| match a.addr {
+                IpAddr::V6(v) if a.ifindex == ifindex && v.segments()[0] & 0xffc0 == 0xfe80 => {
+                    Some(v)
+                }
+                _ => None,
+            });
+            match ll {
+                Some(ll) => break ll,
+                None if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(200));
+                    addrs = kernel::addresses().unwrap_or_default();
+                }
+                None => anyhow::bail!(
+                    "{}: interface has no IPv6 link-local address (Babel needs one)",
+                    i.name
+                ),
+            }
         };
         let v4 = addrs.iter().find_map(|a| match a.addr {
             IpAddr::V4(v) if a.ifindex == ifindex => Some(v),
