@@ -300,15 +300,12 @@ impl BabelIslands {
     pub fn wait_route(&self, node: &str, prefix: &str, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            let out = self.t.ns(node).exec(&["ip", "route", "show", prefix])?;
-            let out6 = self
+            let family = if prefix.contains(':') { "-6" } else { "-4" };
+            let out = self
                 .t
                 .ns(node)
-                .exec(&["ip", "-6", "route", "show", prefix])?;
-            if [out, out6]
-                .iter()
-                .any(|o| !o.trim().is_empty() && !o.contains("unreachable"))
-            {
+                .exec(&["ip", family, "route", "show", prefix])?;
+            if !out.trim().is_empty() && !out.contains("unreachable") {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {

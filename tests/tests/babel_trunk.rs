@@ -776,15 +776,11 @@ fn two_trunks_failover() {
 // 4. kill -9 of isthmus-cp: the data plane keeps forwarding
 // ---------------------------------------------------------------------------------------------
 
-/// Passes about 4 runs in 5. Ignored because the rest of the time the restarted
-/// isthmus-cp's first snapshot, at the end of its start-up hold (2 hellos + 1 s = 5 s), lacks
-/// the island routes babeld `r1` announces: r1 sends them only with its next periodic update
-/// (none of the restarted cp's wildcard route requests is answered within the hold, even when
-/// repeated every second for 6 s), so the snapshot withdraws `10.1.1.0/24` from g1a's FIB and
-/// kernel ("kernel routes reconciled found=4 changes=2") and replies to h1 are dropped for
-/// 1-3 s until r1's update arrives. Run with `--ignored` to see it.
+/// The data plane keeps its table (stale) while isthmus-cp is dead; the restarted isthmus-cp
+/// keeps a previous run's routes, in the data plane and the kernel, until its neighbours have
+/// had time to resend everything (babeld answers route requests only with its periodic
+/// updates), so nothing is withdrawn in between.
 #[test]
-#[ignore = "flaky: the restarted isthmus-cp's first snapshot can miss babeld's routes (see the doc comment)"]
 fn kill_9_of_isthmus_cp_loses_no_packets() {
     init();
     const HELLO: u32 = 2;
