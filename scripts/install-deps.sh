@@ -38,7 +38,18 @@ done
 if ((${#missing[@]})); then
     echo "install-deps.sh: installing ${missing[*]}"
     apt-get update
+    # babeld and bird2 come with services: the lab runs its own daemons inside network
+    # namespaces, so keep the packages from starting any in the root namespace.
+    policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+    fi
     apt-get install -y --no-install-recommends "${missing[@]}"
+    if [[ -n "$policy" ]]; then
+        rm -f "$policy"
+    fi
 else
     echo "install-deps.sh: system packages already installed"
 fi
