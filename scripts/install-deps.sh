@@ -45,11 +45,9 @@ if ((${#missing[@]})); then
         policy=/usr/sbin/policy-rc.d
         printf '#!/bin/sh\nexit 101\n' > "$policy"
         chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
     fi
     apt-get install -y --no-install-recommends "${missing[@]}"
-    if [[ -n "$policy" ]]; then
-        rm -f "$policy"
-    fi
 else
     echo "install-deps.sh: system packages already installed"
 fi
