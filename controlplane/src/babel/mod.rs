@@ -478,6 +478,11 @@ impl Router {
         }
     }
 
+    /// Whether we originate `prefix`.
+    pub fn originates(&self, prefix: &IpNet) -> bool {
+        self.xroutes.contains_key(prefix)
+    }
+
     /// Prefixes we originate.
     pub fn xroutes(&self) -> impl Iterator<Item = (IpNet, u16)> + '_ {
         self.xroutes.iter().map(|(p, m)| (*p, *m))

@@ -547,6 +547,31 @@ impl Daemon {
                 info!("control channel to the data plane up");
                 self.ctl = Some(stream);
                 self.stats.ctl_connected = true;
+                if self.tun_ifindex.is_none() {
+                    // Started before the data plane: its TUN exists now. Routes via peers
+                    // get their kernel routes into it.
+                    self.tun_ifindex = kernel::ifindex(&self.ifname).ok();
+                    if let Some(ifindex) = self.tun_ifindex {
+                        let peer_routes: Vec<IpNet> = self
+                            .fib
+                            .iter()
+                            .filter(|(_, h)| matches!(h, CtlNextHop::Peer(_)))
+                            .map(|(p, _)| *p)
+                            .collect();
+                        for prefix in peer_routes {
+                            self.kroutes.insert(
+                                prefix,
+                                KernelRoute {
+                                    prefix,
+                                    gateway: None,
+                                    ifindex,
+                                    metric: kernel_metric(&prefix),
+                                },
+                            );
+                            self.dirty.insert(prefix, ());
+                        }
+                    }
+                }
                 self.stats.ctl_connects += 1;
                 self.pushes.clear();
                 if !self.cleaned {
@@ -669,8 +694,7 @@ impl Daemon {
     }
 
     fn route_changed(&mut self, prefix: IpNet, route: Option<Selected>) {
-        let own = self.router.xroutes().any(|(p, _)| p == prefix);
-        if own {
+        if self.router.originates(&prefix) {
             return;
         }
         match route {
