@@ -731,10 +731,18 @@ impl Router {
         let key = (link, src);
         let params = self.links[&link].cfg.params;
         let mut fresh = false;
-        self.neighbours.entry(key).or_insert_with(|| {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.neighbours.entry(key) {
+            // Only a Hello makes a neighbour (anything else from a stranger is ignored), so
+            // stray packets cannot grow the table.
+            if !msgs
+                .iter()
+                .any(|m| matches!(m, Msg::Hello { interval, .. } if *interval > 0))
+            {
+                return;
+            }
+            v.insert(Neighbour::new(link, src));
             fresh = true;
-            Neighbour::new(link, src)
-        });
+        }
         // Pass 1: hellos (so IHUs and updates in the same packet see the neighbour's state).
         let mut hello_ts = None;
         for m in &msgs {
