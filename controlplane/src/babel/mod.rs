@@ -876,12 +876,7 @@ impl Router {
             self.out.entry((key.0, None)).or_default().full = true;
             self.schedule_flush(now);
         }
-        let prefixes: Vec<IpNet> = self
-            .routes
-            .iter()
-            .filter(|(_, e)| e.routes.iter().any(|r| r.neighbour == key))
-            .map(|(p, _)| *p)
-            .collect();
+        let prefixes = self.prefixes_via(key);
         for p in prefixes {
             self.reselect(p, now);
         }
@@ -896,12 +891,7 @@ impl Router {
             address: key.1,
             up: false,
         });
-        let prefixes: Vec<IpNet> = self
-            .routes
-            .iter()
-            .filter(|(_, e)| e.routes.iter().any(|r| r.neighbour == key))
-            .map(|(p, _)| *p)
-            .collect();
+        let prefixes = self.prefixes_via(key);
         for p in prefixes {
             if let Some(e) = self.routes.get_mut(&p) {
                 let sel = e.selected.map(|i| e.routes[i].neighbour);
@@ -992,7 +982,7 @@ impl Router {
                     if !have_route {
                         // §3.8.2.2: without a route, ask this neighbour's source for a
                         // seqno that makes its route feasible.
-                        self.request_from(key, prefix, router_id, now);
+                        self.request_seqno(Some(key), prefix, router_id, now);
                     }
                     return;
                 }
@@ -1027,22 +1017,40 @@ impl Router {
         self.reselect(prefix, now);
     }
 
-    /// Sends a unicast seqno request to `to` for a seqno newer than our feasibility distance.
-    fn request_from(&mut self, to: NeighKey, prefix: IpNet, id: RouterId, now: Instant) {
+    /// Prefixes with a route from neighbour `key`.
+    fn prefixes_via(&self, key: NeighKey) -> Vec<IpNet> {
+        self.routes
+            .iter()
+            .filter(|(_, e)| e.routes.iter().any(|r| r.neighbour == key))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Asks for a seqno of (`prefix`, `id`) newer than our feasibility distance: unicast to
+    /// `to`, or on every link when `None`. Resent by [`request::Pending`] until satisfied;
+    /// nothing is sent while an equal request is in flight.
+    fn request_seqno(&mut self, to: Option<NeighKey>, prefix: IpNet, id: RouterId, now: Instant) {
         let seqno = self
             .sources
             .get(prefix, id)
             .map_or(0, |s| s.seqno)
             .wrapping_add(1);
-        if self.requests.originate(prefix, id, seqno, now) {
-            let msg = Msg::SeqnoRequest {
-                prefix,
-                seqno,
-                hop_count: self.cfg.request_hops,
-                router_id: id,
-            };
-            self.requests.track(to.0, Some(to.1), msg.clone());
-            self.queue(to.0, Some(to.1), msg, now);
+        if !self.requests.originate(prefix, id, seqno, now) {
+            return;
+        }
+        let msg = Msg::SeqnoRequest {
+            prefix,
+            seqno,
+            hop_count: self.cfg.request_hops,
+            router_id: id,
+        };
+        let dests: Vec<(LinkId, Option<Ipv6Addr>)> = match to {
+            Some((link, addr)) => vec![(link, Some(addr))],
+            None => self.links.keys().map(|l| (*l, None)).collect(),
+        };
+        for (link, dest) in dests {
+            self.requests.track(link, dest, msg.clone());
+            self.queue(link, dest, msg.clone(), now);
         }
     }
 
@@ -1139,24 +1147,7 @@ impl Router {
             self.on_selection_change(prefix, before, after, now);
         }
         if let Some(id) = starving_for {
-            let seqno = self
-                .sources
-                .get(prefix, id)
-                .map_or(0, |s| s.seqno)
-                .wrapping_add(1);
-            let msg = Msg::SeqnoRequest {
-                prefix,
-                seqno,
-                hop_count: self.cfg.request_hops,
-                router_id: id,
-            };
-            if self.requests.originate(prefix, id, seqno, now) {
-                let links: Vec<LinkId> = self.links.keys().copied().collect();
-                for l in links {
-                    self.requests.track(l, None, msg.clone());
-                    self.queue(l, None, msg.clone(), now);
-                }
-            }
+            self.request_seqno(None, prefix, id, now);
         }
     }
 

@@ -304,11 +304,16 @@ impl Sim {
         );
     }
 
-    /// Runs one step (all packets and timers due at the next instant). False if idle.
-    pub fn step(&mut self) -> bool {
+    /// The next packet arrival or timer, if any.
+    fn next_event(&self) -> Option<Instant> {
         let next_packet = self.queue.peek().map(|Reverse((t, _))| *t);
         let next_timer = self.nodes.iter().filter_map(|n| n.next_timeout).min();
-        let Some(t) = [next_packet, next_timer].into_iter().flatten().min() else {
+        [next_packet, next_timer].into_iter().flatten().min()
+    }
+
+    /// Runs one step (all packets and timers due at the next instant). False if idle.
+    pub fn step(&mut self) -> bool {
+        let Some(t) = self.next_event() else {
             return false;
         };
         self.now = self.now.max(t);
@@ -356,9 +361,7 @@ impl Sim {
     /// Runs until the clock reaches `end`.
     pub fn run_until(&mut self, end: Instant) {
         loop {
-            let next_packet = self.queue.peek().map(|Reverse((t, _))| *t);
-            let next_timer = self.nodes.iter().filter_map(|n| n.next_timeout).min();
-            match [next_packet, next_timer].into_iter().flatten().min() {
+            match self.next_event() {
                 Some(t) if t <= end => {
                     self.step();
                 }
