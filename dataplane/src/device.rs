@@ -1,8 +1,8 @@
 //! The running device: TUN queues, UDP sockets, worker threads, the timer thread and the
 //! metrics endpoint around a forwarding [`Core`].
 
-use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -474,36 +474,9 @@ impl RateLimitedWarn {
 
 /// Serve Prometheus metrics over HTTP on `addr` in a background thread.
 pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    thread::Builder::new().name("isthmus-metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            // Read the whole request head (it may come in pieces), at most 8 KiB.
-            let mut req = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match c.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&req);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = if path == "/metrics" || path == "/" {
-                ("200 OK", crate::stats::render(&core.sample()))
-            } else {
-                ("404 Not Found", "not found\n".to_string())
-            };
-            let _ = write!(
-                c,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    })?;
-    Ok(local)
+    crate::io::metrics::serve(addr, "isthmus-metrics", move || {
+        crate::stats::render(&core.sample())
+    })
 }
 
 impl crate::uapi::UapiHandler for Device {

@@ -16,7 +16,7 @@ pub mod status;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -1077,40 +1077,19 @@ fn spawn_status(
 }
 
 fn spawn_metrics(addr: SocketAddr, tx: Sender<Input>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))?;
-    let local = listener.local_addr()?;
-    thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match io::Read::read(&mut c, &mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&req);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = if path == "/metrics" || path == "/" {
-                let (rtx, rrx) = mpsc::channel();
-                if tx.send(Input::Query("metrics".into(), rtx)).is_err() {
-                    return;
-                }
-                ("200 OK", rrx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
-            } else {
-                ("404 Not Found", "not found\n".into())
-            };
-            let _ = write!(
-                c,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let tx = std::sync::Mutex::new(tx);
+    isthmus_dataplane::io::metrics::serve(addr, "metrics", move || {
+        // The router thread renders; an answer it never gives is an empty page.
+        let (rtx, rrx) = mpsc::channel();
+        let sent = tx
+            .lock()
+            .is_ok_and(|t| t.send(Input::Query("metrics".into(), rtx)).is_ok());
+        if !sent {
+            return String::new();
         }
-    })?;
-    Ok(local)
+        rrx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))
 }
 
 fn spawn_signals(tx: Sender<Input>) -> io::Result<()> {

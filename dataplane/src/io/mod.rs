@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 pub mod loopback;
+pub mod metrics;
 pub mod offload;
 pub mod tun;
 pub mod udp;
