@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use isthmus_dataplane::config::{ConfigError, DeviceConfig};
+use isthmus_dataplane::config::{ConfigError, DeviceConfig, Source};
 use isthmus_dataplane::keys::Key;
 use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
@@ -335,23 +335,14 @@ impl Filter {
 
 /// Load and validate a configuration file: everything the data plane reads, and `[babel]`.
 pub fn load(path: &Path) -> Result<CpConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.display().to_string(),
-        line: 0,
-        key: "(file)".into(),
-        message: e.to_string(),
-    })?;
-    parse(&text, path)
+    parse(&isthmus_dataplane::config::read(path)?, path)
 }
 
 /// Parse and validate configuration text; `path` names it in errors and anchors relative
 /// paths.
 pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
     let device = isthmus_dataplane::config::parse(text, path)?;
-    let cx = Ctx {
-        file: path.display().to_string(),
-        text,
-    };
+    let cx = Ctx(Source::new(path, text));
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let msg = e
@@ -550,30 +541,16 @@ struct RawFilter {
     metric: Option<Spanned<i64>>,
 }
 
-struct Ctx<'a> {
-    file: String,
-    text: &'a str,
+struct Ctx<'a>(Source<'a>);
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = Source<'a>;
+    fn deref(&self) -> &Source<'a> {
+        &self.0
+    }
 }
 
 impl Ctx<'_> {
-    fn err(
-        &self,
-        span: Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let line = self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
-        ConfigError {
-            file: self.file.clone(),
-            line,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
     fn int<T: TryFrom<i64>>(
         &self,
         v: &Spanned<i64>,
@@ -752,24 +729,6 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    fn prefix(&self, v: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
-        let net: IpNet = v.get_ref().parse().map_err(|_| {
-            self.err(
-                v.span(),
-                key,
-                format!("invalid prefix {:?} (expected ADDRESS/LENGTH)", v.get_ref()),
-            )
-        })?;
-        if net.trunc() != net {
-            return Err(self.err(
-                v.span(),
-                key,
-                format!("{net} has host bits set; did you mean {}?", net.trunc()),
-            ));
-        }
-        Ok(net)
-    }
-
     fn babel(&self, b: &RawBabel, device: &DeviceConfig) -> Result<BabelConfig, ConfigError> {
         let mut c = BabelConfig::default();
         if let Some(v) = &b.router_id {
@@ -786,24 +745,8 @@ impl Ctx<'_> {
             if v.get_ref() == "off" {
                 c.metrics_off = true;
             } else {
-                let a: SocketAddr = v.get_ref().parse().map_err(|_| {
-                    self.err(
-                        v.span(),
-                        "babel.metrics",
-                        format!(
-                            "invalid socket address {:?} (expected IP:PORT or \"off\")",
-                            v.get_ref()
-                        ),
-                    )
-                })?;
                 let public = b.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
-                if !a.ip().is_loopback() && !public {
-                    return Err(self.err(
-                        v.span(),
-                        "babel.metrics",
-                        format!("{a} is not a loopback address; set metrics_public = true to expose metrics beyond this host"),
-                    ));
-                }
+                let a = self.metrics_addr(v, "babel.metrics", public, "IP:PORT or \"off\"")?;
                 c.metrics = Some(a);
             }
         }

@@ -197,13 +197,24 @@ struct RawRoute {
     via: Option<Spanned<String>>,
 }
 
-struct Ctx<'a> {
-    file: String,
-    text: &'a str,
-    dir: PathBuf,
+/// A configuration text being validated: turns spans into `FILE:LINE: KEY: message` errors
+/// and checks the values both daemons read. Shared with `isthmus-cp`'s `[babel]` parser.
+pub struct Source<'a> {
+    /// The file, as errors name it.
+    pub file: String,
+    /// Its text.
+    pub text: &'a str,
 }
 
-impl Ctx<'_> {
+impl<'a> Source<'a> {
+    /// `text`, read from `path`.
+    pub fn new(path: &Path, text: &'a str) -> Self {
+        Self {
+            file: path.display().to_string(),
+            text,
+        }
+    }
+
     fn line(&self, span: Range<usize>) -> usize {
         self.text[..span.start.min(self.text.len())]
             .matches('\n')
@@ -211,7 +222,8 @@ impl Ctx<'_> {
             + 1
     }
 
-    fn err(
+    /// An error at `span`.
+    pub fn err(
         &self,
         span: Range<usize>,
         key: impl Into<String>,
@@ -225,7 +237,8 @@ impl Ctx<'_> {
         }
     }
 
-    fn prefix(&self, v: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
+    /// A prefix with no host bits set.
+    pub fn prefix(&self, v: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
         let net: IpNet = v.get_ref().parse().map_err(|_| {
             self.err(
                 v.span(),
@@ -243,6 +256,59 @@ impl Ctx<'_> {
         Ok(net)
     }
 
+    /// A metrics address: `IP:PORT`, on loopback unless `public`. `expected` describes the
+    /// accepted spellings in the error.
+    pub fn metrics_addr(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        public: bool,
+        expected: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let a: SocketAddr = v.get_ref().parse().map_err(|_| {
+            self.err(
+                v.span(),
+                key,
+                format!(
+                    "invalid socket address {:?} (expected {expected})",
+                    v.get_ref()
+                ),
+            )
+        })?;
+        if !a.ip().is_loopback() && !public {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("{a} is not a loopback address; set metrics_public = true to expose metrics beyond this host"),
+            ));
+        }
+        Ok(a)
+    }
+}
+
+/// Reads a configuration file; a failure is an error naming the file.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        key: "(file)".into(),
+        message: e.to_string(),
+    })
+}
+
+struct Ctx<'a> {
+    src: Source<'a>,
+    dir: PathBuf,
+}
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = Source<'a>;
+    fn deref(&self) -> &Source<'a> {
+        &self.src
+    }
+}
+
+impl Ctx<'_> {
     fn int<T: TryFrom<i64>>(
         &self,
         v: &Spanned<i64>,
@@ -277,21 +343,14 @@ impl Ctx<'_> {
 
 /// Load and validate a configuration file.
 pub fn load(path: &Path) -> Result<DeviceConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.display().to_string(),
-        line: 0,
-        key: "(file)".into(),
-        message: e.to_string(),
-    })?;
-    parse(&text, path)
+    parse(&read(path)?, path)
 }
 
 /// Parse and validate configuration text; `path` names it in errors and anchors relative
 /// key-file paths.
 pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
     let cx = Ctx {
-        file: path.display().to_string(),
-        text,
+        src: Source::new(path, text),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
@@ -362,25 +421,8 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
             c.mtu = Some(cx.int(v, "interface.mtu", 1280..9001)?);
         }
         if let Some(v) = &i.metrics {
-            let a: SocketAddr = v.get_ref().parse().map_err(|_| {
-                cx.err(
-                    v.span(),
-                    "interface.metrics",
-                    format!(
-                        "invalid socket address {:?} (expected IP:PORT)",
-                        v.get_ref()
-                    ),
-                )
-            })?;
             let public = i.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
-            if !a.ip().is_loopback() && !public {
-                return Err(cx.err(
-                    v.span(),
-                    "interface.metrics",
-                    format!("{a} is not a loopback address; set metrics_public = true to expose metrics beyond this host"),
-                ));
-            }
-            c.metrics = Some(a);
+            c.metrics = Some(cx.metrics_addr(v, "interface.metrics", public, "IP:PORT")?);
         }
         if let Some(v) = &i.mss_clamp {
             c.mss_clamp = *v.get_ref();
