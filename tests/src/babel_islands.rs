@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::babel::Babeld;
-use crate::lab::built_binary;
+use crate::babel::{Babeld, IsthmusCp};
 use crate::topology::{endpoint, Topology};
 use crate::wg::{ConfigPeer, IsthmusConfig, Keypair, WgImpl};
 
@@ -55,18 +54,6 @@ pub struct BabelIslands {
     pub router_ifs: [(Vec<String>, String); 2],
     /// Hello interval everywhere, in seconds.
     pub hello: u32,
-}
-
-/// The isthmus-cp binary: `$ISTHMUS_CP`, else the workspace's built one.
-///
-/// # Errors
-/// When none is found.
-pub fn isthmus_cp_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ISTHMUS_CP") {
-        return Ok(PathBuf::from(p));
-    }
-    built_binary("isthmus-cp")
-        .context("isthmus-cp not found: cargo build --release -p isthmus-controlplane")
 }
 
 impl BabelIslands {
@@ -112,7 +99,7 @@ impl BabelIslands {
             ])?;
             t.ns(&r).set_forwarding(true)?;
         }
-        let cp = isthmus_cp_binary()?;
+        let cp = IsthmusCp::binary()?;
         let mut gateways = Vec::new();
         for k in 0..trunks {
             let letter = (b'a' + k as u8) as char;
@@ -226,7 +213,7 @@ impl BabelIslands {
     /// When isthmusctl fails.
     pub fn show(&self, node: &str, what: &str) -> Result<String> {
         let g = self.gateway(node);
-        let ctl = built_binary("isthmusctl").context("isthmusctl not built")?;
+        let ctl = IsthmusCp::ctl_binary()?;
         let ctl = ctl.to_string_lossy().into_owned();
         if what == "fib" {
             let ifname = self.t.wg(node).ifname.clone();
@@ -281,7 +268,7 @@ impl BabelIslands {
     /// # Errors
     /// When it does not start.
     pub fn restart_cp(&mut self, node: &str) -> Result<()> {
-        let cp = isthmus_cp_binary()?;
+        let cp = IsthmusCp::binary()?;
         let i = self
             .gateways
             .iter()

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::init;
 use isthmus_lab::{
-    kernel_routes, scrape, target_dir, unique_ifname, veth, write_private_key, Babeld, Keypair,
-    Lab, Netns, PeerSpec, PingOpts, PingProbe, WgIface, WgImpl, WgSpec, METRICS_ADDR,
+    kernel_routes, scrape, unique_ifname, veth, write_private_key, Babeld, IsthmusCp, Keypair, Lab,
+    Netns, PeerSpec, PingOpts, PingProbe, WgIface, WgImpl, WgSpec, METRICS_ADDR,
 };
 
 /// Bound on every convergence wait.
@@ -27,33 +27,8 @@ const CONVERGE: Duration = Duration::from_secs(25);
 // A gateway: isthmus-dp and isthmus-cp from one configuration file
 // ---------------------------------------------------------------------------------------------
 
-/// A binary of the workspace: `$ENV` if set, else next to `$ISTHMUS_DP`, else in the target
-/// directory (release, then debug).
-fn workspace_bin(name: &str, env: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let mut candidates = Vec::new();
-    if let Ok(dp) = WgImpl::isthmus_binary() {
-        if let Some(dir) = dp.parent() {
-            candidates.push(dir.join(name));
-        }
-    }
-    candidates.push(target_dir().join("release").join(name));
-    candidates.push(target_dir().join("debug").join(name));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found next to ISTHMUS_DP nor in {}: build it with `cargo build --release -p isthmus-controlplane` or set {env}",
-                target_dir().display()
-            )
-        })
-}
-
 fn isthmusctl(args: &[&str]) -> String {
-    let bin = workspace_bin("isthmusctl", "ISTHMUSCTL");
+    let bin = IsthmusCp::ctl_binary().unwrap();
     match Command::new(&bin).args(args).output() {
         Ok(o) => format!(
             "{}{}",
@@ -177,7 +152,7 @@ impl Gateway {
     /// Starts (or restarts) isthmus-cp and waits for its status socket.
     fn start_cp(&mut self) {
         self.cp_runs += 1;
-        let cp = workspace_bin("isthmus-cp", "ISTHMUS_CP");
+        let cp = IsthmusCp::binary().unwrap();
         self.cp_log = self
             .lab_dir
             .join(format!("{}-cp{}.log", self.name, self.cp_runs));
