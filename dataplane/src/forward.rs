@@ -19,15 +19,16 @@ use std::time::SystemTime;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, TunnResult};
+use boringtun::noise::TunnResult;
 use ipnet::IpNet;
 
 use crate::buf::{Batch, Slot, SLOT_SIZE};
 use crate::fib::{Fib, FibHandle, NextHop, PeerId, PrefixMap, Route};
 use crate::keys::Key;
 use crate::stats::{DropReason, Path, PeerSample, Sample, Totals, WorkerCounters};
-use crate::tunnel::{Identity, Peer, PeerMap, PeerSettings, HANDSHAKE_RATE_LIMIT, MAX_PEER_ID};
+use crate::tunnel::guard::{Admit, HandshakeGuard, Refusal};
+use crate::tunnel::index::IndexCipher;
+use crate::tunnel::{Identity, Peer, PeerMap, PeerSettings, PeerState, MAX_PEER_ID};
 use crate::wire::{self, IcmpError};
 
 /// Where a route came from; a prefix present in several sources is taken from the highest.
@@ -241,7 +242,10 @@ pub struct Core {
     peers: ArcSwap<PeerMap>,
     fib: FibHandle,
     allowed: FibHandle,
-    limiter: ArcSwap<RateLimiter>,
+    /// Admission of handshake messages (depends on our public key).
+    guard: ArcSwap<HandshakeGuard>,
+    /// boringtun's receiver indices ↔ the wire's.
+    index: IndexCipher,
     settings: ArcSwap<Settings>,
     workers: Mutex<Vec<Arc<WorkerCounters>>>,
     routes: Mutex<Routes>,
@@ -263,7 +267,8 @@ impl Core {
             peers: ArcSwap::from_pointee(PeerMap::default()),
             fib: FibHandle::new(Fib::new()),
             allowed: FibHandle::new(Fib::new()),
-            limiter: ArcSwap::from_pointee(RateLimiter::new(&zero, HANDSHAKE_RATE_LIMIT)),
+            guard: ArcSwap::from_pointee(HandshakeGuard::new(&zero)),
+            index: IndexCipher::random(),
             settings: ArcSwap::from_pointee(settings),
             workers: Mutex::new(Vec::new()),
             routes: Mutex::new(Routes::default()),
@@ -355,9 +360,16 @@ impl Core {
         self.fib_stale.store(stale, Relaxed);
     }
 
-    /// Reset the handshake rate limiter's count; call once a second.
+    /// Start a new second of handshake admission (load, per-source rates); call once a
+    /// second.
     pub fn reset_rate_limiter(&self) {
-        self.limiter.load().reset_count();
+        self.guard.load().tick();
+    }
+
+    /// Whether more handshake messages arrived this second than the budget (cookies are
+    /// required).
+    pub fn handshakes_under_load(&self) -> bool {
+        self.guard.load().under_load()
     }
 
     /// Set or clear the private key. Sessions are reset; a peer with the device's own public
@@ -374,18 +386,16 @@ impl Core {
             return;
         }
         let zero = boringtun::x25519::PublicKey::from([0u8; 32]);
-        let limiter = Arc::new(RateLimiter::new(
+        self.guard.store(Arc::new(HandshakeGuard::new(
             identity.as_ref().map_or(&zero, |i| &i.public),
-            HANDSHAKE_RATE_LIMIT,
-        ));
-        self.limiter.store(limiter.clone());
+        )));
         self.identity.store(identity.clone());
         let mut map = (**self.peers.load()).clone();
         if let Some(id) = &identity {
             let own = id.public_key();
             map.remove(&own);
             for p in map.iter() {
-                p.reset_session(id, limiter.clone());
+                p.reset_session(id);
             }
         }
         self.peers.store(Arc::new(map));
@@ -414,7 +424,7 @@ impl Core {
             }
             if reset {
                 if let Some(id) = &identity {
-                    peer.reset_session(id, self.limiter.load_full());
+                    peer.reset_session(id);
                 }
             }
             let id = peer.id;
@@ -448,7 +458,6 @@ impl Core {
             spec.public_key,
             spec.settings,
             spec.endpoint,
-            self.limiter.load_full(),
         ));
         if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
             tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
@@ -799,8 +808,9 @@ impl Worker {
     pub fn handle_datagrams(&mut self, rx: &mut Batch, sink: &mut impl Sink) {
         self.counters.rx_batches.add(1);
         self.counters.rx_packets.add(rx.len() as u64);
+        let n = rx.len();
         self.with_ctx(sink, |ctx| {
-            for slot in rx.used() {
+            for slot in &mut rx.slots_mut()[..n] {
                 ctx.datagram(slot);
             }
         });
@@ -811,7 +821,7 @@ impl Worker {
     /// GRO-coalesced receive), each with its source.
     pub fn handle_segments<'a>(
         &mut self,
-        segments: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+        segments: impl IntoIterator<Item = (&'a mut [u8], SocketAddr)>,
         sink: &mut impl Sink,
     ) {
         self.counters.rx_batches.add(1);
@@ -866,6 +876,7 @@ impl Worker {
             match st.tunn.update_timers(&mut slot.buf_mut()[..]) {
                 TunnResult::WriteToNetwork(out) => {
                     let n = out.len();
+                    seal_outgoing(&self.core.index, &mut st, &p.macs, &mut out[..n]);
                     if let Some(ep) = endpoint {
                         slot.len = n;
                         slot.addr = Some(ep);
@@ -920,147 +931,258 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// One received datagram.
-    fn datagram(&mut self, slot: &Slot) {
+    fn datagram(&mut self, slot: &mut Slot) {
         let Some(src) = slot.addr else {
             return self.drop(DropReason::BadPacket);
         };
         if slot.truncated {
             return self.drop(DropReason::Oversized);
         }
-        self.datagram_bytes(slot.data(), src);
+        self.datagram_bytes(slot.data_mut(), src);
     }
 
-    fn datagram_bytes(&mut self, data: &[u8], src: SocketAddr) {
-        match wire::wg::Message::classify(data) {
-            Some(wire::wg::Message::Initiation { .. }) => self.handshake_init(data, src),
-            Some(m) => {
-                let idx = m
-                    .receiver_index()
-                    .expect("every other message has a receiver");
-                self.by_index(idx, data, src);
+    /// Classify a datagram and hand it to its path. The datagram is mutable because the
+    /// receiver index on the wire is rewritten to boringtun's in place.
+    ///
+    /// The rule of every path (WireGuard's): only a message that authenticated — a handshake
+    /// message that passed boringtun's checks, transport data that decrypted — counts as
+    /// received, moves the endpoint, or completes a handshake. A message we answer with a
+    /// cookie reply changes nothing.
+    fn datagram_bytes(&mut self, data: &mut [u8], src: SocketAddr) {
+        use wire::wg::Message;
+        match Message::classify(data) {
+            Some(Message::Initiation { .. }) => self.handshake_initiation(data, src),
+            Some(Message::Response { receiver, .. }) => {
+                self.handshake_response(receiver, data, src);
             }
+            Some(Message::CookieReply { receiver }) => self.cookie_reply(receiver, data),
+            Some(Message::Data { receiver, .. }) => self.transport(receiver, data, src),
             None => self.drop(DropReason::BadPacket),
         }
     }
 
-    fn handshake_init(&mut self, data: &[u8], src: SocketAddr) {
+    /// Admission of a handshake message (mac1; under load, mac2 and the source's rate).
+    /// Answers with a cookie reply where one is due. Returns whether to go on.
+    fn admit_handshake(&mut self, data: &[u8], src: SocketAddr) -> bool {
+        let mut reply = [0u8; 64];
+        match self.core.guard.load().admit(src, data, &mut reply) {
+            Admit::Pass => true,
+            Admit::Cookie(n) => {
+                self.counters.cookies_sent.add(1);
+                self.drop(DropReason::HandshakeRateLimited);
+                self.send_raw(&reply[..n], src);
+                false
+            }
+            Admit::Drop(Refusal::RateLimited) => {
+                self.drop(DropReason::HandshakeRateLimited);
+                false
+            }
+            Admit::Drop(Refusal::BadMac | Refusal::Malformed) => {
+                self.drop(DropReason::HandshakeFailed);
+                false
+            }
+        }
+    }
+
+    /// The peer that owns a wire receiver index, and boringtun's index, which is written over
+    /// the wire's in `field`.
+    fn open_index(&self, wire: u32, field: &mut [u8]) -> Option<(Arc<Peer>, u32)> {
+        let index = self.core.index.open(wire);
+        let peer = self.peers.by_receiver_index(index)?.clone();
+        field.copy_from_slice(&index.to_le_bytes());
+        Some((peer, index))
+    }
+
+    fn handshake_initiation(&mut self, data: &[u8], src: SocketAddr) {
         let Some(identity) = self.core.identity.load_full() else {
             return self.drop(DropReason::NoKey);
         };
-        let limiter = self.core.limiter.load();
-        let mut cookie = [0u8; 64];
-        let half = match limiter.verify_packet(Some(src.ip()), data, &mut cookie) {
-            Ok(Packet::HandshakeInit(p)) => {
-                parse_handshake_anon(&identity.secret, &identity.public, &p)
-            }
-            Ok(_) => return self.drop(DropReason::BadPacket),
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                let n = reply.len();
-                self.counters.cookies_sent.add(1);
-                self.drop(DropReason::HandshakeRateLimited);
-                let mut tmp = [0u8; 64];
-                tmp[..n].copy_from_slice(reply);
-                return self.send_raw(&tmp[..n], src);
-            }
-            Err(TunnResult::Err(e)) => return self.drop(drop_reason(&e)),
-            Err(_) => return self.drop(DropReason::BadPacket),
+        if !self.admit_handshake(data, src) {
+            return;
+        }
+        let Ok(boringtun::noise::Packet::HandshakeInit(init)) =
+            boringtun::noise::Tunn::parse_incoming_packet(data)
+        else {
+            return self.drop(DropReason::BadPacket);
         };
-        let Ok(half) = half else {
+        let Ok(half) = parse_handshake_anon(&identity.secret, &identity.public, &init) else {
             return self.drop(DropReason::HandshakeFailed);
         };
         let Some(peer) = self.peers.by_key(&Key(half.peer_static_public)).cloned() else {
             return self.drop(DropReason::UnknownPeer);
         };
-        self.session_packet(&peer, data, src);
+        self.handshake(&peer, data, src);
     }
 
-    fn by_index(&mut self, idx: u32, data: &[u8], src: SocketAddr) {
-        let Some(peer) = self.peers.by_receiver_index(idx).cloned() else {
+    fn handshake_response(&mut self, wire: u32, data: &mut [u8], src: SocketAddr) {
+        let Some(identity) = self.core.identity.load_full() else {
+            return self.drop(DropReason::NoKey);
+        };
+        if !self.admit_handshake(data, src) {
+            return;
+        }
+        let Some((peer, _)) = self.open_index(wire, &mut data[8..12]) else {
             return self.drop(DropReason::UnknownIndex);
         };
-        self.session_packet(&peer, data, src);
+        // mac1 covers the receiver index: redo it over boringtun's, which checks it again.
+        identity.macs.set_mac1(data);
+        self.handshake(&peer, data, src);
     }
 
-    /// Hand a datagram to the peer's session. Transport data is decrypted straight into
-    /// `tun_out`'s next free slot and routed from there; handshake messages are answered
-    /// straight into `udp_out`.
-    fn session_packet(&mut self, peer: &Arc<Peer>, data: &[u8], src: SocketAddr) {
+    /// A cookie reply to a handshake message we sent: kept for the next one's mac2. It moves
+    /// nothing and is not counted as received from the peer (anyone who saw our message and
+    /// knows the peer's public key can make one).
+    fn cookie_reply(&mut self, wire: u32, data: &[u8]) {
+        let Some(peer) = self
+            .peers
+            .by_receiver_index(self.core.index.open(wire))
+            .cloned()
+        else {
+            return self.drop(DropReason::UnknownIndex);
+        };
+        let mut st = peer.lock();
+        let PeerState { cookies, .. } = &mut *st;
+        if !cookies.consume(&peer.macs, wire, data) {
+            drop(st);
+            self.drop(DropReason::HandshakeFailed);
+        }
+    }
+
+    /// An admitted handshake initiation or response for `peer`. boringtun's answer (our
+    /// response, or the keepalive that confirms a session we initiated) goes out at once, then
+    /// whatever the session queued while it had no keys.
+    fn handshake(&mut self, peer: &Arc<Peer>, data: &[u8], src: SocketAddr) {
         let ty = data[0];
         let mut st = peer.lock();
-        let mut inner_len = 0;
-        if ty == 4 {
-            if self.tun_out.is_full() {
-                self.sink.write_tun(self.tun_out);
+        if self.udp_out.is_full() {
+            self.sink.send_udp(self.udp_out);
+        }
+        let Some(slot) = self.udp_out.next_free() else {
+            return;
+        };
+        match st
+            .tunn
+            .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
+        {
+            // The session's limiter is never over budget, so this is an answer, never a
+            // cookie: the message authenticated.
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                if ty == wire::wg::INITIATION {
+                    // Our response names the new session; it is confirmed by its first use.
+                    st.unconfirmed = p.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+                }
+                seal_outgoing(&self.core.index, &mut st, &peer.macs, &mut p[..n]);
+                slot.len = n;
+                slot.addr = Some(src);
+                slot.truncated = false;
+                self.udp_out.commit();
+                peer.counters.tx(n);
             }
-            let Some(slot) = self.tun_out.next_free() else {
-                return;
-            };
-            match st
-                .tunn
-                .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
-            {
-                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
-                    inner_len = p.len();
-                }
-                TunnResult::Done | TunnResult::WriteToNetwork(_) => {} // keepalive
-                TunnResult::Err(e) => {
-                    drop(st);
-                    return self.drop(drop_reason(&e));
-                }
+            TunnResult::Err(e) => {
+                drop(st);
+                return self.drop(drop_reason(&e));
             }
-        } else {
-            // Handshake initiation/response or cookie reply. Answers (a response, a
-            // keepalive, packets queued while the handshake was pending) go out at once.
-            let mut first = true;
-            loop {
-                if self.udp_out.is_full() {
-                    self.sink.send_udp(self.udp_out);
-                }
-                let Some(slot) = self.udp_out.next_free() else {
-                    break;
-                };
-                let res = if first {
-                    st.tunn
-                        .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
-                } else {
-                    st.tunn.decapsulate(None, &[], &mut slot.buf_mut()[..])
-                };
-                match res {
-                    TunnResult::WriteToNetwork(p) => {
-                        let n = p.len();
-                        slot.len = n;
-                        slot.addr = Some(src);
-                        slot.truncated = false;
-                        self.udp_out.commit();
-                        peer.counters.tx(n);
-                    }
-                    TunnResult::Err(e) if first => {
-                        drop(st);
-                        return self.drop(drop_reason(&e));
-                    }
-                    _ => break,
-                }
-                first = false;
+            _ => {
+                drop(st);
+                return self.drop(DropReason::HandshakeFailed);
             }
         }
-        // Authenticated: count it, and this is where the peer is now (roaming). A cookie
-        // reply moves nothing: as in WireGuard, only handshakes and data do.
         peer.counters.rx(data.len());
-        let moved = ty != 3 && st.endpoint != Some(src);
+        let moved = st.endpoint != Some(src);
         if moved {
             st.endpoint = Some(src);
         }
+        self.flush_queued(peer, &mut st, src);
         drop(st);
-        if ty == 1 || ty == 2 {
-            peer.counters.handshakes.fetch_add(1, Relaxed);
-            self.core.emit(CoreEvent::HandshakeUp(peer.public_key));
+        if ty == wire::wg::RESPONSE {
+            // We initiated; the response completed the handshake.
+            self.handshake_up(peer);
+        }
+        if moved {
+            self.core
+                .emit(CoreEvent::EndpointChanged(peer.public_key, src));
+        }
+    }
+
+    /// Send what the session queued while it waited for a handshake.
+    fn flush_queued(&mut self, peer: &Peer, st: &mut PeerState, to: SocketAddr) {
+        loop {
+            if self.udp_out.is_full() {
+                self.sink.send_udp(self.udp_out);
+            }
+            let Some(slot) = self.udp_out.next_free() else {
+                return;
+            };
+            let TunnResult::WriteToNetwork(p) = st.tunn.decapsulate(None, &[], &mut slot.buf_mut()[..])
+            else {
+                return;
+            };
+            let n = p.len();
+            seal_outgoing(&self.core.index, st, &peer.macs, &mut p[..n]);
+            slot.len = n;
+            slot.addr = Some(to);
+            slot.truncated = false;
+            self.udp_out.commit();
+            peer.counters.tx(n);
+        }
+    }
+
+    fn handshake_up(&self, peer: &Peer) {
+        peer.counters.handshakes.fetch_add(1, Relaxed);
+        self.core.emit(CoreEvent::HandshakeUp(peer.public_key));
+    }
+
+    /// Transport data: decrypted straight into `tun_out`'s next free slot and routed from
+    /// there.
+    fn transport(&mut self, wire: u32, data: &mut [u8], src: SocketAddr) {
+        let Some((peer, index)) = self.open_index(wire, &mut data[4..8]) else {
+            return self.drop(DropReason::UnknownIndex);
+        };
+        if self.tun_out.is_full() {
+            self.sink.write_tun(self.tun_out);
+        }
+        let Some(slot) = self.tun_out.next_free() else {
+            return;
+        };
+        let mut st = peer.lock();
+        let inner_len = match st
+            .tunn
+            .decapsulate(Some(src.ip()), data, &mut slot.buf_mut()[..])
+        {
+            TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => p.len(),
+            TunnResult::Done => 0, // an authenticated keepalive
+            TunnResult::Err(e) => {
+                drop(st);
+                return self.drop(drop_reason(&e));
+            }
+            TunnResult::WriteToNetwork(_) => {
+                // Not an answer boringtun gives to transport data; whatever it is, it
+                // authenticated nothing.
+                drop(st);
+                return self.drop(DropReason::BadPacket);
+            }
+        };
+        peer.counters.rx(data.len());
+        let moved = st.endpoint != Some(src);
+        if moved {
+            st.endpoint = Some(src);
+        }
+        let confirmed = st.unconfirmed == Some(index);
+        if confirmed {
+            st.unconfirmed = None;
+        }
+        drop(st);
+        if confirmed {
+            // The initiator used the session we answered with: the handshake is complete.
+            self.handshake_up(&peer);
         }
         if moved {
             self.core
                 .emit(CoreEvent::EndpointChanged(peer.public_key, src));
         }
         if inner_len > 0 {
-            self.route_from_peer(peer, inner_len);
+            self.route_from_peer(&peer, inner_len);
         }
     }
 
@@ -1147,7 +1269,7 @@ impl<S: Sink> Ctx<'_, S> {
         }
         let src = self.tun_out.next_free().expect("slot checked by caller");
         let pkt = &src.buf_mut()[..len];
-        if encapsulate_into(self.udp_out, self.counters, to, pkt) {
+        if encapsulate_into(&self.core.index, self.udp_out, self.counters, to, pkt) {
             self.counters.forwarded(Path::Relay, len);
         }
     }
@@ -1178,7 +1300,13 @@ impl<S: Sink> Ctx<'_, S> {
                     if self.udp_out.is_full() {
                         self.sink.send_udp(self.udp_out);
                     }
-                    encapsulate_into(self.udp_out, self.counters, &p, &self.scratch[..n]);
+                    encapsulate_into(
+                        &self.core.index,
+                        self.udp_out,
+                        self.counters,
+                        &p,
+                        &self.scratch[..n],
+                    );
                 }
             }
             Some(NextHop::Local) => {
@@ -1194,7 +1322,7 @@ impl<S: Sink> Ctx<'_, S> {
         if self.udp_out.is_full() {
             self.sink.send_udp(self.udp_out);
         }
-        encapsulate_into(self.udp_out, self.counters, to, pkt)
+        encapsulate_into(&self.core.index, self.udp_out, self.counters, to, pkt)
     }
 
     /// A packet from the TUN device.
@@ -1264,8 +1392,28 @@ fn mss_for(mtu: u16, pkt: &[u8]) -> u16 {
     mtu.saturating_sub(overhead)
 }
 
+/// Make a message boringtun wrote ready for the wire: a handshake initiation or response gets
+/// the wire form of its sender index and, since that changed the body, its MACs anew (mac2
+/// from the peer's cookie, if we hold a fresh one). Other messages carry the peer's index,
+/// not ours, and go as they are.
+fn seal_outgoing(index: &IndexCipher, st: &mut PeerState, macs: &crate::tunnel::macs::MacKeys, msg: &mut [u8]) {
+    use wire::wg::{INITIATION, INITIATION_LEN, RESPONSE, RESPONSE_LEN};
+    if matches!((msg[0], msg.len()), (INITIATION, INITIATION_LEN) | (RESPONSE, RESPONSE_LEN)) {
+        let ours = u32::from_le_bytes(msg[4..8].try_into().expect("4 bytes"));
+        let wire = index.seal(ours);
+        msg[4..8].copy_from_slice(&wire.to_le_bytes());
+        st.cookies.seal(macs, wire, msg);
+    }
+}
+
 /// Encrypt `pkt` for `to` into the next free slot of `udp_out` (which has room).
-fn encapsulate_into(udp_out: &mut Batch, counters: &WorkerCounters, to: &Peer, pkt: &[u8]) -> bool {
+fn encapsulate_into(
+    index: &IndexCipher,
+    udp_out: &mut Batch,
+    counters: &WorkerCounters,
+    to: &Peer,
+    pkt: &[u8],
+) -> bool {
     let mut st = to.lock();
     let Some(endpoint) = st.endpoint else {
         counters.drop(DropReason::NoEndpoint);
@@ -1278,6 +1426,7 @@ fn encapsulate_into(udp_out: &mut Batch, counters: &WorkerCounters, to: &Peer, p
     match st.tunn.encapsulate(pkt, &mut slot.buf_mut()[..]) {
         TunnResult::WriteToNetwork(out) => {
             let n = out.len();
+            seal_outgoing(index, &mut st, &to.macs, &mut out[..n]);
             slot.len = n;
             slot.addr = Some(endpoint);
             slot.truncated = false;

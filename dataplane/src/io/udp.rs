@@ -491,21 +491,18 @@ impl GroArea {
 
     /// The datagrams of the last receive, split at their segment size, with their sources.
     /// A truncated message yields one oversized slice (dropped by the caller as such).
-    pub fn segments(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+    pub fn segments(&mut self) -> impl Iterator<Item = (&mut [u8], SocketAddr)> + '_ {
         self.got
             .iter()
-            .enumerate()
-            .filter_map(|(i, &(len, addr, seg))| Some((i, len, addr?, seg)))
-            .flat_map(move |(i, len, addr, seg)| {
+            .zip(self.bufs.iter_mut())
+            .filter_map(|(&(len, addr, seg), buf)| Some((buf, len, addr?, seg)))
+            .flat_map(move |(buf, len, addr, seg)| {
                 let (data, step) = if len == usize::MAX {
-                    (&self.bufs[i][..], GRO_BUF)
+                    (&mut buf[..], GRO_BUF)
                 } else {
-                    (
-                        &self.bufs[i][..len],
-                        if seg == 0 { len.max(1) } else { seg },
-                    )
+                    (&mut buf[..len], if seg == 0 { len.max(1) } else { seg })
                 };
-                data.chunks(step).map(move |c| (c, addr))
+                data.chunks_mut(step).map(move |c| (c, addr))
             })
     }
 }

@@ -1,10 +1,20 @@
-//! WireGuard peers: boringtun sessions, the receiver-index demultiplexer, the shared
-//! handshake rate limiter and per-peer counters.
+//! WireGuard peers: boringtun sessions, the receiver-index demultiplexer, handshake admission
+//! and per-peer counters.
 //!
 //! A peer's local index is its [`PeerId`]; boringtun puts it in the top 24 bits of every
-//! receiver index it hands out (the low 8 bits number sessions), so a transport message is
-//! demultiplexed with one shift and one array load. Ids are never reused while the process
-//! runs, so a stale index can never reach a new peer.
+//! receiver index it hands out (the low 8 bits number sessions). On the wire those indices
+//! are replaced by their image under a secret permutation ([`index`]), so they cannot be
+//! guessed, and a transport message is still demultiplexed without a table: invert, shift,
+//! one array load. Ids are never reused while the process runs, so a stale index can never
+//! reach a new peer.
+//!
+//! Handshake messages are admitted by [`guard`] (mac1, cookies under load, a per-source
+//! rate) before boringtun spends a Diffie-Hellman on them; the MACs of what we send and the
+//! cookies peers send us are in [`macs`].
+
+pub mod guard;
+pub mod index;
+pub mod macs;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,11 +29,7 @@ use ipnet::IpNet;
 use crate::config::LinkClass;
 use crate::fib::PeerId;
 use crate::keys::Key;
-
-/// Handshake messages per second accepted before cookies are required. Each initiation is
-/// checked twice by boringtun's limiter (once to find the peer, once inside the session), so
-/// this is twice the effective limit.
-pub const HANDSHAKE_RATE_LIMIT: u64 = 2 * 100;
+use macs::{CookieState, MacKeys};
 
 /// Largest peer id: boringtun keeps 24 bits for it.
 pub const MAX_PEER_ID: PeerId = (1 << 24) - 1;
@@ -36,6 +42,14 @@ pub struct Identity {
     pub public: PublicKey,
     /// The private key as configured (for `wg show`; never logged).
     pub private_key: Key,
+    /// MAC keys of messages to us: a handshake response whose receiver index we rewrite
+    /// gets its `mac1` recomputed with these before boringtun checks it.
+    pub macs: MacKeys,
+    /// The limiter handed to boringtun's sessions. Admission is done before a message reaches
+    /// a session ([`guard::HandshakeGuard`]), so this one is never over its budget: a session
+    /// never answers with a cookie, and its `WriteToNetwork` always means that the message
+    /// authenticated.
+    pub session_limiter: Arc<RateLimiter>,
 }
 
 impl Identity {
@@ -44,6 +58,8 @@ impl Identity {
         let secret = StaticSecret::from(private_key.0);
         let public = PublicKey::from(&secret);
         Self {
+            macs: MacKeys::new(public.as_bytes()),
+            session_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             secret,
             public,
             private_key,
@@ -109,6 +125,12 @@ pub struct PeerState {
     pub tunn: Tunn,
     /// Where to send; updated on every authenticated datagram (roaming).
     pub endpoint: Option<SocketAddr>,
+    /// Our side of the peer's cookies, and the MACs of what we last sent it.
+    pub cookies: CookieState,
+    /// boringtun's index of the session we made as responder and the peer has not used yet.
+    /// The handshake counts as completed when the first packet arrives on it, as in
+    /// WireGuard: answering an initiation proves nothing about the peer's receiving it.
+    pub unconfirmed: Option<u32>,
 }
 
 /// One WireGuard peer.
@@ -120,6 +142,8 @@ pub struct Peer {
     /// Name for metrics and the CLI: the configured name, or the first 8 base64 characters of
     /// the key.
     pub label: String,
+    /// MAC keys of messages to this peer.
+    pub macs: MacKeys,
     /// Session and endpoint.
     state: Mutex<PeerState>,
     /// Settings (read off the hot path).
@@ -136,9 +160,8 @@ impl Peer {
         public_key: Key,
         settings: PeerSettings,
         endpoint: Option<SocketAddr>,
-        limiter: Arc<RateLimiter>,
     ) -> Self {
-        let tunn = new_tunn(id, identity, &public_key, &settings, limiter);
+        let tunn = new_tunn(id, identity, &public_key, &settings);
         let label = settings
             .name
             .clone()
@@ -147,7 +170,13 @@ impl Peer {
             id,
             public_key,
             label,
-            state: Mutex::new(PeerState { tunn, endpoint }),
+            macs: MacKeys::new(&public_key.0),
+            state: Mutex::new(PeerState {
+                tunn,
+                endpoint,
+                cookies: CookieState::default(),
+                unconfirmed: None,
+            }),
             settings: Mutex::new(settings),
             counters: PeerCounters::default(),
         }
@@ -162,10 +191,12 @@ impl Peer {
     }
 
     /// Replace the session (new key, preshared key or keepalive), keeping the endpoint.
-    pub fn reset_session(&self, identity: &Identity, limiter: Arc<RateLimiter>) {
+    pub fn reset_session(&self, identity: &Identity) {
         let settings = self.settings();
-        let tunn = new_tunn(self.id, identity, &self.public_key, &settings, limiter);
-        self.lock().tunn = tunn;
+        let tunn = new_tunn(self.id, identity, &self.public_key, &settings);
+        let mut st = self.lock();
+        st.tunn = tunn;
+        st.unconfirmed = None;
     }
 
     /// A copy of the settings.
@@ -198,7 +229,6 @@ fn new_tunn(
     identity: &Identity,
     public_key: &Key,
     settings: &PeerSettings,
-    limiter: Arc<RateLimiter>,
 ) -> Tunn {
     Tunn::new(
         identity.secret.clone(),
@@ -206,7 +236,7 @@ fn new_tunn(
         settings.preshared_key.map(|k| k.0),
         settings.persistent_keepalive.filter(|&k| k > 0),
         id,
-        Some(limiter),
+        Some(identity.session_limiter.clone()),
     )
 }
 
