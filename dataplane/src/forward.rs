@@ -1079,10 +1079,8 @@ impl<S: Sink> Ctx<'_, S> {
                 self.udp_out.commit();
                 peer.counters.tx(n);
             }
-            TunnResult::Err(e) => {
-                drop(st);
-                return self.drop(drop_reason(&e));
-            }
+            // Whatever boringtun found wrong (a MAC, the AEAD, the timestamp, the state), the
+            // message failed as a handshake.
             _ => {
                 drop(st);
                 return self.drop(DropReason::HandshakeFailed);

@@ -2,6 +2,7 @@
 //! of wireguard-go (`device/receive.go`, `ratelimiter/`):
 //!
 //! 1. `mac1` must be valid (it proves the sender knows our public key, nothing more);
+//!    these messages are the device's load;
 //! 2. while the device is *under load* — more handshake messages this second than the
 //!    budget — `mac2` must be valid too, which proves the sender receives at its source
 //!    address; otherwise it gets a cookie reply and the message is dropped;
@@ -60,11 +61,12 @@ pub enum Refusal {
 
 /// The device-wide admission state.
 pub struct HandshakeGuard {
-    /// boringtun's limiter does the MACs and writes cookie replies; its count is the
-    /// device's load (reset every second).
-    cookies: RateLimiter,
-    /// Handshake messages seen this second (mirrors the limiter's count, which it does not
-    /// expose).
+    /// boringtun's limiter that checks mac1 only (its budget is unlimited).
+    mac1_only: RateLimiter,
+    /// boringtun's limiter that always requires mac2 (its budget is zero) and writes the
+    /// cookie replies; it holds the cookie secret.
+    mac2_required: RateLimiter,
+    /// Handshake messages with a valid mac1 this second: the device's load.
     seen: AtomicU64,
     sources: Mutex<Sources>,
 }
@@ -73,7 +75,8 @@ impl HandshakeGuard {
     /// A guard for the device whose public key is `public`.
     pub fn new(public: &PublicKey) -> Self {
         Self {
-            cookies: RateLimiter::new(public, HANDSHAKE_BUDGET),
+            mac1_only: RateLimiter::new(public, u64::MAX),
+            mac2_required: RateLimiter::new(public, 0),
             seen: AtomicU64::new(0),
             sources: Mutex::new(Sources::default()),
         }
@@ -82,7 +85,13 @@ impl HandshakeGuard {
     /// Check a handshake message (initiation or response) from `src`. A cookie reply, if
     /// one is due, is written to `reply`.
     pub fn admit(&self, src: SocketAddr, msg: &[u8], reply: &mut [u8; 64]) -> Admit {
-        match self.cookies.verify_packet(Some(src.ip()), msg, reply) {
+        let under_load = self.under_load();
+        let limiter = if under_load {
+            &self.mac2_required
+        } else {
+            &self.mac1_only
+        };
+        match limiter.verify_packet(Some(src.ip()), msg, reply) {
             Ok(_) => {}
             Err(TunnResult::WriteToNetwork(c)) => {
                 self.seen.fetch_add(1, Relaxed);
@@ -93,8 +102,7 @@ impl HandshakeGuard {
             }
             Err(_) => return Admit::Drop(Refusal::Malformed),
         }
-        // Counted as the limiter counts: messages with a valid mac1.
-        let under_load = self.seen.fetch_add(1, Relaxed) >= HANDSHAKE_BUDGET;
+        self.seen.fetch_add(1, Relaxed);
         if under_load && !self.lock().allow(src.ip(), Instant::now()) {
             return Admit::Drop(Refusal::RateLimited);
         }
@@ -108,7 +116,6 @@ impl HandshakeGuard {
 
     /// Start a new second: reset the load, forget idle sources. Call once a second.
     pub fn tick(&self) {
-        self.cookies.reset_count();
         self.seen.store(0, Relaxed);
         self.lock().expire(Instant::now());
     }
@@ -244,6 +251,8 @@ mod tests {
             assert_eq!(guard.admit(src, &msg, &mut reply), Admit::Pass);
         }
         assert!(guard.under_load());
+        // Still refused for a bad mac1, with no cookie.
+        assert_eq!(guard.admit(src, &bad, &mut reply), Admit::Drop(Refusal::BadMac));
         let Admit::Cookie(n) = guard.admit(src, &msg, &mut reply) else {
             panic!("under load without mac2: a cookie");
         };
