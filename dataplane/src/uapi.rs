@@ -7,14 +7,22 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
+use crate::io::unix::Limits;
 use crate::keys::Key;
 
 /// Where wg(8) looks for userspace sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// The UAPI socket's clients: `wg` and `wg-quick` open one connection per command and
+/// close it, so 32 at once is plenty, and one idle for 30 s is gone.
+pub const LIMITS: Limits = Limits {
+    max_conns: 32,
+    idle_timeout: Some(Duration::from_secs(30)),
+};
 
 /// A `set=1` request, decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -324,9 +332,9 @@ pub fn serve(ifname: &str, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServ
     serve_at(&dir.join(format!("{ifname}.sock")), handler)
 }
 
-/// Serve the API at `path` (mode 0600).
+/// Serve the API at `path` (mode 0600), within [`LIMITS`].
 pub fn serve_at(path: &Path, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServer> {
-    crate::io::unix::UnixServer::start(path, "isthmus-uapi", move |conn| {
+    crate::io::unix::UnixServer::start(path, "isthmus-uapi", LIMITS, move |conn| {
         if let Err(e) = serve_conn(conn, &*handler) {
             tracing::debug!("userspace API connection: {e}");
         }
