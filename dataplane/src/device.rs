@@ -552,7 +552,7 @@ impl crate::uapi::UapiHandler for Device {
                     endpoint: ps.endpoint,
                     settings,
                 })
-                .map_err(|e| crate::uapi::UapiError::invalid(e.to_string()))?;
+                .map_err(|e| crate::uapi::UapiError::rejected(e.to_string()))?;
         }
         Ok(())
     }

@@ -1,20 +1,49 @@
 //! WireGuard's cross-platform userspace API (`get=1` / `set=1` on a Unix socket), served as
 //! wireguard-go serves it, so that `wg`, `wg-quick` and anything else speaking the protocol
 //! work unchanged. See <https://www.wireguard.com/xplatform/>.
+//!
+//! The socket is root's, but what arrives on it is still untrusted input: lines are read
+//! at most [`MAX_LINE`] bytes at a time, a `set=1` request is decoded as it arrives and
+//! may be at most [`MAX_SET_REQUEST`] bytes, clients are bounded by [`LIMITS`], and errors
+//! name the line and the key at fault but never repeat a value the client sent (it may be
+//! a private key).
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
+use crate::io::unix::{Limits, RateLimit};
 use crate::keys::Key;
 
 /// Where wg(8) looks for userspace sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// The longest line read, without its newline. The longest line `wg` sends is a key
+/// (`preshared_key=` and 64 hex digits, 78 bytes) or an endpoint with an IPv6 scope, so
+/// this is far more than any valid line needs; a longer one ends the connection
+/// (EMSGSIZE) without being buffered.
+pub const MAX_LINE: usize = 4096;
+
+/// The largest `set=1` body, in bytes. `wg addconf` of 10,000 peers, each with a preshared
+/// key, an endpoint and a few allowed IPs, is 2–5 MB; this leaves room for far larger
+/// configurations while bounding what one request can make us hold (the decoded request
+/// is at most about twice its text). A larger request ends the connection (EMSGSIZE).
+pub const MAX_SET_REQUEST: usize = 64 << 20;
+
+/// The UAPI socket's clients: `wg` and `wg-quick` open one connection per command and
+/// close it, so 32 at once is plenty, and one idle for 30 s is gone.
+pub const LIMITS: Limits = Limits {
+    max_conns: 32,
+    idle_timeout: Some(Duration::from_secs(30)),
+};
+
+/// At most one failed request logged per this long (the others are counted).
+pub const ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A `set=1` request, decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,46 +115,92 @@ pub struct PeerState {
     pub allowed_ips: Vec<IpNet>,
 }
 
-/// A failed request: an errno for the client and a message for our log.
+/// A failed request: an errno for the client and, for our log, what was wrong and where.
+///
+/// It never holds a value the client sent (which may be a private key): the key is one of
+/// the protocol's own names, and the parser's reasons are fixed text (`&'static str`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message} (errno {errno})")]
+#[error("{}{}{reason} (errno {errno})", Where(*.line, "set=1 line "), Where(*.key, ""))]
 pub struct UapiError {
     /// Positive errno; sent negated, as wireguard-go does.
     pub errno: i32,
-    /// What was wrong.
-    pub message: String,
+    /// The line of the `set=1` body at fault (1: the first after `set=1`).
+    pub line: Option<usize>,
+    /// The key at fault, by its protocol name.
+    pub key: Option<&'static str>,
+    /// What was wrong, in our words.
+    pub reason: Cow<'static, str>,
+}
+
+/// `PREFIX{value}: `, or nothing.
+struct Where<T>(Option<T>, &'static str);
+
+impl<T: std::fmt::Display> std::fmt::Display for Where<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => write!(f, "{}{v}: ", self.1),
+            None => Ok(()),
+        }
+    }
 }
 
 impl UapiError {
+    fn new(errno: i32, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            errno,
+            line: None,
+            key: None,
+            reason: reason.into(),
+        }
+    }
+
     /// EINVAL: a bad key or value.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            errno: libc::EINVAL,
-            message: message.into(),
-        }
+    pub fn invalid(reason: &'static str) -> Self {
+        Self::new(libc::EINVAL, reason)
     }
 
-    /// EPROTO: the request is not the protocol.
-    pub fn protocol(message: impl Into<String>) -> Self {
-        Self {
-            errno: libc::EPROTO,
-            message: message.into(),
-        }
+    /// EPROTO: the request is not the protocol; the connection is closed.
+    pub fn protocol(reason: &'static str) -> Self {
+        Self::new(libc::EPROTO, reason)
     }
 
-    /// EIO: the device could not do it (e.g. bind).
+    /// EMSGSIZE: a line or a request over our limits; the connection is closed.
+    pub fn too_long(reason: &'static str) -> Self {
+        Self::new(libc::EMSGSIZE, reason)
+    }
+
+    /// EINVAL: the device refused a well-formed request. `message` is the device's, not
+    /// the client's: it must not repeat a secret the client sent.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(libc::EINVAL, message.into())
+    }
+
+    /// EIO: the device could not do it (e.g. bind). `message` as for [`Self::rejected`].
     pub fn io(message: impl Into<String>) -> Self {
+        Self::new(libc::EIO, message.into())
+    }
+
+    /// EADDRINUSE: the port is taken. `message` as for [`Self::rejected`].
+    pub fn port_in_use(message: impl Into<String>) -> Self {
+        Self::new(libc::EADDRINUSE, message.into())
+    }
+
+    /// Whether the stream is out of step after this error, so the connection must close.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self.errno, libc::EPROTO | libc::EMSGSIZE)
+    }
+
+    fn at_line(self, line: usize) -> Self {
         Self {
-            errno: libc::EIO,
-            message: message.into(),
+            line: Some(line),
+            ..self
         }
     }
 
-    /// EADDRINUSE: the port is taken.
-    pub fn port_in_use(message: impl Into<String>) -> Self {
+    fn at_key(self, key: Field) -> Self {
         Self {
-            errno: libc::EADDRINUSE,
-            message: message.into(),
+            key: Some(key.name()),
+            ..self
         }
     }
 }
@@ -138,88 +213,176 @@ pub trait UapiHandler: Send + Sync {
     fn set(&self, req: SetRequest) -> Result<(), UapiError>;
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, UapiError> {
+/// The keys a `set=1` request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    PrivateKey,
+    ListenPort,
+    Fwmark,
+    ReplacePeers,
+    PublicKey,
+    Remove,
+    UpdateOnly,
+    PresharedKey,
+    Endpoint,
+    PersistentKeepaliveInterval,
+    ReplaceAllowedIps,
+    AllowedIp,
+    ProtocolVersion,
+}
+
+impl Field {
+    const ALL: [Field; 13] = [
+        Field::PrivateKey,
+        Field::ListenPort,
+        Field::Fwmark,
+        Field::ReplacePeers,
+        Field::PublicKey,
+        Field::Remove,
+        Field::UpdateOnly,
+        Field::PresharedKey,
+        Field::Endpoint,
+        Field::PersistentKeepaliveInterval,
+        Field::ReplaceAllowedIps,
+        Field::AllowedIp,
+        Field::ProtocolVersion,
+    ];
+
+    /// The key as the protocol spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Field::PrivateKey => "private_key",
+            Field::ListenPort => "listen_port",
+            Field::Fwmark => "fwmark",
+            Field::ReplacePeers => "replace_peers",
+            Field::PublicKey => "public_key",
+            Field::Remove => "remove",
+            Field::UpdateOnly => "update_only",
+            Field::PresharedKey => "preshared_key",
+            Field::Endpoint => "endpoint",
+            Field::PersistentKeepaliveInterval => "persistent_keepalive_interval",
+            Field::ReplaceAllowedIps => "replace_allowed_ips",
+            Field::AllowedIp => "allowed_ip",
+            Field::ProtocolVersion => "protocol_version",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Field> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+// The value decoders: their errors are fixed text, so no value can reach a log.
+
+fn boolean(v: &str) -> Result<bool, &'static str> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(UapiError::invalid(format!(
-            "{key}: expected true or false, got {v:?}"
-        ))),
+        _ => Err("expected true or false"),
     }
 }
 
-fn parse_key(key: &str, v: &str) -> Result<Key, UapiError> {
-    Key::from_hex(v).map_err(|_| UapiError::invalid(format!("{key}: not a 64-digit hex key")))
+fn hex_key(v: &str) -> Result<Key, &'static str> {
+    Key::from_hex(v).map_err(|_| "not a 64-digit hex key")
 }
 
-fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, UapiError> {
-    v.parse()
-        .map_err(|_| UapiError::invalid(format!("{key}: invalid number {v:?}")))
+/// A key where all zeros means none.
+fn maybe_key(v: &str) -> Result<Option<Key>, &'static str> {
+    hex_key(v).map(|k| (!k.is_zero()).then_some(k))
 }
 
-/// Decode the body of a `set=1` request (the lines after `set=1`, without the blank line).
-pub fn parse_set(text: &str) -> Result<SetRequest, UapiError> {
-    let mut req = SetRequest::default();
-    for line in text.lines() {
-        if line.is_empty() {
-            break;
+fn number<T: std::str::FromStr>(v: &str) -> Result<T, &'static str> {
+    v.parse().map_err(|_| "not a number in range")
+}
+
+fn set_device(req: &mut SetRequest, field: Field, v: &str) -> Result<(), &'static str> {
+    match field {
+        Field::PrivateKey => req.private_key = Some(maybe_key(v)?),
+        Field::ListenPort => req.listen_port = Some(number(v)?),
+        Field::Fwmark => req.fwmark = Some(number(v)?),
+        Field::ReplacePeers => req.replace_peers = boolean(v)?,
+        _ => return Err("a peer key before any public_key"),
+    }
+    Ok(())
+}
+
+fn set_peer(peer: &mut PeerSet, field: Field, v: &str) -> Result<(), &'static str> {
+    match field {
+        Field::Remove => peer.remove = boolean(v)?,
+        Field::UpdateOnly => peer.update_only = boolean(v)?,
+        Field::PresharedKey => peer.preshared_key = Some(maybe_key(v)?),
+        Field::Endpoint => peer.endpoint = Some(v.parse().map_err(|_| "not an address:port")?),
+        Field::PersistentKeepaliveInterval => peer.persistent_keepalive = Some(number(v)?),
+        Field::ReplaceAllowedIps => peer.replace_allowed_ips = boolean(v)?,
+        Field::AllowedIp => {
+            let net: IpNet = v.parse().map_err(|_| "not an address/prefix length")?;
+            peer.allowed_ips.push(net.trunc());
         }
+        Field::ProtocolVersion if v != "1" => return Err("only version 1 is supported"),
+        Field::ProtocolVersion => {}
+        _ => return Err("a device key after a public_key"),
+    }
+    Ok(())
+}
+
+/// Decodes a `set=1` body line by line, so that a server holds the decoded request and
+/// not its text.
+#[derive(Debug, Default)]
+pub struct SetParser {
+    req: SetRequest,
+    line: usize,
+}
+
+impl SetParser {
+    /// A parser at the first line of a body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decode the next line (without its newline, and not the blank line that ends the
+    /// body). Errors say which line and which key, never what the value was.
+    pub fn line(&mut self, line: &[u8]) -> Result<(), UapiError> {
+        self.line += 1;
+        self.apply(line).map_err(|e| e.at_line(self.line))
+    }
+
+    fn apply(&mut self, line: &[u8]) -> Result<(), UapiError> {
+        let line = std::str::from_utf8(line).map_err(|_| UapiError::invalid("not UTF-8"))?;
         let (k, v) = line
             .split_once('=')
-            .ok_or_else(|| UapiError::protocol(format!("line without '=': {line:?}")))?;
-        if k == "public_key" {
-            req.peers.push(PeerSet {
-                public_key: parse_key(k, v)?,
-                ..PeerSet::default()
-            });
-            continue;
-        }
-        if let Some(peer) = req.peers.last_mut() {
-            match k {
-                "remove" => peer.remove = parse_bool(k, v)?,
-                "update_only" => peer.update_only = parse_bool(k, v)?,
-                "preshared_key" => {
-                    let key = parse_key(k, v)?;
-                    peer.preshared_key = Some((!key.is_zero()).then_some(key));
-                }
-                "endpoint" => {
-                    peer.endpoint = Some(v.parse().map_err(|_| {
-                        UapiError::invalid(format!("endpoint: invalid address {v:?}"))
-                    })?);
-                }
-                "persistent_keepalive_interval" => {
-                    peer.persistent_keepalive = Some(parse_num(k, v)?)
-                }
-                "replace_allowed_ips" => peer.replace_allowed_ips = parse_bool(k, v)?,
-                "allowed_ip" => {
-                    let net: IpNet = v.parse().map_err(|_| {
-                        UapiError::invalid(format!("allowed_ip: invalid prefix {v:?}"))
-                    })?;
-                    peer.allowed_ips.push(net.trunc());
-                }
-                "protocol_version" => {
-                    if v != "1" {
-                        return Err(UapiError::invalid(format!(
-                            "protocol_version {v} is not supported"
-                        )));
-                    }
-                }
-                _ => return Err(UapiError::invalid(format!("unknown peer key {k:?}"))),
-            }
-            continue;
-        }
-        match k {
-            "private_key" => {
-                let key = parse_key(k, v)?;
-                req.private_key = Some((!key.is_zero()).then_some(key));
-            }
-            "listen_port" => req.listen_port = Some(parse_num(k, v)?),
-            "fwmark" => req.fwmark = Some(parse_num(k, v)?),
-            "replace_peers" => req.replace_peers = parse_bool(k, v)?,
-            _ => return Err(UapiError::invalid(format!("unknown device key {k:?}"))),
-        }
+            .ok_or(UapiError::protocol("a line without '='"))?;
+        let Some(field) = Field::from_name(k) else {
+            return Err(UapiError::invalid("unknown key"));
+        };
+        let req = &mut self.req;
+        let set = if field == Field::PublicKey {
+            hex_key(v).map(|public_key| {
+                req.peers.push(PeerSet {
+                    public_key,
+                    ..PeerSet::default()
+                });
+            })
+        } else if let Some(peer) = req.peers.last_mut() {
+            set_peer(peer, field, v)
+        } else {
+            set_device(req, field, v)
+        };
+        set.map_err(|reason| UapiError::invalid(reason).at_key(field))
     }
-    Ok(req)
+
+    /// The request decoded so far.
+    pub fn finish(self) -> SetRequest {
+        self.req
+    }
+}
+
+/// Decode the body of a `set=1` request (the lines after `set=1`, up to a blank line).
+pub fn parse_set(text: &str) -> Result<SetRequest, UapiError> {
+    let mut parser = SetParser::new();
+    for line in text.lines().take_while(|l| !l.is_empty()) {
+        parser.line(line.as_bytes())?;
+    }
+    Ok(parser.finish())
 }
 
 /// Encode the answer to `get=1` (without the final `errno=0` and blank line).
@@ -266,51 +429,134 @@ pub fn format_get(state: &DeviceState) -> String {
     o
 }
 
-/// Serve one connection: any number of requests until the client closes.
-fn serve_conn(stream: UnixStream, handler: &dyn UapiHandler) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    let mut line = String::new();
+/// What [`read_line`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// A line, now in the buffer without its newline (the stream's last may lack one).
+    Text,
+    /// A line longer than [`MAX_LINE`]: what was read of it is dropped, the rest is unread.
+    TooLong,
+    /// The client closed its side.
+    Eof,
+}
+
+/// Read one line into `buf`, reading at most [`MAX_LINE`] bytes and the newline: a longer
+/// line is reported, never buffered whole.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
+    buf.clear();
+    let limit = MAX_LINE + 1;
+    if r.by_ref().take(limit as u64).read_until(b'\n', buf)? == 0 {
+        return Ok(Line::Eof);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() == limit {
+        buf.clear();
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Text)
+}
+
+/// Serve one connection: any number of requests until the client closes, a read or a
+/// write fails (as it does after the idle timeout), or an error leaves the stream out of
+/// step. Failed requests are logged, at most one per [`ERROR_LOG_EVERY`] (`errors`).
+fn serve_conn(
+    reader: &mut impl BufRead,
+    out: &mut impl Write,
+    handler: &dyn UapiHandler,
+    errors: &Mutex<RateLimit>,
+) -> io::Result<()> {
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let op = line.trim_end_matches('\n');
-        let result = match op {
-            "get=1" => {
-                // The request ends with a blank line.
-                line.clear();
-                reader.read_line(&mut line)?;
-                let body = format_get(&handler.get());
-                out.write_all(body.as_bytes())?;
-                Ok(())
-            }
-            "set=1" => {
-                let mut body = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line)? == 0 || line == "\n" {
-                        break;
-                    }
-                    body.push_str(&line);
-                }
-                parse_set(&body).and_then(|req| handler.set(req))
-            }
-            "" => continue,
-            other => Err(UapiError::protocol(format!("unknown operation {other:?}"))),
+        let result = match read_line(reader, &mut line)? {
+            Line::Eof => return Ok(()),
+            Line::TooLong => Err(UapiError::too_long("operation line too long")),
+            Line::Text => match line.as_slice() {
+                b"" => continue,
+                b"get=1" => get(reader, out, &mut line, handler)?,
+                b"set=1" => read_set(reader, &mut line)?.and_then(|req| handler.set(req)),
+                _ => Err(UapiError::protocol("unknown operation")),
+            },
         };
         let errno = match &result {
             Ok(()) => 0,
             Err(e) => {
-                tracing::warn!("userspace API: {e}");
+                log_error(e, errors);
                 -e.errno
             }
         };
         write!(out, "errno={errno}\n\n")?;
-        if matches!(&result, Err(e) if e.errno == libc::EPROTO) {
+        out.flush()?;
+        if result.is_err_and(|e| e.ends_connection()) {
             return Ok(());
         }
+    }
+}
+
+/// Answer `get=1`, whose request ends with a blank line.
+fn get(
+    reader: &mut impl BufRead,
+    out: &mut impl Write,
+    line: &mut Vec<u8>,
+    handler: &dyn UapiHandler,
+) -> io::Result<Result<(), UapiError>> {
+    match read_line(reader, line)? {
+        Line::TooLong => return Ok(Err(UapiError::too_long("line too long after get=1"))),
+        Line::Text if !line.is_empty() => return Ok(Err(UapiError::invalid("text after get=1"))),
+        Line::Text | Line::Eof => {}
+    }
+    out.write_all(format_get(&handler.get()).as_bytes())?;
+    Ok(Ok(()))
+}
+
+/// Read and decode a `set=1` body, up to its blank line or the end of the stream. After a
+/// bad line the rest of the body is still read, so that the next request starts in step,
+/// but no longer decoded. A line over [`MAX_LINE`] or a body over [`MAX_SET_REQUEST`]
+/// stops the reading there (the connection then closes).
+fn read_set(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+) -> io::Result<Result<SetRequest, UapiError>> {
+    let mut parser = SetParser::new();
+    let mut first_error = None;
+    let mut size = 0;
+    for n in 1.. {
+        match read_line(reader, line)? {
+            Line::Eof => break,
+            Line::TooLong => return Ok(Err(UapiError::too_long("line too long").at_line(n))),
+            Line::Text => {}
+        }
+        size += line.len() + 1;
+        // As wireguard-go (and `str::lines`) does, a line may end in "\r\n".
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            break;
+        }
+        if size > MAX_SET_REQUEST {
+            return Ok(Err(UapiError::too_long("request too large").at_line(n)));
+        }
+        if first_error.is_none() {
+            first_error = parser.line(line).err();
+        }
+    }
+    Ok(first_error.map_or_else(|| Ok(parser.finish()), Err))
+}
+
+/// Log a failed request, unless one was logged less than [`ERROR_LOG_EVERY`] ago.
+fn log_error(e: &UapiError, errors: &Mutex<RateLimit>) {
+    let due = errors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .hit(Instant::now());
+    match due {
+        Some(1) => tracing::warn!("userspace API: {e}"),
+        Some(n) => tracing::warn!(
+            "userspace API: {e} (and {} more failed requests before it)",
+            n - 1
+        ),
+        None => {}
     }
 }
 
@@ -324,19 +570,30 @@ pub fn serve(ifname: &str, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServ
     serve_at(&dir.join(format!("{ifname}.sock")), handler)
 }
 
-/// Serve the API at `path` (mode 0600).
+/// Serve the API at `path` (mode 0600), within [`LIMITS`].
 pub fn serve_at(path: &Path, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServer> {
-    crate::io::unix::UnixServer::start(path, "isthmus-uapi", move |conn| {
-        if let Err(e) = serve_conn(conn, &*handler) {
+    serve_within(path, handler, LIMITS)
+}
+
+fn serve_within(
+    path: &Path,
+    handler: Arc<dyn UapiHandler>,
+    limits: Limits,
+) -> io::Result<UapiServer> {
+    let errors = Mutex::new(RateLimit::new(ERROR_LOG_EVERY));
+    crate::io::unix::UnixServer::start(path, "isthmus-uapi", limits, move |conn| {
+        let served = conn
+            .try_clone()
+            .and_then(|out| serve_conn(&mut BufReader::new(conn), &mut &out, &*handler, &errors));
+        if let Err(e) = served {
             tracing::debug!("userspace API connection: {e}");
         }
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn parses_what_wg_sends() {
@@ -509,5 +766,242 @@ mod tests {
         drop(server);
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What `f` logs on this thread, at every level, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = sink.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    /// Serve `input` as one connection's bytes: the reply, the log, and how many bytes of
+    /// the input were read.
+    fn exchange(handler: &dyn UapiHandler, input: &[u8]) -> (String, String, usize) {
+        let mut reader = io::Cursor::new(input);
+        let mut out = Vec::new();
+        let errors = Mutex::new(RateLimit::new(ERROR_LOG_EVERY));
+        let log = logged(|| serve_conn(&mut reader, &mut out, handler, &errors).unwrap());
+        let read = usize::try_from(reader.position()).unwrap();
+        (String::from_utf8(out).unwrap(), log, read)
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key_but_never_the_value() {
+        let secret = Key::generate_private().to_hex();
+        let public = Key::generate_private().public_key().to_hex();
+        let dev = Memory::default();
+        let cases = [
+            (
+                format!("set=1\nlisten_port=1\nprivate_key={secret}0\n\n"),
+                "errno=-22",
+                "line 2: private_key: not a 64-digit hex key",
+            ),
+            (
+                format!("set=1\npublic_key={public}\npreshared_key=x{secret}\n\n"),
+                "errno=-22",
+                "line 2: preshared_key: not a 64-digit hex key",
+            ),
+            (
+                format!("set=1\nprivate_key {secret}\n\n"),
+                "errno=-71",
+                "line 1: a line without '='",
+            ),
+            (
+                format!("set=1\n{secret}={secret}\n\n"),
+                "errno=-22",
+                "line 1: unknown key",
+            ),
+            (
+                format!("set=1\nlisten_port={secret}\n\n"),
+                "errno=-22",
+                "line 1: listen_port: not a number in range",
+            ),
+            (format!("{secret}\n\n"), "errno=-71", "unknown operation"),
+        ];
+        for (input, errno, says) in cases {
+            let (reply, log, _) = exchange(&dev, input.as_bytes());
+            assert_eq!(reply, format!("{errno}\n\n"), "{input}");
+            assert!(log.contains(says), "{log}");
+            assert!(!log.contains(&secret[..16]), "{log}");
+        }
+        assert_eq!(dev.get().private_key, None);
+    }
+
+    #[test]
+    fn a_long_line_is_refused_unread_and_unlogged() {
+        let dev = Memory::default();
+        let long = "A".repeat(1 << 20);
+        for input in [
+            format!("set=1\nprivate_key={long}\n\nget=1\n\n"),
+            format!("{long}\nget=1\n\n"),
+            format!("get=1\n{long}\n"),
+        ] {
+            let (reply, log, read) = exchange(&dev, input.as_bytes());
+            // EMSGSIZE, and the connection ends: the get=1 after it is not answered.
+            assert_eq!(reply, format!("errno=-{}\n\n", libc::EMSGSIZE));
+            assert!(read <= "set=1\n".len() + MAX_LINE + 1, "{read} bytes read");
+            assert!(log.contains("too long") && !log.contains("AAAA"), "{log}");
+            assert!(log.len() < 500, "{} bytes of log", log.len());
+        }
+    }
+
+    #[test]
+    fn a_request_over_the_size_limit_is_refused() {
+        let line = format!("bogus={}\n", "y".repeat(MAX_LINE - 6));
+        let body = line.repeat(MAX_SET_REQUEST / line.len() + 1);
+        let (reply, log, read) =
+            exchange(&Memory::default(), format!("set=1\n{body}\n").as_bytes());
+        assert_eq!(reply, format!("errno=-{}\n\n", libc::EMSGSIZE));
+        assert!(log.contains("request too large"), "{log}");
+        assert!(read <= "set=1\n".len() + MAX_SET_REQUEST + line.len());
+    }
+
+    /// Counts what it is asked to set.
+    #[derive(Default)]
+    struct Count(Mutex<(usize, usize)>);
+
+    impl UapiHandler for Count {
+        fn get(&self) -> DeviceState {
+            DeviceState::default()
+        }
+        fn set(&self, req: SetRequest) -> Result<(), UapiError> {
+            let mut c = self.0.lock().unwrap();
+            c.0 += req.peers.len();
+            c.1 += req.peers.iter().map(|p| p.allowed_ips.len()).sum::<usize>();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ten_thousand_peers_fit_in_one_request() {
+        use std::fmt::Write as _;
+        let mut req = String::from("set=1\nreplace_peers=true\n");
+        for i in 0..10_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            let _ = write!(
+                req,
+                "public_key={}\npreshared_key={}\nreplace_allowed_ips=true\n\
+                 endpoint=[2001:db8::{i:x}]:51820\npersistent_keepalive_interval=25\n\
+                 allowed_ip=10.{a}.{b}.0/24\nallowed_ip=fd00:{i:x}::/64\n",
+                "ab".repeat(32),
+                "cd".repeat(32),
+            );
+        }
+        req.push('\n');
+        assert!(req.len() > 2_000_000, "{}", req.len());
+        let dev = Count::default();
+        let (reply, _, _) = exchange(&dev, req.as_bytes());
+        assert_eq!(reply, "errno=0\n\n");
+        assert_eq!(*dev.0.lock().unwrap(), (10_000, 20_000));
+    }
+
+    #[test]
+    fn a_bad_request_leaves_the_connection_in_step() {
+        let dev = Memory::default();
+        let input = "set=1\nbogus=1\nlisten_port=7\n\nset=1\nlisten_port=9\n\nget=1\n\n";
+        let (reply, _, _) = exchange(&dev, input.as_bytes());
+        assert_eq!(reply, "errno=-22\n\nerrno=0\n\nlisten_port=9\nerrno=0\n\n");
+        // Body lines may end in "\r\n", as wireguard-go allows.
+        let (reply, _, _) = exchange(&dev, b"set=1\nlisten_port=8\r\n\r\nget=1\n\n");
+        assert_eq!(reply, "errno=0\n\nlisten_port=8\nerrno=0\n\n");
+    }
+
+    /// A temp dir for a test's socket.
+    fn socket_path(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("isthmus-uapi-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("u.sock")
+    }
+
+    fn connect(path: &Path) -> UnixStream {
+        let c = UnixStream::connect(path).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c
+    }
+
+    /// Everything the server sends until it closes (or resets) the connection.
+    fn read_all(c: &mut UnixStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = c.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into()
+    }
+
+    /// `get=1` on a new connection.
+    fn get_on(path: &Path) -> String {
+        let mut c = connect(path);
+        // A client refused may find the connection closed before it writes.
+        let _ = c.write_all(b"get=1\n\n");
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        read_all(&mut c)
+    }
+
+    #[test]
+    fn a_megabyte_line_closes_the_connection_and_the_next_client_is_served() {
+        let path = socket_path("long");
+        let server = serve_at(&path, Arc::new(Memory::default())).unwrap();
+        let mut c = connect(&path);
+        let mut request = b"set=1\nprivate_key=".to_vec();
+        request.resize(request.len() + (1 << 20), b'a');
+        // The server stops reading and hangs up, so the write (likely) fails part way.
+        let _ = c.write_all(&request);
+        assert_eq!(read_all(&mut c), format!("errno=-{}\n\n", libc::EMSGSIZE));
+        assert_eq!(get_on(&path), "errno=0\n\n");
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn clients_beyond_the_limit_are_closed_and_idle_ones_time_out() {
+        let path = socket_path("limits");
+        let limits = Limits {
+            max_conns: 1,
+            idle_timeout: Some(std::time::Duration::from_millis(300)),
+        };
+        let server = serve_within(&path, Arc::new(Memory::default()), limits).unwrap();
+        let mut idle = connect(&path);
+        // Served: it has the only place.
+        idle.write_all(b"get=1\n\n").unwrap();
+        let mut reply = [0u8; 9];
+        idle.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"errno=0\n\n");
+        // A second client is closed at once, unanswered.
+        assert_eq!(get_on(&path), "");
+        // The idle one is dropped after the timeout, and its place is free again.
+        let t = Instant::now();
+        assert_eq!(read_all(&mut idle), "");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
+        // (The place comes back just after the close the client sees: try a few times.)
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut reply = get_on(&path);
+        while reply.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            reply = get_on(&path);
+        }
+        assert_eq!(reply, "errno=0\n\n");
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

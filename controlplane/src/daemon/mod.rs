@@ -1055,9 +1055,13 @@ fn spawn_status(
         isthmus_dataplane::io::unix::ensure_dir(dir, 0o700)?;
     }
     let tx = std::sync::Mutex::new(tx);
-    isthmus_dataplane::io::unix::UnixServer::start(path, "status", move |conn| {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut r = BufReader::new(&conn);
+    let limits = isthmus_dataplane::io::unix::Limits {
+        max_conns: 16,
+        idle_timeout: Some(Duration::from_secs(5)),
+    };
+    isthmus_dataplane::io::unix::UnixServer::start(path, "status", limits, move |conn| {
+        // A query is one short line: read no more than a page of it.
+        let mut r = BufReader::new(io::Read::take(&conn, 4096));
         let mut line = String::new();
         if r.read_line(&mut line).is_err() {
             return;

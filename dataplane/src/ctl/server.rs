@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use ipnet::IpNet;
@@ -15,10 +16,23 @@ use ipnet::IpNet;
 use super::proto::{
     read_msg, write_msg, CtlRoute, Msg, PeerInfo, ProtoError, RouteInfo, PROTOCOL_VERSION,
 };
+use crate::io::unix::Limits;
 use crate::keys::Key;
 
 /// Events and punts a subscriber may have queued before it loses some.
 const SUBSCRIBER_QUEUE: usize = 4096;
+
+/// The control channel's clients: the control plane, connected for as long as both run
+/// and quiet between events, and short `isthmusctl` requests. There is no idle timeout,
+/// since a subscriber may rightly say nothing for hours; a client that never says Hello is
+/// dropped after [`HELLO_TIMEOUT`] instead.
+pub const LIMITS: Limits = Limits {
+    max_conns: 64,
+    idle_timeout: None,
+};
+
+/// How long a new connection may take to say Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the control channel serves: the data plane.
 pub trait CtlBackend: Send + Sync + 'static {
@@ -122,13 +136,23 @@ impl EventBus {
 pub type CtlServer = crate::io::unix::UnixServer;
 
 /// Serve the control channel at `path` (its directory is created with mode 0700, the
-/// socket gets 0600).
+/// socket gets 0600), within [`LIMITS`].
 pub fn serve(path: &Path, backend: Arc<dyn CtlBackend>, bus: EventBus) -> io::Result<CtlServer> {
+    serve_within(path, backend, bus, LIMITS, HELLO_TIMEOUT)
+}
+
+fn serve_within(
+    path: &Path,
+    backend: Arc<dyn CtlBackend>,
+    bus: EventBus,
+    limits: Limits,
+    hello_timeout: Duration,
+) -> io::Result<CtlServer> {
     if let Some(dir) = path.parent() {
         crate::io::unix::ensure_dir(dir, 0o700)?;
     }
-    crate::io::unix::UnixServer::start(path, "isthmus-ctl", move |conn| {
-        if let Err(e) = connection(conn, &*backend, &bus) {
+    crate::io::unix::UnixServer::start(path, "isthmus-ctl", limits, move |conn| {
+        if let Err(e) = connection(conn, &*backend, &bus, hello_timeout) {
             tracing::debug!("control connection: {e}");
         }
     })
@@ -138,7 +162,10 @@ fn connection(
     stream: UnixStream,
     backend: &dyn CtlBackend,
     bus: &EventBus,
+    hello_timeout: Duration,
 ) -> Result<(), ProtoError> {
+    // Until Hello only: after it, a subscriber may be quiet for as long as it likes.
+    stream.set_read_timeout(Some(hello_timeout))?;
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel::bounded(SUBSCRIBER_QUEUE);
     let mut out = stream.try_clone()?;
     let writer = std::thread::Builder::new()
@@ -156,6 +183,7 @@ fn connection(
     let result = (|| -> Result<(), ProtoError> {
         match read_msg(&mut input) {
             Ok(Msg::Hello { version, client }) if version == PROTOCOL_VERSION => {
+                input.get_ref().set_read_timeout(None)?;
                 let (ifname, public_key) = backend.hello();
                 tracing::debug!(%client, "control client connected");
                 let _ = tx.send(Msg::HelloAck {
@@ -442,6 +470,43 @@ mod tests {
         assert!(!bus.has_subscribers());
         drop(server);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_silent_client_is_dropped_but_a_quiet_subscriber_stays() {
+        use std::io::Read as _;
+        let path = socket_path("quiet");
+        let hello_timeout = Duration::from_millis(200);
+        let bus = EventBus::new();
+        let server = serve_within(
+            &path,
+            Arc::new(Fixture::default()),
+            bus.clone(),
+            LIMITS,
+            hello_timeout,
+        )
+        .unwrap();
+        let mut sub = CtlClient::connect(&path, "sub").unwrap();
+        assert_eq!(sub.request(&Msg::Subscribe).unwrap(), Msg::Ok);
+        let mut silent = UnixStream::connect(&path).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The silent one is hung up on after the Hello timeout...
+        let t = std::time::Instant::now();
+        assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0);
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // ... and the subscriber, quiet for longer than that, still gets its events.
+        std::thread::sleep(hello_timeout * 2);
+        let ev = Msg::Event(PeerEvent::HandshakeUp { peer: Key([4; 32]) });
+        assert!(bus.publish(ev.clone()));
+        assert_eq!(sub.recv().unwrap(), ev);
+        drop(server);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

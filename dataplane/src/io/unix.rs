@@ -1,13 +1,35 @@
 //! Private Unix stream sockets for local control (the WireGuard UAPI, the control channel):
 //! created with mode 0600 from the start, a stale socket replaced only when nothing answers
-//! on it, one thread per connection, and the file removed when the server is dropped.
+//! on it, one thread per connection up to a limit, an optional idle timeout, and the file
+//! removed when the server is dropped.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the accept loop pauses after a failed accept (EMFILE, ENFILE, ENOMEM, …), so
+/// that a process out of descriptors waits for some to be freed instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about refused connections or failing accepts.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How many clients a server takes at once and how long it waits on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; a connection beyond them is closed as soon as it is
+    /// accepted (and the refusal logged, rate-limited).
+    pub max_conns: usize,
+    /// Read and write timeout of every connection: a read or a write blocked this long fails
+    /// (`WouldBlock`), so the handler returns and the connection closes. `None` for
+    /// connections that may rightly stay quiet for ever, such as the control channel's
+    /// subscribers.
+    pub idle_timeout: Option<Duration>,
+}
 
 /// A listening socket served by a background thread.
 pub struct UnixServer {
@@ -16,48 +38,27 @@ pub struct UnixServer {
 }
 
 impl UnixServer {
-    /// Bind `path` (mode 0600) and call `on_conn` on a new thread for every connection.
+    /// Bind `path` (mode 0600) and call `on_conn` on a new thread for every connection,
+    /// within `limits`.
     pub fn start(
         path: &Path,
         name: &str,
+        limits: Limits,
         on_conn: impl Fn(UnixStream) + Send + Sync + 'static,
     ) -> io::Result<UnixServer> {
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is in use by another process", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        // SAFETY: umask(2) cannot fail; it is process-wide, so a file another thread creates
-        // in this window is made with stricter permissions, never looser ones.
-        let old = unsafe { libc::umask(0o077) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
-        let listener =
-            bound.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(path)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let on_conn = Arc::new(on_conn);
-        let conn_name = format!("{name}-conn");
+        let accept = AcceptLoop {
+            listener,
+            stop: stop.clone(),
+            limits,
+            name: name.to_string(),
+            active: Arc::new(AtomicUsize::new(0)),
+            on_conn: Arc::new(on_conn),
+        };
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let f = on_conn.clone();
-                    let _ = std::thread::Builder::new()
-                        .name(conn_name.clone())
-                        .spawn(move || f(conn));
-                }
-            })?;
+            .spawn(move || accept.run())?;
         Ok(UnixServer {
             path: path.to_path_buf(),
             stop,
@@ -79,6 +80,150 @@ impl Drop for UnixServer {
     }
 }
 
+/// Bind `path` with mode 0600, replacing a stale socket that nothing answers on.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask(2) cannot fail; it is process-wide, so a file another thread creates
+    // in this window is made with stricter permissions, never looser ones.
+    let old = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener =
+        bound.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+type Handler = dyn Fn(UnixStream) + Send + Sync;
+
+/// The accept thread's state.
+struct AcceptLoop {
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+    name: String,
+    /// Connections being served.
+    active: Arc<AtomicUsize>,
+    on_conn: Arc<Handler>,
+}
+
+impl AcceptLoop {
+    fn run(self) {
+        let mut refused = RateLimit::new(WARN_EVERY);
+        let mut failed = RateLimit::new(WARN_EVERY);
+        loop {
+            let accepted = self.listener.accept();
+            if self.stop.load(SeqCst) {
+                return;
+            }
+            match accepted {
+                Ok((conn, _)) => match Slot::take(&self.active, self.limits.max_conns) {
+                    Some(slot) => self.serve(conn, slot),
+                    None => {
+                        drop(conn);
+                        if let Some(n) = refused.hit(Instant::now()) {
+                            tracing::warn!(
+                                "{}: refused {n} connection(s): {} already open",
+                                self.name,
+                                self.limits.max_conns
+                            );
+                        }
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if let Some(n) = failed.hit(Instant::now()) {
+                        tracing::warn!("{}: accept failed ({n} time(s)): {e}", self.name);
+                    }
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Serve `conn` on its own thread, which gives `slot` back when it ends.
+    fn serve(&self, conn: UnixStream, slot: Slot) {
+        let timeout = self.limits.idle_timeout;
+        if let Err(e) = conn
+            .set_read_timeout(timeout)
+            .and_then(|()| conn.set_write_timeout(timeout))
+        {
+            tracing::debug!("{}: connection timeouts: {e}", self.name);
+            return;
+        }
+        let f = self.on_conn.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-conn", self.name))
+            .spawn(move || {
+                let _slot = slot;
+                f(conn);
+            });
+        // A thread that could not be made drops its closure: the slot and the connection.
+        if let Err(e) = spawned {
+            tracing::debug!("{}: connection thread: {e}", self.name);
+        }
+    }
+}
+
+/// One of a server's `max_conns` places, given back when dropped (also on a panic).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        active
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Lets a repeated warning through at most once per period and counts the occurrences
+/// in between, so that the one logged can say how many there were.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl RateLimit {
+    /// At most one warning per `period`.
+    pub const fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Record one occurrence at `now`. `Some(n)` when it is to be logged: `n` occurrences
+    /// (this one included) since the last one logged.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        let recent = |last: Instant| now.duration_since(last) < self.period;
+        if self.last.is_some_and(recent) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 /// Create directory `dir` with `mode` if it does not exist.
 pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if !dir.exists() {
@@ -86,4 +231,146 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    /// A socket path in a directory of its own under the temp dir.
+    fn socket_path(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("isthmus-unix-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("s.sock")
+    }
+
+    /// A server that echoes lines back.
+    fn echo(path: &Path, limits: Limits) -> UnixServer {
+        UnixServer::start(path, "test-echo", limits, |conn| {
+            let mut out = conn.try_clone().unwrap();
+            for line in BufReader::new(conn).lines() {
+                let Ok(line) = line else { return };
+                if writeln!(out, "{line}").is_err() {
+                    return;
+                }
+            }
+        })
+        .unwrap()
+    }
+
+    /// A client whose reads give up after 5 s rather than hang the test.
+    fn connect(path: &Path) -> UnixStream {
+        let c = UnixStream::connect(path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    }
+
+    /// Whether the server answers `c` (an echo of one line).
+    fn served(c: &mut UnixStream) -> bool {
+        if c.write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).is_ok() && &got == b"ping\n"
+    }
+
+    /// Whether the server closed `c` without a word.
+    fn closed(c: &mut UnixStream) -> bool {
+        let mut buf = [0u8; 16];
+        matches!(c.read(&mut buf), Ok(0))
+    }
+
+    fn until(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_and_served_again_once_others_leave() {
+        let path = socket_path("limit");
+        let server = echo(
+            &path,
+            Limits {
+                max_conns: 2,
+                idle_timeout: None,
+            },
+        );
+        let mut a = connect(&path);
+        let mut b = connect(&path);
+        assert!(served(&mut a) && served(&mut b));
+        let mut extra = connect(&path);
+        assert!(closed(&mut extra), "the third connection is closed at once");
+        assert!(served(&mut a) && served(&mut b), "the first two still work");
+        drop((a, b));
+        // The slots come back when the handlers see the clients go.
+        assert!(until(|| served(&mut connect(&path))));
+        drop(server);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn an_idle_connection_is_closed_after_the_timeout() {
+        let path = socket_path("idle");
+        let server = echo(
+            &path,
+            Limits {
+                max_conns: 1,
+                idle_timeout: Some(Duration::from_millis(200)),
+            },
+        );
+        let mut idle = connect(&path);
+        assert!(served(&mut idle));
+        let t = Instant::now();
+        assert!(closed(&mut idle));
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // Its slot is free again.
+        assert!(until(|| served(&mut connect(&path))));
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
+        let path = socket_path("stale");
+        let limits = Limits {
+            max_conns: 1,
+            idle_timeout: None,
+        };
+        let server = echo(&path, limits);
+        let again = UnixServer::start(&path, "test-echo", limits, |_| {});
+        assert_eq!(again.err().unwrap().kind(), io::ErrorKind::AddrInUse);
+        drop(server);
+        // A socket file left behind by a dead process.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = echo(&path, limits);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(served(&mut connect(&path)));
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn rate_limit_lets_one_through_per_period_and_counts_the_rest() {
+        let mut r = RateLimit::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(r.hit(t), Some(1));
+        assert_eq!(r.hit(t + Duration::from_secs(1)), None);
+        assert_eq!(r.hit(t + Duration::from_secs(9)), None);
+        assert_eq!(r.hit(t + Duration::from_secs(10)), Some(3));
+        assert_eq!(r.hit(t + Duration::from_secs(11)), None);
+    }
 }
