@@ -98,7 +98,7 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
                         "--secs",
                         &secs_s,
                     ],
-                    u32::try_from(secs).unwrap() + 20,
+                    secs + 20,
                 )
                 .unwrap();
             (ping.join().unwrap(), attack)
