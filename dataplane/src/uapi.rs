@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
-use crate::io::unix::{Limits, RateLimit};
+use crate::io::unix::{Limits, RateLimit, WhenFull};
 use crate::keys::Key;
 
 /// Where wg(8) looks for userspace sockets.
@@ -36,10 +36,12 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_SET_REQUEST: usize = 64 << 20;
 
 /// The UAPI socket's clients: `wg` and `wg-quick` open one connection per command and
-/// close it, so 32 at once is plenty, and one idle for 30 s is gone.
+/// close it, so 32 at once is plenty, one idle for 30 s is gone, and when 32 are open the
+/// oldest makes room for a new one (idle clients cannot lock `wg` out).
 pub const LIMITS: Limits = Limits {
     max_conns: 32,
     idle_timeout: Some(Duration::from_secs(30)),
+    when_full: WhenFull::EvictOldest,
 };
 
 /// At most one failed request logged per this long (the others are counted).
@@ -979,6 +981,7 @@ mod tests {
         let limits = Limits {
             max_conns: 1,
             idle_timeout: Some(std::time::Duration::from_millis(300)),
+            when_full: crate::io::unix::WhenFull::Refuse,
         };
         let server = serve_within(&path, Arc::new(Memory::default()), limits).unwrap();
         let mut idle = connect(&path);

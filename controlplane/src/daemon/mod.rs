@@ -1058,6 +1058,7 @@ fn spawn_status(
     let limits = isthmus_dataplane::io::unix::Limits {
         max_conns: 16,
         idle_timeout: Some(Duration::from_secs(5)),
+        when_full: isthmus_dataplane::io::unix::WhenFull::EvictOldest,
     };
     isthmus_dataplane::io::unix::UnixServer::start(path, "status", limits, move |conn| {
         // A query is one short line: read no more than a page of it.

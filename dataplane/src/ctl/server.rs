@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::proto::{
     read_msg, write_msg, CtlRoute, Msg, PeerInfo, ProtoError, RouteInfo, PROTOCOL_VERSION,
 };
-use crate::io::unix::Limits;
+use crate::io::unix::{Limits, WhenFull};
 use crate::keys::Key;
 
 /// Events and punts a subscriber may have queued before it loses some.
@@ -29,6 +29,7 @@ const SUBSCRIBER_QUEUE: usize = 4096;
 pub const LIMITS: Limits = Limits {
     max_conns: 64,
     idle_timeout: None,
+    when_full: WhenFull::Refuse,
 };
 
 /// How long a new connection may take to say Hello.

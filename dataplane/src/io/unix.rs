@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long the accept loop pauses after a failed accept (EMFILE, ENFILE, ENOMEM, …), so
@@ -29,6 +29,19 @@ pub struct Limits {
     /// connections that may rightly stay quiet for ever, such as the control channel's
     /// subscribers.
     pub idle_timeout: Option<Duration>,
+    /// What a connection beyond `max_conns` does.
+    pub when_full: WhenFull,
+}
+
+/// What happens to a connection that arrives when all places are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// It is closed: the ones being served keep their places (the control channel, whose
+    /// oldest connection is the control plane itself).
+    Refuse,
+    /// The oldest connection is shut down to make room, so that idle clients holding every
+    /// place cannot lock a new one out (the UAPI, whose clients are one command each).
+    EvictOldest,
 }
 
 /// A listening socket served by a background thread.
@@ -53,7 +66,7 @@ impl UnixServer {
             stop: stop.clone(),
             limits,
             name: name.to_string(),
-            active: Arc::new(AtomicUsize::new(0)),
+            active: Arc::new(Mutex::new(Active::default())),
             on_conn: Arc::new(on_conn),
         };
         std::thread::Builder::new()
@@ -112,7 +125,7 @@ struct AcceptLoop {
     limits: Limits,
     name: String,
     /// Connections being served.
-    active: Arc<AtomicUsize>,
+    active: Arc<Mutex<Active>>,
     on_conn: Arc<Handler>,
 }
 
@@ -126,19 +139,22 @@ impl AcceptLoop {
                 return;
             }
             match accepted {
-                Ok((conn, _)) => match Slot::take(&self.active, self.limits.max_conns) {
-                    Some(slot) => self.serve(conn, slot),
-                    None => {
-                        drop(conn);
-                        if let Some(n) = refused.hit(Instant::now()) {
-                            tracing::warn!(
-                                "{}: refused {n} connection(s): {} already open",
-                                self.name,
-                                self.limits.max_conns
-                            );
+                Ok((conn, _)) => {
+                    let evict = self.limits.when_full == WhenFull::EvictOldest;
+                    match Slot::take(&self.active, &conn, self.limits.max_conns, evict) {
+                        Some(slot) => self.serve(conn, slot),
+                        None => {
+                            drop(conn);
+                            if let Some(n) = refused.hit(Instant::now()) {
+                                tracing::warn!(
+                                    "{}: refused {n} connection(s): {} already open",
+                                    self.name,
+                                    self.limits.max_conns
+                                );
+                            }
                         }
                     }
-                },
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if let Some(n) = failed.hit(Instant::now()) {
@@ -174,21 +190,50 @@ impl AcceptLoop {
     }
 }
 
+/// The connections being served, oldest first, each with a handle to shut it down.
+#[derive(Default)]
+struct Active {
+    conns: std::collections::VecDeque<(u64, UnixStream)>,
+    next_id: u64,
+}
+
 /// One of a server's `max_conns` places, given back when dropped (also on a panic).
-struct Slot(Arc<AtomicUsize>);
+struct Slot {
+    active: Arc<Mutex<Active>>,
+    id: u64,
+}
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        active
-            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Slot(active.clone()))
+    /// A place for `conn`; when all are taken, the oldest connection's if `evict` (it is
+    /// shut down, so its handler sees the end of its stream and returns), else none.
+    fn take(active: &Arc<Mutex<Active>>, conn: &UnixStream, max: usize, evict: bool) -> Option<Slot> {
+        let handle = conn.try_clone().ok()?;
+        let mut a = active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while a.conns.len() >= max {
+            if !evict || max == 0 {
+                return None;
+            }
+            if let Some((_, oldest)) = a.conns.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let id = a.next_id;
+        a.next_id += 1;
+        a.conns.push_back((id, handle));
+        Some(Slot {
+            active: active.clone(),
+            id,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
+        let mut a = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.conns.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -300,6 +345,7 @@ mod tests {
             Limits {
                 max_conns: 2,
                 idle_timeout: None,
+                when_full: WhenFull::Refuse,
             },
         );
         let mut a = connect(&path);
@@ -317,6 +363,28 @@ mod tests {
     }
 
     #[test]
+    fn with_evict_oldest_a_new_connection_takes_the_oldest_place() {
+        let path = socket_path("evict");
+        let server = echo(
+            &path,
+            Limits {
+                max_conns: 2,
+                idle_timeout: None,
+                when_full: WhenFull::EvictOldest,
+            },
+        );
+        let mut a = connect(&path);
+        let mut b = connect(&path);
+        assert!(served(&mut a) && served(&mut b));
+        let mut c = connect(&path);
+        assert!(served(&mut c), "the new connection is served");
+        assert!(closed(&mut a), "the oldest was shut down for it");
+        assert!(served(&mut b) && served(&mut c));
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
     fn an_idle_connection_is_closed_after_the_timeout() {
         let path = socket_path("idle");
         let server = echo(
@@ -324,6 +392,7 @@ mod tests {
             Limits {
                 max_conns: 1,
                 idle_timeout: Some(Duration::from_millis(200)),
+                when_full: WhenFull::Refuse,
             },
         );
         let mut idle = connect(&path);
@@ -347,6 +416,7 @@ mod tests {
         let limits = Limits {
             max_conns: 1,
             idle_timeout: None,
+            when_full: WhenFull::Refuse,
         };
         let server = echo(&path, limits);
         let again = UnixServer::start(&path, "test-echo", limits, |_| {});
