@@ -366,6 +366,35 @@ impl Lab {
         Ok(())
     }
 
+    /// Wait until process `id` exits by itself and return its log (stdout and stderr); it
+    /// is stopped if it runs longer than `timeout`.
+    ///
+    /// # Errors
+    /// When it exits non-zero, on timeout (the process is then stopped) or interruption.
+    pub fn wait(&mut self, id: ProcId, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let Some(p) = self.procs.get_mut(&id) else {
+                bail!("no such process (already stopped)");
+            };
+            if let Some(status) = p.child.try_wait()? {
+                let p = self.procs.remove(&id).expect("present");
+                let log = fs::read_to_string(&p.log).unwrap_or_default();
+                if !status.success() {
+                    bail!("`{}` exited ({status}): {}", p.what, log.trim());
+                }
+                return Ok(log);
+            }
+            if interrupted() || start.elapsed() > timeout {
+                let what = p.what.clone();
+                self.stop(id);
+                check_interrupted()?;
+                bail!("`{what}` did not finish within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Remove this file when the lab is dropped (e.g. a UAPI socket a killed daemon left).
     pub fn remove_on_drop(&mut self, path: PathBuf) {
         self.cleanup_files.push(path);

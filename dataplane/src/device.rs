@@ -20,6 +20,9 @@ use crate::io::tun::{self, TunQueue};
 use crate::io::udp::{self, MmsgScratch};
 use crate::stats::{DropReason, WorkerCounters};
 
+/// Nice value of the handshake thread (the workers run at 0).
+const HANDSHAKE_NICE: i32 = 10;
+
 const UDP: Token = Token(0);
 const TUN: Token = Token(1);
 const WAKE: Token = Token(2);
@@ -125,6 +128,13 @@ impl Device {
             thread::Builder::new()
                 .name("isthmus-timers".into())
                 .spawn(move || d.timer_loop())?,
+        );
+        let d = dev.clone();
+        let queued = dev.core.handshake_queue();
+        handles.push(
+            thread::Builder::new()
+                .name("isthmus-handshakes".into())
+                .spawn(move || d.handshake_loop(&queued))?,
         );
         *dev.handles
             .lock()
@@ -356,6 +366,33 @@ impl Device {
             }
         }
         drop(socks);
+    }
+
+    /// Handshake messages that the workers admitted, with their Diffie-Hellman, on a thread
+    /// of lower priority than the workers: a flood of them costs this thread's time, not the
+    /// time in which transport data is forwarded.
+    fn handshake_loop(&self, queued: &crossbeam::channel::Receiver<crate::forward::QueuedHandshake>) {
+        if !crate::sys::lower_thread_priority(HANDSHAKE_NICE) {
+            tracing::debug!("could not lower the handshake thread's priority");
+        }
+        let mut fwd = Worker::new(self.core.clone());
+        let counters = fwd.counters();
+        let mut scratch = MmsgScratch::default();
+        while !self.shutdown.load(Relaxed) {
+            let Ok(first) = queued.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            let socks = self.sockets.load_full();
+            let Some(s) = socks.first() else { continue };
+            let mut sink = RealSink {
+                udp_fd: s.as_raw_fd(),
+                tun: None,
+                scratch: &mut scratch,
+                counters: &counters,
+            };
+            let batch = std::iter::once(first).chain(queued.try_iter().take(63));
+            fwd.handle_handshakes(batch, &mut sink);
+        }
     }
 
     fn timer_loop(&self) {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::TunnResult;
@@ -246,6 +247,9 @@ pub struct Core {
     guard: ArcSwap<HandshakeGuard>,
     /// boringtun's receiver indices ↔ the wire's.
     index: IndexCipher,
+    /// Where admitted handshake messages go when a handshake thread serves them (see
+    /// [`Core::handshake_queue`]); without one they are processed where they arrive.
+    handshake_tx: ArcSwapOption<Sender<QueuedHandshake>>,
     settings: ArcSwap<Settings>,
     workers: Mutex<Vec<Arc<WorkerCounters>>>,
     routes: Mutex<Routes>,
@@ -269,6 +273,7 @@ impl Core {
             allowed: FibHandle::new(Fib::new()),
             guard: ArcSwap::from_pointee(HandshakeGuard::new(&zero)),
             index: IndexCipher::random(),
+            handshake_tx: ArcSwapOption::empty(),
             settings: ArcSwap::from_pointee(settings),
             workers: Mutex::new(Vec::new()),
             routes: Mutex::new(Routes::default()),
@@ -369,7 +374,26 @@ impl Core {
     /// Whether more handshake messages arrived this second than the budget (cookies are
     /// required).
     pub fn handshakes_under_load(&self) -> bool {
-        self.guard.load().under_load()
+        self.guard.load().under_load() || self.handshake_backlog()
+    }
+
+    /// From now on, admitted handshake initiations and responses are not processed by the
+    /// worker that received them but queued (at most [`HANDSHAKE_QUEUE`]; beyond, dropped as
+    /// `handshake_rate_limited`) for whoever drains the returned receiver with
+    /// [`Worker::handle_handshakes`]: a thread of their own, so that their Diffie-Hellman
+    /// never delays transport data. A queue an eighth full puts the device under load, as in
+    /// wireguard-go.
+    pub fn handshake_queue(&self) -> Receiver<QueuedHandshake> {
+        let (tx, rx) = crossbeam::channel::bounded(HANDSHAKE_QUEUE);
+        self.handshake_tx.store(Some(Arc::new(tx)));
+        rx
+    }
+
+    fn handshake_backlog(&self) -> bool {
+        self.handshake_tx
+            .load()
+            .as_ref()
+            .is_some_and(|tx| tx.len() >= HANDSHAKE_QUEUE / 8)
     }
 
     /// Set or clear the private key. Sessions are reset; a peer with the device's own public
@@ -731,6 +755,25 @@ pub enum CoreError {
     TooManyPeers,
 }
 
+/// Capacity of the handshake queue (wireguard-go's `QueueHandshakeSize`).
+pub const HANDSHAKE_QUEUE: usize = 1024;
+
+/// An admitted handshake message waiting for the handshake thread.
+pub struct QueuedHandshake {
+    bytes: [u8; wire::wg::INITIATION_LEN],
+    len: usize,
+    src: SocketAddr,
+}
+
+impl QueuedHandshake {
+    fn new(data: &[u8], src: SocketAddr) -> Self {
+        let mut bytes = [0; wire::wg::INITIATION_LEN];
+        let len = data.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&data[..len]); // off the hot path: one handshake
+        Self { bytes, len, src }
+    }
+}
+
 /// Where a worker's output goes.
 pub trait Sink {
     /// Send every datagram of `batch` (each slot's `addr` is the destination), then clear it.
@@ -861,6 +904,24 @@ impl Worker {
         self.with_ctx(sink, |ctx| ctx.encapsulate_to(&p, packet))
     }
 
+    /// Process queued handshake messages (see [`Core::handshake_queue`]); their answers go
+    /// to `sink`.
+    pub fn handle_handshakes(
+        &mut self,
+        queued: impl IntoIterator<Item = QueuedHandshake>,
+        sink: &mut impl Sink,
+    ) {
+        self.with_ctx(sink, |ctx| {
+            for mut q in queued {
+                let (data, src) = (&mut q.bytes[..q.len], q.src);
+                match data[0] {
+                    wire::wg::INITIATION => ctx.initiation_admitted(data, src),
+                    _ => ctx.response_admitted(data, src),
+                }
+            }
+        });
+    }
+
     /// Run every peer's timers (handshake retries, rekey, keepalives). Call every ~100 ms.
     pub fn tick(&mut self, sink: &mut impl Sink) {
         let peers = self.core.peers.load_full();
@@ -952,9 +1013,7 @@ impl<S: Sink> Ctx<'_, S> {
         use wire::wg::Message;
         match Message::classify(data) {
             Some(Message::Initiation { .. }) => self.handshake_initiation(data, src),
-            Some(Message::Response { receiver, .. }) => {
-                self.handshake_response(receiver, data, src);
-            }
+            Some(Message::Response { .. }) => self.handshake_response(data, src),
             Some(Message::CookieReply { receiver }) => self.cookie_reply(receiver, data),
             Some(Message::Data { receiver, .. }) => self.transport(receiver, data, src),
             None => self.drop(DropReason::BadPacket),
@@ -962,25 +1021,47 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// Admission of a handshake message (mac1; under load, mac2 and the source's rate).
-    /// Answers with a cookie reply where one is due. Returns whether to go on.
+    /// Answers with a cookie reply where one is due. Returns whether to go on; an admitted
+    /// message is queued for the handshake thread if there is one, and then this returns
+    /// false too.
     fn admit_handshake(&mut self, data: &[u8], src: SocketAddr) -> bool {
+        if self.core.identity.load().is_none() {
+            self.drop(DropReason::NoKey);
+            return false;
+        }
+        let queue = self.core.handshake_tx.load_full();
+        let backlog = queue
+            .as_ref()
+            .is_some_and(|q| q.len() >= HANDSHAKE_QUEUE / 8);
         let mut reply = [0u8; 64];
-        match self.core.guard.load().admit(src, data, &mut reply) {
-            Admit::Pass => true,
+        match self.core.guard.load().admit(src, data, backlog, &mut reply) {
+            Admit::Pass => {}
             Admit::Cookie(n) => {
                 self.counters.cookies_sent.add(1);
                 self.drop(DropReason::HandshakeRateLimited);
                 self.send_raw(&reply[..n], src);
-                false
+                return false;
             }
             Admit::Drop(Refusal::RateLimited) => {
                 self.drop(DropReason::HandshakeRateLimited);
-                false
+                return false;
             }
             Admit::Drop(Refusal::BadMac | Refusal::Malformed) => {
                 self.drop(DropReason::HandshakeFailed);
+                return false;
+            }
+        }
+        let Some(queue) = queue else {
+            return true;
+        };
+        match queue.try_send(QueuedHandshake::new(data, src)) {
+            Ok(()) => false,
+            Err(TrySendError::Full(_)) => {
+                self.drop(DropReason::HandshakeRateLimited);
                 false
             }
+            // The handshake thread is gone (the device is stopping): do it here.
+            Err(TrySendError::Disconnected(_)) => true,
         }
     }
 
@@ -994,12 +1075,23 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     fn handshake_initiation(&mut self, data: &[u8], src: SocketAddr) {
+        if self.admit_handshake(data, src) {
+            self.initiation_admitted(data, src);
+        }
+    }
+
+    fn handshake_response(&mut self, data: &mut [u8], src: SocketAddr) {
+        if self.admit_handshake(data, src) {
+            self.response_admitted(data, src);
+        }
+    }
+
+    /// An admitted initiation: find the peer by the static key it carries (one
+    /// Diffie-Hellman), then let its session answer.
+    fn initiation_admitted(&mut self, data: &[u8], src: SocketAddr) {
         let Some(identity) = self.core.identity.load_full() else {
             return self.drop(DropReason::NoKey);
         };
-        if !self.admit_handshake(data, src) {
-            return;
-        }
         let Ok(boringtun::noise::Packet::HandshakeInit(init)) =
             boringtun::noise::Tunn::parse_incoming_packet(data)
         else {
@@ -1014,13 +1106,12 @@ impl<S: Sink> Ctx<'_, S> {
         self.handshake(&peer, data, src);
     }
 
-    fn handshake_response(&mut self, wire: u32, data: &mut [u8], src: SocketAddr) {
+    /// An admitted response: the peer by its receiver index.
+    fn response_admitted(&mut self, data: &mut [u8], src: SocketAddr) {
         let Some(identity) = self.core.identity.load_full() else {
             return self.drop(DropReason::NoKey);
         };
-        if !self.admit_handshake(data, src) {
-            return;
-        }
+        let wire = u32::from_le_bytes(data[8..12].try_into().expect("a response"));
         let Some((peer, _)) = self.open_index(wire, &mut data[8..12]) else {
             return self.drop(DropReason::UnknownIndex);
         };

@@ -23,3 +23,13 @@ pub fn huge_page_copy<T: Copy>(v: &[T]) -> Vec<T> {
     out.extend_from_slice(v);
     out
 }
+
+/// Lower the calling thread's scheduling priority to `nice` (Linux keeps a nice value per
+/// thread), so that under CPU contention the threads at the default priority win. Returns
+/// whether it took effect.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    // SAFETY: gettid(2) has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority(2) on our own thread id; it only changes the scheduler's weight.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
+}

@@ -82,10 +82,11 @@ impl HandshakeGuard {
         }
     }
 
-    /// Check a handshake message (initiation or response) from `src`. A cookie reply, if
-    /// one is due, is written to `reply`.
-    pub fn admit(&self, src: SocketAddr, msg: &[u8], reply: &mut [u8; 64]) -> Admit {
-        let under_load = self.under_load();
+    /// Check a handshake message (initiation or response) from `src`; `backlog` says that
+    /// the device is under load for another reason (its handshake queue is filling). A cookie
+    /// reply, if one is due, is written to `reply`.
+    pub fn admit(&self, src: SocketAddr, msg: &[u8], backlog: bool, reply: &mut [u8; 64]) -> Admit {
+        let under_load = backlog || self.under_load();
         let limiter = if under_load {
             &self.mac2_required
         } else {
@@ -246,24 +247,24 @@ mod tests {
         // A bad mac1 is refused before anything else.
         let mut bad = msg.clone();
         bad[20] ^= 1;
-        assert_eq!(guard.admit(src, &bad, &mut reply), Admit::Drop(Refusal::BadMac));
+        assert_eq!(guard.admit(src, &bad, false, &mut reply), Admit::Drop(Refusal::BadMac));
         for _ in 0..HANDSHAKE_BUDGET {
-            assert_eq!(guard.admit(src, &msg, &mut reply), Admit::Pass);
+            assert_eq!(guard.admit(src, &msg, false, &mut reply), Admit::Pass);
         }
         assert!(guard.under_load());
         // Still refused for a bad mac1, with no cookie.
-        assert_eq!(guard.admit(src, &bad, &mut reply), Admit::Drop(Refusal::BadMac));
-        let Admit::Cookie(n) = guard.admit(src, &msg, &mut reply) else {
+        assert_eq!(guard.admit(src, &bad, false, &mut reply), Admit::Drop(Refusal::BadMac));
+        let Admit::Cookie(n) = guard.admit(src, &msg, false, &mut reply) else {
             panic!("under load without mac2: a cookie");
         };
         assert!(st.consume(&keys, 7, &reply[..n]));
         st.seal(&keys, 7, &mut msg);
         let passed = (0..50)
-            .filter(|_| guard.admit(src, &msg, &mut reply) == Admit::Pass)
+            .filter(|_| guard.admit(src, &msg, false, &mut reply) == Admit::Pass)
             .count() as u64;
         assert_eq!(passed, PER_SOURCE_BURST, "mac2 valid, then the source's burst only");
         guard.tick();
         assert!(!guard.under_load());
-        assert_eq!(guard.admit(src, &msg, &mut reply), Admit::Pass);
+        assert_eq!(guard.admit(src, &msg, false, &mut reply), Admit::Pass);
     }
 }
