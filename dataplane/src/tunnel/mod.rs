@@ -3,12 +3,15 @@
 //!
 //! A peer's local index is its [`PeerId`]; boringtun puts it in the top 24 bits of every
 //! receiver index it hands out (the low 8 bits number sessions), so a transport message is
-//! demultiplexed with one shift and one array load. Ids are never reused while the process
-//! runs, so a stale index can never reach a new peer.
+//! demultiplexed with one shift and one array load. The ids of removed peers are reused,
+//! oldest first and only once nothing can still reach the removed peer by them (see
+//! [`PeerMap`]), so that peer churn never exhausts the 24 bits; a stale receiver index that
+//! reaches the new owner of an id is harmless.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -217,10 +220,42 @@ pub fn short_key(key: &Key) -> String {
 }
 
 /// An immutable snapshot of all peers, published whole (arc-swap) when peers change.
+///
+/// A change clones the published map (O(peers), once per batch of changes), calls
+/// [`PeerMap::reclaim_ids`], modifies the clone and publishes it.
+///
+/// # Peer ids
+///
+/// Ids index `by_id`; id 0 is never used, so that an all-zero receiver index matches nobody.
+/// A removed peer's id is *retired*: it becomes free for reuse only in a later change (by
+/// then the tables published with the removal — FIB, allowed IPs — no longer name it, and a
+/// worker loads the peer map before the tables, so it never pairs a map that has the id's
+/// new peer with a table that still means the old one), and only once the removed peer has
+/// been dropped (no reader still holds a snapshot in which the id means the old peer). Free
+/// ids are reused first in, first out, so an id is reused as late as possible; the table
+/// grows only when none is free.
+///
+/// A datagram carrying a stale receiver index (a session of the id's old peer) that reaches
+/// the id's new peer is harmless: it names a session the new peer does not have, or one of
+/// the new peer's sessions whose keys do not authenticate it, and is dropped.
+///
+/// Besides ids, the map numbers peers in creation order ([`PeerMap::iter_by_age`]): an
+/// allowed IP claimed by several peers belongs to the newest (as when ids were never reused,
+/// and id order was creation order).
 #[derive(Default, Clone)]
 pub struct PeerMap {
     by_id: Vec<Option<Arc<Peer>>>,
-    by_key: std::collections::HashMap<Key, PeerId>,
+    /// Id and creation number of each peer.
+    by_key: HashMap<Key, (PeerId, u64)>,
+    /// Ids by creation number.
+    by_age: BTreeMap<u64, PeerId>,
+    /// The next creation number.
+    next_age: u64,
+    /// Ids free for reuse, in the order they were freed.
+    free: VecDeque<PeerId>,
+    /// Ids of removed peers not free yet, in the order they were removed; with the peer, to
+    /// see when it has been dropped.
+    retired: Vec<(PeerId, Weak<Peer>)>,
 }
 
 impl PeerMap {
@@ -238,12 +273,17 @@ impl PeerMap {
 
     /// Peer by public key.
     pub fn by_key(&self, key: &Key) -> Option<&Arc<Peer>> {
-        self.get(*self.by_key.get(key)?)
+        self.get(self.by_key.get(key)?.0)
     }
 
     /// All peers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.by_id.iter().flatten()
+    }
+
+    /// All peers in the order they were created (oldest first).
+    pub fn iter_by_age(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.by_age.values().filter_map(|&id| self.get(id))
     }
 
     /// Number of peers.
@@ -256,26 +296,70 @@ impl PeerMap {
         self.by_key.is_empty()
     }
 
-    /// The id the next inserted peer gets.
+    /// Start a change of this (cloned) map: ids retired by earlier changes whose peers
+    /// nobody holds any more become free.
+    pub fn reclaim_ids(&mut self) {
+        let free = &mut self.free;
+        self.retired.retain(|(id, peer)| {
+            let held = peer.strong_count() > 0;
+            if !held {
+                free.push_back(*id);
+            }
+            held
+        });
+    }
+
+    /// The id the next inserted peer gets: the oldest free id, or a new one. May exceed
+    /// [`MAX_PEER_ID`]; the caller checks.
     pub fn next_id(&self) -> PeerId {
-        // Id 0 is never used, so that an all-zero receiver index matches nobody.
-        (self.by_id.len() as PeerId).max(1)
-    }
-
-    /// Insert (ids must come from `next_id`).
-    pub fn insert(&mut self, peer: Arc<Peer>) {
-        let id = peer.id as usize;
-        if self.by_id.len() <= id {
-            self.by_id.resize(id + 1, None);
+        match self.free.front() {
+            Some(&id) => id,
+            None => (self.by_id.len() as PeerId).max(1),
         }
-        self.by_key.insert(peer.public_key, peer.id);
-        self.by_id[id] = Some(peer);
     }
 
-    /// Remove by key.
+    /// Insert a new peer, whose id must come from [`PeerMap::next_id`]. A peer with the same
+    /// key is replaced (removed first).
+    pub fn insert(&mut self, peer: Arc<Peer>) {
+        assert_eq!(peer.id, self.next_id(), "peer ids come from next_id");
+        self.remove(&peer.public_key);
+        let id = peer.id;
+        if self.free.front() == Some(&id) {
+            self.free.pop_front();
+        }
+        let i = id as usize;
+        if self.by_id.len() <= i {
+            // Amortised: the Vec grows by doubling.
+            self.by_id.resize(i + 1, None);
+        }
+        let age = self.next_age;
+        self.next_age += 1;
+        self.by_key.insert(peer.public_key, (id, age));
+        self.by_age.insert(age, id);
+        self.by_id[i] = Some(peer);
+    }
+
+    /// Remove by key; its id is retired.
     pub fn remove(&mut self, key: &Key) -> Option<Arc<Peer>> {
-        let id = self.by_key.remove(key)?;
-        self.by_id.get_mut(id as usize)?.take()
+        let (id, age) = self.by_key.remove(key)?;
+        self.by_age.remove(&age);
+        let peer = self.by_id.get_mut(id as usize)?.take()?;
+        self.retired.push((id, Arc::downgrade(&peer)));
+        Some(peer)
+    }
+
+    /// Remove every peer (oldest first); their ids are retired.
+    pub fn clear(&mut self) -> Vec<Arc<Peer>> {
+        let ids: Vec<PeerId> = std::mem::take(&mut self.by_age).into_values().collect();
+        self.by_key.clear();
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(peer) = self.by_id.get_mut(id as usize).and_then(Option::take) {
+                self.retired.push((id, Arc::downgrade(&peer)));
+                removed.push(peer);
+            }
+        }
+        removed
     }
 }
 
