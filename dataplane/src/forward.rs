@@ -2035,9 +2035,13 @@ mod peer_change_tests {
         assert_eq!(ids, [2, 1, 6]);
         // Not while a reader holds a map in which the id means the removed peer.
         let held = core.peers();
+        let gone = std::sync::Arc::downgrade(held.by_key(&key(2)).unwrap());
         assert!(core.remove_peer(&key(2)));
         assert_eq!(core.upsert_peer(spec(20)).unwrap(), 7);
         drop(held);
+        // The removed peer is dropped with the last map that has it; its id waits for reuse
+        // without it.
+        assert!(gone.upgrade().is_none(), "a removed peer is kept alive");
         assert_eq!(core.upsert_peer(spec(21)).unwrap(), 3);
         // Routes follow the new owner of a reused id.
         assert_eq!(core.fib().lookup(host(21).addr()), Some(NextHop::Peer(3)));

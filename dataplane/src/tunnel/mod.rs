@@ -230,10 +230,10 @@ pub fn short_key(key: &Key) -> String {
 /// A removed peer's id is *retired*: it becomes free for reuse only in a later change (by
 /// then the tables published with the removal — FIB, allowed IPs — no longer name it, and a
 /// worker loads the peer map before the tables, so it never pairs a map that has the id's
-/// new peer with a table that still means the old one), and only once the removed peer has
-/// been dropped (no reader still holds a snapshot in which the id means the old peer). Free
-/// ids are reused first in, first out, so an id is reused as late as possible; the table
-/// grows only when none is free.
+/// new peer with a table that still means the old one), and only once no copy of a map in
+/// which the id means the removed peer is left (a reader may hold one for a while). Free ids
+/// are reused first in, first out, so an id is reused as late as possible; the table grows
+/// only when none is free.
 ///
 /// A datagram carrying a stale receiver index (a session of the id's old peer) that reaches
 /// the id's new peer is harmless: it names a session the new peer does not have, or one of
@@ -244,7 +244,7 @@ pub fn short_key(key: &Key) -> String {
 /// and id order was creation order).
 #[derive(Default, Clone)]
 pub struct PeerMap {
-    by_id: Vec<Option<Arc<Peer>>>,
+    by_id: Vec<Option<Slot>>,
     /// Id and creation number of each peer.
     by_key: HashMap<Key, (PeerId, u64)>,
     /// Ids by creation number.
@@ -253,16 +253,24 @@ pub struct PeerMap {
     next_age: u64,
     /// Ids free for reuse, in the order they were freed.
     free: VecDeque<PeerId>,
-    /// Ids of removed peers not free yet, in the order they were removed; with the peer, to
-    /// see when it has been dropped.
-    retired: Vec<(PeerId, Weak<Peer>)>,
+    /// Ids of removed peers not free yet, in the order they were removed; with their
+    /// slots' tokens, to see when no map has them any more.
+    retired: Vec<(PeerId, Weak<()>)>,
+}
+
+/// A peer in a [`PeerMap`], with a token that every copy of the map holding the peer holds
+/// (a few bytes, unlike the peer: a retired id keeps only the token's allocation).
+#[derive(Clone)]
+struct Slot {
+    peer: Arc<Peer>,
+    token: Arc<()>,
 }
 
 impl PeerMap {
     /// Peer by local id.
     #[inline]
     pub fn get(&self, id: PeerId) -> Option<&Arc<Peer>> {
-        self.by_id.get(id as usize)?.as_ref()
+        self.by_id.get(id as usize)?.as_ref().map(|s| &s.peer)
     }
 
     /// Peer owning a receiver index (from a transport, response or cookie message).
@@ -278,7 +286,7 @@ impl PeerMap {
 
     /// All peers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.by_id.iter().flatten()
+        self.by_id.iter().flatten().map(|s| &s.peer)
     }
 
     /// All peers in the order they were created (oldest first).
@@ -296,12 +304,12 @@ impl PeerMap {
         self.by_key.is_empty()
     }
 
-    /// Start a change of this (cloned) map: ids retired by earlier changes whose peers
-    /// nobody holds any more become free.
+    /// Start a change of this (cloned) map: ids retired by earlier changes that no map
+    /// holds any more become free.
     pub fn reclaim_ids(&mut self) {
         let free = &mut self.free;
-        self.retired.retain(|(id, peer)| {
-            let held = peer.strong_count() > 0;
+        self.retired.retain(|(id, token)| {
+            let held = token.strong_count() > 0;
             if !held {
                 free.push_back(*id);
             }
@@ -336,16 +344,19 @@ impl PeerMap {
         self.next_age += 1;
         self.by_key.insert(peer.public_key, (id, age));
         self.by_age.insert(age, id);
-        self.by_id[i] = Some(peer);
+        self.by_id[i] = Some(Slot {
+            peer,
+            token: Arc::new(()),
+        });
     }
 
     /// Remove by key; its id is retired.
     pub fn remove(&mut self, key: &Key) -> Option<Arc<Peer>> {
         let (id, age) = self.by_key.remove(key)?;
         self.by_age.remove(&age);
-        let peer = self.by_id.get_mut(id as usize)?.take()?;
-        self.retired.push((id, Arc::downgrade(&peer)));
-        Some(peer)
+        let slot = self.by_id.get_mut(id as usize)?.take()?;
+        self.retired.push((id, Arc::downgrade(&slot.token)));
+        Some(slot.peer)
     }
 
     /// Remove every peer (oldest first); their ids are retired.
@@ -354,9 +365,9 @@ impl PeerMap {
         self.by_key.clear();
         let mut removed = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(peer) = self.by_id.get_mut(id as usize).and_then(Option::take) {
-                self.retired.push((id, Arc::downgrade(&peer)));
-                removed.push(peer);
+            if let Some(slot) = self.by_id.get_mut(id as usize).and_then(Option::take) {
+                self.retired.push((id, Arc::downgrade(&slot.token)));
+                removed.push(slot.peer);
             }
         }
         removed
