@@ -1,7 +1,7 @@
 //! The forwarding core, without I/O.
 //!
 //! [`Core`] holds the state shared by all workers: identity, peers, FIB, allowed-IPs table,
-//! rate limiter, counters. A [`Worker`] runs the pipeline of DESIGN.md over batches handed
+//! handshake admission, counters. A [`Worker`] runs the pipeline of DESIGN.md over batches handed
 //! to it by a backend (UDP + TUN, or the in-memory loopback) and hands its output batches to
 //! a [`Sink`]. Nothing here opens a socket or reads a file; the clock is read only inside
 //! boringtun.
@@ -96,6 +96,41 @@ pub struct PeerSpec {
     pub endpoint: Option<SocketAddr>,
     /// Everything else.
     pub settings: PeerSettings,
+}
+
+/// One change of the peer table, for [`Core::apply_peer_changes`].
+#[derive(Debug, Clone)]
+pub enum PeerChange {
+    /// Add the peer, or update it if its key is known (as [`Core::upsert_peer`]).
+    Upsert(PeerSpec),
+    /// Remove the peer with this key, if there is one.
+    Remove(Key),
+    /// Remove every peer (the UAPI's `replace_peers`).
+    RemoveAll,
+}
+
+/// What a batch of peer changes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// Peers created.
+    pub added: usize,
+    /// Existing peers updated.
+    pub updated: usize,
+    /// Peers removed.
+    pub removed: usize,
+}
+
+/// A batch of peer changes stopped at a change that failed. The changes before it were
+/// applied (and published); it and the ones after it were not.
+#[derive(Debug, thiserror::Error)]
+#[error("peer {key}: {error}", key = crate::tunnel::key_b64(.public_key))]
+pub struct PeerChangeError {
+    /// Position of the failed change in the batch: also the number of changes applied.
+    pub index: usize,
+    /// The peer it names.
+    pub public_key: Key,
+    /// What was wrong.
+    pub error: CoreError,
 }
 
 /// A set of prefixes, with the FIB's fast hasher.
@@ -414,7 +449,7 @@ impl Core {
             identity.as_ref().map_or(&zero, |i| &i.public),
         )));
         self.identity.store(identity.clone());
-        let mut map = (**self.peers.load()).clone();
+        let mut map = self.peers_to_change();
         if let Some(id) = &identity {
             let own = id.public_key();
             map.remove(&own);
@@ -427,90 +462,130 @@ impl Core {
     }
 
     /// Add a peer or update an existing one. A changed preshared key or keepalive resets
-    /// the session; everything else is kept.
+    /// the session; everything else is kept. (A batch of one change.)
     pub fn upsert_peer(&self, spec: PeerSpec) -> Result<PeerId, CoreError> {
+        let mut id = 0;
+        self.change_peers([PeerChange::Upsert(spec)], |i| id = i)
+            .map_err(|e| e.error)?;
+        Ok(id)
+    }
+
+    /// Remove a peer. Returns whether it existed. (A batch of one change.)
+    pub fn remove_peer(&self, key: &Key) -> bool {
+        self.apply_peer_changes([PeerChange::Remove(*key)])
+            .is_ok_and(|c| c.removed > 0)
+    }
+
+    /// Remove every peer. (A batch of one change.)
+    pub fn clear_peers(&self) {
+        // Removals cannot fail.
+        let _ = self.apply_peer_changes([PeerChange::RemoveAll]);
+    }
+
+    /// Apply a batch of peer changes, in order, as one change of the tables: the peer map is
+    /// copied once and the allowed-IPs table and the FIB are rebuilt and published once, so
+    /// a batch of n changes costs O(peers + n), not O(peers × n). An upsert behaves as
+    /// [`Core::upsert_peer`].
+    ///
+    /// The batch stops at the first change that fails (as wireguard-go applies a `set`
+    /// line by line until the first error): the changes before it are applied and published,
+    /// the failing one and those after it are not, and the error says which one failed.
+    pub fn apply_peer_changes(
+        &self,
+        changes: impl IntoIterator<Item = PeerChange>,
+    ) -> Result<PeerChanges, PeerChangeError> {
+        self.change_peers(changes, |_| {})
+    }
+
+    /// [`Core::apply_peer_changes`], calling `upserted` with the id of every peer upserted.
+    fn change_peers(
+        &self,
+        changes: impl IntoIterator<Item = PeerChange>,
+        mut upserted: impl FnMut(PeerId),
+    ) -> Result<PeerChanges, PeerChangeError> {
         let _g = self
             .config_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let identity = self.identity.load_full();
-        let mut map = (**self.peers.load()).clone();
-        if let Some(peer) = map.by_key(&spec.public_key) {
-            let old = peer.settings();
-            let reset = old.preshared_key != spec.settings.preshared_key
-                || old.persistent_keepalive != spec.settings.persistent_keepalive;
-            *peer
-                .settings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = spec.settings.clone();
-            if let Some(ep) = spec.endpoint {
-                peer.lock().endpoint = Some(ep);
-            }
-            if reset {
-                if let Some(id) = &identity {
-                    peer.reset_session(id);
+        // Without a private key sessions are made with a throwaway identity and replaced
+        // when the key is set.
+        let placeholder = identity.is_none().then(|| Identity::new(Key([1; 32])));
+        let ident = identity
+            .as_deref()
+            .or(placeholder.as_ref())
+            .expect("one of them");
+        let own = identity.as_ref().map(|i| i.public_key());
+        let mut map = self.peers_to_change();
+        let mut done = PeerChanges::default();
+        // Keys added or removed: the static and control routes that name them resolve anew.
+        let mut touched: HashSet<Key> = HashSet::new();
+        let mut failed = None;
+        for (index, change) in changes.into_iter().enumerate() {
+            match change {
+                PeerChange::Upsert(spec) => {
+                    let key = spec.public_key;
+                    if let Some(peer) = map.by_key(&key) {
+                        update_peer(peer, spec, identity.as_deref());
+                        upserted(peer.id);
+                        done.updated += 1;
+                        continue;
+                    }
+                    let id = map.next_id();
+                    let error = if own == Some(key) {
+                        CoreError::OwnKey
+                    } else if id > MAX_PEER_ID {
+                        CoreError::TooManyPeers
+                    } else {
+                        let peer = Arc::new(Peer::new(
+                            id,
+                            ident,
+                            key,
+                            spec.settings,
+                            spec.endpoint,
+                        ));
+                        if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
+                            tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
+                        }
+                        map.insert(peer);
+                        touched.insert(key);
+                        upserted(id);
+                        done.added += 1;
+                        continue;
+                    };
+                    failed = Some(PeerChangeError {
+                        index,
+                        public_key: key,
+                        error,
+                    });
+                    break;
+                }
+                PeerChange::Remove(key) => {
+                    if map.remove(&key).is_some() {
+                        touched.insert(key);
+                        done.removed += 1;
+                    }
+                }
+                PeerChange::RemoveAll => {
+                    for p in map.clear() {
+                        touched.insert(p.public_key);
+                        done.removed += 1;
+                    }
                 }
             }
-            let id = peer.id;
-            drop(map);
-            self.rebuild_tables();
-            return Ok(id);
         }
-        if identity
-            .as_ref()
-            .is_some_and(|i| i.public_key() == spec.public_key)
-        {
-            return Err(CoreError::OwnKey);
+        if done != PeerChanges::default() {
+            self.peers.store(Arc::new(map));
+            self.refresh_peer_routes(&touched);
         }
-        let id = map.next_id();
-        if id > MAX_PEER_ID {
-            return Err(CoreError::TooManyPeers);
-        }
-        // Without a private key the session is made with a throwaway identity and replaced
-        // when the key is set.
-        let placeholder;
-        let ident = match &identity {
-            Some(i) => i.as_ref(),
-            None => {
-                placeholder = Identity::new(Key([1; 32]));
-                &placeholder
-            }
-        };
-        let peer = Arc::new(Peer::new(
-            id,
-            ident,
-            spec.public_key,
-            spec.settings,
-            spec.endpoint,
-        ));
-        if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
-            tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
-        }
-        map.insert(peer);
-        self.peers.store(Arc::new(map));
-        self.rebuild_tables();
-        Ok(id)
+        failed.map_or(Ok(done), Err)
     }
 
-    /// Remove a peer. Returns whether it existed.
-    pub fn remove_peer(&self, key: &Key) -> bool {
-        let _g = self
-            .config_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// A copy of the peer map to change and publish (see [`PeerMap`]).
+    fn peers_to_change(&self) -> PeerMap {
         let mut map = (**self.peers.load()).clone();
-        let existed = map.remove(key).is_some();
-        self.peers.store(Arc::new(map));
-        self.rebuild_tables();
-        existed
-    }
-
-    /// Remove every peer.
-    pub fn clear_peers(&self) {
-        let keys: Vec<Key> = self.peers.load().iter().map(|p| p.public_key).collect();
-        for k in keys {
-            self.remove_peer(&k);
-        }
+        map.reclaim_ids();
+        map
     }
 
     /// Set an existing peer's endpoint.
@@ -614,20 +689,12 @@ impl Core {
         self.publish_ops(&mut r, ops);
     }
 
-    /// After a change of peers (their ids, allowed IPs) or of static or connected routes:
-    /// rebuild and publish the allowed-IPs table, recompute every prefix of the merged table
-    /// and apply the differences to the FIB.
+    /// After a change of the private key or of static or connected routes: rebuild and
+    /// publish the allowed-IPs table, recompute every prefix of the merged table and apply
+    /// the differences to the FIB.
     fn rebuild_tables(&self) {
         let peers = self.peers.load_full();
-        let mut allowed = Fib::new();
-        let mut allowed_map = PrefixMap::default();
-        for p in peers.iter() {
-            for net in p.settings().allowed_ips {
-                // As in WireGuard, an allowed IP belongs to the last peer that claimed it.
-                allowed.insert(net.trunc(), NextHop::Peer(p.id));
-                allowed_map.insert(net.trunc(), NextHop::Peer(p.id));
-            }
-        }
+        let (allowed, allowed_map) = allowed_tables(&peers);
         let mut r = self
             .routes
             .lock()
@@ -640,6 +707,43 @@ impl Core {
         all.extend(r.allowed.keys());
         let mut ops = Vec::new();
         r.refresh(&peers, &all, &mut ops);
+        self.allowed.publish(allowed);
+        self.publish_ops(&mut r, ops);
+    }
+
+    /// After a batch of peer changes that added or removed the peers `touched` (and may have
+    /// changed any peer's allowed IPs): rebuild and publish the allowed-IPs table, and
+    /// recompute only the prefixes that can have changed — those whose allowed-IPs owner
+    /// changed, and the static and control routes that name a touched peer (the others
+    /// resolve as before: an updated peer keeps its id).
+    fn refresh_peer_routes(&self, touched: &HashSet<Key>) {
+        let peers = self.peers.load_full();
+        let (allowed, allowed_map) = allowed_tables(&peers);
+        let mut r = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = std::mem::replace(&mut r.allowed, allowed_map);
+        let mut changed: Vec<IpNet> = r
+            .allowed
+            .iter()
+            .filter(|(p, nh)| old.get(p) != Some(nh))
+            .map(|(p, _)| *p)
+            .chain(old.keys().filter(|p| !r.allowed.contains_key(p)).copied())
+            .collect();
+        if !touched.is_empty() {
+            let names = |v: &StaticVia| matches!(v, StaticVia::Peer(k) if touched.contains(k));
+            changed.extend(r.control.iter().filter(|(_, v)| names(v)).map(|(p, _)| *p));
+            changed.extend(
+                r.statics
+                    .iter()
+                    .filter(|(_, vias)| vias.iter().any(names))
+                    .map(|(p, _)| *p),
+            );
+        }
+        // A prefix listed twice is recomputed twice, the second time without an op.
+        let mut ops = Vec::new();
+        r.refresh(&peers, &changed, &mut ops);
         self.allowed.publish(allowed);
         self.publish_ops(&mut r, ops);
     }
@@ -744,6 +848,51 @@ impl Core {
     }
 }
 
+/// Update an existing peer to `spec`. A changed preshared key or keepalive resets the
+/// session (when there is a private key); everything else is kept.
+fn update_peer(
+    peer: &Peer,
+    spec: PeerSpec,
+    identity: Option<&Identity>,
+) {
+    let reset = {
+        let mut settings = peer
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reset = settings.preshared_key != spec.settings.preshared_key
+            || settings.persistent_keepalive != spec.settings.persistent_keepalive;
+        *settings = spec.settings;
+        reset
+    };
+    if let Some(ep) = spec.endpoint {
+        peer.lock().endpoint = Some(ep);
+    }
+    if reset {
+        if let Some(id) = identity {
+            peer.reset_session(id);
+        }
+    }
+}
+
+/// The allowed-IPs table and map of `peers`. Peers are read oldest first, so that an
+/// allowed IP belongs to the newest peer claiming it (as in WireGuard, the last to claim).
+fn allowed_tables(peers: &PeerMap) -> (Fib, PrefixMap<IpNet, NextHop>) {
+    let mut fib = Fib::new();
+    let mut map = PrefixMap::default();
+    for p in peers.iter_by_age() {
+        let settings = p
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for net in &settings.allowed_ips {
+            fib.insert(net.trunc(), NextHop::Peer(p.id));
+            map.insert(net.trunc(), NextHop::Peer(p.id));
+        }
+    }
+    (fib, map)
+}
+
 /// Errors of configuration changes on the core.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -825,6 +974,8 @@ impl Worker {
     /// Run `f` with the state of one batch (tables loaded once, output batches borrowed),
     /// then flush what it produced.
     fn with_ctx<S: Sink, R>(&mut self, sink: &mut S, f: impl FnOnce(&mut Ctx<'_, S>) -> R) -> R {
+        // The peer map before the tables: a table is then never older than the map, which a
+        // reused peer id needs (see `PeerMap`).
         let peers = self.core.peers.load();
         let fib = self.core.fib.load();
         let allowed = self.core.allowed.load();
@@ -1551,7 +1702,10 @@ mod route_tests {
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
-    use super::{resolve, ControlVia, Core, PeerSpec, RouteOrigin, Settings, StaticVia};
+    use super::{
+        resolve, ControlVia, Core, CoreError, PeerChange, PeerSpec, RouteOrigin, Settings,
+        StaticVia,
+    };
     use crate::fib::oracle::NaiveFib;
     use crate::fib::{Fib, NextHop};
     use crate::keys::Key;
@@ -1569,13 +1723,34 @@ mod route_tests {
         connected: Vec<IpNet>,
         statics: Vec<(IpNet, StaticVia)>,
         control: HashMap<IpNet, ControlVia>,
+        /// The peers' keys, oldest first.
+        peers: Vec<Key>,
     }
 
-    /// The full rebuild: allowed IPs, then static, then control, then connected, each
-    /// overriding the previous for the same prefix.
+    impl Model {
+        /// A peer change applied to the model; false if the core must refuse it.
+        fn change(&mut self, c: &PeerChange, own: Key) -> bool {
+            match c {
+                PeerChange::Upsert(spec) if spec.public_key == own => return false,
+                PeerChange::Upsert(spec) => {
+                    if !self.peers.contains(&spec.public_key) {
+                        self.peers.push(spec.public_key);
+                    }
+                }
+                PeerChange::Remove(k) => self.peers.retain(|p| p != k),
+                PeerChange::RemoveAll => self.peers.clear(),
+            }
+            true
+        }
+    }
+
+    /// The full rebuild: allowed IPs (of the peers oldest first: the newest claim wins),
+    /// then static, then control, then connected, each overriding the previous for the same
+    /// prefix.
     fn rebuild(peers: &PeerMap, m: &Model) -> HashMap<IpNet, (RouteOrigin, NextHop)> {
         let mut e = HashMap::new();
-        for p in peers.iter() {
+        for k in &m.peers {
+            let p = peers.by_key(k).expect("the model's peers exist");
             for net in p.settings().allowed_ips {
                 e.insert(net.trunc(), (RouteOrigin::AllowedIps, NextHop::Peer(p.id)));
             }
@@ -1657,7 +1832,18 @@ mod route_tests {
     }
 
     fn check(core: &Core, m: &Model, probes: &[IpAddr], step: usize) {
-        let want = rebuild(&core.peers(), m);
+        let peers = core.peers();
+        assert_eq!(peers.len(), m.peers.len(), "step {step}: peer count");
+        let mut ids = std::collections::HashSet::new();
+        for p in peers.iter() {
+            assert!(
+                p.id != 0 && ids.insert(p.id),
+                "step {step}: id {} reused",
+                p.id
+            );
+            assert_eq!(peers.by_key(&p.public_key).map(|q| q.id), Some(p.id));
+        }
+        let want = rebuild(&peers, m);
         let fib = core.fib();
         let got: HashMap<IpNet, NextHop> = fib
             .routes()
@@ -1704,6 +1890,11 @@ mod route_tests {
             let mut m = Model::default();
             // Tables a reader holds across changes, with what they held when loaded.
             let mut held: Vec<(Arc<Fib>, usize, Vec<crate::fib::Route>)> = Vec::new();
+            let mut held_peers: Vec<(Arc<PeerMap>, usize)> = Vec::new();
+            // A private key, so that a batch can name the device's own key.
+            let private = Key([0x42; 32]);
+            core.set_private_key(Some(private));
+            let own = private.public_key();
             for step in 0..300 {
                 match rng.gen_range(0..100) {
                     0..=14 => {
@@ -1738,24 +1929,49 @@ mod route_tests {
                         m.connected = addrs.iter().map(|a| IpNet::from(*a)).collect();
                         core.set_local_addresses(&addrs);
                     }
-                    70..=84 => {
-                        let mut spec = PeerSpec {
-                            public_key: key(rng.gen_range(0..KEYS)),
-                            ..Default::default()
-                        };
-                        spec.settings.allowed_ips = (0..rng.gen_range(0..4))
-                            .map(|_| *pool.choose(&mut rng).unwrap())
-                            .collect();
+                    70..=79 => {
+                        let spec = peer_spec(&mut rng, &pool);
+                        m.change(&PeerChange::Upsert(spec.clone()), own);
                         core.upsert_peer(spec).unwrap();
                     }
-                    85..=94 => {
-                        core.remove_peer(&key(rng.gen_range(0..KEYS)));
+                    80..=86 => {
+                        let k = key(rng.gen_range(0..KEYS));
+                        m.change(&PeerChange::Remove(k), own);
+                        core.remove_peer(&k);
+                    }
+                    87..=93 => {
+                        // A batch; now and then with the device's own key, which stops it.
+                        let changes: Vec<PeerChange> = (0..rng.gen_range(0..12))
+                            .map(|_| match rng.gen_range(0..20) {
+                                0 => PeerChange::RemoveAll,
+                                1 => PeerChange::Upsert(PeerSpec {
+                                    public_key: own,
+                                    ..Default::default()
+                                }),
+                                2..=7 => PeerChange::Remove(key(rng.gen_range(0..KEYS))),
+                                _ => PeerChange::Upsert(peer_spec(&mut rng, &pool)),
+                            })
+                            .collect();
+                        let applied = changes.iter().take_while(|c| m.change(c, own)).count();
+                        match core.apply_peer_changes(changes.clone()) {
+                            Ok(_) => assert_eq!(applied, changes.len(), "step {step}"),
+                            Err(e) => {
+                                assert_eq!(e.index, applied, "step {step}: failed change");
+                                assert!(matches!(e.error, CoreError::OwnKey), "step {step}");
+                                assert_eq!(e.public_key, own);
+                            }
+                        }
+                    }
+                    94 => {
+                        m.change(&PeerChange::RemoveAll, own);
+                        core.clear_peers();
                     }
                     _ => {
-                        // A reader keeps the current table for a few changes.
+                        // A reader keeps the current tables for a few changes.
                         let fib = core.fib();
                         let routes = fib.routes();
                         held.push((fib, step + rng.gen_range(1..5), routes));
+                        held_peers.push((core.peers(), step + rng.gen_range(1..8)));
                     }
                 }
                 check(&core, &m, &probes, step);
@@ -1764,8 +1980,30 @@ mod route_tests {
                     assert_eq!(&fib.routes(), routes, "step {step}: a held table changed");
                     *until > step
                 });
+                // An id is not reused while a reader holds a map in which it means another
+                // peer.
+                let now = core.peers();
+                held_peers.retain(|(map, until)| {
+                    for p in map.iter() {
+                        if let Some(q) = now.get(p.id) {
+                            assert!(Arc::ptr_eq(p, q), "step {step}: id {} reused early", p.id);
+                        }
+                    }
+                    *until > step
+                });
             }
         }
+    }
+
+    fn peer_spec(rng: &mut StdRng, pool: &[IpNet]) -> PeerSpec {
+        let mut spec = PeerSpec {
+            public_key: key(rng.gen_range(0..KEYS)),
+            ..Default::default()
+        };
+        spec.settings.allowed_ips = (0..rng.gen_range(0..4))
+            .map(|_| *pool.choose(rng).unwrap())
+            .collect();
+        spec
     }
 
     #[test]
@@ -1915,5 +2153,179 @@ mod route_tests {
         // The same snapshot again changes no route but marks the FIB fresh.
         core.set_control_routes(vec![(p, ControlVia::Blackhole)]);
         assert!(!core.sample().fib_stale);
+    }
+}
+
+#[cfg(test)]
+mod peer_change_tests {
+    //! Batches of peer changes: one rebuild for many peers, id reuse, errors mid-batch.
+
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Instant;
+
+    use ipnet::IpNet;
+
+    use super::{Core, CoreError, PeerChange, PeerChanges, PeerSpec, RouteOrigin, Settings};
+    use crate::fib::NextHop;
+    use crate::keys::Key;
+
+    /// A distinct public key per `i`.
+    fn key(i: u32) -> Key {
+        let mut k = [7u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        Key(k)
+    }
+
+    fn host(i: u32) -> IpNet {
+        IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+    }
+
+    fn spec(i: u32) -> PeerSpec {
+        let mut s = PeerSpec {
+            public_key: key(i),
+            ..Default::default()
+        };
+        s.settings.allowed_ips = vec![host(i)];
+        s
+    }
+
+    fn upsert(i: u32) -> PeerChange {
+        PeerChange::Upsert(spec(i))
+    }
+
+    #[test]
+    fn ten_thousand_upserts_in_one_batch_route_to_each_peer() {
+        const N: u32 = 10_000;
+        let core = Core::new("t0", Settings::default());
+        core.set_private_key(Some(Key([0x42; 32])));
+        let t = Instant::now();
+        let done = core.apply_peer_changes((0..N).map(upsert)).unwrap();
+        eprintln!(
+            "apply_peer_changes: {N} new peers in one batch: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            done,
+            PeerChanges {
+                added: N as usize,
+                ..Default::default()
+            }
+        );
+        let peers = core.peers();
+        assert_eq!(peers.len(), N as usize);
+        let fib = core.fib();
+        let allowed = core.allowed.load();
+        for i in 0..N {
+            let p = peers.by_key(&key(i)).expect("peer exists");
+            let addr = host(i).addr();
+            assert_eq!(
+                fib.lookup(addr),
+                Some(NextHop::Peer(p.id)),
+                "route of {addr}"
+            );
+            assert_eq!(
+                allowed.lookup(addr),
+                Some(NextHop::Peer(p.id)),
+                "filter of {addr}"
+            );
+            assert_eq!(core.route_origin(&host(i)), Some(RouteOrigin::AllowedIps));
+        }
+        // The same batch again updates every peer and changes no route.
+        let t = Instant::now();
+        let done = core.apply_peer_changes((0..N).map(upsert)).unwrap();
+        eprintln!(
+            "apply_peer_changes: {N} unchanged peers in one batch: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(done.updated, N as usize);
+        assert_eq!(core.fib().len(), N as usize);
+        // One more peer alone: a batch of one.
+        let t = Instant::now();
+        let id = core.upsert_peer(spec(N)).unwrap();
+        eprintln!("upsert_peer: one more peer beside {N}: {:?}", t.elapsed());
+        assert_eq!(core.fib().lookup(host(N).addr()), Some(NextHop::Peer(id)));
+        let t = Instant::now();
+        core.clear_peers();
+        eprintln!("clear_peers: {} peers: {:?}", N + 1, t.elapsed());
+        assert!(core.peers().is_empty() && core.fib().is_empty());
+    }
+
+    #[test]
+    fn removed_ids_are_reused_oldest_first_and_not_while_held() {
+        let core = Core::new("t0", Settings::default());
+        let ids: Vec<_> = (0..4).map(|i| core.upsert_peer(spec(i)).unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        // Ids freed by a batch are not reused in that batch (its tables still name them
+        // until it is published).
+        core.apply_peer_changes([
+            PeerChange::Remove(key(1)),
+            PeerChange::Remove(key(0)),
+            upsert(10),
+        ])
+        .unwrap();
+        assert_eq!(core.peers().by_key(&key(10)).unwrap().id, 5);
+        // Later, oldest freed first, then new ids.
+        let ids: Vec<_> = (11..14)
+            .map(|i| core.upsert_peer(spec(i)).unwrap())
+            .collect();
+        assert_eq!(ids, [2, 1, 6]);
+        // Not while a reader holds a map in which the id means the removed peer.
+        let held = core.peers();
+        let gone = std::sync::Arc::downgrade(held.by_key(&key(2)).unwrap());
+        assert!(core.remove_peer(&key(2)));
+        assert_eq!(core.upsert_peer(spec(20)).unwrap(), 7);
+        drop(held);
+        // The removed peer is dropped with the last map that has it; its id waits for reuse
+        // without it.
+        assert!(gone.upgrade().is_none(), "a removed peer is kept alive");
+        assert_eq!(core.upsert_peer(spec(21)).unwrap(), 3);
+        // Routes follow the new owner of a reused id.
+        assert_eq!(core.fib().lookup(host(21).addr()), Some(NextHop::Peer(3)));
+        assert_eq!(core.fib().lookup(host(2).addr()), None);
+        // Removing and re-adding a key gives it a new id; a removal of nobody is no change.
+        assert!(!core.remove_peer(&key(99)));
+        core.apply_peer_changes([PeerChange::Remove(key(21)), upsert(21)])
+            .unwrap();
+        assert_eq!(core.peers().by_key(&key(21)).unwrap().id, 8);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_devices_own_key() {
+        let core = Core::new("t0", Settings::default());
+        let private = Key([0x42; 32]);
+        core.set_private_key(Some(private));
+        let own = private.public_key();
+        let err = core
+            .apply_peer_changes([
+                upsert(1),
+                PeerChange::Upsert(PeerSpec {
+                    public_key: own,
+                    ..Default::default()
+                }),
+                upsert(2),
+            ])
+            .unwrap_err();
+        assert_eq!(err.index, 1);
+        assert_eq!(err.public_key, own);
+        assert!(matches!(err.error, CoreError::OwnKey));
+        assert!(
+            err.to_string().contains(&crate::tunnel::key_b64(&own)),
+            "{err}"
+        );
+        // The change before it is applied and routed; the one after it is not.
+        let peers = core.peers();
+        assert_eq!(peers.len(), 1);
+        let p = peers.by_key(&key(1)).unwrap();
+        assert_eq!(core.fib().lookup(host(1).addr()), Some(NextHop::Peer(p.id)));
+        assert!(peers.by_key(&key(2)).is_none());
+        assert_eq!(core.fib().lookup(host(2).addr()), None);
+        // upsert_peer reports the same error.
+        assert!(matches!(
+            core.upsert_peer(PeerSpec {
+                public_key: own,
+                ..Default::default()
+            }),
+            Err(CoreError::OwnKey)
+        ));
     }
 }

@@ -5,8 +5,10 @@
 //! receiver index it hands out (the low 8 bits number sessions). On the wire those indices
 //! are replaced by their image under a secret permutation ([`index`]), so they cannot be
 //! guessed, and a transport message is still demultiplexed without a table: invert, shift,
-//! one array load. Ids are never reused while the process runs, so a stale index can never
-//! reach a new peer.
+//! one array load. The ids of removed peers are reused, oldest first and only once nothing
+//! can still reach the removed peer by them (see [`PeerMap`]), so that peer churn never
+//! exhausts the 24 bits; a stale receiver index that reaches the new owner of an id is
+//! harmless (it names a session that does not exist or fails authentication).
 //!
 //! Handshake messages are admitted by [`guard`] (mac1, cookies under load, a per-source
 //! rate) before boringtun spends a Diffie-Hellman on them; the MACs of what we send and the
@@ -16,9 +18,10 @@ pub mod guard;
 pub mod index;
 pub mod macs;
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -247,17 +250,57 @@ pub fn short_key(key: &Key) -> String {
 }
 
 /// An immutable snapshot of all peers, published whole (arc-swap) when peers change.
+///
+/// A change clones the published map (O(peers), once per batch of changes), calls
+/// [`PeerMap::reclaim_ids`], modifies the clone and publishes it.
+///
+/// # Peer ids
+///
+/// Ids index `by_id`; id 0 is never used, so that an all-zero receiver index matches nobody.
+/// A removed peer's id is *retired*: it becomes free for reuse only in a later change (by
+/// then the tables published with the removal — FIB, allowed IPs — no longer name it, and a
+/// worker loads the peer map before the tables, so it never pairs a map that has the id's
+/// new peer with a table that still means the old one), and only once no copy of a map in
+/// which the id means the removed peer is left (a reader may hold one for a while). Free ids
+/// are reused first in, first out, so an id is reused as late as possible; the table grows
+/// only when none is free.
+///
+/// A datagram carrying a stale receiver index (a session of the id's old peer) that reaches
+/// the id's new peer is harmless: it names a session the new peer does not have, or one of
+/// the new peer's sessions whose keys do not authenticate it, and is dropped.
+///
+/// Besides ids, the map numbers peers in creation order ([`PeerMap::iter_by_age`]): an
+/// allowed IP claimed by several peers belongs to the newest (as when ids were never reused,
+/// and id order was creation order).
 #[derive(Default, Clone)]
 pub struct PeerMap {
-    by_id: Vec<Option<Arc<Peer>>>,
-    by_key: std::collections::HashMap<Key, PeerId>,
+    by_id: Vec<Option<Slot>>,
+    /// Id and creation number of each peer.
+    by_key: HashMap<Key, (PeerId, u64)>,
+    /// Ids by creation number.
+    by_age: BTreeMap<u64, PeerId>,
+    /// The next creation number.
+    next_age: u64,
+    /// Ids free for reuse, in the order they were freed.
+    free: VecDeque<PeerId>,
+    /// Ids of removed peers not free yet, in the order they were removed; with their
+    /// slots' tokens, to see when no map has them any more.
+    retired: Vec<(PeerId, Weak<()>)>,
+}
+
+/// A peer in a [`PeerMap`], with a token that every copy of the map holding the peer holds
+/// (a few bytes, unlike the peer: a retired id keeps only the token's allocation).
+#[derive(Clone)]
+struct Slot {
+    peer: Arc<Peer>,
+    token: Arc<()>,
 }
 
 impl PeerMap {
     /// Peer by local id.
     #[inline]
     pub fn get(&self, id: PeerId) -> Option<&Arc<Peer>> {
-        self.by_id.get(id as usize)?.as_ref()
+        self.by_id.get(id as usize)?.as_ref().map(|s| &s.peer)
     }
 
     /// Peer owning a receiver index (from a transport, response or cookie message).
@@ -268,12 +311,17 @@ impl PeerMap {
 
     /// Peer by public key.
     pub fn by_key(&self, key: &Key) -> Option<&Arc<Peer>> {
-        self.get(*self.by_key.get(key)?)
+        self.get(self.by_key.get(key)?.0)
     }
 
     /// All peers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.by_id.iter().flatten()
+        self.by_id.iter().flatten().map(|s| &s.peer)
+    }
+
+    /// All peers in the order they were created (oldest first).
+    pub fn iter_by_age(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.by_age.values().filter_map(|&id| self.get(id))
     }
 
     /// Number of peers.
@@ -286,26 +334,73 @@ impl PeerMap {
         self.by_key.is_empty()
     }
 
-    /// The id the next inserted peer gets.
+    /// Start a change of this (cloned) map: ids retired by earlier changes that no map
+    /// holds any more become free.
+    pub fn reclaim_ids(&mut self) {
+        let free = &mut self.free;
+        self.retired.retain(|(id, token)| {
+            let held = token.strong_count() > 0;
+            if !held {
+                free.push_back(*id);
+            }
+            held
+        });
+    }
+
+    /// The id the next inserted peer gets: the oldest free id, or a new one. May exceed
+    /// [`MAX_PEER_ID`]; the caller checks.
     pub fn next_id(&self) -> PeerId {
-        // Id 0 is never used, so that an all-zero receiver index matches nobody.
-        (self.by_id.len() as PeerId).max(1)
-    }
-
-    /// Insert (ids must come from `next_id`).
-    pub fn insert(&mut self, peer: Arc<Peer>) {
-        let id = peer.id as usize;
-        if self.by_id.len() <= id {
-            self.by_id.resize(id + 1, None);
+        match self.free.front() {
+            Some(&id) => id,
+            None => (self.by_id.len() as PeerId).max(1),
         }
-        self.by_key.insert(peer.public_key, peer.id);
-        self.by_id[id] = Some(peer);
     }
 
-    /// Remove by key.
+    /// Insert a new peer, whose id must come from [`PeerMap::next_id`]. A peer with the same
+    /// key is replaced (removed first).
+    pub fn insert(&mut self, peer: Arc<Peer>) {
+        assert_eq!(peer.id, self.next_id(), "peer ids come from next_id");
+        self.remove(&peer.public_key);
+        let id = peer.id;
+        if self.free.front() == Some(&id) {
+            self.free.pop_front();
+        }
+        let i = id as usize;
+        if self.by_id.len() <= i {
+            // Amortised: the Vec grows by doubling.
+            self.by_id.resize(i + 1, None);
+        }
+        let age = self.next_age;
+        self.next_age += 1;
+        self.by_key.insert(peer.public_key, (id, age));
+        self.by_age.insert(age, id);
+        self.by_id[i] = Some(Slot {
+            peer,
+            token: Arc::new(()),
+        });
+    }
+
+    /// Remove by key; its id is retired.
     pub fn remove(&mut self, key: &Key) -> Option<Arc<Peer>> {
-        let id = self.by_key.remove(key)?;
-        self.by_id.get_mut(id as usize)?.take()
+        let (id, age) = self.by_key.remove(key)?;
+        self.by_age.remove(&age);
+        let slot = self.by_id.get_mut(id as usize)?.take()?;
+        self.retired.push((id, Arc::downgrade(&slot.token)));
+        Some(slot.peer)
+    }
+
+    /// Remove every peer (oldest first); their ids are retired.
+    pub fn clear(&mut self) -> Vec<Arc<Peer>> {
+        let ids: Vec<PeerId> = std::mem::take(&mut self.by_age).into_values().collect();
+        self.by_key.clear();
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(slot) = self.by_id.get_mut(id as usize).and_then(Option::take) {
+                self.retired.push((id, Arc::downgrade(&slot.token)));
+                removed.push(slot.peer);
+            }
+        }
+        removed
     }
 }
 
