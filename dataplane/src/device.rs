@@ -371,7 +371,10 @@ impl Device {
     /// Handshake messages that the workers admitted, with their Diffie-Hellman, on a thread
     /// of lower priority than the workers: a flood of them costs this thread's time, not the
     /// time in which transport data is forwarded.
-    fn handshake_loop(&self, queued: &crossbeam::channel::Receiver<crate::forward::QueuedHandshake>) {
+    fn handshake_loop(
+        &self,
+        queued: &crossbeam::channel::Receiver<crate::forward::QueuedHandshake>,
+    ) {
         if !crate::sys::lower_thread_priority(HANDSHAKE_NICE) {
             tracing::debug!("could not lower the handshake thread's priority");
         }

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use crossbeam::channel::{Receiver, Sender, TrySendError};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::TunnResult;
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 use ipnet::IpNet;
 
 use crate::buf::{Batch, Slot, SLOT_SIZE};
@@ -537,13 +537,8 @@ impl Core {
                     } else if id > MAX_PEER_ID {
                         CoreError::TooManyPeers
                     } else {
-                        let peer = Arc::new(Peer::new(
-                            id,
-                            ident,
-                            key,
-                            spec.settings,
-                            spec.endpoint,
-                        ));
+                        let peer =
+                            Arc::new(Peer::new(id, ident, key, spec.settings, spec.endpoint));
                         if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
                             tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
                         }
@@ -850,11 +845,7 @@ impl Core {
 
 /// Update an existing peer to `spec`. A changed preshared key or keepalive resets the
 /// session (when there is a private key); everything else is kept.
-fn update_peer(
-    peer: &Peer,
-    spec: PeerSpec,
-    identity: Option<&Identity>,
-) {
+fn update_peer(peer: &Peer, spec: PeerSpec, identity: Option<&Identity>) {
     let reset = {
         let mut settings = peer
             .settings
@@ -1312,7 +1303,9 @@ impl<S: Sink> Ctx<'_, S> {
                 let n = p.len();
                 if ty == wire::wg::INITIATION {
                     // Our response names the new session; it is confirmed by its first use.
-                    st.unconfirmed = p.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+                    st.unconfirmed = p
+                        .get(4..8)
+                        .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
                 }
                 seal_outgoing(&self.core.index, &mut st, &peer.macs, &mut p[..n]);
                 slot.len = n;
@@ -1354,7 +1347,8 @@ impl<S: Sink> Ctx<'_, S> {
             let Some(slot) = self.udp_out.next_free() else {
                 return;
             };
-            let TunnResult::WriteToNetwork(p) = st.tunn.decapsulate(None, &[], &mut slot.buf_mut()[..])
+            let TunnResult::WriteToNetwork(p) =
+                st.tunn.decapsulate(None, &[], &mut slot.buf_mut()[..])
             else {
                 return;
             };
@@ -1636,9 +1630,17 @@ fn mss_for(mtu: u16, pkt: &[u8]) -> u16 {
 /// the wire form of its sender index and, since that changed the body, its MACs anew (mac2
 /// from the peer's cookie, if we hold a fresh one). Other messages carry the peer's index,
 /// not ours, and go as they are.
-fn seal_outgoing(index: &IndexCipher, st: &mut PeerState, macs: &crate::tunnel::macs::MacKeys, msg: &mut [u8]) {
+fn seal_outgoing(
+    index: &IndexCipher,
+    st: &mut PeerState,
+    macs: &crate::tunnel::macs::MacKeys,
+    msg: &mut [u8],
+) {
     use wire::wg::{INITIATION, INITIATION_LEN, RESPONSE, RESPONSE_LEN};
-    if matches!((msg[0], msg.len()), (INITIATION, INITIATION_LEN) | (RESPONSE, RESPONSE_LEN)) {
+    if matches!(
+        (msg[0], msg.len()),
+        (INITIATION, INITIATION_LEN) | (RESPONSE, RESPONSE_LEN)
+    ) {
         let ours = u32::from_le_bytes(msg[4..8].try_into().expect("4 bytes"));
         let wire = index.seal(ours);
         msg[4..8].copy_from_slice(&wire.to_le_bytes());

@@ -140,7 +140,12 @@ fn lab() -> Lab {
 
 impl Lab {
     fn b_at_a(&self) -> Arc<Peer> {
-        self.net.nodes[0].core.peers().by_key(&public(self.kb)).unwrap().clone()
+        self.net.nodes[0]
+            .core
+            .peers()
+            .by_key(&public(self.kb))
+            .unwrap()
+            .clone()
     }
 
     /// Traffic both ways gets through.
@@ -188,7 +193,11 @@ fn forged_responses_for_a_pending_handshake_change_nothing() {
         lab.net.inject_datagram(attacker(), addr(1), &m);
     }
     lab.net.run(1);
-    assert_eq!(view(&lab.b_at_a()), before, "forged responses changed B's state at A");
+    assert_eq!(
+        view(&lab.b_at_a()),
+        before,
+        "forged responses changed B's state at A"
+    );
     assert!(lab.events.lock().unwrap().is_empty(), "{:?}", lab.events);
     let t = lab.net.nodes[0].core.totals();
     assert_eq!(t.dropped(DropReason::HandshakeFailed), 20, "{t:?}");
@@ -256,11 +265,18 @@ fn under_load_forged_messages_get_cookies_and_change_nothing() {
         }
         lab.net.run(4);
     }
-    assert_eq!(view(&b_at_a), before, "forged messages changed B's state at A");
+    assert_eq!(
+        view(&b_at_a),
+        before,
+        "forged messages changed B's state at A"
+    );
     assert!(lab.events.lock().unwrap().is_empty(), "{:?}", lab.events);
     let t = lab.net.nodes[0].core.totals();
     let dropped: u64 = t.drops.iter().sum::<u64>() - t0.drops.iter().sum::<u64>();
-    assert_eq!(dropped, sent, "every forged message is dropped and counted: {t:?}");
+    assert_eq!(
+        dropped, sent,
+        "every forged message is dropped and counted: {t:?}"
+    );
     // The handshake messages were answered with cookies, counted as rate limited.
     let limited =
         t.dropped(DropReason::HandshakeRateLimited) - t0.dropped(DropReason::HandshakeRateLimited);
@@ -278,6 +294,7 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
     // Diffie-Hellman; with it, only the source's burst gets through to boringtun.
     let mut lab = lab();
     let mut noise = Noise(0xc00c1e);
+    lab.traffic_flows("before");
     lab.overload_a(&mut noise);
     let ka_pub = public(lab.ka);
     let keys = MacKeys::new(&ka_pub.0);
@@ -288,7 +305,11 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
     lab.net.inject_datagram(attacker(), addr(1), &m);
     // Catch the cookie reply A sends to the attacker.
     let cookie = loop {
-        let Some((_, to, d)) = lab.net.in_flight().into_iter().find(|(_, to, _)| *to == attacker())
+        let Some((_, to, d)) = lab
+            .net
+            .in_flight()
+            .into_iter()
+            .find(|(_, to, _)| *to == attacker())
         else {
             lab.net.run(1);
             continue;
@@ -296,7 +317,10 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
         assert_eq!(to, attacker());
         break d;
     };
-    assert!(state.consume(&keys, sender, &cookie), "a cookie for the attacker");
+    assert!(
+        state.consume(&keys, sender, &cookie),
+        "a cookie for the attacker"
+    );
     let t0 = lab.net.nodes[0].core.totals();
     let started = std::time::Instant::now();
     for _ in 0..500 {
@@ -317,9 +341,50 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
         "at most the source's burst and rate reach boringtun: {failed} (earned {earned})"
     );
     assert_eq!(failed + limited, 500, "{t:?}");
-    assert_eq!(t.cookies_sent, t0.cookies_sent, "mac2 was valid: no more cookies");
-    // Another source's legitimate handshake still goes through: B needs a cookie first
-    // (A is under load), so start a new second, as the timer does.
-    lab.net.nodes[0].core.reset_rate_limiter();
+    assert_eq!(
+        t.cookies_sent, t0.cookies_sent,
+        "mac2 was valid: no more cookies"
+    );
+    // The legitimate peer's session is untouched.
     lab.traffic_flows("after the attack");
+}
+
+#[test]
+fn a_handshake_counts_when_the_session_is_confirmed_not_when_answered() {
+    let mut lab = lab();
+    let b_events = Arc::new(Mutex::new(Vec::new()));
+    let ev = b_events.clone();
+    lab.net.nodes[1]
+        .core
+        .set_event_sink(Arc::new(move |e: CoreEvent| {
+            if matches!(e, CoreEvent::HandshakeUp(_)) {
+                ev.lock().unwrap().push(format!("{e:?}"));
+            }
+            true
+        }));
+    let a_at_b_peer = lab_peer(&lab.net.nodes[1].core, &public(lab.ka));
+    let a_at_b = || a_at_b_peer.counters.handshakes.load(Relaxed);
+    // A initiates (a packet queued behind the handshake); B receives it and answers.
+    lab.net
+        .send_from_tun(0, &udp4([10, 0, 0, 1], [10, 0, 0, 2], b"first"));
+    lab.net.flush_tun(0);
+    lab.net.run(1);
+    let answer = lab.net.in_flight();
+    assert!(
+        answer.iter().any(|(_, to, d)| *to == addr(1) && d[0] == 2),
+        "B's response"
+    );
+    assert_eq!(a_at_b(), 0, "answering an initiation completes nothing");
+    assert!(b_events.lock().unwrap().is_empty());
+    // A gets the response (its handshake is complete) and sends the queued packet on the new
+    // session, which confirms it for B.
+    lab.net.run(16);
+    assert_eq!(view(&lab.b_at_a()).handshakes, 1);
+    assert_eq!(a_at_b(), 1);
+    assert_eq!(b_events.lock().unwrap().len(), 1);
+    assert_eq!(lab.net.nodes[1].tun_delivered.len(), 1);
+}
+
+fn lab_peer(core: &Core, key: &Key) -> Arc<Peer> {
+    core.peers().by_key(key).unwrap().clone()
 }

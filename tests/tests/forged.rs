@@ -5,7 +5,10 @@
 //! hub's handshake budget spent with initiations that carry a valid mac1, and sends forged
 //! handshake responses naming the index, then forged initiations, cookie replies and
 //! transport data. Throughout, a 10 ms ping from the peer through the tunnel loses nothing,
-//! and the hub keeps the peer's real endpoint, its handshake count and its session.
+//! and the hub keeps the peer's real endpoint, its handshake count and its session. Then it
+//! answers the cookie replies it gets (it owns its address) and floods initiations with a
+//! valid mac2: the per-source limit holds it, and another peer still completes a new
+//! handshake meanwhile.
 
 mod common;
 
@@ -36,21 +39,40 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     init();
     require_isthmus("the attack is against isthmus-dp's handshake path");
     let t = Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
+    let mut t = t;
+    // The attacker: its own namespace and address, linked to the hub.
+    t.add_node("x").unwrap();
+    t.link("hub", &["10.204.0.1/24"], "x", &["10.204.0.2/24"])
+        .unwrap();
     let hub = Arc::clone(t.ns("hub"));
     let s0 = Arc::clone(t.ns("s0"));
-    let attacker = Arc::clone(t.ns("s1"));
+    let s1 = Arc::clone(t.ns("s1"));
+    let attacker = Arc::clone(t.ns("x"));
     ping_ok(&s0, "10.20.0.1", 1);
+    ping_ok(&s1, "10.20.0.1", 1);
 
     // The hub's receiver index of s0's session: in s0's transport packets.
-    let cap = Capture::start(&hub, &t.lab, "udp and src host 10.201.0.2 and dst port 51820")
-        .unwrap();
+    let cap = Capture::start(
+        &hub,
+        &t.lab,
+        "udp and src host 10.201.0.2 and dst port 51820",
+    )
+    .unwrap();
     ping_ok(&s0, "10.20.0.1", 5);
     let caught = cap.stop().unwrap();
     let index = caught
         .iter()
         .find(|d| d.payload.first() == Some(&4) && d.payload.len() > 32)
         .map(|d| u32::from_le_bytes(d.payload[4..8].try_into().unwrap()))
-        .unwrap_or_else(|| panic!("no transport packet from s0 in {:?}", caught.iter().map(|d| (d.payload.len(), d.payload.first())).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no transport packet from s0 in {:?}",
+                caught
+                    .iter()
+                    .map(|d| (d.payload.len(), d.payload.first()))
+                    .collect::<Vec<_>>()
+            )
+        });
 
     let s0_key = t.wg("s0").keys.public.clone();
     let hub_key = t.wg("hub").keys.public.clone();
@@ -86,7 +108,7 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
                         tool.to_str().unwrap(),
                         "wg-attack",
                         "--to",
-                        "10.201.1.1:51820",
+                        "10.204.0.1:51820",
                         "--key",
                         &hub_key,
                         "--index",
@@ -103,7 +125,12 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
                 .unwrap();
             (ping.join().unwrap(), attack)
         });
-        eprintln!("{kinds}: attacker {}; ping {}/{} received", attack.trim(), ping.received, ping.transmitted);
+        eprintln!(
+            "{kinds}: attacker {}; ping {}/{} received",
+            attack.trim(),
+            ping.received,
+            ping.transmitted
+        );
         assert_eq!(
             ping.lost(),
             0,
@@ -120,10 +147,16 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     }
     let m = t.wg("hub").metrics().unwrap();
     let grew = |name: &str, filter: &[(&str, &str)]| m.get(name, filter) - m0.get(name, filter);
-    let limited = grew("isthmus_drops_total", &[("reason", "handshake_rate_limited")]);
+    let limited = grew(
+        "isthmus_drops_total",
+        &[("reason", "handshake_rate_limited")],
+    );
     let cookies = grew("isthmus_cookie_replies_sent_total", &[]);
     eprintln!("hub: {limited} handshake messages refused under load, {cookies} cookie replies");
-    assert!(limited > 1000.0, "the attack kept the hub under load: {limited}");
+    assert!(
+        limited > 1000.0,
+        "the attack kept the hub under load: {limited}"
+    );
     assert!(cookies > 1000.0, "{cookies}");
     assert!(
         grew("isthmus_drops_total", &[("reason", "unknown_index")])
@@ -134,5 +167,77 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     );
     assert!(t.wg("hub").alive(), "{}", t.wg("hub").log_tail(30));
     // s0's own view: the session with the hub still works.
+    ping_ok(&s0, "10.20.0.1", 3);
+
+    // A source that answers cookies: its initiations carry a valid mac2, and only the
+    // per-source rate stops them. Meanwhile s1 makes a new handshake: its first initiation
+    // gets a cookie (the hub is under load), its retry (wireguard-go: 5 s later) gets in.
+    let m1 = t.wg("hub").metrics().unwrap();
+    let s1if = t.wg("s1").ifname.clone();
+    let s1_peer_args = [
+        "set",
+        &s1if,
+        "peer",
+        &hub_key,
+        "endpoint",
+        "10.201.1.1:51820",
+        "allowed-ips",
+        "10.20.0.0/24,fd20::/64",
+        "persistent-keepalive",
+        "1",
+    ];
+    let (handshake, attack) = std::thread::scope(|scope| {
+        let attack = scope.spawn(|| {
+            attacker
+                .exec_timeout(
+                    &[
+                        tool.to_str().unwrap(),
+                        "wg-attack",
+                        "--to",
+                        "10.204.0.1:51820",
+                        "--key",
+                        &hub_key,
+                        "--kinds",
+                        "flood",
+                        "--answer-cookies",
+                        "--rate",
+                        "20000",
+                        "--secs",
+                        "20",
+                    ],
+                    40,
+                )
+                .unwrap()
+        });
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let w = t.wg("s1");
+        w.wg(&["set", &s1if, "peer", &hub_key, "remove"]).unwrap();
+        w.wg(&s1_peer_args).unwrap();
+        let started = std::time::Instant::now();
+        let up = s1.wait_ping("10.20.0.1", std::time::Duration::from_secs(16));
+        (up.map(|()| started.elapsed()), attack.join().unwrap())
+    });
+    eprintln!("cookie-answering flood: attacker {}", attack.trim());
+    let handshake = handshake.expect("s1's new handshake completed during the flood");
+    eprintln!(
+        "s1's new handshake during the flood: {:.1} s",
+        handshake.as_secs_f64()
+    );
+    let m = t.wg("hub").metrics().unwrap();
+    let grew = |name: &str, filter: &[(&str, &str)]| m.get(name, filter) - m1.get(name, filter);
+    let failed = grew("isthmus_drops_total", &[("reason", "handshake_failed")]);
+    let limited = grew(
+        "isthmus_drops_total",
+        &[("reason", "handshake_rate_limited")],
+    );
+    eprintln!("hub: {failed} attacker initiations reached boringtun, {limited} refused");
+    assert!(attack.contains("cookies received") && !attack.contains("cookies received 0"));
+    // The budget of the first second, then 20 a second (+ a burst) for 20 s: the rest never
+    // cost a Diffie-Hellman.
+    assert!(
+        failed <= 100.0 + 20.0 * 22.0 + 5.0,
+        "{failed} initiations reached boringtun"
+    );
+    assert!(limited > 10.0 * failed, "{limited} refused");
     ping_ok(&s0, "10.20.0.1", 3);
 }

@@ -206,9 +206,16 @@ struct Slot {
 impl Slot {
     /// A place for `conn`; when all are taken, the oldest connection's if `evict` (it is
     /// shut down, so its handler sees the end of its stream and returns), else none.
-    fn take(active: &Arc<Mutex<Active>>, conn: &UnixStream, max: usize, evict: bool) -> Option<Slot> {
+    fn take(
+        active: &Arc<Mutex<Active>>,
+        conn: &UnixStream,
+        max: usize,
+        evict: bool,
+    ) -> Option<Slot> {
         let handle = conn.try_clone().ok()?;
-        let mut a = active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut a = active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while a.conns.len() >= max {
             if !evict || max == 0 {
                 return None;

@@ -4,7 +4,7 @@
 //! 1. `mac1` must be valid (it proves the sender knows our public key, nothing more);
 //!    these messages are the device's load;
 //! 2. while the device is *under load* — more handshake messages this second than the
-//!    budget — `mac2` must be valid too, which proves the sender receives at its source
+//!    budget, and for a second after that — `mac2` must be valid too, which proves the sender receives at its source
 //!    address; otherwise it gets a cookie reply and the message is dropped;
 //! 3. while under load, each source address (an IPv4 address, an IPv6 /64) may then
 //!    have [`PER_SOURCE_RATE`] handshakes a second, with bursts of [`PER_SOURCE_BURST`], so that one
@@ -68,8 +68,16 @@ pub struct HandshakeGuard {
     mac2_required: RateLimiter,
     /// Handshake messages with a valid mac1 this second: the device's load.
     seen: AtomicU64,
+    /// Under load until this many nanoseconds after `epoch`, whatever `seen` says: a flood
+    /// does not get the first [`HANDSHAKE_BUDGET`] messages of every second for free (as
+    /// wireguard-go's `UnderLoadAfterTime`).
+    load_until: AtomicU64,
+    epoch: Instant,
     sources: Mutex<Sources>,
 }
+
+/// How long the device stays under load after its budget was spent.
+const UNDER_LOAD_FOR: Duration = Duration::from_secs(1);
 
 impl HandshakeGuard {
     /// A guard for the device whose public key is `public`.
@@ -78,15 +86,37 @@ impl HandshakeGuard {
             mac1_only: RateLimiter::new(public, u64::MAX),
             mac2_required: RateLimiter::new(public, 0),
             seen: AtomicU64::new(0),
+            load_until: AtomicU64::new(0),
+            epoch: Instant::now(),
             sources: Mutex::new(Sources::default()),
         }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Check a handshake message (initiation or response) from `src`; `backlog` says that
     /// the device is under load for another reason (its handshake queue is filling). A cookie
     /// reply, if one is due, is written to `reply`.
     pub fn admit(&self, src: SocketAddr, msg: &[u8], backlog: bool, reply: &mut [u8; 64]) -> Admit {
-        let under_load = backlog || self.under_load();
+        self.admit_at(Instant::now(), src, msg, backlog, reply)
+    }
+
+    fn admit_at(
+        &self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &[u8],
+        backlog: bool,
+        reply: &mut [u8; 64],
+    ) -> Admit {
+        let over_budget = backlog || self.seen.load(Relaxed) >= HANDSHAKE_BUDGET;
+        if over_budget {
+            self.load_until
+                .fetch_max(self.nanos(now + UNDER_LOAD_FOR), Relaxed);
+        }
+        let under_load = over_budget || self.nanos(now) < self.load_until.load(Relaxed);
         let limiter = if under_load {
             &self.mac2_required
         } else {
@@ -104,15 +134,16 @@ impl HandshakeGuard {
             Err(_) => return Admit::Drop(Refusal::Malformed),
         }
         self.seen.fetch_add(1, Relaxed);
-        if under_load && !self.lock().allow(src.ip(), Instant::now()) {
+        if under_load && !self.lock().allow(src.ip(), now) {
             return Admit::Drop(Refusal::RateLimited);
         }
         Admit::Pass
     }
 
-    /// Whether this second's budget is spent.
+    /// Whether this second's budget is spent, or was less than a second ago.
     pub fn under_load(&self) -> bool {
         self.seen.load(Relaxed) >= HANDSHAKE_BUDGET
+            || self.nanos(Instant::now()) < self.load_until.load(Relaxed)
     }
 
     /// Start a new second: reset the load, forget idle sources. Call once a second.
@@ -174,8 +205,8 @@ impl Sources {
     fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let key = SourceKey::from(ip);
         if let Some(b) = self.buckets.get_mut(&key) {
-            let earned = u64::try_from(now.saturating_duration_since(b.last).as_nanos())
-                .unwrap_or(u64::MAX);
+            let earned =
+                u64::try_from(now.saturating_duration_since(b.last).as_nanos()).unwrap_or(u64::MAX);
             b.tokens = b.tokens.saturating_add(earned).min(MAX_TOKENS);
             b.last = now;
             if b.tokens >= COST {
@@ -247,13 +278,19 @@ mod tests {
         // A bad mac1 is refused before anything else.
         let mut bad = msg.clone();
         bad[20] ^= 1;
-        assert_eq!(guard.admit(src, &bad, false, &mut reply), Admit::Drop(Refusal::BadMac));
+        assert_eq!(
+            guard.admit(src, &bad, false, &mut reply),
+            Admit::Drop(Refusal::BadMac)
+        );
         for _ in 0..HANDSHAKE_BUDGET {
             assert_eq!(guard.admit(src, &msg, false, &mut reply), Admit::Pass);
         }
         assert!(guard.under_load());
         // Still refused for a bad mac1, with no cookie.
-        assert_eq!(guard.admit(src, &bad, false, &mut reply), Admit::Drop(Refusal::BadMac));
+        assert_eq!(
+            guard.admit(src, &bad, false, &mut reply),
+            Admit::Drop(Refusal::BadMac)
+        );
         let Admit::Cookie(n) = guard.admit(src, &msg, false, &mut reply) else {
             panic!("under load without mac2: a cookie");
         };
@@ -262,9 +299,23 @@ mod tests {
         let passed = (0..50)
             .filter(|_| guard.admit(src, &msg, false, &mut reply) == Admit::Pass)
             .count() as u64;
-        assert_eq!(passed, PER_SOURCE_BURST, "mac2 valid, then the source's burst only");
+        assert_eq!(
+            passed, PER_SOURCE_BURST,
+            "mac2 valid, then the source's burst only"
+        );
+        // A new second: still under load for a second after the budget was spent, and the
+        // source has had its share.
         guard.tick();
-        assert!(!guard.under_load());
-        assert_eq!(guard.admit(src, &msg, false, &mut reply), Admit::Pass);
+        assert!(guard.under_load());
+        assert_eq!(
+            guard.admit(src, &msg, false, &mut reply),
+            Admit::Drop(Refusal::RateLimited)
+        );
+        // Then a quiet second: no longer under load.
+        let later = Instant::now() + UNDER_LOAD_FOR * 2;
+        assert_eq!(
+            guard.admit_at(later, src, &msg, false, &mut reply),
+            Admit::Pass
+        );
     }
 }

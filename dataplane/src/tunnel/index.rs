@@ -68,7 +68,10 @@ mod tests {
     #[test]
     fn open_inverts_seal() {
         let c = IndexCipher::random();
-        for i in (0..u32::MAX).step_by(65_521).chain([0, 1, 0x100, 0x101, u32::MAX]) {
+        for i in (0..u32::MAX)
+            .step_by(65_521)
+            .chain([0, 1, 0x100, 0x101, u32::MAX])
+        {
             assert_eq!(c.open(c.seal(i)), i);
             assert_eq!(c.seal(c.open(i)), i);
         }
@@ -90,7 +93,12 @@ mod tests {
         let mut tops: Vec<u32> = wire.iter().map(|w| w >> 8).collect();
         tops.sort_unstable();
         tops.dedup();
-        assert!(tops.len() > wire.len() * 9 / 10, "{} distinct of {}", tops.len(), wire.len());
+        assert!(
+            tops.len() > wire.len() * 9 / 10,
+            "{} distinct of {}",
+            tops.len(),
+            wire.len()
+        );
         // Two devices choose different permutations.
         let d = IndexCipher::random();
         let same = (1..9u32).filter(|n| c.seal(1 << 8 | n) == d.seal(1 << 8 | n));

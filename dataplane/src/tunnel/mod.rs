@@ -227,12 +227,7 @@ impl Peer {
     }
 }
 
-fn new_tunn(
-    id: PeerId,
-    identity: &Identity,
-    public_key: &Key,
-    settings: &PeerSettings,
-) -> Tunn {
+fn new_tunn(id: PeerId, identity: &Identity, public_key: &Key, settings: &PeerSettings) -> Tunn {
     Tunn::new(
         identity.secret.clone(),
         PublicKey::from(public_key.0),
