@@ -1308,10 +1308,7 @@ impl<S: Sink> Ctx<'_, S> {
                         .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
                 }
                 seal_outgoing(&self.core.index, &mut st, &peer.macs, &mut p[..n]);
-                slot.len = n;
-                slot.addr = Some(src);
-                slot.truncated = false;
-                self.udp_out.commit();
+                commit_datagram(self.udp_out, n, src);
                 peer.counters.tx(n);
             }
             // Whatever boringtun found wrong (a MAC, the AEAD, the timestamp, the state), the
@@ -1321,11 +1318,7 @@ impl<S: Sink> Ctx<'_, S> {
                 return self.drop(DropReason::HandshakeFailed);
             }
         }
-        peer.counters.rx(data.len());
-        let moved = st.endpoint != Some(src);
-        if moved {
-            st.endpoint = Some(src);
-        }
+        let moved = authenticated(peer, &mut st, data.len(), src);
         self.flush_queued(peer, &mut st, src);
         drop(st);
         if ty == wire::wg::RESPONSE {
@@ -1354,10 +1347,7 @@ impl<S: Sink> Ctx<'_, S> {
             };
             let n = p.len();
             seal_outgoing(&self.core.index, st, &peer.macs, &mut p[..n]);
-            slot.len = n;
-            slot.addr = Some(to);
-            slot.truncated = false;
-            self.udp_out.commit();
+            commit_datagram(self.udp_out, n, to);
             peer.counters.tx(n);
         }
     }
@@ -1397,11 +1387,7 @@ impl<S: Sink> Ctx<'_, S> {
                 return self.drop(DropReason::BadPacket);
             }
         };
-        peer.counters.rx(data.len());
-        let moved = st.endpoint != Some(src);
-        if moved {
-            st.endpoint = Some(src);
-        }
+        let moved = authenticated(&peer, &mut st, data.len(), src);
         let confirmed = st.unconfirmed == Some(index);
         if confirmed {
             st.unconfirmed = None;
@@ -1624,6 +1610,26 @@ fn mss_for(mtu: u16, pkt: &[u8]) -> u16 {
         40
     };
     mtu.saturating_sub(overhead)
+}
+
+/// A datagram of `len` bytes from `src` authenticated as the peer's: count it, and move the
+/// peer's endpoint there (roaming). Returns whether it moved.
+fn authenticated(peer: &Peer, st: &mut PeerState, len: usize, src: SocketAddr) -> bool {
+    peer.counters.rx(len);
+    let moved = st.endpoint != Some(src);
+    st.endpoint = Some(src);
+    moved
+}
+
+/// Commit the next free slot of `batch`, into which `n` bytes were written, as a datagram to
+/// `to`.
+fn commit_datagram(batch: &mut Batch, n: usize, to: SocketAddr) {
+    if let Some(slot) = batch.next_free() {
+        slot.len = n;
+        slot.addr = Some(to);
+        slot.truncated = false;
+        batch.commit();
+    }
 }
 
 /// Make a message boringtun wrote ready for the wire: a handshake initiation or response gets

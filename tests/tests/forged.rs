@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{init, ping_ok};
-use isthmus_lab::{lab_tool_path, require_isthmus, Capture, PingOpts, Topology, WgImpl};
+use isthmus_lab::{lab_tool_path, require_isthmus, Capture, Netns, PingOpts, Topology, WgImpl};
 
 /// The hub's view of a peer: endpoint (from `wg`), handshakes and received packets (metrics).
 fn hub_view(t: &Topology, key: &str) -> (String, f64) {
@@ -34,12 +34,31 @@ fn hub_view(t: &Topology, key: &str) -> (String, f64) {
     (endpoint, handshakes)
 }
 
+/// Runs `lab-tool wg-attack` against the hub for `secs` seconds from `from`; returns what it
+/// printed.
+fn wg_attack(from: &Netns, hub_key: &str, args: &[&str], secs: u32) -> String {
+    let tool = lab_tool_path().unwrap();
+    let secs_s = secs.to_string();
+    let mut argv = vec![
+        tool.to_str().unwrap(),
+        "wg-attack",
+        "--to",
+        "10.204.0.1:51820",
+        "--key",
+        hub_key,
+        "--secs",
+        &secs_s,
+    ];
+    argv.extend_from_slice(args);
+    from.exec_timeout(&argv, secs + 20).unwrap()
+}
+
 #[test]
 fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     init();
     require_isthmus("the attack is against isthmus-dp's handshake path");
-    let t = Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
-    let mut t = t;
+    let mut t =
+        Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
     // The attacker: its own namespace and address, linked to the hub.
     t.add_node("x").unwrap();
     t.link("hub", &["10.204.0.1/24"], "x", &["10.204.0.2/24"])
@@ -80,7 +99,6 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     assert_eq!(before.0, "10.201.0.2:51820", "s0's endpoint at the hub");
     let m0 = t.wg("hub").metrics().unwrap();
 
-    let tool = lab_tool_path().unwrap();
     let index_s = index.to_string();
     for (kinds, secs) in [
         ("flood,response", 10),
@@ -101,28 +119,12 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
                 )
                 .unwrap()
             });
-            let secs_s = secs.to_string();
-            let attack = attacker
-                .exec_timeout(
-                    &[
-                        tool.to_str().unwrap(),
-                        "wg-attack",
-                        "--to",
-                        "10.204.0.1:51820",
-                        "--key",
-                        &hub_key,
-                        "--index",
-                        &index_s,
-                        "--kinds",
-                        kinds,
-                        "--rate",
-                        "2000",
-                        "--secs",
-                        &secs_s,
-                    ],
-                    secs + 20,
-                )
-                .unwrap();
+            let attack = wg_attack(
+                &attacker,
+                &hub_key,
+                &["--index", &index_s, "--kinds", kinds, "--rate", "2000"],
+                secs,
+            );
             (ping.join().unwrap(), attack)
         });
         eprintln!(
@@ -188,26 +190,12 @@ fn forged_messages_under_load_leave_a_wireguard_go_peer_untouched() {
     ];
     let (handshake, attack) = std::thread::scope(|scope| {
         let attack = scope.spawn(|| {
-            attacker
-                .exec_timeout(
-                    &[
-                        tool.to_str().unwrap(),
-                        "wg-attack",
-                        "--to",
-                        "10.204.0.1:51820",
-                        "--key",
-                        &hub_key,
-                        "--kinds",
-                        "flood",
-                        "--answer-cookies",
-                        "--rate",
-                        "20000",
-                        "--secs",
-                        "20",
-                    ],
-                    40,
-                )
-                .unwrap()
+            wg_attack(
+                &attacker,
+                &hub_key,
+                &["--kinds", "flood", "--answer-cookies", "--rate", "20000"],
+                20,
+            )
         });
         std::thread::sleep(std::time::Duration::from_secs(2));
         let w = t.wg("s1");
