@@ -5,7 +5,10 @@
 //! - [`netns`], [`tunnel`], [`report`]: the side-by-side tunnel benchmark in network namespaces
 //!   (kernel forwarding, kernel WireGuard, wireguard-go, boringtun-cli, isthmus-dp), run by
 //!   the `isthmus-tunnel-bench` binary that `cargo xtask bench` builds and runs.
+//! - [`flood`]: handshake floods against a hub in namespaces (`lab-tool wg-attack`), run by
+//!   the same binary.
 
+pub mod flood;
 pub mod netns;
 pub mod pipeline;
 pub mod report;

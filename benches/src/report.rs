@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::tunnel::{Impl, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
+use crate::flood::{Floods, BASELINE, SCENARIOS};
+use crate::tunnel::{Impl, Kind, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
 
 /// One criterion benchmark's headline.
 #[derive(Debug, Clone, Serialize)]
@@ -419,16 +420,177 @@ fn control_plane_table(out: &mut String, crit: &[CriterionResult], extras: &[Ext
     out.push('\n');
 }
 
+/// `v` with its ratio to `base` in parentheses, when both exist and the ratio means
+/// something (`base` > 0).
+fn with_ratio(v: Option<f64>, base: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{} ({}×)", fmt(v), sig(v / b)),
+        (Some(v), _) => fmt(v),
+        (None, _) => "–".to_owned(),
+    }
+}
+
+fn pct(v: f64) -> String {
+    if v == 0.0 {
+        "0".to_owned()
+    } else {
+        sig(v)
+    }
+}
+
+/// The handshake-flood table: one row per hub implementation and scenario.
+fn floods_table(out: &mut String, f: &Floods, impls: &[Impl]) {
+    let _ = writeln!(out, "## Handshake floods\n");
+    if let Some(why) = &f.skipped {
+        let _ = writeln!(out, "Not measured: {}\n", one_line(why));
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "A {peer} peer ══ hub, and an attacker on its own link to the hub (`lab-tool wg-attack`, which knows only the hub's public key; asked for {rate} msgs/s, it reports what it reached). \
+Each phase lasts {secs} s under its own attack; one run each. \
+*ping loss*: 10 ms pings from the peer to the hub's tunnel address. \
+*TCP*: iperf3, 1 stream, peer → hub through the tunnel; in parentheses ÷ the same without flood. \
+*new handshake*: the peer drops its session (`wg set … remove`, added again) and pings; time to the first answer (wireguard-go's peer retries after a cookie reply only after 5 s). \
+*hub CPU*: the hub's processes over the attack ÷ the attacker's messages (not for kernel WireGuard, whose work is in no process), and as a share of one core. \
+In parentheses after another hub's loss and CPU per message: ratio to Debian's wireguard-go in the same scenario (when it is above zero). ↓ lower is better, ↑ higher.\n",
+        peer = f.peer,
+        rate = f.rate,
+        secs = f.secs,
+    );
+    let _ = writeln!(
+        out,
+        "| hub | attack | attacker msgs/s | ping loss % ↓ | TCP Gbit/s ↑ | new handshake ↓ | hub CPU per message ↓ | hub CPU, % of a core |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let wg = f.rows.get(WG_GO_DEB);
+    for imp in impls {
+        let Some(rows) = f.rows.get(&imp.id) else {
+            continue;
+        };
+        for s in &SCENARIOS {
+            let Some(row) = rows.get(s.id) else {
+                continue;
+            };
+            let base = if imp.id == WG_GO_DEB {
+                None
+            } else {
+                wg.and_then(|w| w.get(s.id))
+            };
+            let loss = with_ratio(row.loss_pct, base.and_then(|b| b.loss_pct), pct);
+            let cpu = with_ratio(
+                row.cpu_us_per_msg,
+                base.and_then(|b| b.cpu_us_per_msg),
+                |v| format!("{} µs", sig(v)),
+            );
+            let cpu = if s.id == BASELINE || matches!(imp.kind, Kind::KernelWg) {
+                "–".to_owned()
+            } else {
+                cpu
+            };
+            let tcp = match (row.tcp_gbps, row.tcp_ratio) {
+                (Some(g), Some(r)) => format!("{} ({}×)", sig(g), sig(r)),
+                (Some(g), None) => sig(g),
+                _ => "–".to_owned(),
+            };
+            let hs = match row.handshake_ms {
+                Some(ms) if ms >= 1000.0 => format!("{} s", sig(ms / 1000.0)),
+                Some(ms) => format!("{} ms", sig(ms)),
+                None if row.handshake_timed_out => format!("none in {} s", f.handshake_timeout_s),
+                None => "–".to_owned(),
+            };
+            let share = row
+                .hub_cpu_share
+                .map_or_else(|| "–".to_owned(), |c| format!("{:.0} %", c * 100.0));
+            let msgs = row
+                .msgs_per_s
+                .map_or_else(|| "–".to_owned(), |m| format!("{} k", sig(m / 1e3)));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {msgs} | {loss} | {tcp} | {hs} | {cpu} | {share} |",
+                imp.label, s.title
+            );
+        }
+    }
+    out.push('\n');
+    // The headline ratios, spelled out.
+    if let (Some(is), Some(wg)) = (f.rows.get("isthmus"), wg) {
+        for s in SCENARIOS.iter().filter(|s| s.id != BASELINE) {
+            let (Some(a), Some(b)) = (is.get(s.id), wg.get(s.id)) else {
+                continue;
+            };
+            let mut parts = Vec::new();
+            if let (Some(x), Some(y)) = (a.cpu_us_per_msg, b.cpu_us_per_msg) {
+                if y > 0.0 {
+                    parts.push(format!("hub CPU per message {}×", sig(x / y)));
+                }
+            }
+            if let (Some(x), Some(y)) = (a.loss_pct, b.loss_pct) {
+                let r = if y > 0.0 {
+                    format!(" ({}×)", sig(x / y))
+                } else {
+                    String::new()
+                };
+                parts.push(format!("ping loss {} % vs {} %{r}", pct(x), pct(y)));
+            }
+            if let (Some(x), Some(y)) = (a.tcp_ratio, b.tcp_ratio) {
+                parts.push(format!(
+                    "TCP kept {} % vs {} %",
+                    sig(x * 100.0),
+                    sig(y * 100.0)
+                ));
+            }
+            if !parts.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "- isthmus ÷ wireguard-go (Debian), {}: {}",
+                    s.title,
+                    parts.join("; ")
+                );
+            }
+        }
+    }
+    for imp in impls {
+        if let Some(why) = f.failed.get(&imp.id) {
+            let _ = writeln!(out, "- **{}** stopped early: {}", imp.label, one_line(why));
+        }
+        for (sid, row) in f.rows.get(&imp.id).into_iter().flatten() {
+            for e in &row.errors {
+                let _ = writeln!(out, "- {} / {sid}: {}", imp.label, one_line(e));
+            }
+        }
+    }
+    out.push('\n');
+}
+
 /// The whole report as markdown.
 pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra]) -> String {
     let mut out = String::from("# isthmus benchmark\n\n");
     if let Some(r) = r {
-        let _ = writeln!(out, "{}; iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; load average before: {}; namespace part took {:.0} s.\n", r.machine, r.duration, r.repeat, r.pings, r.loadavg_before, r.wall_seconds);
-        let _ = writeln!(out, "## Tunnels side by side\n");
-        topology_table(&mut out, &r.line, &r.impls, r.repeat);
+        let runs = if r.line.is_some() || r.relay.is_some() {
+            format!(
+                "iperf3 runs of {} s, {} repetitions each, {} pings at 10 ms per latency run; ",
+                r.duration, r.repeat, r.pings
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{}; {runs}load average before: {}; namespace part took {:.0} s.\n",
+            r.machine, r.loadavg_before, r.wall_seconds
+        );
+        if r.line.is_some() || r.relay.is_some() {
+            let _ = writeln!(out, "## Tunnels side by side\n");
+        }
+        if let Some(line) = &r.line {
+            topology_table(&mut out, line, &r.impls, r.repeat);
+        }
         if let Some(relay) = &r.relay {
             let _ = writeln!(out, "{}\n", relay.note);
             topology_table(&mut out, relay, &r.impls, r.repeat);
+        }
+        if let Some(f) = &r.floods {
+            floods_table(&mut out, f, &r.impls);
         }
         let missing: Vec<&Impl> = r.impls.iter().filter(|i| i.unavailable.is_some()).collect();
         if !missing.is_empty() {
@@ -473,14 +635,16 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra])
         "## Targets (issue 3)\n\n| target | measured | wanted | |\n|---|---:|---:|---|"
     );
     if let Some(r) = r {
-        ratio_line(
-            &mut out,
-            "terminating, isthmus ÷ boringtun-cli",
-            &r.line,
-            "isthmus",
-            "boringtun",
-            1.0,
-        );
+        if let Some(line) = &r.line {
+            ratio_line(
+                &mut out,
+                "terminating, isthmus ÷ boringtun-cli",
+                line,
+                "isthmus",
+                "boringtun",
+                1.0,
+            );
+        }
         if let Some(relay) = &r.relay {
             ratio_line(
                 &mut out,
@@ -518,7 +682,9 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flood::Row;
     use crate::tunnel::{Cell, Kind};
+    use std::collections::BTreeMap;
 
     fn imp(id: &str, unavailable: Option<&str>) -> Impl {
         Impl {
@@ -554,8 +720,9 @@ mod tests {
         }
         let r = Results {
             impls,
-            line,
+            line: Some(line),
             relay: None,
+            floods: None,
             duration: 1,
             repeat: 1,
             pings: 10,
@@ -573,6 +740,75 @@ mod tests {
         assert!(row.contains("| 2.50 (0.250× / 2.50×) |"), "{row}");
         assert!(row.ends_with("| n/a |"), "{row}");
         assert!(md.contains("- wg-go-up: not built"));
+    }
+
+    #[test]
+    fn flood_table_shows_ratios_to_wireguard_go_and_the_tcp_share() {
+        let impls = vec![imp(WG_GO_DEB, None), imp("isthmus", None)];
+        let row = |loss: f64, cpu: f64, tcp: f64| Row {
+            msgs_per_s: Some(150_000.0),
+            loss_pct: Some(loss),
+            tcp_gbps: Some(tcp),
+            tcp_ratio: Some(tcp / 2.0),
+            handshake_ms: Some(5100.0),
+            cpu_us_per_msg: Some(cpu),
+            hub_cpu_share: Some(0.5),
+            ..Row::default()
+        };
+        let mut f = Floods {
+            peer: "wireguard-go".into(),
+            secs: 10,
+            rate: 200_000,
+            handshake_timeout_s: 20,
+            ..Floods::default()
+        };
+        for (id, loss, cpu) in [(WG_GO_DEB, 4.0, 2.0), ("isthmus", 1.0, 0.5)] {
+            let mut rows = BTreeMap::new();
+            rows.insert(
+                BASELINE.to_owned(),
+                Row {
+                    tcp_gbps: Some(2.0),
+                    handshake_ms: Some(1.5),
+                    loss_pct: Some(0.0),
+                    ..Row::default()
+                },
+            );
+            rows.insert("flood".to_owned(), row(loss, cpu, 1.0));
+            rows.insert(
+                "flood-cookies".to_owned(),
+                Row {
+                    handshake_ms: None,
+                    handshake_timed_out: true,
+                    ..row(loss, cpu, 1.5)
+                },
+            );
+            f.rows.insert(id.to_owned(), rows);
+        }
+        let mut out = String::new();
+        floods_table(&mut out, &f, &impls);
+        let line = |hub: &str, attack: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("| {hub} | {attack} |")))
+                .unwrap_or_else(|| panic!("no row {hub}/{attack} in\n{out}"))
+                .to_owned()
+        };
+        let r = line("isthmus", "initiation flood (valid mac1)");
+        assert_eq!(
+            r,
+            "| isthmus | initiation flood (valid mac1) | 150 k | 1.00 (0.250×) | 1.00 (0.500×) | 5.10 s | 0.500 µs (0.250×) | 50 % |"
+        );
+        let r = line(WG_GO_DEB, "no flood");
+        assert!(r.contains("| 1.50 ms | – |"), "{r}");
+        let r = line(WG_GO_DEB, "initiation flood, cookie-answering source");
+        assert!(r.contains("| none in 20 s |"), "{r}");
+        assert!(
+            out.contains("- isthmus ÷ wireguard-go (Debian), initiation flood (valid mac1): hub CPU per message 0.250×; ping loss 1.00 % vs 4.00 % (0.250×); TCP kept 50.0 % vs 50.0 %"),
+            "{out}"
+        );
+        f.skipped = Some("no lab-tool".into());
+        let mut out = String::new();
+        floods_table(&mut out, &f, &impls);
+        assert!(out.contains("Not measured: no lab-tool"), "{out}");
     }
 
     #[test]

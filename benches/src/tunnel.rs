@@ -1,6 +1,7 @@
 //! The side-by-side tunnel benchmark in network namespaces.
 //!
-//! Two topologies, each measured with every implementation in the same run:
+//! Two topologies, each measured with every implementation in the same run (and, in
+//! [`crate::flood`], handshake floods against a hub):
 //!
 //! ```text
 //! line:   ha 10.10.1.2 ── ga ══ trunk 192.168.100.0/24 ══ gb ── hb 10.10.2.2
@@ -42,6 +43,16 @@ pub struct Options {
     pub only: Vec<String>,
     /// Skip the relay topology.
     pub no_relay: bool,
+    /// Run the handshake floods ([`crate::flood`]).
+    pub floods: bool,
+    /// Run only the handshake floods (no line or relay topology).
+    pub only_floods: bool,
+    /// Seconds per flood measurement (default: 10 s × `duration` ÷ 3, at least 2).
+    pub flood_secs: Option<u32>,
+    /// Rate the attacker is asked for, messages per second (it reports what it reached).
+    pub flood_rate: u64,
+    /// The `lab-tool` binary (its `wg-attack` is the attacker); without it no floods.
+    pub lab_tool: Option<PathBuf>,
     /// Where logs and key files go.
     pub work_dir: PathBuf,
 }
@@ -320,10 +331,12 @@ pub struct Topology {
 pub struct Results {
     /// Implementations in column order.
     pub impls: Vec<Impl>,
-    /// Line topology (gateway to gateway).
-    pub line: Topology,
+    /// Line topology (gateway to gateway), unless skipped (`--only-floods`).
+    pub line: Option<Topology>,
     /// Relay topology (hub between two peers), unless skipped.
     pub relay: Option<Topology>,
+    /// Handshake floods against a hub, unless skipped.
+    pub floods: Option<crate::flood::Floods>,
     /// Seconds per iperf3 run.
     pub duration: u32,
     /// Repetitions.
@@ -339,12 +352,12 @@ pub struct Results {
 }
 
 /// A key pair as base64 strings, with the private key in a 0600 file.
-struct Keys {
-    private_file: PathBuf,
-    public: String,
+pub(crate) struct Keys {
+    pub(crate) private_file: PathBuf,
+    pub(crate) public: String,
 }
 
-fn keypair(dir: &Path, name: &str) -> Result<Keys> {
+pub(crate) fn keypair(dir: &Path, name: &str) -> Result<Keys> {
     let private = netns::host(&["wg", "genkey"], Duration::from_secs(10))?;
     let private_file = dir.join(format!("{name}.key"));
     fs::write(&private_file, private.trim())
@@ -374,26 +387,26 @@ fn keypair(dir: &Path, name: &str) -> Result<Keys> {
 }
 
 /// A WireGuard end: one interface in one namespace.
-struct End<'a> {
-    ns: &'a str,
-    ifname: String,
-    keys: &'a Keys,
-    addr: &'a str,
+pub(crate) struct End<'a> {
+    pub(crate) ns: &'a str,
+    pub(crate) ifname: String,
+    pub(crate) keys: &'a Keys,
+    pub(crate) addr: &'a str,
     /// (public key, endpoint, allowed-ips)
-    peers: Vec<(&'a str, Option<String>, &'a str)>,
-    routes: Vec<&'a str>,
+    pub(crate) peers: Vec<(&'a str, Option<String>, &'a str)>,
+    pub(crate) routes: Vec<&'a str>,
 }
 
 /// What to tear down after an implementation's turn.
 #[derive(Default)]
-struct Up {
+pub(crate) struct Up {
     procs: Vec<ProcId>,
     links: Vec<(String, String)>,
     socks: Vec<PathBuf>,
 }
 
 impl Up {
-    fn down(self, lab: &mut Lab) {
+    pub(crate) fn down(self, lab: &mut Lab) {
         for p in self.procs {
             lab.stop(p);
         }
@@ -406,7 +419,7 @@ impl Up {
     }
 }
 
-fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()> {
+pub(crate) fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()> {
     match &imp.kind {
         Kind::Plain => bail!("plain forwarding has no tunnel end"),
         Kind::KernelWg => {
@@ -462,7 +475,7 @@ fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()>
 }
 
 /// Ping until one answer comes back (the first packets trigger the handshake).
-fn wait_reachable(lab: &Lab, ns: &str, dst: &str) -> Result<()> {
+pub(crate) fn wait_reachable(lab: &Lab, ns: &str, dst: &str) -> Result<()> {
     let start = Instant::now();
     loop {
         match lab.exec(
@@ -498,7 +511,7 @@ fn num(v: &serde_json::Value, path: &[&str]) -> Result<f64> {
         .ok_or_else(|| anyhow!("iperf3 JSON {} is not a number", path.join(".")))
 }
 
-fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<f64> {
+pub(crate) fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<f64> {
     let (p, t) = (streams.to_string(), secs.to_string());
     let out = lab.exec(
         ns,
@@ -521,7 +534,7 @@ fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<
 
 /// User + system CPU seconds of every process in network namespace `ns` (from
 /// `/proc/PID/stat`, in USER_HZ = 100 ticks per second on Linux).
-fn ns_cpu_seconds(ns: &str) -> f64 {
+pub(crate) fn ns_cpu_seconds(ns: &str) -> f64 {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output();
@@ -705,14 +718,14 @@ fn report_progress(what: &str, id: &str, rep: usize, r: &Result<f64>) {
 }
 
 /// The iperf3 server of a topology, restarted when a failed run may have wedged it.
-struct Server {
+pub(crate) struct Server {
     ns: String,
     label: String,
     id: Option<ProcId>,
 }
 
 impl Server {
-    fn start(lab: &mut Lab, ns: &str, label: &str) -> Result<Self> {
+    pub(crate) fn start(lab: &mut Lab, ns: &str, label: &str) -> Result<Self> {
         let mut s = Self {
             ns: ns.to_owned(),
             label: label.to_owned(),
@@ -732,11 +745,17 @@ impl Server {
         netns::sleep(Duration::from_millis(300))
     }
 
-    fn restart(&mut self, lab: &mut Lab) {
+    pub(crate) fn restart(&mut self, lab: &mut Lab) {
         if let Some(id) = self.id.take() {
             lab.stop(id);
         }
         let _ = self.spawn(lab);
+    }
+
+    pub(crate) fn stop(&mut self, lab: &mut Lab) {
+        if let Some(id) = self.id.take() {
+            lab.stop(id);
+        }
     }
 }
 
@@ -792,11 +811,20 @@ pub fn run(o: &Options) -> Result<Results> {
     }
 
     let tag = lab.tag().to_owned();
-    let line = line_topology(&mut lab, o, &impls, &key_dir, &tag)?;
-    let relay = if o.no_relay {
+    let line = if o.only_floods {
+        None
+    } else {
+        Some(line_topology(&mut lab, o, &impls, &key_dir, &tag)?)
+    };
+    let relay = if o.no_relay || o.only_floods {
         None
     } else {
         Some(relay_topology(&mut lab, o, &impls, &key_dir, &tag)?)
+    };
+    let floods = if o.floods || o.only_floods {
+        Some(crate::flood::run(&mut lab, o, &impls, &key_dir, &tag)?)
+    } else {
+        None
     };
     let _ = fs::remove_dir_all(&key_dir);
     drop(lab);
@@ -804,6 +832,7 @@ pub fn run(o: &Options) -> Result<Results> {
         impls,
         line,
         relay,
+        floods,
         duration: o.duration,
         repeat: o.repeat,
         pings: o.pings,
@@ -919,6 +948,15 @@ fn line_topology(
     Ok(topo)
 }
 
+/// The stock peer of the hub topologies: the fastest wireguard-go there is (upstream, with
+/// its offloads) when it was built, else Debian's (which may itself be unavailable).
+pub(crate) fn stock_peer(impls: &[Impl]) -> Option<&Impl> {
+    impls
+        .iter()
+        .find(|i| i.id == "wg-go-up" && i.unavailable.is_none())
+        .or_else(|| impls.iter().find(|i| i.id == WG_GO_DEB))
+}
+
 fn relay_topology(
     lab: &mut Lab,
     o: &Options,
@@ -929,10 +967,7 @@ fn relay_topology(
     // The spokes should not be the bottleneck, or the table measures them instead of the
     // hub: use the fastest wireguard-go there is (upstream, with its offloads) when it was
     // built, else Debian's.
-    let spoke = impls
-        .iter()
-        .find(|i| i.id == "wg-go-up" && i.unavailable.is_none())
-        .or_else(|| impls.iter().find(|i| i.id == WG_GO_DEB))
+    let spoke = stock_peer(impls)
         .cloned()
         .ok_or_else(|| anyhow!("no wireguard-go"))?;
     eprintln!(

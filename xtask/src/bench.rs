@@ -7,13 +7,17 @@
 //! 3. unless `--no-tunnels`, runs the driver as root: host — gateway ══ gateway — host and
 //!    the relay topology in network namespaces, with the kernel's plain forwarding, Debian's
 //!    wireguard-go, upstream wireguard-go (if `scripts/build-upstream-wireguard-go.sh` built
-//!    it), boringtun-cli and isthmus-dp;
+//!    it), boringtun-cli and isthmus-dp; then, unless `--no-floods`, handshake floods against
+//!    each as a hub (`lab-tool wg-attack`, built here too) while a wireguard-go peer pings,
+//!    runs TCP and makes a new handshake;
 //! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`):
 //!    the tunnels, a control-plane table (from criterion's results and the measurements
 //!    benches leave in `target/criterion/extra/`), every criterion bench, the targets.
 //!
-//! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition), and, passed
-//! to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`, `--no-relay`,
+//! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition, 4 s flood
+//! phases), `--only-floods` (only the floods: no criterion, no line or relay topology), and,
+//! passed to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`,
+//! `--no-relay`, `--no-floods`, `--flood-secs SECS`, `--flood-rate PPS`,
 //! `--wireguard-go-upstream PATH`.
 
 use std::path::{Path, PathBuf};
@@ -24,13 +28,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--wireguard-go-upstream PATH]
+const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--wireguard-go-upstream PATH]
 implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus";
 
 /// Run the benchmarks; `args` are the words after `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut criterion = true;
     let mut tunnels = true;
+    let mut floods = true;
     let mut driver_args: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -40,7 +45,21 @@ pub fn run(args: &[String]) -> Result<()> {
             "--quick" => driver_args
                 .extend(["--duration", "1", "--repeat", "1", "--pings", "50"].map(String::from)),
             "--no-relay" => driver_args.push(a.clone()),
-            "--duration" | "--repeat" | "--pings" | "--only" | "--wireguard-go-upstream" => {
+            "--no-floods" => {
+                floods = false;
+                driver_args.push(a.clone());
+            }
+            "--only-floods" => {
+                criterion = false;
+                driver_args.push(a.clone());
+            }
+            "--duration"
+            | "--repeat"
+            | "--pings"
+            | "--only"
+            | "--wireguard-go-upstream"
+            | "--flood-secs"
+            | "--flood-rate" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
@@ -89,6 +108,25 @@ pub fn run(args: &[String]) -> Result<()> {
     ])) {
         Ok(()) => driver_args.extend(["--isthmus-dp".to_owned(), dp.display().to_string()]),
         Err(e) => eprintln!("warning: isthmus-dp did not build, the bench runs without it: {e:#}"),
+    }
+    if tunnels && floods {
+        // The attacker of the handshake floods.
+        match cmd(Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "isthmus-lab",
+            "--bin",
+            "lab-tool",
+        ])) {
+            Ok(()) => driver_args.extend([
+                "--lab-tool".to_owned(),
+                target.join("release/lab-tool").display().to_string(),
+            ]),
+            Err(e) => eprintln!(
+                "warning: lab-tool did not build, the bench runs without the handshake floods: {e:#}"
+            ),
+        }
     }
 
     if criterion {

@@ -4,12 +4,14 @@
 //! ```text
 //! isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH]
 //!     [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels]
+//!     [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH]
 //!     [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]
 //! ```
 //!
 //! Implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus (kernel and
-//! wg-go-deb are the baselines and always run). Writes `report.md` and `report.json` in `--out`
-//! (default `target/bench`) and prints the markdown.
+//! wg-go-deb are the baselines and always run). The handshake floods (`--only-floods` for
+//! them alone) need `lab-tool` (default: next to this binary). Writes `report.md` and
+//! `report.json` in `--out` (default `target/bench`) and prints the markdown.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +35,11 @@ fn run() -> Result<()> {
         upstream_wireguard_go: None,
         only: Vec::new(),
         no_relay: false,
+        floods: true,
+        only_floods: false,
+        flood_secs: None,
+        flood_rate: 200_000,
+        lab_tool: None,
         work_dir: PathBuf::from("target/bench"),
     };
     let mut criterion: Option<PathBuf> = None;
@@ -54,6 +61,21 @@ fn run() -> Result<()> {
             "--only" => o.only = val("--only")?.split(',').map(str::to_owned).collect(),
             "--no-relay" => o.no_relay = true,
             "--no-tunnels" => tunnels = false,
+            "--no-floods" => o.floods = false,
+            "--only-floods" => o.only_floods = true,
+            "--flood-secs" => {
+                o.flood_secs = Some(
+                    val("--flood-secs")?
+                        .parse()
+                        .context("--flood-secs: seconds")?,
+                )
+            }
+            "--flood-rate" => {
+                o.flood_rate = val("--flood-rate")?
+                    .parse()
+                    .context("--flood-rate: messages per second")?
+            }
+            "--lab-tool" => o.lab_tool = Some(val("--lab-tool")?.into()),
             "--criterion" => criterion = Some(val("--criterion")?.into()),
             "--criterion-since" => {
                 since = UNIX_EPOCH
@@ -65,7 +87,7 @@ fn run() -> Result<()> {
             }
             "--out" => o.work_dir = val("--out")?.into(),
             "-h" | "--help" => {
-                println!("usage: isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH] [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels] [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]");
+                println!("usage: isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH] [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH] [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -73,6 +95,9 @@ fn run() -> Result<()> {
     }
     if o.repeat == 0 || o.duration == 0 {
         bail!("--repeat and --duration must be at least 1");
+    }
+    if o.only_floods && !o.floods {
+        bail!("--only-floods and --no-floods contradict each other");
     }
     netns::install_interrupt_handler()?;
     let results = if tunnels {
