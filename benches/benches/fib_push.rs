@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use isthmus_dataplane::forward::{ControlVia, Core, PeerSpec, Settings};
+use isthmus_dataplane::fib::Via;
+use isthmus_dataplane::forward::{Core, PeerSpec, Settings};
 use isthmus_dataplane::keys::Key;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,7 +37,7 @@ fn peer_key(i: u8) -> Key {
 
 /// `n` distinct routes: 60 % IPv4 /16–/32, 40 % IPv6 /32–/128 under 2000::/3; next hops
 /// spread over the peers, 5 % Local.
-fn routes(rng: &mut StdRng, n: usize) -> Vec<(IpNet, ControlVia)> {
+fn routes(rng: &mut StdRng, n: usize) -> Vec<(IpNet, Via)> {
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -65,9 +66,9 @@ fn routes(rng: &mut StdRng, n: usize) -> Vec<(IpNet, ControlVia)> {
             continue;
         }
         let via = if rng.gen_range(0..100) < 5 {
-            ControlVia::Local
+            Via::Local
         } else {
-            ControlVia::Peer(peer_key(rng.gen_range(0..PEERS)))
+            Via::Peer(peer_key(rng.gen_range(0..PEERS)))
         };
         out.push((prefix, via));
     }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::fib::Via;
 use toml::Spanned;
 
 use crate::keys::{read_private_key_file, Key};
@@ -109,24 +111,13 @@ pub struct PeerConfig {
     pub class: LinkClass,
 }
 
-/// Where a static route goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteVia {
-    /// A peer, by its public key (names are resolved when loading).
-    Peer(Key),
-    /// The TUN device.
-    Local,
-    /// Drop.
-    Blackhole,
-}
-
 /// `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticRoute {
     /// Destination prefix.
     pub prefix: IpNet,
     /// Next hop.
-    pub via: RouteVia,
+    pub via: Via,
 }
 
 /// A configuration error: where, which key, what.
@@ -561,15 +552,15 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         };
         let prefix = cx.prefix(prefix, &format!("route[{n}].prefix"))?;
         let via = match via.get_ref().as_str() {
-            "local" => RouteVia::Local,
-            "blackhole" => RouteVia::Blackhole,
+            "local" => Via::Local,
+            "blackhole" => Via::Blackhole,
             name => {
                 let by_name = cfg.peers.iter().find(|p| p.name.as_deref() == Some(name));
                 let by_key = Key::from_base64(name)
                     .ok()
                     .and_then(|k| cfg.peers.iter().find(|p| p.public_key == k));
                 match by_name.or(by_key) {
-                    Some(p) => RouteVia::Peer(p.public_key),
+                    Some(p) => Via::Peer(p.public_key),
                     None => {
                         return Err(cx.err(
                             via.span(),
@@ -663,10 +654,10 @@ via = "blackhole"
             c.routes[0],
             StaticRoute {
                 prefix: "10.2.0.0/16".parse().unwrap(),
-                via: RouteVia::Peer(a)
+                via: Via::Peer(a)
             }
         );
-        assert_eq!(c.routes[1].via, RouteVia::Blackhole);
+        assert_eq!(c.routes[1].via, Via::Blackhole);
     }
 
     #[test]

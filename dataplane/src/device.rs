@@ -632,8 +632,7 @@ impl Device {
     /// Apply a configuration file: key, peers (with names and classes), static routes, and
     /// the interface's addresses (set with iproute2, then the link is brought up).
     pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
-        use crate::config::RouteVia;
-        use crate::forward::StaticVia;
+        use crate::fib::Via;
         use crate::tunnel::PeerSettings;
         self.core.set_private_key(cfg.interface.private_key);
         let changes = cfg.peers.iter().map(|p| {
@@ -656,22 +655,12 @@ impl Device {
                 e.error
             ))
         })?;
-        let mut routes: Vec<(ipnet::IpNet, StaticVia)> = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let via = match r.via {
-                    RouteVia::Peer(k) => StaticVia::Peer(k),
-                    RouteVia::Local => StaticVia::Local,
-                    RouteVia::Blackhole => StaticVia::Blackhole,
-                };
-                (r.prefix, via)
-            })
-            .collect();
+        let mut routes: Vec<(ipnet::IpNet, Via)> =
+            cfg.routes.iter().map(|r| (r.prefix, r.via)).collect();
         // The interface's own addresses are local, whatever else is routed.
         for a in &cfg.interface.address {
             let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
-            routes.push((host, StaticVia::Local));
+            routes.push((host, Via::Local));
         }
         self.core.set_static_routes(routes);
         for a in &cfg.interface.address {
@@ -700,15 +689,6 @@ fn run_ip(args: &[&str]) -> io::Result<()> {
 struct CtlGlue {
     dev: Arc<Device>,
     inject: Mutex<(Worker, MmsgScratch)>,
-}
-
-fn via_of(nh: &crate::ctl::proto::CtlNextHop) -> crate::forward::StaticVia {
-    use crate::ctl::proto::CtlNextHop as N;
-    match nh {
-        N::Peer(k) => crate::forward::StaticVia::Peer(*k),
-        N::Local => crate::forward::StaticVia::Local,
-        N::Blackhole => crate::forward::StaticVia::Blackhole,
-    }
 }
 
 impl crate::ctl::server::CtlBackend for CtlGlue {
@@ -743,7 +723,7 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
     }
 
     fn routes(&self) -> Vec<crate::ctl::proto::RouteInfo> {
-        use crate::ctl::proto::{CtlNextHop, RouteInfo, RouteOrigin as O};
+        use crate::ctl::proto::RouteInfo;
         let peers = self.dev.core.peers();
         let mut out: Vec<RouteInfo> = self
             .dev
@@ -751,20 +731,9 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
             .fib_routes()
             .into_iter()
             .filter_map(|(r, origin)| {
-                let next_hop = match r.next_hop {
-                    crate::fib::NextHop::Peer(id) => CtlNextHop::Peer(peers.get(id)?.public_key),
-                    crate::fib::NextHop::Local => CtlNextHop::Local,
-                    crate::fib::NextHop::Blackhole => CtlNextHop::Blackhole,
-                };
-                let origin = match origin {
-                    crate::forward::RouteOrigin::Static => O::Static,
-                    crate::forward::RouteOrigin::Control => O::Control,
-                    crate::forward::RouteOrigin::Connected => O::Connected,
-                    crate::forward::RouteOrigin::AllowedIps => O::AllowedIps,
-                };
                 Some(RouteInfo {
                     prefix: r.prefix,
-                    next_hop,
+                    next_hop: peers.via(r.next_hop)?,
                     origin,
                 })
             })
@@ -789,12 +758,9 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
     }
 
     fn fib_snapshot(&self, routes: Vec<crate::ctl::proto::CtlRoute>) -> Result<(), String> {
-        self.dev.core.set_control_routes(
-            routes
-                .iter()
-                .map(|r| (r.prefix, via_of(&r.next_hop)))
-                .collect(),
-        );
+        self.dev
+            .core
+            .set_control_routes(routes.iter().map(|r| (r.prefix, r.next_hop)).collect());
         Ok(())
     }
 
@@ -804,9 +770,7 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         remove: Vec<ipnet::IpNet>,
     ) -> Result<(), String> {
         self.dev.core.update_control_routes(
-            add.iter()
-                .map(|r| (r.prefix, via_of(&r.next_hop)))
-                .collect(),
+            add.iter().map(|r| (r.prefix, r.next_hop)).collect(),
             &remove,
         );
         Ok(())

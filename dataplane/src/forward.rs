@@ -24,26 +24,13 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use ipnet::IpNet;
 
 use crate::buf::{Batch, Slot, SLOT_SIZE};
-use crate::fib::{Fib, FibHandle, NextHop, PeerId, PrefixMap, Route};
+use crate::fib::{Fib, FibHandle, NextHop, PeerId, PrefixMap, Route, RouteOrigin, Via};
 use crate::keys::Key;
 use crate::stats::{DropReason, Path, PeerSample, Sample, Totals, WorkerCounters};
 use crate::tunnel::guard::{Admit, HandshakeGuard, Refusal};
 use crate::tunnel::index::IndexCipher;
 use crate::tunnel::{Identity, Peer, PeerMap, PeerSettings, PeerState, MAX_PEER_ID};
 use crate::wire::{self, IcmpError};
-
-/// Where a route came from; a prefix present in several sources is taken from the highest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RouteOrigin {
-    /// A peer's allowed IPs.
-    AllowedIps,
-    /// An address of the interface itself.
-    Connected,
-    /// A `[[route]]` of the config file.
-    Static,
-    /// Pushed by the control plane.
-    Control,
-}
 
 /// Events the core reports (to the control channel).
 #[derive(Debug, Clone)]
@@ -154,9 +141,9 @@ struct Routes {
     /// Host routes for the interface's own addresses.
     connected: PrefixSet,
     /// Static routes by prefix, duplicates in config order (the last that resolves wins).
-    statics: PrefixMap<IpNet, Vec<StaticVia>>,
+    statics: PrefixMap<IpNet, Vec<Via>>,
     /// Control-plane routes by prefix.
-    control: PrefixMap<IpNet, ControlVia>,
+    control: PrefixMap<IpNet, Via>,
     /// The peers' allowed IPs by prefix (the last peer claiming one wins).
     allowed: PrefixMap<IpNet, NextHop>,
     /// What the published FIB holds, and where each route came from.
@@ -167,28 +154,19 @@ struct Routes {
     lag: Vec<FibOp>,
 }
 
-/// Resolve a static or control route target against the peer table.
-fn resolve(peers: &PeerMap, via: &StaticVia) -> Option<NextHop> {
-    match via {
-        StaticVia::Peer(k) => peers.by_key(k).map(|p| NextHop::Peer(p.id)),
-        StaticVia::Local => Some(NextHop::Local),
-        StaticVia::Blackhole => Some(NextHop::Blackhole),
-    }
-}
-
 impl Routes {
     /// The route for `prefix` (truncated) that the sources give, by precedence.
     fn compute(&self, peers: &PeerMap, prefix: &IpNet) -> Option<(RouteOrigin, NextHop)> {
         if self.connected.contains(prefix) {
             return Some((RouteOrigin::Connected, NextHop::Local));
         }
-        if let Some(nh) = self.control.get(prefix).and_then(|v| resolve(peers, v)) {
+        if let Some(nh) = self.control.get(prefix).and_then(|v| peers.resolve(v)) {
             return Some((RouteOrigin::Control, nh));
         }
         if let Some(nh) = self
             .statics
             .get(prefix)
-            .and_then(|vias| vias.iter().rev().find_map(|v| resolve(peers, v)))
+            .and_then(|vias| vias.iter().rev().find_map(|v| peers.resolve(v)))
         {
             return Some((RouteOrigin::Static, nh));
         }
@@ -256,20 +234,6 @@ const SETTLE_MIN_OPS: usize = if cfg!(test) { 8 } else { 4096 };
 /// How long a change waits for readers to let go of the spare FIB before copying the
 /// published one instead. Workers hold a table for one batch.
 const SPARE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// Static route target, by key so that it survives peer re-creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StaticVia {
-    /// A peer.
-    Peer(Key),
-    /// The TUN device.
-    Local,
-    /// Drop.
-    Blackhole,
-}
-
-/// Control-plane route target.
-pub type ControlVia = StaticVia;
 
 /// State shared by every worker of one device.
 pub struct Core {
@@ -595,12 +559,12 @@ impl Core {
     }
 
     /// Replace the static routes.
-    pub fn set_static_routes(&self, routes: Vec<(IpNet, StaticVia)>) {
+    pub fn set_static_routes(&self, routes: Vec<(IpNet, Via)>) {
         let _g = self
             .config_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut statics: PrefixMap<IpNet, Vec<StaticVia>> = PrefixMap::default();
+        let mut statics: PrefixMap<IpNet, Vec<Via>> = PrefixMap::default();
         for (p, v) in routes {
             statics.entry(p.trunc()).or_default().push(v);
         }
@@ -627,7 +591,7 @@ impl Core {
     /// Replace all control-plane routes (a full snapshot; of duplicate prefixes the last
     /// wins, as in an update) and
     /// mark the FIB fresh. Only the prefixes that differ from the current set touch the FIB.
-    pub fn set_control_routes(&self, routes: Vec<(IpNet, ControlVia)>) {
+    pub fn set_control_routes(&self, routes: Vec<(IpNet, Via)>) {
         let _g = self
             .config_lock
             .lock()
@@ -637,7 +601,7 @@ impl Core {
             .routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut new: PrefixMap<IpNet, ControlVia> =
+        let mut new: PrefixMap<IpNet, Via> =
             PrefixMap::with_capacity_and_hasher(routes.len(), Default::default());
         for (p, v) in routes {
             new.insert(p.trunc(), v);
@@ -658,7 +622,7 @@ impl Core {
 
     /// Apply an incremental control-plane update: withdraw `remove`, then add or replace
     /// `add`. Costs O(changed routes), not O(table).
-    pub fn update_control_routes(&self, add: Vec<(IpNet, ControlVia)>, remove: &[IpNet]) {
+    pub fn update_control_routes(&self, add: Vec<(IpNet, Via)>, remove: &[IpNet]) {
         let _g = self
             .config_lock
             .lock()
@@ -727,7 +691,7 @@ impl Core {
             .chain(old.keys().filter(|p| !r.allowed.contains_key(p)).copied())
             .collect();
         if !touched.is_empty() {
-            let names = |v: &StaticVia| matches!(v, StaticVia::Peer(k) if touched.contains(k));
+            let names = |v: &Via| matches!(v, Via::Peer(k) if touched.contains(k));
             changed.extend(r.control.iter().filter(|(_, v)| names(v)).map(|(p, _)| *p));
             changed.extend(
                 r.statics
@@ -1710,12 +1674,9 @@ mod route_tests {
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
-    use super::{
-        resolve, ControlVia, Core, CoreError, PeerChange, PeerSpec, RouteOrigin, Settings,
-        StaticVia,
-    };
+    use super::{Core, CoreError, PeerChange, PeerSpec, Settings};
     use crate::fib::oracle::NaiveFib;
-    use crate::fib::{Fib, NextHop};
+    use crate::fib::{Fib, NextHop, RouteOrigin, Via};
     use crate::keys::Key;
     use crate::tunnel::PeerMap;
 
@@ -1729,8 +1690,8 @@ mod route_tests {
     #[derive(Default)]
     struct Model {
         connected: Vec<IpNet>,
-        statics: Vec<(IpNet, StaticVia)>,
-        control: HashMap<IpNet, ControlVia>,
+        statics: Vec<(IpNet, Via)>,
+        control: HashMap<IpNet, Via>,
         /// The peers' keys, oldest first.
         peers: Vec<Key>,
     }
@@ -1764,12 +1725,12 @@ mod route_tests {
             }
         }
         for (net, via) in &m.statics {
-            if let Some(nh) = resolve(peers, via) {
+            if let Some(nh) = peers.resolve(via) {
                 e.insert(net.trunc(), (RouteOrigin::Static, nh));
             }
         }
         for (net, via) in &m.control {
-            if let Some(nh) = resolve(peers, via) {
+            if let Some(nh) = peers.resolve(via) {
                 e.insert(net.trunc(), (RouteOrigin::Control, nh));
             }
         }
@@ -1797,16 +1758,16 @@ mod route_tests {
         v
     }
 
-    fn via(rng: &mut StdRng) -> StaticVia {
+    fn via(rng: &mut StdRng) -> Via {
         match rng.gen_range(0..10) {
-            0 => StaticVia::Local,
-            1 => StaticVia::Blackhole,
+            0 => Via::Local,
+            1 => Via::Blackhole,
             // Keys up to KEYS: one more than ever exists, so some routes do not resolve.
-            _ => StaticVia::Peer(key(rng.gen_range(0..=KEYS))),
+            _ => Via::Peer(key(rng.gen_range(0..=KEYS))),
         }
     }
 
-    fn some_routes(rng: &mut StdRng, pool: &[IpNet], n: usize) -> Vec<(IpNet, StaticVia)> {
+    fn some_routes(rng: &mut StdRng, pool: &[IpNet], n: usize) -> Vec<(IpNet, Via)> {
         (0..n)
             .map(|_| (*pool.choose(rng).unwrap(), via(rng)))
             .collect()
@@ -2042,15 +2003,12 @@ mod route_tests {
             route(&p),
             (Some(NextHop::Peer(a)), Some(RouteOrigin::AllowedIps))
         );
-        core.set_static_routes(vec![(p, StaticVia::Peer(key(1)))]);
+        core.set_static_routes(vec![(p, Via::Peer(key(1)))]);
         assert_eq!(
             route(&p),
             (Some(NextHop::Peer(b)), Some(RouteOrigin::Static))
         );
-        core.set_control_routes(vec![
-            (p, ControlVia::Peer(key(2))),
-            (host, ControlVia::Peer(key(2))),
-        ]);
+        core.set_control_routes(vec![(p, Via::Peer(key(2))), (host, Via::Peer(key(2)))]);
         assert_eq!(
             route(&p),
             (Some(NextHop::Peer(c)), Some(RouteOrigin::Control))
@@ -2072,14 +2030,14 @@ mod route_tests {
             (Some(NextHop::Peer(a)), Some(RouteOrigin::AllowedIps))
         );
         // A control route via a peer that does not exist does not override.
-        core.update_control_routes(vec![(p, ControlVia::Peer(key(4)))], &[]);
+        core.update_control_routes(vec![(p, Via::Peer(key(4)))], &[]);
         assert_eq!(
             route(&p),
             (Some(NextHop::Peer(a)), Some(RouteOrigin::AllowedIps))
         );
         // Removing the peer it names drops a control route, uncovering what lies below.
-        core.set_static_routes(vec![(p, StaticVia::Blackhole)]);
-        core.update_control_routes(vec![(p, ControlVia::Peer(key(2)))], &[]);
+        core.set_static_routes(vec![(p, Via::Blackhole)]);
+        core.update_control_routes(vec![(p, Via::Peer(key(2)))], &[]);
         assert_eq!(
             route(&p),
             (Some(NextHop::Peer(c)), Some(RouteOrigin::Control))
@@ -2106,8 +2064,8 @@ mod route_tests {
         let prefixes: Vec<IpNet> = (0..500u32)
             .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 8))), 24).unwrap())
             .collect();
-        let snapshot = |via: ControlVia| prefixes.iter().map(|p| (*p, via)).collect::<Vec<_>>();
-        core.set_control_routes(snapshot(ControlVia::Local));
+        let snapshot = |via: Via| prefixes.iter().map(|p| (*p, via)).collect::<Vec<_>>();
+        core.set_control_routes(snapshot(Via::Local));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..2)
             .map(|_| {
@@ -2128,9 +2086,9 @@ mod route_tests {
             .collect();
         for i in 0..200 {
             let via = if i % 2 == 0 {
-                ControlVia::Blackhole
+                Via::Blackhole
             } else {
-                ControlVia::Local
+                Via::Local
             };
             if i % 4 < 2 {
                 core.set_control_routes(snapshot(via));
@@ -2148,10 +2106,10 @@ mod route_tests {
     fn stale_is_cleared_by_a_snapshot_only() {
         let core = Core::new("t0", Settings::default());
         let p: IpNet = "10.9.0.0/16".parse().unwrap();
-        core.set_control_routes(vec![(p, ControlVia::Local)]);
+        core.set_control_routes(vec![(p, Via::Local)]);
         assert!(!core.sample().fib_stale);
         core.set_fib_stale(true);
-        core.update_control_routes(vec![(p, ControlVia::Blackhole)], &[]);
+        core.update_control_routes(vec![(p, Via::Blackhole)], &[]);
         assert!(core.sample().fib_stale, "an update keeps the FIB stale");
         assert_eq!(
             core.fib().lookup(p.network()),
@@ -2159,7 +2117,7 @@ mod route_tests {
             "stale routes are kept and still updated"
         );
         // The same snapshot again changes no route but marks the FIB fresh.
-        core.set_control_routes(vec![(p, ControlVia::Blackhole)]);
+        core.set_control_routes(vec![(p, Via::Blackhole)]);
         assert!(!core.sample().fib_stale);
     }
 }
@@ -2173,8 +2131,8 @@ mod peer_change_tests {
 
     use ipnet::IpNet;
 
-    use super::{Core, CoreError, PeerChange, PeerChanges, PeerSpec, RouteOrigin, Settings};
-    use crate::fib::NextHop;
+    use super::{Core, CoreError, PeerChange, PeerChanges, PeerSpec, Settings};
+    use crate::fib::{NextHop, RouteOrigin};
     use crate::keys::Key;
 
     /// A distinct public key per `i`.

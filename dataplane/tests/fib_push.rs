@@ -12,10 +12,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use isthmus_dataplane::ctl::proto::{CtlNextHop, CtlRoute, Msg, RouteOrigin};
+use isthmus_dataplane::ctl::proto::{CtlRoute, Msg};
 use isthmus_dataplane::ctl::server::CtlClient;
 use isthmus_dataplane::device::{serve_ctl, Device, DeviceOptions};
-use isthmus_dataplane::fib::NextHop;
+use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::forward::PeerSpec;
 use isthmus_dataplane::keys::Key;
 use rand::rngs::StdRng;
@@ -49,16 +49,16 @@ fn routes(rng: &mut StdRng, n: usize) -> Vec<CtlRoute> {
             continue;
         }
         let next_hop = if rng.gen_range(0..100) < 5 {
-            CtlNextHop::Local
+            Via::Local
         } else {
-            CtlNextHop::Peer(peer_key(rng.gen_range(0..PEERS)))
+            Via::Peer(peer_key(rng.gen_range(0..PEERS)))
         };
         out.push(CtlRoute { prefix, next_hop });
     }
     out
 }
 
-fn control_routes(c: &mut CtlClient) -> HashMap<IpNet, CtlNextHop> {
+fn control_routes(c: &mut CtlClient) -> HashMap<IpNet, Via> {
     let Msg::Routes(rs) = c.request(&Msg::GetRoutes).unwrap() else {
         panic!("GetRoutes answered with something else")
     };
@@ -159,11 +159,7 @@ fn snapshot_of_100k_routes_over_the_control_socket() {
             Msg::Ok
         );
         times.push(ms(t));
-        let want = match r.next_hop {
-            CtlNextHop::Peer(k) => NextHop::Peer(dev.core.peers().by_key(&k).unwrap().id),
-            CtlNextHop::Local => NextHop::Local,
-            CtlNextHop::Blackhole => NextHop::Blackhole,
-        };
+        let want = dev.core.peers().resolve(&r.next_hop).unwrap();
         assert_eq!(
             dev.core.fib().lookup(r.prefix.network()),
             Some(want),

@@ -11,8 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{init, ping_ok};
-use isthmus_dataplane::ctl::proto::{CtlNextHop, CtlRoute, Msg, RouteOrigin};
+use isthmus_dataplane::ctl::proto::{CtlRoute, Msg};
 use isthmus_dataplane::ctl::server::CtlClient;
+use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::keys::Key;
 use isthmus_lab::{require_isthmus, Topology, WgImpl};
 
@@ -107,7 +108,7 @@ fn control_channel_drives_a_running_data_plane() {
     assert_eq!(public_key.unwrap(), key(&hub.keys.public));
     let route = CtlRoute {
         prefix: "10.99.0.0/24".parse().unwrap(),
-        next_hop: CtlNextHop::Peer(key(&s1.keys.public)),
+        next_hop: Via::Peer(key(&s1.keys.public)),
     };
     assert_eq!(
         cp.request(&Msg::FibSnapshot {

@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use isthmus_controlplane::config::{BabelConfig, DefaultRoute};
-use isthmus_dataplane::ctl::proto::{CtlNextHop, Msg, PeerInfo, RouteInfo, RouteOrigin};
+use isthmus_dataplane::ctl::proto::{Msg, PeerInfo, RouteInfo};
 use isthmus_dataplane::ctl::server::CtlClient;
+use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::keys::Key;
 
 const USAGE: &str = "\
@@ -272,12 +273,12 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
         bail!("unexpected answer")
     };
     let label = |r: &RouteInfo| match r.next_hop {
-        CtlNextHop::Peer(k) => peers
+        Via::Peer(k) => peers
             .iter()
             .find(|p| p.public_key == k)
             .map_or_else(|| k.to_base64()[..8].to_string(), peer_label),
-        CtlNextHop::Local => "local".into(),
-        CtlNextHop::Blackhole => "blackhole".into(),
+        Via::Local => "local".into(),
+        Via::Blackhole => "blackhole".into(),
     };
     let rows: Vec<Vec<String>> = routes
         .iter()

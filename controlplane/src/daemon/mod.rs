@@ -24,9 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use isthmus_dataplane::ctl::proto::{
-    read_msg, write_msg, CtlNextHop, CtlRoute, Msg, PROTOCOL_VERSION,
-};
+use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
+use isthmus_dataplane::fib;
 use isthmus_dataplane::keys::Key;
 use tracing::{debug, info, warn};
 
@@ -170,7 +169,7 @@ pub struct Daemon {
     tun_ifindex: Option<u32>,
     kernel: Option<Kernel>,
     /// What the data plane and the kernel should hold, by prefix.
-    fib: BTreeMap<IpNet, CtlNextHop>,
+    fib: BTreeMap<IpNet, fib::Via>,
     kroutes: BTreeMap<IpNet, KernelRoute>,
     /// What we installed in the kernel.
     kinstalled: BTreeMap<IpNet, KernelRoute>,
@@ -182,7 +181,7 @@ pub struct Daemon {
     cleanup_at: Instant,
     cleaned: bool,
     /// Control-plane routes the data plane held when we connected (a previous run's).
-    dp_stale: BTreeMap<IpNet, CtlNextHop>,
+    dp_stale: BTreeMap<IpNet, fib::Via>,
     started: Instant,
     /// One entry per message awaiting the data plane's Ok: the send time of FIB pushes,
     /// `None` for injected packets (also acknowledged).
@@ -471,7 +470,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     };
     // Our own prefixes go to the data plane as local routes.
     for (p, _) in d.router.xroutes().collect::<Vec<_>>() {
-        d.fib.insert(p, CtlNextHop::Local);
+        d.fib.insert(p, fib::Via::Local);
     }
     d.run(rx)
 }
@@ -555,7 +554,7 @@ impl Daemon {
                         let peer_routes: Vec<IpNet> = self
                             .fib
                             .iter()
-                            .filter(|(_, h)| matches!(h, CtlNextHop::Peer(_)))
+                            .filter(|(_, h)| matches!(h, fib::Via::Peer(_)))
                             .map(|(p, _)| *p)
                             .collect();
                         for prefix in peer_routes {
@@ -638,7 +637,7 @@ impl Daemon {
             Msg::Routes(rs) if !self.cleaned => {
                 self.dp_stale = rs
                     .into_iter()
-                    .filter(|r| r.origin == isthmus_dataplane::ctl::proto::RouteOrigin::Control)
+                    .filter(|r| r.origin == fib::RouteOrigin::Control)
                     .map(|r| (r.prefix, r.next_hop))
                     .collect();
                 if !self.dp_stale.is_empty() {
@@ -708,7 +707,7 @@ impl Daemon {
                 };
                 match &l.via {
                     Via::Peer(key) => {
-                        self.fib.insert(prefix, CtlNextHop::Peer(*key));
+                        self.fib.insert(prefix, fib::Via::Peer(*key));
                         match self.tun_ifindex {
                             Some(ifindex) => {
                                 self.kroutes.insert(
@@ -727,7 +726,7 @@ impl Daemon {
                         }
                     }
                     Via::Iface { ifindex } => {
-                        self.fib.insert(prefix, CtlNextHop::Local);
+                        self.fib.insert(prefix, fib::Via::Local);
                         self.kroutes.insert(
                             prefix,
                             KernelRoute {

@@ -23,6 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
+use crate::fib::{RouteOrigin, Via};
 use crate::keys::Key;
 
 /// Version spoken by this build.
@@ -31,37 +32,13 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest body accepted (a full table of a million routes fits).
 pub const MAX_MESSAGE: usize = 64 << 20;
 
-/// Next hop of a control-channel route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CtlNextHop {
-    /// A peer, by public key.
-    Peer(Key),
-    /// The TUN device.
-    Local,
-    /// Drop.
-    Blackhole,
-}
-
 /// A route pushed by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtlRoute {
     /// Destination.
     pub prefix: IpNet,
     /// Next hop.
-    pub next_hop: CtlNextHop,
-}
-
-/// Where a FIB route came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteOrigin {
-    /// A peer's allowed IPs.
-    AllowedIps,
-    /// An address of the interface.
-    Connected,
-    /// The configuration file.
-    Static,
-    /// The control plane.
-    Control,
+    pub next_hop: Via,
 }
 
 /// A FIB route as the data plane reports it.
@@ -70,7 +47,7 @@ pub struct RouteInfo {
     /// Destination.
     pub prefix: IpNet,
     /// Next hop.
-    pub next_hop: CtlNextHop,
+    pub next_hop: Via,
     /// Origin.
     pub origin: RouteOrigin,
 }
@@ -260,14 +237,14 @@ impl W<'_> {
         self.ip(a.ip());
         self.u16(a.port());
     }
-    fn hop(&mut self, h: &CtlNextHop) {
+    fn hop(&mut self, h: &Via) {
         match h {
-            CtlNextHop::Peer(k) => {
+            Via::Peer(k) => {
                 self.u8(1);
                 self.key(k);
             }
-            CtlNextHop::Local => self.u8(2),
-            CtlNextHop::Blackhole => self.u8(3),
+            Via::Local => self.u8(2),
+            Via::Blackhole => self.u8(3),
         }
     }
     fn route(&mut self, r: &CtlRoute) {
@@ -376,11 +353,11 @@ impl R<'_> {
         let a = self.ip()?;
         Ok(SocketAddr::new(a, self.u16()?))
     }
-    fn hop(&mut self) -> Result<CtlNextHop, ProtoError> {
+    fn hop(&mut self) -> Result<Via, ProtoError> {
         match self.u8()? {
-            1 => Ok(CtlNextHop::Peer(self.key()?)),
-            2 => Ok(CtlNextHop::Local),
-            3 => Ok(CtlNextHop::Blackhole),
+            1 => Ok(Via::Peer(self.key()?)),
+            2 => Ok(Via::Local),
+            3 => Ok(Via::Blackhole),
             v => Err(ProtoError::Unknown {
                 what: "next hop",
                 value: v,
@@ -667,11 +644,11 @@ mod tests {
                 .prop_map(|(a, p)| SocketAddr::new(IpAddr::from(a), p)),
         ]
     }
-    fn hop() -> impl Strategy<Value = CtlNextHop> {
+    fn hop() -> impl Strategy<Value = Via> {
         prop_oneof![
-            key().prop_map(CtlNextHop::Peer),
-            Just(CtlNextHop::Local),
-            Just(CtlNextHop::Blackhole)
+            key().prop_map(Via::Peer),
+            Just(Via::Local),
+            Just(Via::Blackhole)
         ]
     }
     fn route() -> impl Strategy<Value = CtlRoute> {

@@ -325,8 +325,9 @@ impl CtlClient {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::{CtlNextHop, PeerEvent, RouteOrigin};
+    use super::super::proto::PeerEvent;
     use super::*;
+    use crate::fib::{RouteOrigin, Via};
     use std::io::Write as _;
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::PathBuf;
@@ -407,7 +408,7 @@ mod tests {
         );
         let r = CtlRoute {
             prefix: "10.0.0.0/8".parse().unwrap(),
-            next_hop: CtlNextHop::Local,
+            next_hop: Via::Local,
         };
         assert_eq!(
             c.request(&Msg::FibSnapshot { routes: vec![r] }).unwrap(),

@@ -97,6 +97,33 @@ pub enum NextHop {
     Blackhole,
 }
 
+/// Where a configured or pushed route goes: a [`NextHop`] that names its peer by public key.
+/// Static routes, control-plane routes and the control channel use it; it is resolved to a
+/// [`NextHop`] when the FIB is built, so it survives the peer's removal and re-creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// A WireGuard peer, by public key.
+    Peer(crate::keys::Key),
+    /// The TUN device.
+    Local,
+    /// Drop.
+    Blackhole,
+}
+
+/// Where a FIB route came from; a prefix present in several sources is taken from the
+/// highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteOrigin {
+    /// A peer's allowed IPs.
+    AllowedIps,
+    /// An address of the interface itself.
+    Connected,
+    /// A `[[route]]` of the config file.
+    Static,
+    /// Pushed by the control plane.
+    Control,
+}
+
 /// One route: a prefix and its next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {

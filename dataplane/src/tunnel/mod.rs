@@ -304,6 +304,26 @@ impl PeerMap {
         self.get(idx >> 8)
     }
 
+    /// The by-key form of a next hop (`None` for a peer id that is not in the table).
+    pub fn via(&self, nh: crate::fib::NextHop) -> Option<crate::fib::Via> {
+        use crate::fib::{NextHop, Via};
+        Some(match nh {
+            NextHop::Peer(id) => Via::Peer(self.get(id)?.public_key),
+            NextHop::Local => Via::Local,
+            NextHop::Blackhole => Via::Blackhole,
+        })
+    }
+
+    /// The next hop a by-key route target resolves to (`None` for a peer not in the table).
+    pub fn resolve(&self, via: &crate::fib::Via) -> Option<crate::fib::NextHop> {
+        use crate::fib::{NextHop, Via};
+        match via {
+            Via::Peer(k) => self.by_key(k).map(|p| NextHop::Peer(p.id)),
+            Via::Local => Some(NextHop::Local),
+            Via::Blackhole => Some(NextHop::Blackhole),
+        }
+    }
+
     /// Peer by public key.
     pub fn by_key(&self, key: &Key) -> Option<&Arc<Peer>> {
         self.get(self.by_key.get(key)?.0)
