@@ -1,0 +1,282 @@
+//! The forwarding core, without I/O.
+//!
+//! [`Core`] holds the state shared by all workers: identity, peers, FIB, allowed-IPs table,
+//! handshake admission, counters. A [`Worker`] runs the packet pipeline (`pipeline.rs`,
+//! its stages listed at the top) over batches handed to it by a backend (UDP + TUN, or the
+//! in-memory loopback) and hands its output batches to a [`Sink`]. The route table and the
+//! publication of the FIB are in `routes.rs`, batched peer changes in `peers.rs`. Nothing here
+//! opens a socket or reads a file; the clock is read only inside boringtun and, for
+//! handshake admission under load, in `tunnel::guard`.
+//!
+//! Copies: a datagram is decrypted by boringtun straight from the receive slot into a slot of
+//! the TUN output batch (the AEAD does the copy), and encrypted from there into a slot of the
+//! UDP output batch when it is relayed. No other copy is made.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::fib::{Fib, FibHandle};
+use crate::keys::Key;
+use crate::stats::{PeerSample, Sample, Totals, WorkerCounters};
+use crate::tunnel::guard::HandshakeGuard;
+use crate::tunnel::index::IndexCipher;
+use crate::tunnel::{Identity, PeerMap, PeerSettings, MAX_PEER_ID};
+
+mod peers;
+mod pipeline;
+mod routes;
+
+pub use peers::{PeerChange, PeerChangeError, PeerChanges};
+pub use pipeline::{QueuedHandshake, Sink, Worker, HANDSHAKE_QUEUE};
+use routes::Routes;
+
+/// Events the core reports (to the control channel).
+#[derive(Debug, Clone)]
+pub enum CoreEvent {
+    /// A handshake with the peer completed.
+    HandshakeUp(Key),
+    /// The peer's endpoint changed (roaming).
+    EndpointChanged(Key, SocketAddr),
+    /// A Babel packet arrived inside the peer's tunnel.
+    Punt(Key, Vec<u8>),
+}
+
+/// Receives core events. Called from the hot path for punts: must not block.
+pub type EventSink = Arc<dyn Fn(CoreEvent) -> bool + Send + Sync>;
+
+/// Forwarding settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Inner MTU of the tunnels: larger relayed packets get "packet too big".
+    pub mtu: u16,
+    /// Clamp the MSS of TCP SYNs going into tunnels to fit `mtu`.
+    pub mss_clamp: bool,
+    /// Source address of ICMPv4 errors we generate.
+    pub icmp_src_v4: Option<Ipv4Addr>,
+    /// Source address of ICMPv6 errors we generate.
+    pub icmp_src_v6: Option<Ipv6Addr>,
+    /// Deliver decrypted packets that match no route to the TUN device, as wireguard-go
+    /// does (drop-in mode). When false they are dropped as `no_route` with an ICMP error.
+    pub unrouted_local: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mtu: 1420,
+            mss_clamp: true,
+            icmp_src_v4: None,
+            icmp_src_v6: None,
+            unrouted_local: true,
+        }
+    }
+}
+
+/// Configuration of one peer as the UAPI or the config file give it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSpec {
+    /// Public key.
+    pub public_key: Key,
+    /// Endpoint, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// Everything else.
+    pub settings: PeerSettings,
+}
+
+/// State shared by every worker of one device.
+pub struct Core {
+    ifname: String,
+    identity: ArcSwapOption<Identity>,
+    peers: ArcSwap<PeerMap>,
+    fib: FibHandle,
+    allowed: FibHandle,
+    /// Admission of handshake messages (depends on our public key).
+    guard: ArcSwap<HandshakeGuard>,
+    /// boringtun's receiver indices ↔ the wire's.
+    index: IndexCipher,
+    /// Where admitted handshake messages go when a handshake thread serves them (see
+    /// [`Core::handshake_queue`]); without one they are processed where they arrive.
+    handshake_tx: ArcSwapOption<Sender<QueuedHandshake>>,
+    settings: ArcSwap<Settings>,
+    workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    routes: Mutex<Routes>,
+    /// Serialises configuration changes (peer table, routes, key).
+    config_lock: Mutex<()>,
+    events: ArcSwapOption<EventSinkBox>,
+    fib_stale: AtomicBool,
+}
+
+struct EventSinkBox(EventSink);
+
+impl Core {
+    /// A device core with no key and no peers.
+    pub fn new(ifname: &str, settings: Settings) -> Arc<Self> {
+        let zero = boringtun::x25519::PublicKey::from([0u8; 32]);
+        Arc::new(Self {
+            ifname: ifname.to_string(),
+            identity: ArcSwapOption::empty(),
+            peers: ArcSwap::from_pointee(PeerMap::default()),
+            fib: FibHandle::new(Fib::new()),
+            allowed: FibHandle::new(Fib::new()),
+            guard: ArcSwap::from_pointee(HandshakeGuard::new(&zero)),
+            index: IndexCipher::random(),
+            handshake_tx: ArcSwapOption::empty(),
+            settings: ArcSwap::from_pointee(settings),
+            workers: Mutex::new(Vec::new()),
+            routes: Mutex::new(Routes::default()),
+            config_lock: Mutex::new(()),
+            events: ArcSwapOption::empty(),
+            fib_stale: AtomicBool::new(false),
+        })
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Where events go.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        self.events.store(Some(Arc::new(EventSinkBox(sink))));
+    }
+
+    fn emit(&self, ev: CoreEvent) -> bool {
+        match &*self.events.load() {
+            Some(s) => (s.0)(ev),
+            None => false,
+        }
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replace the settings.
+    pub fn set_settings(&self, s: Settings) {
+        self.settings.store(Arc::new(s));
+    }
+
+    /// The private key, if set.
+    pub fn private_key(&self) -> Option<Key> {
+        self.identity.load().as_ref().map(|i| i.private_key)
+    }
+
+    /// The public key, if a private key is set.
+    pub fn public_key(&self) -> Option<Key> {
+        self.identity.load().as_ref().map(|i| i.public_key())
+    }
+
+    /// The peer table.
+    pub fn peers(&self) -> Arc<PeerMap> {
+        self.peers.load_full()
+    }
+
+    /// The FIB.
+    pub fn fib(&self) -> Arc<Fib> {
+        self.fib.load_full()
+    }
+
+    /// Start a new second of handshake admission (load, per-source rates); call once a
+    /// second.
+    pub fn reset_rate_limiter(&self) {
+        self.guard.load().tick();
+    }
+
+    /// Whether more handshake messages arrived this second than the budget (cookies are
+    /// required).
+    pub fn handshakes_under_load(&self) -> bool {
+        self.guard.load().under_load() || self.handshake_backlog()
+    }
+
+    /// From now on, admitted handshake initiations and responses are not processed by the
+    /// worker that received them but queued (at most [`HANDSHAKE_QUEUE`]; beyond, dropped as
+    /// `handshake_rate_limited`) for whoever drains the returned receiver with
+    /// [`Worker::handle_handshakes`]: a thread of their own, so that their Diffie-Hellman
+    /// never delays transport data. A queue an eighth full puts the device under load, as in
+    /// wireguard-go.
+    pub fn handshake_queue(&self) -> Receiver<QueuedHandshake> {
+        let (tx, rx) = crossbeam::channel::bounded(HANDSHAKE_QUEUE);
+        self.handshake_tx.store(Some(Arc::new(tx)));
+        rx
+    }
+
+    fn handshake_backlog(&self) -> bool {
+        self.handshake_tx
+            .load()
+            .as_ref()
+            .is_some_and(|tx| tx.len() >= HANDSHAKE_QUEUE / 8)
+    }
+
+    /// Register a worker's counters (for scrapes).
+    fn register_worker(&self) -> Arc<WorkerCounters> {
+        let c = Arc::new(WorkerCounters::default());
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(c.clone());
+        c
+    }
+
+    /// Sum of the workers' counters.
+    pub fn totals(&self) -> Totals {
+        let w = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Totals::sum(w.iter().map(|c| &**c))
+    }
+
+    /// Everything a metrics scrape shows.
+    pub fn sample(&self) -> Sample {
+        let fib = self.fib.load();
+        let peers = self.peers.load();
+        Sample {
+            ifname: self.ifname.clone(),
+            totals: self.totals(),
+            peers: peers
+                .iter()
+                .map(|p| {
+                    let c = &p.counters;
+                    PeerSample {
+                        name: p.label.clone(),
+                        public_key: crate::tunnel::key_b64(&p.public_key),
+                        class: match p.settings().class {
+                            crate::config::LinkClass::Mesh => "mesh",
+                            crate::config::LinkClass::Trunk => "trunk",
+                        },
+                        rx_bytes: c.rx_bytes.load(Relaxed),
+                        tx_bytes: c.tx_bytes.load(Relaxed),
+                        rx_packets: c.rx_packets.load(Relaxed),
+                        tx_packets: c.tx_packets.load(Relaxed),
+                        handshakes: c.handshakes.load(Relaxed),
+                        last_handshake: p.last_handshake().and_then(|t| {
+                            t.duration_since(SystemTime::UNIX_EPOCH)
+                                .ok()
+                                .map(|d| d.as_secs_f64())
+                        }),
+                    }
+                })
+                .collect(),
+            fib_v4: fib.len_v4(),
+            fib_v6: fib.len_v6(),
+            fib_stale: self.fib_stale.load(Relaxed),
+        }
+    }
+}
+
+/// Errors of configuration changes on the core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The peer's public key is the device's own.
+    #[error("peer public key is this device's own public key")]
+    OwnKey,
+    /// No more peer ids.
+    #[error("too many peers (at most {MAX_PEER_ID})")]
+    TooManyPeers,
+}

@@ -1,0 +1,409 @@
+//! Changes to the peer table, in batches: one copy of the table and one rebuild of the
+//! route tables per batch, whatever its size.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{Core, CoreError, PeerSpec};
+use crate::fib::PeerId;
+use crate::keys::Key;
+use crate::tunnel::guard::HandshakeGuard;
+use crate::tunnel::{Identity, Peer, PeerMap, MAX_PEER_ID};
+
+/// One change of the peer table, for [`Core::apply_peer_changes`].
+#[derive(Debug, Clone)]
+pub enum PeerChange {
+    /// Add the peer, or update it if its key is known (as [`Core::upsert_peer`]).
+    Upsert(PeerSpec),
+    /// Remove the peer with this key, if there is one.
+    Remove(Key),
+    /// Remove every peer (the UAPI's `replace_peers`).
+    RemoveAll,
+}
+
+/// What a batch of peer changes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// Peers created.
+    pub added: usize,
+    /// Existing peers updated.
+    pub updated: usize,
+    /// Peers removed.
+    pub removed: usize,
+}
+
+/// A batch of peer changes stopped at a change that failed. The changes before it were
+/// applied (and published); it and the ones after it were not.
+#[derive(Debug, thiserror::Error)]
+#[error("peer {key}: {error}", key = crate::tunnel::key_b64(.public_key))]
+pub struct PeerChangeError {
+    /// Position of the failed change in the batch: also the number of changes applied.
+    pub index: usize,
+    /// The peer it names.
+    pub public_key: Key,
+    /// What was wrong.
+    pub error: CoreError,
+}
+
+impl Core {
+    /// Set or clear the private key. Sessions are reset; a peer with the device's own public
+    /// key is removed (as wireguard-go does).
+    pub fn set_private_key(&self, key: Option<Key>) {
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let identity = key
+            .filter(|k| k.0 != [0; 32])
+            .map(|k| Arc::new(Identity::new(k)));
+        if identity.as_ref().map(|i| i.private_key) == self.private_key() {
+            return;
+        }
+        let zero = boringtun::x25519::PublicKey::from([0u8; 32]);
+        self.guard.store(Arc::new(HandshakeGuard::new(
+            identity.as_ref().map_or(&zero, |i| &i.public),
+        )));
+        self.identity.store(identity.clone());
+        let mut map = self.peers_to_change();
+        if let Some(id) = &identity {
+            let own = id.public_key();
+            map.remove(&own);
+            for p in map.iter() {
+                p.reset_session(id);
+            }
+        }
+        self.peers.store(Arc::new(map));
+        self.rebuild_tables();
+    }
+
+    /// Add a peer or update an existing one. A changed preshared key or keepalive resets
+    /// the session; everything else is kept. (A batch of one change.)
+    pub fn upsert_peer(&self, spec: PeerSpec) -> Result<PeerId, CoreError> {
+        let mut id = 0;
+        self.change_peers([PeerChange::Upsert(spec)], |i| id = i)
+            .map_err(|e| e.error)?;
+        Ok(id)
+    }
+
+    /// Remove a peer. Returns whether it existed. (A batch of one change.)
+    pub fn remove_peer(&self, key: &Key) -> bool {
+        self.apply_peer_changes([PeerChange::Remove(*key)])
+            .is_ok_and(|c| c.removed > 0)
+    }
+
+    /// Remove every peer. (A batch of one change.)
+    pub fn clear_peers(&self) {
+        // Removals cannot fail.
+        let _ = self.apply_peer_changes([PeerChange::RemoveAll]);
+    }
+
+    /// Apply a batch of peer changes, in order, as one change of the tables: the peer map is
+    /// copied once and the allowed-IPs table and the FIB are rebuilt and published once, so
+    /// a batch of n changes costs O(peers + n), not O(peers × n). An upsert behaves as
+    /// [`Core::upsert_peer`].
+    ///
+    /// The batch stops at the first change that fails (as wireguard-go applies a `set`
+    /// line by line until the first error): the changes before it are applied and published,
+    /// the failing one and those after it are not, and the error says which one failed.
+    pub fn apply_peer_changes(
+        &self,
+        changes: impl IntoIterator<Item = PeerChange>,
+    ) -> Result<PeerChanges, PeerChangeError> {
+        self.change_peers(changes, |_| {})
+    }
+
+    /// [`Core::apply_peer_changes`], calling `upserted` with the id of every peer upserted.
+    pub(super) fn change_peers(
+        &self,
+        changes: impl IntoIterator<Item = PeerChange>,
+        mut upserted: impl FnMut(PeerId),
+    ) -> Result<PeerChanges, PeerChangeError> {
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let identity = self.identity.load_full();
+        // Without a private key sessions are made with a throwaway identity and replaced
+        // when the key is set.
+        let placeholder = identity.is_none().then(|| Identity::new(Key([1; 32])));
+        let ident = identity
+            .as_deref()
+            .or(placeholder.as_ref())
+            .expect("one of them");
+        let own = identity.as_ref().map(|i| i.public_key());
+        let mut map = self.peers_to_change();
+        let mut done = PeerChanges::default();
+        // Keys added or removed: the static and control routes that name them resolve anew.
+        let mut touched: HashSet<Key> = HashSet::new();
+        let mut failed = None;
+        for (index, change) in changes.into_iter().enumerate() {
+            match change {
+                PeerChange::Upsert(spec) => {
+                    let key = spec.public_key;
+                    if let Some(peer) = map.by_key(&key) {
+                        update_peer(peer, spec, identity.as_deref());
+                        upserted(peer.id);
+                        done.updated += 1;
+                        continue;
+                    }
+                    let id = map.next_id();
+                    let error = if own == Some(key) {
+                        CoreError::OwnKey
+                    } else if id > MAX_PEER_ID {
+                        CoreError::TooManyPeers
+                    } else {
+                        let peer =
+                            Arc::new(Peer::new(id, ident, key, spec.settings, spec.endpoint));
+                        if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
+                            tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
+                        }
+                        map.insert(peer);
+                        touched.insert(key);
+                        upserted(id);
+                        done.added += 1;
+                        continue;
+                    };
+                    failed = Some(PeerChangeError {
+                        index,
+                        public_key: key,
+                        error,
+                    });
+                    break;
+                }
+                PeerChange::Remove(key) => {
+                    if map.remove(&key).is_some() {
+                        touched.insert(key);
+                        done.removed += 1;
+                    }
+                }
+                PeerChange::RemoveAll => {
+                    for p in map.clear() {
+                        touched.insert(p.public_key);
+                        done.removed += 1;
+                    }
+                }
+            }
+        }
+        if done != PeerChanges::default() {
+            self.peers.store(Arc::new(map));
+            self.refresh_peer_routes(&touched);
+        }
+        failed.map_or(Ok(done), Err)
+    }
+
+    /// A copy of the peer map to change and publish (see [`PeerMap`]).
+    pub(super) fn peers_to_change(&self) -> PeerMap {
+        let mut map = (**self.peers.load()).clone();
+        map.reclaim_ids();
+        map
+    }
+
+    /// Set an existing peer's endpoint.
+    pub fn set_endpoint(&self, key: &Key, endpoint: SocketAddr) -> bool {
+        match self.peers.load().by_key(key) {
+            Some(p) => {
+                p.lock().endpoint = Some(endpoint);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Update an existing peer to `spec`. A changed preshared key or keepalive resets the
+/// session (when there is a private key); everything else is kept.
+fn update_peer(peer: &Peer, spec: PeerSpec, identity: Option<&Identity>) {
+    let reset = {
+        let mut settings = peer
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reset = settings.preshared_key != spec.settings.preshared_key
+            || settings.persistent_keepalive != spec.settings.persistent_keepalive;
+        *settings = spec.settings;
+        reset
+    };
+    if let Some(ep) = spec.endpoint {
+        peer.lock().endpoint = Some(ep);
+    }
+    if reset {
+        if let Some(id) = identity {
+            peer.reset_session(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod peer_change_tests {
+    //! Batches of peer changes: one rebuild for many peers, id reuse, errors mid-batch.
+
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Instant;
+
+    use ipnet::IpNet;
+
+    use crate::fib::{NextHop, RouteOrigin};
+    use crate::forward::{Core, CoreError, PeerChange, PeerChanges, PeerSpec, Settings};
+    use crate::keys::Key;
+
+    /// A distinct public key per `i`.
+    fn key(i: u32) -> Key {
+        let mut k = [7u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        Key(k)
+    }
+
+    fn host(i: u32) -> IpNet {
+        IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+    }
+
+    fn spec(i: u32) -> PeerSpec {
+        let mut s = PeerSpec {
+            public_key: key(i),
+            ..Default::default()
+        };
+        s.settings.allowed_ips = vec![host(i)];
+        s
+    }
+
+    fn upsert(i: u32) -> PeerChange {
+        PeerChange::Upsert(spec(i))
+    }
+
+    #[test]
+    fn ten_thousand_upserts_in_one_batch_route_to_each_peer() {
+        const N: u32 = 10_000;
+        let core = Core::new("t0", Settings::default());
+        core.set_private_key(Some(Key([0x42; 32])));
+        let t = Instant::now();
+        let done = core.apply_peer_changes((0..N).map(upsert)).unwrap();
+        eprintln!(
+            "apply_peer_changes: {N} new peers in one batch: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            done,
+            PeerChanges {
+                added: N as usize,
+                ..Default::default()
+            }
+        );
+        let peers = core.peers();
+        assert_eq!(peers.len(), N as usize);
+        let fib = core.fib();
+        let allowed = core.allowed.load();
+        for i in 0..N {
+            let p = peers.by_key(&key(i)).expect("peer exists");
+            let addr = host(i).addr();
+            assert_eq!(
+                fib.lookup(addr),
+                Some(NextHop::Peer(p.id)),
+                "route of {addr}"
+            );
+            assert_eq!(
+                allowed.lookup(addr),
+                Some(NextHop::Peer(p.id)),
+                "filter of {addr}"
+            );
+            assert_eq!(core.route_origin(&host(i)), Some(RouteOrigin::AllowedIps));
+        }
+        // The same batch again updates every peer and changes no route.
+        let t = Instant::now();
+        let done = core.apply_peer_changes((0..N).map(upsert)).unwrap();
+        eprintln!(
+            "apply_peer_changes: {N} unchanged peers in one batch: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(done.updated, N as usize);
+        assert_eq!(core.fib().len(), N as usize);
+        // One more peer alone: a batch of one.
+        let t = Instant::now();
+        let id = core.upsert_peer(spec(N)).unwrap();
+        eprintln!("upsert_peer: one more peer beside {N}: {:?}", t.elapsed());
+        assert_eq!(core.fib().lookup(host(N).addr()), Some(NextHop::Peer(id)));
+        let t = Instant::now();
+        core.clear_peers();
+        eprintln!("clear_peers: {} peers: {:?}", N + 1, t.elapsed());
+        assert!(core.peers().is_empty() && core.fib().is_empty());
+    }
+
+    #[test]
+    fn removed_ids_are_reused_oldest_first_and_not_while_held() {
+        let core = Core::new("t0", Settings::default());
+        let ids: Vec<_> = (0..4).map(|i| core.upsert_peer(spec(i)).unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        // Ids freed by a batch are not reused in that batch (its tables still name them
+        // until it is published).
+        core.apply_peer_changes([
+            PeerChange::Remove(key(1)),
+            PeerChange::Remove(key(0)),
+            upsert(10),
+        ])
+        .unwrap();
+        assert_eq!(core.peers().by_key(&key(10)).unwrap().id, 5);
+        // Later, oldest freed first, then new ids.
+        let ids: Vec<_> = (11..14)
+            .map(|i| core.upsert_peer(spec(i)).unwrap())
+            .collect();
+        assert_eq!(ids, [2, 1, 6]);
+        // Not while a reader holds a map in which the id means the removed peer.
+        let held = core.peers();
+        let gone = std::sync::Arc::downgrade(held.by_key(&key(2)).unwrap());
+        assert!(core.remove_peer(&key(2)));
+        assert_eq!(core.upsert_peer(spec(20)).unwrap(), 7);
+        drop(held);
+        // The removed peer is dropped with the last map that has it; its id waits for reuse
+        // without it.
+        assert!(gone.upgrade().is_none(), "a removed peer is kept alive");
+        assert_eq!(core.upsert_peer(spec(21)).unwrap(), 3);
+        // Routes follow the new owner of a reused id.
+        assert_eq!(core.fib().lookup(host(21).addr()), Some(NextHop::Peer(3)));
+        assert_eq!(core.fib().lookup(host(2).addr()), None);
+        // Removing and re-adding a key gives it a new id; a removal of nobody is no change.
+        assert!(!core.remove_peer(&key(99)));
+        core.apply_peer_changes([PeerChange::Remove(key(21)), upsert(21)])
+            .unwrap();
+        assert_eq!(core.peers().by_key(&key(21)).unwrap().id, 8);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_devices_own_key() {
+        let core = Core::new("t0", Settings::default());
+        let private = Key([0x42; 32]);
+        core.set_private_key(Some(private));
+        let own = private.public_key();
+        let err = core
+            .apply_peer_changes([
+                upsert(1),
+                PeerChange::Upsert(PeerSpec {
+                    public_key: own,
+                    ..Default::default()
+                }),
+                upsert(2),
+            ])
+            .unwrap_err();
+        assert_eq!(err.index, 1);
+        assert_eq!(err.public_key, own);
+        assert!(matches!(err.error, CoreError::OwnKey));
+        assert!(
+            err.to_string().contains(&crate::tunnel::key_b64(&own)),
+            "{err}"
+        );
+        // The change before it is applied and routed; the one after it is not.
+        let peers = core.peers();
+        assert_eq!(peers.len(), 1);
+        let p = peers.by_key(&key(1)).unwrap();
+        assert_eq!(core.fib().lookup(host(1).addr()), Some(NextHop::Peer(p.id)));
+        assert!(peers.by_key(&key(2)).is_none());
+        assert_eq!(core.fib().lookup(host(2).addr()), None);
+        // upsert_peer reports the same error.
+        assert!(matches!(
+            core.upsert_peer(PeerSpec {
+                public_key: own,
+                ..Default::default()
+            }),
+            Err(CoreError::OwnKey)
+        ));
+    }
+}
