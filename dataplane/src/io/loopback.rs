@@ -4,6 +4,8 @@
 //! sends are copied into the receive batch of the node that owns the destination address;
 //! packets a node writes to its TUN are collected. Everything runs on the caller's thread,
 //! deterministically, so tests and benchmarks drive the whole pipeline without namespaces.
+//! Each node's side of the wire is a [`Backend`] like any other; the network polls the
+//! nodes one after another instead of running a worker loop per node.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use crate::buf::{Batch, SLOT_SIZE};
 use crate::forward::{Core, Sink, Worker};
+use crate::io::backend::{Backend, Polled};
 
 /// One data plane on the virtual network.
 pub struct Node {
@@ -70,6 +73,59 @@ impl Sink for NodeSink<'_> {
         }
         batch.clear();
     }
+}
+
+/// One node's side of the wire, as a backend: its receive batches in, its sends onto the
+/// wire and its TUN writes into the node's records.
+struct Port<'a> {
+    udp_in: &'a mut Batch,
+    tun_in: &'a mut Batch,
+    sink: NodeSink<'a>,
+}
+
+impl Backend for Port<'_> {
+    fn poll(
+        &mut self,
+        worker: &mut Worker,
+        _timeout: std::time::Duration,
+    ) -> std::io::Result<Polled> {
+        let mut polled = Polled::Idle;
+        if !self.udp_in.is_empty() {
+            worker.handle_datagrams(self.udp_in, &mut self.sink);
+            polled = Polled::Busy;
+        }
+        if !self.tun_in.is_empty() {
+            worker.handle_tun(self.tun_in, &mut self.sink);
+            polled = Polled::Busy;
+        }
+        Ok(polled)
+    }
+}
+
+/// Hand a node's pending input to its worker, through its [`Port`].
+fn poll_node(node: &mut Node, wire: &mut Wire) {
+    let Node {
+        addr,
+        worker,
+        udp_in,
+        tun_in,
+        tun_delivered,
+        tun_count,
+        keep_tun,
+        ..
+    } = node;
+    let mut port = Port {
+        udp_in,
+        tun_in,
+        sink: NodeSink {
+            from: *addr,
+            wire,
+            tun_delivered,
+            tun_count,
+            keep_tun: *keep_tun,
+        },
+    };
+    let _ = port.poll(worker, std::time::Duration::ZERO);
 }
 
 /// A virtual underlay joining several nodes.
@@ -150,15 +206,7 @@ impl LoopbackNet {
 
     /// Process node `i`'s pending TUN input.
     pub fn flush_tun(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let mut sink = NodeSink {
-            from: node.addr,
-            wire: &mut self.wire,
-            tun_delivered: &mut node.tun_delivered,
-            tun_count: &mut node.tun_count,
-            keep_tun: node.keep_tun,
-        };
-        node.worker.handle_tun(&mut node.tun_in, &mut sink);
+        poll_node(&mut self.nodes[i], &mut self.wire);
     }
 
     /// Run every node's timers once.
@@ -211,17 +259,7 @@ impl LoopbackNet {
                 self.wire.spare.push(buf);
             }
             for node in &mut self.nodes {
-                if node.udp_in.is_empty() {
-                    continue;
-                }
-                let mut sink = NodeSink {
-                    from: node.addr,
-                    wire: &mut self.wire,
-                    tun_delivered: &mut node.tun_delivered,
-                    tun_count: &mut node.tun_count,
-                    keep_tun: node.keep_tun,
-                };
-                node.worker.handle_datagrams(&mut node.udp_in, &mut sink);
+                poll_node(node, &mut self.wire);
             }
         }
         delivered

@@ -1,8 +1,11 @@
-//! I/O backends: the UDP underlay and the TUN device (Linux), and the in-memory loopback.
+//! I/O backends behind one seam ([`backend::Backend`]): the UDP underlay and the TUN device
+//! (Linux), and the in-memory loopback; and the local servers (UAPI and control sockets,
+//! metrics).
 //! `unsafe` is allowed here and only here, each block with a `// SAFETY:` comment.
 
 #![allow(unsafe_code)]
 
+pub mod backend;
 pub mod loopback;
 pub mod metrics;
 pub mod offload;

@@ -1,0 +1,164 @@
+//! The control channel on a device: peers, routes and counters for `isthmusctl` and
+//! isthmus-cp, FIB pushes from isthmus-cp, injected packets, and the core's events.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use super::{Device, RealSink};
+use crate::forward::Worker;
+use crate::io::udp::MmsgScratch;
+
+/// The control channel's view of a device.
+struct CtlGlue {
+    dev: Arc<Device>,
+    inject: Mutex<(Worker, MmsgScratch)>,
+}
+
+impl crate::ctl::server::CtlBackend for CtlGlue {
+    fn hello(&self) -> (String, Option<crate::keys::Key>) {
+        (self.dev.ifname.clone(), self.dev.core.public_key())
+    }
+
+    fn peers(&self) -> Vec<crate::ctl::proto::PeerInfo> {
+        self.dev
+            .core
+            .peers()
+            .iter()
+            .map(|p| {
+                let s = p.settings();
+                crate::ctl::proto::PeerInfo {
+                    public_key: p.public_key,
+                    name: s.name.clone(),
+                    class: s.class.as_str().into(),
+                    endpoint: p.endpoint(),
+                    last_handshake_unix: p
+                        .last_handshake()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    rx_bytes: p.counters.rx_bytes.load(Relaxed),
+                    tx_bytes: p.counters.tx_bytes.load(Relaxed),
+                    rx_packets: p.counters.rx_packets.load(Relaxed),
+                    tx_packets: p.counters.tx_packets.load(Relaxed),
+                    allowed_ips: s.allowed_ips,
+                }
+            })
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<crate::ctl::proto::RouteInfo> {
+        use crate::ctl::proto::RouteInfo;
+        let peers = self.dev.core.peers();
+        let mut out: Vec<RouteInfo> = self
+            .dev
+            .core
+            .fib_routes()
+            .into_iter()
+            .filter_map(|(r, origin)| {
+                Some(RouteInfo {
+                    prefix: r.prefix,
+                    next_hop: peers.via(r.next_hop)?,
+                    origin,
+                })
+            })
+            .collect();
+        out.sort_by_key(|r| r.prefix);
+        out
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        let t = self.dev.core.totals();
+        let mut v = Vec::new();
+        for p in crate::stats::Path::ALL {
+            v.push((format!("forwarded_{}", p.label()), t.forwarded_on(p)));
+        }
+        for r in crate::stats::DropReason::ALL {
+            v.push((format!("drop_{}", r.label()), t.dropped(r)));
+        }
+        v.push(("icmp_sent".into(), t.icmp_sent));
+        v.push(("cookies_sent".into(), t.cookies_sent));
+        v.push(("mss_clamped".into(), t.mss_clamped));
+        v
+    }
+
+    fn fib_snapshot(&self, routes: Vec<crate::ctl::proto::CtlRoute>) -> Result<(), String> {
+        self.dev
+            .core
+            .set_control_routes(routes.iter().map(|r| (r.prefix, r.next_hop)).collect());
+        Ok(())
+    }
+
+    fn fib_update(
+        &self,
+        add: Vec<crate::ctl::proto::CtlRoute>,
+        remove: Vec<ipnet::IpNet>,
+    ) -> Result<(), String> {
+        self.dev.core.update_control_routes(
+            add.iter().map(|r| (r.prefix, r.next_hop)).collect(),
+            &remove,
+        );
+        Ok(())
+    }
+
+    fn inject(&self, peer: crate::keys::Key, packet: Vec<u8>) -> Result<(), String> {
+        let socks = self.dev.sockets.load_full();
+        let Some(s) = socks.first() else {
+            return Err("no UDP socket bound".into());
+        };
+        let mut g = self
+            .inject
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (worker, scratch) = &mut *g;
+        let counters = worker.counters();
+        let mut sink = RealSink {
+            udp_fd: s.as_raw_fd(),
+            tun: None,
+            scratch,
+            counters: &counters,
+        };
+        if worker.inject(&peer, &packet, &mut sink) {
+            Ok(())
+        } else {
+            Err("no such peer".into())
+        }
+    }
+
+    fn disconnected(&self, was_subscriber: bool) {
+        if was_subscriber {
+            // The control plane went away: keep forwarding on its routes, marked stale,
+            // until it comes back with a fresh snapshot.
+            self.dev.core.set_fib_stale(true);
+        }
+    }
+}
+
+/// Serve the control channel of `dev` at `path`, and route the core's events (handshakes,
+/// roaming, punted Babel packets) to its subscribers.
+pub fn serve_ctl(
+    dev: &Arc<Device>,
+    path: &std::path::Path,
+) -> io::Result<crate::ctl::server::CtlServer> {
+    use crate::ctl::proto::{Msg, PeerEvent};
+    use crate::forward::CoreEvent;
+    let bus = crate::ctl::server::EventBus::new();
+    let b = bus.clone();
+    dev.core.set_event_sink(Arc::new(move |ev| {
+        if !b.has_subscribers() {
+            return false;
+        }
+        b.publish(match ev {
+            CoreEvent::HandshakeUp(peer) => Msg::Event(PeerEvent::HandshakeUp { peer }),
+            CoreEvent::EndpointChanged(peer, endpoint) => {
+                Msg::Event(PeerEvent::EndpointChanged { peer, endpoint })
+            }
+            CoreEvent::Punt(peer, packet) => Msg::Punt { peer, packet },
+        })
+    }));
+    let glue = Arc::new(CtlGlue {
+        dev: dev.clone(),
+        inject: Mutex::new((Worker::new(dev.core.clone()), MmsgScratch::default())),
+    });
+    crate::ctl::server::serve(path, glue, bus)
+}

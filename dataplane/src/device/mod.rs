@@ -1,0 +1,438 @@
+//! The running device: TUN queues, UDP sockets, worker threads (each polling its backend,
+//! `udp_tun.rs`), the handshake and timer threads, and the adapters of the local servers:
+//! the WireGuard UAPI (`uapi.rs`) and the control channel (`ctl.rs`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use mio::Waker;
+use socket2::Socket;
+
+use crate::forward::{Core, PeerChange, PeerSpec, Settings, Worker};
+use crate::io::backend;
+use crate::io::tun::{self, TunQueue};
+use crate::io::udp::{self, MmsgScratch};
+
+mod ctl;
+mod uapi;
+mod udp_tun;
+
+pub use ctl::serve_ctl;
+use udp_tun::{RealSink, UdpTun};
+
+/// Nice value of the handshake thread (the workers run at 0).
+const HANDSHAKE_NICE: i32 = 10;
+
+/// Options for starting a device.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Worker threads (each with a TUN queue and a UDP socket).
+    pub threads: usize,
+    /// UDP port (0: any).
+    pub listen_port: u16,
+    /// fwmark for the UDP sockets (0: none).
+    pub fwmark: u32,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// Forwarding settings.
+    pub settings: Settings,
+    /// TUN offloads (TSO, checksum): one read for up to 64 KiB of TCP.
+    pub offload: bool,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            listen_port: 0,
+            fwmark: 0,
+            mtu: 1420,
+            settings: Settings::default(),
+            offload: true,
+        }
+    }
+}
+
+struct Net {
+    port: u16,
+    fwmark: u32,
+}
+
+/// A running device.
+pub struct Device {
+    /// The forwarding core (peers, FIB, counters).
+    pub core: Arc<Core>,
+    ifname: String,
+    threads: usize,
+    net: Mutex<Net>,
+    sockets: ArcSwap<Vec<Socket>>,
+    generation: AtomicU64,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+    shutdown: AtomicBool,
+    icmp_src_fixed: bool,
+    handles: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Device {
+    /// Create the TUN device, bind the sockets and start the workers and the timer thread.
+    pub fn start(ifname: &str, opts: DeviceOptions) -> io::Result<Arc<Device>> {
+        let threads = opts.threads.max(1);
+        let queues = tun::open(ifname, threads, opts.offload)?;
+        if let Err(e) = tun::set_mtu(ifname, opts.mtu) {
+            tracing::warn!(%e, "could not set MTU of {ifname}");
+        }
+        let (socks, port) = udp::bind(opts.listen_port, threads, opts.fwmark)?;
+        let icmp_src_fixed =
+            opts.settings.icmp_src_v4.is_some() || opts.settings.icmp_src_v6.is_some();
+        let core = Core::new(
+            ifname,
+            Settings {
+                mtu: opts.mtu,
+                ..opts.settings
+            },
+        );
+        let dev = Arc::new(Device {
+            core,
+            ifname: ifname.to_string(),
+            threads,
+            net: Mutex::new(Net {
+                port,
+                fwmark: opts.fwmark,
+            }),
+            sockets: ArcSwap::from_pointee(socks),
+            generation: AtomicU64::new(1),
+            wakers: Mutex::new(Vec::new()),
+            shutdown: AtomicBool::new(false),
+            icmp_src_fixed,
+            handles: Mutex::new(Vec::new()),
+        });
+        let mut handles = Vec::new();
+        for (i, q) in queues.into_iter().enumerate() {
+            let d = dev.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("isthmus-w{i}"))
+                    .spawn(move || d.worker_loop(i, q, &tx))?,
+            );
+            // Wait until the worker registered its waker, so shutdown can reach it.
+            rx.recv()
+                .map_err(|_| io::Error::other("worker thread failed to start"))??;
+        }
+        let d = dev.clone();
+        handles.push(
+            thread::Builder::new()
+                .name("isthmus-timers".into())
+                .spawn(move || d.timer_loop())?,
+        );
+        let d = dev.clone();
+        let queued = dev.core.handshake_queue();
+        handles.push(
+            thread::Builder::new()
+                .name("isthmus-handshakes".into())
+                .spawn(move || d.handshake_loop(&queued))?,
+        );
+        *dev.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+        tracing::info!(ifname, port, threads, "device up");
+        Ok(dev)
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The UDP port in use.
+    pub fn listen_port(&self) -> u16 {
+        self.net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .port
+    }
+
+    /// The fwmark in use (0: none).
+    pub fn fwmark(&self) -> u32 {
+        self.net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fwmark
+    }
+
+    /// Rebind the UDP sockets to another port and/or fwmark. Port 0 picks a free port.
+    pub fn rebind(&self, port: Option<u16>, fwmark: Option<u32>) -> io::Result<()> {
+        let mut net = self
+            .net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = port.unwrap_or(net.port);
+        let fwmark = fwmark.unwrap_or(net.fwmark);
+        if port == net.port && fwmark == net.fwmark && port != 0 {
+            return Ok(());
+        }
+        if port == net.port && port != 0 {
+            // Same port: only the mark changes, on the sockets we have.
+            for sock in self.sockets.load().iter() {
+                sock.set_mark(fwmark)?;
+            }
+            net.fwmark = fwmark;
+            return Ok(());
+        }
+        let (socks, bound) = udp::bind(port, self.threads, fwmark)?;
+        self.sockets.store(Arc::new(socks));
+        self.generation.fetch_add(1, SeqCst);
+        self.wake_all();
+        net.port = bound;
+        net.fwmark = fwmark;
+        tracing::info!(port = bound, fwmark, "UDP sockets bound");
+        Ok(())
+    }
+
+    fn wake_all(&self) {
+        for w in self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = w.wake();
+        }
+    }
+
+    /// Ask every thread to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, SeqCst);
+        self.wake_all();
+    }
+
+    /// Whether the device is shutting down (signal, or the TUN device went away).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(SeqCst)
+    }
+
+    /// Wait for the threads to end (after [`Device::shutdown`]).
+    pub fn join(&self) {
+        let handles = std::mem::take(
+            &mut *self
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    /// A worker: its UDP + TUN backend polled by the worker loop until shutdown.
+    fn worker_loop(
+        self: &Arc<Self>,
+        idx: usize,
+        tunq: TunQueue,
+        ready: &std::sync::mpsc::Sender<io::Result<()>>,
+    ) {
+        let mut fwd = Worker::new(self.core.clone());
+        let mut backend = match UdpTun::new(self.clone(), idx, tunq, fwd.counters()) {
+            Ok((backend, waker)) => {
+                self.wakers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(waker);
+                let _ = ready.send(Ok(()));
+                backend
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        if let Err(e) = backend::run(&mut fwd, &mut backend, &self.shutdown) {
+            tracing::warn!(ifname = %self.ifname, %e, "worker stopped");
+        }
+        // The TUN device is gone (or we were asked to stop): stop everything.
+        self.shutdown();
+    }
+
+    /// Handshake messages that the workers admitted, with their Diffie-Hellman, on a thread
+    /// of lower priority than the workers: a flood of them costs this thread's time, not the
+    /// time in which transport data is forwarded.
+    fn handshake_loop(
+        &self,
+        queued: &crossbeam::channel::Receiver<crate::forward::QueuedHandshake>,
+    ) {
+        if !crate::sys::lower_thread_priority(HANDSHAKE_NICE) {
+            tracing::debug!("could not lower the handshake thread's priority");
+        }
+        let mut fwd = Worker::new(self.core.clone());
+        let counters = fwd.counters();
+        let mut scratch = MmsgScratch::default();
+        while !self.shutdown.load(Relaxed) {
+            let Ok(first) = queued.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            let socks = self.sockets.load_full();
+            let Some(s) = socks.first() else { continue };
+            let mut sink = RealSink {
+                udp_fd: s.as_raw_fd(),
+                tun: None,
+                scratch: &mut scratch,
+                counters: &counters,
+            };
+            let batch = std::iter::once(first).chain(queued.try_iter().take(63));
+            fwd.handle_handshakes(batch, &mut sink);
+        }
+    }
+
+    fn timer_loop(&self) {
+        let mut fwd = Worker::new(self.core.clone());
+        let counters = fwd.counters();
+        let mut scratch = MmsgScratch::default();
+        let mut last_reset = Instant::now();
+        let mut last_addr = Instant::now() - Duration::from_secs(10);
+        let mut local_addrs = Vec::new();
+        while !self.shutdown.load(Relaxed) {
+            thread::sleep(Duration::from_millis(100));
+            let socks = self.sockets.load_full();
+            if let Some(s) = socks.first() {
+                let mut sink = RealSink {
+                    udp_fd: s.as_raw_fd(),
+                    tun: None,
+                    scratch: &mut scratch,
+                    counters: &counters,
+                };
+                fwd.tick(&mut sink);
+            }
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                self.core.reset_rate_limiter();
+                last_reset = Instant::now();
+            }
+            if last_addr.elapsed() >= Duration::from_secs(1) {
+                // Follow what wg-quick or the operator do to the interface: its MTU bounds
+                // relayed packets, its addresses source our ICMP errors.
+                last_addr = Instant::now();
+                let cur = self.core.settings();
+                let mut next = (*cur).clone();
+                if let Ok(mtu) = tun::mtu(&self.ifname) {
+                    next.mtu = mtu;
+                }
+                let addrs = tun::addresses(&self.ifname);
+                if addrs != local_addrs {
+                    // The interface's own addresses are delivered locally, whatever else
+                    // the FIB says (they matter when unrouted packets are dropped).
+                    self.core.set_local_addresses(&addrs);
+                    local_addrs = addrs;
+                }
+                if !self.icmp_src_fixed {
+                    next.icmp_src_v4 = local_addrs.iter().find_map(|a| match a {
+                        std::net::IpAddr::V4(v4) => Some(*v4),
+                        std::net::IpAddr::V6(_) => None,
+                    });
+                    next.icmp_src_v6 = local_addrs.iter().find_map(|a| match a {
+                        std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 => {
+                            Some(*v6)
+                        }
+                        _ => None,
+                    });
+                }
+                if next.mtu != cur.mtu
+                    || next.icmp_src_v4 != cur.icmp_src_v4
+                    || next.icmp_src_v6 != cur.icmp_src_v6
+                {
+                    self.core.set_settings(next);
+                }
+            }
+        }
+    }
+}
+
+/// A warning printed at most once every 10 seconds, with the count of suppressed ones.
+#[derive(Default)]
+struct RateLimitedWarn {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    fn warn(&mut self, msg: &str) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "{msg}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// Serve Prometheus metrics over HTTP on `addr` in a background thread.
+pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr> {
+    crate::io::metrics::serve(addr, "isthmus-metrics", move || {
+        crate::stats::render(&core.sample())
+    })
+}
+
+impl Device {
+    /// Apply a configuration file: key, peers (with names and classes), static routes, and
+    /// the interface's addresses (set with iproute2, then the link is brought up).
+    pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
+        use crate::fib::Via;
+        use crate::tunnel::PeerSettings;
+        self.core.set_private_key(cfg.interface.private_key);
+        let changes = cfg.peers.iter().map(|p| {
+            PeerChange::Upsert(PeerSpec {
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                settings: PeerSettings {
+                    name: p.name.clone(),
+                    class: p.class,
+                    preshared_key: p.preshared_key,
+                    persistent_keepalive: p.persistent_keepalive,
+                    allowed_ips: p.allowed_ips.clone(),
+                },
+            })
+        });
+        self.core.apply_peer_changes(changes).map_err(|e| {
+            io::Error::other(format!(
+                "peer {}: {}",
+                cfg.peers[e.index].name.as_deref().unwrap_or("(unnamed)"),
+                e.error
+            ))
+        })?;
+        let mut routes: Vec<(ipnet::IpNet, Via)> =
+            cfg.routes.iter().map(|r| (r.prefix, r.via)).collect();
+        // The interface's own addresses are local, whatever else is routed.
+        for a in &cfg.interface.address {
+            let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
+            routes.push((host, Via::Local));
+        }
+        self.core.set_static_routes(routes);
+        for a in &cfg.interface.address {
+            run_ip(&["address", "add", &a.to_string(), "dev", &self.ifname])?;
+        }
+        run_ip(&["link", "set", "dev", &self.ifname, "up"])?;
+        Ok(())
+    }
+}
+
+/// Run `ip ARGS...` (iproute2), failing with its error output.
+fn run_ip(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
