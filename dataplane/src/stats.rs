@@ -247,29 +247,6 @@ impl Totals {
     }
 }
 
-/// One peer's values for the exposition.
-#[derive(Debug, Clone, Default)]
-pub struct PeerSample {
-    /// Peer name (or the short key when unnamed).
-    pub name: String,
-    /// Base64 public key.
-    pub public_key: String,
-    /// `mesh` or `trunk`.
-    pub class: &'static str,
-    /// Bytes received (decrypted payload plus overhead, as `wg` counts).
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Unix time of the last handshake, if any.
-    pub last_handshake: Option<f64>,
-    /// Completed handshakes.
-    pub handshakes: u64,
-}
-
 /// Everything a scrape shows.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
@@ -278,7 +255,7 @@ pub struct Sample {
     /// Worker totals.
     pub totals: Totals,
     /// Peers.
-    pub peers: Vec<PeerSample>,
+    pub peers: Vec<crate::tunnel::PeerInfo>,
     /// IPv4 / IPv6 FIB sizes.
     pub fib_v4: usize,
     /// IPv6 FIB size.
@@ -305,7 +282,7 @@ pub fn render(s: &Sample) -> String {
         env!("CARGO_PKG_VERSION")
     );
 
-    type PeerField = fn(&PeerSample) -> u64;
+    type PeerField = fn(&crate::tunnel::PeerInfo) -> u64;
     let peer_counters: [(&str, &str, PeerField); 5] = [
         (
             "isthmus_peer_rx_bytes_total",
@@ -333,17 +310,23 @@ pub fn render(s: &Sample) -> String {
             |p| p.handshakes,
         ),
     ];
+    // Each peer's labels, once.
+    let labels: Vec<String> = s
+        .peers
+        .iter()
+        .map(|p| {
+            format!(
+                "peer=\"{}\",public_key=\"{}\",class=\"{}\"",
+                escape(&p.label()),
+                crate::tunnel::key_b64(&p.public_key),
+                p.class.as_str()
+            )
+        })
+        .collect();
     for (name, help, get) in peer_counters {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for p in &s.peers {
-            let _ = writeln!(
-                o,
-                "{name}{{peer=\"{}\",public_key=\"{}\",class=\"{}\"}} {}",
-                escape(&p.name),
-                p.public_key,
-                p.class,
-                get(p)
-            );
+        for (p, l) in s.peers.iter().zip(&labels) {
+            let _ = writeln!(o, "{name}{{{l}}} {}", get(p));
         }
     }
     let name = "isthmus_peer_last_handshake_seconds";
@@ -352,15 +335,12 @@ pub fn render(s: &Sample) -> String {
         "# HELP {name} Unix time of the last completed handshake (0: never)."
     );
     let _ = writeln!(o, "# TYPE {name} gauge");
-    for p in &s.peers {
-        let _ = writeln!(
-            o,
-            "{name}{{peer=\"{}\",public_key=\"{}\",class=\"{}\"}} {}",
-            escape(&p.name),
-            p.public_key,
-            p.class,
-            p.last_handshake.unwrap_or(0.0)
-        );
+    for (p, l) in s.peers.iter().zip(&labels) {
+        let t = p
+            .last_handshake
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(o, "{name}{{{l}}} {t}");
     }
 
     let _ = writeln!(

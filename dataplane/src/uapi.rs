@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
@@ -93,28 +93,7 @@ pub struct DeviceState {
     /// fwmark (0: none).
     pub fwmark: u32,
     /// Peers.
-    pub peers: Vec<PeerState>,
-}
-
-/// One peer as `get=1` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerState {
-    /// Public key.
-    pub public_key: Key,
-    /// Preshared key.
-    pub preshared_key: Option<Key>,
-    /// Endpoint.
-    pub endpoint: Option<SocketAddr>,
-    /// Last completed handshake.
-    pub last_handshake: Option<SystemTime>,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Persistent keepalive interval.
-    pub persistent_keepalive: Option<u16>,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
+    pub peers: Vec<crate::tunnel::PeerInfo>,
 }
 
 /// A failed request: an errno for the client and, for our log, what was wrong and where.
@@ -678,13 +657,18 @@ mod tests {
                 if p.remove {
                     continue;
                 }
-                s.peers.push(PeerState {
+                s.peers.push(crate::tunnel::PeerInfo {
                     public_key: p.public_key,
+                    name: None,
+                    class: crate::config::LinkClass::Mesh,
                     preshared_key: p.preshared_key.flatten(),
                     endpoint: p.endpoint,
                     last_handshake: Some(UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5)),
                     rx_bytes: 1234,
                     tx_bytes: 5678,
+                    rx_packets: 0,
+                    tx_packets: 0,
+                    handshakes: 0,
                     persistent_keepalive: p.persistent_keepalive,
                     allowed_ips: p.allowed_ips,
                 });

@@ -4,14 +4,15 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
 use isthmus_controlplane::config::{BabelConfig, DefaultRoute};
-use isthmus_dataplane::ctl::proto::{Msg, PeerInfo, RouteInfo};
+use isthmus_dataplane::ctl::proto::{Msg, RouteInfo};
 use isthmus_dataplane::ctl::server::CtlClient;
 use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::keys::Key;
+use isthmus_dataplane::tunnel::PeerInfo;
 
 const USAGE: &str = "\
 usage: isthmusctl genkey
@@ -171,13 +172,11 @@ fn names(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn ago(unix: Option<u64>) -> String {
-    let Some(t) = unix else { return "never".into() };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let s = now.saturating_sub(t);
+fn ago(t: Option<SystemTime>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let s = SystemTime::now()
+        .duration_since(t)
+        .map_or(0, |d| d.as_secs());
     match s {
         0..=119 => format!("{s}s ago"),
         120..=7199 => format!("{}m ago", s / 60),
@@ -222,12 +221,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn peer_label(p: &PeerInfo) -> String {
-    p.name
-        .clone()
-        .unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
-}
-
 fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
     let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
         bail!("unexpected answer")
@@ -236,11 +229,11 @@ fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
         .iter()
         .map(|p| {
             vec![
-                peer_label(p),
+                p.label(),
                 p.public_key.to_base64(),
-                p.class.clone(),
+                p.class.as_str().into(),
                 p.endpoint.map_or("-".into(), |e| e.to_string()),
-                ago(p.last_handshake_unix),
+                ago(p.last_handshake),
                 format!("{} / {}", bytes(p.rx_bytes), bytes(p.tx_bytes)),
                 p.allowed_ips
                     .iter()
@@ -276,7 +269,7 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
         Via::Peer(k) => peers
             .iter()
             .find(|p| p.public_key == k)
-            .map_or_else(|| k.to_base64()[..8].to_string(), peer_label),
+            .map_or_else(|| k.to_base64()[..8].to_string(), PeerInfo::label),
         Via::Local => "local".into(),
         Via::Blackhole => "blackhole".into(),
     };

@@ -23,11 +23,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
+use std::time::UNIX_EPOCH;
+
+use crate::config::LinkClass;
 use crate::fib::{RouteOrigin, Via};
 use crate::keys::Key;
+use crate::tunnel::PeerInfo;
 
 /// Version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest body accepted (a full table of a million routes fits).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -50,31 +54,6 @@ pub struct RouteInfo {
     pub next_hop: Via,
     /// Origin.
     pub origin: RouteOrigin,
-}
-
-/// A peer as the data plane reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// Public key.
-    pub public_key: Key,
-    /// Configured name.
-    pub name: Option<String>,
-    /// `mesh` or `trunk`.
-    pub class: String,
-    /// Current endpoint.
-    pub endpoint: Option<SocketAddr>,
-    /// Unix time of the last handshake.
-    pub last_handshake_unix: Option<u64>,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Datagrams received.
-    pub rx_packets: u64,
-    /// Datagrams sent.
-    pub tx_packets: u64,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
 }
 
 /// Something that happened to a peer.
@@ -432,7 +411,10 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
                     }
                     None => w.u8(0),
                 }
-                w.str(&p.class);
+                w.u8(match p.class {
+                    LinkClass::Mesh => 1,
+                    LinkClass::Trunk => 2,
+                });
                 match &p.endpoint {
                     Some(e) => {
                         w.u8(1);
@@ -440,17 +422,23 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
                     }
                     None => w.u8(0),
                 }
-                match p.last_handshake_unix {
+                // Whole seconds since the Unix epoch; the preshared key is not sent.
+                match p
+                    .last_handshake
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                {
                     Some(t) => {
                         w.u8(1);
-                        w.u64(t);
+                        w.u64(t.as_secs());
                     }
                     None => w.u8(0),
                 }
+                w.u16(p.persistent_keepalive.unwrap_or(0));
                 w.u64(p.rx_bytes);
                 w.u64(p.tx_bytes);
                 w.u64(p.rx_packets);
                 w.u64(p.tx_packets);
+                w.u64(p.handshakes);
                 w.len(p.allowed_ips.len());
                 p.allowed_ips.iter().for_each(|a| w.prefix(a));
             }
@@ -538,13 +526,27 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
             Ok(PeerInfo {
                 public_key: r.key()?,
                 name: r.opt(R::str)?,
-                class: r.str()?,
+                class: match r.u8()? {
+                    1 => LinkClass::Mesh,
+                    2 => LinkClass::Trunk,
+                    v => {
+                        return Err(ProtoError::Unknown {
+                            what: "link class",
+                            value: v,
+                        })
+                    }
+                },
                 endpoint: r.opt(R::sockaddr)?,
-                last_handshake_unix: r.opt(R::u64)?,
+                last_handshake: r
+                    .opt(R::u64)?
+                    .map(|t| UNIX_EPOCH + std::time::Duration::from_secs(t)),
+                preshared_key: None,
+                persistent_keepalive: Some(r.u16()?).filter(|&k| k > 0),
                 rx_bytes: r.u64()?,
                 tx_bytes: r.u64()?,
                 rx_packets: r.u64()?,
                 tx_packets: r.u64()?,
+                handshakes: r.u64()?,
                 allowed_ips: r.vec(6, R::prefix)?,
             })
         })?),
@@ -658,24 +660,34 @@ mod tests {
         (
             key(),
             proptest::option::of(".{0,12}"),
-            "mesh|trunk",
+            any::<bool>(),
             proptest::option::of(sockaddr()),
-            proptest::option::of(any::<u64>()),
-            any::<[u64; 4]>(),
+            proptest::option::of(0..u64::from(u32::MAX)),
+            any::<u16>(),
+            any::<[u64; 5]>(),
             proptest::collection::vec(prefix(), 0..4),
         )
             .prop_map(
-                |(public_key, name, class, endpoint, last_handshake_unix, c, allowed_ips)| {
+                |(public_key, name, trunk, endpoint, handshake, keepalive, c, allowed_ips)| {
                     PeerInfo {
                         public_key,
                         name,
-                        class,
+                        class: if trunk {
+                            LinkClass::Trunk
+                        } else {
+                            LinkClass::Mesh
+                        },
                         endpoint,
-                        last_handshake_unix,
+                        // The channel carries whole seconds and no preshared key.
+                        last_handshake: handshake
+                            .map(|t| UNIX_EPOCH + std::time::Duration::from_secs(t)),
+                        preshared_key: None,
+                        persistent_keepalive: Some(keepalive).filter(|&k| k > 0),
                         rx_bytes: c[0],
                         tx_bytes: c[1],
                         rx_packets: c[2],
                         tx_packets: c[3],
+                        handshakes: c[4],
                         allowed_ips,
                     }
                 },

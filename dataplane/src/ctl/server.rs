@@ -13,11 +13,10 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use ipnet::IpNet;
 
-use super::proto::{
-    read_msg, write_msg, CtlRoute, Msg, PeerInfo, ProtoError, RouteInfo, PROTOCOL_VERSION,
-};
+use super::proto::{read_msg, write_msg, CtlRoute, Msg, ProtoError, RouteInfo, PROTOCOL_VERSION};
 use crate::io::unix::{Limits, WhenFull};
 use crate::keys::Key;
+use crate::tunnel::PeerInfo;
 
 /// Events and punts a subscriber may have queued before it loses some.
 const SUBSCRIBER_QUEUE: usize = 4096;
@@ -401,7 +400,7 @@ mod tests {
         assert_eq!(
             c.hello,
             Msg::HelloAck {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 ifname: "ist0".into(),
                 public_key: Some(Key([7; 32]))
             }

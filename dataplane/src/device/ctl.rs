@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use super::{Device, RealSink};
@@ -21,30 +20,8 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         (self.dev.ifname.clone(), self.dev.core.public_key())
     }
 
-    fn peers(&self) -> Vec<crate::ctl::proto::PeerInfo> {
-        self.dev
-            .core
-            .peers()
-            .iter()
-            .map(|p| {
-                let s = p.settings();
-                crate::ctl::proto::PeerInfo {
-                    public_key: p.public_key,
-                    name: s.name.clone(),
-                    class: s.class.as_str().into(),
-                    endpoint: p.endpoint(),
-                    last_handshake_unix: p
-                        .last_handshake()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs()),
-                    rx_bytes: p.counters.rx_bytes.load(Relaxed),
-                    tx_bytes: p.counters.tx_bytes.load(Relaxed),
-                    rx_packets: p.counters.rx_packets.load(Relaxed),
-                    tx_packets: p.counters.tx_packets.load(Relaxed),
-                    allowed_ips: s.allowed_ips,
-                }
-            })
-            .collect()
+    fn peers(&self) -> Vec<crate::tunnel::PeerInfo> {
+        self.dev.core.peers().iter().map(|p| p.info()).collect()
     }
 
     fn routes(&self) -> Vec<crate::ctl::proto::RouteInfo> {

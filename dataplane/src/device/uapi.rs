@@ -2,7 +2,6 @@
 //! changes.
 
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
 
 use super::Device;
 use crate::forward::{PeerChange, PeerSpec};
@@ -15,22 +14,7 @@ impl crate::uapi::UapiHandler for Device {
             listen_port: self.listen_port(),
             fwmark: self.fwmark(),
             // Oldest first, as the kernel lists them.
-            peers: peers
-                .iter_by_age()
-                .map(|p| {
-                    let s = p.settings();
-                    crate::uapi::PeerState {
-                        public_key: p.public_key,
-                        preshared_key: s.preshared_key,
-                        endpoint: p.endpoint(),
-                        last_handshake: p.last_handshake(),
-                        rx_bytes: p.counters.rx_bytes.load(Relaxed),
-                        tx_bytes: p.counters.tx_bytes.load(Relaxed),
-                        persistent_keepalive: s.persistent_keepalive,
-                        allowed_ips: s.allowed_ips,
-                    }
-                })
-                .collect(),
+            peers: peers.iter_by_age().map(|p| p.info()).collect(),
         }
     }
 

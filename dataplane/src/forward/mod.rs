@@ -15,14 +15,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::fib::{Fib, FibHandle};
 use crate::keys::Key;
-use crate::stats::{PeerSample, Sample, Totals, WorkerCounters};
+use crate::stats::{Sample, Totals, WorkerCounters};
 use crate::tunnel::guard::HandshakeGuard;
 use crate::tunnel::index::IndexCipher;
 use crate::tunnel::{Identity, PeerMap, PeerSettings, MAX_PEER_ID};
@@ -239,30 +238,7 @@ impl Core {
         Sample {
             ifname: self.ifname.clone(),
             totals: self.totals(),
-            peers: peers
-                .iter()
-                .map(|p| {
-                    let c = &p.counters;
-                    PeerSample {
-                        name: p.label.clone(),
-                        public_key: crate::tunnel::key_b64(&p.public_key),
-                        class: match p.settings().class {
-                            crate::config::LinkClass::Mesh => "mesh",
-                            crate::config::LinkClass::Trunk => "trunk",
-                        },
-                        rx_bytes: c.rx_bytes.load(Relaxed),
-                        tx_bytes: c.tx_bytes.load(Relaxed),
-                        rx_packets: c.rx_packets.load(Relaxed),
-                        tx_packets: c.tx_packets.load(Relaxed),
-                        handshakes: c.handshakes.load(Relaxed),
-                        last_handshake: p.last_handshake().and_then(|t| {
-                            t.duration_since(SystemTime::UNIX_EPOCH)
-                                .ok()
-                                .map(|d| d.as_secs_f64())
-                        }),
-                    }
-                })
-                .collect(),
+            peers: peers.iter().map(|p| p.info()).collect(),
             fib_v4: fib.len_v4(),
             fib_v6: fib.len_v6(),
             fib_stale: self.fib_stale.load(Relaxed),

@@ -45,7 +45,7 @@ use crate::keys::Key;
 use crate::stats::{DropReason, Path, WorkerCounters};
 use crate::tunnel::guard::{Admit, Refusal};
 use crate::tunnel::index::IndexCipher;
-use crate::tunnel::{Peer, PeerMap, PeerState};
+use crate::tunnel::{Peer, PeerMap, Session};
 use crate::wire::{self, IcmpError};
 
 /// Capacity of the handshake queue (wireguard-go's `QueueHandshakeSize`).
@@ -427,7 +427,7 @@ impl<S: Sink> Ctx<'_, S> {
             return self.drop(DropReason::UnknownIndex);
         };
         let mut st = peer.lock();
-        let PeerState { cookies, .. } = &mut *st;
+        let Session { cookies, .. } = &mut *st;
         if !cookies.consume(&peer.macs, wire, data) {
             drop(st);
             self.drop(DropReason::HandshakeFailed);
@@ -485,7 +485,7 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// Send what the session queued while it waited for a handshake.
-    fn flush_queued(&mut self, peer: &Peer, st: &mut PeerState, to: SocketAddr) {
+    fn flush_queued(&mut self, peer: &Peer, st: &mut Session, to: SocketAddr) {
         loop {
             if self.udp_out.is_full() {
                 self.sink.send_udp(self.udp_out);
@@ -767,7 +767,7 @@ fn mss_for(mtu: u16, pkt: &[u8]) -> u16 {
 
 /// A datagram of `len` bytes from `src` authenticated as the peer's: count it, and move the
 /// peer's endpoint there (roaming). Returns whether it moved.
-fn authenticated(peer: &Peer, st: &mut PeerState, len: usize, src: SocketAddr) -> bool {
+fn authenticated(peer: &Peer, st: &mut Session, len: usize, src: SocketAddr) -> bool {
     peer.counters.rx(len);
     let moved = st.endpoint != Some(src);
     st.endpoint = Some(src);
@@ -791,7 +791,7 @@ fn commit_datagram(batch: &mut Batch, n: usize, to: SocketAddr) {
 /// not ours, and go as they are.
 fn seal_outgoing(
     index: &IndexCipher,
-    st: &mut PeerState,
+    st: &mut Session,
     macs: &crate::tunnel::macs::MacKeys,
     msg: &mut [u8],
 ) {

@@ -123,7 +123,7 @@ pub struct PeerSettings {
 
 /// The mutable per-peer state the hot path touches, behind one lock: the session and the
 /// endpoint it talks to.
-pub struct PeerState {
+pub struct Session {
     /// The boringtun session (handshake, keys, timers, replay window).
     pub tunn: Tunn,
     /// Where to send; updated on every authenticated datagram (roaming).
@@ -134,6 +134,49 @@ pub struct PeerState {
     /// The handshake counts as completed when the first packet arrives on it, as in
     /// WireGuard: answering an initiation proves nothing about the peer's receiving it.
     pub unconfirmed: Option<u32>,
+}
+
+/// A peer as the tools see it: its configuration and its counters at one moment. The one
+/// view of a peer, for the UAPI (`wg show`), the control channel (`isthmusctl show peers`)
+/// and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Public key.
+    pub public_key: Key,
+    /// Configured name.
+    pub name: Option<String>,
+    /// Link class.
+    pub class: LinkClass,
+    /// Current endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Preshared key (for the UAPI only: the control channel does not carry it).
+    pub preshared_key: Option<Key>,
+    /// Persistent keepalive interval, seconds.
+    pub persistent_keepalive: Option<u16>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+    /// Wall-clock time of the last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received (whole datagrams, as `wg` counts).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Datagrams received and authenticated.
+    pub rx_packets: u64,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+}
+
+impl PeerInfo {
+    /// Name for metrics and the CLI: the configured name, or the first 8 base64 characters
+    /// of the key.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| short_key(&self.public_key))
+    }
 }
 
 /// One WireGuard peer.
@@ -148,7 +191,7 @@ pub struct Peer {
     /// MAC keys of messages to this peer.
     pub macs: MacKeys,
     /// Session and endpoint.
-    state: Mutex<PeerState>,
+    state: Mutex<Session>,
     /// Settings (read off the hot path).
     pub settings: Mutex<PeerSettings>,
     /// Counters.
@@ -174,7 +217,7 @@ impl Peer {
             public_key,
             label,
             macs: MacKeys::new(&public_key.0),
-            state: Mutex::new(PeerState {
+            state: Mutex::new(Session {
                 tunn,
                 endpoint,
                 cookies: CookieState::default(),
@@ -187,7 +230,7 @@ impl Peer {
 
     /// Lock the session. Held for one packet at a time.
     #[inline]
-    pub fn lock(&self) -> MutexGuard<'_, PeerState> {
+    pub fn lock(&self) -> MutexGuard<'_, Session> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -219,6 +262,27 @@ impl Peer {
     pub fn last_handshake(&self) -> Option<SystemTime> {
         let since = self.lock().tunn.time_since_last_handshake()?;
         SystemTime::now().checked_sub(since)
+    }
+
+    /// Its configuration and counters now.
+    pub fn info(&self) -> PeerInfo {
+        let s = self.settings();
+        let c = &self.counters;
+        PeerInfo {
+            public_key: self.public_key,
+            name: s.name,
+            class: s.class,
+            endpoint: self.endpoint(),
+            preshared_key: s.preshared_key,
+            persistent_keepalive: s.persistent_keepalive,
+            allowed_ips: s.allowed_ips,
+            last_handshake: self.last_handshake(),
+            rx_bytes: c.rx_bytes.load(Relaxed),
+            tx_bytes: c.tx_bytes.load(Relaxed),
+            rx_packets: c.rx_packets.load(Relaxed),
+            tx_packets: c.tx_packets.load(Relaxed),
+            handshakes: c.handshakes.load(Relaxed),
+        }
     }
 
     /// Time since the last completed handshake.
