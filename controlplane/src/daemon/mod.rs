@@ -12,6 +12,7 @@
 //! the table without a flush, and changes follow incrementally.
 
 mod links;
+pub mod reconcile;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
