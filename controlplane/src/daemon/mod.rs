@@ -9,12 +9,16 @@
 //! Non-stop forwarding: after a start, nothing is pushed to the data plane or the kernel until
 //! the neighbours have had time to send their tables (two hello intervals and a second); the
 //! data plane forwards on its last table, marked stale, meanwhile. Then one snapshot replaces
-//! the table without a flush, and changes follow incrementally.
+//! the table without a flush, and changes follow incrementally. When and what to write is
+//! [`reconcile`]'s (sans I/O, one [`reconcile::Reconciler`] per table); the daemon only feeds it
+//! the routes, the time and the tables ([`tables`]: the kernel, the data plane's FIB).
 
 mod links;
+pub mod reconcile;
 pub mod status;
+mod tables;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
-use isthmus_dataplane::fib;
+use isthmus_dataplane::fib::{self, RouteOrigin};
 use isthmus_dataplane::keys::Key;
 use tracing::{debug, info, warn};
 
@@ -34,7 +38,9 @@ pub use links::{unwrap, wrap};
 use crate::babel::packet::{RouterId, MULTICAST};
 use crate::babel::{self, Event, LinkConfig, LinkId, Router, Selected};
 use crate::config::{self, CpConfig, DefaultRoute, Direction, FilterAction};
-use crate::kernel::{self, Kernel, KernelChange, KernelRoute, RTPROT_ISTHMUS};
+use crate::kernel::{self, Kernel, KernelRoute, RTPROT_ISTHMUS};
+use reconcile::{Phase, Reconciler, Report, TableRoute, Timing};
+use tables::FibChannel;
 
 /// Default Prometheus address of `isthmus-cp`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9587";
@@ -164,28 +170,15 @@ pub struct Daemon {
     links: BTreeMap<LinkId, LinkInfo>,
     by_key: HashMap<Key, LinkId>,
     ifaces: HashMap<LinkId, links::IfaceSocket>,
-    ctl: Option<UnixStream>,
+    /// The control channel's writing half: the data plane's FIB, injected packets.
+    dp: FibChannel,
     ifname: String,
     tun_ifindex: Option<u32>,
-    kernel: Option<Kernel>,
-    /// What the data plane and the kernel should hold, by prefix.
-    fib: BTreeMap<IpNet, fib::Via>,
-    kroutes: BTreeMap<IpNet, KernelRoute>,
-    /// What we installed in the kernel.
-    kinstalled: BTreeMap<IpNet, KernelRoute>,
-    /// Changes since the last push.
-    dirty: BTreeMap<IpNet, ()>,
-    sync_at: Instant,
-    /// When routes a previous run left (in the data plane and the kernel) and that were not
-    /// relearned are finally removed.
-    cleanup_at: Instant,
-    cleaned: bool,
-    /// Control-plane routes the data plane held when we connected (a previous run's).
-    dp_stale: BTreeMap<IpNet, fib::Via>,
+    /// The data plane's FIB: what it should hold, what it holds.
+    fib: Reconciler<CtlRoute>,
+    /// The kernel's routing table and its reconciler, with `kernel_routes`.
+    kernel: Option<(Kernel, Reconciler<KernelRoute>)>,
     started: Instant,
-    /// One entry per message awaiting the data plane's Ok: the send time of FIB pushes,
-    /// `None` for injected packets (also acknowledged).
-    pushes: VecDeque<Option<Instant>>,
     stats: IoStats,
     status_path: PathBuf,
 }
@@ -445,32 +438,42 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         "isthmus-cp started; first push to the data plane in {hold:?}"
     );
     let tun_ifindex = kernel::ifindex(&ifname).ok();
+    let timing = Timing { hold, cleanup };
+    let kernel = kernel.map(|mut k| {
+        let mut routes = Reconciler::new(now, timing);
+        // Routes a previous run installed stay until replaced or until the clean-up: no
+        // flush, and no gap while neighbours are still being heard.
+        match k.dump_own() {
+            Ok(found) => routes.found(found),
+            Err(e) => warn!("kernel: cannot list a previous run's routes: {e}"),
+        }
+        routes.connected(&mut k);
+        (k, routes)
+    });
     let mut d = Daemon {
         cfg,
         router,
         links,
         by_key,
         ifaces,
-        ctl: None,
+        dp: FibChannel::default(),
         ifname,
         tun_ifindex,
+        fib: Reconciler::new(now, timing),
         kernel,
-        fib: BTreeMap::new(),
-        kroutes: BTreeMap::new(),
-        kinstalled: BTreeMap::new(),
-        dirty: BTreeMap::new(),
-        sync_at: now + hold,
-        cleanup_at: now + hold + cleanup,
-        cleaned: false,
-        dp_stale: BTreeMap::new(),
         started: now,
-        pushes: VecDeque::new(),
         stats: IoStats::default(),
         status_path,
     };
     // Our own prefixes go to the data plane as local routes.
-    for (p, _) in d.router.xroutes().collect::<Vec<_>>() {
-        d.fib.insert(p, fib::Via::Local);
+    for (prefix, _) in d.router.xroutes().collect::<Vec<_>>() {
+        d.fib.want(
+            prefix,
+            Some(CtlRoute {
+                prefix,
+                next_hop: fib::Via::Local,
+            }),
+        );
     }
     d.run(rx)
 }
@@ -480,6 +483,46 @@ fn kernel_metric(p: &IpNet) -> u32 {
     match p {
         IpNet::V4(_) => 0,
         IpNet::V6(_) => 1024,
+    }
+}
+
+/// The kernel route for a prefix reached through a tunnel peer: into the TUN.
+fn tun_route(prefix: IpNet, ifindex: u32) -> KernelRoute {
+    KernelRoute {
+        prefix,
+        gateway: None,
+        ifindex,
+        metric: kernel_metric(&prefix),
+    }
+}
+
+/// Logs what a reconciler reports, in the words of `table`.
+fn log_reports<R: TableRoute>(table: &str, routes: &mut Reconciler<R>) {
+    while let Some(report) = routes.poll_report() {
+        match report {
+            Report::Replaced { routes } => info!(routes, "pushed a full table to the {table}"),
+            Report::Reconciled {
+                found,
+                changes,
+                kept,
+                failed,
+            } => info!(
+                found,
+                changes,
+                kept_until_cleanup = kept,
+                failed,
+                "{table} routes reconciled"
+            ),
+            Report::CleanedUp { removed } => info!(
+                routes = removed,
+                "{table}: removed routes of a previous run that were not relearned"
+            ),
+            Report::Failed { op, error } => warn!(?op, "{table}: {error}"),
+            Report::ReplaceFailed { routes, error } => {
+                warn!(routes, "{table}: a full table refused: {error}");
+            }
+            Report::Lost { error } => warn!("{table}: {error}"),
+        }
     }
 }
 
@@ -494,15 +537,18 @@ impl Daemon {
     fn run(&mut self, rx: mpsc::Receiver<Input>) -> anyhow::Result<()> {
         loop {
             let now = Instant::now();
-            let mut deadline = self
-                .router
-                .poll_timeout()
-                .unwrap_or(now + Duration::from_secs(1));
-            if !self.stats.synced {
-                deadline = deadline.min(self.sync_at);
-            } else if !self.cleaned {
-                deadline = deadline.min(self.cleanup_at);
-            }
+            let deadline = [
+                self.fib.poll_timeout(),
+                self.kernel.as_ref().and_then(|(_, r)| r.poll_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(
+                self.router
+                    .poll_timeout()
+                    .unwrap_or(now + Duration::from_secs(1)),
+                Instant::min,
+            );
             let wait = deadline.saturating_duration_since(now);
             let first = match rx.recv_timeout(wait) {
                 Ok(i) => Some(i),
@@ -527,14 +573,18 @@ impl Daemon {
                 self.router.handle_timeout(now);
             }
             self.drain();
-            if !self.stats.synced && now >= self.sync_at {
-                self.sync();
-            } else if self.stats.synced {
-                self.push_changes();
-                if !self.cleaned && now >= self.cleanup_at {
-                    self.cleanup();
-                }
+            self.fib.poll(now, &mut self.dp);
+            if let Some((k, routes)) = self.kernel.as_mut() {
+                routes.poll(now, k);
             }
+            self.log_reports();
+        }
+    }
+
+    fn log_reports(&mut self) {
+        log_reports("data plane", &mut self.fib);
+        if let Some((_, routes)) = self.kernel.as_mut() {
+            log_reports("kernel", routes);
         }
     }
 
@@ -544,53 +594,37 @@ impl Daemon {
             Input::Packet { link, from, bytes } => self.router.handle(now, link, from, &bytes),
             Input::CtlUp(stream) => {
                 info!("control channel to the data plane up");
-                self.ctl = Some(stream);
-                self.stats.ctl_connected = true;
+                self.dp.connect(stream);
                 if self.tun_ifindex.is_none() {
                     // Started before the data plane: its TUN exists now. Routes via peers
                     // get their kernel routes into it.
                     self.tun_ifindex = kernel::ifindex(&self.ifname).ok();
-                    if let Some(ifindex) = self.tun_ifindex {
-                        let peer_routes: Vec<IpNet> = self
-                            .fib
-                            .iter()
-                            .filter(|(_, h)| matches!(h, fib::Via::Peer(_)))
-                            .map(|(p, _)| *p)
-                            .collect();
-                        for prefix in peer_routes {
-                            self.kroutes.insert(
-                                prefix,
-                                KernelRoute {
-                                    prefix,
-                                    gateway: None,
-                                    ifindex,
-                                    metric: kernel_metric(&prefix),
-                                },
-                            );
-                            self.dirty.insert(prefix, ());
+                    if let (Some(ifindex), Some((_, kroutes))) =
+                        (self.tun_ifindex, self.kernel.as_mut())
+                    {
+                        for r in self.fib.wanted() {
+                            if matches!(r.next_hop, fib::Via::Peer(_)) {
+                                kroutes.want(r.prefix, Some(tun_route(r.prefix, ifindex)));
+                            }
                         }
                     }
                 }
                 self.stats.ctl_connects += 1;
-                self.pushes.clear();
-                if !self.cleaned {
+                if self.fib.wants_previous() {
                     // Learn what a previous run left in the data plane, to keep it until
                     // the clean-up (its answer is a `Routes` message).
-                    if let Some(c) = self.ctl.as_mut() {
-                        let _ = write_msg(c, &Msg::GetRoutes);
-                    }
+                    let _ = self.dp.ask_routes();
                 }
-                if self.stats.synced {
-                    // The data plane may have restarted (empty table) or kept ours (stale):
-                    // a snapshot is right either way.
-                    self.push_snapshot();
-                }
+                // After the hold: the data plane may have restarted (empty table) or kept ours
+                // (stale); a snapshot is right either way.
+                self.fib.connected(&mut self.dp);
+                self.log_reports();
             }
             Input::CtlDown(why) => {
-                if self.ctl.take().is_some() {
+                if self.dp.disconnect() {
                     warn!("control channel down: {why}");
                 }
-                self.stats.ctl_connected = false;
+                self.fib.disconnected();
             }
             Input::Ctl(msg) => self.ctl_msg(msg, now),
             Input::Query(what, reply) => {
@@ -622,30 +656,33 @@ impl Daemon {
                 }
             }
             Msg::Ok => {
-                if let Some(Some(t)) = self.pushes.pop_front() {
-                    let d = t.elapsed();
+                if let Some(d) = self.dp.answered(true) {
                     self.stats.fib_push_last = Some(d);
                     self.stats.fib_push_seconds += d.as_secs_f64();
                     self.stats.fib_pushes += 1;
                 }
             }
             Msg::Error(e) => {
-                self.pushes.pop_front();
+                self.dp.answered(false);
                 warn!("data plane refused a message: {e}");
             }
             Msg::Event(ev) => debug!(?ev, "data plane event"),
-            Msg::Routes(rs) if !self.cleaned => {
-                self.dp_stale = rs
+            Msg::Routes(rs) if self.fib.wants_previous() => {
+                let ours: Vec<CtlRoute> = rs
                     .into_iter()
-                    .filter(|r| r.origin == fib::RouteOrigin::Control)
-                    .map(|r| (r.prefix, r.next_hop))
+                    .filter(|r| r.origin == RouteOrigin::Control)
+                    .map(|r| CtlRoute {
+                        prefix: r.prefix,
+                        next_hop: r.next_hop,
+                    })
                     .collect();
-                if !self.dp_stale.is_empty() {
+                if !ours.is_empty() {
                     info!(
-                        routes = self.dp_stale.len(),
+                        routes = ours.len(),
                         "the data plane kept a previous run's routes"
                     );
                 }
+                self.fib.found(ours);
             }
             _ => {}
         }
@@ -664,16 +701,7 @@ impl Daemon {
                 },
                 Via::Peer(key) => {
                     let pkt = links::wrap(l.cfg.address, t.dest.unwrap_or(MULTICAST), &t.bytes);
-                    match self.ctl.as_mut() {
-                        Some(c) => write_msg(
-                            c,
-                            &Msg::Inject {
-                                peer: *key,
-                                packet: pkt,
-                            },
-                        ),
-                        None => Ok(()),
-                    }
+                    self.dp.inject(*key, pkt)
                 }
             };
             if let Err(e) = res {
@@ -692,259 +720,79 @@ impl Daemon {
         }
     }
 
+    /// The router selected `route` for `prefix` (`None`: no route any more): what the data
+    /// plane and the kernel should hold for it.
     fn route_changed(&mut self, prefix: IpNet, route: Option<Selected>) {
         if self.router.originates(&prefix) {
             return;
         }
-        match route {
-            None => {
-                self.fib.remove(&prefix);
-                self.kroutes.remove(&prefix);
-            }
+        let (next_hop, kroute) = match route {
+            None => (None, None),
             Some(r) => {
                 let Some(l) = self.links.get(&r.link) else {
                     return;
                 };
                 match &l.via {
-                    Via::Peer(key) => {
-                        self.fib.insert(prefix, fib::Via::Peer(*key));
-                        match self.tun_ifindex {
-                            Some(ifindex) => {
-                                self.kroutes.insert(
-                                    prefix,
-                                    KernelRoute {
-                                        prefix,
-                                        gateway: None,
-                                        ifindex,
-                                        metric: kernel_metric(&prefix),
-                                    },
-                                );
-                            }
-                            None => {
-                                self.kroutes.remove(&prefix);
-                            }
-                        }
-                    }
-                    Via::Iface { ifindex } => {
-                        self.fib.insert(prefix, fib::Via::Local);
-                        self.kroutes.insert(
+                    Via::Peer(key) => (
+                        Some(fib::Via::Peer(*key)),
+                        self.tun_ifindex.map(|ifindex| tun_route(prefix, ifindex)),
+                    ),
+                    Via::Iface { ifindex } => (
+                        Some(fib::Via::Local),
+                        Some(KernelRoute {
                             prefix,
-                            KernelRoute {
-                                prefix,
-                                gateway: Some(r.next_hop),
-                                ifindex: *ifindex,
-                                metric: kernel_metric(&prefix),
-                            },
-                        );
-                    }
+                            gateway: Some(r.next_hop),
+                            ifindex: *ifindex,
+                            metric: kernel_metric(&prefix),
+                        }),
+                    ),
                 }
             }
-        }
-        self.dirty.insert(prefix, ());
-    }
-
-    fn send_ctl(&mut self, msg: &Msg) -> bool {
-        let Some(c) = self.ctl.as_mut() else {
-            return false;
         };
-        match write_msg(c, msg) {
-            Ok(()) => {
-                self.pushes.push_back(Some(Instant::now()));
-                true
-            }
-            Err(e) => {
-                warn!("control channel write: {e}");
-                self.ctl = None;
-                self.stats.ctl_connected = false;
-                false
-            }
-        }
-    }
-
-    fn push_snapshot(&mut self) {
-        let mut table = self.fib.clone();
-        if !self.cleaned {
-            // Until the clean-up, a previous run's routes that are not relearned yet stay.
-            for (p, h) in &self.dp_stale {
-                table.entry(*p).or_insert(*h);
-            }
-        }
-        let routes: Vec<CtlRoute> = table
-            .iter()
-            .map(|(p, h)| CtlRoute {
-                prefix: *p,
-                next_hop: *h,
-            })
-            .collect();
-        let n = routes.len();
-        if self.send_ctl(&Msg::FibSnapshot { routes }) {
-            self.stats.fib_snapshots += 1;
-            self.stats.fib_routes = n as u64;
-            info!(routes = n, "pushed a full table to the data plane");
-        }
-    }
-
-    /// End of the start-up hold: one snapshot to the data plane, kernel reconciled.
-    fn sync(&mut self) {
-        self.stats.synced = true;
-        self.dirty.clear();
-        self.push_snapshot();
-        if let Some(k) = self.kernel.as_mut() {
-            // Routes a previous run installed stay until replaced or until the clean-up:
-            // no flush, and no gap while neighbours are still being heard.
-            let have = k.dump_own().unwrap_or_default();
-            let mut changes = Vec::new();
-            let mut kept = 0;
-            self.kinstalled.clear();
-            for r in &have {
-                match self.kroutes.get(&r.prefix) {
-                    Some(w) if w.metric != r.metric => changes.push(KernelChange::Remove(*r)),
-                    Some(_) => {}
-                    None => {
-                        kept += 1;
-                        self.kinstalled.insert(r.prefix, *r);
-                    }
-                }
-            }
-            for r in self.kroutes.values() {
-                if !have.contains(r) {
-                    changes.push(KernelChange::Replace(*r));
-                }
-            }
-            // Replacements first: a route is never missing.
-            changes.sort_by_key(|c| matches!(c, KernelChange::Remove(_)));
-            let results = k.apply(&changes);
-            let failed = results.iter().filter(|r| r.is_err()).count();
-            self.stats.kernel_errors += failed as u64;
-            for (c, r) in changes.iter().zip(&results) {
-                if let Err(e) = r {
-                    warn!(?c, "kernel: {e}");
-                }
-            }
-            self.kinstalled
-                .extend(self.kroutes.iter().map(|(p, r)| (*p, *r)));
-            self.stats.kernel_routes = self.kinstalled.len() as u64;
-            info!(
-                found = have.len(),
-                changes = changes.len(),
-                kept_until_cleanup = kept,
-                failed,
-                "kernel routes reconciled"
-            );
-        }
-    }
-
-    /// Removes what a previous run left and nobody relearned.
-    fn cleanup(&mut self) {
-        self.cleaned = true;
-        let stale_dp = self
-            .dp_stale
-            .keys()
-            .filter(|p| !self.fib.contains_key(p))
-            .count();
-        self.dp_stale.clear();
-        if stale_dp > 0 {
-            self.push_snapshot();
-        }
-        let gone: Vec<KernelRoute> = self
-            .kinstalled
-            .values()
-            .filter(|r| !self.kroutes.contains_key(&r.prefix))
-            .copied()
-            .collect();
-        if let Some(k) = self.kernel.as_mut() {
-            let changes: Vec<KernelChange> =
-                gone.iter().map(|r| KernelChange::Remove(*r)).collect();
-            for (c, r) in changes.iter().zip(k.apply(&changes)) {
-                match r {
-                    Ok(()) => {
-                        if let KernelChange::Remove(r) = c {
-                            self.kinstalled.remove(&r.prefix);
-                        }
-                    }
-                    Err(e) => {
-                        self.stats.kernel_errors += 1;
-                        warn!(?c, "kernel: {e}");
-                    }
-                }
-            }
-            self.stats.kernel_routes = self.kinstalled.len() as u64;
-        }
-        info!(
-            data_plane = stale_dp,
-            kernel = gone.len(),
-            "removed routes of a previous run that were not relearned"
+        self.fib.want(
+            prefix,
+            next_hop.map(|next_hop| CtlRoute { prefix, next_hop }),
         );
-    }
-
-    fn push_changes(&mut self) {
-        if self.dirty.is_empty() {
-            return;
-        }
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        let mut kchanges = Vec::new();
-        for p in dirty.keys() {
-            match self.fib.get(p) {
-                Some(h) => add.push(CtlRoute {
-                    prefix: *p,
-                    next_hop: *h,
-                }),
-                None => remove.push(*p),
-            }
-            match (self.kroutes.get(p), self.kinstalled.get(p)) {
-                (Some(w), Some(i)) if w == i => {}
-                (Some(w), _) => kchanges.push(KernelChange::Replace(*w)),
-                (None, Some(i)) => kchanges.push(KernelChange::Remove(*i)),
-                (None, None) => {}
-            }
-        }
-        if self.send_ctl(&Msg::FibUpdate { add, remove }) {
-            self.stats.fib_updates += 1;
-            self.stats.fib_routes = self.fib.len() as u64;
-        }
-        if let Some(k) = self.kernel.as_mut() {
-            // Replacing with a new gateway keeps the metric, so one route per prefix stays.
-            let results = k.apply(&kchanges);
-            for (c, r) in kchanges.iter().zip(results) {
-                match (c, r) {
-                    (KernelChange::Replace(w), Ok(())) => {
-                        self.kinstalled.insert(w.prefix, *w);
-                    }
-                    (KernelChange::Remove(i), Ok(())) => {
-                        self.kinstalled.remove(&i.prefix);
-                    }
-                    (c, Err(e)) => {
-                        self.stats.kernel_errors += 1;
-                        warn!(?c, "kernel: {e}");
-                    }
-                }
-            }
-            self.stats.kernel_routes = self.kinstalled.len() as u64;
+        if let Some((_, kroutes)) = self.kernel.as_mut() {
+            kroutes.want(prefix, kroute);
         }
     }
 
     fn shutdown(&mut self) {
         let _ = std::fs::remove_file(&self.status_path);
-        if self.cfg.babel.retract_on_shutdown {
+        let retract = self.cfg.babel.retract_on_shutdown;
+        if retract {
             info!("retracting our routes (retract_on_shutdown)");
             self.router.retract_all(Instant::now());
             self.drain();
-            self.fib.clear();
-            if self.stats.synced || self.ctl.is_some() {
-                self.push_snapshot();
-            }
-            if let Some(k) = self.kernel.as_mut() {
-                let _ = k.flush_own();
-            }
         } else {
             info!("stopping; the data plane and the kernel keep our routes (non-stop forwarding)");
         }
+        self.fib.shut_down(retract, &mut self.dp);
+        if let Some((k, routes)) = self.kernel.as_mut() {
+            routes.shut_down(retract, k);
+        }
+        self.log_reports();
     }
 
+    /// The daemon's counters, with the tables' from their reconcilers.
+    fn io_stats(&self) -> IoStats {
+        let mut io = self.stats.clone();
+        let fib = self.fib.stats();
+        io.fib_snapshots = fib.replaced;
+        io.fib_updates = fib.batches;
+        io.fib_routes = self.fib.held_count() as u64;
+        if let Some((_, routes)) = &self.kernel {
+            io.kernel_routes = routes.held_count() as u64;
+            io.kernel_errors = routes.stats().errors;
+        }
+        io.ctl_connected = self.dp.is_connected();
+        io.synced = self.fib.phase() != Phase::Holding;
+        io
+    }
     fn query(&self, what: &str) -> String {
         let now = Instant::now();
+        let io = self.io_stats();
         let view = status::View {
             router: &self.router,
             links: self
@@ -964,7 +812,7 @@ impl Daemon {
                     )
                 })
                 .collect(),
-            io: &self.stats,
+            io: &io,
             uptime: now - self.started,
             ifname: &self.ifname,
             now,
