@@ -154,7 +154,7 @@ fn control_channel_drives_a_running_data_plane() {
     );
 
     // Inject: a UDP packet from the hub's side into s0's tunnel, to a listener on s0.
-    let listener = t
+    let mut listener = t
         .ns("s0")
         .command("python3")
         .args([
@@ -162,14 +162,18 @@ fn control_channel_drives_a_running_data_plane() {
             &format!(
                 "import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); \
                  s.bind(('fe80::2', 6696, 0, socket.if_nametoindex('{}'))); s.settimeout(10); \
-                 print(s.recv(100).decode())",
+                 print('ready', flush=True); print(s.recv(100).decode())",
                 s0.ifname
             ),
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Inject only once the listener is bound (a loaded machine can take its time).
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        listener.stdout.take().unwrap(),
+    ));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let mut pkt = Vec::new();
     etherparse::PacketBuilder::ipv6(
         "fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
@@ -184,8 +188,8 @@ fn control_channel_drives_a_running_data_plane() {
         packet: pkt,
     })
     .unwrap();
-    let out = listener.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "babel-from-cp");
+    assert_eq!(lines.next().unwrap().unwrap().trim(), "babel-from-cp");
+    listener.wait().unwrap();
 
     // The control plane dies: its routes stay (non-stop forwarding), marked stale.
     drop(cp);
