@@ -4,7 +4,6 @@
 //! Errors in `[babel]` look like the data plane's: `gw.toml:31: babel.interface[0].class:
 //! expected "wired", "mesh" or "trunk", got "wifi"`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use isthmus_dataplane::config::{ConfigError, DeviceConfig, Source};
+use isthmus_dataplane::config::{ConfigError, DeviceConfig, Prefix, Source};
 use isthmus_dataplane::keys::Key;
 use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
@@ -343,16 +342,7 @@ pub fn load(path: &Path) -> Result<CpConfig, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
     let device = isthmus_dataplane::config::parse(text, path)?;
     let cx = Ctx(Source::new(path, text));
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let msg = e
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("syntax error")
-            .to_string();
-        cx.err(span.clone(), key_path_at(text, span), msg)
-    })?;
+    let raw: RawFile = cx.deserialize()?;
     let babel = match &raw.babel {
         Some(b) => cx.babel(b, &device)?,
         None => cx.babel(&RawBabel::default(), &device)?,
@@ -362,51 +352,6 @@ pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
         babel,
         path: path.to_path_buf(),
     })
-}
-
-/// The dotted key path of the key or value at `span`, from the table headers above it:
-/// `babel.interface[1].colour`.
-fn key_path_at(text: &str, span: Range<usize>) -> String {
-    let start = span.start.min(text.len());
-    let mut table = String::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut line_start = 0;
-    for line in text.split_inclusive('\n') {
-        // Headers up to and including the line of the error.
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = seen.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
-        }
-        if line_start + line.len() > start {
-            break;
-        }
-        line_start += line.len();
-    }
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let at = text.get(span.clone()).unwrap_or("");
-    let is_key = !at.is_empty()
-        && at
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    let key = if is_key && line.trim_start().starts_with(at) {
-        at.to_string()
-    } else {
-        match line.split_once('=') {
-            Some((k, _)) if !line.trim_start().starts_with('[') => k.trim().to_string(),
-            _ => String::new(),
-        }
-    };
-    match (table.is_empty(), key.is_empty()) {
-        (true, true) => "(syntax)".into(),
-        (true, false) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    }
 }
 
 /// A number of seconds, written as an integer or a float.
@@ -452,7 +397,7 @@ struct RawBabel {
     kernel_table: Option<Spanned<i64>>,
     retract_on_shutdown: Option<Spanned<bool>>,
     #[serde(default)]
-    originate: Vec<Spanned<String>>,
+    originate: Vec<Spanned<Prefix>>,
     default_route: Option<Spanned<String>>,
     ipv4_next_hop: Option<Spanned<String>>,
     link_local: Option<Spanned<String>>,
@@ -533,7 +478,7 @@ with_link_params!(RawPeer {
 #[serde(deny_unknown_fields)]
 struct RawFilter {
     direction: Option<Spanned<String>>,
-    prefix: Option<Spanned<String>>,
+    prefix: Option<Spanned<Prefix>>,
     ge: Option<Spanned<i64>>,
     le: Option<Spanned<i64>>,
     link: Option<Spanned<String>>,
@@ -782,7 +727,7 @@ impl Ctx<'_> {
         }
         for (n, v) in b.originate.iter().enumerate() {
             let key = format!("babel.originate[{n}]");
-            let net = self.prefix(v, &key)?;
+            let net = v.get_ref().0;
             if net.prefix_len() == 0 {
                 return Err(self.err(
                     v.span(),
@@ -993,7 +938,7 @@ impl Ctx<'_> {
                     "prefix is required (\"0.0.0.0/0\" with le = 32 matches every IPv4 route)",
                 ));
             };
-            let prefix = self.prefix(prefix, &k("prefix"))?;
+            let prefix = prefix.get_ref().0;
             let range = prefix.prefix_len() as i64..=prefix.max_prefix_len() as i64;
             let ge: Option<u8> = match &f.ge {
                 Some(v) => Some(self.int(v, &k("ge"), range.clone())?),
