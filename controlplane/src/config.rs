@@ -4,21 +4,18 @@
 //! Errors in `[babel]` look like the data plane's: `gw.toml:31: babel.interface[0].class:
 //! expected "wired", "mesh" or "trunk", got "wifi"`.
 
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ipnet::IpNet;
-use isthmus_dataplane::config::{ConfigError, DeviceConfig, Prefix, Source};
+use isthmus_dataplane::config::{ConfigError, DeviceConfig, IfName, Prefix, Source};
 use isthmus_dataplane::keys::Key;
-use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// The longest interval Babel can carry: intervals travel as centiseconds in 16 bits.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(655);
+use crate::babel::link::{link_params, MAX_INTERVAL};
+pub use crate::babel::{CostModel, LinkClass, LinkOverrides, LinkParams};
 
 /// The whole configuration of `isthmus-cp`.
 #[derive(Debug, Clone)]
@@ -109,35 +106,6 @@ pub enum DefaultRoute {
     Originate,
 }
 
-/// A Babel link class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LinkClass {
-    /// A wired LAN (the default for interfaces).
-    #[default]
-    Wired,
-    /// A lossy wireless mesh link.
-    Mesh,
-    /// A long-haul trunk between islands.
-    Trunk,
-}
-
-impl LinkClass {
-    /// `wired`, `mesh` or `trunk`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Wired => "wired",
-            Self::Mesh => "mesh",
-            Self::Trunk => "trunk",
-        }
-    }
-}
-
-impl fmt::Display for LinkClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Link parameters of each class.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkClasses {
@@ -166,79 +134,6 @@ impl LinkClasses {
             LinkClass::Wired => &self.wired,
             LinkClass::Mesh => &self.mesh,
             LinkClass::Trunk => &self.trunk,
-        }
-    }
-}
-
-/// How a link's cost is computed from hello receptions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CostModel {
-    /// `"2-out-of-3"` (RFC 8966 A.2.1): `cost` if two of the last three hellos arrived.
-    TwoOutOfThree,
-    /// `"etx"` (RFC 8966 A.2.2): `cost` scaled by the expected transmission count.
-    Etx,
-}
-
-impl CostModel {
-    /// `2-out-of-3` or `etx`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TwoOutOfThree => "2-out-of-3",
-            Self::Etx => "etx",
-        }
-    }
-}
-
-/// Parameters of one link (or class of links).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkParams {
-    /// `hello_interval` (default 4 s).
-    pub hello_interval: Duration,
-    /// `update_interval` (default 4 × hello_interval).
-    pub update_interval: Duration,
-    /// `ihu_interval` (default 3 × hello_interval).
-    pub ihu_interval: Duration,
-    /// `cost`: the nominal receive cost (wired 96, mesh 256, trunk 96).
-    pub rxcost: u16,
-    /// `cost_model` (wired and trunk 2-out-of-3, mesh etx).
-    pub cost_model: CostModel,
-    /// `timestamps`: RFC 9616 timestamps for RTT (trunk true, otherwise false).
-    pub timestamps: bool,
-    /// `rtt_min` (default 10 ms): RTTs up to this add no cost.
-    pub rtt_min: Duration,
-    /// `rtt_max` (default 120 ms): RTTs from this add `max_rtt_penalty`.
-    pub rtt_max: Duration,
-    /// `max_rtt_penalty` (trunk 150, otherwise 0).
-    pub max_rtt_penalty: u16,
-}
-
-impl Default for LinkParams {
-    /// The wired defaults.
-    fn default() -> Self {
-        Self::for_class(LinkClass::Wired)
-    }
-}
-
-impl LinkParams {
-    /// The built-in defaults of a class.
-    pub fn for_class(class: LinkClass) -> Self {
-        let hello = Duration::from_secs(4);
-        Self {
-            hello_interval: hello,
-            update_interval: hello * 4,
-            ihu_interval: hello * 3,
-            rxcost: match class {
-                LinkClass::Mesh => 256,
-                LinkClass::Wired | LinkClass::Trunk => 96,
-            },
-            cost_model: match class {
-                LinkClass::Mesh => CostModel::Etx,
-                LinkClass::Wired | LinkClass::Trunk => CostModel::TwoOutOfThree,
-            },
-            timestamps: class == LinkClass::Trunk,
-            rtt_min: Duration::from_millis(10),
-            rtt_max: Duration::from_millis(120),
-            max_rtt_penalty: if class == LinkClass::Trunk { 150 } else { 0 },
         }
     }
 }
@@ -354,31 +249,6 @@ pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
     })
 }
 
-/// A number of seconds, written as an integer or a float.
-struct Seconds(f64);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Seconds;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number of seconds")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Seconds, E> {
-                Ok(Seconds(v as f64))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(v as f64))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Seconds, E> {
-                Ok(Seconds(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 #[derive(Deserialize)]
 struct RawFile {
     // Not deny_unknown_fields: the data plane's loader has checked everything else. Not
@@ -401,9 +271,9 @@ struct RawBabel {
     default_route: Option<Spanned<String>>,
     ipv4_next_hop: Option<Spanned<String>>,
     link_local: Option<Spanned<String>>,
-    wired: Option<RawClass>,
-    mesh: Option<RawClass>,
-    trunk: Option<RawClass>,
+    wired: Option<LinkOverrides>,
+    mesh: Option<LinkOverrides>,
+    trunk: Option<LinkOverrides>,
     #[serde(default)]
     interface: Vec<Spanned<RawInterface>>,
     #[serde(default)]
@@ -412,66 +282,16 @@ struct RawBabel {
     filter: Vec<Spanned<RawFilter>>,
 }
 
-/// Borrowed link-parameter keys of one table.
-#[derive(Clone, Copy, Default)]
-struct Overrides<'a> {
-    hello_interval: Option<&'a Spanned<Seconds>>,
-    update_interval: Option<&'a Spanned<Seconds>>,
-    ihu_interval: Option<&'a Spanned<Seconds>>,
-    cost: Option<&'a Spanned<i64>>,
-    cost_model: Option<&'a Spanned<String>>,
-    timestamps: Option<&'a Spanned<bool>>,
-    rtt_min: Option<&'a Spanned<Seconds>>,
-    rtt_max: Option<&'a Spanned<Seconds>>,
-    max_rtt_penalty: Option<&'a Spanned<i64>>,
-}
-
-/// A raw table with its own fields plus the link-parameter keys (serde's `flatten` cannot be
-/// combined with `deny_unknown_fields` or `Spanned`).
-macro_rules! with_link_params {
-    ($name:ident { $($(#[$fm:meta])* $f:ident : $t:ty,)* }) => {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct $name {
-            $($(#[$fm])* $f: $t,)*
-            hello_interval: Option<Spanned<Seconds>>,
-            update_interval: Option<Spanned<Seconds>>,
-            ihu_interval: Option<Spanned<Seconds>>,
-            cost: Option<Spanned<i64>>,
-            cost_model: Option<Spanned<String>>,
-            timestamps: Option<Spanned<bool>>,
-            rtt_min: Option<Spanned<Seconds>>,
-            rtt_max: Option<Spanned<Seconds>>,
-            max_rtt_penalty: Option<Spanned<i64>>,
-        }
-
-        impl $name {
-            fn overrides(&self) -> Overrides<'_> {
-                Overrides {
-                    hello_interval: self.hello_interval.as_ref(),
-                    update_interval: self.update_interval.as_ref(),
-                    ihu_interval: self.ihu_interval.as_ref(),
-                    cost: self.cost.as_ref(),
-                    cost_model: self.cost_model.as_ref(),
-                    timestamps: self.timestamps.as_ref(),
-                    rtt_min: self.rtt_min.as_ref(),
-                    rtt_max: self.rtt_max.as_ref(),
-                    max_rtt_penalty: self.max_rtt_penalty.as_ref(),
-                }
-            }
-        }
-    };
-}
-
-with_link_params!(RawClass {});
-with_link_params!(RawInterface {
-    name: Option<Spanned<String>>,
-    class: Option<Spanned<String>>,
+// The tables with link-parameter keys besides their own (serde's `flatten` cannot be
+// combined with `deny_unknown_fields` or `Spanned`).
+link_params!(table RawInterface {
+    name: Option<Spanned<IfName>>,
+    class: Option<LinkClass>,
 });
-with_link_params!(RawPeer {
+link_params!(table RawPeer {
     name: Option<Spanned<String>>,
-    enabled: Option<Spanned<bool>>,
-    class: Option<Spanned<String>>,
+    enabled: Option<bool>,
+    class: Option<LinkClass>,
 });
 
 #[derive(Deserialize)]
@@ -516,151 +336,71 @@ impl Ctx<'_> {
         T::try_from(n).map_err(|_| out())
     }
 
-    fn secs(
-        &self,
-        v: &Spanned<Seconds>,
-        key: &str,
-        min: f64,
-        min_inclusive: bool,
-        why: &str,
-    ) -> Result<Duration, ConfigError> {
-        let s = v.get_ref().0;
-        let max = MAX_INTERVAL.as_secs_f64();
-        let low_ok = if min_inclusive { s >= min } else { s > min };
-        if !s.is_finite() || !low_ok || s > max {
-            let lo = if min_inclusive {
-                "at least"
-            } else {
-                "more than"
-            };
-            return Err(self.err(
-                v.span(),
-                key,
-                format!("{s} s is out of range: must be {lo} {min} s and at most {max} s{why}"),
-            ));
-        }
-        Ok(Duration::from_micros((s * 1e6).round() as u64))
-    }
-
-    fn interval(&self, v: &Spanned<Seconds>, key: &str) -> Result<Duration, ConfigError> {
-        self.secs(
-            v,
-            key,
-            0.01,
-            true,
-            " (Babel carries intervals in centiseconds, in 16 bits)",
-        )
-    }
-
-    fn class(&self, v: &Spanned<String>, key: &str) -> Result<LinkClass, ConfigError> {
-        match v.get_ref().as_str() {
-            "wired" => Ok(LinkClass::Wired),
-            "mesh" => Ok(LinkClass::Mesh),
-            "trunk" => Ok(LinkClass::Trunk),
-            other => Err(self.err(
-                v.span(),
-                key,
-                format!("expected \"wired\", \"mesh\" or \"trunk\", got {other:?}"),
-            )),
-        }
-    }
-
     /// The parameters of a link of `class`: built-in defaults, then each layer's overrides
-    /// (the class table, then the link's own). `update_interval` and `ihu_interval` not set
-    /// in any layer follow the resulting `hello_interval`.
+    /// (the class table, then the link's own, each with its table's key). An
+    /// `update_interval` or `ihu_interval` set in no layer follows the resulting
+    /// `hello_interval`.
     fn resolve(
         &self,
         class: LinkClass,
-        layers: &[(String, Overrides<'_>)],
+        layers: &[(String, LinkOverrides)],
     ) -> Result<LinkParams, ConfigError> {
         let mut p = LinkParams::for_class(class);
-        let mut hello_at: Option<(Range<usize>, String)> = None;
-        let mut rtt_at: Option<(Range<usize>, String)> = None;
-        let (mut update_set, mut ihu_set) = (false, false);
-        for (table, o) in layers {
-            let k = |f: &str| format!("{table}.{f}");
-            if let Some(v) = o.hello_interval {
-                p.hello_interval = self.interval(v, &k("hello_interval"))?;
-                hello_at = Some((v.span(), k("hello_interval")));
-            }
-            if let Some(v) = o.update_interval {
-                p.update_interval = self.interval(v, &k("update_interval"))?;
-                update_set = true;
-            }
-            if let Some(v) = o.ihu_interval {
-                p.ihu_interval = self.interval(v, &k("ihu_interval"))?;
-                ihu_set = true;
-            }
-            if let Some(v) = o.cost {
-                p.rxcost = self.int(v, &k("cost"), 1..=65535)?;
-            }
-            if let Some(v) = o.cost_model {
-                p.cost_model = match v.get_ref().as_str() {
-                    "2-out-of-3" => CostModel::TwoOutOfThree,
-                    "etx" => CostModel::Etx,
-                    other => {
-                        return Err(self.err(
-                            v.span(),
-                            k("cost_model"),
-                            format!("expected \"2-out-of-3\" or \"etx\", got {other:?}"),
-                        ))
-                    }
-                };
-            }
-            if let Some(v) = o.timestamps {
-                p.timestamps = *v.get_ref();
-            }
-            // The later of rtt_min and rtt_max in the most specific layer that sets either
-            // is blamed if they end up in the wrong order.
-            let mut layer_rtt: Option<(Range<usize>, String)> = None;
-            let mut blame = |v: &Spanned<Seconds>, key: String| {
-                if !matches!(&layer_rtt, Some((s, _)) if s.start > v.span().start) {
-                    layer_rtt = Some((v.span(), key));
-                }
-            };
-            if let Some(v) = o.rtt_min {
-                p.rtt_min = self.secs(v, &k("rtt_min"), 0.0, true, "")?;
-                blame(v, k("rtt_min"));
-            }
-            if let Some(v) = o.rtt_max {
-                p.rtt_max = self.secs(v, &k("rtt_max"), 0.0, false, "")?;
-                blame(v, k("rtt_max"));
-            }
-            if layer_rtt.is_some() {
-                rtt_at = layer_rtt;
-            }
-            if let Some(v) = o.max_rtt_penalty {
-                p.max_rtt_penalty = self.int(v, &k("max_rtt_penalty"), 0..=65535)?;
-            }
+        for (_, o) in layers {
+            p.apply(o);
         }
-        for (set, factor, name) in [
-            (update_set, 4, "update_interval"),
-            (ihu_set, 3, "ihu_interval"),
+        let at = |t: &str, f: &str, v: Range<usize>| (v, format!("{t}.{f}"));
+        let hello = p.hello_interval;
+        for (factor, name, slot, set) in [
+            (
+                4,
+                "update_interval",
+                &mut p.update_interval,
+                layers.iter().any(|(_, o)| o.update_interval.is_some()),
+            ),
+            (
+                3,
+                "ihu_interval",
+                &mut p.ihu_interval,
+                layers.iter().any(|(_, o)| o.ihu_interval.is_some()),
+            ),
         ] {
             if set {
                 continue;
             }
-            let derived = p.hello_interval * factor;
-            if derived > MAX_INTERVAL {
-                let (span, key) = hello_at.clone().unwrap_or((0..0, "hello_interval".into()));
+            *slot = hello * factor;
+            if *slot > MAX_INTERVAL {
+                // Blame the hello_interval that won.
+                let (span, key) = layers
+                    .iter()
+                    .rev()
+                    .find_map(|(t, o)| {
+                        Some(at(t, "hello_interval", o.hello_interval.as_ref()?.span()))
+                    })
+                    .unwrap_or((0..0, "hello_interval".into()));
                 return Err(self.err(
                     span,
                     key,
                     format!(
                         "{name} defaults to {factor} × hello_interval = {} s, more than {} s; set {name} explicitly",
-                        derived.as_secs_f64(),
+                        slot.as_secs_f64(),
                         MAX_INTERVAL.as_secs()
                     ),
                 ));
             }
-            if name == "update_interval" {
-                p.update_interval = derived;
-            } else {
-                p.ihu_interval = derived;
-            }
         }
         if p.rtt_min >= p.rtt_max {
-            let (span, key) = rtt_at.unwrap_or((0..0, "rtt_min".into()));
+            // Blame the later of rtt_min and rtt_max in the most specific layer that sets
+            // either.
+            let (span, key) = layers
+                .iter()
+                .rev()
+                .find_map(|(t, o)| {
+                    let min = o.rtt_min.as_ref().map(|v| at(t, "rtt_min", v.span()));
+                    let max = o.rtt_max.as_ref().map(|v| at(t, "rtt_max", v.span()));
+                    min.into_iter().chain(max).max_by_key(|(s, _)| s.start)
+                })
+                .unwrap_or((0..0, "rtt_min".into()));
             return Err(self.err(
                 span,
                 key,
@@ -798,14 +538,7 @@ impl Ctx<'_> {
             let Some(name) = &i.name else {
                 return Err(self.err(span, format!("babel.interface[{n}]"), "name is required"));
             };
-            let s = name.get_ref();
-            if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    "must be 1-15 characters without '/' or spaces",
-                ));
-            }
+            let s = &name.get_ref().0;
             if let Some(dup) = c.interfaces.iter().position(|x| x.name == *s) {
                 return Err(self.err(
                     name.span(),
@@ -831,10 +564,7 @@ impl Ctx<'_> {
                     format!("{s:?} is also the name of peer[{p}]; filter links would be ambiguous"),
                 ));
             }
-            let class = match &i.class {
-                Some(v) => self.class(v, &k("class"))?,
-                None => LinkClass::Wired,
-            };
+            let class = i.class.unwrap_or_default();
             let params = self.resolve(
                 class,
                 &layers(
@@ -887,17 +617,14 @@ impl Ctx<'_> {
                     public_key: d.public_key,
                     enabled: true,
                     class: dp_class,
-                    params: c.classes.get(dp_class).clone(),
+                    params: *c.classes.get(dp_class),
                 },
                 Some((n, p)) => {
-                    let class = match &p.class {
-                        Some(v) => self.class(v, &format!("babel.peer[{n}].class"))?,
-                        None => dp_class,
-                    };
+                    let class = p.class.unwrap_or(dp_class);
                     BabelPeer {
                         name: peer_label(d),
                         public_key: d.public_key,
-                        enabled: !matches!(&p.enabled, Some(v) if !*v.get_ref()),
+                        enabled: p.enabled.unwrap_or(true),
                         class,
                         params: self.resolve(
                             class,
@@ -1018,19 +745,19 @@ impl Ctx<'_> {
 }
 
 /// The override layers of a link of `class`: the class table, if any, then the link's own.
-fn layers<'a>(
-    b: &'a RawBabel,
+fn layers(
+    b: &RawBabel,
     class: LinkClass,
-    own: Option<(String, Overrides<'a>)>,
-) -> Vec<(String, Overrides<'a>)> {
+    own: Option<(String, LinkOverrides)>,
+) -> Vec<(String, LinkOverrides)> {
     let table = match class {
         LinkClass::Wired => &b.wired,
         LinkClass::Mesh => &b.mesh,
         LinkClass::Trunk => &b.trunk,
     };
     table
-        .as_ref()
-        .map(|t| (format!("babel.{class}"), t.overrides()))
+        .clone()
+        .map(|t| (format!("babel.{class}"), t))
         .into_iter()
         .chain(own)
         .collect()
@@ -1065,6 +792,7 @@ fn parse_router_id(s: &str) -> Result<[u8; 8], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const FILE: &str = "/etc/isthmus/gw.toml";
     const SOUTH: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -1336,7 +1064,7 @@ action = "accept"
             BabelInterface {
                 name: "eth1".into(),
                 class: LinkClass::Wired,
-                params: b.classes.wired.clone()
+                params: b.classes.wired
             }
         );
         let w = &b.interfaces[1];
@@ -1347,7 +1075,7 @@ action = "accept"
                 rxcost: 512,
                 cost_model: CostModel::Etx,
                 timestamps: true,
-                ..b.classes.mesh.clone()
+                ..b.classes.mesh
             }
         );
 
@@ -1361,7 +1089,7 @@ action = "accept"
             south.params,
             LinkParams {
                 ihu_interval: ms(7000),
-                ..b.classes.mesh.clone()
+                ..b.classes.mesh
             }
         );
         assert_eq!(south.public_key, Key::from_base64(SOUTH).unwrap());
@@ -1733,7 +1461,7 @@ action = "accept"
             "[babel.mesh]\ncost_model = \"rtt\"",
             2,
             "babel.mesh.cost_model",
-            "expected \"2-out-of-3\" or \"etx\", got \"rtt\"",
+            "unknown variant `rtt`, expected `2-out-of-3` or `etx`",
         );
         refused(
             "[babel.trunk]\ntimestamps = 1",
@@ -1757,7 +1485,7 @@ action = "accept"
             "[babel.trunk]\nrtt_max = 0",
             2,
             "babel.trunk.rtt_max",
-            "more than 0 s",
+            "rtt_min (10 ms) must be less than rtt_max (0 ms)",
         );
         refused(
             "[babel.trunk]\nrtt_min = -0.01",
@@ -1792,7 +1520,7 @@ action = "accept"
             "[[babel.interface]]\nname = \"wlan0\"\nclass = \"wifi\"",
             3,
             "babel.interface[0].class",
-            "expected \"wired\", \"mesh\" or \"trunk\", got \"wifi\"",
+            "unknown variant `wifi`, expected one of `wired`, `mesh`, `trunk`",
         );
         refused(
             "[[babel.interface]]\nclass = \"mesh\"",
@@ -1880,7 +1608,7 @@ action = "accept"
             "[[babel.peer]]\nname = \"roof-12\"\nclass = \"backbone\"",
             3,
             "babel.peer[0].class",
-            "expected \"wired\", \"mesh\" or \"trunk\"",
+            "unknown variant `backbone`, expected one of `wired`, `mesh`, `trunk`",
         );
         refused(
             "[[babel.peer]]\nname = \"roof-12\"\nenabled = \"no\"",
@@ -1892,7 +1620,7 @@ action = "accept"
             "[[babel.peer]]\nname = \"roof-12\"\ncost_model = \"ETX\"",
             3,
             "babel.peer[0].cost_model",
-            "got \"ETX\"",
+            "unknown variant `ETX`",
         );
     }
 
