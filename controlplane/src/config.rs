@@ -1,17 +1,25 @@
 //! The configuration of `isthmus-cp`: the data plane's file (`docs/config.md`), read whole by
 //! the data plane's loader, plus its `[babel]` section, read here.
 //!
-//! Errors in `[babel]` look like the data plane's: `gw.toml:31: babel.interface[0].class:
-//! expected "wired", "mesh" or "trunk", got "wifi"`.
+//! Errors in `[babel]` look like the data plane's, from the same [`Source`]:
+//!
+//! ```text
+//! gw.toml:31: babel.interface[0].class: unknown variant `wifi`, expected one of `wired`, `mesh`, `trunk`
+//! ```
+//!
+//! Serde checks keys, types, enumerations and ranges; [`parse`] checks what depends on
+//! other keys or on the data plane's part of the file.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use isthmus_dataplane::config::{ConfigError, DeviceConfig, IfName, Prefix, Source};
+use isthmus_dataplane::config::{
+    check_str, ConfigError, DeviceConfig, IfName, InRange, Prefix, Source,
+};
 use isthmus_dataplane::keys::Key;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::babel::link::{link_params, MAX_INTERVAL};
@@ -65,28 +73,6 @@ pub struct BabelConfig {
     pub filters: Vec<Filter>,
 }
 
-impl Default for BabelConfig {
-    fn default() -> Self {
-        Self {
-            router_id: None,
-            control_socket: None,
-            metrics: None,
-            metrics_off: false,
-            kernel_routes: true,
-            kernel_table: 254,
-            retract_on_shutdown: false,
-            originate: Vec::new(),
-            default_route: DefaultRoute::Ignore,
-            ipv4_next_hop: None,
-            link_local: None,
-            classes: LinkClasses::default(),
-            interfaces: Vec::new(),
-            peers: Vec::new(),
-            filters: Vec::new(),
-        }
-    }
-}
-
 impl BabelConfig {
     /// The first filter matching a route, if any.
     pub fn first_filter(&self, dir: Direction, link: &str, prefix: &IpNet) -> Option<&Filter> {
@@ -95,7 +81,8 @@ impl BabelConfig {
 }
 
 /// `default_route`: what happens to 0.0.0.0/0 and ::/0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DefaultRoute {
     /// Learned default routes are filtered (the default).
     #[default]
@@ -166,7 +153,8 @@ pub struct BabelPeer {
 }
 
 /// The direction a filter applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// `"in"`: routes learned from neighbours.
     In,
@@ -175,13 +163,15 @@ pub enum Direction {
 }
 
 /// What a matching filter does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FilterAction {
     /// `action = "accept"`.
     Accept,
     /// `action = "deny"`.
     Deny,
     /// `metric = N`: accept, adding N to the metric.
+    #[serde(skip)]
     AddMetric(u16),
 }
 
@@ -236,12 +226,12 @@ pub fn load(path: &Path) -> Result<CpConfig, ConfigError> {
 /// paths.
 pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
     let device = isthmus_dataplane::config::parse(text, path)?;
-    let cx = Ctx(Source::new(path, text));
-    let raw: RawFile = cx.deserialize()?;
-    let babel = match &raw.babel {
-        Some(b) => cx.babel(b, &device)?,
-        None => cx.babel(&RawBabel::default(), &device)?,
+    let cx = Ctx {
+        src: Source::new(path, text),
+        device: &device,
     };
+    let raw: RawFile = cx.src.deserialize()?;
+    let babel = cx.babel(&raw.babel.unwrap_or_default())?;
     Ok(CpConfig {
         device,
         babel,
@@ -259,18 +249,22 @@ struct RawFile {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBabel {
-    router_id: Option<Spanned<String>>,
-    control_socket: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "router_id")]
+    router_id: Option<[u8; 8]>,
+    control_socket: Option<PathBuf>,
     metrics: Option<Spanned<String>>,
-    metrics_public: Option<Spanned<bool>>,
-    kernel_routes: Option<Spanned<bool>>,
-    kernel_table: Option<Spanned<i64>>,
-    retract_on_shutdown: Option<Spanned<bool>>,
+    #[serde(default)]
+    metrics_public: bool,
+    kernel_routes: Option<bool>,
+    kernel_table: Option<Spanned<InRange<1, 4_294_967_295>>>,
+    retract_on_shutdown: Option<bool>,
     #[serde(default)]
     originate: Vec<Spanned<Prefix>>,
-    default_route: Option<Spanned<String>>,
-    ipv4_next_hop: Option<Spanned<String>>,
-    link_local: Option<Spanned<String>>,
+    default_route: Option<DefaultRoute>,
+    #[serde(default, deserialize_with = "ipv4_next_hop")]
+    ipv4_next_hop: Option<Ipv4Addr>,
+    #[serde(default, deserialize_with = "link_local")]
+    link_local: Option<Ipv6Addr>,
     wired: Option<LinkOverrides>,
     mesh: Option<LinkOverrides>,
     trunk: Option<LinkOverrides>,
@@ -297,43 +291,142 @@ link_params!(table RawPeer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFilter {
-    direction: Option<Spanned<String>>,
-    prefix: Option<Spanned<Prefix>>,
+    direction: Option<Direction>,
+    prefix: Option<Prefix>,
     ge: Option<Spanned<i64>>,
     le: Option<Spanned<i64>>,
     link: Option<Spanned<String>>,
-    action: Option<Spanned<String>>,
-    metric: Option<Spanned<i64>>,
+    action: Option<FilterAction>,
+    metric: Option<Spanned<InRange<0, 65535>>>,
 }
 
-struct Ctx<'a>(Source<'a>);
+/// `router_id`: eight hex bytes, colon-separated; not all zeros or all ones (RFC 8966 4.1.3).
+fn router_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 8]>, D::Error> {
+    check_str(d, |s| {
+        let bad = || {
+            format!(
+                "invalid router id {s:?} (expected eight hex bytes like \"02:00:00:00:00:00:00:01\")"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 8 || parts.iter().any(|p| p.len() != 2) {
+            return Err(bad());
+        }
+        let mut id = [0u8; 8];
+        for (b, p) in id.iter_mut().zip(parts) {
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if id == [0; 8] || id == [0xff; 8] {
+            return Err(format!("{s} is reserved (all zeros or all ones)"));
+        }
+        Ok(Some(id))
+    })
+}
 
-impl<'a> std::ops::Deref for Ctx<'a> {
-    type Target = Source<'a>;
-    fn deref(&self) -> &Source<'a> {
-        &self.0
-    }
+/// `ipv4_next_hop`: a unicast IPv4 address.
+fn ipv4_next_hop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    check_str(d, |s| {
+        let a: Ipv4Addr = s
+            .parse()
+            .map_err(|_| format!("invalid IPv4 address {s:?}"))?;
+        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+            return Err(format!("{a} is not a unicast address"));
+        }
+        Ok(Some(a))
+    })
+}
+
+/// `link_local`: an IPv6 address within fe80::/10.
+fn link_local<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    check_str(d, |s| {
+        let a: Ipv6Addr = s
+            .parse()
+            .map_err(|_| format!("invalid IPv6 address {s:?}"))?;
+        if a.segments()[0] & 0xffc0 != 0xfe80 {
+            return Err(format!("{a} is not a link-local address (fe80::/10)"));
+        }
+        Ok(Some(a))
+    })
+}
+
+/// The checks serde cannot make: ranges that depend on another key, uniqueness, names that
+/// must match the data plane's, keys that go together.
+struct Ctx<'a> {
+    src: Source<'a>,
+    device: &'a DeviceConfig,
 }
 
 impl Ctx<'_> {
-    fn int<T: TryFrom<i64>>(
-        &self,
-        v: &Spanned<i64>,
-        key: &str,
-        range: RangeInclusive<i64>,
-    ) -> Result<T, ConfigError> {
-        let n = *v.get_ref();
-        let out = || {
-            self.err(
-                v.span(),
-                key,
-                format!("{n} is out of range ({}..={})", range.start(), range.end()),
-            )
+    fn babel(&self, b: &RawBabel) -> Result<BabelConfig, ConfigError> {
+        let metrics = match &b.metrics {
+            Some(v) if v.get_ref() != "off" => Some(self.src.metrics_addr(
+                v,
+                "babel.metrics",
+                b.metrics_public,
+                "IP:PORT or \"off\"",
+            )?),
+            _ => None,
         };
-        if !range.contains(&n) {
-            return Err(out());
+        let kernel_table = match &b.kernel_table {
+            Some(v) if u32::from(*v.get_ref()) == 255 => {
+                return Err(self.src.err(
+                    v.span(),
+                    "babel.kernel_table",
+                    "255 is the kernel's local table; choose another",
+                ))
+            }
+            Some(v) => (*v.get_ref()).into(),
+            None => 254,
+        };
+        let class = |c| self.resolve(c, &layers(b, c, None));
+        let classes = LinkClasses {
+            wired: class(LinkClass::Wired)?,
+            mesh: class(LinkClass::Mesh)?,
+            trunk: class(LinkClass::Trunk)?,
+        };
+        let interfaces = self.interfaces(b)?;
+        let peers = self.peers(b)?;
+        let is_link =
+            |s: &str| interfaces.iter().any(|i| i.name == s) || peers.iter().any(|p| p.name == s);
+        let filters = (b.filter.iter().enumerate())
+            .map(|(n, f)| self.filter(n, f, is_link))
+            .collect::<Result<_, _>>()?;
+        Ok(BabelConfig {
+            router_id: b.router_id,
+            control_socket: b.control_socket.clone(),
+            metrics,
+            metrics_off: b.metrics.as_ref().is_some_and(|v| v.get_ref() == "off"),
+            kernel_routes: b.kernel_routes.unwrap_or(true),
+            kernel_table,
+            retract_on_shutdown: b.retract_on_shutdown.unwrap_or(false),
+            originate: self.originate(&b.originate)?,
+            default_route: b.default_route.unwrap_or_default(),
+            ipv4_next_hop: b.ipv4_next_hop,
+            link_local: b.link_local,
+            classes,
+            interfaces,
+            peers,
+            filters,
+        })
+    }
+
+    fn originate(&self, list: &[Spanned<Prefix>]) -> Result<Vec<IpNet>, ConfigError> {
+        let mut out: Vec<IpNet> = Vec::new();
+        for (n, v) in list.iter().enumerate() {
+            let net = v.get_ref().0;
+            let wrong = if net.prefix_len() == 0 {
+                "default routes are announced with default_route = \"originate\"".into()
+            } else if let Some(dup) = out.iter().position(|o| *o == net) {
+                format!("{net} is already babel.originate[{dup}]")
+            } else {
+                out.push(net);
+                continue;
+            };
+            return Err(self
+                .src
+                .err(v.span(), format!("babel.originate[{n}]"), wrong));
         }
-        T::try_from(n).map_err(|_| out())
+        Ok(out)
     }
 
     /// The parameters of a link of `class`: built-in defaults, then each layer's overrides
@@ -371,14 +464,12 @@ impl Ctx<'_> {
             *slot = hello * factor;
             if *slot > MAX_INTERVAL {
                 // Blame the hello_interval that won.
-                let (span, key) = layers
-                    .iter()
-                    .rev()
+                let (span, key) = (layers.iter().rev())
                     .find_map(|(t, o)| {
                         Some(at(t, "hello_interval", o.hello_interval.as_ref()?.span()))
                     })
                     .unwrap_or((0..0, "hello_interval".into()));
-                return Err(self.err(
+                return Err(self.src.err(
                     span,
                     key,
                     format!(
@@ -392,16 +483,14 @@ impl Ctx<'_> {
         if p.rtt_min >= p.rtt_max {
             // Blame the later of rtt_min and rtt_max in the most specific layer that sets
             // either.
-            let (span, key) = layers
-                .iter()
-                .rev()
+            let (span, key) = (layers.iter().rev())
                 .find_map(|(t, o)| {
                     let min = o.rtt_min.as_ref().map(|v| at(t, "rtt_min", v.span()));
                     let max = o.rtt_max.as_ref().map(|v| at(t, "rtt_max", v.span()));
                     min.into_iter().chain(max).max_by_key(|(s, _)| s.start)
                 })
                 .unwrap_or((0..0, "rtt_min".into()));
-            return Err(self.err(
+            return Err(self.src.err(
                 span,
                 key,
                 format!(
@@ -414,333 +503,150 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    fn babel(&self, b: &RawBabel, device: &DeviceConfig) -> Result<BabelConfig, ConfigError> {
-        let mut c = BabelConfig::default();
-        if let Some(v) = &b.router_id {
-            c.router_id = Some(
-                parse_router_id(v.get_ref())
-                    .map_err(|m| self.err(v.span(), "babel.router_id", m))?,
-            );
-        }
-        c.control_socket = b
-            .control_socket
-            .as_ref()
-            .map(|s| PathBuf::from(s.get_ref()));
-        if let Some(v) = &b.metrics {
-            if v.get_ref() == "off" {
-                c.metrics_off = true;
-            } else {
-                let public = b.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
-                let a = self.metrics_addr(v, "babel.metrics", public, "IP:PORT or \"off\"")?;
-                c.metrics = Some(a);
-            }
-        }
-        if let Some(v) = &b.kernel_routes {
-            c.kernel_routes = *v.get_ref();
-        }
-        if let Some(v) = &b.kernel_table {
-            c.kernel_table = self.int(v, "babel.kernel_table", 1..=u32::MAX as i64)?;
-            if c.kernel_table == 255 {
-                return Err(self.err(
-                    v.span(),
-                    "babel.kernel_table",
-                    "255 is the kernel's local table; choose another",
-                ));
-            }
-        }
-        if let Some(v) = &b.retract_on_shutdown {
-            c.retract_on_shutdown = *v.get_ref();
-        }
-        if let Some(v) = &b.default_route {
-            c.default_route = match v.get_ref().as_str() {
-                "ignore" => DefaultRoute::Ignore,
-                "accept" => DefaultRoute::Accept,
-                "originate" => DefaultRoute::Originate,
-                other => {
-                    return Err(self.err(
-                        v.span(),
-                        "babel.default_route",
-                        format!("expected \"ignore\", \"accept\" or \"originate\", got {other:?}"),
-                    ))
-                }
-            };
-        }
-        for (n, v) in b.originate.iter().enumerate() {
-            let key = format!("babel.originate[{n}]");
-            let net = v.get_ref().0;
-            if net.prefix_len() == 0 {
-                return Err(self.err(
-                    v.span(),
-                    key,
-                    "default routes are announced with default_route = \"originate\"",
-                ));
-            }
-            if let Some(dup) = c.originate.iter().position(|o| *o == net) {
-                return Err(self.err(
-                    v.span(),
-                    key,
-                    format!("{net} is already babel.originate[{dup}]"),
-                ));
-            }
-            c.originate.push(net);
-        }
-        if let Some(v) = &b.ipv4_next_hop {
-            let a: Ipv4Addr = v.get_ref().parse().map_err(|_| {
-                self.err(
-                    v.span(),
-                    "babel.ipv4_next_hop",
-                    format!("invalid IPv4 address {:?}", v.get_ref()),
-                )
-            })?;
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-                return Err(self.err(
-                    v.span(),
-                    "babel.ipv4_next_hop",
-                    format!("{a} is not a unicast address"),
-                ));
-            }
-            c.ipv4_next_hop = Some(a);
-        }
-        if let Some(v) = &b.link_local {
-            let a: Ipv6Addr = v.get_ref().parse().map_err(|_| {
-                self.err(
-                    v.span(),
-                    "babel.link_local",
-                    format!("invalid IPv6 address {:?}", v.get_ref()),
-                )
-            })?;
-            if a.segments()[0] & 0xffc0 != 0xfe80 {
-                return Err(self.err(
-                    v.span(),
-                    "babel.link_local",
-                    format!("{a} is not a link-local address (fe80::/10)"),
-                ));
-            }
-            c.link_local = Some(a);
-        }
-
-        let layers = |class, own| layers(b, class, own);
-        c.classes = LinkClasses {
-            wired: self.resolve(LinkClass::Wired, &layers(LinkClass::Wired, None))?,
-            mesh: self.resolve(LinkClass::Mesh, &layers(LinkClass::Mesh, None))?,
-            trunk: self.resolve(LinkClass::Trunk, &layers(LinkClass::Trunk, None))?,
-        };
-
-        let peer_label = |p: &isthmus_dataplane::config::PeerConfig| {
-            p.name
-                .clone()
-                .unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
-        };
+    fn interfaces(&self, b: &RawBabel) -> Result<Vec<BabelInterface>, ConfigError> {
+        let mut out: Vec<BabelInterface> = Vec::new();
         for (n, i) in b.interface.iter().enumerate() {
-            let span = i.span();
-            let i = i.get_ref();
-            let k = |f: &str| format!("babel.interface[{n}].{f}");
-            let Some(name) = &i.name else {
-                return Err(self.err(span, format!("babel.interface[{n}]"), "name is required"));
+            let table = format!("babel.interface[{n}]");
+            let Some(name) = &i.get_ref().name else {
+                return Err(self.src.err(i.span(), table, "name is required"));
             };
             let s = &name.get_ref().0;
-            if let Some(dup) = c.interfaces.iter().position(|x| x.name == *s) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is already babel.interface[{dup}]"),
-                ));
+            let peer = (self.device.peers.iter()).position(|p| p.name.as_ref() == Some(s));
+            let clash = if let Some(dup) = out.iter().position(|x| x.name == *s) {
+                Some(format!("{s:?} is already babel.interface[{dup}]"))
+            } else if self.device.interface.name.as_ref() == Some(s) {
+                Some(format!(
+                    "{s:?} is the tunnel device; Babel runs on its peers, each a link of its own"
+                ))
+            } else {
+                peer.map(|p| {
+                    format!("{s:?} is also the name of peer[{p}]; filter links would be ambiguous")
+                })
+            };
+            if let Some(m) = clash {
+                return Err(self.src.err(name.span(), format!("{table}.name"), m));
             }
-            if device.interface.name.as_deref() == Some(s) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is the tunnel device; Babel runs on its peers, each a link of its own"),
-                ));
-            }
-            if let Some(p) = device
-                .peers
-                .iter()
-                .position(|p| p.name.as_deref() == Some(s))
-            {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is also the name of peer[{p}]; filter links would be ambiguous"),
-                ));
-            }
-            let class = i.class.unwrap_or_default();
-            let params = self.resolve(
-                class,
-                &layers(
-                    class,
-                    Some((format!("babel.interface[{n}]"), i.overrides())),
-                ),
-            )?;
-            c.interfaces.push(BabelInterface {
+            let class = i.get_ref().class.unwrap_or_default();
+            let own = (table, i.get_ref().overrides());
+            out.push(BabelInterface {
                 name: s.clone(),
                 class,
-                params,
+                params: self.resolve(class, &layers(b, class, Some(own)))?,
             });
         }
+        Ok(out)
+    }
 
-        let mut explicit: Vec<Option<(usize, &RawPeer)>> = vec![None; device.peers.len()];
+    /// Every `[[peer]]`, with its `[[babel.peer]]` entry if it has one.
+    fn peers(&self, b: &RawBabel) -> Result<Vec<BabelPeer>, ConfigError> {
+        let peers = &self.device.peers;
+        let mut entry: Vec<Option<(usize, &RawPeer)>> = vec![None; peers.len()];
         for (n, p) in b.peer.iter().enumerate() {
-            let span = p.span();
-            let p = p.get_ref();
-            let Some(name) = &p.name else {
-                return Err(self.err(span, format!("babel.peer[{n}]"), "name is required"));
+            let key = format!("babel.peer[{n}].name");
+            let Some(name) = &p.get_ref().name else {
+                return Err(self
+                    .src
+                    .err(p.span(), format!("babel.peer[{n}]"), "name is required"));
             };
-            let Some(idx) = device
-                .peers
-                .iter()
-                .position(|d| d.name.as_deref() == Some(name.get_ref()))
-            else {
-                return Err(self.err(
-                    name.span(),
-                    format!("babel.peer[{n}].name"),
-                    format!("{:?} is not the name of a [[peer]]", name.get_ref()),
-                ));
+            let s = name.get_ref();
+            let Some(idx) = peers.iter().position(|d| d.name.as_ref() == Some(s)) else {
+                let m = format!("{s:?} is not the name of a [[peer]]");
+                return Err(self.src.err(name.span(), key, m));
             };
-            if let Some((dup, _)) = explicit[idx] {
-                return Err(self.err(
-                    name.span(),
-                    format!("babel.peer[{n}].name"),
-                    format!("{:?} is already babel.peer[{dup}]", name.get_ref()),
-                ));
+            if let Some((dup, _)) = entry[idx] {
+                let m = format!("{s:?} is already babel.peer[{dup}]");
+                return Err(self.src.err(name.span(), key, m));
             }
-            explicit[idx] = Some((n, p));
+            entry[idx] = Some((n, p.get_ref()));
         }
-        for (d, e) in device.peers.iter().zip(&explicit) {
+        let mut out = Vec::new();
+        for (d, e) in peers.iter().zip(entry) {
             let dp_class = match d.class {
                 isthmus_dataplane::config::LinkClass::Mesh => LinkClass::Mesh,
                 isthmus_dataplane::config::LinkClass::Trunk => LinkClass::Trunk,
             };
-            let peer = match e {
-                None => BabelPeer {
-                    name: peer_label(d),
-                    public_key: d.public_key,
-                    enabled: true,
-                    class: dp_class,
-                    params: *c.classes.get(dp_class),
-                },
-                Some((n, p)) => {
-                    let class = p.class.unwrap_or(dp_class);
-                    BabelPeer {
-                        name: peer_label(d),
-                        public_key: d.public_key,
-                        enabled: p.enabled.unwrap_or(true),
-                        class,
-                        params: self.resolve(
-                            class,
-                            &layers(class, Some((format!("babel.peer[{n}]"), p.overrides()))),
-                        )?,
-                    }
-                }
+            let (class, enabled, own) = match e {
+                None => (dp_class, true, None),
+                Some((n, p)) => (
+                    p.class.unwrap_or(dp_class),
+                    p.enabled.unwrap_or(true),
+                    Some((format!("babel.peer[{n}]"), p.overrides())),
+                ),
             };
-            c.peers.push(peer);
-        }
-
-        for (n, f) in b.filter.iter().enumerate() {
-            let span = f.span();
-            let f = f.get_ref();
-            let k = |x: &str| format!("babel.filter[{n}].{x}");
-            let Some(dir) = &f.direction else {
-                return Err(self.err(
-                    span,
-                    format!("babel.filter[{n}]"),
-                    "direction is required (\"in\" or \"out\")",
-                ));
-            };
-            let direction = match dir.get_ref().as_str() {
-                "in" => Direction::In,
-                "out" => Direction::Out,
-                other => {
-                    return Err(self.err(
-                        dir.span(),
-                        k("direction"),
-                        format!("expected \"in\" or \"out\", got {other:?}"),
-                    ))
-                }
-            };
-            let Some(prefix) = &f.prefix else {
-                return Err(self.err(
-                    span,
-                    format!("babel.filter[{n}]"),
-                    "prefix is required (\"0.0.0.0/0\" with le = 32 matches every IPv4 route)",
-                ));
-            };
-            let prefix = prefix.get_ref().0;
-            let range = prefix.prefix_len() as i64..=prefix.max_prefix_len() as i64;
-            let ge: Option<u8> = match &f.ge {
-                Some(v) => Some(self.int(v, &k("ge"), range.clone())?),
-                None => None,
-            };
-            let le: Option<u8> = match &f.le {
-                Some(v) => Some(self.int(v, &k("le"), range.clone())?),
-                None => None,
-            };
-            if let (Some(g), Some(l), Some(v)) = (ge, le, &f.le) {
-                if g > l {
-                    return Err(self.err(
-                        v.span(),
-                        k("le"),
-                        format!("le ({l}) is less than ge ({g})"),
-                    ));
-                }
-            }
-            let link = match &f.link {
-                Some(v) => {
-                    let s = v.get_ref();
-                    let known = c.interfaces.iter().any(|i| i.name == *s)
-                        || c.peers.iter().any(|p| p.name == *s);
-                    if !known {
-                        return Err(self.err(
-                            v.span(),
-                            k("link"),
-                            format!("{s:?} is not a babel.interface or a peer"),
-                        ));
-                    }
-                    Some(s.clone())
-                }
-                None => None,
-            };
-            let action = match (&f.action, &f.metric) {
-                (None, None) => {
-                    return Err(self.err(
-                        span,
-                        format!("babel.filter[{n}]"),
-                        "action = \"accept\" | \"deny\", or metric = N, is required",
-                    ))
-                }
-                (Some(a), m) => match (a.get_ref().as_str(), m) {
-                    ("accept", None) => FilterAction::Accept,
-                    ("accept", Some(m)) => {
-                        FilterAction::AddMetric(self.int(m, &k("metric"), 0..=65535)?)
-                    }
-                    ("deny", None) => FilterAction::Deny,
-                    ("deny", Some(m)) => {
-                        return Err(self.err(
-                            m.span(),
-                            k("metric"),
-                            "a metric with action = \"deny\" means nothing",
-                        ))
-                    }
-                    (other, _) => {
-                        return Err(self.err(
-                            a.span(),
-                            k("action"),
-                            format!("expected \"accept\" or \"deny\", got {other:?}"),
-                        ))
-                    }
-                },
-                (None, Some(m)) => FilterAction::AddMetric(self.int(m, &k("metric"), 0..=65535)?),
-            };
-            c.filters.push(Filter {
-                direction,
-                prefix,
-                ge,
-                le,
-                link,
-                action,
+            out.push(BabelPeer {
+                // As the data plane labels a peer.
+                name: (d.name.clone()).unwrap_or_else(|| d.public_key.to_base64()[..8].to_string()),
+                public_key: d.public_key,
+                enabled,
+                class,
+                params: self.resolve(class, &layers(b, class, own))?,
             });
         }
-        Ok(c)
+        Ok(out)
+    }
+
+    /// `babel.filter[n]`, whose `link`, if any, must satisfy `is_link`.
+    fn filter(
+        &self,
+        n: usize,
+        f: &Spanned<RawFilter>,
+        is_link: impl Fn(&str) -> bool,
+    ) -> Result<Filter, ConfigError> {
+        let (span, f) = (f.span(), f.get_ref());
+        let table = format!("babel.filter[{n}]");
+        let k = |x: &str| format!("{table}.{x}");
+        let Some(direction) = f.direction else {
+            let m = "direction is required (\"in\" or \"out\")";
+            return Err(self.src.err(span, table, m));
+        };
+        let Some(Prefix(prefix)) = f.prefix else {
+            let m = "prefix is required (\"0.0.0.0/0\" with le = 32 matches every IPv4 route)";
+            return Err(self.src.err(span, table, m));
+        };
+        // ge and le are lengths from the prefix's own to the family's maximum.
+        let (own, max) = (prefix.prefix_len(), prefix.max_prefix_len());
+        let length = |v: &Option<Spanned<i64>>, key: &str| {
+            let Some(v) = v else { return Ok(None) };
+            let n = *v.get_ref();
+            match u8::try_from(n) {
+                Ok(l) if (own..=max).contains(&l) => Ok(Some((l, v.span()))),
+                _ => {
+                    let m = format!("{n} is out of range ({own}..={max})");
+                    Err(self.src.err(v.span(), k(key), m))
+                }
+            }
+        };
+        let (ge, le) = (length(&f.ge, "ge")?, length(&f.le, "le")?);
+        if let (Some((g, _)), Some((l, at))) = (&ge, &le) {
+            if g > l {
+                let m = format!("le ({l}) is less than ge ({g})");
+                return Err(self.src.err(at.clone(), k("le"), m));
+            }
+        }
+        if let Some(v) = f.link.as_ref().filter(|v| !is_link(v.get_ref())) {
+            let m = format!("{:?} is not a babel.interface or a peer", v.get_ref());
+            return Err(self.src.err(v.span(), k("link"), m));
+        }
+        let action = match (f.action, &f.metric) {
+            (None, None) => {
+                let m = "action = \"accept\" | \"deny\", or metric = N, is required";
+                return Err(self.src.err(span, table, m));
+            }
+            (Some(FilterAction::Deny), Some(m)) => {
+                let msg = "a metric with action = \"deny\" means nothing";
+                return Err(self.src.err(m.span(), k("metric"), msg));
+            }
+            (_, Some(m)) => FilterAction::AddMetric((*m.get_ref()).into()),
+            (Some(a), None) => a,
+        };
+        Ok(Filter {
+            direction,
+            prefix,
+            ge: ge.map(|(l, _)| l),
+            le: le.map(|(l, _)| l),
+            link: f.link.as_ref().map(|v| v.get_ref().clone()),
+            action,
+        })
     }
 }
 
@@ -755,38 +661,11 @@ fn layers(
         LinkClass::Mesh => &b.mesh,
         LinkClass::Trunk => &b.trunk,
     };
-    table
-        .clone()
+    (table.clone())
         .map(|t| (format!("babel.{class}"), t))
         .into_iter()
         .chain(own)
         .collect()
-}
-
-/// `02:00:00:00:00:00:00:01`: eight hex bytes, colon-separated; not all zeros or all ones
-/// (RFC 8966 4.1.3).
-fn parse_router_id(s: &str) -> Result<[u8; 8], String> {
-    let bad = || {
-        format!(
-            "invalid router id {s:?} (expected eight hex bytes like \"02:00:00:00:00:00:00:01\")"
-        )
-    };
-    let mut id = [0u8; 8];
-    let mut parts = s.split(':');
-    for b in &mut id {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    if id == [0; 8] || id == [0xff; 8] {
-        return Err(format!("{s} is reserved (all zeros or all ones)"));
-    }
-    Ok(id)
 }
 
 #[cfg(test)]
@@ -911,16 +790,7 @@ public_key = "{ANON}"
         assert_eq!(b.peers[1].class, LinkClass::Mesh);
         assert_eq!(b.peers[2].public_key, Key::from_base64(ANON).unwrap());
         // An empty [babel] is the same.
-        let mut empty = with("[babel]").unwrap();
-        assert_eq!(empty, b);
-        empty.peers.clear();
-        assert_eq!(
-            BabelConfig {
-                peers: Vec::new(),
-                ..BabelConfig::default()
-            },
-            empty
-        );
+        assert_eq!(with("[babel]").unwrap(), b);
         // An interface's class defaults to wired, with the wired parameters.
         let b = with("[[babel.interface]]\nname = \"eth1\"").unwrap();
         assert_eq!(b.interfaces[0].class, LinkClass::Wired);
@@ -1279,7 +1149,7 @@ action = "accept"
             "[babel]\ndefault_route = \"maybe\"",
             2,
             "babel.default_route",
-            "expected \"ignore\", \"accept\" or \"originate\", got \"maybe\"",
+            "unknown variant `maybe`, expected one of `ignore`, `accept`, `originate`",
         );
         refused(
             "[babel]\noriginate = [\"10.1.0.1/16\"]",
@@ -1637,7 +1507,7 @@ action = "accept"
             &f("direction = \"both\""),
             2,
             "babel.filter[0].direction",
-            "expected \"in\" or \"out\", got \"both\"",
+            "unknown variant `both`, expected `in` or `out`",
         );
         refused(
             &f("direction = \"in\"\naction = \"deny\""),
@@ -1691,7 +1561,7 @@ action = "accept"
             &f("direction = \"in\"\nprefix = \"10.0.0.0/8\"\naction = \"drop\""),
             4,
             "babel.filter[0].action",
-            "expected \"accept\" or \"deny\", got \"drop\"",
+            "unknown variant `drop`, expected `accept` or `deny`",
         );
         refused(
             &f("direction = \"in\"\nprefix = \"10.0.0.0/8\"\naction = \"deny\"\nmetric = 10"),

@@ -102,20 +102,14 @@ pub struct InterfaceConfig {
 }
 
 impl Default for InterfaceConfig {
+    /// An empty `[interface]`: what the loader makes of it.
     fn default() -> Self {
-        Self {
-            name: None,
-            private_key: None,
-            listen_port: None,
-            fwmark: None,
-            address: Vec::new(),
-            mtu: None,
-            metrics: None,
-            mss_clamp: true,
-            threads: None,
-            unrouted: None,
-            control_socket: None,
-        }
+        let cx = Ctx {
+            src: Source::defaults(),
+            dir: PathBuf::new(),
+        };
+        cx.interface(RawInterface::default())
+            .expect("no key, no error")
     }
 }
 
@@ -279,7 +273,7 @@ struct RawFile {
     _babel: Option<toml::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawInterface {
     name: Option<IfName>,
@@ -339,6 +333,14 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// No text: the source of the defaults, which the loaders make from empty tables.
+    pub fn defaults() -> Source<'static> {
+        Source {
+            file: "(defaults)".into(),
+            text: "",
+        }
+    }
+
     fn line(&self, span: Range<usize>) -> usize {
         self.text[..span.start.min(self.text.len())]
             .matches('\n')
@@ -363,7 +365,7 @@ impl<'a> Source<'a> {
 
     /// The whole text as `T`. A serde error (bad syntax, an unknown key, a value of the
     /// wrong type, an unknown variant, a value a value type refuses) names the key at its
-    /// span: `babel.interface[1].class: unknown variant `wifi`, expected one of ...`.
+    /// span: ``babel.interface[1].class: unknown variant `wifi`, expected one of ...``.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -546,7 +548,7 @@ impl Ctx<'_> {
             address,
             mtu: i.mtu.map(Into::into),
             metrics: metrics.transpose()?,
-            mss_clamp: i.mss_clamp.unwrap_or(InterfaceConfig::default().mss_clamp),
+            mss_clamp: i.mss_clamp.unwrap_or(true),
             threads: i.threads.map(Into::into),
             unrouted: i.unrouted,
             control_socket: i.control_socket,

@@ -1,6 +1,6 @@
 //! Link parameters (RFC 8966 Appendix A: costs and intervals) and link classes.
 //!
-//! [`LinkParams`] is defined once, here, from one list of parameters ([`link_params!`]):
+//! [`LinkParams`] is defined once, here, from one list of parameters (`link_params!`):
 //! the type, its configuration keys ([`LinkOverrides`], which `crate::config` reads from
 //! `[babel.wired]`, `[[babel.interface]]` and the like), and the defaults of each class
 //! ([`LinkParams::for_class`]). A new parameter is a line in that list, its default, and
