@@ -10,9 +10,11 @@
 //! Serde checks keys, types, enumerations and ranges; [`parse`] checks what depends on
 //! other keys or on the data plane's part of the file.
 
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use ipnet::IpNet;
 use isthmus_dataplane::config::{
@@ -325,27 +327,33 @@ fn router_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 8]>, D::Erro
 
 /// `ipv4_next_hop`: a unicast IPv4 address.
 fn ipv4_next_hop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
-    check_str(d, |s| {
-        let a: Ipv4Addr = s
-            .parse()
-            .map_err(|_| format!("invalid IPv4 address {s:?}"))?;
-        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-            return Err(format!("{a} is not a unicast address"));
-        }
-        Ok(Some(a))
+    address(d, "IPv4", |a: &Ipv4Addr| {
+        (a.is_unspecified() || a.is_multicast() || a.is_broadcast())
+            .then_some("is not a unicast address")
     })
 }
 
 /// `link_local`: an IPv6 address within fe80::/10.
 fn link_local<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    address(d, "IPv6", |a: &Ipv6Addr| {
+        (a.segments()[0] & 0xffc0 != 0xfe80).then_some("is not a link-local address (fe80::/10)")
+    })
+}
+
+/// An address of the `family`, which `refuse` may refuse, saying why.
+fn address<'de, D: Deserializer<'de>, A: FromStr + fmt::Display>(
+    d: D,
+    family: &str,
+    refuse: impl FnOnce(&A) -> Option<&'static str>,
+) -> Result<Option<A>, D::Error> {
     check_str(d, |s| {
-        let a: Ipv6Addr = s
+        let a: A = s
             .parse()
-            .map_err(|_| format!("invalid IPv6 address {s:?}"))?;
-        if a.segments()[0] & 0xffc0 != 0xfe80 {
-            return Err(format!("{a} is not a link-local address (fe80::/10)"));
+            .map_err(|_| format!("invalid {family} address {s:?}"))?;
+        match refuse(&a) {
+            Some(why) => Err(format!("{a} {why}")),
+            None => Ok(Some(a)),
         }
-        Ok(Some(a))
     })
 }
 
