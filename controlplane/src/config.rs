@@ -534,7 +534,7 @@ impl Ctx<'_> {
             if let Some(m) = clash {
                 return Err(self.src.err(name.span(), format!("{table}.name"), m));
             }
-            let class = i.get_ref().class.unwrap_or_default();
+            let class = i.get_ref().class.unwrap_or(LinkClass::Wired);
             let own = (table, i.get_ref().overrides());
             out.push(BabelInterface {
                 name: s.clone(),
@@ -569,10 +569,7 @@ impl Ctx<'_> {
         }
         let mut out = Vec::new();
         for (d, e) in peers.iter().zip(entry) {
-            let dp_class = match d.class {
-                isthmus_dataplane::config::LinkClass::Mesh => LinkClass::Mesh,
-                isthmus_dataplane::config::LinkClass::Trunk => LinkClass::Trunk,
-            };
+            let dp_class = d.class;
             let (class, enabled, own) = match e {
                 None => (dp_class, true, None),
                 Some((n, p)) => (

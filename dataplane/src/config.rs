@@ -21,11 +21,15 @@ use toml_edit::{Item, TableLike, Value};
 
 use crate::keys::{read_private_key_file, Key};
 
-/// Role of a peer's link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// A link's class. A tunnel peer (`[[peer]] class`) is mesh or trunk: its label in metrics,
+/// and the defaults of its Babel parameters in the control plane, where a plain interface
+/// (`[[babel.interface]]`) may also be wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkClass {
-    /// A link inside a mesh island.
+    /// A wired LAN (control plane only: the default for Babel interfaces).
+    Wired,
+    /// A link inside a mesh island (the default for peers).
     #[default]
     Mesh,
     /// A trunk between islands.
@@ -33,12 +37,19 @@ pub enum LinkClass {
 }
 
 impl LinkClass {
-    /// `mesh` or `trunk`.
+    /// `wired`, `mesh` or `trunk`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Wired => "wired",
             Self::Mesh => "mesh",
             Self::Trunk => "trunk",
         }
+    }
+}
+
+impl fmt::Display for LinkClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -304,8 +315,7 @@ struct RawPeer {
     #[serde(default)]
     allowed_ips: Vec<Prefix>,
     persistent_keepalive: Option<InRange<0, 65535>>,
-    #[serde(default)]
-    class: LinkClass,
+    class: Option<Spanned<LinkClass>>,
 }
 
 #[derive(Deserialize)]
@@ -616,6 +626,14 @@ impl Ctx<'_> {
                 )
             })
         });
+        let class = p
+            .class
+            .as_ref()
+            .map_or(LinkClass::default(), |c| *c.get_ref());
+        if class == LinkClass::Wired {
+            let m = "a tunnel peer is \"mesh\" or \"trunk\"; \"wired\" is a Babel class only, for [[babel.interface]] and [[babel.peer]]";
+            return Err(self.err(p.class.as_ref().map_or(span, Spanned::span), k("class"), m));
+        }
         Ok(PeerConfig {
             name: p.name.as_ref().map(|n| n.get_ref().clone()),
             public_key,
@@ -630,7 +648,7 @@ impl Ctx<'_> {
                 .persistent_keepalive
                 .map(Into::into)
                 .filter(|&s: &u16| s > 0),
-            class: p.class,
+            class,
         })
     }
 
@@ -834,7 +852,14 @@ via = "blackhole"
 
         let e = err_of(&text.replace("class = \"trunk\"", "class = \"backbone\""));
         assert_eq!((e.line, e.key.as_str()), (16, "peer[0].class"));
-        assert!(e.message.contains("expected `mesh` or `trunk`"), "{e}");
+        assert!(
+            e.message
+                .contains("unknown variant `backbone`, expected one of `wired`, `mesh`, `trunk`"),
+            "{e}"
+        );
+        let e = err_of(&text.replace("class = \"trunk\"", "class = \"wired\""));
+        assert_eq!((e.line, e.key.as_str()), (16, "peer[0].class"));
+        assert!(e.message.contains("\"mesh\" or \"trunk\""), "{e}");
 
         let e = err_of(&text.replace("name = \"mesh-a\"", "name = \"trunk-north\""));
         assert_eq!((e.line, e.key.as_str()), (19, "peer[1].name"));

@@ -819,10 +819,7 @@ impl Core {
                     PeerSample {
                         name: p.label.clone(),
                         public_key: crate::tunnel::key_b64(&p.public_key),
-                        class: match p.settings().class {
-                            crate::config::LinkClass::Mesh => "mesh",
-                            crate::config::LinkClass::Trunk => "trunk",
-                        },
+                        class: p.settings().class.as_str(),
                         rx_bytes: c.rx_bytes.load(Relaxed),
                         tx_bytes: c.tx_bytes.load(Relaxed),
                         rx_packets: c.rx_packets.load(Relaxed),

@@ -15,35 +15,9 @@ use serde::Deserialize;
 /// The longest interval Babel can carry: intervals travel as centiseconds in 16 bits.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(655);
 
-/// A Babel link class: the defaults of a link's parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkClass {
-    /// A wired LAN (the default for interfaces).
-    #[default]
-    Wired,
-    /// A lossy wireless mesh link.
-    Mesh,
-    /// A long-haul trunk between islands.
-    Trunk,
-}
-
-impl LinkClass {
-    /// `wired`, `mesh` or `trunk`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Wired => "wired",
-            Self::Mesh => "mesh",
-            Self::Trunk => "trunk",
-        }
-    }
-}
-
-impl fmt::Display for LinkClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A link's class, which gives its parameters their defaults: the data plane's, shared with
+/// its `[[peer]] class`.
+pub use isthmus_dataplane::config::LinkClass;
 
 /// How the cost of a link is computed (RFC 8966 Appendix A.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
