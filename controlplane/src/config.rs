@@ -1,25 +1,31 @@
 //! The configuration of `isthmus-cp`: the data plane's file (`docs/config.md`), read whole by
 //! the data plane's loader, plus its `[babel]` section, read here.
 //!
-//! Errors in `[babel]` look like the data plane's: `gw.toml:31: babel.interface[0].class:
-//! expected "wired", "mesh" or "trunk", got "wifi"`.
+//! Errors in `[babel]` look like the data plane's, from the same [`Source`]:
+//!
+//! ```text
+//! gw.toml:31: babel.interface[0].class: unknown variant `wifi`, expected one of `wired`, `mesh`, `trunk`
+//! ```
+//!
+//! Serde checks keys, types, enumerations and ranges; [`parse`] checks what depends on
+//! other keys or on the data plane's part of the file.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::str::FromStr;
 
 use ipnet::IpNet;
-use isthmus_dataplane::config::{ConfigError, DeviceConfig, Source};
+use isthmus_dataplane::config::{
+    check_str, ConfigError, DeviceConfig, IfName, InRange, Prefix, Source,
+};
 use isthmus_dataplane::keys::Key;
-use serde::de::{Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-/// The longest interval Babel can carry: intervals travel as centiseconds in 16 bits.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(655);
+use crate::babel::link::{link_params, MAX_INTERVAL};
+pub use crate::babel::{CostModel, LinkClass, LinkOverrides, LinkParams};
 
 /// The whole configuration of `isthmus-cp`.
 #[derive(Debug, Clone)]
@@ -69,28 +75,6 @@ pub struct BabelConfig {
     pub filters: Vec<Filter>,
 }
 
-impl Default for BabelConfig {
-    fn default() -> Self {
-        Self {
-            router_id: None,
-            control_socket: None,
-            metrics: None,
-            metrics_off: false,
-            kernel_routes: true,
-            kernel_table: 254,
-            retract_on_shutdown: false,
-            originate: Vec::new(),
-            default_route: DefaultRoute::Ignore,
-            ipv4_next_hop: None,
-            link_local: None,
-            classes: LinkClasses::default(),
-            interfaces: Vec::new(),
-            peers: Vec::new(),
-            filters: Vec::new(),
-        }
-    }
-}
-
 impl BabelConfig {
     /// The first filter matching a route, if any.
     pub fn first_filter(&self, dir: Direction, link: &str, prefix: &IpNet) -> Option<&Filter> {
@@ -99,7 +83,8 @@ impl BabelConfig {
 }
 
 /// `default_route`: what happens to 0.0.0.0/0 and ::/0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DefaultRoute {
     /// Learned default routes are filtered (the default).
     #[default]
@@ -108,35 +93,6 @@ pub enum DefaultRoute {
     Accept,
     /// This gateway announces default routes (and ignores learned ones).
     Originate,
-}
-
-/// A Babel link class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LinkClass {
-    /// A wired LAN (the default for interfaces).
-    #[default]
-    Wired,
-    /// A lossy wireless mesh link.
-    Mesh,
-    /// A long-haul trunk between islands.
-    Trunk,
-}
-
-impl LinkClass {
-    /// `wired`, `mesh` or `trunk`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Wired => "wired",
-            Self::Mesh => "mesh",
-            Self::Trunk => "trunk",
-        }
-    }
-}
-
-impl fmt::Display for LinkClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// Link parameters of each class.
@@ -171,79 +127,6 @@ impl LinkClasses {
     }
 }
 
-/// How a link's cost is computed from hello receptions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CostModel {
-    /// `"2-out-of-3"` (RFC 8966 A.2.1): `cost` if two of the last three hellos arrived.
-    TwoOutOfThree,
-    /// `"etx"` (RFC 8966 A.2.2): `cost` scaled by the expected transmission count.
-    Etx,
-}
-
-impl CostModel {
-    /// `2-out-of-3` or `etx`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TwoOutOfThree => "2-out-of-3",
-            Self::Etx => "etx",
-        }
-    }
-}
-
-/// Parameters of one link (or class of links).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkParams {
-    /// `hello_interval` (default 4 s).
-    pub hello_interval: Duration,
-    /// `update_interval` (default 4 × hello_interval).
-    pub update_interval: Duration,
-    /// `ihu_interval` (default 3 × hello_interval).
-    pub ihu_interval: Duration,
-    /// `cost`: the nominal receive cost (wired 96, mesh 256, trunk 96).
-    pub rxcost: u16,
-    /// `cost_model` (wired and trunk 2-out-of-3, mesh etx).
-    pub cost_model: CostModel,
-    /// `timestamps`: RFC 9616 timestamps for RTT (trunk true, otherwise false).
-    pub timestamps: bool,
-    /// `rtt_min` (default 10 ms): RTTs up to this add no cost.
-    pub rtt_min: Duration,
-    /// `rtt_max` (default 120 ms): RTTs from this add `max_rtt_penalty`.
-    pub rtt_max: Duration,
-    /// `max_rtt_penalty` (trunk 150, otherwise 0).
-    pub max_rtt_penalty: u16,
-}
-
-impl Default for LinkParams {
-    /// The wired defaults.
-    fn default() -> Self {
-        Self::for_class(LinkClass::Wired)
-    }
-}
-
-impl LinkParams {
-    /// The built-in defaults of a class.
-    pub fn for_class(class: LinkClass) -> Self {
-        let hello = Duration::from_secs(4);
-        Self {
-            hello_interval: hello,
-            update_interval: hello * 4,
-            ihu_interval: hello * 3,
-            rxcost: match class {
-                LinkClass::Mesh => 256,
-                LinkClass::Wired | LinkClass::Trunk => 96,
-            },
-            cost_model: match class {
-                LinkClass::Mesh => CostModel::Etx,
-                LinkClass::Wired | LinkClass::Trunk => CostModel::TwoOutOfThree,
-            },
-            timestamps: class == LinkClass::Trunk,
-            rtt_min: Duration::from_millis(10),
-            rtt_max: Duration::from_millis(120),
-            max_rtt_penalty: if class == LinkClass::Trunk { 150 } else { 0 },
-        }
-    }
-}
-
 /// `[[babel.interface]]`: a plain interface Babel runs on by multicast.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BabelInterface {
@@ -272,7 +155,8 @@ pub struct BabelPeer {
 }
 
 /// The direction a filter applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// `"in"`: routes learned from neighbours.
     In,
@@ -281,13 +165,15 @@ pub enum Direction {
 }
 
 /// What a matching filter does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FilterAction {
     /// `action = "accept"`.
     Accept,
     /// `action = "deny"`.
     Deny,
     /// `metric = N`: accept, adding N to the metric.
+    #[serde(skip)]
     AddMetric(u16),
 }
 
@@ -342,96 +228,17 @@ pub fn load(path: &Path) -> Result<CpConfig, ConfigError> {
 /// paths.
 pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
     let device = isthmus_dataplane::config::parse(text, path)?;
-    let cx = Ctx(Source::new(path, text));
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let msg = e
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("syntax error")
-            .to_string();
-        cx.err(span.clone(), key_path_at(text, span), msg)
-    })?;
-    let babel = match &raw.babel {
-        Some(b) => cx.babel(b, &device)?,
-        None => cx.babel(&RawBabel::default(), &device)?,
+    let cx = Ctx {
+        src: Source::new(path, text),
+        device: &device,
     };
+    let raw: RawFile = cx.src.deserialize()?;
+    let babel = cx.babel(&raw.babel.unwrap_or_default())?;
     Ok(CpConfig {
         device,
         babel,
         path: path.to_path_buf(),
     })
-}
-
-/// The dotted key path of the key or value at `span`, from the table headers above it:
-/// `babel.interface[1].colour`.
-fn key_path_at(text: &str, span: Range<usize>) -> String {
-    let start = span.start.min(text.len());
-    let mut table = String::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut line_start = 0;
-    for line in text.split_inclusive('\n') {
-        // Headers up to and including the line of the error.
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = seen.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
-        }
-        if line_start + line.len() > start {
-            break;
-        }
-        line_start += line.len();
-    }
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let at = text.get(span.clone()).unwrap_or("");
-    let is_key = !at.is_empty()
-        && at
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    let key = if is_key && line.trim_start().starts_with(at) {
-        at.to_string()
-    } else {
-        match line.split_once('=') {
-            Some((k, _)) if !line.trim_start().starts_with('[') => k.trim().to_string(),
-            _ => String::new(),
-        }
-    };
-    match (table.is_empty(), key.is_empty()) {
-        (true, true) => "(syntax)".into(),
-        (true, false) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    }
-}
-
-/// A number of seconds, written as an integer or a float.
-struct Seconds(f64);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Seconds;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number of seconds")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Seconds, E> {
-                Ok(Seconds(v as f64))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(v as f64))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Seconds, E> {
-                Ok(Seconds(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 #[derive(Deserialize)]
@@ -444,21 +251,25 @@ struct RawFile {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBabel {
-    router_id: Option<Spanned<String>>,
-    control_socket: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "router_id")]
+    router_id: Option<[u8; 8]>,
+    control_socket: Option<PathBuf>,
     metrics: Option<Spanned<String>>,
-    metrics_public: Option<Spanned<bool>>,
-    kernel_routes: Option<Spanned<bool>>,
-    kernel_table: Option<Spanned<i64>>,
-    retract_on_shutdown: Option<Spanned<bool>>,
     #[serde(default)]
-    originate: Vec<Spanned<String>>,
-    default_route: Option<Spanned<String>>,
-    ipv4_next_hop: Option<Spanned<String>>,
-    link_local: Option<Spanned<String>>,
-    wired: Option<RawClass>,
-    mesh: Option<RawClass>,
-    trunk: Option<RawClass>,
+    metrics_public: bool,
+    kernel_routes: Option<bool>,
+    kernel_table: Option<Spanned<InRange<1, 4_294_967_295>>>,
+    retract_on_shutdown: Option<bool>,
+    #[serde(default)]
+    originate: Vec<Spanned<Prefix>>,
+    default_route: Option<DefaultRoute>,
+    #[serde(default, deserialize_with = "ipv4_next_hop")]
+    ipv4_next_hop: Option<Ipv4Addr>,
+    #[serde(default, deserialize_with = "link_local")]
+    link_local: Option<Ipv6Addr>,
+    wired: Option<LinkOverrides>,
+    mesh: Option<LinkOverrides>,
+    trunk: Option<LinkOverrides>,
     #[serde(default)]
     interface: Vec<Spanned<RawInterface>>,
     #[serde(default)]
@@ -467,256 +278,227 @@ struct RawBabel {
     filter: Vec<Spanned<RawFilter>>,
 }
 
-/// Borrowed link-parameter keys of one table.
-#[derive(Clone, Copy, Default)]
-struct Overrides<'a> {
-    hello_interval: Option<&'a Spanned<Seconds>>,
-    update_interval: Option<&'a Spanned<Seconds>>,
-    ihu_interval: Option<&'a Spanned<Seconds>>,
-    cost: Option<&'a Spanned<i64>>,
-    cost_model: Option<&'a Spanned<String>>,
-    timestamps: Option<&'a Spanned<bool>>,
-    rtt_min: Option<&'a Spanned<Seconds>>,
-    rtt_max: Option<&'a Spanned<Seconds>>,
-    max_rtt_penalty: Option<&'a Spanned<i64>>,
-}
-
-/// A raw table with its own fields plus the link-parameter keys (serde's `flatten` cannot be
-/// combined with `deny_unknown_fields` or `Spanned`).
-macro_rules! with_link_params {
-    ($name:ident { $($(#[$fm:meta])* $f:ident : $t:ty,)* }) => {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct $name {
-            $($(#[$fm])* $f: $t,)*
-            hello_interval: Option<Spanned<Seconds>>,
-            update_interval: Option<Spanned<Seconds>>,
-            ihu_interval: Option<Spanned<Seconds>>,
-            cost: Option<Spanned<i64>>,
-            cost_model: Option<Spanned<String>>,
-            timestamps: Option<Spanned<bool>>,
-            rtt_min: Option<Spanned<Seconds>>,
-            rtt_max: Option<Spanned<Seconds>>,
-            max_rtt_penalty: Option<Spanned<i64>>,
-        }
-
-        impl $name {
-            fn overrides(&self) -> Overrides<'_> {
-                Overrides {
-                    hello_interval: self.hello_interval.as_ref(),
-                    update_interval: self.update_interval.as_ref(),
-                    ihu_interval: self.ihu_interval.as_ref(),
-                    cost: self.cost.as_ref(),
-                    cost_model: self.cost_model.as_ref(),
-                    timestamps: self.timestamps.as_ref(),
-                    rtt_min: self.rtt_min.as_ref(),
-                    rtt_max: self.rtt_max.as_ref(),
-                    max_rtt_penalty: self.max_rtt_penalty.as_ref(),
-                }
-            }
-        }
-    };
-}
-
-with_link_params!(RawClass {});
-with_link_params!(RawInterface {
-    name: Option<Spanned<String>>,
-    class: Option<Spanned<String>>,
+// The tables with link-parameter keys besides their own (serde's `flatten` cannot be
+// combined with `deny_unknown_fields` or `Spanned`).
+link_params!(table RawInterface {
+    name: Option<Spanned<IfName>>,
+    class: Option<LinkClass>,
 });
-with_link_params!(RawPeer {
+link_params!(table RawPeer {
     name: Option<Spanned<String>>,
-    enabled: Option<Spanned<bool>>,
-    class: Option<Spanned<String>>,
+    enabled: Option<bool>,
+    class: Option<LinkClass>,
 });
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFilter {
-    direction: Option<Spanned<String>>,
-    prefix: Option<Spanned<String>>,
+    direction: Option<Direction>,
+    prefix: Option<Prefix>,
     ge: Option<Spanned<i64>>,
     le: Option<Spanned<i64>>,
     link: Option<Spanned<String>>,
-    action: Option<Spanned<String>>,
-    metric: Option<Spanned<i64>>,
+    action: Option<FilterAction>,
+    metric: Option<Spanned<InRange<0, 65535>>>,
 }
 
-struct Ctx<'a>(Source<'a>);
+/// `router_id`: eight hex bytes, colon-separated; not all zeros or all ones (RFC 8966 4.1.3).
+fn router_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 8]>, D::Error> {
+    check_str(d, |s| {
+        let bad = || {
+            format!(
+                "invalid router id {s:?} (expected eight hex bytes like \"02:00:00:00:00:00:00:01\")"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 8 || parts.iter().any(|p| p.len() != 2) {
+            return Err(bad());
+        }
+        let mut id = [0u8; 8];
+        for (b, p) in id.iter_mut().zip(parts) {
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if id == [0; 8] || id == [0xff; 8] {
+            return Err(format!("{s} is reserved (all zeros or all ones)"));
+        }
+        Ok(Some(id))
+    })
+}
 
-impl<'a> std::ops::Deref for Ctx<'a> {
-    type Target = Source<'a>;
-    fn deref(&self) -> &Source<'a> {
-        &self.0
-    }
+/// `ipv4_next_hop`: a unicast IPv4 address.
+fn ipv4_next_hop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    address(d, "IPv4", |a: &Ipv4Addr| {
+        (a.is_unspecified() || a.is_multicast() || a.is_broadcast())
+            .then_some("is not a unicast address")
+    })
+}
+
+/// `link_local`: an IPv6 address within fe80::/10.
+fn link_local<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    address(d, "IPv6", |a: &Ipv6Addr| {
+        (a.segments()[0] & 0xffc0 != 0xfe80).then_some("is not a link-local address (fe80::/10)")
+    })
+}
+
+/// An address of the `family`, which `refuse` may refuse, saying why.
+fn address<'de, D: Deserializer<'de>, A: FromStr + fmt::Display>(
+    d: D,
+    family: &str,
+    refuse: impl FnOnce(&A) -> Option<&'static str>,
+) -> Result<Option<A>, D::Error> {
+    check_str(d, |s| {
+        let a: A = s
+            .parse()
+            .map_err(|_| format!("invalid {family} address {s:?}"))?;
+        match refuse(&a) {
+            Some(why) => Err(format!("{a} {why}")),
+            None => Ok(Some(a)),
+        }
+    })
+}
+
+/// The checks serde cannot make: ranges that depend on another key, uniqueness, names that
+/// must match the data plane's, keys that go together.
+struct Ctx<'a> {
+    src: Source<'a>,
+    device: &'a DeviceConfig,
 }
 
 impl Ctx<'_> {
-    fn int<T: TryFrom<i64>>(
-        &self,
-        v: &Spanned<i64>,
-        key: &str,
-        range: RangeInclusive<i64>,
-    ) -> Result<T, ConfigError> {
-        let n = *v.get_ref();
-        let out = || {
-            self.err(
-                v.span(),
-                key,
-                format!("{n} is out of range ({}..={})", range.start(), range.end()),
-            )
+    fn babel(&self, b: &RawBabel) -> Result<BabelConfig, ConfigError> {
+        let metrics = match &b.metrics {
+            Some(v) if v.get_ref() != "off" => Some(self.src.metrics_addr(
+                v,
+                "babel.metrics",
+                b.metrics_public,
+                "IP:PORT or \"off\"",
+            )?),
+            _ => None,
         };
-        if !range.contains(&n) {
-            return Err(out());
-        }
-        T::try_from(n).map_err(|_| out())
+        let kernel_table = match &b.kernel_table {
+            Some(v) if u32::from(*v.get_ref()) == 255 => {
+                return Err(self.src.err(
+                    v.span(),
+                    "babel.kernel_table",
+                    "255 is the kernel's local table; choose another",
+                ))
+            }
+            Some(v) => (*v.get_ref()).into(),
+            None => 254,
+        };
+        let class = |c| self.resolve(c, &layers(b, c, None));
+        let classes = LinkClasses {
+            wired: class(LinkClass::Wired)?,
+            mesh: class(LinkClass::Mesh)?,
+            trunk: class(LinkClass::Trunk)?,
+        };
+        let interfaces = self.interfaces(b)?;
+        let peers = self.peers(b)?;
+        let is_link =
+            |s: &str| interfaces.iter().any(|i| i.name == s) || peers.iter().any(|p| p.name == s);
+        let filters = (b.filter.iter().enumerate())
+            .map(|(n, f)| self.filter(n, f, is_link))
+            .collect::<Result<_, _>>()?;
+        Ok(BabelConfig {
+            router_id: b.router_id,
+            control_socket: b.control_socket.clone(),
+            metrics,
+            metrics_off: b.metrics.as_ref().is_some_and(|v| v.get_ref() == "off"),
+            kernel_routes: b.kernel_routes.unwrap_or(true),
+            kernel_table,
+            retract_on_shutdown: b.retract_on_shutdown.unwrap_or(false),
+            originate: self.originate(&b.originate)?,
+            default_route: b.default_route.unwrap_or_default(),
+            ipv4_next_hop: b.ipv4_next_hop,
+            link_local: b.link_local,
+            classes,
+            interfaces,
+            peers,
+            filters,
+        })
     }
 
-    fn secs(
-        &self,
-        v: &Spanned<Seconds>,
-        key: &str,
-        min: f64,
-        min_inclusive: bool,
-        why: &str,
-    ) -> Result<Duration, ConfigError> {
-        let s = v.get_ref().0;
-        let max = MAX_INTERVAL.as_secs_f64();
-        let low_ok = if min_inclusive { s >= min } else { s > min };
-        if !s.is_finite() || !low_ok || s > max {
-            let lo = if min_inclusive {
-                "at least"
+    fn originate(&self, list: &[Spanned<Prefix>]) -> Result<Vec<IpNet>, ConfigError> {
+        let mut out: Vec<IpNet> = Vec::new();
+        for (n, v) in list.iter().enumerate() {
+            let net = v.get_ref().0;
+            let wrong = if net.prefix_len() == 0 {
+                "default routes are announced with default_route = \"originate\"".into()
+            } else if let Some(dup) = out.iter().position(|o| *o == net) {
+                format!("{net} is already babel.originate[{dup}]")
             } else {
-                "more than"
+                out.push(net);
+                continue;
             };
-            return Err(self.err(
-                v.span(),
-                key,
-                format!("{s} s is out of range: must be {lo} {min} s and at most {max} s{why}"),
-            ));
+            return Err(self
+                .src
+                .err(v.span(), format!("babel.originate[{n}]"), wrong));
         }
-        Ok(Duration::from_micros((s * 1e6).round() as u64))
-    }
-
-    fn interval(&self, v: &Spanned<Seconds>, key: &str) -> Result<Duration, ConfigError> {
-        self.secs(
-            v,
-            key,
-            0.01,
-            true,
-            " (Babel carries intervals in centiseconds, in 16 bits)",
-        )
-    }
-
-    fn class(&self, v: &Spanned<String>, key: &str) -> Result<LinkClass, ConfigError> {
-        match v.get_ref().as_str() {
-            "wired" => Ok(LinkClass::Wired),
-            "mesh" => Ok(LinkClass::Mesh),
-            "trunk" => Ok(LinkClass::Trunk),
-            other => Err(self.err(
-                v.span(),
-                key,
-                format!("expected \"wired\", \"mesh\" or \"trunk\", got {other:?}"),
-            )),
-        }
+        Ok(out)
     }
 
     /// The parameters of a link of `class`: built-in defaults, then each layer's overrides
-    /// (the class table, then the link's own). `update_interval` and `ihu_interval` not set
-    /// in any layer follow the resulting `hello_interval`.
+    /// (the class table, then the link's own, each with its table's key). An
+    /// `update_interval` or `ihu_interval` set in no layer follows the resulting
+    /// `hello_interval`.
     fn resolve(
         &self,
         class: LinkClass,
-        layers: &[(String, Overrides<'_>)],
+        layers: &[(String, LinkOverrides)],
     ) -> Result<LinkParams, ConfigError> {
         let mut p = LinkParams::for_class(class);
-        let mut hello_at: Option<(Range<usize>, String)> = None;
-        let mut rtt_at: Option<(Range<usize>, String)> = None;
-        let (mut update_set, mut ihu_set) = (false, false);
-        for (table, o) in layers {
-            let k = |f: &str| format!("{table}.{f}");
-            if let Some(v) = o.hello_interval {
-                p.hello_interval = self.interval(v, &k("hello_interval"))?;
-                hello_at = Some((v.span(), k("hello_interval")));
-            }
-            if let Some(v) = o.update_interval {
-                p.update_interval = self.interval(v, &k("update_interval"))?;
-                update_set = true;
-            }
-            if let Some(v) = o.ihu_interval {
-                p.ihu_interval = self.interval(v, &k("ihu_interval"))?;
-                ihu_set = true;
-            }
-            if let Some(v) = o.cost {
-                p.rxcost = self.int(v, &k("cost"), 1..=65535)?;
-            }
-            if let Some(v) = o.cost_model {
-                p.cost_model = match v.get_ref().as_str() {
-                    "2-out-of-3" => CostModel::TwoOutOfThree,
-                    "etx" => CostModel::Etx,
-                    other => {
-                        return Err(self.err(
-                            v.span(),
-                            k("cost_model"),
-                            format!("expected \"2-out-of-3\" or \"etx\", got {other:?}"),
-                        ))
-                    }
-                };
-            }
-            if let Some(v) = o.timestamps {
-                p.timestamps = *v.get_ref();
-            }
-            // The later of rtt_min and rtt_max in the most specific layer that sets either
-            // is blamed if they end up in the wrong order.
-            let mut layer_rtt: Option<(Range<usize>, String)> = None;
-            let mut blame = |v: &Spanned<Seconds>, key: String| {
-                if !matches!(&layer_rtt, Some((s, _)) if s.start > v.span().start) {
-                    layer_rtt = Some((v.span(), key));
-                }
-            };
-            if let Some(v) = o.rtt_min {
-                p.rtt_min = self.secs(v, &k("rtt_min"), 0.0, true, "")?;
-                blame(v, k("rtt_min"));
-            }
-            if let Some(v) = o.rtt_max {
-                p.rtt_max = self.secs(v, &k("rtt_max"), 0.0, false, "")?;
-                blame(v, k("rtt_max"));
-            }
-            if layer_rtt.is_some() {
-                rtt_at = layer_rtt;
-            }
-            if let Some(v) = o.max_rtt_penalty {
-                p.max_rtt_penalty = self.int(v, &k("max_rtt_penalty"), 0..=65535)?;
-            }
+        for (_, o) in layers {
+            p.apply(o);
         }
-        for (set, factor, name) in [
-            (update_set, 4, "update_interval"),
-            (ihu_set, 3, "ihu_interval"),
+        let at = |t: &str, f: &str, v: Range<usize>| (v, format!("{t}.{f}"));
+        let hello = p.hello_interval;
+        for (factor, name, slot, set) in [
+            (
+                4,
+                "update_interval",
+                &mut p.update_interval,
+                layers.iter().any(|(_, o)| o.update_interval.is_some()),
+            ),
+            (
+                3,
+                "ihu_interval",
+                &mut p.ihu_interval,
+                layers.iter().any(|(_, o)| o.ihu_interval.is_some()),
+            ),
         ] {
             if set {
                 continue;
             }
-            let derived = p.hello_interval * factor;
-            if derived > MAX_INTERVAL {
-                let (span, key) = hello_at.clone().unwrap_or((0..0, "hello_interval".into()));
-                return Err(self.err(
+            *slot = hello * factor;
+            if *slot > MAX_INTERVAL {
+                // Blame the hello_interval that won.
+                let (span, key) = (layers.iter().rev())
+                    .find_map(|(t, o)| {
+                        Some(at(t, "hello_interval", o.hello_interval.as_ref()?.span()))
+                    })
+                    .unwrap_or((0..0, "hello_interval".into()));
+                return Err(self.src.err(
                     span,
                     key,
                     format!(
                         "{name} defaults to {factor} × hello_interval = {} s, more than {} s; set {name} explicitly",
-                        derived.as_secs_f64(),
+                        slot.as_secs_f64(),
                         MAX_INTERVAL.as_secs()
                     ),
                 ));
             }
-            if name == "update_interval" {
-                p.update_interval = derived;
-            } else {
-                p.ihu_interval = derived;
-            }
         }
         if p.rtt_min >= p.rtt_max {
-            let (span, key) = rtt_at.unwrap_or((0..0, "rtt_min".into()));
-            return Err(self.err(
+            // Blame the later of rtt_min and rtt_max in the most specific layer that sets
+            // either.
+            let (span, key) = (layers.iter().rev())
+                .find_map(|(t, o)| {
+                    let min = o.rtt_min.as_ref().map(|v| at(t, "rtt_min", v.span()));
+                    let max = o.rtt_max.as_ref().map(|v| at(t, "rtt_max", v.span()));
+                    min.into_iter().chain(max).max_by_key(|(s, _)| s.start)
+                })
+                .unwrap_or((0..0, "rtt_min".into()));
+            return Err(self.src.err(
                 span,
                 key,
                 format!(
@@ -729,397 +511,172 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    fn babel(&self, b: &RawBabel, device: &DeviceConfig) -> Result<BabelConfig, ConfigError> {
-        let mut c = BabelConfig::default();
-        if let Some(v) = &b.router_id {
-            c.router_id = Some(
-                parse_router_id(v.get_ref())
-                    .map_err(|m| self.err(v.span(), "babel.router_id", m))?,
-            );
-        }
-        c.control_socket = b
-            .control_socket
-            .as_ref()
-            .map(|s| PathBuf::from(s.get_ref()));
-        if let Some(v) = &b.metrics {
-            if v.get_ref() == "off" {
-                c.metrics_off = true;
-            } else {
-                let public = b.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
-                let a = self.metrics_addr(v, "babel.metrics", public, "IP:PORT or \"off\"")?;
-                c.metrics = Some(a);
-            }
-        }
-        if let Some(v) = &b.kernel_routes {
-            c.kernel_routes = *v.get_ref();
-        }
-        if let Some(v) = &b.kernel_table {
-            c.kernel_table = self.int(v, "babel.kernel_table", 1..=u32::MAX as i64)?;
-            if c.kernel_table == 255 {
-                return Err(self.err(
-                    v.span(),
-                    "babel.kernel_table",
-                    "255 is the kernel's local table; choose another",
-                ));
-            }
-        }
-        if let Some(v) = &b.retract_on_shutdown {
-            c.retract_on_shutdown = *v.get_ref();
-        }
-        if let Some(v) = &b.default_route {
-            c.default_route = match v.get_ref().as_str() {
-                "ignore" => DefaultRoute::Ignore,
-                "accept" => DefaultRoute::Accept,
-                "originate" => DefaultRoute::Originate,
-                other => {
-                    return Err(self.err(
-                        v.span(),
-                        "babel.default_route",
-                        format!("expected \"ignore\", \"accept\" or \"originate\", got {other:?}"),
-                    ))
-                }
-            };
-        }
-        for (n, v) in b.originate.iter().enumerate() {
-            let key = format!("babel.originate[{n}]");
-            let net = self.prefix(v, &key)?;
-            if net.prefix_len() == 0 {
-                return Err(self.err(
-                    v.span(),
-                    key,
-                    "default routes are announced with default_route = \"originate\"",
-                ));
-            }
-            if let Some(dup) = c.originate.iter().position(|o| *o == net) {
-                return Err(self.err(
-                    v.span(),
-                    key,
-                    format!("{net} is already babel.originate[{dup}]"),
-                ));
-            }
-            c.originate.push(net);
-        }
-        if let Some(v) = &b.ipv4_next_hop {
-            let a: Ipv4Addr = v.get_ref().parse().map_err(|_| {
-                self.err(
-                    v.span(),
-                    "babel.ipv4_next_hop",
-                    format!("invalid IPv4 address {:?}", v.get_ref()),
-                )
-            })?;
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-                return Err(self.err(
-                    v.span(),
-                    "babel.ipv4_next_hop",
-                    format!("{a} is not a unicast address"),
-                ));
-            }
-            c.ipv4_next_hop = Some(a);
-        }
-        if let Some(v) = &b.link_local {
-            let a: Ipv6Addr = v.get_ref().parse().map_err(|_| {
-                self.err(
-                    v.span(),
-                    "babel.link_local",
-                    format!("invalid IPv6 address {:?}", v.get_ref()),
-                )
-            })?;
-            if a.segments()[0] & 0xffc0 != 0xfe80 {
-                return Err(self.err(
-                    v.span(),
-                    "babel.link_local",
-                    format!("{a} is not a link-local address (fe80::/10)"),
-                ));
-            }
-            c.link_local = Some(a);
-        }
-
-        let layers = |class, own| layers(b, class, own);
-        c.classes = LinkClasses {
-            wired: self.resolve(LinkClass::Wired, &layers(LinkClass::Wired, None))?,
-            mesh: self.resolve(LinkClass::Mesh, &layers(LinkClass::Mesh, None))?,
-            trunk: self.resolve(LinkClass::Trunk, &layers(LinkClass::Trunk, None))?,
-        };
-
-        let peer_label = |p: &isthmus_dataplane::config::PeerConfig| {
-            p.name
-                .clone()
-                .unwrap_or_else(|| p.public_key.to_base64()[..8].to_string())
-        };
+    fn interfaces(&self, b: &RawBabel) -> Result<Vec<BabelInterface>, ConfigError> {
+        let mut out: Vec<BabelInterface> = Vec::new();
         for (n, i) in b.interface.iter().enumerate() {
-            let span = i.span();
-            let i = i.get_ref();
-            let k = |f: &str| format!("babel.interface[{n}].{f}");
-            let Some(name) = &i.name else {
-                return Err(self.err(span, format!("babel.interface[{n}]"), "name is required"));
+            let table = format!("babel.interface[{n}]");
+            let Some(name) = &i.get_ref().name else {
+                return Err(self.src.err(i.span(), table, "name is required"));
             };
-            let s = name.get_ref();
-            if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    "must be 1-15 characters without '/' or spaces",
-                ));
-            }
-            if let Some(dup) = c.interfaces.iter().position(|x| x.name == *s) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is already babel.interface[{dup}]"),
-                ));
-            }
-            if device.interface.name.as_deref() == Some(s) {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is the tunnel device; Babel runs on its peers, each a link of its own"),
-                ));
-            }
-            if let Some(p) = device
-                .peers
-                .iter()
-                .position(|p| p.name.as_deref() == Some(s))
-            {
-                return Err(self.err(
-                    name.span(),
-                    k("name"),
-                    format!("{s:?} is also the name of peer[{p}]; filter links would be ambiguous"),
-                ));
-            }
-            let class = match &i.class {
-                Some(v) => self.class(v, &k("class"))?,
-                None => LinkClass::Wired,
+            let s = &name.get_ref().0;
+            let peer = (self.device.peers.iter()).position(|p| p.name.as_ref() == Some(s));
+            let clash = if let Some(dup) = out.iter().position(|x| x.name == *s) {
+                Some(format!("{s:?} is already babel.interface[{dup}]"))
+            } else if self.device.interface.name.as_ref() == Some(s) {
+                Some(format!(
+                    "{s:?} is the tunnel device; Babel runs on its peers, each a link of its own"
+                ))
+            } else {
+                peer.map(|p| {
+                    format!("{s:?} is also the name of peer[{p}]; filter links would be ambiguous")
+                })
             };
-            let params = self.resolve(
-                class,
-                &layers(
-                    class,
-                    Some((format!("babel.interface[{n}]"), i.overrides())),
-                ),
-            )?;
-            c.interfaces.push(BabelInterface {
+            if let Some(m) = clash {
+                return Err(self.src.err(name.span(), format!("{table}.name"), m));
+            }
+            let class = i.get_ref().class.unwrap_or(LinkClass::Wired);
+            let own = (table, i.get_ref().overrides());
+            out.push(BabelInterface {
                 name: s.clone(),
                 class,
-                params,
+                params: self.resolve(class, &layers(b, class, Some(own)))?,
             });
         }
+        Ok(out)
+    }
 
-        let mut explicit: Vec<Option<(usize, &RawPeer)>> = vec![None; device.peers.len()];
+    /// Every `[[peer]]`, with its `[[babel.peer]]` entry if it has one.
+    fn peers(&self, b: &RawBabel) -> Result<Vec<BabelPeer>, ConfigError> {
+        let peers = &self.device.peers;
+        let mut entry: Vec<Option<(usize, &RawPeer)>> = vec![None; peers.len()];
         for (n, p) in b.peer.iter().enumerate() {
-            let span = p.span();
-            let p = p.get_ref();
-            let Some(name) = &p.name else {
-                return Err(self.err(span, format!("babel.peer[{n}]"), "name is required"));
+            let key = format!("babel.peer[{n}].name");
+            let Some(name) = &p.get_ref().name else {
+                return Err(self
+                    .src
+                    .err(p.span(), format!("babel.peer[{n}]"), "name is required"));
             };
-            let Some(idx) = device
-                .peers
-                .iter()
-                .position(|d| d.name.as_deref() == Some(name.get_ref()))
-            else {
-                return Err(self.err(
-                    name.span(),
-                    format!("babel.peer[{n}].name"),
-                    format!("{:?} is not the name of a [[peer]]", name.get_ref()),
-                ));
+            let s = name.get_ref();
+            let Some(idx) = peers.iter().position(|d| d.name.as_ref() == Some(s)) else {
+                let m = format!("{s:?} is not the name of a [[peer]]");
+                return Err(self.src.err(name.span(), key, m));
             };
-            if let Some((dup, _)) = explicit[idx] {
-                return Err(self.err(
-                    name.span(),
-                    format!("babel.peer[{n}].name"),
-                    format!("{:?} is already babel.peer[{dup}]", name.get_ref()),
-                ));
+            if let Some((dup, _)) = entry[idx] {
+                let m = format!("{s:?} is already babel.peer[{dup}]");
+                return Err(self.src.err(name.span(), key, m));
             }
-            explicit[idx] = Some((n, p));
+            entry[idx] = Some((n, p.get_ref()));
         }
-        for (d, e) in device.peers.iter().zip(&explicit) {
-            let dp_class = match d.class {
-                isthmus_dataplane::config::LinkClass::Mesh => LinkClass::Mesh,
-                isthmus_dataplane::config::LinkClass::Trunk => LinkClass::Trunk,
+        let mut out = Vec::new();
+        for (d, e) in peers.iter().zip(entry) {
+            let dp_class = d.class;
+            let (class, enabled, own) = match e {
+                None => (dp_class, true, None),
+                Some((n, p)) => (
+                    p.class.unwrap_or(dp_class),
+                    p.enabled.unwrap_or(true),
+                    Some((format!("babel.peer[{n}]"), p.overrides())),
+                ),
             };
-            let peer = match e {
-                None => BabelPeer {
-                    name: peer_label(d),
-                    public_key: d.public_key,
-                    enabled: true,
-                    class: dp_class,
-                    params: c.classes.get(dp_class).clone(),
-                },
-                Some((n, p)) => {
-                    let class = match &p.class {
-                        Some(v) => self.class(v, &format!("babel.peer[{n}].class"))?,
-                        None => dp_class,
-                    };
-                    BabelPeer {
-                        name: peer_label(d),
-                        public_key: d.public_key,
-                        enabled: !matches!(&p.enabled, Some(v) if !*v.get_ref()),
-                        class,
-                        params: self.resolve(
-                            class,
-                            &layers(class, Some((format!("babel.peer[{n}]"), p.overrides()))),
-                        )?,
-                    }
-                }
-            };
-            c.peers.push(peer);
-        }
-
-        for (n, f) in b.filter.iter().enumerate() {
-            let span = f.span();
-            let f = f.get_ref();
-            let k = |x: &str| format!("babel.filter[{n}].{x}");
-            let Some(dir) = &f.direction else {
-                return Err(self.err(
-                    span,
-                    format!("babel.filter[{n}]"),
-                    "direction is required (\"in\" or \"out\")",
-                ));
-            };
-            let direction = match dir.get_ref().as_str() {
-                "in" => Direction::In,
-                "out" => Direction::Out,
-                other => {
-                    return Err(self.err(
-                        dir.span(),
-                        k("direction"),
-                        format!("expected \"in\" or \"out\", got {other:?}"),
-                    ))
-                }
-            };
-            let Some(prefix) = &f.prefix else {
-                return Err(self.err(
-                    span,
-                    format!("babel.filter[{n}]"),
-                    "prefix is required (\"0.0.0.0/0\" with le = 32 matches every IPv4 route)",
-                ));
-            };
-            let prefix = self.prefix(prefix, &k("prefix"))?;
-            let range = prefix.prefix_len() as i64..=prefix.max_prefix_len() as i64;
-            let ge: Option<u8> = match &f.ge {
-                Some(v) => Some(self.int(v, &k("ge"), range.clone())?),
-                None => None,
-            };
-            let le: Option<u8> = match &f.le {
-                Some(v) => Some(self.int(v, &k("le"), range.clone())?),
-                None => None,
-            };
-            if let (Some(g), Some(l), Some(v)) = (ge, le, &f.le) {
-                if g > l {
-                    return Err(self.err(
-                        v.span(),
-                        k("le"),
-                        format!("le ({l}) is less than ge ({g})"),
-                    ));
-                }
-            }
-            let link = match &f.link {
-                Some(v) => {
-                    let s = v.get_ref();
-                    let known = c.interfaces.iter().any(|i| i.name == *s)
-                        || c.peers.iter().any(|p| p.name == *s);
-                    if !known {
-                        return Err(self.err(
-                            v.span(),
-                            k("link"),
-                            format!("{s:?} is not a babel.interface or a peer"),
-                        ));
-                    }
-                    Some(s.clone())
-                }
-                None => None,
-            };
-            let action = match (&f.action, &f.metric) {
-                (None, None) => {
-                    return Err(self.err(
-                        span,
-                        format!("babel.filter[{n}]"),
-                        "action = \"accept\" | \"deny\", or metric = N, is required",
-                    ))
-                }
-                (Some(a), m) => match (a.get_ref().as_str(), m) {
-                    ("accept", None) => FilterAction::Accept,
-                    ("accept", Some(m)) => {
-                        FilterAction::AddMetric(self.int(m, &k("metric"), 0..=65535)?)
-                    }
-                    ("deny", None) => FilterAction::Deny,
-                    ("deny", Some(m)) => {
-                        return Err(self.err(
-                            m.span(),
-                            k("metric"),
-                            "a metric with action = \"deny\" means nothing",
-                        ))
-                    }
-                    (other, _) => {
-                        return Err(self.err(
-                            a.span(),
-                            k("action"),
-                            format!("expected \"accept\" or \"deny\", got {other:?}"),
-                        ))
-                    }
-                },
-                (None, Some(m)) => FilterAction::AddMetric(self.int(m, &k("metric"), 0..=65535)?),
-            };
-            c.filters.push(Filter {
-                direction,
-                prefix,
-                ge,
-                le,
-                link,
-                action,
+            out.push(BabelPeer {
+                // As the data plane labels a peer.
+                name: (d.name.clone()).unwrap_or_else(|| d.public_key.to_base64()[..8].to_string()),
+                public_key: d.public_key,
+                enabled,
+                class,
+                params: self.resolve(class, &layers(b, class, own))?,
             });
         }
-        Ok(c)
+        Ok(out)
+    }
+
+    /// `babel.filter[n]`, whose `link`, if any, must satisfy `is_link`.
+    fn filter(
+        &self,
+        n: usize,
+        f: &Spanned<RawFilter>,
+        is_link: impl Fn(&str) -> bool,
+    ) -> Result<Filter, ConfigError> {
+        let (span, f) = (f.span(), f.get_ref());
+        let table = format!("babel.filter[{n}]");
+        let k = |x: &str| format!("{table}.{x}");
+        let Some(direction) = f.direction else {
+            let m = "direction is required (\"in\" or \"out\")";
+            return Err(self.src.err(span, table, m));
+        };
+        let Some(Prefix(prefix)) = f.prefix else {
+            let m = "prefix is required (\"0.0.0.0/0\" with le = 32 matches every IPv4 route)";
+            return Err(self.src.err(span, table, m));
+        };
+        // ge and le are lengths from the prefix's own to the family's maximum.
+        let (own, max) = (prefix.prefix_len(), prefix.max_prefix_len());
+        let length = |v: &Option<Spanned<i64>>, key: &str| {
+            let Some(v) = v else { return Ok(None) };
+            let n = *v.get_ref();
+            match u8::try_from(n) {
+                Ok(l) if (own..=max).contains(&l) => Ok(Some((l, v.span()))),
+                _ => {
+                    let m = format!("{n} is out of range ({own}..={max})");
+                    Err(self.src.err(v.span(), k(key), m))
+                }
+            }
+        };
+        let (ge, le) = (length(&f.ge, "ge")?, length(&f.le, "le")?);
+        if let (Some((g, _)), Some((l, at))) = (&ge, &le) {
+            if g > l {
+                let m = format!("le ({l}) is less than ge ({g})");
+                return Err(self.src.err(at.clone(), k("le"), m));
+            }
+        }
+        if let Some(v) = f.link.as_ref().filter(|v| !is_link(v.get_ref())) {
+            let m = format!("{:?} is not a babel.interface or a peer", v.get_ref());
+            return Err(self.src.err(v.span(), k("link"), m));
+        }
+        let action = match (f.action, &f.metric) {
+            (None, None) => {
+                let m = "action = \"accept\" | \"deny\", or metric = N, is required";
+                return Err(self.src.err(span, table, m));
+            }
+            (Some(FilterAction::Deny), Some(m)) => {
+                let msg = "a metric with action = \"deny\" means nothing";
+                return Err(self.src.err(m.span(), k("metric"), msg));
+            }
+            (_, Some(m)) => FilterAction::AddMetric((*m.get_ref()).into()),
+            (Some(a), None) => a,
+        };
+        Ok(Filter {
+            direction,
+            prefix,
+            ge: ge.map(|(l, _)| l),
+            le: le.map(|(l, _)| l),
+            link: f.link.as_ref().map(|v| v.get_ref().clone()),
+            action,
+        })
     }
 }
 
 /// The override layers of a link of `class`: the class table, if any, then the link's own.
-fn layers<'a>(
-    b: &'a RawBabel,
+fn layers(
+    b: &RawBabel,
     class: LinkClass,
-    own: Option<(String, Overrides<'a>)>,
-) -> Vec<(String, Overrides<'a>)> {
+    own: Option<(String, LinkOverrides)>,
+) -> Vec<(String, LinkOverrides)> {
     let table = match class {
         LinkClass::Wired => &b.wired,
         LinkClass::Mesh => &b.mesh,
         LinkClass::Trunk => &b.trunk,
     };
-    table
-        .as_ref()
-        .map(|t| (format!("babel.{class}"), t.overrides()))
+    (table.clone())
+        .map(|t| (format!("babel.{class}"), t))
         .into_iter()
         .chain(own)
         .collect()
 }
 
-/// `02:00:00:00:00:00:00:01`: eight hex bytes, colon-separated; not all zeros or all ones
-/// (RFC 8966 4.1.3).
-fn parse_router_id(s: &str) -> Result<[u8; 8], String> {
-    let bad = || {
-        format!(
-            "invalid router id {s:?} (expected eight hex bytes like \"02:00:00:00:00:00:00:01\")"
-        )
-    };
-    let mut id = [0u8; 8];
-    let mut parts = s.split(':');
-    for b in &mut id {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    if id == [0; 8] || id == [0xff; 8] {
-        return Err(format!("{s} is reserved (all zeros or all ones)"));
-    }
-    Ok(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const FILE: &str = "/etc/isthmus/gw.toml";
     const SOUTH: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -1238,16 +795,7 @@ public_key = "{ANON}"
         assert_eq!(b.peers[1].class, LinkClass::Mesh);
         assert_eq!(b.peers[2].public_key, Key::from_base64(ANON).unwrap());
         // An empty [babel] is the same.
-        let mut empty = with("[babel]").unwrap();
-        assert_eq!(empty, b);
-        empty.peers.clear();
-        assert_eq!(
-            BabelConfig {
-                peers: Vec::new(),
-                ..BabelConfig::default()
-            },
-            empty
-        );
+        assert_eq!(with("[babel]").unwrap(), b);
         // An interface's class defaults to wired, with the wired parameters.
         let b = with("[[babel.interface]]\nname = \"eth1\"").unwrap();
         assert_eq!(b.interfaces[0].class, LinkClass::Wired);
@@ -1391,7 +939,7 @@ action = "accept"
             BabelInterface {
                 name: "eth1".into(),
                 class: LinkClass::Wired,
-                params: b.classes.wired.clone()
+                params: b.classes.wired
             }
         );
         let w = &b.interfaces[1];
@@ -1402,7 +950,7 @@ action = "accept"
                 rxcost: 512,
                 cost_model: CostModel::Etx,
                 timestamps: true,
-                ..b.classes.mesh.clone()
+                ..b.classes.mesh
             }
         );
 
@@ -1416,7 +964,7 @@ action = "accept"
             south.params,
             LinkParams {
                 ihu_interval: ms(7000),
-                ..b.classes.mesh.clone()
+                ..b.classes.mesh
             }
         );
         assert_eq!(south.public_key, Key::from_base64(SOUTH).unwrap());
@@ -1606,7 +1154,7 @@ action = "accept"
             "[babel]\ndefault_route = \"maybe\"",
             2,
             "babel.default_route",
-            "expected \"ignore\", \"accept\" or \"originate\", got \"maybe\"",
+            "unknown variant `maybe`, expected one of `ignore`, `accept`, `originate`",
         );
         refused(
             "[babel]\noriginate = [\"10.1.0.1/16\"]",
@@ -1788,7 +1336,7 @@ action = "accept"
             "[babel.mesh]\ncost_model = \"rtt\"",
             2,
             "babel.mesh.cost_model",
-            "expected \"2-out-of-3\" or \"etx\", got \"rtt\"",
+            "unknown variant `rtt`, expected `2-out-of-3` or `etx`",
         );
         refused(
             "[babel.trunk]\ntimestamps = 1",
@@ -1812,7 +1360,7 @@ action = "accept"
             "[babel.trunk]\nrtt_max = 0",
             2,
             "babel.trunk.rtt_max",
-            "more than 0 s",
+            "rtt_min (10 ms) must be less than rtt_max (0 ms)",
         );
         refused(
             "[babel.trunk]\nrtt_min = -0.01",
@@ -1847,7 +1395,7 @@ action = "accept"
             "[[babel.interface]]\nname = \"wlan0\"\nclass = \"wifi\"",
             3,
             "babel.interface[0].class",
-            "expected \"wired\", \"mesh\" or \"trunk\", got \"wifi\"",
+            "unknown variant `wifi`, expected one of `wired`, `mesh`, `trunk`",
         );
         refused(
             "[[babel.interface]]\nclass = \"mesh\"",
@@ -1935,7 +1483,7 @@ action = "accept"
             "[[babel.peer]]\nname = \"roof-12\"\nclass = \"backbone\"",
             3,
             "babel.peer[0].class",
-            "expected \"wired\", \"mesh\" or \"trunk\"",
+            "unknown variant `backbone`, expected one of `wired`, `mesh`, `trunk`",
         );
         refused(
             "[[babel.peer]]\nname = \"roof-12\"\nenabled = \"no\"",
@@ -1947,7 +1495,7 @@ action = "accept"
             "[[babel.peer]]\nname = \"roof-12\"\ncost_model = \"ETX\"",
             3,
             "babel.peer[0].cost_model",
-            "got \"ETX\"",
+            "unknown variant `ETX`",
         );
     }
 
@@ -1964,7 +1512,7 @@ action = "accept"
             &f("direction = \"both\""),
             2,
             "babel.filter[0].direction",
-            "expected \"in\" or \"out\", got \"both\"",
+            "unknown variant `both`, expected `in` or `out`",
         );
         refused(
             &f("direction = \"in\"\naction = \"deny\""),
@@ -2018,7 +1566,7 @@ action = "accept"
             &f("direction = \"in\"\nprefix = \"10.0.0.0/8\"\naction = \"drop\""),
             4,
             "babel.filter[0].action",
-            "expected \"accept\" or \"deny\", got \"drop\"",
+            "unknown variant `drop`, expected `accept` or `deny`",
         );
         refused(
             &f("direction = \"in\"\nprefix = \"10.0.0.0/8\"\naction = \"deny\"\nmetric = 10"),

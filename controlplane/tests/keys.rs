@@ -94,7 +94,9 @@ fn check_config_checks_babel_and_summarizes_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("gw.toml:16: babel.interface[1].class: expected \"wired\", \"mesh\" or \"trunk\", got \"wifi\""),
+        err.contains(
+            "gw.toml:16: babel.interface[1].class: unknown variant `wifi`, expected one of `wired`, `mesh`, `trunk`"
+        ),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -2,24 +2,35 @@
 //! reference and `docs/isthmus.example.toml` for a commented example.
 //!
 //! Every error names the file, the line and the key (`isthmus.toml:12: peer[1].endpoint:
-//! ...`), and never contains key material.
+//! ...`), and never contains key material. Serde checks what it can — unknown keys, types,
+//! enumerations and ranges, through the value types below — and [`Source`] names the key at
+//! the span of its error; the loader checks the rest (parsing, uniqueness, keys that depend
+//! on each other). `isthmus-cp` reads its `[babel]` section the same way, with the same
+//! [`Source`] and value types.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+use toml_edit::{Item, TableLike, Value};
 
 use crate::fib::Via;
-use toml::Spanned;
-
 use crate::keys::{read_private_key_file, Key};
 
-/// Role of a peer's link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A link's class. A tunnel peer (`[[peer]] class`) is mesh or trunk: its label in metrics,
+/// and the defaults of its Babel parameters in the control plane, where a plain interface
+/// (`[[babel.interface]]`) may also be wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LinkClass {
-    /// A link inside a mesh island.
+    /// A wired LAN (control plane only: the default for Babel interfaces).
+    Wired,
+    /// A link inside a mesh island (the default for peers).
     #[default]
     Mesh,
     /// A trunk between islands.
@@ -27,11 +38,39 @@ pub enum LinkClass {
 }
 
 impl LinkClass {
-    /// `mesh` or `trunk`.
+    /// `wired`, `mesh` or `trunk`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Wired => "wired",
             Self::Mesh => "mesh",
             Self::Trunk => "trunk",
+        }
+    }
+}
+
+impl fmt::Display for LinkClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a decrypted packet that matches no route (`unrouted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    /// It goes to the kernel through the TUN device, as with wireguard-go (the default).
+    #[default]
+    Local,
+    /// It is dropped, counted as `no_route`, and answered with ICMP unreachable.
+    Drop,
+}
+
+impl Unrouted {
+    /// `local` or `drop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Drop => "drop",
         }
     }
 }
@@ -68,27 +107,21 @@ pub struct InterfaceConfig {
     pub mss_clamp: bool,
     /// Worker threads (default 2).
     pub threads: Option<usize>,
-    /// Decrypted packets that match no route: "local" or "drop".
-    pub unrouted: Option<String>,
+    /// Decrypted packets that match no route (default local).
+    pub unrouted: Option<Unrouted>,
     /// Control socket path.
     pub control_socket: Option<PathBuf>,
 }
 
 impl Default for InterfaceConfig {
+    /// An empty `[interface]`: what the loader makes of it.
     fn default() -> Self {
-        Self {
-            name: None,
-            private_key: None,
-            listen_port: None,
-            fwmark: None,
-            address: Vec::new(),
-            mtu: None,
-            metrics: None,
-            mss_clamp: true,
-            threads: None,
-            unrouted: None,
-            control_socket: None,
-        }
+        let cx = Ctx {
+            src: Source::defaults(),
+            dir: PathBuf::new(),
+        };
+        cx.interface(RawInterface::default())
+            .expect("no key, no error")
     }
 }
 
@@ -134,10 +167,103 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// An integer in `LO..=HI`; serde refuses any other with `N is out of range (LO..=HI)`.
+/// It converts into each integer type the range fits (checked when compiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InRange<const LO: i64, const HI: i64>(i64);
+
+impl<'de, const LO: i64, const HI: i64> Deserialize<'de> for InRange<LO, HI> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const LO: i64, const HI: i64>;
+        impl<const LO: i64, const HI: i64> Visitor<'_> for V<LO, HI> {
+            type Value = InRange<LO, HI>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                if !(LO..=HI).contains(&n) {
+                    return Err(E::custom(format!("{n} is out of range ({LO}..={HI})")));
+                }
+                Ok(InRange(n))
+            }
+        }
+        d.deserialize_i64(V)
+    }
+}
+
+macro_rules! in_range_into {
+    ($($t:ty),*) => {$(
+        impl<const LO: i64, const HI: i64> From<InRange<LO, HI>> for $t {
+            fn from(v: InRange<LO, HI>) -> $t {
+                const { assert!(LO >= <$t>::MIN as i64 && HI as u64 <= <$t>::MAX as u64) };
+                v.0 as $t
+            }
+        }
+    )*};
+}
+in_range_into!(u8, u16, u32, usize);
+
+/// A prefix with no host bits set (`10.1.0.0/16`); serde refuses a malformed one, and one
+/// with host bits set with the prefix it was probably meant to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix(pub IpNet);
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        check_str(d, |s| {
+            let net: IpNet = s
+                .parse()
+                .map_err(|_| format!("invalid prefix {s:?} (expected ADDRESS/LENGTH)"))?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "{net} has host bits set; did you mean {}?",
+                    net.trunc()
+                ));
+            }
+            Ok(Self(net))
+        })
+    }
+}
+
+/// A network interface name: 1-15 characters without '/' or spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfName(pub String);
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        check_str(d, |s| {
+            if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
+                return Err("must be 1-15 characters without '/' or spaces".into());
+            }
+            Ok(Self(s.to_string()))
+        })
+    }
+}
+
+/// Deserializes a string through `check`. The check runs inside serde's visit, where toml
+/// gives its error the value's own span (an error raised after deserializing would get the
+/// span of the enclosing array).
+pub fn check_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<F>(F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+            (self.0)(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(check))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    interface: Option<Spanned<RawInterface>>,
+    interface: Option<RawInterface>,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
@@ -148,23 +274,24 @@ struct RawFile {
     _babel: Option<toml::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawInterface {
-    name: Option<Spanned<String>>,
+    name: Option<IfName>,
     private_key: Option<Spanned<String>>,
     private_key_file: Option<Spanned<String>>,
-    listen_port: Option<Spanned<i64>>,
-    fwmark: Option<Spanned<i64>>,
+    listen_port: Option<InRange<0, 65535>>,
+    fwmark: Option<InRange<0, 4_294_967_295>>,
     #[serde(default)]
     address: Vec<Spanned<String>>,
-    mtu: Option<Spanned<i64>>,
+    mtu: Option<InRange<1280, 9000>>,
     metrics: Option<Spanned<String>>,
-    metrics_public: Option<Spanned<bool>>,
-    mss_clamp: Option<Spanned<bool>>,
-    threads: Option<Spanned<i64>>,
-    unrouted: Option<Spanned<String>>,
-    control_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_public: bool,
+    mss_clamp: Option<bool>,
+    threads: Option<InRange<1, 64>>,
+    unrouted: Option<Unrouted>,
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -176,20 +303,20 @@ struct RawPeer {
     preshared_key_file: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
     #[serde(default)]
-    allowed_ips: Vec<Spanned<String>>,
-    persistent_keepalive: Option<Spanned<i64>>,
-    class: Option<Spanned<String>>,
+    allowed_ips: Vec<Prefix>,
+    persistent_keepalive: Option<InRange<0, 65535>>,
+    class: Option<Spanned<LinkClass>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    prefix: Option<Spanned<String>>,
+    prefix: Option<Prefix>,
     via: Option<Spanned<String>>,
 }
 
-/// A configuration text being validated: turns spans into `FILE:LINE: KEY: message` errors
-/// and checks the values both daemons read. Shared with `isthmus-cp`'s `[babel]` parser.
+/// A configuration text being validated: deserializes it, and turns spans into
+/// `FILE:LINE: KEY: message` errors. Shared with `isthmus-cp`'s `[babel]` loader.
 pub struct Source<'a> {
     /// The file, as errors name it.
     pub file: String,
@@ -203,6 +330,14 @@ impl<'a> Source<'a> {
         Self {
             file: path.display().to_string(),
             text,
+        }
+    }
+
+    /// No text: the source of the defaults, which the loaders make from empty tables.
+    pub fn defaults() -> Source<'static> {
+        Source {
+            file: "(defaults)".into(),
+            text: "",
         }
     }
 
@@ -228,23 +363,17 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// A prefix with no host bits set.
-    pub fn prefix(&self, v: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
-        let net: IpNet = v.get_ref().parse().map_err(|_| {
-            self.err(
-                v.span(),
-                key,
-                format!("invalid prefix {:?} (expected ADDRESS/LENGTH)", v.get_ref()),
-            )
-        })?;
-        if net.trunc() != net {
-            return Err(self.err(
-                v.span(),
-                key,
-                format!("{net} has host bits set; did you mean {}?", net.trunc()),
-            ));
-        }
-        Ok(net)
+    /// The whole text as `T`. A serde error (bad syntax, an unknown key, a value of the
+    /// wrong type, an unknown variant, a value a value type refuses) names the key at its
+    /// span: ``babel.interface[1].class: unknown variant `wifi`, expected one of ...``.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let key = key_at(self.text, span.start).unwrap_or_else(|| "(syntax)".into());
+            // toml's message may go on with context lines; the first says it all.
+            let msg = e.message().lines().next().unwrap_or("syntax error");
+            self.err(span, key, msg)
+        })
     }
 
     /// A metrics address: `IP:PORT`, on loopback unless `public`. `expected` describes the
@@ -277,6 +406,59 @@ impl<'a> Source<'a> {
     }
 }
 
+/// The dotted path (`babel.interface[1].cost`) of the key or value at byte `pos` of a TOML
+/// document, from the parser's own spans; `None` if the text does not parse.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    fn within(span: Option<Range<usize>>, pos: usize) -> bool {
+        span.is_some_and(|s| s.contains(&pos))
+    }
+    /// Pushes `seg` and runs `f`; keeps `seg` only if `f` found `pos`.
+    fn step(path: &mut Vec<String>, seg: String, f: impl FnOnce(&mut Vec<String>) -> bool) -> bool {
+        path.push(seg);
+        let hit = f(path);
+        if !hit {
+            path.pop();
+        }
+        hit
+    }
+    fn table(t: &dyn TableLike, pos: usize, path: &mut Vec<String>) -> bool {
+        t.iter().any(|(k, _)| {
+            let Some((key, v)) = t.get_key_value(k) else {
+                return false;
+            };
+            step(path, format!(".{k}"), |path| {
+                within(key.span(), pos) || item(v, pos, path)
+            })
+        })
+    }
+    fn item(it: &Item, pos: usize, path: &mut Vec<String>) -> bool {
+        match it {
+            Item::None => false,
+            Item::Value(v) => value(v, pos, path),
+            Item::Table(t) => table(t, pos, path) || within(t.span(), pos),
+            Item::ArrayOfTables(a) => a.iter().enumerate().any(|(n, t)| {
+                step(path, format!("[{n}]"), |path| {
+                    table(t, pos, path) || within(t.span(), pos)
+                })
+            }),
+        }
+    }
+    fn value(v: &Value, pos: usize, path: &mut Vec<String>) -> bool {
+        let inner = match v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .any(|(n, v)| step(path, format!("[{n}]"), |path| value(v, pos, path))),
+            Value::InlineTable(t) => table(t, pos, path),
+            _ => false,
+        };
+        inner || within(v.span(), pos)
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut path = Vec::new();
+    table(doc.as_table(), pos, &mut path).then(|| path.concat().trim_start_matches('.').to_string())
+}
+
 /// Reads a configuration file; a failure is an error naming the file.
 pub fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -300,23 +482,6 @@ impl<'a> std::ops::Deref for Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn int<T: TryFrom<i64>>(
-        &self,
-        v: &Spanned<i64>,
-        key: &str,
-        range: Range<i64>,
-    ) -> Result<T, ConfigError> {
-        let n = *v.get_ref();
-        if !range.contains(&n) {
-            return Err(self.err(
-                v.span(),
-                key,
-                format!("{n} is out of range ({}..={})", range.start, range.end - 1),
-            ));
-        }
-        T::try_from(n).map_err(|_| self.err(v.span(), key, format!("{n} is out of range")))
-    }
-
     fn key(&self, v: &Spanned<String>, key: &str) -> Result<Key, ConfigError> {
         Key::from_base64(v.get_ref()).map_err(|e| self.err(v.span(), key, e.to_string()))
     }
@@ -329,6 +494,190 @@ impl Ctx<'_> {
             p.to_path_buf()
         };
         read_private_key_file(&p).map_err(|e| self.err(v.span(), key, e.to_string()))
+    }
+
+    /// A key given inline or in a file, not both.
+    fn key_or_file(
+        &self,
+        inline: Option<&Spanned<String>>,
+        file: Option<&Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<Key>, ConfigError> {
+        match (inline, file) {
+            (Some(k), Some(_)) => Err(self.err(
+                k.span(),
+                key,
+                format!(
+                    "give {0} or {0}_file, not both",
+                    key.rsplit('.').next().unwrap_or(key)
+                ),
+            )),
+            (Some(k), None) => self.key(k, key).map(Some),
+            (None, Some(f)) => self.key_file(f, &format!("{key}_file")).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn interface(&self, i: RawInterface) -> Result<InterfaceConfig, ConfigError> {
+        let mut address = Vec::new();
+        for (n, a) in i.address.iter().enumerate() {
+            address.push(a.get_ref().parse().map_err(|_| {
+                self.err(
+                    a.span(),
+                    format!("interface.address[{n}]"),
+                    format!(
+                        "invalid address {:?} (expected ADDRESS/LENGTH)",
+                        a.get_ref()
+                    ),
+                )
+            })?);
+        }
+        let metrics = i
+            .metrics
+            .as_ref()
+            .map(|v| self.metrics_addr(v, "interface.metrics", i.metrics_public, "IP:PORT"));
+        Ok(InterfaceConfig {
+            name: i.name.map(|n| n.0),
+            private_key: self.key_or_file(
+                i.private_key.as_ref(),
+                i.private_key_file.as_ref(),
+                "interface.private_key",
+            )?,
+            listen_port: i.listen_port.map(Into::into),
+            fwmark: i.fwmark.map(Into::into),
+            address,
+            mtu: i.mtu.map(Into::into),
+            metrics: metrics.transpose()?,
+            mss_clamp: i.mss_clamp.unwrap_or(true),
+            threads: i.threads.map(Into::into),
+            unrouted: i.unrouted,
+            control_socket: i.control_socket,
+        })
+    }
+
+    /// `peer[n]`, given the peers before it and the device's own public key.
+    fn peer(
+        &self,
+        n: usize,
+        p: &Spanned<RawPeer>,
+        before: &[PeerConfig],
+        own_public: Option<Key>,
+    ) -> Result<PeerConfig, ConfigError> {
+        let span = p.span();
+        let p = p.get_ref();
+        let k = |f: &str| format!("peer[{n}].{f}");
+        let Some(pk) = &p.public_key else {
+            return Err(self.err(span, format!("peer[{n}]"), "public_key is required"));
+        };
+        let public_key = self.key(pk, &k("public_key"))?;
+        if Some(public_key) == own_public {
+            return Err(self.err(
+                pk.span(),
+                k("public_key"),
+                "this is the interface's own public key",
+            ));
+        }
+        if let Some(dup) = before.iter().position(|q| q.public_key == public_key) {
+            return Err(self.err(
+                pk.span(),
+                k("public_key"),
+                format!("same public key as peer[{dup}]"),
+            ));
+        }
+        if let Some(nm) = &p.name {
+            let s = nm.get_ref();
+            if s.is_empty()
+                || s.len() > 64
+                || s == "local"
+                || s == "blackhole"
+                || s.contains(['"', '\\', '\n'])
+            {
+                return Err(self.err(nm.span(), k("name"), "must be 1-64 characters, not \"local\" or \"blackhole\", without quotes or backslashes"));
+            }
+            if let Some(dup) = before.iter().position(|q| q.name.as_deref() == Some(s)) {
+                return Err(self.err(nm.span(), k("name"), format!("same name as peer[{dup}]")));
+            }
+        }
+        let endpoint = p.endpoint.as_ref().map(|e| {
+            e.get_ref().parse::<SocketAddr>().map_err(|_| {
+                let hint = if e
+                    .get_ref()
+                    .rsplit_once(':')
+                    .is_some_and(|(h, _)| h.parse::<IpAddr>().is_err() && !h.starts_with('['))
+                {
+                    " (host names are not resolved: give a numeric address)"
+                } else {
+                    " (expected IP:PORT or [IPv6]:PORT)"
+                };
+                self.err(
+                    e.span(),
+                    k("endpoint"),
+                    format!("invalid socket address {:?}{hint}", e.get_ref()),
+                )
+            })
+        });
+        let class = p
+            .class
+            .as_ref()
+            .map_or(LinkClass::default(), |c| *c.get_ref());
+        if class == LinkClass::Wired {
+            let m = "a tunnel peer is \"mesh\" or \"trunk\"; \"wired\" is a Babel class only, for [[babel.interface]] and [[babel.peer]]";
+            return Err(self.err(p.class.as_ref().map_or(span, Spanned::span), k("class"), m));
+        }
+        Ok(PeerConfig {
+            name: p.name.as_ref().map(|n| n.get_ref().clone()),
+            public_key,
+            preshared_key: self.key_or_file(
+                p.preshared_key.as_ref(),
+                p.preshared_key_file.as_ref(),
+                &k("preshared_key"),
+            )?,
+            endpoint: endpoint.transpose()?,
+            allowed_ips: p.allowed_ips.iter().map(|a| a.0).collect(),
+            persistent_keepalive: p
+                .persistent_keepalive
+                .map(Into::into)
+                .filter(|&s: &u16| s > 0),
+            class,
+        })
+    }
+
+    /// `route[n]`, whose `via` names one of `peers`.
+    fn route(
+        &self,
+        n: usize,
+        r: &Spanned<RawRoute>,
+        peers: &[PeerConfig],
+    ) -> Result<StaticRoute, ConfigError> {
+        let (Some(prefix), Some(via)) = (&r.get_ref().prefix, &r.get_ref().via) else {
+            return Err(self.err(
+                r.span(),
+                format!("route[{n}]"),
+                "prefix and via are required",
+            ));
+        };
+        let via = match via.get_ref().as_str() {
+            "local" => Via::Local,
+            "blackhole" => Via::Blackhole,
+            name => {
+                let by_name = peers.iter().find(|p| p.name.as_deref() == Some(name));
+                let by_key = Key::from_base64(name)
+                    .ok()
+                    .and_then(|k| peers.iter().find(|p| p.public_key == k));
+                let Some(p) = by_name.or(by_key) else {
+                    return Err(self.err(
+                        via.span(),
+                        format!("route[{n}].via"),
+                        format!("{name:?} is not \"local\", \"blackhole\", or the name or public key of a peer"),
+                    ));
+                };
+                Via::Peer(p.public_key)
+            }
+        };
+        Ok(StaticRoute {
+            prefix: prefix.0,
+            via,
+        })
     }
 }
 
@@ -344,234 +693,19 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
         src: Source::new(path, text),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        // The message names the unknown or invalid key; keep its first line.
-        let msg = e
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("syntax error")
-            .to_string();
-        let key = text
-            .get(span.clone())
-            .filter(|s| !s.contains('\n') && s.len() < 64)
-            .unwrap_or("(syntax)");
-        cx.err(span, key.trim().to_string(), msg)
-    })?;
-
+    let raw: RawFile = cx.deserialize()?;
     let mut cfg = DeviceConfig::default();
-    if let Some(iface) = &raw.interface {
-        let i = iface.get_ref();
-        let c = &mut cfg.interface;
-        if let Some(n) = &i.name {
-            let ok = !n.get_ref().is_empty()
-                && n.get_ref().len() < 16
-                && !n.get_ref().contains(['/', ' ']);
-            if !ok {
-                return Err(cx.err(
-                    n.span(),
-                    "interface.name",
-                    "must be 1-15 characters without '/' or spaces",
-                ));
-            }
-            c.name = Some(n.get_ref().clone());
-        }
-        match (&i.private_key, &i.private_key_file) {
-            (Some(k), Some(_)) => {
-                return Err(cx.err(
-                    k.span(),
-                    "interface.private_key",
-                    "give private_key or private_key_file, not both",
-                ));
-            }
-            (Some(k), None) => c.private_key = Some(cx.key(k, "interface.private_key")?),
-            (None, Some(f)) => c.private_key = Some(cx.key_file(f, "interface.private_key_file")?),
-            (None, None) => {}
-        }
-        if let Some(v) = &i.listen_port {
-            c.listen_port = Some(cx.int(v, "interface.listen_port", 0..65536)?);
-        }
-        if let Some(v) = &i.fwmark {
-            c.fwmark = Some(cx.int(v, "interface.fwmark", 0..(1 << 32))?);
-        }
-        for (n, a) in i.address.iter().enumerate() {
-            let net: IpNet = a.get_ref().parse().map_err(|_| {
-                cx.err(
-                    a.span(),
-                    format!("interface.address[{n}]"),
-                    format!(
-                        "invalid address {:?} (expected ADDRESS/LENGTH)",
-                        a.get_ref()
-                    ),
-                )
-            })?;
-            c.address.push(net);
-        }
-        if let Some(v) = &i.mtu {
-            c.mtu = Some(cx.int(v, "interface.mtu", 1280..9001)?);
-        }
-        if let Some(v) = &i.metrics {
-            let public = i.metrics_public.as_ref().is_some_and(|p| *p.get_ref());
-            c.metrics = Some(cx.metrics_addr(v, "interface.metrics", public, "IP:PORT")?);
-        }
-        if let Some(v) = &i.mss_clamp {
-            c.mss_clamp = *v.get_ref();
-        }
-        if let Some(v) = &i.threads {
-            c.threads = Some(cx.int(v, "interface.threads", 1..65)?);
-        }
-        if let Some(v) = &i.unrouted {
-            if !matches!(v.get_ref().as_str(), "local" | "drop") {
-                return Err(cx.err(
-                    v.span(),
-                    "interface.unrouted",
-                    format!("expected \"local\" or \"drop\", got {:?}", v.get_ref()),
-                ));
-            }
-            c.unrouted = Some(v.get_ref().clone());
-        }
-        c.control_socket = i
-            .control_socket
-            .as_ref()
-            .map(|s| PathBuf::from(s.get_ref()));
+    if let Some(i) = raw.interface {
+        cfg.interface = cx.interface(i)?;
     }
     let own_public = cfg.interface.private_key.map(|k| k.public_key());
-
     for (n, p) in raw.peer.iter().enumerate() {
-        let span = p.span();
-        let p = p.get_ref();
-        let k = |f: &str| format!("peer[{n}].{f}");
-        let Some(pk) = &p.public_key else {
-            return Err(cx.err(span, format!("peer[{n}]"), "public_key is required"));
-        };
-        let public_key = cx.key(pk, &k("public_key"))?;
-        if Some(public_key) == own_public {
-            return Err(cx.err(
-                pk.span(),
-                k("public_key"),
-                "this is the interface's own public key",
-            ));
-        }
-        if let Some(dup) = cfg.peers.iter().position(|q| q.public_key == public_key) {
-            return Err(cx.err(
-                pk.span(),
-                k("public_key"),
-                format!("same public key as peer[{dup}]"),
-            ));
-        }
-        let name = match &p.name {
-            Some(nm) => {
-                let s = nm.get_ref();
-                if s.is_empty()
-                    || s.len() > 64
-                    || s == "local"
-                    || s == "blackhole"
-                    || s.contains(['"', '\\', '\n'])
-                {
-                    return Err(cx.err(nm.span(), k("name"), "must be 1-64 characters, not \"local\" or \"blackhole\", without quotes or backslashes"));
-                }
-                if let Some(dup) = cfg.peers.iter().position(|q| q.name.as_deref() == Some(s)) {
-                    return Err(cx.err(nm.span(), k("name"), format!("same name as peer[{dup}]")));
-                }
-                Some(s.clone())
-            }
-            None => None,
-        };
-        let preshared_key = match (&p.preshared_key, &p.preshared_key_file) {
-            (Some(v), Some(_)) => {
-                return Err(cx.err(
-                    v.span(),
-                    k("preshared_key"),
-                    "give preshared_key or preshared_key_file, not both",
-                ))
-            }
-            (Some(v), None) => Some(cx.key(v, &k("preshared_key"))?),
-            (None, Some(f)) => Some(cx.key_file(f, &k("preshared_key_file"))?),
-            (None, None) => None,
-        };
-        let endpoint = match &p.endpoint {
-            Some(e) => Some(e.get_ref().parse::<SocketAddr>().map_err(|_| {
-                let hint = if e
-                    .get_ref()
-                    .rsplit_once(':')
-                    .is_some_and(|(h, _)| h.parse::<IpAddr>().is_err() && !h.starts_with('['))
-                {
-                    " (host names are not resolved: give a numeric address)"
-                } else {
-                    " (expected IP:PORT or [IPv6]:PORT)"
-                };
-                cx.err(
-                    e.span(),
-                    k("endpoint"),
-                    format!("invalid socket address {:?}{hint}", e.get_ref()),
-                )
-            })?),
-            None => None,
-        };
-        let mut allowed_ips = Vec::new();
-        for (j, a) in p.allowed_ips.iter().enumerate() {
-            allowed_ips.push(cx.prefix(a, &k(&format!("allowed_ips[{j}]")))?);
-        }
-        let persistent_keepalive = match &p.persistent_keepalive {
-            Some(v) => {
-                Some(cx.int(v, &k("persistent_keepalive"), 0..65536)?).filter(|&s: &u16| s > 0)
-            }
-            None => None,
-        };
-        let class = match &p.class {
-            None => LinkClass::Mesh,
-            Some(c) => match c.get_ref().as_str() {
-                "mesh" => LinkClass::Mesh,
-                "trunk" => LinkClass::Trunk,
-                other => {
-                    return Err(cx.err(
-                        c.span(),
-                        k("class"),
-                        format!("expected \"mesh\" or \"trunk\", got {other:?}"),
-                    ))
-                }
-            },
-        };
-        cfg.peers.push(PeerConfig {
-            name,
-            public_key,
-            preshared_key,
-            endpoint,
-            allowed_ips,
-            persistent_keepalive,
-            class,
-        });
+        let peer = cx.peer(n, p, &cfg.peers, own_public)?;
+        cfg.peers.push(peer);
     }
-
     for (n, r) in raw.route.iter().enumerate() {
-        let span = r.span();
-        let r = r.get_ref();
-        let (Some(prefix), Some(via)) = (&r.prefix, &r.via) else {
-            return Err(cx.err(span, format!("route[{n}]"), "prefix and via are required"));
-        };
-        let prefix = cx.prefix(prefix, &format!("route[{n}].prefix"))?;
-        let via = match via.get_ref().as_str() {
-            "local" => Via::Local,
-            "blackhole" => Via::Blackhole,
-            name => {
-                let by_name = cfg.peers.iter().find(|p| p.name.as_deref() == Some(name));
-                let by_key = Key::from_base64(name)
-                    .ok()
-                    .and_then(|k| cfg.peers.iter().find(|p| p.public_key == k));
-                match by_name.or(by_key) {
-                    Some(p) => Via::Peer(p.public_key),
-                    None => {
-                        return Err(cx.err(
-                            via.span(),
-                            format!("route[{n}].via"),
-                            format!("{name:?} is not \"local\", \"blackhole\", or the name or public key of a peer"),
-                        ))
-                    }
-                }
-            }
-        };
-        cfg.routes.push(StaticRoute { prefix, via });
+        let route = cx.route(n, r, &cfg.peers)?;
+        cfg.routes.push(route);
     }
     Ok(cfg)
 }
@@ -708,17 +842,35 @@ via = "blackhole"
 
         let e = err_of(&text.replace("class = \"trunk\"", "class = \"backbone\""));
         assert_eq!((e.line, e.key.as_str()), (16, "peer[0].class"));
+        assert!(
+            e.message
+                .contains("unknown variant `backbone`, expected one of `wired`, `mesh`, `trunk`"),
+            "{e}"
+        );
+        let e = err_of(&text.replace("class = \"trunk\"", "class = \"wired\""));
+        assert_eq!((e.line, e.key.as_str()), (16, "peer[0].class"));
+        assert!(e.message.contains("\"mesh\" or \"trunk\""), "{e}");
 
         let e = err_of(&text.replace("name = \"mesh-a\"", "name = \"trunk-north\""));
         assert_eq!((e.line, e.key.as_str()), (19, "peer[1].name"));
         assert!(e.message.contains("peer[0]"));
 
         let e = err_of(&text.replace("threads = 2", "threads = 2\ncolour = \"blue\""));
-        assert_eq!(e.line, 9, "{e}");
-        assert!(e.message.contains("colour"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (9, "interface.colour"), "{e}");
+        assert!(e.message.starts_with("unknown field `colour`"), "{e}");
+
+        let e = err_of(&text.replace("threads = 2", "threads = 2\nunrouted = \"sometimes\""));
+        assert_eq!((e.line, e.key.as_str()), (9, "interface.unrouted"), "{e}");
+        assert!(
+            e.message
+                .contains("unknown variant `sometimes`, expected `local` or `drop`"),
+            "{e}"
+        );
+        let c = parse_str(&text.replace("threads = 2", "threads = 2\nunrouted = \"drop\""));
+        assert_eq!(c.unwrap().interface.unrouted, Some(Unrouted::Drop));
 
         let e = err_of(&text.replace("mtu = 1420", "mtu = 1420 1420"));
-        assert_eq!(e.line, 6, "{e}");
+        assert_eq!((e.line, e.key.as_str()), (6, "(syntax)"), "{e}");
 
         let e = err_of(&text.replace("private_key = ", "private_key_file = \"k\"\nprivate_key = "));
         assert_eq!(e.key, "interface.private_key");

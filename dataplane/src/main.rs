@@ -172,7 +172,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| c.interface.clone())
         .unwrap_or_default();
-    let unrouted_local = match args.unrouted.as_deref().or(iface.unrouted.as_deref()) {
+    let unrouted_local = match args
+        .unrouted
+        .as_deref()
+        .or(iface.unrouted.map(config::Unrouted::as_str))
+    {
         None | Some("local") => true,
         Some("drop") => false,
         Some(other) => bail!("--unrouted: expected 'local' or 'drop', got {other:?}"),

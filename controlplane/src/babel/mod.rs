@@ -8,10 +8,12 @@
 //! router-id. The daemon (`crate::daemon`) and the simulator (`crate::sim`) are its drivers.
 //!
 //! Files follow the RFC's concepts: [`packet`] (§4), [`neighbour`] (§3.4, Appendix A),
+//! [`link`] (a link's parameters and class: Appendix A's costs, the intervals),
 //! [`source`] (§3.5.1), [`route`] (§3.2.6, §3.6), [`request`] (§3.8), and this module, the
 //! node that ties them together (§3.5.4 update processing, §3.7 route acquisition and
 //! triggered updates, §3.8 requests, §4.6.2 acknowledgments).
 
+pub mod link;
 pub mod neighbour;
 pub mod packet;
 pub mod request;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+pub use link::{CostModel, LinkClass, LinkOverrides, LinkParams};
 use neighbour::{cs, to_cs, Neighbour};
 use packet::{Msg, RouterId, Writer, INFINITY};
 pub use route::RouteInfo;
@@ -34,78 +37,6 @@ use source::{seqno_gt, Sources};
 /// A link, as numbered by the driver (an interface or a tunnel peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u32);
-
-/// How the cost of a link is computed (RFC 8966 Appendix A.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CostModel {
-    /// k-out-of-j (2 of the last 3 hellos) for wired-like links.
-    TwoOutOfThree,
-    /// Expected transmission count, for lossy radio links.
-    Etx,
-}
-
-/// Per-link protocol parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkParams {
-    /// Hello interval.
-    pub hello_interval: Duration,
-    /// Periodic full update interval.
-    pub update_interval: Duration,
-    /// IHU interval (advertised; IHUs also ride on every hello).
-    pub ihu_interval: Duration,
-    /// Nominal rxcost.
-    pub rxcost: u16,
-    /// Cost model.
-    pub cost_model: CostModel,
-    /// Send and use RFC 9616 timestamps.
-    pub timestamps: bool,
-    /// RTT below which there is no penalty.
-    pub rtt_min: Duration,
-    /// RTT at and above which the full penalty applies.
-    pub rtt_max: Duration,
-    /// Largest RTT penalty added to the cost.
-    pub max_rtt_penalty: u16,
-    /// Do not advertise a route on the link it was learned from (safe on wired and
-    /// point-to-point links, not on radio meshes).
-    pub split_horizon: bool,
-}
-
-impl LinkParams {
-    /// RFC defaults for a wired link: 4 s hellos, cost 96, 2-out-of-3.
-    pub fn wired() -> Self {
-        Self {
-            hello_interval: Duration::from_secs(4),
-            update_interval: Duration::from_secs(16),
-            ihu_interval: Duration::from_secs(12),
-            rxcost: 96,
-            cost_model: CostModel::TwoOutOfThree,
-            timestamps: false,
-            rtt_min: Duration::from_millis(10),
-            rtt_max: Duration::from_millis(120),
-            max_rtt_penalty: 0,
-            split_horizon: true,
-        }
-    }
-
-    /// A lossy mesh link: cost 256, ETX, no split horizon.
-    pub fn mesh() -> Self {
-        Self {
-            rxcost: 256,
-            cost_model: CostModel::Etx,
-            split_horizon: false,
-            ..Self::wired()
-        }
-    }
-
-    /// A trunk (tunnel): wired costs plus timestamps and an RTT penalty up to 150.
-    pub fn trunk() -> Self {
-        Self {
-            timestamps: true,
-            max_rtt_penalty: 150,
-            ..Self::wired()
-        }
-    }
-}
 
 /// A link's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -215,24 +215,6 @@ fn derive_link_local(pk: Option<&Key>) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
-fn babel_params(p: &config::LinkParams, split_horizon: bool) -> babel::LinkParams {
-    babel::LinkParams {
-        hello_interval: p.hello_interval,
-        update_interval: p.update_interval,
-        ihu_interval: p.ihu_interval,
-        rxcost: p.rxcost,
-        cost_model: match p.cost_model {
-            config::CostModel::TwoOutOfThree => babel::CostModel::TwoOutOfThree,
-            config::CostModel::Etx => babel::CostModel::Etx,
-        },
-        timestamps: p.timestamps,
-        rtt_min: p.rtt_min,
-        rtt_max: p.rtt_max,
-        max_rtt_penalty: p.max_rtt_penalty,
-        split_horizon,
-    }
-}
-
 /// Starts the daemon and runs it until SIGTERM/SIGINT.
 pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     let now = Instant::now();
@@ -300,7 +282,11 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         next += 1;
         let lc = LinkConfig {
             name: p.name.clone(),
-            params: babel_params(&p.params, true),
+            // A tunnel peer is a point-to-point link: split horizon is safe whatever its class.
+            params: babel::LinkParams {
+                split_horizon: true,
+                ..p.params
+            },
             address: link_local,
             ipv4,
             v4_via_v6: ipv4.is_none(),
@@ -353,7 +339,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         ifaces.insert(id, sock);
         let lc = LinkConfig {
             name: i.name.clone(),
-            params: babel_params(&i.params, i.class != config::LinkClass::Mesh),
+            params: i.params,
             address: ll,
             ipv4: v4,
             v4_via_v6: v4.is_none(),

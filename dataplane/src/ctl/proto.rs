@@ -414,6 +414,7 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
                 w.u8(match p.class {
                     LinkClass::Mesh => 1,
                     LinkClass::Trunk => 2,
+                    LinkClass::Wired => 3,
                 });
                 match &p.endpoint {
                     Some(e) => {
@@ -529,6 +530,7 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
                 class: match r.u8()? {
                     1 => LinkClass::Mesh,
                     2 => LinkClass::Trunk,
+                    3 => LinkClass::Wired,
                     v => {
                         return Err(ProtoError::Unknown {
                             what: "link class",
