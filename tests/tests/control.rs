@@ -170,9 +170,8 @@ fn control_channel_drives_a_running_data_plane() {
         .spawn()
         .unwrap();
     // Inject only once the listener is bound (a loaded machine can take its time).
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        listener.stdout.take().unwrap(),
-    ));
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(listener.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let mut pkt = Vec::new();
     etherparse::PacketBuilder::ipv6(
