@@ -328,7 +328,7 @@ impl<S: Sink> Ctx<'_, S> {
         let backlog = queue
             .as_ref()
             .is_some_and(|q| q.len() >= HANDSHAKE_QUEUE / 8);
-        let mut reply = [0u8; 64];
+        let mut reply = [0u8; wire::wg::COOKIE_REPLY_LEN];
         match self.core.guard.load().admit(src, data, backlog, &mut reply) {
             Admit::Pass => {}
             Admit::Cookie(n) => {
@@ -846,4 +846,4 @@ fn encapsulate_into(
 }
 
 /// Size check: boringtun needs `src.len() + 32` bytes of output and at least 148.
-const _: () = assert!(SLOT_SIZE >= 1500 + 32 && SLOT_SIZE >= 148);
+const _: () = assert!(SLOT_SIZE >= 1500 + 32 && SLOT_SIZE >= wire::wg::INITIATION_LEN);
