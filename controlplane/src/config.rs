@@ -824,7 +824,7 @@ impl Ctx<'_> {
                     format!("invalid IPv6 address {:?}", v.get_ref()),
                 )
             })?;
-            if a.segments()[0] & 0xffc0 != 0xfe80 {
+            if !a.is_unicast_link_local() {
                 return Err(self.err(
                     v.span(),
                     "babel.link_local",

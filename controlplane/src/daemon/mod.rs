@@ -282,7 +282,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
                 .address
                 .iter()
                 .find_map(|n| match n.addr() {
-                    IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(a),
+                    IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
                     _ => None,
                 })
         })
@@ -334,9 +334,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let ll = loop {
             let ll = addrs.iter().find_map(|a| match a.addr {
-                IpAddr::V6(v) if a.ifindex == ifindex && v.segments()[0] & 0xffc0 == 0xfe80 => {
-                    Some(v)
-                }
+                IpAddr::V6(v) if a.ifindex == ifindex && v.is_unicast_link_local() => Some(v),
                 _ => None,
             });
             match ll {

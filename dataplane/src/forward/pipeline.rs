@@ -571,8 +571,7 @@ impl<S: Sink> Ctx<'_, S> {
                                    // Babel from a tunnel peer: the peer is authenticated by its session, and its
                                    // link-local source names the point-to-point link, not a routed address, so it
                                    // needs no allowed-IP: hand it to the control plane.
-        let link_local_src =
-            matches!(meta.src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+        let link_local_src = matches!(meta.src, IpAddr::V6(a) if a.is_unicast_link_local());
         if link_local_src && wire::is_babel(&meta, slot.data()) {
             let pkt = slot.data().to_vec(); // off the hot path: control traffic
             if self.core.emit(CoreEvent::Punt(from.public_key, pkt)) {

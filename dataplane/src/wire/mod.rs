@@ -439,7 +439,7 @@ pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
     if meta.proto != proto::UDP || pkt.len() < meta.header_len + 8 {
         return false;
     }
-    let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
+    let link_local = dst.is_unicast_link_local();
     let babel_group = dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
     let dport = u16::from_be_bytes([pkt[meta.header_len + 2], pkt[meta.header_len + 3]]);
     (link_local || babel_group) && dport == 6696
