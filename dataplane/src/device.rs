@@ -50,7 +50,7 @@ impl Default for DeviceOptions {
             threads: 2,
             listen_port: 0,
             fwmark: 0,
-            mtu: 1420,
+            mtu: crate::DEFAULT_MTU,
             settings: Settings::default(),
             offload: true,
         }

@@ -27,6 +27,7 @@ use ipnet::IpNet;
 use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
 use isthmus_dataplane::fib;
 use isthmus_dataplane::keys::Key;
+use isthmus_dataplane::DEFAULT_MTU;
 use tracing::{debug, info, warn};
 
 pub use links::{unwrap, wrap};
@@ -38,8 +39,8 @@ use crate::kernel::{self, Kernel, KernelChange, KernelRoute, RTPROT_ISTHMUS};
 
 /// Default Prometheus address of `isthmus-cp`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9587";
-/// Where sockets live.
-pub const SOCKET_DIR: &str = "/var/run/isthmus";
+/// Where sockets live: the data plane's run directory.
+pub const SOCKET_DIR: &str = isthmus_dataplane::ctl::RUN_DIR;
 
 /// Command-line overrides.
 #[derive(Debug, Clone, Default)]
@@ -272,7 +273,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Input>();
 
     let addrs = kernel::addresses().unwrap_or_default();
-    let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(1420));
+    let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(DEFAULT_MTU));
     let link_local = cfg
         .babel
         .link_local
