@@ -26,6 +26,11 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// Babel's UDP port (RFC 8966 §5).
+pub const BABEL_PORT: u16 = 6696;
+/// Babel's link-local multicast group, ff02::1:6 (RFC 8966 §5).
+pub const BABEL_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
+
 /// ICMP (IPv4) types and codes used here (RFC 792, RFC 1812).
 pub mod icmpv4 {
     /// Destination unreachable.
@@ -440,9 +445,9 @@ pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
         return false;
     }
     let link_local = dst.is_unicast_link_local();
-    let babel_group = dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
+    let babel_group = dst == BABEL_GROUP;
     let dport = u16::from_be_bytes([pkt[meta.header_len + 2], pkt[meta.header_len + 3]]);
-    (link_local || babel_group) && dport == 6696
+    (link_local || babel_group) && dport == BABEL_PORT
 }
 
 #[cfg(test)]
