@@ -336,7 +336,7 @@ fn ipv4_next_hop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D:
 /// `link_local`: an IPv6 address within fe80::/10.
 fn link_local<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
     address(d, "IPv6", |a: &Ipv6Addr| {
-        (a.segments()[0] & 0xffc0 != 0xfe80).then_some("is not a link-local address (fe80::/10)")
+        (!a.is_unicast_link_local()).then_some("is not a link-local address (fe80::/10)")
     })
 }
 

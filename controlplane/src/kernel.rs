@@ -24,59 +24,44 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ipnet::IpNet;
+use libc::{
+    IFA_ADDRESS, IFA_LOCAL, NETLINK_CAP_ACK, NETLINK_EXT_ACK, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH,
+    RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_GETADDR, RTM_GETROUTE,
+    RTM_NEWADDR, RTM_NEWROUTE, RTN_UNICAST, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE,
+    RT_TABLE_COMPAT, SOL_NETLINK,
+};
 
 /// Routing protocol number isthmus installs its routes under (see /etc/iproute2/rt_protos; pick an unused one: 77).
 pub const RTPROT_ISTHMUS: u8 = 77;
 
 /// The kernel's main routing table (`ip route` without `table`).
-pub const RT_TABLE_MAIN: u32 = 254;
+pub const RT_TABLE_MAIN: u32 = libc::RT_TABLE_MAIN as u32;
 
 // --- netlink and rtnetlink constants (linux/netlink.h, linux/rtnetlink.h) ---------------------
+//
+// From libc. libc declares the netlink message types and flags as `c_int`; the header fields they
+// go in are `u16`, so they are narrowed here, once. libc lacks the last three.
+
+const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLMSG_OVERRUN: u16 = libc::NLMSG_OVERRUN as u16;
+
+const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
+const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
+const NLM_F_REPLACE: u16 = libc::NLM_F_REPLACE as u16;
+const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
+/// In an ack: extended-ack TLVs follow the (possibly capped) original header.
+const NLM_F_ACK_TLVS: u16 = libc::NLM_F_ACK_TLVS as u16;
+/// In an ack: the original message was not echoed, only its header.
+const NLM_F_CAPPED: u16 = libc::NLM_F_CAPPED as u16;
+/// An attribute's type without its `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` bits.
+const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
 
 const NLMSG_HDRLEN: usize = 16;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-/// In an ack: extended-ack TLVs follow the (possibly capped) original header.
-const NLM_F_ACK_TLVS: u16 = 0x200;
-/// In an ack: the original message was not echoed, only its header.
-const NLM_F_CAPPED: u16 = 0x100;
 const NLMSGERR_ATTR_MSG: u16 = 1;
-
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
-
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_MULTIPATH: u16 = 9;
-const RTA_TABLE: u16 = 15;
-const RTA_VIA: u16 = 18;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-
-const RTN_UNICAST: u8 = 1;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_LINK: u8 = 253;
-const RT_SCOPE_NOWHERE: u8 = 255;
-const RT_TABLE_COMPAT: u8 = 252;
 const RTNH_F_ONLINK: u32 = 4;
 
 /// Size of `struct rtmsg`.
@@ -681,7 +666,7 @@ impl<'a> Iterator for Attrs<'a> {
             return None;
         }
         let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // drop NLA_F_NESTED, NLA_F_NET_BYTEORDER
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
         if len < 4 || len > b.len() {
             self.0 = &[];
             return None;

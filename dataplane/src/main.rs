@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use isthmus_dataplane::config::{self, DeviceConfig};
+use isthmus_dataplane::ctl;
 use isthmus_dataplane::device::{self, Device, DeviceOptions};
 use isthmus_dataplane::forward::Settings;
 
@@ -185,7 +186,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         threads: args.threads.or(iface.threads).unwrap_or(2),
         listen_port: iface.listen_port.unwrap_or(0),
         fwmark: iface.fwmark.unwrap_or(0),
-        mtu: iface.mtu.unwrap_or(1420),
+        mtu: iface.mtu.unwrap_or(isthmus_dataplane::DEFAULT_MTU),
         settings: Settings {
             mss_clamp: iface.mss_clamp,
             unrouted_local,
@@ -223,7 +224,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .ctl_socket
         .clone()
         .or(iface.control_socket.clone())
-        .unwrap_or_else(|| PathBuf::from(format!("/var/run/isthmus/{ifname}.ctl")));
+        .unwrap_or_else(|| Path::new(ctl::RUN_DIR).join(format!("{ifname}.ctl")));
     let ctl = device::serve_ctl(&dev, &ctl_path)
         .with_context(|| format!("serving the control socket {}", ctl_path.display()))?;
 

@@ -22,6 +22,7 @@ use isthmus_dataplane::stats::DropReason;
 use isthmus_dataplane::tunnel::guard::{HANDSHAKE_BUDGET, PER_SOURCE_BURST, PER_SOURCE_RATE};
 use isthmus_dataplane::tunnel::macs::MacKeys;
 use isthmus_dataplane::tunnel::{Peer, PeerSettings};
+use isthmus_dataplane::wire::wg;
 
 fn udp4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -66,9 +67,14 @@ impl Noise {
     }
 }
 
-/// A handshake message of type `ty` (`len` bytes) with a random body, `receiver` at its
-/// receiver field (responses) and a valid mac1 for the owner of `to`.
-fn forged(ty: u8, len: usize, receiver: Option<u32>, to: &Key, noise: &mut Noise) -> Vec<u8> {
+/// A handshake message of type `ty` (an initiation or a response, of its size) with a random
+/// body, `receiver` at its receiver field (responses) and a valid mac1 for the owner of `to`.
+fn forged(ty: u8, receiver: Option<u32>, to: &Key, noise: &mut Noise) -> Vec<u8> {
+    let len = match ty {
+        wg::INITIATION => wg::INITIATION_LEN,
+        wg::RESPONSE => wg::RESPONSE_LEN,
+        _ => unreachable!("not a handshake message type: {ty}"),
+    };
     let mut m = vec![0u8; len];
     noise.fill(&mut m[4..]);
     m[..4].copy_from_slice(&[ty, 0, 0, 0]);
@@ -165,7 +171,7 @@ impl Lab {
     /// Push A over its handshake budget with initiations that have a valid mac1.
     fn overload_a(&mut self, noise: &mut Noise) {
         for i in 0..HANDSHAKE_BUDGET as u32 + 50 {
-            let m = forged(1, 148, None, &public(self.ka), noise);
+            let m = forged(wg::INITIATION, None, &public(self.ka), noise);
             let from = SocketAddr::from((Ipv4Addr::from(0xc612_0000 + i), 1000));
             self.net.inject_datagram(from, addr(1), &m);
         }
@@ -183,13 +189,13 @@ fn forged_responses_for_a_pending_handshake_change_nothing() {
         .send_from_tun(0, &udp4([10, 0, 0, 1], [10, 0, 0, 2], b"queued"));
     lab.net.flush_tun(0);
     let init = lab.net.in_flight().pop().expect("A's initiation").2;
-    assert_eq!(init[0], 1);
+    assert_eq!(init[0], wg::INITIATION);
     let pending = u32::from_le_bytes(init[4..8].try_into().unwrap());
     let before = view(&lab.b_at_a());
     // Forged responses naming the pending handshake, from the attacker: they reach A
     // before B's real response does.
     for _ in 0..20 {
-        let m = forged(2, 92, Some(pending), &public(lab.ka), &mut noise);
+        let m = forged(wg::RESPONSE, Some(pending), &public(lab.ka), &mut noise);
         lab.net.inject_datagram(attacker(), addr(1), &m);
     }
     lab.net.run(1);
@@ -229,7 +235,7 @@ fn under_load_forged_messages_get_cookies_and_change_nothing() {
         .send_from_tun(1, &udp4([10, 0, 0, 2], [10, 0, 0, 1], b"capture"));
     lab.net.flush_tun(1);
     let data = lab.net.in_flight().pop().unwrap().2;
-    assert_eq!(data[0], 4);
+    assert_eq!(data[0], wg::DATA);
     let index = u32::from_le_bytes(data[4..8].try_into().unwrap());
     lab.net.run(4);
 
@@ -240,18 +246,23 @@ fn under_load_forged_messages_get_cookies_and_change_nothing() {
     for round in 0..10 {
         let mut batch = vec![
             // Responses naming the live session, and naming guessable indices.
-            forged(2, 92, Some(index), &public(lab.ka), &mut noise),
-            forged(2, 92, Some(b_at_a.id << 8 | 1), &public(lab.ka), &mut noise),
+            forged(wg::RESPONSE, Some(index), &public(lab.ka), &mut noise),
+            forged(
+                wg::RESPONSE,
+                Some(b_at_a.id << 8 | 1),
+                &public(lab.ka),
+                &mut noise,
+            ),
             // Initiations (random body).
-            forged(1, 148, None, &public(lab.ka), &mut noise),
+            forged(wg::INITIATION, None, &public(lab.ka), &mut noise),
         ];
         // A cookie reply and transport data naming the live index.
-        let mut cookie = vec![3, 0, 0, 0];
+        let mut cookie = vec![wg::COOKIE_REPLY, 0, 0, 0];
         cookie.extend_from_slice(&index.to_le_bytes());
-        cookie.resize(64, 0);
+        cookie.resize(wg::COOKIE_REPLY_LEN, 0);
         noise.fill(&mut cookie[8..]);
         batch.push(cookie);
-        let mut transport = vec![4, 0, 0, 0];
+        let mut transport = vec![wg::DATA, 0, 0, 0];
         transport.extend_from_slice(&index.to_le_bytes());
         transport.extend_from_slice(&(1_000_000u64 + round).to_le_bytes());
         transport.resize(16 + 64, 0);
@@ -299,7 +310,7 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
     let ka_pub = public(lab.ka);
     let keys = MacKeys::new(&ka_pub.0);
     let mut state = isthmus_dataplane::tunnel::macs::CookieState::default();
-    let mut m = forged(1, 148, None, &ka_pub, &mut noise);
+    let mut m = forged(wg::INITIATION, None, &ka_pub, &mut noise);
     let sender = u32::from_le_bytes(m[4..8].try_into().unwrap());
     state.seal(&keys, sender, &mut m);
     lab.net.inject_datagram(attacker(), addr(1), &m);
@@ -324,7 +335,7 @@ fn a_source_that_answers_cookies_is_held_to_its_rate() {
     let t0 = lab.net.nodes[0].core.totals();
     let started = std::time::Instant::now();
     for _ in 0..500 {
-        let mut m = forged(1, 148, None, &ka_pub, &mut noise);
+        let mut m = forged(wg::INITIATION, None, &ka_pub, &mut noise);
         m[4..8].copy_from_slice(&sender.to_le_bytes());
         state.seal(&keys, sender, &mut m);
         lab.net.inject_datagram(attacker(), addr(1), &m);
@@ -371,7 +382,9 @@ fn a_handshake_counts_when_the_session_is_confirmed_not_when_answered() {
     lab.net.run(1);
     let answer = lab.net.in_flight();
     assert!(
-        answer.iter().any(|(_, to, d)| *to == addr(1) && d[0] == 2),
+        answer
+            .iter()
+            .any(|(_, to, d)| *to == addr(1) && d[0] == wg::RESPONSE),
         "B's response"
     );
     assert_eq!(a_at_b(), 0, "answering an initiation completes nothing");

@@ -8,12 +8,13 @@ use common::{key, public};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use etherparse::PacketBuilder;
+use etherparse::{icmpv4, IpNumber, PacketBuilder};
 use isthmus_dataplane::forward::{Core, PeerSpec, Settings};
 use isthmus_dataplane::io::loopback::LoopbackNet;
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::stats::{DropReason, Path};
 use isthmus_dataplane::tunnel::PeerSettings;
+use isthmus_dataplane::wire::wg;
 
 fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ipv4(src, dst, ttl).udp(4000, 5000);
@@ -169,9 +170,9 @@ fn bad_input_is_dropped_counted_and_harmless() {
     net.run(16);
     let evil = addr(66);
     net.inject_datagram(evil, addr(2), b"garbage that is not wireguard");
-    net.inject_datagram(evil, addr(2), &[4, 0, 0, 0, 1, 2]);
-    net.inject_datagram(evil, addr(2), &[1, 0, 0, 0]);
-    let mut bogus = vec![4u8, 0, 0, 0];
+    net.inject_datagram(evil, addr(2), &[wg::DATA, 0, 0, 0, 1, 2]);
+    net.inject_datagram(evil, addr(2), &[wg::INITIATION, 0, 0, 0]);
+    let mut bogus = vec![wg::DATA, 0, 0, 0];
     bogus.extend_from_slice(&0xdead_beefu32.to_le_bytes());
     bogus.resize(64, 0);
     net.inject_datagram(evil, addr(2), &bogus);
@@ -262,7 +263,11 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
         .clone();
     assert_eq!(
         (icmp[9], icmp[20], icmp[21]),
-        (1, 3, 0),
+        (
+            IpNumber::ICMP.0,
+            icmpv4::TYPE_DEST_UNREACH,
+            icmpv4::CODE_DST_UNREACH_NET
+        ),
         "ICMP type 3 code 0"
     );
     assert_eq!(&icmp[12..16], &[10, 0, 0, 254]);
@@ -272,7 +277,14 @@ fn unroutable_relay_gets_icmp_and_ttl_expiry_is_reported() {
     let t = net.nodes[1].core.totals();
     assert_eq!(t.dropped(DropReason::TtlExceeded), 1, "{t:?}");
     let icmp = net.nodes[0].tun_delivered.last().unwrap().clone();
-    assert_eq!((icmp[20], icmp[21]), (11, 0), "ICMP time exceeded");
+    assert_eq!(
+        (icmp[20], icmp[21]),
+        (
+            icmpv4::TYPE_TIME_EXCEEDED,
+            icmpv4::CODE_TIME_EXCEEDED_TTL_EXCEEDED_IN_TRANSIT
+        ),
+        "ICMP time exceeded"
+    );
     // Arc keeps `Arc` import used in all configurations.
     let _ = Arc::strong_count(&net.nodes[0].core);
 }
@@ -286,7 +298,7 @@ fn handshake_floods_get_cookies_and_real_peers_still_connect() {
     let init = net
         .in_flight()
         .into_iter()
-        .find(|(_, _, d)| d[0] == 1)
+        .find(|(_, _, d)| d[0] == wg::INITIATION)
         .expect("an initiation")
         .2;
     for i in 0..600u32 {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::init;
+use isthmus_dataplane::ctl::RUN_DIR;
 use isthmus_lab::{
     kernel_routes, scrape, unique_ifname, veth, write_private_key, Babeld, IsthmusCp, Keypair, Lab,
     Netns, PeerSpec, PingOpts, PingProbe, WgIface, WgImpl, WgSpec, METRICS_ADDR,
@@ -104,9 +105,9 @@ impl Gateway {
         t.push_str(babel);
         let conf = lab.path(&format!("{name}.toml"));
         std::fs::write(&conf, &t).unwrap();
-        let ctl = Path::new("/var/run/isthmus").join(format!("{ifname}.ctl"));
+        let ctl = Path::new(RUN_DIR).join(format!("{ifname}.ctl"));
         ns.remove_on_drop(ctl.clone());
-        ns.remove_on_drop(Path::new("/var/run/isthmus").join(format!("{ifname}.cp")));
+        ns.remove_on_drop(Path::new(RUN_DIR).join(format!("{ifname}.cp")));
         ns.remove_on_drop(isthmus_lab::uapi_socket(&ifname));
         let dp = WgImpl::isthmus_binary().unwrap();
         let dp_log = lab.path(&format!("{name}-dp.log"));
@@ -196,11 +197,11 @@ impl Gateway {
     }
 
     fn status_socket(&self) -> PathBuf {
-        Path::new("/var/run/isthmus").join(format!("{}.cp", self.ifname))
+        Path::new(RUN_DIR).join(format!("{}.cp", self.ifname))
     }
 
     fn ctl_socket(&self) -> String {
-        format!("/var/run/isthmus/{}.ctl", self.ifname)
+        format!("{RUN_DIR}/{}.ctl", self.ifname)
     }
 
     fn cp_log_text(&self) -> String {

@@ -6,13 +6,14 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{init, ping_ok};
 use isthmus_dataplane::ctl::proto::{CtlRoute, Msg};
 use isthmus_dataplane::ctl::server::CtlClient;
+use isthmus_dataplane::ctl::RUN_DIR;
 use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::keys::Key;
 use isthmus_lab::{require_isthmus, Topology, WgImpl};
@@ -27,7 +28,7 @@ fn isthmusctl() -> PathBuf {
 }
 
 fn ctl_path(ifname: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/isthmus/{ifname}.ctl"))
+    Path::new(RUN_DIR).join(format!("{ifname}.ctl"))
 }
 
 fn key(b64: &str) -> Key {

@@ -640,7 +640,7 @@ impl Router {
             self.counters.packets_bad += 1;
             return;
         };
-        if src.segments()[0] & 0xffc0 != 0xfe80 || !self.links.contains_key(&link) {
+        if !src.is_unicast_link_local() || !self.links.contains_key(&link) {
             // RFC 8966 §4: only link-local sources.
             self.counters.packets_bad += 1;
             return;
@@ -1356,8 +1356,7 @@ fn martian(p: &IpNet) -> bool {
             n.addr().is_loopback() || n.addr().is_multicast() || n.addr().is_link_local()
         }
         IpNet::V6(n) => {
-            let s = n.addr().segments()[0];
-            n.addr().is_loopback() || n.addr().is_multicast() || (s & 0xffc0) == 0xfe80
+            n.addr().is_loopback() || n.addr().is_multicast() || n.addr().is_unicast_link_local()
         }
     }
 }

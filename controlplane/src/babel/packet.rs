@@ -19,9 +19,9 @@ pub const MAGIC: u8 = 42;
 /// The protocol version.
 pub const VERSION: u8 = 2;
 /// UDP port.
-pub const PORT: u16 = 6696;
+pub const PORT: u16 = isthmus_dataplane::wire::BABEL_PORT;
 /// Link-local multicast group.
-pub const MULTICAST: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
+pub const MULTICAST: Ipv6Addr = isthmus_dataplane::wire::BABEL_GROUP;
 /// Metric value meaning "unreachable".
 pub const INFINITY: u16 = 0xFFFF;
 /// Size of the packet header.

@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use isthmus_controlplane::config::{BabelConfig, DefaultRoute};
 use isthmus_dataplane::ctl::proto::{Msg, RouteInfo};
 use isthmus_dataplane::ctl::server::CtlClient;
+use isthmus_dataplane::ctl::RUN_DIR;
 use isthmus_dataplane::fib::{RouteOrigin, Via};
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::tunnel::PeerInfo;
@@ -25,8 +26,6 @@ genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
 show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
 through /var/run/isthmus/IFNAME.cp; without IFNAME, the only socket there is used. Without a
 running isthmus-cp, `show routes` shows the data plane's table (`show fib`).";
-
-const SOCKET_DIR: &str = "/var/run/isthmus";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -141,18 +140,18 @@ fn socket_of(rest: &[&str], ext: &str) -> anyhow::Result<PathBuf> {
     match rest {
         ["--socket", p] => Ok(PathBuf::from(p)),
         [ifname] if !ifname.starts_with('-') => {
-            Ok(Path::new(SOCKET_DIR).join(format!("{ifname}.{ext}")))
+            Ok(Path::new(RUN_DIR).join(format!("{ifname}.{ext}")))
         }
         [] => {
-            let found: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
-                .with_context(|| format!("no isthmus-dp is running ({SOCKET_DIR} does not exist)"))?
+            let found: Vec<PathBuf> = std::fs::read_dir(RUN_DIR)
+                .with_context(|| format!("no isthmus-dp is running ({RUN_DIR} does not exist)"))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == ext))
                 .collect();
             match found.as_slice() {
                 [one] => Ok(one.clone()),
-                [] => bail!("no isthmus-dp control socket in {SOCKET_DIR}"),
+                [] => bail!("no isthmus-dp control socket in {RUN_DIR}"),
                 _ => bail!(
                     "several isthmus-dp are running; name one: {}",
                     names(&found)

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::mpsc::Sender;
 use std::thread;
 
+use isthmus_dataplane::wire::proto::UDP;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::babel::packet::{MULTICAST, PORT};
@@ -93,7 +94,7 @@ pub fn wrap(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(IPV6_HEADER + udp_len);
     p.extend_from_slice(&[0x60, 0, 0, 0]);
     p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.push(17);
+    p.push(UDP);
     p.push(1);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
@@ -122,7 +123,7 @@ fn udp6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, udp: &[u8]) -> u16 {
     add(&src.octets());
     add(&dst.octets());
     add(&(udp.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 17]);
+    add(&[0, 0, 0, UDP]);
     add(udp);
     while sum > 0xFFFF {
         sum = (sum & 0xFFFF) + (sum >> 16);
@@ -154,7 +155,7 @@ pub enum UnwrapError {
 
 /// Takes a punted IPv6/UDP packet apart: its source address and the Babel payload.
 pub fn unwrap(pkt: &[u8]) -> Result<(Ipv6Addr, &[u8]), UnwrapError> {
-    if pkt.len() < IPV6_HEADER + UDP_HEADER || pkt[0] >> 4 != 6 || pkt[6] != 17 {
+    if pkt.len() < IPV6_HEADER + UDP_HEADER || pkt[0] >> 4 != 6 || pkt[6] != UDP {
         return Err(UnwrapError::NotUdp6);
     }
     let src =

@@ -31,6 +31,7 @@ use ipnet::IpNet;
 use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
 use isthmus_dataplane::fib::{self, RouteOrigin};
 use isthmus_dataplane::keys::Key;
+use isthmus_dataplane::DEFAULT_MTU;
 use tracing::{debug, info, warn};
 
 pub use links::{unwrap, wrap};
@@ -44,8 +45,8 @@ use tables::FibChannel;
 
 /// Default Prometheus address of `isthmus-cp`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9587";
-/// Where sockets live.
-pub const SOCKET_DIR: &str = "/var/run/isthmus";
+/// Where sockets live: the data plane's run directory.
+pub const SOCKET_DIR: &str = isthmus_dataplane::ctl::RUN_DIR;
 
 /// Command-line overrides.
 #[derive(Debug, Clone, Default)]
@@ -247,7 +248,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Input>();
 
     let addrs = kernel::addresses().unwrap_or_default();
-    let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(1420));
+    let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(DEFAULT_MTU));
     let link_local = cfg
         .babel
         .link_local
@@ -257,7 +258,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
                 .address
                 .iter()
                 .find_map(|n| match n.addr() {
-                    IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(a),
+                    IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
                     _ => None,
                 })
         })
@@ -313,9 +314,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let ll = loop {
             let ll = addrs.iter().find_map(|a| match a.addr {
-                IpAddr::V6(v) if a.ifindex == ifindex && v.segments()[0] & 0xffc0 == 0xfe80 => {
-                    Some(v)
-                }
+                IpAddr::V6(v) if a.ifindex == ifindex && v.is_unicast_link_local() => Some(v),
                 _ => None,
             });
             match ll {

@@ -4,3 +4,7 @@
 
 pub mod proto;
 pub mod server;
+
+/// Where isthmus keeps its sockets by default: the data plane's control socket
+/// (`IFNAME.ctl`) and the control plane's status socket (`IFNAME.cp`).
+pub const RUN_DIR: &str = "/var/run/isthmus";

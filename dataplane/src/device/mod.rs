@@ -52,7 +52,7 @@ impl Default for DeviceOptions {
             threads: 2,
             listen_port: 0,
             fwmark: 0,
-            mtu: 1420,
+            mtu: crate::DEFAULT_MTU,
             settings: Settings::default(),
             offload: true,
         }
@@ -334,9 +334,7 @@ impl Device {
                         std::net::IpAddr::V6(_) => None,
                     });
                     next.icmp_src_v6 = local_addrs.iter().find_map(|a| match a {
-                        std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 => {
-                            Some(*v6)
-                        }
+                        std::net::IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(*v6),
                         _ => None,
                     });
                 }

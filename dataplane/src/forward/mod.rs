@@ -67,7 +67,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            mtu: 1420,
+            mtu: crate::DEFAULT_MTU,
             mss_clamp: true,
             icmp_src_v4: None,
             icmp_src_v6: None,

@@ -328,7 +328,7 @@ impl<S: Sink> Ctx<'_, S> {
         let backlog = queue
             .as_ref()
             .is_some_and(|q| q.len() >= HANDSHAKE_QUEUE / 8);
-        let mut reply = [0u8; 64];
+        let mut reply = [0u8; wire::wg::COOKIE_REPLY_LEN];
         match self.core.guard.load().admit(src, data, backlog, &mut reply) {
             Admit::Pass => {}
             Admit::Cookie(n) => {
@@ -571,8 +571,7 @@ impl<S: Sink> Ctx<'_, S> {
                                    // Babel from a tunnel peer: the peer is authenticated by its session, and its
                                    // link-local source names the point-to-point link, not a routed address, so it
                                    // needs no allowed-IP: hand it to the control plane.
-        let link_local_src =
-            matches!(meta.src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+        let link_local_src = matches!(meta.src, IpAddr::V6(a) if a.is_unicast_link_local());
         if link_local_src && wire::is_babel(&meta, slot.data()) {
             let pkt = slot.data().to_vec(); // off the hot path: control traffic
             if self.core.emit(CoreEvent::Punt(from.public_key, pkt)) {
@@ -846,4 +845,4 @@ fn encapsulate_into(
 }
 
 /// Size check: boringtun needs `src.len() + 32` bytes of output and at least 148.
-const _: () = assert!(SLOT_SIZE >= 1500 + 32 && SLOT_SIZE >= 148);
+const _: () = assert!(SLOT_SIZE >= 1500 + 32 && SLOT_SIZE >= wire::wg::INITIATION_LEN);

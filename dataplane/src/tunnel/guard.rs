@@ -24,6 +24,8 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::TunnResult;
 use boringtun::x25519::PublicKey;
 
+use crate::wire::wg::COOKIE_REPLY_LEN;
+
 /// Handshake messages a second (all sources together) before cookies are required.
 pub const HANDSHAKE_BUDGET: u64 = 100;
 
@@ -99,7 +101,13 @@ impl HandshakeGuard {
     /// Check a handshake message (initiation or response) from `src`; `backlog` says that
     /// the device is under load for another reason (its handshake queue is filling). A cookie
     /// reply, if one is due, is written to `reply`.
-    pub fn admit(&self, src: SocketAddr, msg: &[u8], backlog: bool, reply: &mut [u8; 64]) -> Admit {
+    pub fn admit(
+        &self,
+        src: SocketAddr,
+        msg: &[u8],
+        backlog: bool,
+        reply: &mut [u8; COOKIE_REPLY_LEN],
+    ) -> Admit {
         self.admit_at(Instant::now(), src, msg, backlog, reply)
     }
 
@@ -109,7 +117,7 @@ impl HandshakeGuard {
         src: SocketAddr,
         msg: &[u8],
         backlog: bool,
-        reply: &mut [u8; 64],
+        reply: &mut [u8; COOKIE_REPLY_LEN],
     ) -> Admit {
         let over_budget = backlog || self.seen.load(Relaxed) >= HANDSHAKE_BUDGET;
         if over_budget {
@@ -237,6 +245,7 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::wg;
     use boringtun::x25519::StaticSecret;
 
     #[test]
@@ -268,13 +277,13 @@ mod tests {
         let public = PublicKey::from(&secret);
         let guard = HandshakeGuard::new(&public);
         let keys = super::super::macs::MacKeys::new(public.as_bytes());
-        let mut msg = vec![0u8; 148];
-        msg[0] = 1;
+        let mut msg = vec![0u8; wg::INITIATION_LEN];
+        msg[0] = wg::INITIATION;
         msg[4..8].copy_from_slice(&7u32.to_le_bytes());
         let mut st = super::super::macs::CookieState::default();
         st.seal(&keys, 7, &mut msg);
         let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
-        let mut reply = [0u8; 64];
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
         // A bad mac1 is refused before anything else.
         let mut bad = msg.clone();
         bad[20] ^= 1;

@@ -14,6 +14,8 @@ use blake2::{Blake2s256, Blake2sMac, Digest as _};
 use chacha20poly1305::aead::AeadInPlace as _;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+use crate::wire::wg::COOKIE_REPLY_LEN;
+
 const LABEL_MAC1: &[u8] = b"mac1----";
 const LABEL_COOKIE: &[u8] = b"cookie--";
 
@@ -96,12 +98,12 @@ impl CookieState {
         let Some((sent_index, sent_mac1)) = self.sent else {
             return false;
         };
-        if sent_index != wire_index || reply.len() != 64 {
+        if sent_index != wire_index || reply.len() != COOKIE_REPLY_LEN {
             return false;
         }
         let nonce = XNonce::from_slice(&reply[8..32]);
         let mut cookie: [u8; 16] = reply[32..48].try_into().expect("16 bytes");
-        let tag = chacha20poly1305::Tag::from_slice(&reply[48..64]);
+        let tag = chacha20poly1305::Tag::from_slice(&reply[48..COOKIE_REPLY_LEN]);
         let cipher = <XChaCha20Poly1305 as chacha20poly1305::KeyInit>::new((&keys.cookie).into());
         if cipher
             .decrypt_in_place_detached(nonce, &sent_mac1, &mut cookie, tag)
@@ -117,6 +119,7 @@ impl CookieState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::wg;
 
     #[test]
     fn mac1_matches_boringtun() {
@@ -150,14 +153,14 @@ mod tests {
         let keys = MacKeys::new(responder.as_bytes());
         // A limiter over its budget at once: every message needs a cookie.
         let limiter = RateLimiter::new(&responder, 0);
-        let mut msg = vec![0u8; 148];
-        msg[0] = 1;
+        let mut msg = vec![0u8; wg::INITIATION_LEN];
+        msg[0] = wg::INITIATION;
         msg[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
         let mut st = CookieState::default();
         st.seal(&keys, 0xdead_beef, &mut msg);
         assert_eq!(msg[132..], [0; 16], "no cookie yet: mac2 is zero");
         let src = "192.0.2.7".parse().unwrap();
-        let mut out = [0u8; 64];
+        let mut out = [0u8; wg::COOKIE_REPLY_LEN];
         let reply = match limiter.verify_packet(Some(src), &msg, &mut out) {
             Err(TunnResult::WriteToNetwork(r)) => r.to_vec(),
             _ => panic!("expected a cookie reply"),

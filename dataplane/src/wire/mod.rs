@@ -26,6 +26,53 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// Babel's UDP port (RFC 8966 §5).
+pub const BABEL_PORT: u16 = 6696;
+/// Babel's link-local multicast group, ff02::1:6 (RFC 8966 §5).
+pub const BABEL_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
+
+/// ICMP (IPv4) types and codes used here (RFC 792, RFC 1812).
+pub mod icmpv4 {
+    /// Destination unreachable.
+    pub const DEST_UNREACHABLE: u8 = 3;
+    /// Source quench (deprecated, still an error message).
+    pub const SOURCE_QUENCH: u8 = 4;
+    /// Redirect.
+    pub const REDIRECT: u8 = 5;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 12;
+
+    /// Destination unreachable: network unreachable.
+    pub const CODE_NET_UNREACHABLE: u8 = 0;
+    /// Destination unreachable: fragmentation needed and DF set (carries the next-hop MTU).
+    pub const CODE_FRAG_NEEDED: u8 = 4;
+    /// Destination unreachable: communication administratively prohibited (RFC 1812).
+    pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+    /// Time exceeded: TTL exceeded in transit.
+    pub const CODE_TTL_EXCEEDED: u8 = 0;
+}
+
+/// ICMPv6 types and codes used here (RFC 4443).
+pub mod icmpv6 {
+    /// Destination unreachable.
+    pub const DEST_UNREACHABLE: u8 = 1;
+    /// Packet too big (carries the next-hop MTU).
+    pub const PACKET_TOO_BIG: u8 = 2;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 3;
+    /// The first informational type: types below it are errors.
+    pub const INFORMATIONAL: u8 = 128;
+
+    /// Destination unreachable: no route to destination.
+    pub const CODE_NO_ROUTE: u8 = 0;
+    /// Destination unreachable: communication with destination administratively prohibited.
+    pub const CODE_ADMIN_PROHIBITED: u8 = 1;
+    /// Time exceeded: hop limit exceeded in transit.
+    pub const CODE_HOP_LIMIT_EXCEEDED: u8 = 0;
+}
+
 /// Why a packet could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -151,6 +198,15 @@ pub enum IcmpError {
     },
 }
 
+/// Is this ICMP (IPv4) type an error message (RFC 1812 4.3.2.7: no error about an error)?
+fn is_icmpv4_error(ty: u8) -> bool {
+    use icmpv4::{DEST_UNREACHABLE, PARAMETER_PROBLEM, REDIRECT, SOURCE_QUENCH, TIME_EXCEEDED};
+    matches!(
+        ty,
+        DEST_UNREACHABLE | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROBLEM
+    )
+}
+
 /// Is this address one an ICMP error must never be sent to (RFC 1812 4.3.2.7, RFC 4443 2.4)?
 fn bad_error_target(a: IpAddr) -> bool {
     match a {
@@ -187,20 +243,30 @@ pub fn icmp_error(
             {
                 return None;
             }
-            if meta.proto == proto::ICMP
-                && payload
-                    .first()
-                    .is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12))
-            {
+            if meta.proto == proto::ICMP && payload.first().is_some_and(|&t| is_icmpv4_error(t)) {
                 return None;
             }
             let (ty, code, rest) = match kind {
-                IcmpError::TimeExceeded => (11, 0, [0; 4]),
-                IcmpError::NoRoute => (3, 0, [0; 4]),
-                IcmpError::Prohibited => (3, 13, [0; 4]),
+                IcmpError::TimeExceeded => {
+                    (icmpv4::TIME_EXCEEDED, icmpv4::CODE_TTL_EXCEEDED, [0; 4])
+                }
+                IcmpError::NoRoute => (
+                    icmpv4::DEST_UNREACHABLE,
+                    icmpv4::CODE_NET_UNREACHABLE,
+                    [0; 4],
+                ),
+                IcmpError::Prohibited => (
+                    icmpv4::DEST_UNREACHABLE,
+                    icmpv4::CODE_ADMIN_PROHIBITED,
+                    [0; 4],
+                ),
                 IcmpError::PacketTooBig { mtu } => {
                     let m = mtu.to_be_bytes();
-                    (3, 4, [0, 0, m[0], m[1]])
+                    (
+                        icmpv4::DEST_UNREACHABLE,
+                        icmpv4::CODE_FRAG_NEEDED,
+                        [0, 0, m[0], m[1]],
+                    )
                 }
             };
             // RFC 1812 4.3.2.3: as much of the original as fits in 576 bytes.
@@ -241,14 +307,26 @@ pub fn icmp_error(
             if meta.dst.is_multicast() && !too_big {
                 return None;
             }
-            if meta.proto == proto::ICMPV6 && payload.first().is_some_and(|t| *t < 128) {
+            if meta.proto == proto::ICMPV6
+                && payload.first().is_some_and(|&t| t < icmpv6::INFORMATIONAL)
+            {
                 return None;
             }
             let (ty, code, rest) = match kind {
-                IcmpError::TimeExceeded => (3, 0, [0; 4]),
-                IcmpError::NoRoute => (1, 0, [0; 4]),
-                IcmpError::Prohibited => (1, 1, [0; 4]),
-                IcmpError::PacketTooBig { mtu } => (2, 0, u32::from(mtu).to_be_bytes()),
+                IcmpError::TimeExceeded => (
+                    icmpv6::TIME_EXCEEDED,
+                    icmpv6::CODE_HOP_LIMIT_EXCEEDED,
+                    [0; 4],
+                ),
+                IcmpError::NoRoute => (icmpv6::DEST_UNREACHABLE, icmpv6::CODE_NO_ROUTE, [0; 4]),
+                IcmpError::Prohibited => (
+                    icmpv6::DEST_UNREACHABLE,
+                    icmpv6::CODE_ADMIN_PROHIBITED,
+                    [0; 4],
+                ),
+                IcmpError::PacketTooBig { mtu } => {
+                    (icmpv6::PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes())
+                }
             };
             // RFC 4443 2.4 (c): as much as fits in the minimum MTU.
             let quote = meta.total_len.min(1280 - 48);
@@ -366,10 +444,10 @@ pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
     if meta.proto != proto::UDP || pkt.len() < meta.header_len + 8 {
         return false;
     }
-    let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
-    let babel_group = dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 6);
+    let link_local = dst.is_unicast_link_local();
+    let babel_group = dst == BABEL_GROUP;
     let dport = u16::from_be_bytes([pkt[meta.header_len + 2], pkt[meta.header_len + 3]]);
-    (link_local || babel_group) && dport == 6696
+    (link_local || babel_group) && dport == BABEL_PORT
 }
 
 #[cfg(test)]

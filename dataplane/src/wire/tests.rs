@@ -1,5 +1,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use etherparse::{icmpv4 as ep4, icmpv6 as ep6};
 use etherparse::{
     Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header as EpV4, PacketBuilder, SlicedPacket,
     TcpOptionElement, TransportSlice,
@@ -105,10 +106,25 @@ fn icmpv4_errors_are_well_formed() {
     let from = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254));
     let mut out = [0u8; 2048];
     for (kind, ty) in [
-        (IcmpError::TimeExceeded, (11u8, 0u8)),
-        (IcmpError::NoRoute, (3, 0)),
-        (IcmpError::Prohibited, (3, 13)),
-        (IcmpError::PacketTooBig { mtu: 1380 }, (3, 4)),
+        (
+            IcmpError::TimeExceeded,
+            (
+                ep4::TYPE_TIME_EXCEEDED,
+                ep4::CODE_TIME_EXCEEDED_TTL_EXCEEDED_IN_TRANSIT,
+            ),
+        ),
+        (
+            IcmpError::NoRoute,
+            (ep4::TYPE_DEST_UNREACH, ep4::CODE_DST_UNREACH_NET),
+        ),
+        (
+            IcmpError::Prohibited,
+            (ep4::TYPE_DEST_UNREACH, ep4::CODE_DST_UNREACH_FILTER_PROHIB),
+        ),
+        (
+            IcmpError::PacketTooBig { mtu: 1380 },
+            (ep4::TYPE_DEST_UNREACH, ep4::CODE_DST_UNREACH_NEED_FRAG),
+        ),
     ] {
         let n = icmp_error(kind, &offending, from, &mut out).unwrap();
         assert_eq!(n, 576);
@@ -146,9 +162,25 @@ fn icmpv6_errors_are_well_formed() {
     let from = IpAddr::V6("fd00::fe".parse().unwrap());
     let mut out = [0u8; 2048];
     for (kind, ty) in [
-        (IcmpError::TimeExceeded, (3u8, 0u8)),
-        (IcmpError::NoRoute, (1, 0)),
-        (IcmpError::PacketTooBig { mtu: 1400 }, (2, 0)),
+        (
+            IcmpError::TimeExceeded,
+            (
+                ep6::TYPE_TIME_EXCEEDED,
+                ep6::CODE_TIME_EXCEEDED_HOP_LIMIT_EXCEEDED,
+            ),
+        ),
+        (
+            IcmpError::NoRoute,
+            (ep6::TYPE_DST_UNREACH, ep6::CODE_DST_UNREACH_NO_ROUTE),
+        ),
+        (
+            IcmpError::Prohibited,
+            (ep6::TYPE_DST_UNREACH, ep6::CODE_DST_UNREACH_PROHIBITED),
+        ),
+        (
+            IcmpError::PacketTooBig { mtu: 1400 },
+            (ep6::TYPE_PACKET_TOO_BIG, 0),
+        ),
     ] {
         let n = icmp_error(kind, &offending, from, &mut out).unwrap();
         assert_eq!(n, 1280);

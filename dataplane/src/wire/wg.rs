@@ -104,24 +104,24 @@ mod tests {
 
     #[test]
     fn classifies_by_type_and_size() {
-        let mut d = vec![0u8; 148];
-        d[0] = 1;
+        let mut d = vec![0u8; INITIATION_LEN];
+        d[0] = INITIATION;
         d[4..8].copy_from_slice(&7u32.to_le_bytes());
         assert_eq!(
             Message::classify(&d),
             Some(Message::Initiation { sender: 7 })
         );
-        d.truncate(147);
+        d.truncate(INITIATION_LEN - 1);
         assert_eq!(Message::classify(&d), None);
-        let mut r = vec![0u8; 92];
-        r[0] = 2;
+        let mut r = vec![0u8; RESPONSE_LEN];
+        r[0] = RESPONSE;
         r[8..12].copy_from_slice(&0x0102_0300u32.to_le_bytes());
         assert_eq!(
             Message::classify(&r).and_then(|m| m.receiver_index()),
             Some(0x0102_0300)
         );
-        let mut data = vec![0u8; 32];
-        data[0] = 4;
+        let mut data = vec![0u8; DATA_MIN_LEN];
+        data[0] = DATA;
         data[8] = 9;
         assert_eq!(
             Message::classify(&data),
@@ -136,7 +136,7 @@ mod tests {
             None,
             "reserved bytes must be zero"
         );
-        assert_eq!(Message::classify(&[4, 0, 0]), None);
+        assert_eq!(Message::classify(&[DATA, 0, 0]), None);
     }
 
     proptest::proptest! {

@@ -160,6 +160,7 @@ impl Noise {
 fn wg_attack(args: &[String]) -> Result<()> {
     use base64::Engine as _;
     use isthmus_dataplane::tunnel::macs::{CookieState, MacKeys};
+    use isthmus_dataplane::wire::wg;
 
     let mut to: Option<SocketAddr> = None;
     let mut key: Option<[u8; 32]> = None;
@@ -209,7 +210,7 @@ fn wg_attack(args: &[String]) -> Result<()> {
     while std::time::Instant::now() < end {
         if answer {
             while let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if n == 64 && buf[0] == 3 && cookies.consume(&keys, sender, &buf[..n]) {
+                if buf[0] == wg::COOKIE_REPLY && cookies.consume(&keys, sender, &buf[..n]) {
                     got_cookies += 1;
                 }
             }
@@ -217,9 +218,9 @@ fn wg_attack(args: &[String]) -> Result<()> {
         let kind = kinds[k % kinds.len()].as_str();
         k += 1;
         let mut m = match kind {
-            "flood" | "initiation" => vec![0u8; 148],
-            "response" => vec![0u8; 92],
-            "cookie" => vec![0u8; 64],
+            "flood" | "initiation" => vec![0u8; wg::INITIATION_LEN],
+            "response" => vec![0u8; wg::RESPONSE_LEN],
+            "cookie" => vec![0u8; wg::COOKIE_REPLY_LEN],
             "transport" => vec![0u8; 96],
             other => bail!("wg-attack: unknown kind {other:?}"),
         };
@@ -227,23 +228,23 @@ fn wg_attack(args: &[String]) -> Result<()> {
         m[1..4].fill(0);
         match kind {
             "flood" | "initiation" => {
-                m[0] = 1;
+                m[0] = wg::INITIATION;
                 let s = if answer { sender } else { noise.next() as u32 };
                 m[4..8].copy_from_slice(&s.to_le_bytes());
                 cookies.seal(&keys, s, &mut m);
             }
             "response" => {
-                m[0] = 2;
+                m[0] = wg::RESPONSE;
                 m[8..12].copy_from_slice(&index.to_le_bytes());
                 m[76..].fill(0);
                 keys.set_mac1(&mut m);
             }
             "cookie" => {
-                m[0] = 3;
+                m[0] = wg::COOKIE_REPLY;
                 m[4..8].copy_from_slice(&index.to_le_bytes());
             }
             _ => {
-                m[0] = 4;
+                m[0] = wg::DATA;
                 m[4..8].copy_from_slice(&index.to_le_bytes());
             }
         }
