@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,11 @@ impl Netns {
     /// Whether a process spawned by this namespace is still running.
     #[must_use]
     pub fn alive(&self, pid: u32) -> bool {
+        matches!(self.try_wait(pid), Some(Ok(None)))
+    }
+
+    /// `try_wait` of the spawned process `pid`; `None` when it is not (or no more) ours.
+    fn try_wait(&self, pid: u32) -> Option<std::io::Result<Option<ExitStatus>>> {
         let mut children = self
             .children
             .lock()
@@ -143,7 +148,27 @@ impl Netns {
         children
             .iter_mut()
             .find(|(_, c)| c.id() == pid)
-            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+            .map(|(_, c)| c.try_wait())
+    }
+
+    /// Waits up to `timeout` for a process this namespace spawned to exit. True when it has
+    /// exited (or was stopped already), false while it still runs.
+    #[must_use]
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.alive(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// The exit status of a process this namespace spawned, once it has exited.
+    #[must_use]
+    pub fn exit_status(&self, pid: u32) -> Option<ExitStatus> {
+        self.try_wait(pid).and_then(|r| r.ok().flatten())
     }
 
     /// Stops a process this namespace spawned: SIGTERM, then SIGKILL after `grace`.
