@@ -234,12 +234,17 @@ impl Netns {
         Ok(())
     }
 
-    /// Adds a route: `ns.route(&["10.2.0.0/16", "dev", "wg0"])`.
+    /// Adds a route: `ns.route(&["10.2.0.0/16", "dev", "wg0"])`, `ns.route(&["default",
+    /// "via", "fd00:1::1"])`. The family is the destination's, or for `default` the gateway's.
     ///
     /// # Errors
     /// When `ip route add` fails.
     pub fn route(&self, spec: &[&str]) -> Result<()> {
-        let v6 = spec.first().is_some_and(|d| d.contains(':'));
+        let v6 = match spec {
+            ["default", "via", gw, ..] => gw.contains(':'),
+            [dst, ..] => dst.contains(':'),
+            [] => false,
+        };
         let mut args = vec!["ip", if v6 { "-6" } else { "-4" }, "route", "add"];
         args.extend_from_slice(spec);
         self.exec(&args)?;

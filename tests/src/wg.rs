@@ -220,6 +220,8 @@ pub struct WgIface {
     pub pid: u32,
     /// Its log file (stdout and stderr).
     pub log: PathBuf,
+    /// The configuration file it was started from ([`WgIface::start_config`]), if any.
+    pub config: Option<PathBuf>,
 }
 
 impl WgIface {
@@ -264,6 +266,7 @@ impl WgIface {
             imp,
             pid,
             log,
+            config: None,
         };
         iface.wg(&[
             "set",
@@ -303,7 +306,11 @@ impl WgIface {
             .with_context(|| format!("writing {}", conf.display()))?;
         let conf_s = conf.to_string_lossy().into_owned();
         let args = [bin_s.as_str(), "-f", "--config", &conf_s];
-        let pid = spawn_and_wait(ns, imp, &ifname, &args, &[("RUST_LOG", "info")], &log)?;
+        // Its control socket, left behind when it is killed.
+        ns.remove_on_drop(Path::new("/var/run/isthmus").join(format!("{ifname}.ctl")));
+        // Plain text logs: tracing colours its output unless NO_COLOR is set.
+        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        let pid = spawn_and_wait(ns, imp, &ifname, &args, &envs, &log)?;
         let iface = Self {
             ns: Arc::clone(ns),
             ifname,
@@ -312,6 +319,7 @@ impl WgIface {
             imp,
             pid,
             log,
+            config: Some(conf),
         };
         ns.link_up(&iface.ifname)?;
         Ok(iface)
