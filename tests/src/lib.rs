@@ -33,7 +33,7 @@ pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, workspace_root,
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};
-pub use traffic::{IperfResult, PingOpts, PingResult};
+pub use traffic::{IperfLoad, IperfResult, IperfTotals, PingOpts, PingResult};
 pub use wg::{
     parse_dump, require_isthmus, scrape, uapi_socket, write_private_key, ConfigPeer, DumpPeer,
     IsthmusConfig, Keypair, PeerSpec, WgIface, WgImpl, WgSpec, METRICS_ADDR,

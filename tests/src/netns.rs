@@ -195,6 +195,49 @@ impl Netns {
             .unwrap_or_default()
     }
 
+    /// User plus system CPU seconds that the processes now inside the namespace have used
+    /// (from `/proc/PID/stat`, in `USER_HZ` = 100 ticks per second on Linux). The difference
+    /// of two readings is what the namespace's daemons spent in between.
+    #[must_use]
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| {
+                // Fields after the command name (which may contain spaces) start at ")".
+                let rest = stat.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let utime: f64 = f.get(11)?.parse().ok()?;
+                let stime: f64 = f.get(12)?.parse().ok()?;
+                Some((utime + stime) / 100.0)
+            })
+            .sum()
+    }
+
+    /// Deletes the namespaces that a lab process killed with SIGKILL left behind (it had no
+    /// chance to drop them): those whose tag starts with `tag_prefix` and whose creator is no
+    /// longer running.
+    pub fn remove_stale(tag_prefix: &str) {
+        let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
+            return;
+        };
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some((pid, tag)) = name
+                .strip_prefix("il")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(id, tag)| Some((id.split_once('x')?.0, tag)))
+            else {
+                continue;
+            };
+            let Ok(pid) = u32::from_str_radix(pid, 16) else {
+                continue;
+            };
+            if tag.starts_with(tag_prefix) && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+    }
+
     /// Registers a file (a UAPI socket, say) to remove when the namespace is dropped.
     pub fn remove_on_drop(&self, path: PathBuf) {
         self.cleanup
