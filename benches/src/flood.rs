@@ -8,7 +8,7 @@
 //!                                       attacker 192.168.104.2 (lab-tool wg-attack)
 //! ```
 //!
-//! The peer is a stock wireguard-go ([`crate::tunnel`]'s relay spokes: upstream if built,
+//! The peer is a stock wireguard-go ([`crate::tunnel`]'s relay spokes: upstream if given,
 //! else Debian's); the hub is each implementation in turn. Scenarios, each against the same
 //! established session:
 //!
@@ -31,16 +31,17 @@
 //! One run of each (floods are long; no repetition). Nothing here asserts a speed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use isthmus_lab::{Keypair, Lab, Netns, PeerSpec, PingOpts, WgIface};
 use serde::Serialize;
 
-use crate::netns::{self, Lab, ProcId};
+use crate::interrupt;
 use crate::tunnel::{
-    bring_up, iperf_tcp, keypair, ns_cpu_seconds, stock_peer, wait_reachable, End, Impl, Kind,
-    Options, Server, Up,
+    bring_up, iperf_tcp, link, netns, stock_peer, take_down, wait_reachable, End, Impl, Kind,
+    Options, Server,
 };
 
 /// The hub's tunnel address (the peer pings it and runs iperf3 to it).
@@ -169,21 +170,30 @@ fn lab_tool(o: &Options) -> Result<PathBuf> {
 
 /// Everything a scenario needs about the current hub.
 struct Ctx<'a> {
+    lab: &'a Lab,
     imp: &'a Impl,
-    peer_ns: &'a str,
-    hub_ns: &'a str,
-    att_ns: &'a str,
-    peer_if: String,
+    /// The stock peer's interface.
+    peer: &'a WgIface,
+    hub_ns: &'a Netns,
+    att_ns: &'a Netns,
     hub_key: &'a str,
     tool: String,
     secs: u32,
     rate: u64,
 }
 
+/// An attacker started by [`Ctx::attack`].
+struct Attacker {
+    pid: u32,
+    log: PathBuf,
+    secs: f64,
+}
+
 impl Ctx<'_> {
     /// Start the attacker for `secs` seconds.
-    fn attack(&self, lab: &mut Lab, s: &Scenario, phase: &str, secs: f64) -> Result<ProcId> {
-        let (rate, secs) = (self.rate.to_string(), format!("{secs:.1}"));
+    fn attack(&self, s: &Scenario, phase: &str, secs: f64) -> Result<Attacker> {
+        interrupt::check()?;
+        let (rate, secs_s) = (self.rate.to_string(), format!("{secs:.1}"));
         let mut argv = vec![
             self.tool.as_str(),
             "wg-attack",
@@ -194,21 +204,36 @@ impl Ctx<'_> {
             "--rate",
             &rate,
             "--secs",
-            &secs,
+            &secs_s,
         ];
         argv.extend(s.args);
-        lab.spawn(
-            self.att_ns,
-            &format!("attack-{}-{}-{phase}", self.imp.id, s.id),
-            &argv,
-            &[],
-        )
+        let log = self
+            .lab
+            .path(&format!("attack-{}-{}-{phase}.log", self.imp.id, s.id));
+        let pid = self.att_ns.spawn(&argv, &log)?;
+        Ok(Attacker { pid, log, secs })
     }
 
-    /// Wait for an attacker started with [`Ctx::attack`] for `secs` seconds.
-    fn finish(lab: &mut Lab, id: ProcId, secs: f64) -> Result<Attack> {
-        let log = lab.wait(id, Duration::from_secs_f64(secs + 20.0))?;
-        parse_attack(&log)
+    /// Wait for an attacker to finish by itself (it is stopped if it overruns by 20 s) and
+    /// read its report.
+    fn finish(&self, a: &Attacker) -> Result<Attack> {
+        let done = self
+            .att_ns
+            .wait_exit(a.pid, Duration::from_secs_f64(a.secs + 20.0));
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        if !done {
+            self.att_ns.stop(a.pid, Duration::from_secs(2));
+            bail!("wg-attack did not finish within {:.0} s", a.secs + 20.0);
+        }
+        match self.att_ns.exit_status(a.pid) {
+            Some(st) if st.success() => parse_attack(&log),
+            st => bail!("wg-attack exited ({st:?}): {}", log.trim()),
+        }
+    }
+
+    /// Stop an attacker before its time.
+    fn stop(&self, a: &Attacker) {
+        self.att_ns.stop(a.pid, Duration::from_secs(2));
     }
 }
 
@@ -243,39 +268,25 @@ fn parse_attack(log: &str) -> Result<Attack> {
 }
 
 /// `count` pings at 10 ms to the hub's tunnel address: (sent, received, ms it took).
-fn ping_loss(lab: &Lab, ns: &str, count: u32) -> Result<(u32, u32, f64)> {
-    // ping exits 1 when replies were lost; the summary is what we want.
-    let cmd = format!("ping -n -q -c {count} -i 0.01 -W 1 {HUB_TUNNEL}; exit 0");
-    let out = lab.exec(
-        ns,
-        &["sh", "-c", &cmd],
-        Duration::from_secs(u64::from(count) / 50 + 20),
-    )?;
-    parse_ping_summary(&out).ok_or_else(|| anyhow!("no ping summary in {:?}", out.trim()))
-}
-
-/// "N packets transmitted, M received, …, time Tms" → (N, M, T).
-fn parse_ping_summary(out: &str) -> Option<(u32, u32, f64)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut parts = line.split(',');
-    let tx = parts.next()?.split_whitespace().next()?.parse().ok()?;
-    let rx = parts.next()?.split_whitespace().next()?.parse().ok()?;
-    let ms = line
-        .rsplit_once("time ")?
-        .1
-        .trim()
-        .strip_suffix("ms")?
-        .parse()
-        .ok()?;
-    Some((tx, rx, ms))
+fn ping_loss(ns: &Netns, count: u32) -> Result<(u32, u32, f64)> {
+    interrupt::check()?;
+    let opts = PingOpts {
+        interval: Some(0.01),
+        ..PingOpts::default()
+    };
+    let r = ns.ping_with(HUB_TUNNEL, count, &opts)?;
+    let ms = r
+        .elapsed_ms
+        .ok_or_else(|| anyhow!("no time in ping's summary: {:?}", r.output.trim()))?;
+    Ok((r.transmitted, r.received, ms))
 }
 
 /// The first reply of a ping at `interval_ms` that stopped at it: when it came, counted
 /// from the first request, in ms. The first request's own round trip when it was answered;
 /// else the later of ping's elapsed time (it stops at the reply; its clock advances at each
-/// request, so this is short by up to one interval) and `(icmp_seq − 1) × interval + time`
-/// (short when ping sends slower than asked, as under load).
-fn parse_first_reply(out: &str, interval_ms: f64) -> Option<f64> {
+/// request, so this is short by up to one interval; `elapsed_ms`, from its summary) and
+/// `(icmp_seq − 1) × interval + time` (short when ping sends slower than asked, as under load).
+fn parse_first_reply(out: &str, interval_ms: f64, elapsed_ms: Option<f64>) -> Option<f64> {
     let line = out
         .lines()
         .find(|l| l.contains(" bytes from ") && l.contains("time="))?;
@@ -297,40 +308,28 @@ fn parse_first_reply(out: &str, interval_ms: f64) -> Option<f64> {
         return Some(time);
     }
     let by_seq = (seq - 1.0) * interval_ms + time;
-    Some(parse_ping_summary(out).map_or(by_seq, |(_, _, ms)| ms.max(by_seq)))
+    Some(elapsed_ms.map_or(by_seq, |ms| ms.max(by_seq)))
 }
 
 /// The peer forgets its session with the hub and pings: ms until the first answer.
-fn new_handshake(lab: &Lab, c: &Ctx<'_>) -> Result<Option<f64>> {
-    let t = Duration::from_secs(10);
-    lab.exec(
-        c.peer_ns,
-        &["wg", "set", &c.peer_if, "peer", c.hub_key, "remove"],
-        t,
-    )?;
-    lab.exec(
-        c.peer_ns,
-        &[
-            "wg",
-            "set",
-            &c.peer_if,
-            "peer",
-            c.hub_key,
-            "allowed-ips",
-            PEER_ALLOWED,
-            "endpoint",
-            HUB_ENDPOINT,
-        ],
-        t,
-    )?;
-    // With a deadline, `-c 1` keeps sending until one reply came.
-    let cmd = format!("ping -n -c 1 -i 0.01 -W 1 -w {HANDSHAKE_TIMEOUT_S} {HUB_TUNNEL}; exit 0");
-    let out = lab.exec(
-        c.peer_ns,
-        &["sh", "-c", &cmd],
-        Duration::from_secs(u64::from(HANDSHAKE_TIMEOUT_S) + 10),
-    )?;
-    Ok(parse_first_reply(&out, 10.0))
+fn new_handshake(c: &Ctx<'_>) -> Result<Option<f64>> {
+    interrupt::check()?;
+    c.peer
+        .wg(&["set", &c.peer.ifname, "peer", c.hub_key, "remove"])?;
+    c.peer.add_peer(&PeerSpec {
+        public_key: c.hub_key.to_owned(),
+        endpoint: Some(HUB_ENDPOINT.into()),
+        allowed_ips: vec![PEER_ALLOWED.into()],
+        keepalive: None,
+    })?;
+    // With a deadline, a count of 1 keeps sending until one reply came.
+    let opts = PingOpts {
+        interval: Some(0.01),
+        deadline: Some(HANDSHAKE_TIMEOUT_S),
+        ..PingOpts::default()
+    };
+    let r = c.peer.ns.ping_with(HUB_TUNNEL, 1, &opts)?;
+    Ok(parse_first_reply(&r.output, 10.0, r.elapsed_ms))
 }
 
 fn progress(what: &str, m: &str, v: &str) {
@@ -339,9 +338,8 @@ fn progress(what: &str, m: &str, v: &str) {
 
 /// One scenario against the current hub.
 fn scenario(
-    lab: &mut Lab,
     c: &Ctx<'_>,
-    server: &mut Server,
+    server: &mut Server<'_>,
     s: &Scenario,
     baseline: Option<&Row>,
 ) -> Result<Row> {
@@ -350,24 +348,24 @@ fn scenario(
     let what = format!("flood/{}/{}", c.imp.id, s.id);
     let secs = f64::from(c.secs);
     // CPU is only attributable to a process in user space.
-    let cpu_counts = matches!(c.imp.kind, Kind::Userspace { .. });
+    let cpu_counts = c.imp.in_a_process();
 
     // 1. ping loss, and the hub's CPU over the whole attack.
-    let cpu0 = ns_cpu_seconds(c.hub_ns);
+    let cpu0 = c.hub_ns.cpu_seconds();
     let t0 = Instant::now();
     // ping sends slower than asked when the CPUs are busy: the attack lasts longer than
     // the pings should, so that all of them are under it (a note says when not).
     let attack_secs = secs * 1.5 + 1.0;
     let att = if flood {
-        Some(c.attack(lab, s, "ping", attack_secs)?)
+        Some(c.attack(s, "ping", attack_secs)?)
     } else {
         None
     };
-    netns::sleep(WARMUP)?;
-    let pings = ping_loss(lab, c.peer_ns, c.secs * 100);
-    let attack = att.map(|id| Ctx::finish(lab, id, attack_secs)).transpose();
-    netns::sleep(Duration::from_millis(300))?; // the hub drains its socket
-    let cpu = ns_cpu_seconds(c.hub_ns) - cpu0;
+    interrupt::sleep(WARMUP)?;
+    let pings = ping_loss(&c.peer.ns, c.secs * 100);
+    let attack = att.map(|a| c.finish(&a)).transpose();
+    interrupt::sleep(Duration::from_millis(300))?; // the hub drains its socket
+    let cpu = c.hub_ns.cpu_seconds() - cpu0;
     let wall = t0.elapsed().as_secs_f64();
     match pings {
         Ok((tx, rx, ms)) => {
@@ -425,15 +423,15 @@ fn scenario(
 
     // 2. TCP through the tunnel.
     let att = if flood {
-        let id = c.attack(lab, s, "tcp", secs + 1.5)?;
-        netns::sleep(WARMUP)?;
-        Some(id)
+        let a = c.attack(s, "tcp", secs + 1.5)?;
+        interrupt::sleep(WARMUP)?;
+        Some(a)
     } else {
         None
     };
-    let tcp = iperf_tcp(lab, c.peer_ns, HUB_TUNNEL, 1, c.secs);
-    if let Some(id) = att {
-        if let Err(e) = Ctx::finish(lab, id, secs + 1.5) {
+    let tcp = iperf_tcp(&c.peer.ns, HUB_TUNNEL, 1, c.secs);
+    if let Some(a) = att {
+        if let Err(e) = c.finish(&a) {
             row.errors.push(format!("attacker (TCP phase): {e:#}"));
         }
     }
@@ -453,22 +451,22 @@ fn scenario(
         }
         Err(e) => {
             row.errors.push(format!("iperf3: {e:#}"));
-            server.restart(lab);
+            server.restart();
         }
     }
 
     // 3. A new handshake.
     let hs_secs = f64::from(HANDSHAKE_TIMEOUT_S) + 5.0;
     let att = if flood {
-        let id = c.attack(lab, s, "handshake", hs_secs)?;
-        netns::sleep(Duration::from_secs(1))?;
-        Some(id)
+        let a = c.attack(s, "handshake", hs_secs)?;
+        interrupt::sleep(Duration::from_secs(1))?;
+        Some(a)
     } else {
         None
     };
-    let hs = new_handshake(lab, c);
-    if let Some(id) = att {
-        lab.stop(id);
+    let hs = new_handshake(c);
+    if let Some(a) = att {
+        c.stop(&a);
     }
     match hs {
         Ok(Some(ms)) => {
@@ -489,7 +487,7 @@ fn scenario(
         progress(&what, "FAILED", e);
     }
     // The next scenario starts from a working session.
-    wait_reachable(lab, c.peer_ns, HUB_TUNNEL).context("the session did not recover")?;
+    wait_reachable(&c.peer.ns, HUB_TUNNEL).context("the session did not recover")?;
     Ok(row)
 }
 
@@ -497,13 +495,7 @@ fn scenario(
 ///
 /// # Errors
 /// When the lab cannot be built or on interruption; a failing implementation is recorded.
-pub fn run(
-    lab: &mut Lab,
-    o: &Options,
-    impls: &[Impl],
-    key_dir: &Path,
-    tag: &str,
-) -> Result<Floods> {
+pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Floods> {
     let mut f = Floods {
         secs: phase_secs(o),
         rate: o.flood_rate,
@@ -530,10 +522,8 @@ pub fn run(
         "== handshake floods: peer ══ hub ── attacker (peer: {}; {} s per phase, attacker asked for {} msgs/s)",
         peer.label, f.secs, f.rate
     );
-    let pn = lab.netns("fpeer")?;
-    let hub = lab.netns("fhub")?;
-    let att = lab.netns("fatt")?;
-    lab.veth(
+    let (pn, hub, att) = (netns("fpeer")?, netns("fhub")?, netns("fatt")?);
+    link(
         &pn,
         "uplink",
         "192.168.103.2/24",
@@ -541,7 +531,7 @@ pub fn run(
         "to-peer",
         "192.168.103.1/24",
     )?;
-    lab.veth(
+    link(
         &att,
         "uplink",
         "192.168.104.2/24",
@@ -549,19 +539,18 @@ pub fn run(
         "to-att",
         "192.168.104.1/24",
     )?;
-    let (kp, kh) = (keypair(key_dir, "fpeer")?, keypair(key_dir, "fhub")?);
-    let mut server = Server::start(lab, &hub, "iperf3-fhub")?;
-    for (n, imp) in impls.iter().enumerate() {
+    let (kp, kh) = (Keypair::generate()?, Keypair::generate()?);
+    let mut server = Server::start(&hub, lab)?;
+    for imp in impls {
         if imp.unavailable.is_some() || matches!(imp.kind, Kind::Plain) {
             continue;
         }
         eprintln!("-- hub: {}", imp.label);
-        let mut up = Up::default();
+        let mut up = Vec::new();
         let mut rows = BTreeMap::new();
         let r = (|| -> Result<()> {
             let h = End {
                 ns: &hub,
-                ifname: format!("{tag}{n}x"),
                 keys: &kh,
                 addr: "10.30.0.254/24",
                 peers: vec![(
@@ -574,35 +563,32 @@ pub fn run(
             bring_up(lab, imp, &h, &mut up)?;
             let p = End {
                 ns: &pn,
-                ifname: format!("{tag}{n}y"),
                 keys: &kp,
                 addr: "10.30.0.1/24",
                 peers: vec![(&kh.public, Some(HUB_ENDPOINT.into()), PEER_ALLOWED)],
                 routes: vec![],
             };
             bring_up(lab, &peer, &p, &mut up)?;
-            wait_reachable(lab, &pn, HUB_TUNNEL)?;
+            wait_reachable(&pn, HUB_TUNNEL)?;
             let c = Ctx {
+                lab,
                 imp,
-                peer_ns: &pn,
+                peer: up.last().expect("the peer is up"),
                 hub_ns: &hub,
                 att_ns: &att,
-                peer_if: p.ifname.clone(),
                 hub_key: &kh.public,
                 tool: tool.clone(),
                 secs: f.secs,
                 rate: f.rate,
             };
             for s in &SCENARIOS {
-                let row = scenario(lab, &c, &mut server, s, rows.get(BASELINE))?;
+                let row = scenario(&c, &mut server, s, rows.get(BASELINE))?;
                 rows.insert(s.id.to_owned(), row);
             }
             Ok(())
         })();
-        up.down(lab);
-        if netns::interrupted() {
-            bail!("interrupted");
-        }
+        take_down(up);
+        interrupt::check()?;
         if let Err(e) = r {
             eprintln!("  {}: FAILED: {e:#}", imp.label);
             f.failed.insert(imp.id.clone(), format!("{e:#}"));
@@ -611,10 +597,7 @@ pub fn run(
             f.rows.insert(imp.id.clone(), rows);
         }
     }
-    server.stop(lab);
-    for ns in [pn, hub, att] {
-        lab.remove_netns(&ns);
-    }
+    server.stop();
     Ok(f)
 }
 
@@ -635,18 +618,14 @@ mod tests {
             }
         );
         assert!(parse_attack("lab-tool: boom").is_err());
-        let ping = "PING 10.30.0.254 (10.30.0.254) 56(84) bytes of data.\n\n--- 10.30.0.254 ping statistics ---\n400 packets transmitted, 397 received, 0.75% packet loss, time 4030ms\n";
-        assert_eq!(parse_ping_summary(ping), Some((400, 397, 4030.0)));
-        let none = "400 packets transmitted, 0 received, 100% packet loss, time 4030ms";
-        assert_eq!(parse_ping_summary(none), Some((400, 0, 4030.0)));
-        let reply = "64 bytes from 10.30.0.254: icmp_seq=1 ttl=64 time=1.25 ms\n\n--- 10.30.0.254 ping statistics ---\n1 packets transmitted, 1 received, 0% packet loss, time 0ms\n";
-        assert_eq!(parse_first_reply(reply, 10.0), Some(1.25));
-        let late = "64 bytes from 10.30.0.254: icmp_seq=387 ttl=64 time=3.25 ms\n\n--- 10.30.0.254 ping statistics ---\n387 packets transmitted, 1 received, 99.7416% packet loss, time 5102ms\n";
-        assert_eq!(parse_first_reply(late, 10.0), Some(5102.0));
+        let reply = "64 bytes from 10.30.0.254: icmp_seq=1 ttl=64 time=1.25 ms\n";
+        assert_eq!(parse_first_reply(reply, 10.0, Some(0.0)), Some(1.25));
+        let late = "64 bytes from 10.30.0.254: icmp_seq=387 ttl=64 time=3.25 ms\n";
+        assert_eq!(parse_first_reply(late, 10.0, Some(5102.0)), Some(5102.0));
         let no_summary = "64 bytes from 10.30.0.254: icmp_seq=501 ttl=64 time=3.25 ms\n";
-        assert_eq!(parse_first_reply(no_summary, 10.0), Some(5003.25));
-        assert_eq!(parse_first_reply("no answer", 10.0), None);
+        assert_eq!(parse_first_reply(no_summary, 10.0, None), Some(5003.25));
+        assert_eq!(parse_first_reply("no answer", 10.0, None), None);
         let unreachable = "From 10.30.0.1 icmp_seq=1 Destination Host Unreachable\n64 bytes from 10.30.0.254: icmp_seq=2 ttl=64 time=1.00 ms\n";
-        assert_eq!(parse_first_reply(unreachable, 10.0), Some(11.0));
+        assert_eq!(parse_first_reply(unreachable, 10.0, None), Some(11.0));
     }
 }

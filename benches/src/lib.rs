@@ -2,14 +2,16 @@
 //!
 //! - [`pipeline`]: in-memory set-ups of the forwarding pipeline on the loopback backend (a
 //!   pair, and a relay through a hub) that the criterion bench `benches/pipeline.rs` drives.
-//! - [`netns`], [`tunnel`], [`report`]: the side-by-side tunnel benchmark in network namespaces
+//! - [`tunnel`], [`report`]: the side-by-side tunnel benchmark in network namespaces
 //!   (kernel forwarding, kernel WireGuard, wireguard-go, boringtun-cli, isthmus-dp), run by
-//!   the `isthmus-tunnel-bench` binary that `cargo xtask bench` builds and runs.
+//!   the `isthmus-tunnel-bench` binary that `cargo xtask bench` builds and runs. The
+//!   namespaces, links, implementations and traffic tools are the lab crate's
+//!   ([`isthmus_lab`]); [`interrupt`] stops a run cleanly on Ctrl-C.
 //! - [`flood`]: handshake floods against a hub in namespaces (`lab-tool wg-attack`), run by
 //!   the same binary.
 
 pub mod flood;
-pub mod netns;
+pub mod interrupt;
 pub mod pipeline;
 pub mod report;
 pub mod tunnel;

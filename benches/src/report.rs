@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::flood::{Floods, BASELINE, SCENARIOS};
-use crate::tunnel::{Impl, Kind, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
+use crate::tunnel::{Impl, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
 
 /// One criterion benchmark's headline.
 #[derive(Debug, Clone, Serialize)]
@@ -482,7 +482,7 @@ In parentheses after another hub's loss and CPU per message: ratio to Debian's w
                 base.and_then(|b| b.cpu_us_per_msg),
                 |v| format!("{} µs", sig(v)),
             );
-            let cpu = if s.id == BASELINE || matches!(imp.kind, Kind::KernelWg) {
+            let cpu = if s.id == BASELINE || !imp.in_a_process() {
                 "–".to_owned()
             } else {
                 cpu
@@ -579,6 +579,11 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra])
             "{}; {runs}load average before: {}; namespace part took {:.0} s.\n",
             r.machine, r.loadavg_before, r.wall_seconds
         );
+        let _ = writeln!(out, "Columns, and the build each one is:");
+        for i in r.impls.iter().filter(|i| !i.build.is_empty()) {
+            let _ = writeln!(out, "- **{}** (`{}`): {}", i.label, i.id, i.build);
+        }
+        out.push('\n');
         if r.line.is_some() || r.relay.is_some() {
             let _ = writeln!(out, "## Tunnels side by side\n");
         }
@@ -684,13 +689,18 @@ mod tests {
     use super::*;
     use crate::flood::Row;
     use crate::tunnel::{Cell, Kind};
+    use isthmus_lab::WgImpl;
     use std::collections::BTreeMap;
 
     fn imp(id: &str, unavailable: Option<&str>) -> Impl {
         Impl {
             id: id.into(),
             label: id.into(),
-            kind: Kind::Plain,
+            build: format!("/opt/{id}"),
+            kind: Kind::Wg {
+                imp: WgImpl::WireguardGo,
+                binary: None,
+            },
             unavailable: unavailable.map(Into::into),
         }
     }
@@ -740,6 +750,10 @@ mod tests {
         assert!(row.contains("| 2.50 (0.250× / 2.50×) |"), "{row}");
         assert!(row.ends_with("| n/a |"), "{row}");
         assert!(md.contains("- wg-go-up: not built"));
+        assert!(
+            md.contains("- **isthmus** (`isthmus`): /opt/isthmus\n"),
+            "the report names every column's build:\n{md}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The side-by-side tunnel benchmark in network namespaces.
+//! The side-by-side tunnel benchmark in network namespaces, built on the lab crate
+//! ([`isthmus_lab`]: namespaces, veth links, the WireGuard implementations, ping, iperf3).
 //!
 //! Two topologies, each measured with every implementation in the same run (and, in
 //! [`crate::flood`], handshake floods against a hub):
@@ -13,18 +14,22 @@
 //! Per implementation and topology: iperf3 TCP with one and four streams, iperf3 UDP with
 //! 64-byte payloads at full rate (received packets per second), and ping latency. Every
 //! measurement is repeated and the median is reported; ratios are against the kernel's plain
-//! forwarding and against Debian's wireguard-go measured in the same run.
+//! forwarding and against Debian's wireguard-go measured in the same run. Logs and keys live
+//! in the lab's temporary directory (kept with `ISTHMUS_LAB_KEEP=1`).
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use isthmus_lab::{
+    veth, IperfLoad, Keypair, Lab, Netns, PeerSpec, PingOpts, WgIface, WgImpl, WgSpec,
+};
 use serde::Serialize;
 
-use crate::netns::{self, Lab, ProcId};
+use crate::interrupt;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -37,7 +42,8 @@ pub struct Options {
     pub pings: u32,
     /// The `isthmus-dp` binary, if built.
     pub isthmus_dp: Option<PathBuf>,
-    /// An upstream wireguard-go binary, if built.
+    /// A build of upstream wireguard-go that the user supplies (`--wireguard-go-upstream`);
+    /// without it that column is not measured.
     pub upstream_wireguard_go: Option<PathBuf>,
     /// Only these implementation ids (all when empty).
     pub only: Vec<String>,
@@ -53,7 +59,7 @@ pub struct Options {
     pub flood_rate: u64,
     /// The `lab-tool` binary (its `wg-attack` is the attacker); without it no floods.
     pub lab_tool: Option<PathBuf>,
-    /// Where logs and key files go.
+    /// Where the report goes.
     pub work_dir: PathBuf,
 }
 
@@ -62,15 +68,18 @@ pub struct Options {
 pub enum Kind {
     /// No tunnel: the kernel forwards plain IP (the ceiling).
     Plain,
-    /// The kernel's WireGuard module.
-    KernelWg,
-    /// A userspace daemon that serves the UAPI socket: argv before the interface name.
-    Userspace {
-        /// Program and arguments; the interface name is appended.
-        argv: Vec<String>,
-        /// Extra environment.
-        env: Vec<(String, String)>,
+    /// A WireGuard implementation, started by the lab.
+    Wg {
+        /// Which one.
+        #[serde(serialize_with = "wg_label")]
+        imp: WgImpl,
+        /// The program it runs (none for the kernel's).
+        binary: Option<PathBuf>,
     },
+}
+
+fn wg_label<S: serde::Serializer>(imp: &WgImpl, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(imp.label())
 }
 
 /// One implementation under test.
@@ -80,16 +89,31 @@ pub struct Impl {
     pub id: String,
     /// Column title with version.
     pub label: String,
+    /// Which build it is: the program's path and version, or the kernel's release.
+    pub build: String,
     /// How to run it.
     pub kind: Kind,
     /// Why it is not measured, if it is not.
     pub unavailable: Option<String>,
 }
 
+impl Impl {
+    /// Whether its work is done by a process of its own (so that its CPU can be counted):
+    /// not for plain forwarding or the kernel's WireGuard.
+    #[must_use]
+    pub fn in_a_process(&self) -> bool {
+        matches!(&self.kind, Kind::Wg { imp, .. } if *imp != WgImpl::Kernel)
+    }
+}
+
 /// Id of the kernel baseline.
 pub const KERNEL: &str = "kernel";
 /// Id of the Debian wireguard-go baseline.
 pub const WG_GO_DEB: &str = "wg-go-deb";
+/// Id of the upstream wireguard-go the user supplies.
+pub const WG_GO_UP: &str = "wg-go-up";
+/// The port of every topology's iperf3 server.
+const IPERF_PORT: u16 = 5201;
 
 fn version_line(argv: &[&str]) -> Option<String> {
     let out = std::process::Command::new(argv[0])
@@ -103,6 +127,13 @@ fn version_line(argv: &[&str]) -> Option<String> {
         .map(|l| l.trim().to_owned())
 }
 
+/// The second word of `BIN --version`'s first line (`wireguard-go v0.0.2022…` → `v0.0.2022…`).
+fn version_of(bin: &Path) -> String {
+    version_line(&[&bin.display().to_string(), "--version"])
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> =
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
@@ -112,118 +143,92 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// Default location of the upstream wireguard-go that `scripts/build-upstream-wireguard-go.sh`
-/// builds.
-pub fn default_upstream_wireguard_go() -> PathBuf {
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(x) => PathBuf::from(x),
-        None if Path::new("/work/cache").is_dir() => PathBuf::from("/work/cache"),
-        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/isthmus"),
-    };
-    cache.join("wireguard-go-upstream/wireguard-go")
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// A userspace implementation run from `binary`, if there is one.
+fn userspace(imp: WgImpl, binary: Option<&Path>) -> Kind {
+    Kind::Wg {
+        imp,
+        binary: binary.map(Path::to_path_buf),
+    }
 }
 
 /// The implementations, in column order, with availability worked out.
 pub fn implementations(o: &Options) -> Vec<Impl> {
-    let wg_env = vec![
-        (
-            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD".to_owned(),
-            "1".to_owned(),
-        ),
-        ("LOG_LEVEL".to_owned(), "error".to_owned()),
-    ];
+    let linux = kernel_release();
     let mut v = vec![
         Impl {
             id: KERNEL.into(),
             label: "kernel forwarding (no tunnel)".into(),
+            build: format!("IP forwarding of Linux {linux}"),
             kind: Kind::Plain,
             unavailable: None,
         },
         Impl {
             id: "kernel-wg".into(),
             label: "kernel WireGuard".into(),
-            kind: Kind::KernelWg,
+            build: format!("the wireguard module of Linux {linux}"),
+            kind: userspace(WgImpl::Kernel, None),
             unavailable: None,
         },
     ];
     let deb = Path::new("/usr/bin/wireguard-go");
+    let deb_version = version_line(&["dpkg-query", "-W", "-f", "${Version}", "wireguard-go"])
+        .unwrap_or_else(|| "not from a package".into());
     v.push(Impl {
         id: WG_GO_DEB.into(),
-        label: format!(
-            "wireguard-go {} (Debian)",
-            version_line(&["/usr/bin/wireguard-go", "--version"])
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-                .unwrap_or_default()
-        ),
-        kind: Kind::Userspace {
-            argv: vec![deb.display().to_string(), "-f".into()],
-            env: wg_env.clone(),
-        },
+        label: format!("wireguard-go {} (Debian)", version_of(deb)),
+        build: format!("{} (Debian package {deb_version})", deb.display()),
+        kind: userspace(WgImpl::WireguardGo, Some(deb)),
         unavailable: (!deb.is_file()).then(|| {
             "/usr/bin/wireguard-go is not installed (apt-get install wireguard-go)".to_owned()
         }),
     });
-    let up = o
-        .upstream_wireguard_go
-        .clone()
-        .unwrap_or_else(default_upstream_wireguard_go);
-    let up_s = up.display().to_string();
-    let up_ver = up
-        .is_file()
-        .then(|| version_line(&[&up_s, "--version"]))
-        .flatten()
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    let up = o.upstream_wireguard_go.as_deref();
+    let up_version = up
+        .filter(|p| p.is_file())
+        .map(version_of)
         .unwrap_or_default();
     v.push(Impl {
-        id: "wg-go-up".into(),
-        label: if up_ver.is_empty() { "wireguard-go (upstream)".to_owned() } else { format!("wireguard-go {up_ver} (upstream)") },
-        kind: Kind::Userspace { argv: vec![up_s.clone(), "-f".into()], env: wg_env },
-        unavailable: (!up.is_file()).then(|| {
-            let attempt = fs::read_to_string(o.work_dir.join("build-upstream-wireguard-go.log"))
-                .ok()
-                .and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
-                .map_or_else(String::new, |l| format!("; the build attempt of this run said: {l}"));
-            format!("not available here: {up_s} is missing (scripts/build-upstream-wireguard-go.sh builds it; it needs Go and either the Go module proxy or local mirrors of its dependencies){attempt}")
+        id: WG_GO_UP.into(),
+        label: format!("wireguard-go {up_version} (upstream)").replace("  ", " "),
+        build: up.map_or_else(String::new, |p| {
+            format!("{} (given with --wireguard-go-upstream)", p.display())
         }),
+        kind: userspace(WgImpl::WireguardGo, up),
+        unavailable: match up {
+            None => Some("no build given (--wireguard-go-upstream PATH)".into()),
+            Some(p) if !p.is_file() => Some(format!("{} does not exist", p.display())),
+            Some(_) => None,
+        },
     });
     let bt = find_in_path("boringtun-cli");
     v.push(Impl {
         id: "boringtun".into(),
         label: format!(
             "boringtun-cli {}",
-            bt.as_ref()
-                .and_then(|p| version_line(&[&p.display().to_string(), "--version"]))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-                .unwrap_or_default()
+            bt.as_deref().map(version_of).unwrap_or_default()
         ),
-        kind: Kind::Userspace {
-            argv: vec![
-                bt.as_ref()
-                    .map_or_else(String::new, |p| p.display().to_string()),
-                "--foreground".into(),
-                "--disable-drop-privileges".into(),
-            ],
-            env: vec![],
-        },
+        build: bt
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
+        kind: userspace(WgImpl::Boringtun, bt.as_deref()),
         unavailable: bt
             .is_none()
             .then(|| "boringtun-cli not found (cargo install boringtun-cli)".to_owned()),
     });
-    let dp = o.isthmus_dp.clone();
+    let dp = o.isthmus_dp.as_deref();
     v.push(Impl {
         id: "isthmus".into(),
         label: "isthmus-dp".into(),
-        kind: Kind::Userspace {
-            argv: vec![
-                dp.as_ref()
-                    .map_or_else(String::new, |p| p.display().to_string()),
-                "-f".into(),
-                "--metrics".into(),
-                "off".into(),
-            ],
-            env: vec![],
-        },
-        unavailable: match &dp {
+        build: dp.map_or_else(String::new, |p| p.display().to_string()),
+        kind: userspace(WgImpl::Isthmus, dp),
+        unavailable: match dp {
             Some(p) if p.is_file() => None,
             Some(p) => Some(format!("{} does not exist", p.display())),
             None => Some("no isthmus-dp binary given (--isthmus-dp)".into()),
@@ -351,253 +356,106 @@ pub struct Results {
     pub wall_seconds: f64,
 }
 
-/// A key pair as base64 strings, with the private key in a 0600 file.
-pub(crate) struct Keys {
-    pub(crate) private_file: PathBuf,
-    pub(crate) public: String,
+/// A namespace of the benchmark: `bench<name>`, so that a run killed with SIGKILL can be
+/// cleaned up by the next ([`Netns::remove_stale`]).
+pub(crate) fn netns(name: &str) -> Result<Arc<Netns>> {
+    Ok(Arc::new(Netns::new(&format!("bench{name}"))?))
 }
 
-pub(crate) fn keypair(dir: &Path, name: &str) -> Result<Keys> {
-    let private = netns::host(&["wg", "genkey"], Duration::from_secs(10))?;
-    let private_file = dir.join(format!("{name}.key"));
-    fs::write(&private_file, private.trim())
-        .with_context(|| format!("writing {}", private_file.display()))?;
-    fs::set_permissions(&private_file, fs::Permissions::from_mode(0o600))?;
-    let mut child = std::process::Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running wg pubkey")?;
-    std::io::Write::write_all(
-        child
-            .stdin
-            .as_mut()
-            .ok_or_else(|| anyhow!("wg pubkey stdin"))?,
-        private.trim().as_bytes(),
-    )?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("wg pubkey failed");
-    }
-    Ok(Keys {
-        private_file,
-        public: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    })
+/// A veth pair between `a` and `b` with an address on each end.
+pub(crate) fn link(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+) -> Result<()> {
+    veth(a, a_if, b, b_if)?;
+    a.add_addr(a_if, a_addr)?;
+    b.add_addr(b_if, b_addr)
 }
 
 /// A WireGuard end: one interface in one namespace.
 pub(crate) struct End<'a> {
-    pub(crate) ns: &'a str,
-    pub(crate) ifname: String,
-    pub(crate) keys: &'a Keys,
+    pub(crate) ns: &'a Arc<Netns>,
+    pub(crate) keys: &'a Keypair,
     pub(crate) addr: &'a str,
     /// (public key, endpoint, allowed-ips)
     pub(crate) peers: Vec<(&'a str, Option<String>, &'a str)>,
     pub(crate) routes: Vec<&'a str>,
 }
 
-/// What to tear down after an implementation's turn.
-#[derive(Default)]
-pub(crate) struct Up {
-    procs: Vec<ProcId>,
-    links: Vec<(String, String)>,
-    socks: Vec<PathBuf>,
-}
-
-impl Up {
-    pub(crate) fn down(self, lab: &mut Lab) {
-        for p in self.procs {
-            lab.stop(p);
-        }
-        for (ns, ifname) in self.links {
-            let _ = lab.ip(&ns, &format!("link del {ifname}"));
-        }
-        for s in self.socks {
-            let _ = fs::remove_file(s);
-        }
-    }
-}
-
-pub(crate) fn bring_up(lab: &mut Lab, imp: &Impl, end: &End<'_>, up: &mut Up) -> Result<()> {
-    match &imp.kind {
-        Kind::Plain => bail!("plain forwarding has no tunnel end"),
-        Kind::KernelWg => {
-            lab.ip(end.ns, &format!("link add {} type wireguard", end.ifname))
-                .context("creating a kernel WireGuard interface")?;
-            up.links.push((end.ns.to_owned(), end.ifname.clone()));
-        }
-        Kind::Userspace { argv, env } => {
-            let sock = PathBuf::from(format!("/var/run/wireguard/{}.sock", end.ifname));
-            let _ = fs::remove_file(&sock);
-            let mut a: Vec<&str> = argv.iter().map(String::as_str).collect();
-            a.push(&end.ifname);
-            let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let id = lab.spawn(end.ns, &format!("{}-{}", imp.id, end.ifname), &a, &e)?;
-            up.procs.push(id);
-            up.links.push((end.ns.to_owned(), end.ifname.clone()));
-            up.socks.push(sock.clone());
-            lab.remove_on_drop(sock.clone());
-            lab.wait_for_path(id, &sock, Duration::from_secs(10))
-                .with_context(|| format!("{} did not come up", imp.label))?;
-        }
-    }
-    let key = end.keys.private_file.display().to_string();
-    let mut wg: Vec<String> = vec![
-        "wg".into(),
-        "set".into(),
-        end.ifname.clone(),
-        "private-key".into(),
-        key,
-        "listen-port".into(),
-        "51820".into(),
-    ];
+/// Starts `imp` for `end` on port 51820 (MTU 1420, isthmus-dp without its metrics endpoint)
+/// and adds its peers and routes; pushes the interface onto `up`, which the caller takes
+/// down after the implementation's turn.
+pub(crate) fn bring_up(lab: &Lab, imp: &Impl, end: &End<'_>, up: &mut Vec<WgIface>) -> Result<()> {
+    let Kind::Wg { imp: wg, binary } = &imp.kind else {
+        bail!("plain forwarding has no tunnel end");
+    };
+    let spec = WgSpec {
+        listen_port: 51820,
+        addresses: vec![end.addr.to_owned()],
+        keys: Some(end.keys.clone()),
+        isthmus_args: vec!["--metrics".into(), "off".into()],
+        binary: binary.clone(),
+        mtu: Some(1420),
+    };
+    let iface = WgIface::start(end.ns, lab, *wg, &spec)
+        .with_context(|| format!("{} did not come up", imp.label))?;
+    up.push(iface);
+    let iface = up.last().expect("just pushed");
     for (public, endpoint, allowed) in &end.peers {
-        wg.extend([
-            "peer".into(),
-            (*public).to_owned(),
-            "allowed-ips".into(),
-            (*allowed).to_owned(),
-        ]);
-        if let Some(ep) = endpoint {
-            wg.extend(["endpoint".into(), ep.clone()]);
-        }
+        iface.add_peer(&PeerSpec {
+            public_key: (*public).to_owned(),
+            endpoint: endpoint.clone(),
+            allowed_ips: allowed.split(',').map(str::to_owned).collect(),
+            keepalive: None,
+        })?;
     }
-    let wg: Vec<&str> = wg.iter().map(String::as_str).collect();
-    lab.exec(end.ns, &wg, Duration::from_secs(10))
-        .with_context(|| format!("configuring {} in {}", end.ifname, end.ns))?;
-    lab.ip(end.ns, &format!("addr add {} dev {}", end.addr, end.ifname))?;
-    lab.ip(end.ns, &format!("link set {} mtu 1420 up", end.ifname))?;
     for r in &end.routes {
-        lab.ip(end.ns, &format!("route replace {r} dev {}", end.ifname))?;
+        end.ns
+            .exec(&["ip", "route", "replace", r, "dev", &iface.ifname])?;
     }
     Ok(())
 }
 
+/// Takes down what [`bring_up`] started.
+pub(crate) fn take_down(up: Vec<WgIface>) {
+    for iface in up {
+        iface.stop();
+    }
+}
+
 /// Ping until one answer comes back (the first packets trigger the handshake).
-pub(crate) fn wait_reachable(lab: &Lab, ns: &str, dst: &str) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        match lab.exec(
-            ns,
-            &["ping", "-c", "1", "-W", "1", dst],
-            Duration::from_secs(5),
-        ) {
-            Ok(_) => return Ok(()),
-            Err(e) if start.elapsed() > Duration::from_secs(10) => {
-                return Err(e.context(format!("{dst} unreachable from {ns} after 10 s")))
-            }
-            Err(_) => netns::sleep(Duration::from_millis(200))?,
-        }
-    }
+pub(crate) fn wait_reachable(ns: &Netns, dst: &str) -> Result<()> {
+    interrupt::check()?;
+    ns.wait_ping(dst, Duration::from_secs(10))
 }
 
-fn json(s: &str) -> Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(s).context("parsing iperf3 JSON")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("iperf3: {e}");
-    }
-    Ok(v)
+pub(crate) fn iperf_tcp(ns: &Netns, dst: &str, streams: u32, secs: u32) -> Result<f64> {
+    interrupt::check()?;
+    let t = ns.iperf_timed(dst, IPERF_PORT, secs, IperfLoad::Tcp(streams))?;
+    Ok(t.bits_per_second / 1e9)
 }
 
-fn num(v: &serde_json::Value, path: &[&str]) -> Result<f64> {
-    let mut cur = v;
-    for p in path {
-        cur = cur
-            .get(p)
-            .ok_or_else(|| anyhow!("iperf3 JSON lacks {}", path.join(".")))?;
-    }
-    cur.as_f64()
-        .ok_or_else(|| anyhow!("iperf3 JSON {} is not a number", path.join(".")))
-}
-
-pub(crate) fn iperf_tcp(lab: &Lab, ns: &str, dst: &str, streams: u32, secs: u32) -> Result<f64> {
-    let (p, t) = (streams.to_string(), secs.to_string());
-    let out = lab.exec(
-        ns,
-        &[
-            "iperf3",
-            "-c",
-            dst,
-            "-J",
-            "-t",
-            &t,
-            "-P",
-            &p,
-            "--connect-timeout",
-            "3000",
-        ],
-        Duration::from_secs(u64::from(secs) + 20),
-    )?;
-    Ok(num(&json(&out)?, &["end", "sum_received", "bits_per_second"])? / 1e9)
-}
-
-/// User + system CPU seconds of every process in network namespace `ns` (from
-/// `/proc/PID/stat`, in USER_HZ = 100 ticks per second on Linux).
-pub(crate) fn ns_cpu_seconds(ns: &str) -> f64 {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output();
-    let Ok(out) = out else { return 0.0 };
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may contain spaces) start at ")".
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .sum()
-}
-
-fn iperf_udp64(lab: &Lab, ns: &str, dst: &str, secs: u32) -> Result<f64> {
-    let t = secs.to_string();
-    let out = lab.exec(
-        ns,
-        &[
-            "iperf3",
-            "-c",
-            dst,
-            "-J",
-            "-t",
-            &t,
-            "-u",
-            "-l",
-            "64",
-            "-b",
-            "0",
-            "--connect-timeout",
-            "3000",
-        ],
-        Duration::from_secs(u64::from(secs) + 20),
-    )?;
-    let v = json(&out)?;
-    let bytes = num(&v, &["end", "sum_received", "bytes"])?;
-    let seconds = num(&v, &["end", "sum_received", "seconds"])?;
-    if seconds <= 0.0 {
+fn iperf_udp64(ns: &Netns, dst: &str, secs: u32) -> Result<f64> {
+    interrupt::check()?;
+    let t = ns.iperf_timed(dst, IPERF_PORT, secs, IperfLoad::Udp(64))?;
+    if t.seconds <= 0.0 {
         bail!("iperf3 reported a zero-length UDP run");
     }
-    Ok(bytes / 64.0 / seconds / 1000.0)
+    Ok(t.bytes / 64.0 / t.seconds / 1000.0)
 }
 
 /// avg, p50, p99 in ms.
-fn ping(lab: &Lab, ns: &str, dst: &str, count: u32) -> Result<(f64, f64, f64)> {
-    let c = count.to_string();
-    // ping exits 1 if some replies were lost; the replies that came are still good.
-    let cmd = format!("ping -n -c {c} -i 0.01 -W 1 {dst}; exit 0");
-    let out = lab.exec(
-        ns,
-        &["sh", "-c", &cmd],
-        Duration::from_secs(u64::from(count) / 50 + 20),
-    )?;
-    let mut rtts: Vec<f64> = out
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
-        .collect();
+fn ping(ns: &Netns, dst: &str, count: u32) -> Result<(f64, f64, f64)> {
+    interrupt::check()?;
+    let opts = PingOpts {
+        interval: Some(0.01),
+        ..PingOpts::default()
+    };
+    let mut rtts = ns.ping_with(dst, count, &opts)?.rtts();
     if rtts.len() < (count as usize) / 2 {
         bail!("only {} of {count} pings answered", rtts.len());
     }
@@ -627,14 +485,13 @@ fn median(v: &[f64]) -> Option<f64> {
 /// Run the measurement set from `client` to `dst` (an iperf3 server listens there).
 #[allow(clippy::too_many_arguments)] // one call per topology; a struct would only rename them
 fn measure(
-    lab: &mut Lab,
     o: &Options,
-    client: &str,
+    client: &Netns,
     dst: &str,
     what: &str,
-    server: &mut Server,
+    server: &mut Server<'_>,
     tcp4: bool,
-    cpu_ns: Option<&str>,
+    cpu_ns: Option<&Netns>,
 ) -> BTreeMap<String, Cell> {
     let mut cells: BTreeMap<String, Cell> = METRICS
         .iter()
@@ -650,7 +507,7 @@ fn measure(
         }
     };
     for rep in 0..o.repeat {
-        if netns::interrupted() {
+        if interrupt::interrupted() {
             break;
         }
         let tcp: &[(&str, u32)] = if tcp4 {
@@ -659,32 +516,32 @@ fn measure(
             &[("tcp1", 1)]
         };
         for &(id, streams) in tcp {
-            let r = iperf_tcp(lab, client, dst, streams, o.duration);
+            let r = iperf_tcp(client, dst, streams, o.duration);
             report_progress(what, id, rep, &r);
             if r.is_err() {
-                server.restart(lab);
+                server.restart();
             }
             record(&mut cells, id, &r);
-            let _ = netns::sleep(Duration::from_millis(300));
+            let _ = interrupt::sleep(Duration::from_millis(300));
         }
-        let cpu_before = cpu_ns.map(ns_cpu_seconds);
-        let r = iperf_udp64(lab, client, dst, o.duration);
+        let cpu_before = cpu_ns.map(Netns::cpu_seconds);
+        let r = iperf_udp64(client, dst, o.duration);
         report_progress(what, "udp64", rep, &r);
         if let (Some(ns), Some(before), Ok(kpps)) = (cpu_ns, cpu_before, &r) {
             // CPU the hub's processes spent, per packet that made it through.
             let packets = kpps * 1000.0 * f64::from(o.duration);
             if packets > 0.0 {
-                let us = (ns_cpu_seconds(ns) - before) * 1e6 / packets;
+                let us = (ns.cpu_seconds() - before) * 1e6 / packets;
                 report_progress(what, "hub cpu µs/pkt", rep, &Ok(us));
                 record(&mut cells, "hub_cpu", &Ok(us));
             }
         }
         if r.is_err() {
-            server.restart(lab);
+            server.restart();
         }
         record(&mut cells, "udp64", &r);
-        let _ = netns::sleep(Duration::from_millis(500));
-        match ping(lab, client, dst, o.pings) {
+        let _ = interrupt::sleep(Duration::from_millis(500));
+        match ping(client, dst, o.pings) {
             Ok((avg, p50, p99)) => {
                 report_progress(what, "ping p50", rep, &Ok(p50));
                 record(&mut cells, "ping_avg", &Ok(avg));
@@ -718,43 +575,32 @@ fn report_progress(what: &str, id: &str, rep: usize, r: &Result<f64>) {
 }
 
 /// The iperf3 server of a topology, restarted when a failed run may have wedged it.
-pub(crate) struct Server {
-    ns: String,
-    label: String,
-    id: Option<ProcId>,
+pub(crate) struct Server<'a> {
+    ns: &'a Netns,
+    lab: &'a Lab,
+    pid: Option<u32>,
 }
 
-impl Server {
-    pub(crate) fn start(lab: &mut Lab, ns: &str, label: &str) -> Result<Self> {
-        let mut s = Self {
-            ns: ns.to_owned(),
-            label: label.to_owned(),
-            id: None,
-        };
-        s.spawn(lab)?;
+impl<'a> Server<'a> {
+    pub(crate) fn start(ns: &'a Netns, lab: &'a Lab) -> Result<Self> {
+        let mut s = Self { ns, lab, pid: None };
+        s.spawn()?;
         Ok(s)
     }
 
-    fn spawn(&mut self, lab: &mut Lab) -> Result<()> {
-        self.id = Some(lab.spawn(
-            &self.ns,
-            &self.label,
-            &["iperf3", "-s", "--idle-timeout", "30"],
-            &[],
-        )?);
-        netns::sleep(Duration::from_millis(300))
+    fn spawn(&mut self) -> Result<()> {
+        self.pid = Some(self.ns.iperf_server(self.lab, None, IPERF_PORT)?);
+        interrupt::sleep(Duration::from_millis(300))
     }
 
-    pub(crate) fn restart(&mut self, lab: &mut Lab) {
-        if let Some(id) = self.id.take() {
-            lab.stop(id);
-        }
-        let _ = self.spawn(lab);
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let _ = self.spawn();
     }
 
-    pub(crate) fn stop(&mut self, lab: &mut Lab) {
-        if let Some(id) = self.id.take() {
-            lab.stop(id);
+    pub(crate) fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            self.ns.stop(pid, Duration::from_secs(2));
         }
     }
 }
@@ -779,7 +625,7 @@ fn take_turn(topo: &mut Topology, imp: &Impl, r: Result<BTreeMap<String, Cell>>)
 /// When the lab itself cannot be built (missing tools, no root) or on interruption; a failing
 /// implementation is recorded in the results instead.
 pub fn run(o: &Options) -> Result<Results> {
-    netns::remove_stale();
+    Netns::remove_stale("bench");
     for tool in ["ip", "iperf3", "ping", "wg"] {
         if find_in_path(tool).is_none()
             && !Path::new("/usr/sbin").join(tool).is_file()
@@ -796,37 +642,31 @@ pub fn run(o: &Options) -> Result<Results> {
         .trim()
         .to_owned();
     let mut impls = implementations(o);
-    let mut lab = Lab::new(&o.work_dir.join("logs"))?;
-    let key_dir = o.work_dir.join("keys");
-    fs::create_dir_all(&key_dir)?;
-    fs::set_permissions(&key_dir, fs::Permissions::from_mode(0o700))?;
+    let lab = Lab::new()?;
 
     // Kernel WireGuard: only if the module is there.
+    if netns("probe")?
+        .exec(&["ip", "link", "add", "wgprobe", "type", "wireguard"])
+        .is_err()
     {
-        let probe = lab.netns("probe")?;
-        if lab.ip(&probe, "link add wgprobe type wireguard").is_err() {
-            impls[1].unavailable = Some("this kernel has no WireGuard module".into());
-        }
-        lab.remove_netns(&probe);
+        impls[1].unavailable = Some("this kernel has no WireGuard module".into());
     }
 
-    let tag = lab.tag().to_owned();
     let line = if o.only_floods {
         None
     } else {
-        Some(line_topology(&mut lab, o, &impls, &key_dir, &tag)?)
+        Some(line_topology(&lab, o, &impls)?)
     };
     let relay = if o.no_relay || o.only_floods {
         None
     } else {
-        Some(relay_topology(&mut lab, o, &impls, &key_dir, &tag)?)
+        Some(relay_topology(&lab, o, &impls)?)
     };
     let floods = if o.floods || o.only_floods {
-        Some(crate::flood::run(&mut lab, o, &impls, &key_dir, &tag)?)
+        Some(crate::flood::run(&lab, o, &impls)?)
     } else {
         None
     };
-    let _ = fs::remove_dir_all(&key_dir);
     drop(lab);
     Ok(Results {
         impls,
@@ -840,28 +680,17 @@ pub fn run(o: &Options) -> Result<Results> {
         machine: format!(
             "{} CPUs, Linux {}",
             std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-            fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
+            kernel_release()
         ),
         wall_seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-fn line_topology(
-    lab: &mut Lab,
-    o: &Options,
-    impls: &[Impl],
-    key_dir: &Path,
-    tag: &str,
-) -> Result<Topology> {
+fn line_topology(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Topology> {
     eprintln!("== line topology: ha — ga ══ gb — hb");
-    let ha = lab.netns("ha")?;
-    let ga = lab.netns("ga")?;
-    let gb = lab.netns("gb")?;
-    let hb = lab.netns("hb")?;
-    lab.veth(&ha, "eth0", "10.10.1.2/24", &ga, "lan", "10.10.1.1/24")?;
-    lab.veth(
+    let (ha, ga, gb, hb) = (netns("ha")?, netns("ga")?, netns("gb")?, netns("hb")?);
+    link(&ha, "eth0", "10.10.1.2/24", &ga, "lan", "10.10.1.1/24")?;
+    link(
         &ga,
         "trunk",
         "192.168.100.1/24",
@@ -869,33 +698,29 @@ fn line_topology(
         "trunk",
         "192.168.100.2/24",
     )?;
-    lab.veth(&gb, "lan", "10.10.2.1/24", &hb, "eth0", "10.10.2.2/24")?;
-    lab.ip(&ha, "route add default via 10.10.1.1")?;
-    lab.ip(&hb, "route add default via 10.10.2.1")?;
+    link(&gb, "lan", "10.10.2.1/24", &hb, "eth0", "10.10.2.2/24")?;
+    ha.route(&["default", "via", "10.10.1.1"])?;
+    hb.route(&["default", "via", "10.10.2.1"])?;
     for g in [&ga, &gb] {
-        lab.sysctl(g, "net.ipv4.ip_forward", "1")?;
+        g.sysctl("net.ipv4.ip_forward", "1")?;
     }
-    let (ka, kb) = (keypair(key_dir, "ga")?, keypair(key_dir, "gb")?);
-    let mut server = Server::start(lab, &hb, "iperf3-hb")?;
+    let (ka, kb) = (Keypair::generate()?, Keypair::generate()?);
+    let mut server = Server::start(&hb, lab)?;
     let mut topo = Topology {
         title: "host — gateway ══ gateway — host".into(),
         ..Topology::default()
     };
-    for (n, imp) in impls.iter().enumerate() {
-        if imp.unavailable.is_some() {
-            continue;
-        }
+    for imp in impls.iter().filter(|i| i.unavailable.is_none()) {
         eprintln!("-- {}", imp.label);
         let what = format!("line/{}", imp.id);
-        let mut up = Up::default();
+        let mut up = Vec::new();
         let r = (|| -> Result<BTreeMap<String, Cell>> {
             if let Kind::Plain = imp.kind {
-                lab.ip(&ga, "route add 10.10.2.0/24 via 192.168.100.2")?;
-                lab.ip(&gb, "route add 10.10.1.0/24 via 192.168.100.1")?;
+                ga.route(&["10.10.2.0/24", "via", "192.168.100.2"])?;
+                gb.route(&["10.10.1.0/24", "via", "192.168.100.1"])?;
             } else {
                 let a = End {
                     ns: &ga,
-                    ifname: format!("{tag}{n}a"),
                     keys: &ka,
                     addr: "10.99.0.1/30",
                     peers: vec![(
@@ -907,7 +732,6 @@ fn line_topology(
                 };
                 let b = End {
                     ns: &gb,
-                    ifname: format!("{tag}{n}b"),
                     keys: &kb,
                     addr: "10.99.0.2/30",
                     peers: vec![(
@@ -920,53 +744,33 @@ fn line_topology(
                 bring_up(lab, imp, &a, &mut up)?;
                 bring_up(lab, imp, &b, &mut up)?;
             }
-            wait_reachable(lab, &ha, "10.10.2.2")?;
-            Ok(measure(
-                lab,
-                o,
-                &ha,
-                "10.10.2.2",
-                &what,
-                &mut server,
-                true,
-                None,
-            ))
+            wait_reachable(&ha, "10.10.2.2")?;
+            Ok(measure(o, &ha, "10.10.2.2", &what, &mut server, true, None))
         })();
-        up.down(lab);
+        take_down(up);
         if let Kind::Plain = imp.kind {
-            let _ = lab.ip(&ga, "route del 10.10.2.0/24");
-            let _ = lab.ip(&gb, "route del 10.10.1.0/24");
+            let _ = ga.exec(&["ip", "route", "del", "10.10.2.0/24"]);
+            let _ = gb.exec(&["ip", "route", "del", "10.10.1.0/24"]);
         }
-        if netns::interrupted() {
-            bail!("interrupted");
-        }
+        interrupt::check()?;
         take_turn(&mut topo, imp, r);
     }
-    for ns in [ha, ga, gb, hb] {
-        lab.remove_netns(&ns);
-    }
+    server.stop();
     Ok(topo)
 }
 
 /// The stock peer of the hub topologies: the fastest wireguard-go there is (upstream, with
-/// its offloads) when it was built, else Debian's (which may itself be unavailable).
+/// its offloads) when the user gave one, else Debian's (which may itself be unavailable).
 pub(crate) fn stock_peer(impls: &[Impl]) -> Option<&Impl> {
     impls
         .iter()
-        .find(|i| i.id == "wg-go-up" && i.unavailable.is_none())
+        .find(|i| i.id == WG_GO_UP && i.unavailable.is_none())
         .or_else(|| impls.iter().find(|i| i.id == WG_GO_DEB))
 }
 
-fn relay_topology(
-    lab: &mut Lab,
-    o: &Options,
-    impls: &[Impl],
-    key_dir: &Path,
-    tag: &str,
-) -> Result<Topology> {
+fn relay_topology(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Topology> {
     // The spokes should not be the bottleneck, or the table measures them instead of the
-    // hub: use the fastest wireguard-go there is (upstream, with its offloads) when it was
-    // built, else Debian's.
+    // hub: use the fastest wireguard-go there is.
     let spoke = stock_peer(impls)
         .cloned()
         .ok_or_else(|| anyhow!("no wireguard-go"))?;
@@ -989,10 +793,8 @@ fn relay_topology(
         }
         return Ok(topo);
     }
-    let pa = lab.netns("pa")?;
-    let hub = lab.netns("hub")?;
-    let pb = lab.netns("pb")?;
-    lab.veth(
+    let (pa, hub, pb) = (netns("pa")?, netns("hub")?, netns("pb")?);
+    link(
         &pa,
         "uplink",
         "192.168.101.2/24",
@@ -1000,7 +802,7 @@ fn relay_topology(
         "to-pa",
         "192.168.101.1/24",
     )?;
-    lab.veth(
+    link(
         &pb,
         "uplink",
         "192.168.102.2/24",
@@ -1010,38 +812,28 @@ fn relay_topology(
     )?;
     // wireguard-go as a hub relays through the kernel: the packet leaves its TUN and comes
     // back in. isthmus relays in user space and does not need this.
-    lab.sysctl(&hub, "net.ipv4.ip_forward", "1")?;
+    hub.sysctl("net.ipv4.ip_forward", "1")?;
     let (kpa, kpb, kh) = (
-        keypair(key_dir, "pa")?,
-        keypair(key_dir, "pb")?,
-        keypair(key_dir, "hub")?,
+        Keypair::generate()?,
+        Keypair::generate()?,
+        Keypair::generate()?,
     );
-    let mut server = Server::start(lab, &pb, "iperf3-pb")?;
-    for (n, imp) in impls.iter().enumerate() {
-        if imp.unavailable.is_some() {
-            continue;
-        }
+    let mut server = Server::start(&pb, lab)?;
+    for imp in impls.iter().filter(|i| i.unavailable.is_none()) {
         eprintln!("-- hub: {}", imp.label);
         let what = format!("relay/{}", imp.id);
-        let mut up = Up::default();
+        let mut up = Vec::new();
         let r = (|| -> Result<BTreeMap<String, Cell>> {
             if let Kind::Plain = imp.kind {
-                lab.ip(&pa, "addr add 10.20.0.1/32 dev lo")?;
-                lab.ip(&pb, "addr add 10.20.0.2/32 dev lo")?;
-                lab.ip(
-                    &pa,
-                    "route add 10.20.0.2/32 via 192.168.101.1 src 10.20.0.1",
-                )?;
-                lab.ip(
-                    &pb,
-                    "route add 10.20.0.1/32 via 192.168.102.1 src 10.20.0.2",
-                )?;
-                lab.ip(&hub, "route add 10.20.0.1/32 via 192.168.101.2")?;
-                lab.ip(&hub, "route add 10.20.0.2/32 via 192.168.102.2")?;
+                pa.add_addr("lo", "10.20.0.1/32")?;
+                pb.add_addr("lo", "10.20.0.2/32")?;
+                pa.route(&["10.20.0.2/32", "via", "192.168.101.1", "src", "10.20.0.1"])?;
+                pb.route(&["10.20.0.1/32", "via", "192.168.102.1", "src", "10.20.0.2"])?;
+                hub.route(&["10.20.0.1/32", "via", "192.168.101.2"])?;
+                hub.route(&["10.20.0.2/32", "via", "192.168.102.2"])?;
             } else {
                 let h = End {
                     ns: &hub,
-                    ifname: format!("{tag}{n}h"),
                     keys: &kh,
                     addr: "10.20.0.254/24",
                     peers: vec![
@@ -1059,13 +851,12 @@ fn relay_topology(
                     routes: vec![],
                 };
                 bring_up(lab, imp, &h, &mut up)?;
-                for (ns, keys, addr, ep, c) in [
-                    (&pa, &kpa, "10.20.0.1/24", "192.168.101.1:51820", 'p'),
-                    (&pb, &kpb, "10.20.0.2/24", "192.168.102.1:51820", 'q'),
+                for (ns, keys, addr, ep) in [
+                    (&pa, &kpa, "10.20.0.1/24", "192.168.101.1:51820"),
+                    (&pb, &kpb, "10.20.0.2/24", "192.168.102.1:51820"),
                 ] {
                     let e = End {
                         ns,
-                        ifname: format!("{tag}{n}{c}"),
                         keys,
                         addr,
                         peers: vec![(&kh.public, Some(ep.into()), "10.20.0.0/24")],
@@ -1074,11 +865,10 @@ fn relay_topology(
                     bring_up(lab, &spoke, &e, &mut up)?;
                 }
             }
-            wait_reachable(lab, &pa, "10.20.0.2")?;
+            wait_reachable(&pa, "10.20.0.2")?;
             // Four streams add little through a hub and cost a minute: not measured there.
-            let cpu_ns = (!matches!(imp.kind, Kind::Plain)).then_some(hub.as_str());
+            let cpu_ns = (!matches!(imp.kind, Kind::Plain)).then_some(&*hub);
             Ok(measure(
-                lab,
                 o,
                 &pa,
                 "10.20.0.2",
@@ -1088,20 +878,16 @@ fn relay_topology(
                 cpu_ns,
             ))
         })();
-        up.down(lab);
+        take_down(up);
         if let Kind::Plain = imp.kind {
-            let _ = lab.ip(&pa, "addr del 10.20.0.1/32 dev lo");
-            let _ = lab.ip(&pb, "addr del 10.20.0.2/32 dev lo");
-            let _ = lab.ip(&hub, "route del 10.20.0.1/32");
-            let _ = lab.ip(&hub, "route del 10.20.0.2/32");
+            let _ = pa.del_addr("lo", "10.20.0.1/32");
+            let _ = pb.del_addr("lo", "10.20.0.2/32");
+            let _ = hub.exec(&["ip", "route", "del", "10.20.0.1/32"]);
+            let _ = hub.exec(&["ip", "route", "del", "10.20.0.2/32"]);
         }
-        if netns::interrupted() {
-            bail!("interrupted");
-        }
+        interrupt::check()?;
         take_turn(&mut topo, imp, r);
     }
-    for ns in [pa, hub, pb] {
-        lab.remove_netns(&ns);
-    }
+    server.stop();
     Ok(topo)
 }

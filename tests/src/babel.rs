@@ -28,10 +28,12 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
+use std::ops::Deref;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -52,17 +54,214 @@ fn send_signal(pid: u32, sig: &str) {
         .output();
 }
 
-/// Waits until `pid` (spawned by `ns`) has exited, at most `timeout`.
-fn wait_exit(ns: &Netns, pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while ns.alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+// ---------------------------------------------------------------------------------------------
+// Daemons
+// ---------------------------------------------------------------------------------------------
+
+/// The namespace a daemon runs in: borrowed from the test, or shared with the topology that
+/// holds the driver ([`crate::babel_islands::BabelIslands`]'s gateways).
+#[derive(Debug)]
+enum NsRef<'a> {
+    Borrowed(&'a Netns),
+    Shared(Arc<Netns>),
 }
+
+impl Deref for NsRef<'_> {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        match self {
+            Self::Borrowed(ns) => ns,
+            Self::Shared(ns) => ns,
+        }
+    }
+}
+
+/// One daemon process in a namespace, what the [`Babeld`], [`Bird`] and [`IsthmusCp`]
+/// drivers are built on (each dereferences to its `Daemon`): started in the background from a
+/// configuration file, with stdout and stderr in a log file (the previous run's kept as
+/// `LOG.old`), waited for until it answers, stopped (SIGTERM, then SIGKILL after 2 s) when
+/// dropped.
+#[derive(Debug)]
+pub struct Daemon<'a> {
+    ns: NsRef<'a>,
+    pid: u32,
+    /// `babeld r1`, `BIRD a`, `isthmus-cp g1a`: for messages.
+    what: String,
+    conf: PathBuf,
+    /// The socket it answers on.
+    sock: PathBuf,
+    /// Its stdout and stderr.
+    out: PathBuf,
+    /// The log it writes itself, when that is another file (BIRD's).
+    own_log: Option<PathBuf>,
+}
+
+impl<'a> Daemon<'a> {
+    /// A daemon, not started yet: `what` names it in messages (`babeld r1`), `conf` is its
+    /// configuration (quoted when it does not come up), `sock` the socket it answers on,
+    /// `out` where its stdout and stderr go.
+    fn new(ns: NsRef<'a>, what: String, conf: PathBuf, sock: PathBuf, out: PathBuf) -> Self {
+        Self {
+            ns,
+            pid: 0,
+            what,
+            conf,
+            sock,
+            out,
+            own_log: None,
+        }
+    }
+
+    /// Starts `args` with the extra environment `envs` (after removing the socket, which a
+    /// killed daemon leaves behind, and keeping the previous log as `LOG.old`), makes the
+    /// driver `wrap` builds around it, and polls every 50 ms until the socket exists and
+    /// `answers(&driver)`, at most [`START_TIMEOUT`]. Fails when the process exits first or
+    /// time runs out, quoting its configuration and its log.
+    fn start<T: Deref<Target = Daemon<'a>>>(
+        mut self,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        wrap: impl FnOnce(Self) -> T,
+        answers: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let _ = std::fs::remove_file(&self.sock);
+        if self.out.exists() {
+            let mut old = self.out.clone().into_os_string();
+            old.push(".old");
+            let _ = std::fs::rename(&self.out, old);
+        }
+        self.pid = self.ns.spawn_env(args, envs, &self.out)?;
+        let driver = wrap(self);
+        let d: &Daemon<'a> = &driver;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let failed = if !d.alive() {
+                "exited at startup".to_owned()
+            } else if d.sock.exists() && answers(&driver) {
+                return Ok(driver);
+            } else if Instant::now() > deadline {
+                let sock = d.sock.display();
+                format!("did not answer on {sock} within {START_TIMEOUT:?}")
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            bail!(
+                "{} in {} {failed}; config {}:\n{}\nlog:\n{}",
+                d.what,
+                d.ns.name(),
+                d.conf.display(),
+                std::fs::read_to_string(&d.conf).unwrap_or_default(),
+                d.log_tail()
+            );
+        }
+    }
+
+    /// Polls `query` every 100 ms until `found` holds for what it returns, at most
+    /// `timeout`; returns how long that took. On timeout the error says what it did not have
+    /// (`missing`) and quotes the last answer and its log.
+    fn wait_for<T: std::fmt::Debug>(
+        &self,
+        timeout: Duration,
+        missing: &str,
+        query: impl Fn() -> Result<T>,
+        found: impl Fn(&T) -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let r = query();
+            if r.as_ref().is_ok_and(&found) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{} in {} has {missing} after {timeout:?}; it says: {r:#?}\nlog:\n{}",
+                    self.what,
+                    self.ns.name(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its PID.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The namespace it runs in.
+    #[must_use]
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Whether it is still running.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        self.ns.alive(self.pid)
+    }
+
+    /// Path of its configuration file.
+    #[must_use]
+    pub fn conf_path(&self) -> &Path {
+        &self.conf
+    }
+
+    /// Path of its log (stdout and stderr).
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.out
+    }
+
+    /// The last 30 lines of its log (of the one it writes itself, then of its stdout and
+    /// stderr, where those differ).
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        let out = log_tail(&self.out, LOG_LINES);
+        match &self.own_log {
+            Some(own) => format!("{}\n{out}", log_tail(own, LOG_LINES)),
+            None => out,
+        }
+    }
+
+    /// Stops it with SIGTERM (babeld and BIRD retract their routes and remove them from the
+    /// kernel) and waits for it to exit (SIGKILL after 5 s).
+    pub fn stop(&self) {
+        self.ns.stop(self.pid, Duration::from_secs(5));
+    }
+
+    /// Kills it with SIGKILL (its kernel routes stay behind) and waits for it to exit (5 s
+    /// at most).
+    pub fn kill(&self) {
+        send_signal(self.pid, "KILL");
+        let _ = self.ns.wait_exit(self.pid, Duration::from_secs(5));
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        // Not started (pid 0): nothing to stop.
+        self.ns.stop(self.pid, Duration::from_secs(2));
+    }
+}
+
+/// Each driver is its daemon (PID, log, stop, kill) and more.
+macro_rules! deref_to_daemon {
+    ($($driver:ident),*) => {$(
+        impl<'a> Deref for $driver<'a> {
+            type Target = Daemon<'a>;
+
+            fn deref(&self) -> &Daemon<'a> {
+                &self.d
+            }
+        }
+    )*};
+}
+
+deref_to_daemon!(Babeld, Bird, IsthmusCp);
 
 /// Creates an always-up interface `name` in `ns` holding `addrs` (`10.9.1.1/32`,
 /// `fd09:1::1/128`), standing for a LAN or loopback prefix a router redistributes. It is a
@@ -239,15 +438,11 @@ pub fn parse_babel_dump(output: &str) -> Result<BabelDump> {
 
 /// A babeld running in a namespace, configured through a file in the lab directory and
 /// queried through its local (read-write) interface on a UNIX socket in the lab directory.
-/// Dropping it stops it (SIGTERM, so it removes its kernel routes).
+/// Dropping it stops it (SIGTERM, so it removes its kernel routes). PID, log, stop and kill:
+/// see [`Daemon`].
 #[derive(Debug)]
 pub struct Babeld<'a> {
-    ns: &'a Netns,
-    pid: u32,
-    name: String,
-    conf: PathBuf,
-    log: PathBuf,
-    sock: PathBuf,
+    d: Daemon<'a>,
 }
 
 /// The babeld configuration [`Babeld::start`] writes.
@@ -279,7 +474,7 @@ impl<'a> Babeld<'a> {
     /// `extra_conf` verbatim, then `redistribute local deny`), starts babeld in `ns` with
     /// its log in `babeld-NAME.log`, and waits until its local interface answers.
     ///
-    /// Restarting under the same name (after [`Babeld::kill`]) reuses the state file.
+    /// Restarting under the same name (after [`Daemon::kill`]) reuses the state file.
     ///
     /// # Errors
     /// When babeld exits or does not answer within 10 s; the error quotes its log.
@@ -290,8 +485,29 @@ impl<'a> Babeld<'a> {
         ifaces: &[&str],
         extra_conf: &str,
     ) -> Result<Self> {
+        let conf = babeld_config(lab.dir(), name, ifaces, extra_conf);
+        Self::launch(NsRef::Borrowed(ns), lab, name, &conf)
+    }
+
+    /// [`Babeld::start`] in a namespace the driver shares, so that it does not borrow the
+    /// topology that holds the namespace.
+    ///
+    /// # Errors
+    /// As [`Babeld::start`].
+    pub fn start_shared(
+        ns: &Arc<Netns>,
+        lab: &Lab,
+        name: &str,
+        ifaces: &[&str],
+        extra_conf: &str,
+    ) -> Result<Babeld<'static>> {
+        let conf = babeld_config(lab.dir(), name, ifaces, extra_conf);
+        Babeld::launch(NsRef::Shared(Arc::clone(ns)), lab, name, &conf)
+    }
+
+    /// Starts babeld with the configuration `text`.
+    fn launch(ns: NsRef<'a>, lab: &Lab, name: &str, text: &str) -> Result<Self> {
         let conf = lab.path(&format!("babeld-{name}.conf"));
-        let log = lab.path(&format!("babeld-{name}.log"));
         let sock = lab.path(&format!("babeld-{name}.sock"));
         let pidfile = lab.path(&format!("babeld-{name}.pid"));
         if let Ok(old) = std::fs::read_to_string(&pidfile) {
@@ -305,85 +521,19 @@ impl<'a> Babeld<'a> {
                 );
             }
         }
-        // A babeld killed with SIGKILL leaves both behind, and refuses to start over them.
+        // A babeld killed with SIGKILL leaves it behind (and its socket), and refuses to
+        // start over them.
         let _ = std::fs::remove_file(&pidfile);
-        let _ = std::fs::remove_file(&sock);
-        std::fs::write(&conf, babeld_config(lab.dir(), name, ifaces, extra_conf))
-            .with_context(|| format!("writing {}", conf.display()))?;
-        // Rotate the old log, so errors quote this run.
-        if log.exists() {
-            let _ = std::fs::rename(&log, lab.path(&format!("babeld-{name}.log.old")));
-        }
+        std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
         let conf_s = conf.to_string_lossy().into_owned();
-        let pid = ns.spawn(&["babeld", "-c", &conf_s], &log)?;
-        let b = Self {
-            ns,
-            pid,
-            name: name.to_owned(),
-            conf,
-            log,
-            sock,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !ns.alive(pid) {
-                bail!(
-                    "babeld {name} in {} exited at startup; config {}:\n{}\nlog:\n{}",
-                    ns.name(),
-                    b.conf.display(),
-                    std::fs::read_to_string(&b.conf).unwrap_or_default(),
-                    b.log_tail()
-                );
-            }
-            if b.sock.exists() && b.command("dump").is_ok() {
-                return Ok(b);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "babeld {name} in {} did not open {} within {START_TIMEOUT:?}; log:\n{}",
-                    ns.name(),
-                    b.sock.display(),
-                    b.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Its PID.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The namespace it runs in.
-    #[must_use]
-    pub fn ns(&self) -> &'a Netns {
-        self.ns
-    }
-
-    /// Whether it is still running.
-    #[must_use]
-    pub fn alive(&self) -> bool {
-        self.ns.alive(self.pid)
-    }
-
-    /// Path of its configuration file.
-    #[must_use]
-    pub fn conf_path(&self) -> &Path {
-        &self.conf
-    }
-
-    /// Path of its log (stdout and stderr).
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// The last 30 lines of its log.
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, LOG_LINES)
+        let log = lab.path(&format!("babeld-{name}.log"));
+        let d = Daemon::new(ns, format!("babeld {name}"), conf, sock, log);
+        d.start(
+            &["babeld", "-c", &conf_s],
+            &[],
+            |d| Self { d },
+            |b| b.command("dump").is_ok(),
+        )
     }
 
     /// Sends one request on the local interface (`dump`, a configuration directive,
@@ -392,8 +542,8 @@ impl<'a> Babeld<'a> {
     /// # Errors
     /// When babeld cannot be reached, answers `no`/`bad`, or takes more than 5 s.
     pub fn command(&self, request: &str) -> Result<String> {
-        let what = || format!("babeld {} local socket {}", self.name, self.sock.display());
-        let s = UnixStream::connect(&self.sock).with_context(what)?;
+        let what = || format!("{} local socket {}", self.d.what, self.d.sock.display());
+        let s = UnixStream::connect(&self.d.sock).with_context(what)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut r = BufReader::new(s.try_clone()?);
@@ -435,35 +585,23 @@ impl<'a> Babeld<'a> {
     /// # Errors
     /// On timeout, with its dump and log tail.
     pub fn wait_installed(&self, prefix: &str, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let d = self.dump_all();
-            if let Ok(d) = &d {
-                if d.routes.iter().any(|r| r.prefix == prefix && r.installed) {
-                    return Ok(start.elapsed());
-                }
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "babeld {} in {} installed no route to {prefix} within {timeout:?}; dump: {d:#?}\nlog:\n{}",
-                    self.name,
-                    self.ns.name(),
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.d.wait_for(
+            timeout,
+            &format!("installed no route to {prefix}"),
+            || self.dump_all(),
+            |d| d.routes.iter().any(|r| r.prefix == prefix && r.installed),
+        )
     }
 
     /// Its dump (raw) and log tail, for error messages.
     #[must_use]
     pub fn diagnostics(&self) -> String {
         format!(
-            "babeld {} in {} dump:\n{}\nbabeld {} log:\n{}",
-            self.name,
-            self.ns.name(),
+            "{} in {} dump:\n{}\n{} log:\n{}",
+            self.d.what,
+            self.d.ns.name(),
             self.command("dump").unwrap_or_else(|e| format!("{e:#}")),
-            self.name,
+            self.d.what,
             self.log_tail()
         )
     }
@@ -473,7 +611,7 @@ impl<'a> Babeld<'a> {
     /// # Errors
     /// On timeout.
     pub fn wait_for_route(&self, prefix: &str, timeout: Duration) -> Result<Duration> {
-        wait_for_route(self.ns, prefix, timeout).map_err(|e| e.context(self.diagnostics()))
+        wait_for_route(&self.d.ns, prefix, timeout).map_err(|e| e.context(self.diagnostics()))
     }
 
     /// [`wait_for_route_dev`] in its namespace, with its dump and log tail in the error.
@@ -486,25 +624,8 @@ impl<'a> Babeld<'a> {
         dev: &str,
         timeout: Duration,
     ) -> Result<Duration> {
-        wait_for_route_dev(self.ns, prefix, dev, timeout).map_err(|e| e.context(self.diagnostics()))
-    }
-
-    /// Stops it with SIGTERM (it retracts its routes and removes them from the kernel) and
-    /// waits for it to exit (SIGKILL after 5 s).
-    pub fn stop(&self) {
-        self.ns.stop(self.pid, Duration::from_secs(5));
-    }
-
-    /// Kills it with SIGKILL (its kernel routes stay behind) and waits for it to exit.
-    pub fn kill(&self) {
-        send_signal(self.pid, "KILL");
-        wait_exit(self.ns, self.pid, Duration::from_secs(5));
-    }
-}
-
-impl Drop for Babeld<'_> {
-    fn drop(&mut self) {
-        self.ns.stop(self.pid, Duration::from_secs(2));
+        wait_for_route_dev(&self.d.ns, prefix, dev, timeout)
+            .map_err(|e| e.context(self.diagnostics()))
     }
 }
 
@@ -653,15 +774,12 @@ pub fn bird_config(log: &Path, router_id: &str, ifaces: &[&str], extra_conf: &st
 }
 
 /// A BIRD 2 running in a namespace with a Babel protocol, kernel protocols and a control
-/// socket in the lab directory. Dropping it stops it.
+/// socket in the lab directory. Dropping it stops it. PID, log, stop and kill: see
+/// [`Daemon`].
 #[derive(Debug)]
 pub struct Bird<'a> {
-    ns: &'a Netns,
-    pid: u32,
-    name: String,
-    sock: PathBuf,
-    log: PathBuf,
-    out: PathBuf,
+    /// BIRD, writing its log to `bird-NAME.log`, its stdout and stderr to `bird-NAME.out`.
+    d: Daemon<'a>,
 }
 
 impl<'a> Bird<'a> {
@@ -686,7 +804,6 @@ impl<'a> Bird<'a> {
     ) -> Result<Self> {
         let conf = lab.path(&format!("bird-{name}.conf"));
         let log = lab.path(&format!("bird-{name}.log"));
-        let out = lab.path(&format!("bird-{name}.out"));
         let sock = lab.path(&format!("bird-{name}.ctl"));
         let pidfile = lab.path(&format!("bird-{name}.pid"));
         let n = BIRD_IDS.fetch_add(1, Ordering::Relaxed);
@@ -703,66 +820,20 @@ impl<'a> Bird<'a> {
                 String::from_utf8_lossy(&check.stdout)
             );
         }
-        let _ = std::fs::remove_file(&sock);
         let sock_s = sock.to_string_lossy().into_owned();
         let pid_s = pidfile.to_string_lossy().into_owned();
-        let pid = ns.spawn(
-            &["bird", "-f", "-c", &conf_s, "-s", &sock_s, "-P", &pid_s],
-            &out,
-        )?;
-        let b = Self {
-            ns,
-            pid,
-            name: name.to_owned(),
-            sock,
-            log,
-            out,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !ns.alive(pid) {
-                bail!(
-                    "BIRD {name} in {} exited at startup:\n{}",
-                    ns.name(),
-                    b.log_tail()
-                );
-            }
-            if b.sock.exists()
-                && b.birdc(&["show", "status"])
+        let out = lab.path(&format!("bird-{name}.out"));
+        let mut d = Daemon::new(NsRef::Borrowed(ns), format!("BIRD {name}"), conf, sock, out);
+        d.own_log = Some(log);
+        let args = ["bird", "-f", "-c", &conf_s, "-s", &sock_s, "-P", &pid_s];
+        d.start(
+            &args,
+            &[],
+            |d| Self { d },
+            |b| {
+                b.birdc(&["show", "status"])
                     .is_ok_and(|s| s.contains("Daemon is up and running"))
-            {
-                return Ok(b);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "BIRD {name} in {} not up within {START_TIMEOUT:?}:\n{}",
-                    ns.name(),
-                    b.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Its PID.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Whether it is still running.
-    #[must_use]
-    pub fn alive(&self) -> bool {
-        self.ns.alive(self.pid)
-    }
-
-    /// The last lines of its log and of its stdout/stderr.
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        format!(
-            "{}\n{}",
-            log_tail(&self.log, LOG_LINES),
-            log_tail(&self.out, LOG_LINES)
+            },
         )
     }
 
@@ -771,10 +842,10 @@ impl<'a> Bird<'a> {
     /// # Errors
     /// When birdc fails.
     pub fn birdc(&self, args: &[&str]) -> Result<String> {
-        let sock = self.sock.to_string_lossy().into_owned();
+        let sock = self.d.sock.to_string_lossy().into_owned();
         let mut a = vec!["birdc", "-s", &sock];
         a.extend_from_slice(args);
-        self.ns.exec_timeout(&a, 10)
+        self.d.ns.exec_timeout(&a, 10)
     }
 
     /// `show route`, parsed.
@@ -805,44 +876,22 @@ impl<'a> Bird<'a> {
     /// # Errors
     /// On timeout, with its routes and log tail.
     pub fn wait_babel_route(&self, prefix: &str, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let r = self.routes();
-            if let Ok(r) = &r {
-                if r.iter()
+        self.d.wait_for(
+            timeout,
+            &format!("no Babel route to {prefix}"),
+            || self.routes(),
+            |r| {
+                r.iter()
                     .any(|x| x.prefix == prefix && x.proto.starts_with("babel"))
-                {
-                    return Ok(start.elapsed());
-                }
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "BIRD {} in {} has no Babel route to {prefix} after {timeout:?}; routes: {r:#?}\nlog:\n{}",
-                    self.name,
-                    self.ns.name(),
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops it with SIGTERM (it removes its kernel routes) and waits (SIGKILL after 5 s).
-    pub fn stop(&self) {
-        self.ns.stop(self.pid, Duration::from_secs(5));
-    }
-
-    /// Kills it with SIGKILL (its kernel routes stay behind) and waits for it to exit.
-    pub fn kill(&self) {
-        send_signal(self.pid, "KILL");
-        wait_exit(self.ns, self.pid, Duration::from_secs(5));
+            },
+        )
     }
 }
 
 impl Drop for Bird<'_> {
     fn drop(&mut self) {
-        self.ns.stop(self.pid, Duration::from_secs(2));
-        let _ = std::fs::remove_file(&self.sock);
+        self.d.ns.stop(self.d.pid, Duration::from_secs(2));
+        let _ = std::fs::remove_file(&self.d.sock);
     }
 }
 
@@ -873,19 +922,18 @@ fn binary_from_env(var: &str, name: &str) -> Result<PathBuf> {
     })
 }
 
-/// An `isthmus-cp` (the isthmus Babel daemon) running in a namespace without a data plane:
-/// it speaks Babel on its `[[babel.interface]]`s and installs kernel routes (protocol 77).
-/// Its configuration, log, status socket and (unused) control socket live in the lab
-/// directory under `cp-NAME.*`; metrics are on [`CP_METRICS_ADDR`] in its namespace.
-/// Dropping it stops it with SIGTERM.
+/// An `isthmus-cp` (the isthmus Babel daemon) running in a namespace: it speaks Babel on its
+/// `[[babel.interface]]`s and installs kernel routes (protocol 77). Its log and status socket
+/// live in the lab directory under `cp-NAME.*`. Started with [`IsthmusCp::start`] it runs
+/// without a data plane (its configuration `cp-NAME.toml`, an unused control socket
+/// `cp-NAME.ctl`, metrics on [`CP_METRICS_ADDR`] in its namespace); started with
+/// [`IsthmusCp::start_gateway`] it is the control plane of an isthmus-dp, reading the data
+/// plane's own file. Dropping it stops it with SIGTERM. PID, log, stop and kill: see
+/// [`Daemon`].
 #[derive(Debug)]
 pub struct IsthmusCp<'a> {
-    ns: &'a Netns,
-    pid: u32,
-    name: String,
-    conf: PathBuf,
-    log: PathBuf,
-    status: PathBuf,
+    /// isthmus-cp, answering on its status socket.
+    d: Daemon<'a>,
 }
 
 impl<'a> IsthmusCp<'a> {
@@ -919,104 +967,86 @@ impl<'a> IsthmusCp<'a> {
     /// `cp-NAME.toml` in the lab directory and starts `isthmus-cp` in `ns` with its status
     /// socket `cp-NAME.cp`, a control socket `cp-NAME.ctl` that nothing serves, and metrics on
     /// [`CP_METRICS_ADDR`]; waits until its status socket answers. Restarting under the same
-    /// name (after [`IsthmusCp::kill`] or [`IsthmusCp::stop`]) keeps the previous log as
+    /// name (after [`Daemon::kill`] or [`Daemon::stop`]) keeps the previous log as
     /// `cp-NAME.log.old`.
     ///
     /// # Errors
     /// When it exits or does not answer within 10 s; the error quotes its log.
     pub fn start(ns: &'a Netns, lab: &Lab, name: &str, config: &str) -> Result<Self> {
         let conf = lab.path(&format!("cp-{name}.toml"));
-        let log = lab.path(&format!("cp-{name}.log"));
-        let status = lab.path(&format!("cp-{name}.cp"));
-        let ctl = lab.path(&format!("cp-{name}.ctl"));
         std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
-        if log.exists() {
-            let _ = std::fs::rename(&log, lab.path(&format!("cp-{name}.log.old")));
-        }
-        // A killed daemon leaves its status socket behind.
-        let _ = std::fs::remove_file(&status);
-        let bin = Self::binary()?;
-        let bin = bin.to_string_lossy().into_owned();
+        let ctl = lab
+            .path(&format!("cp-{name}.ctl"))
+            .to_string_lossy()
+            .into_owned();
+        Self::launch(
+            NsRef::Borrowed(ns),
+            lab,
+            name,
+            conf,
+            &["--ctl-socket", &ctl, "--metrics", CP_METRICS_ADDR],
+        )
+    }
+
+    /// Starts `isthmus-cp --config CONFIG` in `ns` as the control plane of the isthmus-dp
+    /// that runs there from the same file (it connects to that data plane's control socket
+    /// and serves metrics where the file's `[babel]` says), with its status socket
+    /// `cp-NAME.cp` in the lab directory; waits until that answers. The driver shares `ns`,
+    /// so a topology can hold it; restarting under the same name keeps the previous log as
+    /// `cp-NAME.log.old`.
+    ///
+    /// # Errors
+    /// When it exits or does not answer within 10 s; the error quotes its log.
+    pub fn start_gateway(
+        ns: &Arc<Netns>,
+        lab: &Lab,
+        name: &str,
+        config: &Path,
+    ) -> Result<IsthmusCp<'static>> {
+        IsthmusCp::launch(
+            NsRef::Shared(Arc::clone(ns)),
+            lab,
+            name,
+            config.to_owned(),
+            &[],
+        )
+    }
+
+    fn launch(
+        ns: NsRef<'a>,
+        lab: &Lab,
+        name: &str,
+        conf: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let status = lab.path(&format!("cp-{name}.cp"));
+        let bin = Self::binary()?.to_string_lossy().into_owned();
         let conf_s = conf.to_string_lossy().into_owned();
         let status_s = status.to_string_lossy().into_owned();
-        let ctl_s = ctl.to_string_lossy().into_owned();
+        let mut args = vec![
+            bin.as_str(),
+            "--config",
+            &conf_s,
+            "--status-socket",
+            &status_s,
+        ];
+        args.extend_from_slice(extra_args);
+        let log = lab.path(&format!("cp-{name}.log"));
+        let d = Daemon::new(ns, format!("isthmus-cp {name}"), conf, status, log);
         // Plain text logs: tracing colours its output unless NO_COLOR is set.
-        let pid = ns.spawn_env(
-            &[
-                &bin,
-                "--config",
-                &conf_s,
-                "--ctl-socket",
-                &ctl_s,
-                "--status-socket",
-                &status_s,
-                "--metrics",
-                CP_METRICS_ADDR,
-            ],
-            &[("NO_COLOR", "1")],
-            &log,
-        )?;
-        let cp = Self {
-            ns,
-            pid,
-            name: name.to_owned(),
-            conf,
-            log,
-            status,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !ns.alive(pid) {
-                bail!(
-                    "isthmus-cp {name} in {} exited at startup; config {}:\n{config}\nlog:\n{}",
-                    ns.name(),
-                    cp.conf.display(),
-                    cp.log_tail()
-                );
-            }
-            if cp.status.exists() && cp.status("babel").is_ok() {
-                return Ok(cp);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "isthmus-cp {name} in {} did not open {} within {START_TIMEOUT:?}; log:\n{}",
-                    ns.name(),
-                    cp.status.display(),
-                    cp.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Its PID.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Whether it is still running.
-    #[must_use]
-    pub fn alive(&self) -> bool {
-        self.ns.alive(self.pid)
-    }
-
-    /// Path of its log (stderr).
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        &self.log
+        let envs = [("NO_COLOR", "1")];
+        d.start(
+            &args,
+            &envs,
+            |d| Self { d },
+            |cp| cp.status("babel").is_ok(),
+        )
     }
 
     /// Path of its status socket.
     #[must_use]
     pub fn status_path(&self) -> &Path {
-        &self.status
-    }
-
-    /// The last 30 lines of its log.
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, LOG_LINES)
+        &self.d.sock
     }
 
     /// `isthmusctl show WHAT --socket STATUS` (`neighbours`, `routes`, `babel`).
@@ -1025,9 +1055,9 @@ impl<'a> IsthmusCp<'a> {
     /// When isthmusctl fails (the daemon is not answering).
     pub fn status(&self, what: &str) -> Result<String> {
         let ctl = Self::ctl_binary()?;
-        let status = self.status.to_string_lossy().into_owned();
+        let status = self.d.sock.to_string_lossy().into_owned();
         crate::lab::run(Command::new(&ctl).args(["show", what, "--socket", &status]))
-            .with_context(|| format!("isthmus-cp {} status {what}", self.name))
+            .with_context(|| format!("{} status {what}", self.d.what))
     }
 
     /// Scrapes its metrics.
@@ -1035,7 +1065,7 @@ impl<'a> IsthmusCp<'a> {
     /// # Errors
     /// When the GET fails or the text does not parse.
     pub fn metrics(&self) -> Result<crate::metrics::Metrics> {
-        crate::wg::scrape(self.ns, CP_METRICS_ADDR)
+        crate::wg::scrape(&self.d.ns, CP_METRICS_ADDR)
     }
 
     /// Its status pages and log tail, for error messages.
@@ -1043,31 +1073,14 @@ impl<'a> IsthmusCp<'a> {
     pub fn diagnostics(&self) -> String {
         let page = |w: &str| self.status(w).unwrap_or_else(|e| format!("{e:#}"));
         format!(
-            "isthmus-cp {} in {}:\n{}\n{}\n{}\nlog:\n{}",
-            self.name,
-            self.ns.name(),
+            "{} in {}:\n{}\n{}\n{}\nlog:\n{}",
+            self.d.what,
+            self.d.ns.name(),
             page("babel"),
             page("neighbours"),
             page("routes"),
             self.log_tail()
         )
-    }
-
-    /// Stops it with SIGTERM and waits for it to exit (SIGKILL after 5 s).
-    pub fn stop(&self) {
-        self.ns.stop(self.pid, Duration::from_secs(5));
-    }
-
-    /// Kills it with SIGKILL (its kernel routes stay behind) and waits for it to exit.
-    pub fn kill(&self) {
-        send_signal(self.pid, "KILL");
-        wait_exit(self.ns, self.pid, Duration::from_secs(5));
-    }
-}
-
-impl Drop for IsthmusCp<'_> {
-    fn drop(&mut self) {
-        self.ns.stop(self.pid, Duration::from_secs(2));
     }
 }
 
@@ -1242,6 +1255,31 @@ fn routing_tables(ns: &Netns) -> String {
     format!("{v4}{v6}")
 }
 
+/// Polls `ns`'s routes to `prefix` every 50 ms until `done` holds for them, at most
+/// `timeout`; returns the wait. On timeout the error is `failure` and the routing tables.
+fn poll_routes(
+    ns: &Netns,
+    prefix: &str,
+    timeout: Duration,
+    done: impl Fn(&[KernelRoute]) -> bool,
+    failure: &str,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if done(&routes_to(ns, prefix)?) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{failure} in netns {} within {timeout:?}; routes:\n{}",
+                ns.name(),
+                routing_tables(ns)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls (every 50 ms) until `ns`'s main table holds a usable route ([`KernelRoute::usable`])
 /// matching `pred` for `prefix`, at most `timeout`; returns the wait. `what` describes `pred`
 /// in the error.
@@ -1255,20 +1293,13 @@ pub fn wait_for_route_where(
     what: &str,
     pred: impl Fn(&KernelRoute) -> bool,
 ) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if routes_to(ns, prefix)?.iter().any(|r| r.usable() && pred(r)) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "no route to {prefix}{what} in netns {} within {timeout:?}; routes:\n{}",
-                ns.name(),
-                routing_tables(ns)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_routes(
+        ns,
+        prefix,
+        timeout,
+        |rs| rs.iter().any(|r| r.usable() && pred(r)),
+        &format!("no route to {prefix}{what}"),
+    )
 }
 
 /// Waits until `ns` has a usable route to `prefix` (`10.9.1.1`, `10.9.2.0/24`, `fd09::1`,
@@ -1301,20 +1332,13 @@ pub fn wait_for_route_dev(
 /// # Errors
 /// On timeout, with the namespace's routing tables.
 pub fn wait_for_no_route(ns: &Netns, prefix: &str, timeout: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if !routes_to(ns, prefix)?.iter().any(KernelRoute::usable) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "route to {prefix} still in netns {} after {timeout:?}; routes:\n{}",
-                ns.name(),
-                routing_tables(ns)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_routes(
+        ns,
+        prefix,
+        timeout,
+        |rs| !rs.iter().any(KernelRoute::usable),
+        &format!("route to {prefix} still there"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1500,7 +1524,7 @@ impl<'a> PingProbe<'a> {
         self.done = true;
         let finished = unix_secs(SystemTime::now());
         send_signal(self.pid, "INT");
-        if !wait_exit(self.ns, self.pid, Duration::from_secs(3)) {
+        if !self.ns.wait_exit(self.pid, Duration::from_secs(3)) {
             self.ns.stop(self.pid, Duration::from_secs(1));
         }
         let output = std::fs::read_to_string(&self.log)

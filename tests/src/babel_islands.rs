@@ -11,18 +11,23 @@
 //! to the gateways carry only IPv6 link-local addresses (IPv4 routes go v4-via-v6). Each
 //! gateway's isthmus-cp speaks Babel to its island router on that veth and to the gateway
 //! across its trunk through the data plane; trunk `k`'s underlay is `10.10{k}.0.{1,2}/24`.
+//!
+//! The gateways' helpers ([`show_fib`], [`fib_has`], [`gateway_diagnostics`]) also serve a
+//! gateway started on its own: an isthmus-dp from [`WgIface::start_config`] and its
+//! [`IsthmusCp::start_gateway`].
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::babel::{Babeld, IsthmusCp};
+use crate::lab::log_tail;
 use crate::topology::{endpoint, Topology};
-use crate::wg::{ConfigPeer, IsthmusConfig, Keypair, WgImpl};
+use crate::wg::{ConfigPeer, IsthmusConfig, Keypair, WgIface, WgImpl};
 
 /// One isthmus gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Gateway {
     /// Node name (`g1a`, `g2b`, ...).
     pub node: String,
@@ -30,27 +35,36 @@ pub struct Gateway {
     pub island: u8,
     /// Trunk index (0 = a).
     pub trunk: usize,
-    /// Its configuration file (shared by isthmus-dp and isthmus-cp).
-    pub config: PathBuf,
-    /// isthmus-cp's status socket.
-    pub status: PathBuf,
-    /// isthmus-cp's log.
-    pub cp_log: PathBuf,
-    /// isthmus-cp's PID.
-    pub cp_pid: u32,
+    /// The name of its trunk peer in its configuration (`gw-2a` on `g1a`): the next hop its
+    /// FIB shows for the other island.
+    pub trunk_peer: String,
     /// The veth towards the island router.
     pub island_if: String,
     /// The underlay veth of its trunk.
     pub underlay_if: String,
+    /// Its control plane, reading the data plane's configuration file.
+    pub cp: IsthmusCp<'static>,
+}
+
+/// How to build [`BabelIslands`].
+#[derive(Debug, Clone, Default)]
+pub struct IslandsSpec {
+    /// Gateway pairs (trunks a, b, ...).
+    pub trunks: usize,
+    /// Hello interval everywhere, in seconds.
+    pub hello: u32,
+    /// `[babel.trunk] cost` of trunk `k` on both its gateways; isthmus-cp's default where
+    /// there is no entry. Unequal costs make the cheapest trunk the preferred one.
+    pub trunk_costs: Vec<u32>,
 }
 
 /// The topology, built and running (except the island routers: see [`BabelIslands::routers`]).
 pub struct BabelIslands {
+    /// Gateways, island 1 first, by trunk (before `t`: they stop before the namespaces go).
+    pub gateways: Vec<Gateway>,
     /// Namespaces, links and data planes.
     pub t: Topology,
-    /// Gateways, island 1 first, by trunk.
-    pub gateways: Vec<Gateway>,
-    /// r1's and r2's interfaces towards their gateways, and towards their host.
+    /// r1's and r2's interfaces towards their gateways (by trunk), and towards their host.
     pub router_ifs: [(Vec<String>, String); 2],
     /// Hello interval everywhere, in seconds.
     pub hello: u32,
@@ -62,9 +76,22 @@ impl BabelIslands {
     /// # Errors
     /// When any step fails.
     pub fn build(trunks: usize, hello: u32) -> Result<Self> {
+        Self::build_spec(&IslandsSpec {
+            trunks,
+            hello,
+            ..IslandsSpec::default()
+        })
+    }
+
+    /// Builds the islands as `spec` says.
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn build_spec(spec: &IslandsSpec) -> Result<Self> {
         if !WgImpl::Isthmus.is_real_isthmus() {
             bail!("the Babel islands need the real isthmus-dp");
         }
+        let hello = spec.hello;
         let mut t = Topology::new()?;
         for n in ["h1", "r1", "r2", "h2"] {
             t.add_node(n)?;
@@ -80,29 +107,13 @@ impl BabelIslands {
             )?;
             router_ifs[usize::from(i - 1)].1 = r_if;
             let hn = t.ns(&h).clone();
-            hn.exec(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.{i}.1.1"),
-            ])?;
-            hn.exec(&[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:{i}:1::1"),
-            ])?;
+            hn.route(&["default", "via", &format!("10.{i}.1.1")])?;
+            hn.route(&["default", "via", &format!("fd00:{i}:1::1")])?;
             t.ns(&r).set_forwarding(true)?;
         }
-        let cp = IsthmusCp::binary()?;
         let mut gateways = Vec::new();
-        for k in 0..trunks {
-            let letter = (b'a' + k as u8) as char;
+        for k in 0..spec.trunks {
+            let letter = char::from(b'a' + u8::try_from(k).context("too many trunks")?);
             let (g1, g2) = (format!("g1{letter}"), format!("g2{letter}"));
             t.add_node(&g1)?;
             t.add_node(&g2)?;
@@ -113,6 +124,10 @@ impl BabelIslands {
                 &[&format!("10.10{k}.0.2/24")],
             )?;
             let keys = [Keypair::generate()?, Keypair::generate()?];
+            let cost = spec
+                .trunk_costs
+                .get(k)
+                .map_or_else(String::new, |c| format!("cost = {c}\n"));
             for (i, g, under) in [(1u8, &g1, &u1), (2u8, &g2, &u2)] {
                 let r = format!("r{i}");
                 let (r_if, g_if) = t.link(&r, &[], g, &[])?;
@@ -122,15 +137,16 @@ impl BabelIslands {
                 let babel = format!(
                     "[babel]\nmetrics = \"127.0.0.1:9587\"\n\
                      [babel.wired]\nhello_interval = {hello}\n\
-                     [babel.trunk]\nhello_interval = {hello}\n\
+                     [babel.trunk]\nhello_interval = {hello}\n{cost}\
                      [[babel.interface]]\nname = \"{g_if}\"\n"
                 );
+                let trunk_peer = format!("gw-{}{letter}", 3 - i);
                 let cfg = IsthmusConfig {
                     listen_port: 51820,
                     addresses: vec![format!("fe80::{i}{letter}/64")],
                     keys: Some(keys[me].clone()),
                     peers: vec![ConfigPeer {
-                        name: format!("gw-{}{letter}", 3 - i),
+                        name: trunk_peer.clone(),
                         class: "trunk".into(),
                         public_key: keys[1 - me].public.clone(),
                         endpoint: Some(endpoint(&format!("10.10{k}.0.{}", 3 - i), 51820)),
@@ -140,39 +156,39 @@ impl BabelIslands {
                     routes: Vec::new(),
                     babel: Some(babel),
                 };
-                let ifname = t.add_isthmus_config(g, &cfg)?.ifname.clone();
-                let config = t.lab.path(&format!("{ifname}.toml"));
-                let status = t.lab.path(&format!("{ifname}.cp"));
-                let cp_log = t.lab.path(&format!("{ifname}-cp.log"));
-                let mut gw = Gateway {
+                let config = t
+                    .add_isthmus_config(g, &cfg)?
+                    .config
+                    .clone()
+                    .context("isthmus-dp started without its file")?;
+                let cp = IsthmusCp::start_gateway(t.ns(g), &t.lab, g, &config)?;
+                gateways.push(Gateway {
                     node: g.clone(),
                     island: i,
                     trunk: k,
-                    config,
-                    status,
-                    cp_log,
-                    cp_pid: 0,
+                    trunk_peer,
                     island_if: g_if,
                     underlay_if: under.clone(),
-                };
-                gw.cp_pid = start_cp(&t, &gw, &cp)?;
-                gateways.push(gw);
+                    cp,
+                });
             }
         }
         gateways.sort_by_key(|g| (g.island, g.trunk));
         Ok(Self {
-            t,
             gateways,
+            t,
             router_ifs,
             hello,
         })
     }
 
-    /// Starts babeld on r1 and r2 (redistributing their host subnets).
+    /// Starts babeld on r1 and r2 (redistributing their host subnets). They share their
+    /// namespaces, so the islands can still be changed ([`BabelIslands::restart_cp`]) while
+    /// they run.
     ///
     /// # Errors
     /// When babeld does not start.
-    pub fn routers(&self) -> Result<[Babeld<'_>; 2]> {
+    pub fn routers(&self) -> Result<[Babeld<'static>; 2]> {
         let start = |i: usize| {
             let (ifs, host_if) = &self.router_ifs[i];
             let mut names: Vec<&str> = ifs.iter().map(String::as_str).collect();
@@ -184,7 +200,7 @@ impl BabelIslands {
                     .map(|f| format!("interface {f} hello-interval {hello}\n"))
                     .collect::<String>()
             );
-            Babeld::start(
+            Babeld::start_shared(
                 self.t.ns(&format!("r{}", i + 1)),
                 &self.t.lab,
                 &format!("r{}", i + 1),
@@ -207,25 +223,33 @@ impl BabelIslands {
             .unwrap_or_else(|| panic!("no gateway {node}"))
     }
 
+    /// The gateway of `island` (1 or 2) on trunk `k`.
+    ///
+    /// # Panics
+    /// When there is none.
+    #[must_use]
+    pub fn gateway_of(&self, island: u8, k: usize) -> &Gateway {
+        self.gateways
+            .iter()
+            .find(|g| g.island == island && g.trunk == k)
+            .unwrap_or_else(|| panic!("no gateway of island {island} on trunk {k}"))
+    }
+
     /// `isthmusctl show WHAT` against a gateway's isthmus-cp (or `fib`: its data plane).
     ///
     /// # Errors
     /// When isthmusctl fails.
     pub fn show(&self, node: &str, what: &str) -> Result<String> {
-        let g = self.gateway(node);
-        let ctl = IsthmusCp::ctl_binary()?;
-        let ctl = ctl.to_string_lossy().into_owned();
         if what == "fib" {
-            let ifname = self.t.wg(node).ifname.clone();
-            return self
-                .t
-                .ns(node)
-                .exec_timeout(&[&ctl, "show", "fib", &ifname], 10);
+            return show_fib(self.t.wg(node));
         }
-        let status = g.status.to_string_lossy().into_owned();
-        self.t
-            .ns(node)
-            .exec_timeout(&[&ctl, "show", what, "--socket", &status], 10)
+        self.gateway(node).cp.status(what)
+    }
+
+    /// Whether a gateway's FIB routes `prefix` to the peer `via` by Babel.
+    #[must_use]
+    pub fn fib_has(&self, node: &str, prefix: &str, via: &str) -> bool {
+        fib_has(self.t.wg(node), prefix, via)
     }
 
     /// Takes trunk `k`'s underlay down (both ends) or up.
@@ -257,10 +281,9 @@ impl BabelIslands {
         self.router_ifs[0].0.iter().position(|f| f == dev)
     }
 
-    /// Kills a gateway's isthmus-cp with SIGKILL.
+    /// Kills a gateway's isthmus-cp with SIGKILL and waits for it to exit.
     pub fn kill_cp(&self, node: &str) {
-        let g = self.gateway(node);
-        let _ = self.t.ns(node).exec(&["kill", "-9", &g.cp_pid.to_string()]);
+        self.gateway(node).cp.kill();
     }
 
     /// Starts a gateway's isthmus-cp again (after [`BabelIslands::kill_cp`]).
@@ -268,16 +291,39 @@ impl BabelIslands {
     /// # Errors
     /// When it does not start.
     pub fn restart_cp(&mut self, node: &str) -> Result<()> {
-        let cp = IsthmusCp::binary()?;
+        let config = self
+            .t
+            .wg(node)
+            .config
+            .clone()
+            .context("isthmus-dp started without its file")?;
         let i = self
             .gateways
             .iter()
             .position(|g| g.node == node)
             .with_context(|| format!("no gateway {node}"))?;
-        let _ = std::fs::remove_file(&self.gateways[i].status);
-        let pid = start_cp(&self.t, &self.gateways[i], &cp)?;
-        self.gateways[i].cp_pid = pid;
+        self.gateways[i].cp =
+            IsthmusCp::start_gateway(self.t.ns(node), &self.t.lab, node, &config)?;
         Ok(())
+    }
+
+    /// Every gateway's state ([`gateway_diagnostics`]) and the island routers' kernel
+    /// routes, for error messages.
+    #[must_use]
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for r in ["r1", "r2"] {
+            let _ = writeln!(
+                s,
+                "===== router {r} ({}) kernel routes:\n{}",
+                self.t.ns(r).name(),
+                kernel_tables(self.t.ns(r))
+            );
+        }
+        for g in &self.gateways {
+            s.push_str(&gateway_diagnostics(&g.node, self.t.wg(&g.node), &g.cp));
+        }
+        s
     }
 
     /// Waits until `ns` has a usable route to `prefix`.
@@ -296,49 +342,53 @@ impl BabelIslands {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                let mut diag = String::new();
-                for g in &self.gateways {
-                    diag.push_str(&format!(
-                        "--- {} routes:\n{}\n--- {} log:\n{}\n",
-                        g.node,
-                        self.show(&g.node, "routes")
-                            .unwrap_or_else(|e| e.to_string()),
-                        g.node,
-                        tail(&g.cp_log, 15)
-                    ));
-                }
-                bail!("{node}: no route to {prefix} after {timeout:?}\n{diag}");
+                bail!(
+                    "{node}: no route to {prefix} after {timeout:?}\n{}",
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-fn tail(path: &std::path::Path, n: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// `isthmusctl show fib IFNAME` against an isthmus-dp.
+///
+/// # Errors
+/// When isthmusctl fails.
+pub fn show_fib(dp: &WgIface) -> Result<String> {
+    let ctl = IsthmusCp::ctl_binary()?;
+    dp.ns
+        .exec_timeout(&[&ctl.to_string_lossy(), "show", "fib", &dp.ifname], 10)
 }
 
-fn start_cp(t: &Topology, g: &Gateway, cp: &std::path::Path) -> Result<u32> {
-    let cp = cp.to_string_lossy().into_owned();
-    let config = g.config.to_string_lossy().into_owned();
-    let status = g.status.to_string_lossy().into_owned();
-    let ns = t.ns(&g.node);
-    let pid = ns.spawn_env(
-        &[&cp, "--config", &config, "--status-socket", &status],
-        &[("ISTHMUS_LOG", "info")],
-        &g.cp_log,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !g.status.exists() {
-        if !ns.alive(pid) {
-            bail!("isthmus-cp on {} exited:\n{}", g.node, tail(&g.cp_log, 20));
-        }
-        if Instant::now() > deadline {
-            bail!("isthmus-cp on {} did not open its status socket", g.node);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(pid)
+/// Whether an isthmus-dp's FIB routes `prefix` to the peer named `via`, learned by Babel.
+#[must_use]
+pub fn fib_has(dp: &WgIface, prefix: &str, via: &str) -> bool {
+    show_fib(dp).is_ok_and(|fib| {
+        fib.lines()
+            .any(|l| l.split_whitespace().eq([prefix, via, "babel"]))
+    })
+}
+
+fn kernel_tables(ns: &crate::netns::Netns) -> String {
+    ns.exec(&["sh", "-c", "ip -4 route; ip -6 route"])
+        .unwrap_or_else(|e| format!("{e:#}"))
+}
+
+/// Everything worth printing about a gateway `name` (its data plane `dp`, its control plane
+/// `cp`) when something fails: isthmus-cp's status pages and log, the FIB, the kernel's
+/// routes, the end of isthmus-dp's log.
+#[must_use]
+pub fn gateway_diagnostics(name: &str, dp: &WgIface, cp: &IsthmusCp<'_>) -> String {
+    format!(
+        "===== gateway {name} ({}, {}; isthmus-dp alive: {}) =====\n{}\n--- show fib:\n{}--- kernel routes:\n{}--- isthmus-dp log tail:\n{}\n",
+        dp.ns.name(),
+        dp.ifname,
+        dp.alive(),
+        cp.diagnostics(),
+        show_fib(dp).unwrap_or_else(|e| format!("{e:#}\n")),
+        kernel_tables(&dp.ns),
+        log_tail(&dp.log, 15)
+    )
 }

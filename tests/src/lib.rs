@@ -25,7 +25,7 @@ mod wg;
 pub use babel::{
     add_stub_iface, babeld_config, bird_config, kernel_routes, parse_babel_dump, parse_bird_routes,
     parse_ip_routes, routes_to, wait_for_no_route, wait_for_route, wait_for_route_dev,
-    wait_for_route_where, BabelDump, BabelNeighbour, BabelRoute, Babeld, Bird, BirdRoute,
+    wait_for_route_where, BabelDump, BabelNeighbour, BabelRoute, Babeld, Bird, BirdRoute, Daemon,
     IsthmusCp, KernelRoute, PingProbe, ProbeResult, CP_METRICS_ADDR,
 };
 pub use capture::Capture;
@@ -33,7 +33,7 @@ pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, workspace_root,
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};
-pub use traffic::{IperfResult, PingOpts, PingResult};
+pub use traffic::{IperfLoad, IperfResult, IperfTotals, PingOpts, PingResult};
 pub use wg::{
     parse_dump, require_isthmus, scrape, uapi_socket, write_private_key, ConfigPeer, DumpPeer,
     IsthmusConfig, Keypair, PeerSpec, WgIface, WgImpl, WgSpec, METRICS_ADDR,

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,11 @@ impl Netns {
     /// Whether a process spawned by this namespace is still running.
     #[must_use]
     pub fn alive(&self, pid: u32) -> bool {
+        matches!(self.try_wait(pid), Some(Ok(None)))
+    }
+
+    /// `try_wait` of the spawned process `pid`; `None` when it is not (or no more) ours.
+    fn try_wait(&self, pid: u32) -> Option<std::io::Result<Option<ExitStatus>>> {
         let mut children = self
             .children
             .lock()
@@ -143,7 +148,27 @@ impl Netns {
         children
             .iter_mut()
             .find(|(_, c)| c.id() == pid)
-            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+            .map(|(_, c)| c.try_wait())
+    }
+
+    /// Waits up to `timeout` for a process this namespace spawned to exit. True when it has
+    /// exited (or was stopped already), false while it still runs.
+    #[must_use]
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.alive(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// The exit status of a process this namespace spawned, once it has exited.
+    #[must_use]
+    pub fn exit_status(&self, pid: u32) -> Option<ExitStatus> {
+        self.try_wait(pid).and_then(|r| r.ok().flatten())
     }
 
     /// Stops a process this namespace spawned: SIGTERM, then SIGKILL after `grace`.
@@ -168,6 +193,49 @@ impl Netns {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// User plus system CPU seconds that the processes now inside the namespace have used
+    /// (from `/proc/PID/stat`, in `USER_HZ` = 100 ticks per second on Linux). The difference
+    /// of two readings is what the namespace's daemons spent in between.
+    #[must_use]
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| {
+                // Fields after the command name (which may contain spaces) start at ")".
+                let rest = stat.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let utime: f64 = f.get(11)?.parse().ok()?;
+                let stime: f64 = f.get(12)?.parse().ok()?;
+                Some((utime + stime) / 100.0)
+            })
+            .sum()
+    }
+
+    /// Deletes the namespaces that a lab process killed with SIGKILL left behind (it had no
+    /// chance to drop them): those whose tag starts with `tag_prefix` and whose creator is no
+    /// longer running.
+    pub fn remove_stale(tag_prefix: &str) {
+        let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
+            return;
+        };
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some((pid, tag)) = name
+                .strip_prefix("il")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(id, tag)| Some((id.split_once('x')?.0, tag)))
+            else {
+                continue;
+            };
+            let Ok(pid) = u32::from_str_radix(pid, 16) else {
+                continue;
+            };
+            if tag.starts_with(tag_prefix) && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
     }
 
     /// Registers a file (a UAPI socket, say) to remove when the namespace is dropped.
@@ -209,12 +277,17 @@ impl Netns {
         Ok(())
     }
 
-    /// Adds a route: `ns.route(&["10.2.0.0/16", "dev", "wg0"])`.
+    /// Adds a route: `ns.route(&["10.2.0.0/16", "dev", "wg0"])`, `ns.route(&["default",
+    /// "via", "fd00:1::1"])`. The family is the destination's, or for `default` the gateway's.
     ///
     /// # Errors
     /// When `ip route add` fails.
     pub fn route(&self, spec: &[&str]) -> Result<()> {
-        let v6 = spec.first().is_some_and(|d| d.contains(':'));
+        let v6 = match spec {
+            ["default", "via", gw, ..] => gw.contains(':'),
+            [dst, ..] => dst.contains(':'),
+            [] => false,
+        };
         let mut args = vec!["ip", if v6 { "-6" } else { "-4" }, "route", "add"];
         args.extend_from_slice(spec);
         self.exec(&args)?;

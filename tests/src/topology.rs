@@ -405,15 +405,7 @@ impl Topology {
             pns.route(&[&other_v6, "dev", &pif])?;
             let hns = t.ns(&format!("h{i}"));
             hns.route(&["default", "via", &format!("10.{i}.1.1")])?;
-            hns.exec(&[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:{i}:1::1"),
-            ])?;
+            hns.route(&["default", "via", &format!("fd00:{i}:1::1")])?;
             // Kernel routes on the gateway, for its own traffic into the islands.
             let gns = Arc::clone(t.ns(&g));
             let gif = t.wg(&g).ifname.clone();

@@ -1,4 +1,5 @@
-//! Traffic: ping and iperf3, run inside namespaces, bounded in count and time.
+//! Traffic: ping and iperf3, run inside namespaces, bounded in count and time: the tests'
+//! checks and the benchmark's measurements.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ pub struct PingResult {
     pub transmitted: u32,
     /// Echo replies received.
     pub received: u32,
+    /// How long ping ran, in ms, as its summary says (`time 804ms`).
+    pub elapsed_ms: Option<f64>,
     /// Everything ping printed.
     pub output: String,
 }
@@ -23,6 +26,16 @@ impl PingResult {
     #[must_use]
     pub fn lost(&self) -> u32 {
         self.transmitted.saturating_sub(self.received)
+    }
+
+    /// The round-trip time of every reply, in ms, in the order they came.
+    #[must_use]
+    pub fn rtts(&self) -> Vec<f64> {
+        self.output
+            .lines()
+            .filter_map(|l| l.split("time=").nth(1))
+            .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+            .collect()
     }
 }
 
@@ -46,9 +59,52 @@ pub struct PingOpts<'a> {
     pub interval: Option<f32>,
     /// Payload size (`-s`).
     pub size: Option<u16>,
+    /// Stop after this many seconds whatever the count (`-w`); with a count of 1 ping then
+    /// keeps sending until one reply comes back.
+    pub deadline: Option<u32>,
 }
 
-fn parse_ping(output: &str) -> Result<(u32, u32)> {
+/// What a timed iperf3 run ([`Netns::iperf_timed`]) sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IperfLoad {
+    /// TCP over this many parallel streams (`-P`).
+    Tcp(u32),
+    /// UDP at full rate with payloads of this many bytes (`-u -l LEN -b 0`).
+    Udp(u16),
+}
+
+/// What the receiving end of a run of [`Netns::iperf_timed`] counted (iperf3's `end.sum_received`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfTotals {
+    /// Throughput.
+    pub bits_per_second: f64,
+    /// Payload bytes received.
+    pub bytes: f64,
+    /// Over how long.
+    pub seconds: f64,
+}
+
+/// Reads `end.sum_received` from iperf3's JSON output.
+fn parse_iperf_json(text: &str) -> Result<IperfTotals> {
+    let v: serde_json::Value = serde_json::from_str(text).context("parsing iperf3 JSON")?;
+    if let Some(e) = v.get("error").and_then(serde_json::Value::as_str) {
+        bail!("iperf3: {e}");
+    }
+    let num = |key: &str| -> Result<f64> {
+        v.pointer(&format!("/end/sum_received/{key}"))
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("iperf3 JSON has no number end.sum_received.{key}"))
+    };
+    Ok(IperfTotals {
+        bits_per_second: num("bits_per_second")?,
+        bytes: num("bytes")?,
+        seconds: num("seconds")?,
+    })
+}
+
+/// `(transmitted, received, time in ms)` from ping's summary line
+/// ("5 packets transmitted, 5 received, 0% packet loss, time 804ms").
+fn parse_ping(output: &str) -> Result<(u32, u32, Option<f64>)> {
     // "5 packets transmitted, 5 received, 0% packet loss, time 804ms"
     let line = output
         .lines()
@@ -67,7 +123,10 @@ fn parse_ping(output: &str) -> Result<(u32, u32)> {
         .next()
         .flatten()
         .with_context(|| format!("bad ping summary {line:?}"))?;
-    Ok((tx, rx))
+    let ms = line
+        .rsplit_once("time ")
+        .and_then(|(_, t)| t.trim().strip_suffix("ms")?.parse().ok());
+    Ok((tx, rx, ms))
 }
 
 impl Netns {
@@ -79,7 +138,8 @@ impl Netns {
         self.ping_with(dst, count, &PingOpts::default())
     }
 
-    /// Pings with options.
+    /// Pings with options, bounded to three times the nominal length (or the deadline) plus
+    /// 10 s: a busy machine sends slower than asked.
     ///
     /// # Errors
     /// When ping cannot run or prints no summary.
@@ -90,6 +150,7 @@ impl Netns {
         let mut args = vec!["ping", "-n", "-c", &count_s, "-i", &interval_s, "-W", "1"];
         let ttl_s;
         let size_s;
+        let deadline_s;
         if let Some(src) = opts.source {
             args.extend(["-I", src]);
         }
@@ -101,6 +162,10 @@ impl Netns {
             size_s = s.to_string();
             args.extend(["-s", &size_s]);
         }
+        if let Some(w) = opts.deadline {
+            deadline_s = w.to_string();
+            args.extend(["-w", &deadline_s]);
+        }
         args.push(dst);
         // Float to integer: a bound in whole seconds, generous.
         #[allow(
@@ -108,17 +173,19 @@ impl Netns {
             clippy::cast_sign_loss,
             clippy::cast_precision_loss
         )]
-        let bound = (count as f32 * interval) as u32 + 10;
+        let nominal = (count as f32 * interval) as u32;
+        let bound = opts.deadline.unwrap_or(3 * nominal) + 10;
         let out = self.output_timeout(&args, bound)?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let (transmitted, received) = parse_ping(&text)?;
+        let (transmitted, received, elapsed_ms) = parse_ping(&text)?;
         Ok(PingResult {
             transmitted,
             received,
+            elapsed_ms,
             output: text,
         })
     }
@@ -145,13 +212,39 @@ impl Netns {
         }
     }
 
-    /// Starts an iperf3 server bound to `addr:port`; it is stopped with the namespace.
+    /// Starts an iperf3 server on `port`, bound to `bind` when given (on every address
+    /// otherwise), that resets itself after 30 s idle (`--idle-timeout`, in case a failed run
+    /// wedged it); it is stopped with the namespace.
     ///
     /// # Errors
     /// When it cannot be started.
-    pub fn iperf_server(&self, lab: &Lab, addr: &str, port: u16) -> Result<u32> {
+    pub fn iperf_server(&self, lab: &Lab, bind: Option<&str>, port: u16) -> Result<u32> {
         let log = lab.path(&format!("iperf3-{}-{port}.log", self.name()));
-        self.spawn(&["iperf3", "-s", "-B", addr, "-p", &port.to_string()], &log)
+        let port_s = port.to_string();
+        let mut args = vec!["iperf3", "-s", "-p", &port_s, "--idle-timeout", "30"];
+        if let Some(addr) = bind {
+            args.extend(["-B", addr]);
+        }
+        self.spawn(&args, &log)
+    }
+
+    /// Runs the iperf3 client `args` (bounded to `bound_secs`), retrying while the server is
+    /// not listening yet; returns its stdout.
+    fn iperf_client(&self, args: &[&str], bound_secs: u32, to: &str) -> Result<String> {
+        let mut last = String::new();
+        for _ in 0..10 {
+            let out = self.output_timeout(args, bound_secs)?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                return Ok(stdout);
+            }
+            last = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            if !(last.contains("refused") || last.contains("busy")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bail!("iperf3 to {to} from netns {} failed: {last}", self.name())
     }
 
     /// Runs one bounded iperf3 TCP transfer of `bytes` (`4M`) to a server at `addr:port`;
@@ -177,44 +270,55 @@ impl Netns {
         if reverse {
             args.push("-R");
         }
-        let mut last = String::new();
-        for _ in 0..10 {
-            let out = self.output_timeout(&args, 30)?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.success() {
-                let summary = text
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("receiver"))
-                    .with_context(|| format!("no receiver line in iperf3 output: {text}"))?
-                    .trim()
-                    .to_owned();
-                let mbits = summary
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .windows(2)
-                    .find(|w| w[1] == "Mbits/sec")
-                    .and_then(|w| w[0].parse().ok())
-                    .unwrap_or(0.0);
-                return Ok(IperfResult {
-                    mbits_per_sec: mbits,
-                    summary,
-                });
+        let text = self.iperf_client(&args, 30, &format!("{addr}:{port}"))?;
+        let summary = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("receiver"))
+            .with_context(|| format!("no receiver line in iperf3 output: {text}"))?
+            .trim()
+            .to_owned();
+        let mbits = summary
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .find(|w| w[1] == "Mbits/sec")
+            .and_then(|w| w[0].parse().ok())
+            .unwrap_or(0.0);
+        Ok(IperfResult {
+            mbits_per_sec: mbits,
+            summary,
+        })
+    }
+
+    /// Runs iperf3 with `load` for `secs` seconds (`-t`, JSON output) against the server at
+    /// `addr:port`, bounded to its length plus 20 s, and returns what the receiver counted.
+    ///
+    /// # Errors
+    /// When the run fails or iperf3 reports an error.
+    pub fn iperf_timed(
+        &self,
+        addr: &str,
+        port: u16,
+        secs: u32,
+        load: IperfLoad,
+    ) -> Result<IperfTotals> {
+        let (port_s, secs_s) = (port.to_string(), secs.to_string());
+        let mut args = vec!["iperf3", "-c", addr, "-p", &port_s, "-J", "-t", &secs_s];
+        args.extend(["--connect-timeout", "3000"]);
+        let n;
+        match load {
+            IperfLoad::Tcp(streams) => {
+                n = streams.to_string();
+                args.extend(["-P", &n]);
             }
-            last = text;
-            if !(last.contains("refused") || last.contains("busy")) {
-                break;
+            IperfLoad::Udp(len) => {
+                n = len.to_string();
+                args.extend(["-u", "-l", &n, "-b", "0"]);
             }
-            std::thread::sleep(Duration::from_millis(300));
         }
-        bail!(
-            "iperf3 to {addr}:{port} from netns {} failed: {last}",
-            self.name()
-        )
+        let text = self.iperf_client(&args, secs + 20, &format!("{addr}:{port}"))?;
+        parse_iperf_json(&text)
     }
 
     /// A TCP transfer both ways between this namespace (client) and a server it starts in
@@ -229,7 +333,7 @@ impl Netns {
         addr: &str,
         port: u16,
     ) -> Result<(IperfResult, IperfResult)> {
-        let pid = server.iperf_server(lab, addr, port)?;
+        let pid = server.iperf_server(lab, Some(addr), port)?;
         let up = self.iperf(addr, port, "4M", false);
         let down = self.iperf(addr, port, "4M", true);
         server.stop(pid, Duration::from_millis(500));
@@ -246,9 +350,35 @@ mod tests {
         let out =
             "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n\
                    5 packets transmitted, 3 received, 40% packet loss, time 804ms\n";
-        assert_eq!(parse_ping(out).unwrap(), (5, 3));
+        assert_eq!(parse_ping(out).unwrap(), (5, 3, Some(804.0)));
         let out = "10 packets transmitted, 0 received, +10 errors, 100% packet loss, time 9000ms";
-        assert_eq!(parse_ping(out).unwrap(), (10, 0));
+        assert_eq!(parse_ping(out).unwrap(), (10, 0, Some(9000.0)));
+        assert_eq!(
+            parse_ping("3 packets transmitted, 3 received").unwrap(),
+            (3, 3, None)
+        );
         assert!(parse_ping("nothing").is_err());
+        let r = super::PingResult {
+            transmitted: 2,
+            received: 2,
+            elapsed_ms: None,
+            output: "64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.071 ms\n\
+                     64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 time=1.5 ms\n"
+                .into(),
+        };
+        assert_eq!(r.rtts(), vec![0.071, 1.5]);
+    }
+
+    #[test]
+    fn parses_iperf_json() {
+        let out = r#"{"start": {}, "end": {"sum_received": {"bytes": 6400, "seconds": 2.0, "bits_per_second": 25600}}}"#;
+        let t = super::parse_iperf_json(out).unwrap();
+        assert_eq!(
+            (t.bytes, t.seconds, t.bits_per_second),
+            (6400.0, 2.0, 25600.0)
+        );
+        let err = r#"{"start": {}, "end": {}, "error": "unable to connect to server"}"#;
+        assert!(super::parse_iperf_json(err).is_err());
+        assert!(super::parse_iperf_json(r#"{"end": {}}"#).is_err());
     }
 }

@@ -26,6 +26,8 @@ pub enum WgImpl {
     WireguardGo,
     /// `boringtun-cli --foreground --disable-drop-privileges IFNAME`.
     Boringtun,
+    /// The kernel's WireGuard (`ip link add IFNAME type wireguard`): no process.
+    Kernel,
 }
 
 impl WgImpl {
@@ -55,12 +57,13 @@ impl WgImpl {
     /// The binary this implementation runs.
     ///
     /// # Errors
-    /// When it cannot be found.
+    /// When it cannot be found, or it is the kernel's (no binary).
     pub fn binary(self) -> Result<PathBuf> {
         match self {
             Self::Isthmus => Self::isthmus_binary(),
             Self::WireguardGo => Ok(PathBuf::from("wireguard-go")),
             Self::Boringtun => Ok(PathBuf::from("boringtun-cli")),
+            Self::Kernel => bail!("the kernel's WireGuard runs no program"),
         }
     }
 
@@ -99,6 +102,7 @@ impl WgImpl {
             Self::Isthmus => "isthmus-dp",
             Self::WireguardGo => "wireguard-go",
             Self::Boringtun => "boringtun-cli",
+            Self::Kernel => "kernel WireGuard",
         }
     }
 
@@ -107,6 +111,7 @@ impl WgImpl {
             Self::Isthmus => "i",
             Self::WireguardGo => "g",
             Self::Boringtun => "b",
+            Self::Kernel => "k",
         }
     }
 }
@@ -169,8 +174,15 @@ pub struct WgSpec {
     pub addresses: Vec<String>,
     /// Key pair; generated when `None`.
     pub keys: Option<Keypair>,
-    /// Extra command-line arguments, passed only to a real isthmus-dp (`--unrouted drop`).
+    /// Extra command-line arguments, passed only to a real isthmus-dp (`--unrouted drop`,
+    /// `--metrics off`).
     pub isthmus_args: Vec<String>,
+    /// The program to run instead of the implementation's usual one (`$ISTHMUS_DP`,
+    /// `wireguard-go` or `boringtun-cli` on `PATH`): a build of its own, which is then taken
+    /// to be that implementation whatever its name.
+    pub binary: Option<PathBuf>,
+    /// The interface's MTU; the implementation's default when `None`.
+    pub mtu: Option<u16>,
 }
 
 /// A peer to add to an interface.
@@ -203,7 +215,8 @@ pub struct DumpPeer {
     pub tx_bytes: u64,
 }
 
-/// A running WireGuard interface in a namespace.
+/// A running WireGuard interface in a namespace. The namespace stops its process when it is
+/// dropped; [`WgIface::stop`] takes it down before that.
 #[derive(Debug)]
 pub struct WgIface {
     /// The namespace it runs in.
@@ -216,68 +229,107 @@ pub struct WgIface {
     pub listen_port: u16,
     /// Which implementation was asked for.
     pub imp: WgImpl,
-    /// The process's PID.
+    /// The process's PID (0 for the kernel's WireGuard).
     pub pid: u32,
     /// Its log file (stdout and stderr).
     pub log: PathBuf,
+    /// The configuration file it was started from ([`WgIface::start_config`]), if any.
+    pub config: Option<PathBuf>,
 }
 
 impl WgIface {
-    /// Starts `imp` in `ns`, waits for its UAPI socket, sets key and port with `wg set`, adds
-    /// the addresses and brings the interface up.
+    /// Starts `imp` in `ns` (or creates the kernel's interface), waits for its UAPI socket,
+    /// sets key and port with `wg set`, adds the addresses, sets the MTU and brings the
+    /// interface up. What it started is taken down again when a step fails.
     ///
     /// # Errors
-    /// When the process dies or its socket does not appear within 10 s; the error carries the
-    /// end of its log.
+    /// When the process dies or its socket does not appear within 10 s (the error carries the
+    /// end of its log), or a step of the configuration fails.
     pub fn start(ns: &Arc<Netns>, lab: &Lab, imp: WgImpl, spec: &WgSpec) -> Result<Self> {
         let ifname = unique_name(imp.prefix());
-        let bin = imp.binary()?;
-        let bin_s = bin.to_string_lossy().into_owned();
         let log = lab.path(&format!("{ifname}.log"));
-        let mut args: Vec<&str> = vec![&bin_s];
-        match imp.flavour() {
-            WgImpl::Isthmus => {
-                args.extend(["-f", &ifname, "--metrics", METRICS_ADDR]);
-                args.extend(spec.isthmus_args.iter().map(String::as_str));
+        let pid = match spec.binary.as_ref().map_or_else(|| imp.flavour(), |_| imp) {
+            WgImpl::Kernel => {
+                ns.exec(&["ip", "link", "add", &ifname, "type", "wireguard"])
+                    .context("creating a kernel WireGuard interface")?;
+                0
             }
-            WgImpl::WireguardGo => args.extend(["-f", &ifname]),
-            WgImpl::Boringtun => {
-                args.extend(["--foreground", "--disable-drop-privileges", &ifname])
+            flavour => {
+                let bin = match &spec.binary {
+                    Some(b) => b.clone(),
+                    None => imp.binary()?,
+                };
+                let bin_s = bin.to_string_lossy().into_owned();
+                let mut args: Vec<&str> = vec![&bin_s];
+                let envs: &[(&str, &str)] = match flavour {
+                    WgImpl::Isthmus => {
+                        args.extend(["-f", &ifname, "--metrics", METRICS_ADDR]);
+                        args.extend(spec.isthmus_args.iter().map(String::as_str));
+                        &[("RUST_LOG", "info")]
+                    }
+                    WgImpl::Boringtun => {
+                        args.extend(["--foreground", "--disable-drop-privileges", &ifname]);
+                        &[("WG_LOG_LEVEL", "error")]
+                    }
+                    // wireguard-go (the kernel's runs no program)
+                    _ => {
+                        args.extend(["-f", &ifname]);
+                        &[("LOG_LEVEL", "error"), ("WG_PROCESS_FOREGROUND", "1")]
+                    }
+                };
+                spawn_and_wait(ns, imp, &ifname, &args, envs, &log)?
             }
-        }
-        let envs: &[(&str, &str)] = match imp.flavour() {
-            WgImpl::Isthmus => &[("RUST_LOG", "info")],
-            WgImpl::WireguardGo => &[("LOG_LEVEL", "error"), ("WG_PROCESS_FOREGROUND", "1")],
-            WgImpl::Boringtun => &[("WG_LOG_LEVEL", "error")],
         };
-        let pid = spawn_and_wait(ns, imp, &ifname, &args, envs, &log)?;
-        let keys = match &spec.keys {
-            Some(k) => k.clone(),
-            None => Keypair::generate()?,
-        };
-        let key_file = write_private_key(lab, &ifname, &keys.private)?;
         let iface = Self {
             ns: Arc::clone(ns),
             ifname,
-            keys,
+            keys: match &spec.keys {
+                Some(k) => k.clone(),
+                None => Keypair::generate()?,
+            },
             listen_port: spec.listen_port,
             imp,
             pid,
             log,
+            config: None,
         };
-        iface.wg(&[
+        if let Err(e) = iface.configure(lab, spec) {
+            iface.stop();
+            return Err(e);
+        }
+        Ok(iface)
+    }
+
+    /// Key, port, addresses, MTU; then up.
+    fn configure(&self, lab: &Lab, spec: &WgSpec) -> Result<()> {
+        let key_file = write_private_key(lab, &self.ifname, &self.keys.private)?;
+        self.wg(&[
             "set",
-            &iface.ifname,
+            &self.ifname,
             "private-key",
             &key_file.to_string_lossy(),
             "listen-port",
             &spec.listen_port.to_string(),
         ])?;
         for a in &spec.addresses {
-            ns.add_addr(&iface.ifname, a)?;
+            self.ns.add_addr(&self.ifname, a)?;
         }
-        ns.link_up(&iface.ifname)?;
-        Ok(iface)
+        if let Some(mtu) = spec.mtu {
+            self.ns
+                .exec(&["ip", "link", "set", &self.ifname, "mtu", &mtu.to_string()])?;
+        }
+        self.ns.link_up(&self.ifname)
+    }
+
+    /// Takes the interface down: stops its process (SIGTERM, then SIGKILL after 2 s), deletes
+    /// the interface if it is still there (the kernel's always is) and removes the UAPI
+    /// socket. The namespace is ready for another implementation on the same port.
+    pub fn stop(&self) {
+        self.ns.stop(self.pid, Duration::from_secs(2));
+        if self.ns.exec(&["ip", "link", "show", &self.ifname]).is_ok() {
+            let _ = self.ns.exec(&["ip", "link", "del", &self.ifname]);
+        }
+        let _ = std::fs::remove_file(uapi_socket(&self.ifname));
     }
 
     /// Starts a real isthmus-dp from a TOML configuration file (`isthmus-dp -f --config FILE`),
@@ -303,7 +355,11 @@ impl WgIface {
             .with_context(|| format!("writing {}", conf.display()))?;
         let conf_s = conf.to_string_lossy().into_owned();
         let args = [bin_s.as_str(), "-f", "--config", &conf_s];
-        let pid = spawn_and_wait(ns, imp, &ifname, &args, &[("RUST_LOG", "info")], &log)?;
+        // Its control socket, left behind when it is killed.
+        ns.remove_on_drop(Path::new(isthmus_dataplane::ctl::RUN_DIR).join(format!("{ifname}.ctl")));
+        // Plain text logs: tracing colours its output unless NO_COLOR is set.
+        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        let pid = spawn_and_wait(ns, imp, &ifname, &args, &envs, &log)?;
         let iface = Self {
             ns: Arc::clone(ns),
             ifname,
@@ -312,6 +368,7 @@ impl WgIface {
             imp,
             pid,
             log,
+            config: Some(conf),
         };
         ns.link_up(&iface.ifname)?;
         Ok(iface)
@@ -376,9 +433,13 @@ impl WgIface {
         parse_dump(&text)
     }
 
-    /// Whether the process is still running.
+    /// Whether the process is still running (for the kernel's: whether the interface is
+    /// there).
     #[must_use]
     pub fn alive(&self) -> bool {
+        if self.imp == WgImpl::Kernel {
+            return self.ns.exec(&["ip", "link", "show", &self.ifname]).is_ok();
+        }
         self.ns.alive(self.pid)
     }
 
@@ -436,6 +497,7 @@ fn spawn_and_wait(
             );
         }
         if Instant::now() > deadline {
+            ns.stop(pid, Duration::from_secs(2));
             bail!(
                 "{} ({bin_s}) did not create {} within 10 s:\n{}",
                 imp.label(),

@@ -6,12 +6,12 @@
 //!    convergence, updates per second, memory per route);
 //! 3. unless `--no-tunnels`, runs the driver as root: host — gateway ══ gateway — host and
 //!    the relay topology in network namespaces, with the kernel's plain forwarding, Debian's
-//!    wireguard-go, upstream wireguard-go (if `scripts/build-upstream-wireguard-go.sh` built
-//!    it), boringtun-cli and isthmus-dp; then, unless `--no-floods`, handshake floods against
-//!    each as a hub (`lab-tool wg-attack`, built here too) while a wireguard-go peer pings,
-//!    runs TCP and makes a new handshake;
+//!    wireguard-go, upstream wireguard-go (the binary given with `--wireguard-go-upstream
+//!    PATH`, if any), boringtun-cli and isthmus-dp; then, unless `--no-floods`, handshake
+//!    floods against each as a hub (`lab-tool wg-attack`, built here too) while a wireguard-go
+//!    peer pings, runs TCP and makes a new handshake;
 //! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`):
-//!    the tunnels, a control-plane table (from criterion's results and the measurements
+//!    which build each column is, the tunnels, a control-plane table (from criterion's results and the measurements
 //!    benches leave in `target/criterion/extra/`), every criterion bench, the targets.
 //!
 //! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition, 4 s flood
@@ -171,9 +171,6 @@ pub fn run(args: &[String]) -> Result<()> {
         signal_hook::flag::register(sig, interrupted.clone())
             .context("registering a signal handler")?;
     }
-    if tunnels && !driver_args.iter().any(|a| a == "--wireguard-go-upstream") {
-        build_upstream_wireguard_go(&root, &target.join("bench"));
-    }
     eprintln!("== tunnel benchmark");
     let driver = target.join("release/isthmus-tunnel-bench");
     let status = Command::new(&driver)
@@ -188,46 +185,6 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("{} failed ({status})", driver.display());
     }
     Ok(())
-}
-
-/// Where `scripts/build-upstream-wireguard-go.sh` puts its binary (the driver looks there too).
-fn upstream_wireguard_go() -> PathBuf {
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(x) => PathBuf::from(x),
-        None if Path::new("/work/cache").is_dir() => PathBuf::from("/work/cache"),
-        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/isthmus"),
-    };
-    cache.join("wireguard-go-upstream/wireguard-go")
-}
-
-/// Build upstream wireguard-go once if it is missing; it is an optional baseline, so a failure
-/// is only reported (the driver quotes the log's last line in the report).
-fn build_upstream_wireguard_go(root: &Path, out: &Path) {
-    let log = out.join("build-upstream-wireguard-go.log");
-    let _ = std::fs::remove_file(&log);
-    if upstream_wireguard_go().is_file() {
-        return;
-    }
-    let _ = std::fs::create_dir_all(out);
-    let Ok(f) = std::fs::File::create(&log) else {
-        return;
-    };
-    eprintln!(
-        "== building upstream wireguard-go (optional baseline; log: {})",
-        log.display()
-    );
-    let script = root.join("scripts/build-upstream-wireguard-go.sh");
-    let status = Command::new("bash")
-        .arg(&script)
-        .stdout(
-            f.try_clone()
-                .map_or_else(|_| std::process::Stdio::null(), Into::into),
-        )
-        .stderr(f)
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("warning: upstream wireguard-go could not be built here; the bench runs without it (see {})", log.display());
-    }
 }
 
 fn cmd(c: &mut Command) -> Result<()> {

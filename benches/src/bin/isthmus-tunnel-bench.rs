@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus (kernel and
-//! wg-go-deb are the baselines and always run). The handshake floods (`--only-floods` for
+//! wg-go-deb are the baselines and always run); wg-go-up is the wireguard-go binary given with
+//! `--wireguard-go-upstream` (one you built), and is not measured without it. The report says
+//! which build every column is. The handshake floods (`--only-floods` for
 //! them alone) need `lab-tool` (default: next to this binary). Writes `report.md` and
 //! `report.json` in `--out` (default `target/bench`) and prints the markdown.
 
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use isthmus_benches::{netns, report, tunnel};
+use isthmus_benches::{interrupt, report, tunnel};
 
 fn main() {
     if let Err(e) = run() {
@@ -99,7 +101,7 @@ fn run() -> Result<()> {
     if o.only_floods && !o.floods {
         bail!("--only-floods and --no-floods contradict each other");
     }
-    netns::install_interrupt_handler()?;
+    interrupt::install_handler()?;
     let results = if tunnels {
         Some(tunnel::run(&o)?)
     } else {
