@@ -1,5 +1,5 @@
 //! isthmus data plane: terminates and relays WireGuard tunnels in user space and forwards
-//! by a longest-prefix-match FIB. See `DESIGN.md` for the packet path.
+//! by a longest-prefix-match FIB. See `ARCHITECTURE.md` for the packet path and the code map.
 
 #![deny(unsafe_code)]
 #![allow(clippy::module_name_repetitions)]
