@@ -198,6 +198,26 @@ impl Core {
     /// wins, as in an update) and
     /// mark the FIB fresh. Only the prefixes that differ from the current set touch the FIB.
     pub fn set_control_routes(&self, routes: Vec<(IpNet, Via)>) {
+        let mut new: PrefixMap<IpNet, Via> =
+            PrefixMap::with_capacity_and_hasher(routes.len(), Default::default());
+        for (p, v) in routes {
+            new.insert(p.trunc(), v);
+        }
+        self.fib_stale.store(false, Relaxed);
+        self.change_control_routes(|control| {
+            let old = std::mem::replace(control, new);
+            control
+                .iter()
+                .filter(|(p, v)| old.get(p) != Some(v))
+                .map(|(p, _)| *p)
+                .chain(old.keys().filter(|p| !control.contains_key(p)).copied())
+                .collect()
+        });
+    }
+
+    /// Change the control-plane routes with `f`, which returns the prefixes it touched
+    /// (truncated); only those are recomputed and published.
+    fn change_control_routes(&self, f: impl FnOnce(&mut PrefixMap<IpNet, Via>) -> Vec<IpNet>) {
         let _g = self
             .config_lock
             .lock()
@@ -207,51 +227,29 @@ impl Core {
             .routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut new: PrefixMap<IpNet, Via> =
-            PrefixMap::with_capacity_and_hasher(routes.len(), Default::default());
-        for (p, v) in routes {
-            new.insert(p.trunc(), v);
-        }
-        let old = std::mem::replace(&mut r.control, new);
-        let changed: Vec<IpNet> = r
-            .control
-            .iter()
-            .filter(|(p, v)| old.get(p) != Some(v))
-            .map(|(p, _)| *p)
-            .chain(old.keys().filter(|p| !r.control.contains_key(p)).copied())
-            .collect();
+        let touched = f(&mut r.control);
         let mut ops = Vec::new();
-        r.refresh(&peers, &changed, &mut ops);
-        self.fib_stale.store(false, Relaxed);
+        r.refresh(&peers, &touched, &mut ops);
         self.publish_ops(&mut r, ops);
     }
 
     /// Apply an incremental control-plane update: withdraw `remove`, then add or replace
     /// `add`. Costs O(changed routes), not O(table).
     pub fn update_control_routes(&self, add: Vec<(IpNet, Via)>, remove: &[IpNet]) {
-        let _g = self
-            .config_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let peers = self.peers.load_full();
-        let mut r = self
-            .routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut touched = Vec::with_capacity(add.len() + remove.len());
-        for p in remove {
-            let p = p.trunc();
-            r.control.remove(&p);
-            touched.push(p);
-        }
-        for (p, v) in add {
-            let p = p.trunc();
-            r.control.insert(p, v);
-            touched.push(p);
-        }
-        let mut ops = Vec::new();
-        r.refresh(&peers, &touched, &mut ops);
-        self.publish_ops(&mut r, ops);
+        self.change_control_routes(|control| {
+            let mut touched = Vec::with_capacity(add.len() + remove.len());
+            for p in remove {
+                let p = p.trunc();
+                control.remove(&p);
+                touched.push(p);
+            }
+            for (p, v) in add {
+                let p = p.trunc();
+                control.insert(p, v);
+                touched.push(p);
+            }
+            touched
+        });
     }
 
     /// After a change of the private key or of static or connected routes: rebuild and
