@@ -8,15 +8,20 @@
 //! | `u8/u16/u32/u64` | big-endian                                                   |
 //! | string, bytes    | `u32` length, then the bytes (strings are UTF-8)             |
 //! | key              | 32 bytes                                                     |
-//! | `Option<T>`      | `u8` 0 (none) or 1, then `T`                                 |
+//! | `Option<T>`      | `u8` option tag (none or some), then `T`                     |
 //! | `Vec<T>`         | `u32` count, then the items                                  |
-//! | prefix           | `u8` family (4 or 6), 4 or 16 address bytes, `u8` length     |
+//! | prefix           | `u8` family, 4 or 16 address bytes, `u8` length              |
 //! | socket address   | `u8` family, address bytes, `u16` port                       |
-//! | next hop         | `u8` 1 peer (then key), 2 local, 3 blackhole                 |
+//! | next hop         | `u8` kind (peer, local, blackhole), then the key for a peer  |
+//! | fieldless enum   | `u8` code                                                    |
 //!
 //! The first message on a connection is `Hello` with [`PROTOCOL_VERSION`]; the data plane
 //! answers `HelloAck`, or `Error` and closes when the versions differ. Bodies over
 //! [`MAX_MESSAGE`] are refused before they are read. Decoding never panics.
+//!
+//! Every code of every enum on the wire (message [`Tag`], option, address family, next hop, link
+//! class, route origin, event) is written once, in a `wire_tags!` table below, from which both
+//! the encoder and the decoder are made; the numbers are not repeated anywhere else.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -168,11 +173,198 @@ pub enum ProtoError {
     Io(#[from] io::Error),
 }
 
+/// The one table of a wire enum: each variant and its code, written once, from which both the
+/// encoder ([`WireTag::code`]) and the decoder ([`WireTag::from_code`]) are generated. The first
+/// form defines a new fieldless enum; the second gives codes to an existing fieldless enum.
+macro_rules! wire_tags {
+    (
+        $(#[$m:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $($(#[$vm:meta])* $v:ident = $n:literal,)+
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vm])* $v,)+
+        }
+        wire_tags!(impl $name ($what) { $($v = $n,)+ });
+        impl TryFrom<u8> for $name {
+            type Error = ProtoError;
+            fn try_from(v: u8) -> Result<Self, ProtoError> {
+                <Self as WireTag>::from_code(v)
+            }
+        }
+        impl From<$name> for u8 {
+            fn from(t: $name) -> u8 {
+                t.code()
+            }
+        }
+    };
+    (impl $name:ident ($what:literal) { $($v:ident = $n:literal,)+ }) => {
+        impl WireTag for $name {
+            #[cfg(test)]
+            const ALL: &'static [Self] = &[$($name::$v,)+];
+            fn code(self) -> u8 {
+                match self {
+                    $($name::$v => $n,)+
+                }
+            }
+            fn from_code(v: u8) -> Result<Self, ProtoError> {
+                match v {
+                    $($n => Ok($name::$v),)+
+                    _ => Err(ProtoError::Unknown { what: $what, value: v }),
+                }
+            }
+        }
+    };
+}
+
+/// A fieldless enum sent as a one-byte code.
+trait WireTag: Sized + Copy + 'static {
+    /// Every variant (for the tests).
+    #[cfg(test)]
+    const ALL: &'static [Self];
+    /// Its code on the wire.
+    fn code(self) -> u8;
+    /// The variant of a code; [`ProtoError::Unknown`] for an unknown one.
+    fn from_code(v: u8) -> Result<Self, ProtoError>;
+}
+
+wire_tags! {
+    /// A message's type, its body's first byte.
+    pub enum Tag("message type") {
+        /// [`Msg::Hello`].
+        Hello = 1,
+        /// [`Msg::HelloAck`].
+        HelloAck = 2,
+        /// [`Msg::GetPeers`].
+        GetPeers = 3,
+        /// [`Msg::GetRoutes`].
+        GetRoutes = 4,
+        /// [`Msg::GetStats`].
+        GetStats = 5,
+        /// [`Msg::FibSnapshot`].
+        FibSnapshot = 6,
+        /// [`Msg::FibUpdate`].
+        FibUpdate = 7,
+        /// [`Msg::Subscribe`].
+        Subscribe = 8,
+        /// [`Msg::Inject`].
+        Inject = 9,
+        /// [`Msg::Peers`].
+        Peers = 10,
+        /// [`Msg::Routes`].
+        Routes = 11,
+        /// [`Msg::Stats`].
+        Stats = 12,
+        /// [`Msg::Ok`].
+        Ok = 13,
+        /// [`Msg::Error`].
+        Error = 14,
+        /// [`Msg::Event`].
+        Event = 15,
+        /// [`Msg::Punt`].
+        Punt = 16,
+    }
+}
+
+wire_tags! {
+    /// Whether an `Option` holds a value.
+    enum OptTag("option tag") {
+        None = 0,
+        Some = 1,
+    }
+}
+
+wire_tags! {
+    /// An address's family.
+    enum Family("address family") {
+        V4 = 4,
+        V6 = 6,
+    }
+}
+
+wire_tags! {
+    /// The kind of a [`Via`].
+    enum HopTag("next hop") {
+        Peer = 1,
+        Local = 2,
+        Blackhole = 3,
+    }
+}
+
+wire_tags! {
+    /// The kind of a [`PeerEvent`].
+    enum EventTag("event") {
+        HandshakeUp = 1,
+        EndpointChanged = 2,
+    }
+}
+
+wire_tags!(impl LinkClass("link class") {
+    Mesh = 1,
+    Trunk = 2,
+    Wired = 3,
+});
+
+wire_tags!(impl RouteOrigin("route origin") {
+    AllowedIps = 1,
+    Connected = 2,
+    Static = 3,
+    Control = 4,
+});
+
+impl Msg {
+    /// The message's type on the wire.
+    #[must_use]
+    pub fn tag(&self) -> Tag {
+        match self {
+            Msg::Hello { .. } => Tag::Hello,
+            Msg::HelloAck { .. } => Tag::HelloAck,
+            Msg::GetPeers => Tag::GetPeers,
+            Msg::GetRoutes => Tag::GetRoutes,
+            Msg::GetStats => Tag::GetStats,
+            Msg::FibSnapshot { .. } => Tag::FibSnapshot,
+            Msg::FibUpdate { .. } => Tag::FibUpdate,
+            Msg::Subscribe => Tag::Subscribe,
+            Msg::Inject { .. } => Tag::Inject,
+            Msg::Peers(_) => Tag::Peers,
+            Msg::Routes(_) => Tag::Routes,
+            Msg::Stats(_) => Tag::Stats,
+            Msg::Ok => Tag::Ok,
+            Msg::Error(_) => Tag::Error,
+            Msg::Event(_) => Tag::Event,
+            Msg::Punt { .. } => Tag::Punt,
+        }
+    }
+}
+
+impl PeerEvent {
+    fn tag(&self) -> EventTag {
+        match self {
+            PeerEvent::HandshakeUp { .. } => EventTag::HandshakeUp,
+            PeerEvent::EndpointChanged { .. } => EventTag::EndpointChanged,
+        }
+    }
+}
+
+fn hop_tag(h: &Via) -> HopTag {
+    match h {
+        Via::Peer(_) => HopTag::Peer,
+        Via::Local => HopTag::Local,
+        Via::Blackhole => HopTag::Blackhole,
+    }
+}
+
 struct W<'a>(&'a mut Vec<u8>);
 
 impl W<'_> {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
+    }
+    fn tag(&mut self, t: impl WireTag) {
+        self.u8(t.code());
     }
     fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_be_bytes());
@@ -196,14 +388,23 @@ impl W<'_> {
     fn key(&mut self, k: &Key) {
         self.0.extend_from_slice(&k.0);
     }
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
+            Some(v) => {
+                self.tag(OptTag::Some);
+                f(self, v);
+            }
+            None => self.tag(OptTag::None),
+        }
+    }
     fn ip(&mut self, a: IpAddr) {
         match a {
             IpAddr::V4(a) => {
-                self.u8(4);
+                self.tag(Family::V4);
                 self.0.extend_from_slice(&a.octets());
             }
             IpAddr::V6(a) => {
-                self.u8(6);
+                self.tag(Family::V6);
                 self.0.extend_from_slice(&a.octets());
             }
         }
@@ -217,13 +418,9 @@ impl W<'_> {
         self.u16(a.port());
     }
     fn hop(&mut self, h: &Via) {
-        match h {
-            Via::Peer(k) => {
-                self.u8(1);
-                self.key(k);
-            }
-            Via::Local => self.u8(2),
-            Via::Blackhole => self.u8(3),
+        self.tag(hop_tag(h));
+        if let Via::Peer(k) = h {
+            self.key(k);
         }
     }
     fn route(&mut self, r: &CtlRoute) {
@@ -245,6 +442,9 @@ impl R<'_> {
     }
     fn u8(&mut self) -> Result<u8, ProtoError> {
         Ok(self.take(1)?[0])
+    }
+    fn tag<T: WireTag>(&mut self) -> Result<T, ProtoError> {
+        T::from_code(self.u8()?)
     }
     fn u16(&mut self) -> Result<u16, ProtoError> {
         Ok(u16::from_be_bytes(
@@ -284,13 +484,9 @@ impl R<'_> {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, ProtoError>,
     ) -> Result<Option<T>, ProtoError> {
-        match self.u8()? {
-            0 => Ok(None),
-            1 => Ok(Some(f(self)?)),
-            v => Err(ProtoError::Unknown {
-                what: "option tag",
-                value: v,
-            }),
+        match self.tag()? {
+            OptTag::None => Ok(None),
+            OptTag::Some => Ok(Some(f(self)?)),
         }
     }
     /// A vector whose items take at least `min_item` bytes (bounds the allocation).
@@ -310,17 +506,13 @@ impl R<'_> {
         Ok(v)
     }
     fn ip(&mut self) -> Result<IpAddr, ProtoError> {
-        match self.u8()? {
-            4 => Ok(IpAddr::V4(Ipv4Addr::from(
+        match self.tag()? {
+            Family::V4 => Ok(IpAddr::V4(Ipv4Addr::from(
                 <[u8; 4]>::try_from(self.take(4)?).map_err(|_| ProtoError::Truncated)?,
             ))),
-            6 => Ok(IpAddr::V6(Ipv6Addr::from(
+            Family::V6 => Ok(IpAddr::V6(Ipv6Addr::from(
                 <[u8; 16]>::try_from(self.take(16)?).map_err(|_| ProtoError::Truncated)?,
             ))),
-            v => Err(ProtoError::Unknown {
-                what: "address family",
-                value: v,
-            }),
         }
     }
     fn prefix(&mut self) -> Result<IpNet, ProtoError> {
@@ -333,15 +525,11 @@ impl R<'_> {
         Ok(SocketAddr::new(a, self.u16()?))
     }
     fn hop(&mut self) -> Result<Via, ProtoError> {
-        match self.u8()? {
-            1 => Ok(Via::Peer(self.key()?)),
-            2 => Ok(Via::Local),
-            3 => Ok(Via::Blackhole),
-            v => Err(ProtoError::Unknown {
-                what: "next hop",
-                value: v,
-            }),
-        }
+        Ok(match self.tag()? {
+            HopTag::Peer => Via::Peer(self.key()?),
+            HopTag::Local => Via::Local,
+            HopTag::Blackhole => Via::Blackhole,
+        })
     }
     fn route(&mut self) -> Result<CtlRoute, ProtoError> {
         Ok(CtlRoute {
@@ -356,9 +544,10 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut w = W(out);
+    w.tag(msg.tag());
     match msg {
+        Msg::GetPeers | Msg::GetRoutes | Msg::GetStats | Msg::Subscribe | Msg::Ok => {}
         Msg::Hello { version, client } => {
-            w.u8(1);
             w.u16(*version);
             w.str(client);
         }
@@ -367,73 +556,36 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
             ifname,
             public_key,
         } => {
-            w.u8(2);
             w.u16(*version);
             w.str(ifname);
-            match public_key {
-                Some(k) => {
-                    w.u8(1);
-                    w.key(k);
-                }
-                None => w.u8(0),
-            }
+            w.opt(public_key.as_ref(), W::key);
         }
-        Msg::GetPeers => w.u8(3),
-        Msg::GetRoutes => w.u8(4),
-        Msg::GetStats => w.u8(5),
         Msg::FibSnapshot { routes } => {
-            w.u8(6);
             w.len(routes.len());
             routes.iter().for_each(|r| w.route(r));
         }
         Msg::FibUpdate { add, remove } => {
-            w.u8(7);
             w.len(add.len());
             add.iter().for_each(|r| w.route(r));
             w.len(remove.len());
             remove.iter().for_each(|p| w.prefix(p));
         }
-        Msg::Subscribe => w.u8(8),
-        Msg::Inject { peer, packet } => {
-            w.u8(9);
+        Msg::Inject { peer, packet } | Msg::Punt { peer, packet } => {
             w.key(peer);
             w.bytes(packet);
         }
         Msg::Peers(peers) => {
-            w.u8(10);
             w.len(peers.len());
             for p in peers {
                 w.key(&p.public_key);
-                match &p.name {
-                    Some(n) => {
-                        w.u8(1);
-                        w.str(n);
-                    }
-                    None => w.u8(0),
-                }
-                w.u8(match p.class {
-                    LinkClass::Mesh => 1,
-                    LinkClass::Trunk => 2,
-                    LinkClass::Wired => 3,
-                });
-                match &p.endpoint {
-                    Some(e) => {
-                        w.u8(1);
-                        w.sockaddr(e);
-                    }
-                    None => w.u8(0),
-                }
+                w.opt(p.name.as_deref(), W::str);
+                w.tag(p.class);
+                w.opt(p.endpoint.as_ref(), W::sockaddr);
                 // Whole seconds since the Unix epoch; the preshared key is not sent.
-                match p
+                let handshake = p
                     .last_handshake
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                {
-                    Some(t) => {
-                        w.u8(1);
-                        w.u64(t.as_secs());
-                    }
-                    None => w.u8(0),
-                }
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                w.opt(handshake, |w, t| w.u64(t.as_secs()));
                 w.u16(p.persistent_keepalive.unwrap_or(0));
                 w.u64(p.rx_bytes);
                 w.u64(p.tx_bytes);
@@ -445,50 +597,30 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
             }
         }
         Msg::Routes(routes) => {
-            w.u8(11);
             w.len(routes.len());
             for r in routes {
                 w.prefix(&r.prefix);
                 w.hop(&r.next_hop);
-                w.u8(match r.origin {
-                    RouteOrigin::AllowedIps => 1,
-                    RouteOrigin::Connected => 2,
-                    RouteOrigin::Static => 3,
-                    RouteOrigin::Control => 4,
-                });
+                w.tag(r.origin);
             }
         }
         Msg::Stats(stats) => {
-            w.u8(12);
             w.len(stats.len());
             for (k, v) in stats {
                 w.str(k);
                 w.u64(*v);
             }
         }
-        Msg::Ok => w.u8(13),
-        Msg::Error(e) => {
-            w.u8(14);
-            w.str(e);
-        }
+        Msg::Error(e) => w.str(e),
         Msg::Event(ev) => {
-            w.u8(15);
+            w.tag(ev.tag());
             match ev {
-                PeerEvent::HandshakeUp { peer } => {
-                    w.u8(1);
-                    w.key(peer);
-                }
+                PeerEvent::HandshakeUp { peer } => w.key(peer),
                 PeerEvent::EndpointChanged { peer, endpoint } => {
-                    w.u8(2);
                     w.key(peer);
                     w.sockaddr(endpoint);
                 }
             }
-        }
-        Msg::Punt { peer, packet } => {
-            w.u8(16);
-            w.key(peer);
-            w.bytes(packet);
         }
     }
     let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
@@ -498,46 +630,36 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
 /// Decode one body (without the length prefix).
 pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
     let mut r = R(body);
-    let msg = match r.u8()? {
-        1 => Msg::Hello {
+    let msg = match r.tag()? {
+        Tag::Hello => Msg::Hello {
             version: r.u16()?,
             client: r.str()?,
         },
-        2 => Msg::HelloAck {
+        Tag::HelloAck => Msg::HelloAck {
             version: r.u16()?,
             ifname: r.str()?,
             public_key: r.opt(R::key)?,
         },
-        3 => Msg::GetPeers,
-        4 => Msg::GetRoutes,
-        5 => Msg::GetStats,
-        6 => Msg::FibSnapshot {
+        Tag::GetPeers => Msg::GetPeers,
+        Tag::GetRoutes => Msg::GetRoutes,
+        Tag::GetStats => Msg::GetStats,
+        Tag::FibSnapshot => Msg::FibSnapshot {
             routes: r.vec(7, R::route)?,
         },
-        7 => Msg::FibUpdate {
+        Tag::FibUpdate => Msg::FibUpdate {
             add: r.vec(7, R::route)?,
             remove: r.vec(6, R::prefix)?,
         },
-        8 => Msg::Subscribe,
-        9 => Msg::Inject {
+        Tag::Subscribe => Msg::Subscribe,
+        Tag::Inject => Msg::Inject {
             peer: r.key()?,
             packet: r.bytes()?,
         },
-        10 => Msg::Peers(r.vec(32 + 45, |r| {
+        Tag::Peers => Msg::Peers(r.vec(32 + 45, |r| {
             Ok(PeerInfo {
                 public_key: r.key()?,
                 name: r.opt(R::str)?,
-                class: match r.u8()? {
-                    1 => LinkClass::Mesh,
-                    2 => LinkClass::Trunk,
-                    3 => LinkClass::Wired,
-                    v => {
-                        return Err(ProtoError::Unknown {
-                            what: "link class",
-                            value: v,
-                        })
-                    }
-                },
+                class: r.tag()?,
                 endpoint: r.opt(R::sockaddr)?,
                 last_handshake: r
                     .opt(R::u64)?
@@ -552,53 +674,27 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
                 allowed_ips: r.vec(6, R::prefix)?,
             })
         })?),
-        11 => Msg::Routes(r.vec(8, |r| {
-            let prefix = r.prefix()?;
-            let next_hop = r.hop()?;
-            let origin = match r.u8()? {
-                1 => RouteOrigin::AllowedIps,
-                2 => RouteOrigin::Connected,
-                3 => RouteOrigin::Static,
-                4 => RouteOrigin::Control,
-                v => {
-                    return Err(ProtoError::Unknown {
-                        what: "route origin",
-                        value: v,
-                    })
-                }
-            };
+        Tag::Routes => Msg::Routes(r.vec(8, |r| {
             Ok(RouteInfo {
-                prefix,
-                next_hop,
-                origin,
+                prefix: r.prefix()?,
+                next_hop: r.hop()?,
+                origin: r.tag()?,
             })
         })?),
-        12 => Msg::Stats(r.vec(12, |r| Ok((r.str()?, r.u64()?)))?),
-        13 => Msg::Ok,
-        14 => Msg::Error(r.str()?),
-        15 => Msg::Event(match r.u8()? {
-            1 => PeerEvent::HandshakeUp { peer: r.key()? },
-            2 => PeerEvent::EndpointChanged {
+        Tag::Stats => Msg::Stats(r.vec(12, |r| Ok((r.str()?, r.u64()?)))?),
+        Tag::Ok => Msg::Ok,
+        Tag::Error => Msg::Error(r.str()?),
+        Tag::Event => Msg::Event(match r.tag()? {
+            EventTag::HandshakeUp => PeerEvent::HandshakeUp { peer: r.key()? },
+            EventTag::EndpointChanged => PeerEvent::EndpointChanged {
                 peer: r.key()?,
                 endpoint: r.sockaddr()?,
             },
-            v => {
-                return Err(ProtoError::Unknown {
-                    what: "event",
-                    value: v,
-                })
-            }
         }),
-        16 => Msg::Punt {
+        Tag::Punt => Msg::Punt {
             peer: r.key()?,
             packet: r.bytes()?,
         },
-        v => {
-            return Err(ProtoError::Unknown {
-                what: "message type",
-                value: v,
-            })
-        }
     };
     if !r.0.is_empty() {
         return Err(ProtoError::Trailing(r.0.len()));
@@ -662,7 +758,11 @@ mod tests {
         (
             key(),
             proptest::option::of(".{0,12}"),
-            any::<bool>(),
+            prop_oneof![
+                Just(LinkClass::Mesh),
+                Just(LinkClass::Trunk),
+                Just(LinkClass::Wired)
+            ],
             proptest::option::of(sockaddr()),
             proptest::option::of(0..u64::from(u32::MAX)),
             any::<u16>(),
@@ -670,15 +770,11 @@ mod tests {
             proptest::collection::vec(prefix(), 0..4),
         )
             .prop_map(
-                |(public_key, name, trunk, endpoint, handshake, keepalive, c, allowed_ips)| {
+                |(public_key, name, class, endpoint, handshake, keepalive, c, allowed_ips)| {
                     PeerInfo {
                         public_key,
                         name,
-                        class: if trunk {
-                            LinkClass::Trunk
-                        } else {
-                            LinkClass::Mesh
-                        },
+                        class,
                         endpoint,
                         // The channel carries whole seconds and no preshared key.
                         last_handshake: handshake
@@ -785,5 +881,197 @@ mod tests {
         let mut body = vec![6u8];
         body.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode(&body), Err(ProtoError::Truncated)));
+    }
+
+    /// One message of each kind, each enum code used at least once.
+    fn pinned_messages() -> Vec<Msg> {
+        let k = Key([0xab; 32]);
+        let v4: IpNet = "10.1.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        let ep: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let peer = |class: LinkClass, with: bool| PeerInfo {
+            public_key: k,
+            name: with.then(|| "a".to_string()),
+            class,
+            endpoint: with.then_some(ep),
+            last_handshake: with.then(|| UNIX_EPOCH + std::time::Duration::from_secs(258)),
+            preshared_key: None,
+            persistent_keepalive: with.then_some(25),
+            rx_bytes: 1,
+            tx_bytes: 2,
+            rx_packets: 3,
+            tx_packets: 4,
+            handshakes: 5,
+            allowed_ips: vec![v4],
+        };
+        vec![
+            Msg::Hello {
+                version: 2,
+                client: "c".into(),
+            },
+            Msg::HelloAck {
+                version: 2,
+                ifname: "i".into(),
+                public_key: Some(k),
+            },
+            Msg::HelloAck {
+                version: 2,
+                ifname: "i".into(),
+                public_key: None,
+            },
+            Msg::GetPeers,
+            Msg::GetRoutes,
+            Msg::GetStats,
+            Msg::FibSnapshot {
+                routes: vec![CtlRoute {
+                    prefix: v4,
+                    next_hop: Via::Local,
+                }],
+            },
+            Msg::FibUpdate {
+                add: vec![CtlRoute {
+                    prefix: v6,
+                    next_hop: Via::Peer(k),
+                }],
+                remove: vec![v4],
+            },
+            Msg::Subscribe,
+            Msg::Inject {
+                peer: k,
+                packet: vec![0x45],
+            },
+            Msg::Peers(vec![
+                peer(LinkClass::Mesh, true),
+                peer(LinkClass::Trunk, false),
+                peer(LinkClass::Wired, false),
+            ]),
+            Msg::Routes(vec![
+                RouteInfo {
+                    prefix: v4,
+                    next_hop: Via::Blackhole,
+                    origin: RouteOrigin::AllowedIps,
+                },
+                RouteInfo {
+                    prefix: v4,
+                    next_hop: Via::Local,
+                    origin: RouteOrigin::Connected,
+                },
+                RouteInfo {
+                    prefix: v6,
+                    next_hop: Via::Local,
+                    origin: RouteOrigin::Static,
+                },
+                RouteInfo {
+                    prefix: v6,
+                    next_hop: Via::Local,
+                    origin: RouteOrigin::Control,
+                },
+            ]),
+            Msg::Stats(vec![("s".into(), 9)]),
+            Msg::Ok,
+            Msg::Error("e".into()),
+            Msg::Event(PeerEvent::HandshakeUp { peer: k }),
+            Msg::Event(PeerEvent::EndpointChanged {
+                peer: k,
+                endpoint: ep,
+            }),
+            Msg::Punt {
+                peer: k,
+                packet: vec![0x60],
+            },
+        ]
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The bytes of [`pinned_messages`] as the previous encoders wrote them (`K` for the key):
+    /// a change here changes the protocol and needs a new [`PROTOCOL_VERSION`].
+    const PINNED: &[&str] = &[
+        "000000080100020000000163",
+        "00000029020002000000016901K",
+        "00000009020002000000016900",
+        "0000000103",
+        "0000000104",
+        "0000000105",
+        "0000000c0600000001040a0100001002",
+        "00000042070000000106fd0000000000000000000000000000000801K00000001040a01000010",
+        "0000000108",
+        "0000002609K0000000145",
+        "000001210a00000003K010000000161010104c0000201ca6c01000000000000010200190000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0002000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0003000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010",
+        "0000003d0b00000004040a010000100301040a01000010020206fd00000000000000000000000000000008020306fd000000000000000000000000000000080204",
+        "000000120c0000000100000001730000000000000009",
+        "000000010d",
+        "000000060e0000000165",
+        "000000220f01K",
+        "000000290f02K04c0000201ca6c",
+        "0000002610K0000000160",
+    ];
+
+    #[test]
+    fn wire_format_is_pinned() {
+        let msgs = pinned_messages();
+        assert_eq!(msgs.len(), PINNED.len());
+        for (m, want) in msgs.iter().zip(PINNED) {
+            let mut buf = Vec::new();
+            encode(m, &mut buf);
+            let want = want.replace('K', &"ab".repeat(32));
+            assert_eq!(hex(&buf), want, "{m:?}");
+            assert_eq!(&decode(&buf[4..]).unwrap(), m);
+        }
+        // Every message type is pinned.
+        let tags: std::collections::HashSet<Tag> = msgs.iter().map(Msg::tag).collect();
+        assert_eq!(tags.len(), Tag::ALL.len());
+    }
+
+    /// Every code of `T` maps back to its variant, and every other byte is `Unknown`.
+    fn check_table<T: WireTag + PartialEq + std::fmt::Debug>(what: &str) {
+        let mut seen = 0;
+        for v in 0..=u8::MAX {
+            match T::from_code(v) {
+                Ok(t) => {
+                    assert_eq!(t.code(), v, "{what} {t:?}");
+                    seen += 1;
+                }
+                Err(ProtoError::Unknown { what: w, value }) => {
+                    assert_eq!((w, value), (what, v));
+                }
+                Err(e) => panic!("{what} {v}: {e}"),
+            }
+        }
+        // Each variant has its own code.
+        assert_eq!(seen, T::ALL.len(), "{what}");
+        for &t in T::ALL {
+            assert_eq!(T::from_code(t.code()).unwrap(), t, "{what}");
+        }
+    }
+
+    #[test]
+    fn every_tag_round_trips_through_u8() {
+        for &t in Tag::ALL {
+            assert_eq!(Tag::try_from(u8::from(t)).unwrap(), t);
+        }
+        assert!(matches!(
+            Tag::try_from(0),
+            Err(ProtoError::Unknown {
+                what: "message type",
+                value: 0
+            })
+        ));
+        assert!(matches!(
+            decode(&[200]),
+            Err(ProtoError::Unknown {
+                what: "message type",
+                value: 200
+            })
+        ));
+        check_table::<Tag>("message type");
+        check_table::<OptTag>("option tag");
+        check_table::<Family>("address family");
+        check_table::<HopTag>("next hop");
+        check_table::<EventTag>("event");
+        check_table::<LinkClass>("link class");
+        check_table::<RouteOrigin>("route origin");
     }
 }
