@@ -16,6 +16,7 @@ use socket2::Socket;
 
 use crate::forward::{Core, PeerChange, PeerSpec, Settings, Worker};
 use crate::io::backend;
+use crate::io::ifaddr;
 use crate::io::tun::{self, TunQueue};
 use crate::io::udp::{self, MmsgScratch};
 
@@ -321,7 +322,11 @@ impl Device {
                 if let Ok(mtu) = tun::mtu(&self.ifname) {
                     next.mtu = mtu;
                 }
-                let addrs = tun::addresses(&self.ifname);
+                let addrs: Vec<_> = ifaddr::addresses(&self.ifname)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.addr)
+                    .collect();
                 if addrs != local_addrs {
                     // The interface's own addresses are delivered locally, whatever else
                     // the FIB says (they matter when unrouted packets are dropped).
