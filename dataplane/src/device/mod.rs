@@ -427,6 +427,10 @@ impl Device {
 }
 
 /// Run `ip ARGS...` (iproute2), failing with its error output.
+///
+/// Not rtnetlink: the netlink socket code (requests, acks, extended acks, dumps) lives in the
+/// control plane's `kernel.rs`, whose crate depends on this one, and sharing it would move some
+/// 650 lines here; `SIOCSIFADDR`/`SIOCSIFFLAGS` ioctls would be the smaller way off iproute2.
 fn run_ip(args: &[&str]) -> io::Result<()> {
     let out = std::process::Command::new("ip").args(args).output()?;
     if out.status.success() {
