@@ -16,7 +16,6 @@
 //! `recvmmsg`. Errors name the route (`replace 10.1.0.0/24 via fe80::1 dev 5 metric 0: No such
 //! device`) and keep the errno, which [`errno`] recovers.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem;
@@ -24,11 +23,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ipnet::IpNet;
+use isthmus_dataplane::io::ifaddr::{self, IfAddr};
 use libc::{
-    IFA_ADDRESS, IFA_LOCAL, NETLINK_CAP_ACK, NETLINK_EXT_ACK, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH,
-    RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_GETADDR, RTM_GETROUTE,
-    RTM_NEWADDR, RTM_NEWROUTE, RTN_UNICAST, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE,
-    RT_TABLE_COMPAT, SOL_NETLINK,
+    NETLINK_CAP_ACK, NETLINK_EXT_ACK, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH, RTA_OIF, RTA_PRIORITY,
+    RTA_TABLE, RTA_VIA, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTN_UNICAST, RT_SCOPE_LINK,
+    RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_COMPAT, SOL_NETLINK,
 };
 
 /// Routing protocol number isthmus installs its routes under (see /etc/iproute2/rt_protos; pick an unused one: 77).
@@ -66,8 +65,6 @@ const RTNH_F_ONLINK: u32 = 4;
 
 /// Size of `struct rtmsg`.
 const RTMSG_LEN: usize = 12;
-/// Size of `struct ifaddrmsg`.
-const IFADDRMSG_LEN: usize = 8;
 /// Size of `struct rtnexthop`.
 const RTNEXTHOP_LEN: usize = 8;
 
@@ -107,7 +104,7 @@ pub struct KernelRoute {
     pub prefix: IpNet,
     /// Next hop; `None` for a directly connected destination.
     pub gateway: Option<IpAddr>,
-    /// Outgoing interface index ([`ifindex`]).
+    /// Outgoing interface index ([`ifaddr::ifindex`]).
     pub ifindex: u32,
     /// Route metric (lower wins).
     pub metric: u32,
@@ -145,17 +142,6 @@ impl KernelChange {
             Self::Remove(_) => "remove",
         }
     }
-}
-
-/// An address on an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IfAddr {
-    /// Interface index.
-    pub ifindex: u32,
-    /// The interface's own address (`IFA_LOCAL` on point-to-point links).
-    pub addr: IpAddr,
-    /// Length of the connected subnet's prefix.
-    pub prefix_len: u8,
 }
 
 /// The error a kernel request came back with, inside the `io::Error`s this module returns.
@@ -229,37 +215,6 @@ impl Nack {
     }
 }
 
-/// The interface index of `name` (`if_nametoindex`).
-///
-/// # Errors
-/// When there is no such interface (the error names it).
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    let c = CString::new(name).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name {name:?} contains a NUL byte"),
-        )
-    })?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("interface {name}: {}", strip_os_suffix(&e)),
-        ));
-    }
-    Ok(index)
-}
-
-/// Every address on every interface (IPv4 and IPv6), from an `RTM_GETADDR` dump.
-///
-/// # Errors
-/// When the netlink socket cannot be opened or the dump fails.
-pub fn addresses() -> io::Result<Vec<IfAddr>> {
-    Socket::open()?.addresses()
-}
-
 /// A handle on one routing table for one routing protocol number.
 pub struct Kernel {
     sock: Socket,
@@ -329,7 +284,7 @@ impl Kernel {
         let subnets = if needs_subnets {
             // Without the addresses every IPv4 gateway counts as on a connected subnet: the
             // kernel then refuses the ones it cannot reach, which names the problem.
-            self.sock.addresses().unwrap_or_default()
+            ifaddr::all().unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -520,12 +475,9 @@ impl Kernel {
 
 /// Is `gw` inside a subnet of an IPv4 address on interface `ifindex`?
 fn on_connected_subnet(subnets: &[IfAddr], ifindex: u32, gw: IpAddr) -> bool {
-    subnets.iter().any(|a| {
-        a.ifindex == ifindex
-            && IpNet::new(a.addr, a.prefix_len)
-                .map(|net| net.trunc().contains(&gw))
-                .unwrap_or(false)
-    })
+    subnets
+        .iter()
+        .any(|a| a.ifindex == ifindex && a.addr.is_ipv4() && a.subnet().contains(&gw))
 }
 
 fn ip_bytes(a: IpAddr) -> Vec<u8> {
@@ -1135,35 +1087,6 @@ impl Socket {
             None,
         ))
     }
-
-    fn addresses(&mut self) -> io::Result<Vec<IfAddr>> {
-        let mut out = Vec::new();
-        let body = [0u8; IFADDRMSG_LEN]; // AF_UNSPEC: every family
-        self.dump(RTM_GETADDR, &body, "dump addresses", |ty, p| {
-            if ty != RTM_NEWADDR || p.len() < IFADDRMSG_LEN {
-                return;
-            }
-            let (family, prefix_len) = (p[0], p[1]);
-            let ifindex = u32_at(&p[4..8]).unwrap_or(0);
-            let mut local = None;
-            let mut address = None;
-            for (t, data) in Attrs(&p[IFADDRMSG_LEN..]) {
-                match t {
-                    IFA_LOCAL => local = parse_ip(family, data),
-                    IFA_ADDRESS => address = parse_ip(family, data),
-                    _ => {}
-                }
-            }
-            if let Some(addr) = local.or(address) {
-                out.push(IfAddr {
-                    ifindex,
-                    addr,
-                    prefix_len,
-                });
-            }
-        })?;
-        Ok(out)
-    }
 }
 
 fn with_context(e: io::Error, what: &str) -> io::Error {
@@ -1267,12 +1190,5 @@ mod tests {
             "replace 10.1.0.0/24 via fe80::1 dev 5 metric 0: No such device"
         );
         assert_eq!(errno(&e), Some(libc::ENODEV));
-    }
-
-    #[test]
-    fn ifindex_of_loopback_and_missing_interface() {
-        assert!(ifindex("lo").unwrap() > 0);
-        let e = ifindex("isthmus-nonesuch").unwrap_err();
-        assert!(e.to_string().contains("isthmus-nonesuch"), "{e}");
     }
 }

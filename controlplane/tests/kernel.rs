@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 use isthmus_controlplane::kernel::{
-    addresses, errno, ifindex, Kernel, KernelChange, KernelRoute, RTPROT_ISTHMUS, RT_TABLE_MAIN,
+    errno, Kernel, KernelChange, KernelRoute, RTPROT_ISTHMUS, RT_TABLE_MAIN,
 };
+use isthmus_dataplane::io::ifaddr::{self, ifindex};
 use serde_json::Value;
 
 /// A network namespace with a veth pair `va`/`vb` (both ends inside, up); `va` holds
@@ -566,7 +567,7 @@ fn apply_reports_result_per_change_and_errors_name_the_route() {
 #[test]
 fn addresses_and_ifindex_inside_the_namespace() {
     let Some(ns) = Ns::new() else { return };
-    let (va, addrs) = ns.run(|| (ifindex("va").unwrap(), addresses().unwrap()));
+    let (va, addrs) = ns.run(|| (ifindex("va").unwrap(), ifaddr::all().unwrap()));
     assert!(addrs.iter().any(|a| a.ifindex == va
         && a.addr == "10.0.0.1".parse::<IpAddr>().unwrap()
         && a.prefix_len == 24));

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
 use isthmus_dataplane::fib::{self, RouteOrigin};
+use isthmus_dataplane::io::ifaddr;
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::DEFAULT_MTU;
 use tracing::{debug, info, warn};
@@ -39,7 +40,7 @@ pub use links::{unwrap, wrap};
 use crate::babel::packet::{RouterId, MULTICAST};
 use crate::babel::{self, Event, LinkConfig, LinkId, Router, Selected};
 use crate::config::{self, CpConfig, DefaultRoute, Direction, FilterAction};
-use crate::kernel::{self, Kernel, KernelRoute, RTPROT_ISTHMUS};
+use crate::kernel::{Kernel, KernelRoute, RTPROT_ISTHMUS};
 use reconcile::{Phase, Reconciler, Report, TableRoute, Timing};
 use tables::FibChannel;
 
@@ -247,7 +248,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     }));
     let (tx, rx) = mpsc::channel::<Input>();
 
-    let addrs = kernel::addresses().unwrap_or_default();
+    let addrs = ifaddr::all().unwrap_or_default();
     let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(DEFAULT_MTU));
     let link_local = cfg
         .babel
@@ -307,7 +308,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     for i in &cfg.babel.interfaces {
         let id = LinkId(next);
         next += 1;
-        let ifindex = kernel::ifindex(&i.name)?;
+        let ifindex = ifaddr::ifindex(&i.name)?;
         // An interface that just came up gets its link-local address after duplicate address
         // detection: wait a little for it.
         let mut addrs = addrs.clone();
@@ -321,7 +322,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
                 Some(ll) => break ll,
                 None if Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(200));
-                    addrs = kernel::addresses().unwrap_or_default();
+                    addrs = ifaddr::all().unwrap_or_default();
                 }
                 None => anyhow::bail!(
                     "{}: interface has no IPv6 link-local address (Babel needs one)",
@@ -422,7 +423,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         status = %status_path.display(),
         "isthmus-cp started; first push to the data plane in {hold:?}"
     );
-    let tun_ifindex = kernel::ifindex(&ifname).ok();
+    let tun_ifindex = ifaddr::ifindex(&ifname).ok();
     let timing = Timing { hold, cleanup };
     let kernel = kernel.map(|mut k| {
         let mut routes = Reconciler::new(now, timing);
@@ -583,7 +584,7 @@ impl Daemon {
                 if self.tun_ifindex.is_none() {
                     // Started before the data plane: its TUN exists now. Routes via peers
                     // get their kernel routes into it.
-                    self.tun_ifindex = kernel::ifindex(&self.ifname).ok();
+                    self.tun_ifindex = ifaddr::ifindex(&self.ifname).ok();
                     if let (Some(ifindex), Some((_, kroutes))) =
                         (self.tun_ifindex, self.kernel.as_mut())
                     {

@@ -16,6 +16,7 @@ use socket2::Socket;
 
 use crate::forward::{Core, PeerChange, PeerSpec, Settings, Worker};
 use crate::io::backend;
+use crate::io::ifaddr;
 use crate::io::tun::{self, TunQueue};
 use crate::io::udp::{self, MmsgScratch};
 
@@ -321,7 +322,11 @@ impl Device {
                 if let Ok(mtu) = tun::mtu(&self.ifname) {
                     next.mtu = mtu;
                 }
-                let addrs = tun::addresses(&self.ifname);
+                let addrs: Vec<_> = ifaddr::addresses(&self.ifname)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.addr)
+                    .collect();
                 if addrs != local_addrs {
                     // The interface's own addresses are delivered locally, whatever else
                     // the FIB says (they matter when unrouted packets are dropped).
@@ -422,6 +427,10 @@ impl Device {
 }
 
 /// Run `ip ARGS...` (iproute2), failing with its error output.
+///
+/// Not rtnetlink: the netlink socket code (requests, acks, extended acks, dumps) lives in the
+/// control plane's `kernel.rs`, whose crate depends on this one, and sharing it would move some
+/// 650 lines here; `SIOCSIFADDR`/`SIOCSIFFLAGS` ioctls would be the smaller way off iproute2.
 fn run_ip(args: &[&str]) -> io::Result<()> {
     let out = std::process::Command::new("ip").args(args).output()?;
     if out.status.success() {

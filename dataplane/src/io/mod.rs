@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub mod backend;
+pub mod ifaddr;
 pub mod loopback;
 pub mod metrics;
 pub mod offload;

@@ -3,10 +3,8 @@
 //! Opened directly with the TUNSETIFF ioctl rather than through the `tun-tap` crate, which
 //! has no multi-queue support and is unmaintained; the whole of it is these few calls.
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -293,47 +291,4 @@ pub fn mtu(name: &str) -> io::Result<u16> {
         return Err(io::Error::last_os_error());
     }
     Ok(u16::try_from(req.mtu).unwrap_or(u16::MAX))
-}
-
-/// The addresses on interface `name`, in the order the kernel lists them (link-local IPv6
-/// addresses included).
-pub fn addresses(name: &str) -> Vec<IpAddr> {
-    let Ok(cname) = CString::new(name) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        if unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) } != cname.as_c_str() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family == libc::AF_INET {
-            // SAFETY: family is AF_INET, so this is a sockaddr_in.
-            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-            out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                sin.sin_addr.s_addr,
-            ))));
-        } else if family == libc::AF_INET6 {
-            // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
-            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-            out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
 }
