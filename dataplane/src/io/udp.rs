@@ -422,18 +422,6 @@ impl Default for GroArea {
 }
 
 impl GroArea {
-    /// An area with no buffers, for workers that do not use GRO.
-    pub fn empty() -> Self {
-        Self {
-            bufs: Vec::new(),
-            hdrs: Vec::new(),
-            iovs: Vec::new(),
-            addrs: Vec::new(),
-            cmsgs: Vec::new(),
-            got: Vec::new(),
-        }
-    }
-
     /// Receive up to `GRO_MSGS` messages. `Err(WouldBlock)` when none is ready.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..GRO_MSGS {

@@ -160,11 +160,6 @@ impl HandshakeGuard {
         self.lock().expire(Instant::now());
     }
 
-    /// Sources tracked now.
-    pub fn sources(&self) -> usize {
-        self.lock().buckets.len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
         self.sources
             .lock()
