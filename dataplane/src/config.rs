@@ -75,6 +75,53 @@ impl Unrouted {
     }
 }
 
+/// How the underlay is served (`backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The kernel's UDP sockets (the default; works everywhere).
+    #[default]
+    Udp,
+    /// AF_XDP sockets on the underlay interfaces, the kernel's UDP stack bypassed.
+    Afxdp,
+}
+
+impl Backend {
+    /// `udp` or `afxdp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Afxdp => "afxdp",
+        }
+    }
+}
+
+/// `xdp_mode`: where the XDP program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// Native where the driver has it, else generic.
+    #[default]
+    Auto,
+    /// In the driver.
+    Native,
+    /// On the generic path (any interface).
+    Generic,
+}
+
+/// `xsk_mode`: how the XDP sockets are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XskModeChoice {
+    /// Zero-copy where the driver has it, else copy.
+    #[default]
+    Auto,
+    /// Zero-copy.
+    Zerocopy,
+    /// Copy.
+    Copy,
+}
+
 /// A whole, validated device configuration.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceConfig {
@@ -111,6 +158,16 @@ pub struct InterfaceConfig {
     pub unrouted: Option<Unrouted>,
     /// Control socket path.
     pub control_socket: Option<PathBuf>,
+    /// How the underlay is served.
+    pub backend: Backend,
+    /// AF_XDP: the underlay interfaces (empty: those of the routes to the endpoints).
+    pub underlay: Vec<String>,
+    /// AF_XDP: native or generic XDP.
+    pub xdp_mode: XdpModeChoice,
+    /// AF_XDP: zero-copy or copy mode.
+    pub xsk_mode: XskModeChoice,
+    /// AF_XDP: busy-poll the queues for this many µs (0 or absent: off).
+    pub busy_poll_us: Option<u32>,
 }
 
 impl Default for InterfaceConfig {
@@ -292,6 +349,15 @@ struct RawInterface {
     threads: Option<InRange<1, 64>>,
     unrouted: Option<Unrouted>,
     control_socket: Option<PathBuf>,
+    #[serde(default)]
+    backend: Backend,
+    #[serde(default)]
+    underlay: Vec<IfName>,
+    #[serde(default)]
+    xdp_mode: XdpModeChoice,
+    #[serde(default)]
+    xsk_mode: XskModeChoice,
+    busy_poll_us: Option<InRange<0, 1_000_000>>,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +618,11 @@ impl Ctx<'_> {
             threads: i.threads.map(Into::into),
             unrouted: i.unrouted,
             control_socket: i.control_socket,
+            backend: i.backend,
+            underlay: i.underlay.into_iter().map(|n| n.0).collect(),
+            xdp_mode: i.xdp_mode,
+            xsk_mode: i.xsk_mode,
+            busy_poll_us: i.busy_poll_us.map(Into::into).filter(|&us: &u32| us > 0),
         })
     }
 

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use isthmus_dataplane::config::{self, DeviceConfig};
 use isthmus_dataplane::ctl;
-use isthmus_dataplane::device::{self, Device, DeviceOptions};
+use isthmus_dataplane::device::{self, AfXdpOptions, Device, DeviceOptions};
 use isthmus_dataplane::forward::Settings;
+use isthmus_dataplane::io::bpf::XdpMode;
+use isthmus_dataplane::io::xsk::BindMode;
 
 const USAGE: &str = "\
 usage: isthmus-dp [options] IFNAME
@@ -33,6 +35,12 @@ options:
                          wireguard-go: hand to the kernel) or 'drop' (count and send
                          ICMP unreachable)
       --ctl-socket PATH  control socket (default /var/run/isthmus/IFNAME.ctl)
+      --backend B        underlay I/O: 'udp' (default, the kernel's UDP sockets) or
+                         'afxdp' (AF_XDP sockets, the kernel's UDP stack bypassed)
+      --underlay IF[,IF] AF_XDP: the underlay interfaces (default: those of the
+                         routes to the configured peers' endpoints)
+      --xdp-mode M       AF_XDP: 'native' or 'generic' XDP (default: native where
+                         the driver has it)
   -V, --version          print the version
   -h, --help             this text";
 
@@ -45,6 +53,9 @@ struct Args {
     threads: Option<usize>,
     unrouted: Option<String>,
     ctl_socket: Option<PathBuf>,
+    backend: Option<config::Backend>,
+    underlay: Vec<String>,
+    xdp_mode: Option<config::XdpModeChoice>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
@@ -72,6 +83,27 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             }
             "--unrouted" => a.unrouted = Some(value(&arg)?),
             "--ctl-socket" => a.ctl_socket = Some(value(&arg)?.into()),
+            "--backend" => {
+                a.backend = Some(match value(&arg)?.as_str() {
+                    "udp" => config::Backend::Udp,
+                    "afxdp" => config::Backend::Afxdp,
+                    v => bail!("--backend: expected 'udp' or 'afxdp', got {v:?}"),
+                })
+            }
+            "--xdp-mode" => {
+                a.xdp_mode = Some(match value(&arg)?.as_str() {
+                    "auto" => config::XdpModeChoice::Auto,
+                    "native" => config::XdpModeChoice::Native,
+                    "generic" => config::XdpModeChoice::Generic,
+                    v => bail!("--xdp-mode: expected 'auto', 'native' or 'generic', got {v:?}"),
+                })
+            }
+            "--underlay" => a.underlay.extend(
+                value(&arg)?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
             "-V" | "--version" => {
                 println!("isthmus-dp {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
@@ -167,6 +199,54 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
     bail!("daemon did not come up within 10 s")
 }
 
+/// The AF_XDP options, when that backend is chosen. Without an underlay list, the
+/// interfaces of the kernel's routes to the configured endpoints.
+fn afxdp_options(
+    args: &Args,
+    iface: &config::InterfaceConfig,
+    cfg: Option<&DeviceConfig>,
+) -> anyhow::Result<Option<AfXdpOptions>> {
+    if args.backend.unwrap_or(iface.backend) != config::Backend::Afxdp {
+        return Ok(None);
+    }
+    let mut underlay = if args.underlay.is_empty() {
+        iface.underlay.clone()
+    } else {
+        args.underlay.clone()
+    };
+    if underlay.is_empty() {
+        let mut nl = isthmus_dataplane::io::netlink::Netlink::open()?;
+        let names = isthmus_dataplane::io::ifaddr::all()?;
+        for ep in cfg.iter().flat_map(|c| &c.peers).filter_map(|p| p.endpoint) {
+            let r = nl
+                .route_to(ep.ip(), iface.fwmark.unwrap_or(0))
+                .with_context(|| format!("no route to the endpoint {ep}"))?;
+            if let Some(a) = names.iter().find(|a| a.ifindex == r.ifindex) {
+                if !underlay.contains(&a.ifname) {
+                    underlay.push(a.ifname.clone());
+                }
+            }
+        }
+        if underlay.is_empty() {
+            bail!("backend afxdp: name the underlay interfaces (underlay = [...] or --underlay IF); no configured endpoint tells them");
+        }
+    }
+    Ok(Some(AfXdpOptions {
+        underlay,
+        xdp_mode: match args.xdp_mode.unwrap_or(iface.xdp_mode) {
+            config::XdpModeChoice::Auto => None,
+            config::XdpModeChoice::Native => Some(XdpMode::Native),
+            config::XdpModeChoice::Generic => Some(XdpMode::Generic),
+        },
+        bind_mode: match iface.xsk_mode {
+            config::XskModeChoice::Auto => None,
+            config::XskModeChoice::Zerocopy => Some(BindMode::ZeroCopy),
+            config::XskModeChoice::Copy => Some(BindMode::Copy),
+        },
+        busy_poll_us: iface.busy_poll_us,
+    }))
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let (ifname, cfg) = load_config(args)?;
     let iface = cfg
@@ -193,6 +273,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             ..Settings::default()
         },
         offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),
+        afxdp: afxdp_options(args, &iface, cfg.as_ref())?,
     };
     let dev = Device::start(&ifname, opts).with_context(|| format!("starting device {ifname}"))?;
     if let Some(cfg) = &cfg {

@@ -175,6 +175,13 @@ pub struct WorkerCounters {
     pub rx_batches: Counter,
     /// Packets received (UDP + TUN).
     pub rx_packets: Counter,
+    /// Underlay frames received through an XSK (AF_XDP backend).
+    pub xdp_rx: Counter,
+    /// Underlay frames sent through an XSK.
+    pub xdp_tx: Counter,
+    /// Datagrams the AF_XDP backend sent through the kernel's UDP socket instead: the next
+    /// hop's link-layer address was not resolved yet (sending makes the kernel resolve it).
+    pub xdp_neigh_fallback: Counter,
 }
 
 impl WorkerCounters {
@@ -211,6 +218,12 @@ pub struct Totals {
     pub rx_batches: u64,
     /// Packets received.
     pub rx_packets: u64,
+    /// Frames received through XSKs.
+    pub xdp_rx: u64,
+    /// Frames sent through XSKs.
+    pub xdp_tx: u64,
+    /// Datagrams sent by the kernel for an unresolved neighbour.
+    pub xdp_neigh_fallback: u64,
 }
 
 impl Totals {
@@ -232,6 +245,9 @@ impl Totals {
             t.mss_clamped += w.mss_clamped.get();
             t.rx_batches += w.rx_batches.get();
             t.rx_packets += w.rx_packets.get();
+            t.xdp_rx += w.xdp_rx.get();
+            t.xdp_tx += w.xdp_tx.get();
+            t.xdp_neigh_fallback += w.xdp_neigh_fallback.get();
         }
         t
     }
@@ -375,7 +391,7 @@ pub fn render(s: &Sample) -> String {
         let v = s.totals.drops[r as usize];
         let _ = writeln!(o, "isthmus_drops_total{{reason=\"{}\"}} {v}", r.label());
     }
-    let simple: [(&str, &str, &str, u64); 5] = [
+    let simple: [(&str, &str, &str, u64); 8] = [
         (
             "isthmus_icmp_errors_sent_total",
             "counter",
@@ -405,6 +421,24 @@ pub fn render(s: &Sample) -> String {
             "counter",
             "Packets received from UDP and TUN.",
             s.totals.rx_packets,
+        ),
+        (
+            "isthmus_xdp_rx_frames_total",
+            "counter",
+            "Underlay frames received through AF_XDP sockets.",
+            s.totals.xdp_rx,
+        ),
+        (
+            "isthmus_xdp_tx_frames_total",
+            "counter",
+            "Underlay frames sent through AF_XDP sockets.",
+            s.totals.xdp_tx,
+        ),
+        (
+            "isthmus_xdp_neighbour_fallback_total",
+            "counter",
+            "Datagrams sent through the kernel because the next hop's MAC was not resolved yet.",
+            s.totals.xdp_neigh_fallback,
         ),
     ];
     for (name, kind, help, v) in simple {

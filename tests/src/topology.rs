@@ -195,6 +195,15 @@ impl Topology {
     /// # Errors
     /// When any step fails.
     pub fn pair(a: WgImpl, b: WgImpl, underlay: Family) -> Result<Self> {
+        Self::pair_with(a, b, underlay, &[])
+    }
+
+    /// [`Topology::pair`], with extra command-line arguments for `a` when it is isthmus-dp
+    /// (`--backend afxdp --underlay to-b1`: its underlay interface is `to-b1`).
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn pair_with(a: WgImpl, b: WgImpl, underlay: Family, a_args: &[&str]) -> Result<Self> {
         let mut t = Self::new()?;
         t.add_node("a")?;
         t.add_node("b")?;
@@ -203,7 +212,13 @@ impl Topology {
             Family::V6 => ("fd00:200::1/64", "fd00:200::2/64"),
         };
         t.link("a", &[ua], "b", &[ub])?;
-        t.add_wg("a", a, 51820, &["10.10.0.1/24", "fd10::1/64"])?;
+        let spec = WgSpec {
+            listen_port: 51820,
+            addresses: vec!["10.10.0.1/24".into(), "fd10::1/64".into()],
+            isthmus_args: a_args.iter().map(|s| (*s).to_owned()).collect(),
+            ..WgSpec::default()
+        };
+        t.add_wg_spec("a", a, &spec)?;
         t.add_wg("b", b, 51820, &["10.10.0.2/24", "fd10::2/64"])?;
         t.peer(
             "a",

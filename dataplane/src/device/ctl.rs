@@ -56,6 +56,9 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         v.push(("icmp_sent".into(), t.icmp_sent));
         v.push(("cookies_sent".into(), t.cookies_sent));
         v.push(("mss_clamped".into(), t.mss_clamped));
+        v.push(("xdp_rx".into(), t.xdp_rx));
+        v.push(("xdp_tx".into(), t.xdp_tx));
+        v.push(("xdp_neigh_fallback".into(), t.xdp_neigh_fallback));
         v
     }
 
@@ -94,6 +97,7 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
             tun: None,
             scratch,
             counters: &counters,
+            xdp: None,
         };
         if worker.inject(&peer, &packet, &mut sink) {
             Ok(())

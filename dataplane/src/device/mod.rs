@@ -20,10 +20,12 @@ use crate::io::ifaddr;
 use crate::io::tun::{self, TunQueue};
 use crate::io::udp::{self, MmsgScratch};
 
+mod afxdp;
 mod ctl;
 mod uapi;
 mod udp_tun;
 
+pub use afxdp::AfXdpOptions;
 pub use ctl::serve_ctl;
 use udp_tun::{RealSink, UdpTun};
 
@@ -45,6 +47,8 @@ pub struct DeviceOptions {
     pub settings: Settings,
     /// TUN offloads (TSO, checksum): one read for up to 64 KiB of TCP.
     pub offload: bool,
+    /// Serve the underlay through AF_XDP (`None`: the kernel's UDP sockets only).
+    pub afxdp: Option<AfXdpOptions>,
 }
 
 impl Default for DeviceOptions {
@@ -56,6 +60,7 @@ impl Default for DeviceOptions {
             mtu: crate::DEFAULT_MTU,
             settings: Settings::default(),
             offload: true,
+            afxdp: None,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct Device {
     shutdown: AtomicBool,
     icmp_src_fixed: bool,
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The AF_XDP underlay interfaces (their programs detach when this is dropped).
+    underlay: Vec<afxdp::Underlay>,
 }
 
 impl Device {
@@ -91,6 +98,14 @@ impl Device {
         let (socks, port) = udp::bind(opts.listen_port, threads, opts.fwmark)?;
         let icmp_src_fixed =
             opts.settings.icmp_src_v4.is_some() || opts.settings.icmp_src_v6.is_some();
+        let (underlay, mut xdp_workers) = match &opts.afxdp {
+            Some(x) => {
+                let (u, w) = afxdp::setup(x, threads, port)?;
+                (u, w.into_iter().map(Some).collect())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        xdp_workers.resize_with(threads, || None);
         let core = Core::new(
             ifname,
             Settings {
@@ -112,15 +127,16 @@ impl Device {
             shutdown: AtomicBool::new(false),
             icmp_src_fixed,
             handles: Mutex::new(Vec::new()),
+            underlay,
         });
         let mut handles = Vec::new();
-        for (i, q) in queues.into_iter().enumerate() {
+        for (i, (q, xdp)) in queues.into_iter().zip(xdp_workers).enumerate() {
             let d = dev.clone();
             let (tx, rx) = std::sync::mpsc::channel();
             handles.push(
                 thread::Builder::new()
                     .name(format!("isthmus-w{i}"))
-                    .spawn(move || d.worker_loop(i, q, &tx))?,
+                    .spawn(move || d.worker_loop(i, q, xdp, &tx))?,
             );
             // Wait until the worker registered its waker, so shutdown can reach it.
             rx.recv()
@@ -159,6 +175,24 @@ impl Device {
             .port
     }
 
+    /// The UDP port and the fwmark in use.
+    fn port_and_mark(&self) -> (u16, u32) {
+        let net = self
+            .net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (net.port, net.fwmark)
+    }
+
+    /// Point the XDP programs at the current port and the underlay's current addresses.
+    fn follow_underlay(&self, port: u16) {
+        for u in &self.underlay {
+            if let Err(e) = u.follow_addresses(port) {
+                tracing::warn!(%e, "{}: could not update the XDP program's addresses", u.name);
+            }
+        }
+    }
+
     /// The fwmark in use (0: none).
     pub fn fwmark(&self) -> u32 {
         self.net
@@ -192,6 +226,7 @@ impl Device {
         self.wake_all();
         net.port = bound;
         net.fwmark = fwmark;
+        self.follow_underlay(bound);
         tracing::info!(port = bound, fwmark, "UDP sockets bound");
         Ok(())
     }
@@ -236,10 +271,11 @@ impl Device {
         self: &Arc<Self>,
         idx: usize,
         tunq: TunQueue,
+        xdp: Option<afxdp::XdpWorker>,
         ready: &std::sync::mpsc::Sender<io::Result<()>>,
     ) {
         let mut fwd = Worker::new(self.core.clone());
-        let mut backend = match UdpTun::new(self.clone(), idx, tunq, fwd.counters()) {
+        let mut backend = match UdpTun::new(self.clone(), idx, tunq, fwd.counters(), xdp) {
             Ok((backend, waker)) => {
                 self.wakers
                     .lock()
@@ -284,6 +320,7 @@ impl Device {
                 tun: None,
                 scratch: &mut scratch,
                 counters: &counters,
+                xdp: None,
             };
             let batch = std::iter::once(first).chain(queued.try_iter().take(63));
             fwd.handle_handshakes(batch, &mut sink);
@@ -306,6 +343,7 @@ impl Device {
                     tun: None,
                     scratch: &mut scratch,
                     counters: &counters,
+                    xdp: None,
                 };
                 fwd.tick(&mut sink);
             }
@@ -315,8 +353,10 @@ impl Device {
             }
             if last_addr.elapsed() >= Duration::from_secs(1) {
                 // Follow what wg-quick or the operator do to the interface: its MTU bounds
-                // relayed packets, its addresses source our ICMP errors.
+                // relayed packets, its addresses source our ICMP errors. The XDP programs
+                // follow the underlay's addresses.
                 last_addr = Instant::now();
+                self.follow_underlay(self.listen_port());
                 let cur = self.core.settings();
                 let mut next = (*cur).clone();
                 if let Ok(mtu) = tun::mtu(&self.ifname) {

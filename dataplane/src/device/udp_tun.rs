@@ -1,6 +1,11 @@
 //! The default backend: the worker's UDP socket on the underlay (one per worker, all bound
 //! to the WireGuard port with `SO_REUSEPORT`) and its queue of the multi-queue TUN device,
 //! both edge-triggered in one `mio` poll, drained a batch from each in turn.
+//!
+//! With the AF_XDP underlay (`afxdp.rs`) the worker's XSKs join the same poll: datagrams
+//! arrive through them, and leave through them whenever the next hop is resolved; the UDP
+//! socket then carries only what the XDP program passed to the kernel and what goes out
+//! before a neighbour is resolved.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -12,6 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::Socket;
 
+use super::afxdp::{XdpTx, XdpWorker};
 use super::{Device, RateLimitedWarn};
 use crate::buf::Batch;
 use crate::forward::{Sink, Worker};
@@ -23,6 +29,8 @@ use crate::stats::{DropReason, WorkerCounters};
 const UDP: Token = Token(0);
 const TUN: Token = Token(1);
 const WAKE: Token = Token(2);
+/// XSK `i` of the worker is `Token(XSK + i)`.
+const XSK: usize = 3;
 
 /// One worker's UDP socket and TUN queue.
 pub(super) struct UdpTun {
@@ -45,6 +53,12 @@ pub(super) struct UdpTun {
     tun_ready: bool,
     warn: RateLimitedWarn,
     counters: Arc<WorkerCounters>,
+    /// The worker's XSKs (AF_XDP backend), with a ready flag each.
+    xdp: Option<XdpWorker>,
+    xsk_ready: Vec<bool>,
+    /// The WireGuard port and fwmark, as of the last rebind.
+    port: u16,
+    fwmark: u32,
 }
 
 impl UdpTun {
@@ -54,12 +68,18 @@ impl UdpTun {
         idx: usize,
         tunq: TunQueue,
         counters: Arc<WorkerCounters>,
+        xdp: Option<XdpWorker>,
     ) -> io::Result<(Self, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let tfd = tunq.fd();
         poll.registry()
             .register(&mut SourceFd(&tfd), TUN, Interest::READABLE)?;
+        let xsk_fds = xdp.as_ref().map(XdpWorker::fds).unwrap_or_default();
+        for (i, fd) in xsk_fds.iter().enumerate() {
+            poll.registry()
+                .register(&mut SourceFd(fd), Token(XSK + i), Interest::READABLE)?;
+        }
         let gro = std::env::var_os("ISTHMUS_NO_GRO")
             .is_none()
             .then(udp::GroArea::default);
@@ -81,6 +101,10 @@ impl UdpTun {
                 tun_ready: true,
                 warn: RateLimitedWarn::default(),
                 counters,
+                xdp,
+                xsk_ready: vec![true; xsk_fds.len()],
+                port: 0,
+                fwmark: 0,
             },
             waker,
         ))
@@ -96,6 +120,7 @@ impl UdpTun {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
         self.socks = self.dev.sockets.load_full();
+        (self.port, self.fwmark) = self.dev.port_and_mark();
         if !self.socks.is_empty() {
             let fd = self.socks[self.idx % self.socks.len()].as_raw_fd();
             if self
@@ -123,6 +148,9 @@ impl UdpTun {
             match ev.token() {
                 UDP => self.udp_ready = true,
                 TUN => self.tun_ready = true,
+                Token(t) if t >= XSK && t - XSK < self.xsk_ready.len() => {
+                    self.xsk_ready[t - XSK] = true;
+                }
                 _ => {}
             }
         }
@@ -145,6 +173,7 @@ impl UdpTun {
                     tun: Some(&mut self.tunq),
                     scratch: &mut self.scratch,
                     counters: &self.counters,
+                    xdp: self.xdp.as_mut().map(|x| x.tx(self.port, self.fwmark)),
                 };
                 match &mut self.gro {
                     Some(area) => worker.handle_segments(area.segments(), &mut sink),
@@ -172,6 +201,7 @@ impl UdpTun {
                     tun: Some(&mut self.tunq),
                     scratch: &mut self.scratch,
                     counters: &self.counters,
+                    xdp: self.xdp.as_mut().map(|x| x.tx(self.port, self.fwmark)),
                 };
                 worker.handle_tun(&mut self.rx_tun, &mut sink);
             }
@@ -184,15 +214,46 @@ impl UdpTun {
         }
         true
     }
+
+    /// One batch from XSK `i`, handed to the worker.
+    fn xsk_batch(&mut self, i: usize, worker: &mut Worker) {
+        let Some(xdp) = self.xdp.as_mut() else {
+            return;
+        };
+        let udp_fd = self.udp_fd.unwrap_or(-1);
+        let (tunq, scratch, counters) = (&mut self.tunq, &mut self.scratch, &self.counters);
+        let got = xdp.receive(i, counters, self.port, self.fwmark, |segs, tx| {
+            let mut sink = RealSink {
+                udp_fd,
+                tun: Some(tunq),
+                scratch,
+                counters,
+                xdp: Some(tx),
+            };
+            worker.handle_segments(segs, &mut sink);
+        });
+        if !got {
+            self.xsk_ready[i] = false;
+        }
+    }
+
+    fn any_ready(&self) -> bool {
+        self.udp_ready || self.tun_ready || self.xsk_ready.iter().any(|&r| r)
+    }
 }
 
 impl Backend for UdpTun {
     fn poll(&mut self, worker: &mut Worker, timeout: Duration) -> io::Result<Polled> {
         self.follow_rebind();
-        if !self.udp_ready && !self.tun_ready {
+        if !self.any_ready() {
             self.wait(timeout);
-            if !self.udp_ready && !self.tun_ready {
+            if !self.any_ready() {
                 return Ok(Polled::Idle);
+            }
+        }
+        for i in 0..self.xsk_ready.len() {
+            if self.xsk_ready[i] {
+                self.xsk_batch(i, worker);
             }
         }
         // Edge-triggered: each source is drained to WouldBlock over successive polls, a
@@ -213,15 +274,28 @@ pub(super) struct RealSink<'a> {
     pub(super) tun: Option<&'a mut TunQueue>,
     pub(super) scratch: &'a mut MmsgScratch,
     pub(super) counters: &'a WorkerCounters,
+    /// The worker's XSKs, on the AF_XDP backend.
+    pub(super) xdp: Option<XdpTx<'a>>,
 }
 
 impl Sink for RealSink<'_> {
     fn send_udp(&mut self, batch: &mut Batch) {
+        // Through the XSKs what can go there; those slots are unaddressed afterwards, and
+        // the kernel's socket (which counts an unaddressed slot as failed) takes the rest.
+        let by_xsk = match &mut self.xdp {
+            Some(x) => x.send(batch, self.counters),
+            None => 0,
+        };
+        if by_xsk == batch.len() {
+            batch.clear();
+            return;
+        }
         let failed = if self.udp_fd >= 0 {
             udp::send_batch(self.udp_fd, batch, self.scratch)
         } else {
             batch.len()
-        };
+        }
+        .saturating_sub(by_xsk);
         if failed > 0 {
             self.counters.drops[DropReason::TxError as usize].add(failed as u64);
         }

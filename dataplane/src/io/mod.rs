@@ -6,10 +6,14 @@
 #![allow(unsafe_code)]
 
 pub mod backend;
+pub mod bpf;
 pub mod ifaddr;
 pub mod loopback;
 pub mod metrics;
+pub mod netlink;
 pub mod offload;
 pub mod tun;
 pub mod udp;
 pub mod unix;
+pub mod xdp_prog;
+pub mod xsk;

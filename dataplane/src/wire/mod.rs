@@ -6,6 +6,7 @@
 //! buffer; the functions here are what the forwarding path needs from them.
 
 pub mod checksum;
+pub mod ether;
 pub mod headers;
 pub mod wg;
 
