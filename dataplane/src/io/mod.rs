@@ -9,6 +9,7 @@ pub mod backend;
 pub mod ifaddr;
 pub mod loopback;
 pub mod metrics;
+pub mod mmsg;
 pub mod offload;
 pub mod tun;
 pub mod udp;
