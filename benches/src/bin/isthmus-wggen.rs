@@ -4,7 +4,7 @@
 //! ```text
 //! isthmus-wggen send --gateway IP:PORT --key FILE --gateway-key B64 --src IP:PORT --dst IP:PORT
 //!     [--bind IP:PORT] [--size BYTES] [--duration SECS] [--rate PPS] [--batch N]
-//!     [--pool PACKETS] [--pool-mb MIB]
+//!     [--pool PACKETS] [--pool-mb MIB] [--gso]
 //! isthmus-wggen sink (--gateway IP:PORT --key FILE --gateway-key B64 | --plain)
 //!     --bind IP:PORT --src IP:PORT --dst IP:PORT [--size BYTES] [--sample N]
 //!     [--duration SECS] [--idle SECS] [--wait SECS] [--batch N]
@@ -14,7 +14,8 @@
 //! `send` handshakes with the gateway as the owner of `--key` (a 0600 file with a base64
 //! private key), pre-encrypts inner IPv4/UDP packets `--src` → `--dst` of `--size` bytes
 //! (default 64) and sends them for `--duration` seconds (default 3), in `sendmmsg` batches of
-//! `--batch` (default 64), at most `--rate` per second. `sink` is either a second peer of the
+//! `--batch` (default 64), at most `--rate` per second; with `--gso`, runs of up to 64 packets
+//! go as one UDP GSO send each (the gateway gets them as one coalesced buffer). `sink` is either a second peer of the
 //! gateway (same key options; `--bind` is its endpoint) that counts the transport packets and
 //! decrypts one in `--sample` (default 64), or with `--plain` a UDP socket on `--bind` (the
 //! inner destination) that checks every `--sample`th datagram; it prints `wggen sink: ready`
@@ -38,7 +39,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: isthmus-wggen send --gateway IP:PORT --key FILE --gateway-key B64 --src IP:PORT --dst IP:PORT [--bind IP:PORT] [--size BYTES] [--duration SECS] [--rate PPS] [--batch N] [--pool PACKETS] [--pool-mb MIB]
+const USAGE: &str = "usage: isthmus-wggen send --gateway IP:PORT --key FILE --gateway-key B64 --src IP:PORT --dst IP:PORT [--bind IP:PORT] [--size BYTES] [--duration SECS] [--rate PPS] [--batch N] [--pool PACKETS] [--pool-mb MIB] [--gso]
        isthmus-wggen sink (--gateway IP:PORT --key FILE --gateway-key B64 | --plain) --bind IP:PORT --src IP:PORT --dst IP:PORT [--size BYTES] [--sample N] [--duration SECS] [--idle SECS] [--wait SECS] [--batch N]
        isthmus-wggen ceiling [--size BYTES] [--secs SECS]";
 
@@ -58,6 +59,7 @@ struct Args {
     pool: Option<usize>,
     pool_mb: Option<usize>,
     plain: bool,
+    gso: bool,
     sample: Option<u64>,
     idle: Option<f64>,
     wait: Option<f64>,
@@ -92,6 +94,7 @@ fn parse(words: &[String]) -> Result<Args> {
             "--pool" => a.pool = Some(num(w, val()?)?),
             "--pool-mb" => a.pool_mb = Some(num(w, val()?)?),
             "--plain" => a.plain = true,
+            "--gso" => a.gso = true,
             "--sample" => a.sample = Some(num(w, val()?)?),
             "--idle" => a.idle = Some(num(w, val()?)?),
             "--wait" => a.wait = Some(num(w, val()?)?),
@@ -164,6 +167,7 @@ fn run() -> Result<()> {
                 pool: a.pool,
                 pool_mb: a.pool_mb.unwrap_or(wggen::DEFAULT_POOL_MB),
                 handshake_timeout: Duration::from_secs(10),
+                gso: a.gso,
             };
             let r = wggen::send(a.identity()?, &o)?;
             eprintln!(
