@@ -21,7 +21,8 @@
 //! inner destination) that checks every `--sample`th datagram; it prints `wggen sink: ready`
 //! on stderr once it can receive, and stops `--duration` seconds after the first packet,
 //! `--idle` seconds (default 1) after the last, or `--wait` seconds (default 30) if none
-//! comes. `ceiling` measures ChaCha20-Poly1305 open + seal per packet on one core. Each prints
+//! comes. `ceiling` measures ChaCha20-Poly1305 open + seal per packet on one core (the chacha20poly1305
+//! crate, and ring as boringtun uses it). Each prints
 //! one JSON line on stdout (its report) and progress on stderr.
 
 use std::io::Write as _;
@@ -221,11 +222,12 @@ fn run() -> Result<()> {
             inner.check()?;
             let secs = Args::secs(a.secs, 1.0, "--secs")?.as_secs_f64();
             let pps = wggen::aead_ceiling(&inner, secs);
+            let ring = wggen::aead_ceiling_ring(&inner, secs);
             eprintln!(
-                "wggen ceiling: {pps:.0} packets/s open + seal of {} B",
+                "wggen ceiling: open + seal of {} B: {pps:.0} packets/s (chacha20poly1305 crate), {ring:.0} packets/s (ring)",
                 inner.size
             );
-            print_json(&serde_json::json!({ "size": inner.size, "pps": pps }))
+            print_json(&serde_json::json!({ "size": inner.size, "pps": pps, "ring_pps": ring }))
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
