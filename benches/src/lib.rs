@@ -9,9 +9,16 @@
 //!   ([`isthmus_lab`]); [`interrupt`] stops a run cleanly on Ctrl-C.
 //! - [`flood`]: handshake floods against a hub in namespaces (`lab-tool wg-attack`), run by
 //!   the same binary.
+//! - [`capacity`]: relay capacity of each implementation on one core, driven by [`wggen`],
+//!   with a ChaCha20-Poly1305 ceiling as the reference; run by the same binary.
+//! - [`wggen`]: a WireGuard packet generator and sink (boringtun sessions, pre-encrypted
+//!   transport packets, sendmmsg/recvmmsg), run inside namespaces by the `isthmus-wggen`
+//!   binary, so that a gateway's relay capacity is measured without wireguard-go spokes.
 
+pub mod capacity;
 pub mod flood;
 pub mod interrupt;
 pub mod pipeline;
 pub mod report;
 pub mod tunnel;
+pub mod wggen;

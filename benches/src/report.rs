@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::capacity::Capacity;
 use crate::flood::{Floods, BASELINE, SCENARIOS};
 use crate::tunnel::{Impl, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
 
@@ -562,6 +563,87 @@ In parentheses after another hub's loss and CPU per message: ratio to Debian's w
     out.push('\n');
 }
 
+/// The relay-capacity table: one row per implementation and inner size.
+fn capacity_table(out: &mut String, c: &Capacity, impls: &[Impl]) {
+    let _ = writeln!(out, "## Relay capacity (one core)\n");
+    if let Some(why) = &c.skipped {
+        let _ = writeln!(out, "Not measured: {}\n", one_line(why));
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "`isthmus-wggen send` (peer A) ══ gateway ══ `isthmus-wggen sink` (peer B): the gateway relays A → B, pinned to CPU {core}; generator and sink on the other CPUs. \
+The generator completed a real handshake, pre-encrypted its packets (unique counters) and sent them with UDP GSO, capped at {rate} pps, for {secs} s per run; the sink completed its own handshake, counted what its namespace received and decrypted one packet in 64. \
+*pps*: received at the sink (median); in parentheses ÷ the ChaCha20-Poly1305 ceiling with ring, boringtun's AEAD (open + seal of one packet per relayed packet, on the same core; the chacha20poly1305 crate's is shown too). \
+*process CPU*: the gateway's processes (utime + stime) ÷ packets received; *core busy*: the gateway core's non-idle time (`/proc/stat`, softirq included) ÷ packets. Ratios in brackets: ÷ Debian's wireguard-go at the same size. ↑ higher is better, ↓ lower.\n",
+        core = c.core,
+        rate = c.rate,
+        secs = c.secs,
+    );
+    let _ = writeln!(
+        out,
+        "| gateway | inner size | pps ↑ | offered pps | process CPU µs/pkt ↓ | core busy µs/pkt ↓ | samples valid/invalid |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (what, ceiling) in [
+        ("ring", &c.ceiling),
+        ("chacha20poly1305 crate", &c.ceiling_rustcrypto),
+    ] {
+        for (size, pps) in ceiling {
+            let _ = writeln!(
+                out,
+                "| ChaCha20-Poly1305 ceiling ({what}) | {size} B | {} | – | {} | – | – |",
+                sig(*pps),
+                sig(1e6 / pps)
+            );
+        }
+    }
+    let wg = c.rows.get(WG_GO_DEB);
+    for imp in impls {
+        let Some(rows) = c.rows.get(&imp.id) else {
+            continue;
+        };
+        for (size, r) in rows {
+            let base = wg.and_then(|w| w.get(size));
+            let ceil = c.ceiling.get(size).copied();
+            let pps = match (r.pps_median, ceil) {
+                (Some(p), Some(cl)) if cl > 0.0 => format!("{} ({}× ceiling)", sig(p), sig(p / cl)),
+                (Some(p), _) => sig(p),
+                (None, _) => r
+                    .error
+                    .as_deref()
+                    .map_or_else(|| "–".into(), |e| format!("failed: {}", one_line(e))),
+            };
+            let pps = match (r.pps_median, base.and_then(|b| b.pps_median)) {
+                (Some(p), Some(b)) if b > 0.0 && imp.id != WG_GO_DEB => {
+                    format!("{pps} [{}×]", sig(p / b))
+                }
+                _ => pps,
+            };
+            let us = |v: Option<f64>, b: Option<f64>| match (v, b) {
+                (Some(v), Some(b)) if b > 0.0 && imp.id != WG_GO_DEB => {
+                    format!("{} [{}×]", sig(v), sig(v / b))
+                }
+                (Some(v), _) => sig(v),
+                (None, _) => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {size} B | {pps} | {} | {} | {} | {}/{} |",
+                imp.label,
+                r.offered_pps.map_or_else(|| "–".into(), sig),
+                us(r.cpu_us, base.and_then(|b| b.cpu_us)),
+                us(r.core_us, base.and_then(|b| b.core_us)),
+                r.valid,
+                r.invalid
+            );
+        }
+    }
+    for (id, why) in &c.failed {
+        let _ = writeln!(out, "\n{id}: failed: {}", one_line(why));
+    }
+    out.push('\n');
+}
+
 /// The whole report as markdown.
 pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra]) -> String {
     let mut out = String::from("# isthmus benchmark\n\n");
@@ -596,6 +678,9 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra])
         }
         if let Some(f) = &r.floods {
             floods_table(&mut out, f, &r.impls);
+        }
+        if let Some(c) = &r.capacity {
+            capacity_table(&mut out, c, &r.impls);
         }
         let missing: Vec<&Impl> = r.impls.iter().filter(|i| i.unavailable.is_some()).collect();
         if !missing.is_empty() {
@@ -733,6 +818,7 @@ mod tests {
             line: Some(line),
             relay: None,
             floods: None,
+            capacity: None,
             duration: 1,
             repeat: 1,
             pings: 10,

@@ -59,6 +59,16 @@ pub struct Options {
     pub flood_rate: u64,
     /// The `lab-tool` binary (its `wg-attack` is the attacker); without it no floods.
     pub lab_tool: Option<PathBuf>,
+    /// Run the relay capacity measurements ([`crate::capacity`]).
+    pub capacity: bool,
+    /// Run only them (no line or relay topology, no floods).
+    pub only_capacity: bool,
+    /// Seconds per capacity run (default: `duration`).
+    pub capacity_secs: Option<u32>,
+    /// The capacity generator's rate cap, packets per second.
+    pub capacity_rate: u64,
+    /// The `isthmus-wggen` binary (default: next to this binary); without it no capacity.
+    pub wggen: Option<PathBuf>,
     /// Where the report goes.
     pub work_dir: PathBuf,
 }
@@ -342,6 +352,8 @@ pub struct Results {
     pub relay: Option<Topology>,
     /// Handshake floods against a hub, unless skipped.
     pub floods: Option<crate::flood::Floods>,
+    /// Relay capacity with the packet generator, unless skipped.
+    pub capacity: Option<crate::capacity::Capacity>,
     /// Seconds per iperf3 run.
     pub duration: u32,
     /// Repetitions.
@@ -652,18 +664,24 @@ pub fn run(o: &Options) -> Result<Results> {
         impls[1].unavailable = Some("this kernel has no WireGuard module".into());
     }
 
-    let line = if o.only_floods {
+    let only = o.only_floods || o.only_capacity;
+    let line = if only {
         None
     } else {
         Some(line_topology(&lab, o, &impls)?)
     };
-    let relay = if o.no_relay || o.only_floods {
+    let relay = if o.no_relay || only {
         None
     } else {
         Some(relay_topology(&lab, o, &impls)?)
     };
-    let floods = if o.floods || o.only_floods {
+    let floods = if (o.floods && !o.only_capacity) || o.only_floods {
         Some(crate::flood::run(&lab, o, &impls)?)
+    } else {
+        None
+    };
+    let capacity = if (o.capacity && !o.only_floods) || o.only_capacity {
+        Some(crate::capacity::run(&lab, o, &impls)?)
     } else {
         None
     };
@@ -673,6 +691,7 @@ pub fn run(o: &Options) -> Result<Results> {
         line,
         relay,
         floods,
+        capacity,
         duration: o.duration,
         repeat: o.repeat,
         pings: o.pings,

@@ -80,6 +80,20 @@ pub fn lab_tool_path() -> Result<PathBuf> {
     )
 }
 
+/// The path of the benchmark's WireGuard packet generator and sink, `isthmus-wggen`:
+/// `$ISTHMUS_WGGEN` if set, else the one built in the target directory.
+///
+/// # Errors
+/// When it cannot be found.
+pub fn wggen_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ISTHMUS_WGGEN") {
+        return Ok(PathBuf::from(p));
+    }
+    built_binary("isthmus-wggen").context(
+        "isthmus-wggen not found: build it with `cargo build --release -p isthmus-benches --bin isthmus-wggen` or set ISTHMUS_WGGEN",
+    )
+}
+
 /// A temporary directory for one lab (key files, logs, captures), removed on drop unless
 /// `ISTHMUS_LAB_KEEP` is set.
 #[derive(Debug)]

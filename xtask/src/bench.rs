@@ -9,15 +9,19 @@
 //!    wireguard-go, upstream wireguard-go (the binary given with `--wireguard-go-upstream
 //!    PATH`, if any), boringtun-cli and isthmus-dp; then, unless `--no-floods`, handshake
 //!    floods against each as a hub (`lab-tool wg-attack`, built here too) while a wireguard-go
-//!    peer pings, runs TCP and makes a new handshake;
+//!    peer pings, runs TCP and makes a new handshake; then, unless `--no-capacity`, the relay
+//!    capacity of each on one core, driven by the packet generator and sink `isthmus-wggen`
+//!    (built here too), against a ChaCha20-Poly1305 ceiling;
 //! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`):
 //!    which build each column is, the tunnels, a control-plane table (from criterion's results and the measurements
 //!    benches leave in `target/criterion/extra/`), every criterion bench, the targets.
 //!
 //! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition, 4 s flood
-//! phases), `--only-floods` (only the floods: no criterion, no line or relay topology), and,
+//! phases), `--only-floods` (only the floods: no criterion, no line or relay topology),
+//! `--only-capacity` (only the relay capacity), `--no-capacity`, and,
 //! passed to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`,
-//! `--no-relay`, `--no-floods`, `--flood-secs SECS`, `--flood-rate PPS`,
+//! `--no-relay`, `--no-floods`, `--flood-secs SECS`, `--flood-rate PPS`, `--capacity-secs SECS`,
+//! `--capacity-rate PPS`,
 //! `--wireguard-go-upstream PATH`.
 
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--wireguard-go-upstream PATH]
+const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wireguard-go-upstream PATH]
 implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus";
 
 /// Run the benchmarks; `args` are the words after `cargo xtask bench`.
@@ -36,6 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut criterion = true;
     let mut tunnels = true;
     let mut floods = true;
+    let mut capacity = true;
     let mut driver_args: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -49,8 +54,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 floods = false;
                 driver_args.push(a.clone());
             }
-            "--only-floods" => {
+            "--only-floods" | "--only-capacity" => {
                 criterion = false;
+                driver_args.push(a.clone());
+            }
+            "--no-capacity" => {
+                capacity = false;
                 driver_args.push(a.clone());
             }
             "--duration"
@@ -59,7 +68,9 @@ pub fn run(args: &[String]) -> Result<()> {
             | "--only"
             | "--wireguard-go-upstream"
             | "--flood-secs"
-            | "--flood-rate" => {
+            | "--flood-rate"
+            | "--capacity-secs"
+            | "--capacity-rate" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
@@ -125,6 +136,26 @@ pub fn run(args: &[String]) -> Result<()> {
             ]),
             Err(e) => eprintln!(
                 "warning: lab-tool did not build, the bench runs without the handshake floods: {e:#}"
+            ),
+        }
+    }
+
+    if tunnels && capacity {
+        // The packet generator and sink of the relay capacity measurements.
+        match cmd(Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "isthmus-benches",
+            "--bin",
+            "isthmus-wggen",
+        ])) {
+            Ok(()) => driver_args.extend([
+                "--wggen".to_owned(),
+                target.join("release/isthmus-wggen").display().to_string(),
+            ]),
+            Err(e) => eprintln!(
+                "warning: isthmus-wggen did not build, the bench runs without the relay capacity: {e:#}"
             ),
         }
     }

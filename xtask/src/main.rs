@@ -64,7 +64,7 @@ fn release_bin(name: &str) -> PathBuf {
 
 /// Builds the release binaries the lab runs.
 fn build_release() -> Result<()> {
-    eprintln!("==> cargo build --release (isthmus-dp, isthmusctl, lab-tool)");
+    eprintln!("==> cargo build --release (isthmus-dp, isthmusctl, lab-tool, isthmus-wggen)");
     let status = cargo()
         .args([
             "build",
@@ -75,6 +75,8 @@ fn build_release() -> Result<()> {
             "isthmus-controlplane",
             "-p",
             "isthmus-lab",
+            "-p",
+            "isthmus-benches",
             "--bins",
         ])
         .status()
@@ -184,6 +186,9 @@ fn test() -> Result<()> {
         }
         if std::env::var_os("ISTHMUS_LAB_TOOL").is_none() {
             ns.env("ISTHMUS_LAB_TOOL", release_bin("lab-tool"));
+        }
+        if std::env::var_os("ISTHMUS_WGGEN").is_none() {
+            ns.env("ISTHMUS_WGGEN", release_bin("isthmus-wggen"));
         }
         if std::env::var_os("ISTHMUS_CP").is_none() {
             ns.env("ISTHMUS_CP", release_bin("isthmus-cp"));

@@ -5,6 +5,7 @@
 //! isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH]
 //!     [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels]
 //!     [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH]
+//!     [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wggen PATH]
 //!     [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]
 //! ```
 //!
@@ -12,7 +13,8 @@
 //! wg-go-deb are the baselines and always run); wg-go-up is the wireguard-go binary given with
 //! `--wireguard-go-upstream` (one you built), and is not measured without it. The report says
 //! which build every column is. The handshake floods (`--only-floods` for
-//! them alone) need `lab-tool` (default: next to this binary). Writes `report.md` and
+//! them alone) need `lab-tool` (default: next to this binary); the relay capacity
+//! (`--only-capacity` for it alone) needs `isthmus-wggen` (default: next to this binary). Writes `report.md` and
 //! `report.json` in `--out` (default `target/bench`) and prints the markdown.
 
 use std::path::PathBuf;
@@ -42,6 +44,11 @@ fn run() -> Result<()> {
         flood_secs: None,
         flood_rate: 200_000,
         lab_tool: None,
+        capacity: true,
+        only_capacity: false,
+        capacity_secs: None,
+        capacity_rate: 1_000_000,
+        wggen: None,
         work_dir: PathBuf::from("target/bench"),
     };
     let mut criterion: Option<PathBuf> = None;
@@ -78,6 +85,21 @@ fn run() -> Result<()> {
                     .context("--flood-rate: messages per second")?
             }
             "--lab-tool" => o.lab_tool = Some(val("--lab-tool")?.into()),
+            "--no-capacity" => o.capacity = false,
+            "--only-capacity" => o.only_capacity = true,
+            "--capacity-secs" => {
+                o.capacity_secs = Some(
+                    val("--capacity-secs")?
+                        .parse()
+                        .context("--capacity-secs: seconds")?,
+                )
+            }
+            "--capacity-rate" => {
+                o.capacity_rate = val("--capacity-rate")?
+                    .parse()
+                    .context("--capacity-rate: packets per second")?
+            }
+            "--wggen" => o.wggen = Some(val("--wggen")?.into()),
             "--criterion" => criterion = Some(val("--criterion")?.into()),
             "--criterion-since" => {
                 since = UNIX_EPOCH
@@ -89,7 +111,7 @@ fn run() -> Result<()> {
             }
             "--out" => o.work_dir = val("--out")?.into(),
             "-h" | "--help" => {
-                println!("usage: isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH] [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH] [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]");
+                println!("usage: isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH] [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH] [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wggen PATH] [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -97,6 +119,9 @@ fn run() -> Result<()> {
     }
     if o.repeat == 0 || o.duration == 0 {
         bail!("--repeat and --duration must be at least 1");
+    }
+    if o.only_capacity && (!o.capacity || o.only_floods) {
+        bail!("--only-capacity contradicts --no-capacity and --only-floods");
     }
     if o.only_floods && !o.floods {
         bail!("--only-floods and --no-floods contradict each other");

@@ -1,6 +1,6 @@
 //! I/O backends behind one seam ([`backend::Backend`]): the UDP underlay and the TUN device
-//! (Linux), and the in-memory loopback; and the local servers (UAPI and control sockets,
-//! metrics).
+//! (Linux), the AF_XDP underlay's pieces, and the in-memory loopback; and the local servers
+//! (UAPI and control sockets, metrics).
 //! `unsafe` is allowed here and only here, each block with a `// SAFETY:` comment.
 
 #![allow(unsafe_code)]
@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod ifaddr;
 pub mod loopback;
 pub mod metrics;
+pub mod mmsg;
 pub mod netlink;
 pub mod offload;
 pub mod tun;
