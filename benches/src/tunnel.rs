@@ -160,6 +160,22 @@ fn kernel_release() -> String {
         .to_owned()
 }
 
+/// isthmus-dp on its AF_XDP backend, on every interface of its namespace.
+pub const ISTHMUS_AFXDP: &str = "isthmus-afxdp";
+
+/// The interfaces of `ns` other than loopback: a tunnel end's underlay (and, for a
+/// gateway, its mesh side, where the XDP program takes nothing).
+fn underlay_interfaces(ns: &Netns) -> Result<String> {
+    let out = ns.exec(&["ip", "-o", "link", "show"])?;
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .filter(|n| *n != "lo")
+        .collect();
+    Ok(names.join(","))
+}
+
 /// A userspace implementation run from `binary`, if there is one.
 fn userspace(imp: WgImpl, binary: Option<&Path>) -> Kind {
     Kind::Wg {
@@ -244,6 +260,10 @@ pub fn implementations(o: &Options) -> Vec<Impl> {
             None => Some("no isthmus-dp binary given (--isthmus-dp)".into()),
         },
     });
+    let mut afxdp = v.last().expect("isthmus is listed").clone();
+    afxdp.id = ISTHMUS_AFXDP.into();
+    afxdp.label = "isthmus-dp (AF_XDP)".into();
+    v.push(afxdp);
     if !o.only.is_empty() {
         for i in &mut v {
             if i.unavailable.is_none()
@@ -405,11 +425,16 @@ pub(crate) fn bring_up(lab: &Lab, imp: &Impl, end: &End<'_>, up: &mut Vec<WgIfac
     let Kind::Wg { imp: wg, binary } = &imp.kind else {
         bail!("plain forwarding has no tunnel end");
     };
+    let mut isthmus_args = vec!["--metrics".to_owned(), "off".to_owned()];
+    if imp.id == ISTHMUS_AFXDP {
+        isthmus_args.extend(["--backend".into(), "afxdp".into(), "--underlay".into()]);
+        isthmus_args.push(underlay_interfaces(end.ns)?);
+    }
     let spec = WgSpec {
         listen_port: 51820,
         addresses: vec![end.addr.to_owned()],
         keys: Some(end.keys.clone()),
-        isthmus_args: vec!["--metrics".into(), "off".into()],
+        isthmus_args,
         binary: binary.clone(),
         mtu: Some(1420),
     };
