@@ -247,15 +247,40 @@ impl Topology {
     /// # Errors
     /// When any step fails.
     pub fn star(hub_imp: WgImpl, spokes: &[WgImpl]) -> Result<Self> {
+        Self::star_with(hub_imp, spokes, |_| Vec::new())
+    }
+
+    /// [`Topology::star`], with extra command-line arguments for the hub when it is
+    /// isthmus-dp, made from the names of the hub's underlay interfaces (the links exist
+    /// before the hub starts).
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn star_with(
+        hub_imp: WgImpl,
+        spokes: &[WgImpl],
+        hub_args: impl FnOnce(&[String]) -> Vec<String>,
+    ) -> Result<Self> {
         let mut t = Self::new()?;
         t.add_node("hub")?;
-        t.add_wg("hub", hub_imp, 51820, &["10.20.0.1/24", "fd20::1/64"])?;
-        for (i, imp) in spokes.iter().enumerate() {
+        let mut hub_ifs = Vec::new();
+        for i in 0..spokes.len() {
             let name = format!("s{i}");
             t.add_node(&name)?;
             let hub_u = format!("10.201.{i}.1/24");
             let spoke_u = format!("10.201.{i}.2/24");
-            t.link("hub", &[&hub_u], &name, &[&spoke_u])?;
+            hub_ifs.push(t.link("hub", &[&hub_u], &name, &[&spoke_u])?.0);
+        }
+        let spec = WgSpec {
+            listen_port: 51820,
+            addresses: vec!["10.20.0.1/24".into(), "fd20::1/64".into()],
+            isthmus_args: hub_args(&hub_ifs),
+            ..WgSpec::default()
+        };
+        t.add_wg_spec("hub", hub_imp, &spec)?;
+        for (i, imp) in spokes.iter().enumerate() {
+            let name = format!("s{i}");
+            let hub_u = format!("10.201.{i}.1/24");
             let v4 = format!("10.20.0.{}", i + 2);
             let v6 = format!("fd20::{}", i + 2);
             t.add_wg(

@@ -172,3 +172,115 @@ fn kill_9_leaves_no_program_attached() {
     ping_ok(b, "10.200.0.1", 3);
     ping_ok(a, "10.200.0.2", 3);
 }
+
+/// Packets through `ifname`, a TUN device: (written into the kernel by the data plane, read
+/// from the kernel by it), from `/sys/class/net/IF/statistics`.
+fn tun_packets(ns: &Netns, ifname: &str) -> (u64, u64) {
+    let read = |f: &str| {
+        ns.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{f}")])
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    (read("rx_packets"), read("tx_packets"))
+}
+
+/// An AF_XDP hub relays between two wireguard-go spokes, v4 and v6 inside and TCP both ways,
+/// while neither its TUN device nor its kernel's UDP stack sees a packet of it.
+#[test]
+fn hub_relays_without_the_kernel_udp_stack_or_the_tun() {
+    init();
+    let t = Topology::star_with(
+        WgImpl::Isthmus,
+        &[WgImpl::WireguardGo, WgImpl::WireguardGo],
+        |ifs| {
+            ["--backend", "afxdp", "--underlay", &ifs.join(",")]
+                .map(String::from)
+                .to_vec()
+        },
+    )
+    .unwrap();
+    let (hub, s0, s1) = (t.ns("hub"), t.ns("s0"), t.ns("s1"));
+    let log = t.wg("hub").log_tail(40);
+    assert_eq!(log.matches("native XDP, copy mode").count(), 2, "{log}");
+    // Sessions up on both legs (the spokes' keepalives also do this).
+    ping_ok(s0, "10.20.0.1", 1);
+    ping_ok(s1, "10.20.0.1", 1);
+    ping_ok(s0, &Topology::spoke_v4(1), 1);
+    let hub_if = t.wg("hub").ifname.clone();
+    let (udp0, tun0) = (udp_in_datagrams(hub), tun_packets(hub, &hub_if));
+    let before = t.wg("hub").metrics().unwrap();
+    ping_ok(s0, &Topology::spoke_v4(1), 10);
+    ping_ok(s1, &Topology::spoke_v6(0), 10);
+    let (up, down) = s0
+        .tcp_both_ways(&t.lab, s1, &Topology::spoke_v4(1), 5201)
+        .unwrap();
+    eprintln!("relay s0->s1 {}; s1->s0 {}", up.summary, down.summary);
+    let after = t.wg("hub").metrics().unwrap();
+    let (udp1, tun1) = (udp_in_datagrams(hub), tun_packets(hub, &hub_if));
+    let relayed = after.get("isthmus_forwarded_packets_total", &[("path", "relay")])
+        - before.get("isthmus_forwarded_packets_total", &[("path", "relay")]);
+    eprintln!(
+        "relayed {relayed}; hub UDP InDatagrams {udp0} -> {udp1}; hub TUN packets (in, out) {tun0:?} -> {tun1:?}"
+    );
+    assert!(relayed > 1_000.0, "relayed only {relayed}");
+    assert_eq!(udp1 - udp0, 0, "the hub's kernel received UDP datagrams");
+    // Relayed packets would be written into the hub's kernel and read back; the kernel's own
+    // few packets (an IPv6 router solicitation) may still be read.
+    assert_eq!(
+        tun1.0 - tun0.0,
+        0,
+        "relayed packets were written into the hub's TUN"
+    );
+    assert!(
+        tun1.1 - tun0.1 <= 3,
+        "relayed packets were read from the hub's TUN"
+    );
+    assert!(t.wg("hub").alive(), "{}", t.wg("hub").log_tail(30));
+}
+
+/// The first datagram to a peer whose MAC the kernel does not know yet goes out through the
+/// kernel's UDP socket (which resolves it) and is counted; then the XSK takes over.
+#[test]
+fn unresolved_neighbour_goes_through_the_kernel_once() {
+    let t = pair(WgImpl::WireguardGo, Family::V4, "native");
+    let (a, b) = (t.ns("a"), t.ns("b"));
+    // A session first (its handshake resolves 10.200.0.2), then the peer moves to an address
+    // of b that a's kernel has never resolved.
+    ping_ok(a, "10.10.0.2", 1);
+    b.add_addr("to-a1", "10.200.0.3/24").unwrap();
+    let peer = t.wg("b").keys.public.clone();
+    t.wg("a")
+        .wg(&[
+            "set",
+            &t.wg("a").ifname,
+            "peer",
+            &peer,
+            "endpoint",
+            "10.200.0.3:51820",
+        ])
+        .unwrap();
+    let before = t.wg("a").metrics().unwrap();
+    ping_ok(a, "10.10.0.2", 3);
+    let after = t.wg("a").metrics().unwrap();
+    let d = |m: &str| after.get(m, &[]) - before.get(m, &[]);
+    let (fallback, tx) = (
+        d("isthmus_xdp_neighbour_fallback_total"),
+        d("isthmus_xdp_tx_frames_total"),
+    );
+    eprintln!("neighbour fallback {fallback}, XSK tx {tx}");
+    assert!(
+        fallback >= 1.0,
+        "nothing went through the kernel for the unresolved neighbour"
+    );
+    assert!(
+        tx >= 1.0,
+        "the XSK did not take over once the neighbour was resolved"
+    );
+    let neigh = a.exec(&["ip", "neigh", "show", "dev", "to-b1"]).unwrap();
+    assert!(
+        neigh.contains("10.200.0.3"),
+        "the kernel did not resolve it: {neigh}"
+    );
+}
