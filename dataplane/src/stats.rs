@@ -154,6 +154,38 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// Set to `v`: for counters that mirror one the kernel keeps. Only the owning thread.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+}
+
+/// Why the kernel dropped a frame on its way to an XSK (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XskDrop {
+    /// The rx ring was full: the worker did not keep up.
+    RxRingFull,
+    /// The fill ring was empty: no frame to copy into.
+    FillRingEmpty,
+    /// The socket's other drops (`rx_dropped` and invalid descriptors; in copy mode the
+    /// kernel counts a frame lost to an empty fill ring here too).
+    Other,
+}
+
+impl XskDrop {
+    /// Every reason, in index order.
+    pub const ALL: [XskDrop; 3] = [Self::RxRingFull, Self::FillRingEmpty, Self::Other];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RxRingFull => "rx_ring_full",
+            Self::FillRingEmpty => "fill_ring_empty",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// The counters of one worker thread.
@@ -182,6 +214,9 @@ pub struct WorkerCounters {
     /// Datagrams the AF_XDP backend sent through the kernel's UDP socket instead: the next
     /// hop's link-layer address was not resolved yet (sending makes the kernel resolve it).
     pub xdp_neigh_fallback: Counter,
+    /// Frames the kernel dropped before they reached this worker's XSKs, by [`XskDrop`]
+    /// (the sockets' own counters, refreshed by the worker).
+    pub xdp_kernel_drops: [Counter; XskDrop::ALL.len()],
 }
 
 impl WorkerCounters {
@@ -224,6 +259,8 @@ pub struct Totals {
     pub xdp_tx: u64,
     /// Datagrams sent by the kernel for an unresolved neighbour.
     pub xdp_neigh_fallback: u64,
+    /// Frames the kernel dropped on their way to an XSK, by [`XskDrop`].
+    pub xdp_kernel_drops: [u64; XskDrop::ALL.len()],
 }
 
 impl Totals {
@@ -248,6 +285,9 @@ impl Totals {
             t.xdp_rx += w.xdp_rx.get();
             t.xdp_tx += w.xdp_tx.get();
             t.xdp_neigh_fallback += w.xdp_neigh_fallback.get();
+            for (a, c) in t.xdp_kernel_drops.iter_mut().zip(&w.xdp_kernel_drops) {
+                *a += c.get();
+            }
         }
         t
     }
@@ -443,6 +483,18 @@ pub fn render(s: &Sample) -> String {
     ];
     for (name, kind, help, v) in simple {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_xdp_kernel_drops_total Frames the kernel dropped on their way to an AF_XDP socket, by reason.\n# TYPE isthmus_xdp_kernel_drops_total counter"
+    );
+    for r in XskDrop::ALL {
+        let _ = writeln!(
+            o,
+            "isthmus_xdp_kernel_drops_total{{reason=\"{}\"}} {}",
+            r.label(),
+            s.totals.xdp_kernel_drops[r as usize]
+        );
     }
     let _ = writeln!(o, "# HELP isthmus_fib_routes Routes in the FIB, by family.");
     let _ = writeln!(o, "# TYPE isthmus_fib_routes gauge");

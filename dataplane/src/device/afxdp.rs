@@ -19,7 +19,7 @@ use crate::io::ifaddr;
 use crate::io::netlink::Netlink;
 use crate::io::xdp_prog::XdpProgram;
 use crate::io::xsk::{self, BindMode, XskOwner, XskRx, XskTx};
-use crate::stats::{DropReason, WorkerCounters};
+use crate::stats::{DropReason, WorkerCounters, XskDrop};
 use crate::wire::ether::{self, Macs};
 
 /// How the AF_XDP backend is set up (`[interface] backend = "afxdp"` and its keys).
@@ -117,7 +117,6 @@ pub(super) fn setup(
     }
     let mut dealt: Vec<Dealt> = (0..workers).map(|_| Dealt::default()).collect();
     let mut ifaces = Vec::new();
-    let mut next_worker = 0;
     for name in &opts.underlay {
         let fail =
             |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{name}: {what}: {e}"));
@@ -180,11 +179,20 @@ pub(super) fn setup(
             bound = mode;
             prog.set_xsk(q, owner.raw_fd())
                 .map_err(|e| fail("adding the socket to the XSK map", e))?;
-            let w = &mut dealt[next_worker % workers];
+            // Queue q of every interface goes to worker q % workers, so that a worker that
+            // receives on an interface's queue q can also send on the others' queue q: on
+            // single-queue links (veth, small boxes) one worker holds all the XSKs.
+            let w = &mut dealt[q as usize % workers];
             w.rx.push(rx);
             w.tx.push(Port { tx, ifindex, mac });
             w.owners.push(owner);
-            next_worker += 1;
+        }
+        if (queues as usize) < workers {
+            tracing::info!(
+                "{name}: {queues} queue(s) for {workers} workers: workers {}..{} send to it through the kernel",
+                queues,
+                workers - 1
+            );
         }
         let u = Underlay {
             name: name.clone(),
@@ -364,6 +372,21 @@ impl XdpWorker {
     /// Take a batch from XSK `i` and give `handle` its datagrams (slices of the received
     /// frames, which are parsed on the way; a malformed one is counted and skipped) and our
     /// sending half, then give the frames back. `false` when the XSK had nothing.
+    /// Copy the kernel's drop counters of this worker's XSKs into `counters`.
+    pub(super) fn refresh_stats(&self, counters: &WorkerCounters) {
+        let mut sum = [0u64; XskDrop::ALL.len()];
+        for o in &self.owners {
+            if let Ok(s) = o.stats() {
+                sum[XskDrop::RxRingFull as usize] += s.rx_ring_full;
+                sum[XskDrop::FillRingEmpty as usize] += s.rx_fill_ring_empty_descs;
+                sum[XskDrop::Other as usize] += s.rx_dropped + s.rx_invalid_descs;
+            }
+        }
+        for (c, v) in counters.xdp_kernel_drops.iter().zip(sum) {
+            c.set(v);
+        }
+    }
+
     pub(super) fn receive(
         &mut self,
         i: usize,

@@ -59,6 +59,12 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         v.push(("xdp_rx".into(), t.xdp_rx));
         v.push(("xdp_tx".into(), t.xdp_tx));
         v.push(("xdp_neigh_fallback".into(), t.xdp_neigh_fallback));
+        for r in crate::stats::XskDrop::ALL {
+            v.push((
+                format!("xdp_kernel_drop_{}", r.label()),
+                t.xdp_kernel_drops[r as usize],
+            ));
+        }
         v
     }
 

@@ -56,6 +56,8 @@ pub(super) struct UdpTun {
     /// The worker's XSKs (AF_XDP backend), with a ready flag each.
     xdp: Option<XdpWorker>,
     xsk_ready: Vec<bool>,
+    /// XSK batches since the kernel's XSK counters were last copied.
+    xsk_batches: u32,
     /// The WireGuard port and fwmark, as of the last rebind.
     port: u16,
     fwmark: u32,
@@ -103,6 +105,7 @@ impl UdpTun {
                 counters,
                 xdp,
                 xsk_ready: vec![true; xsk_fds.len()],
+                xsk_batches: 0,
                 port: 0,
                 fwmark: 0,
             },
@@ -235,6 +238,18 @@ impl UdpTun {
         if !got {
             self.xsk_ready[i] = false;
         }
+        self.xsk_batches += 1;
+        if self.xsk_batches >= 1024 {
+            self.refresh_xsk_stats();
+        }
+    }
+
+    /// Copy the kernel's XSK drop counters into ours (when idle, and every 1024 batches).
+    fn refresh_xsk_stats(&mut self) {
+        self.xsk_batches = 0;
+        if let Some(x) = &self.xdp {
+            x.refresh_stats(&self.counters);
+        }
     }
 
     fn any_ready(&self) -> bool {
@@ -248,6 +263,7 @@ impl Backend for UdpTun {
         if !self.any_ready() {
             self.wait(timeout);
             if !self.any_ready() {
+                self.refresh_xsk_stats();
                 return Ok(Polled::Idle);
             }
         }

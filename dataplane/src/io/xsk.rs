@@ -168,10 +168,12 @@ impl<T: Copy> Ring<T> {
 
     // ---- as producer (fill, tx) ----
 
-    /// Entries we may write now.
-    fn free(&mut self) -> u32 {
+    /// Entries we may write now, at least `want` if the ring has room for them: the cached
+    /// consumer index is refreshed when it shows fewer (a count from a stale index is too
+    /// small, never too large).
+    fn free(&mut self, want: u32) -> u32 {
         let free = RING - self.cached_prod.wrapping_sub(self.cached_cons);
-        if free > 0 {
+        if free >= want {
             return free;
         }
         self.cached_cons = self.consumer().load(Ordering::Acquire);
@@ -196,10 +198,11 @@ impl<T: Copy> Ring<T> {
 
     // ---- as consumer (rx, completion) ----
 
-    /// Entries ready to read.
-    fn ready(&mut self) -> u32 {
+    /// Entries ready to read, refreshing the cached producer index when it shows fewer
+    /// than `want`.
+    fn ready(&mut self, want: u32) -> u32 {
         let n = self.cached_prod.wrapping_sub(self.cached_cons);
-        if n > 0 {
+        if n >= want {
             return n;
         }
         self.cached_prod = self.producer().load(Ordering::Acquire);
@@ -340,6 +343,8 @@ pub struct XskRx {
     fd: RawFd,
     /// The frames taken by the last [`XskRx::receive`], ours until [`XskRx::recycle`].
     got: Vec<Desc>,
+    /// Frames of ours that did not fit in the fill ring yet (see `recycle`).
+    unfilled: Vec<u64>,
 }
 
 /// The sending half: tx and completion rings, and our free frames.
@@ -478,9 +483,10 @@ pub fn open(ifindex: u32, queue: u32, mode: BindMode) -> io::Result<(XskRx, XskT
         base,
         fd: raw,
         got: Vec::with_capacity(64),
+        unfilled: Vec::new(),
     };
     // Lend the first half of the frames to the kernel for receiving.
-    let n = (FRAMES / 2).min(rx.fill.free() as usize);
+    let n = (FRAMES / 2).min(rx.fill.free(RING) as usize);
     for i in 0..n {
         rx.fill.push((i * FRAME) as u64);
     }
@@ -508,7 +514,7 @@ impl XskRx {
     /// how many.
     pub fn receive(&mut self, max: usize) -> usize {
         self.recycle();
-        let n = (self.rx.ready() as usize).min(max);
+        let n = (self.rx.ready(max as u32) as usize).min(max);
         for _ in 0..n {
             let d = self.rx.take();
             // The kernel never hands out a descriptor outside the UMEM; should one appear,
@@ -539,16 +545,25 @@ impl XskRx {
 
     /// Give the last batch's frames back to the kernel.
     pub fn recycle(&mut self) {
-        if self.got.is_empty() {
+        if self.got.is_empty() && self.unfilled.is_empty() {
             return;
         }
-        // The fill ring has room for every frame we lend, so nothing is dropped here.
-        let n = self.got.len().min(self.fill.free() as usize);
-        for d in &self.got[..n] {
-            self.fill.push(d.addr & !(FRAME as u64 - 1));
+        self.unfilled
+            .extend(self.got.drain(..).map(|d| d.addr & !(FRAME as u64 - 1)));
+        // We lend RING frames, so once the consumer index is fresh they all fit; a frame that
+        // did not would be lost to the kernel for good, so it waits for the next call.
+        let want = self.unfilled.len() as u32;
+        let n = self.unfilled.len().min(self.fill.free(want) as usize);
+        debug_assert_eq!(
+            n,
+            self.unfilled.len(),
+            "the fill ring is smaller than our frames"
+        );
+        for &a in &self.unfilled[..n] {
+            self.fill.push(a);
         }
         self.fill.submit();
-        self.got.clear();
+        self.unfilled.drain(..n);
         if self.fill.needs_wakeup() {
             // Zero-copy drivers want a wake-up to use the new fill entries.
             // SAFETY: a zero-length, non-blocking receive on our socket.
@@ -569,7 +584,7 @@ impl XskRx {
 impl XskTx {
     /// Reclaim frames whose transmission completed.
     fn reclaim(&mut self) {
-        let n = self.comp.ready();
+        let n = self.comp.ready(RING);
         for _ in 0..n {
             let a = self.comp.take();
             self.free.push(a & !(FRAME as u64 - 1));
@@ -585,9 +600,9 @@ impl XskTx {
         if self.free.is_empty() {
             self.reclaim();
         }
-        if self.tx.free() == 0 {
+        if self.tx.free(1) == 0 {
             self.kick();
-            if self.tx.free() == 0 {
+            if self.tx.free(1) == 0 {
                 return false;
             }
         }
@@ -650,5 +665,65 @@ impl XskTx {
                 _ => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring in ordinary memory, with the kernel's side played by the test.
+    struct FakeRing {
+        prod: AtomicU32,
+        cons: AtomicU32,
+        flags: AtomicU32,
+        slots: Vec<u64>,
+    }
+
+    fn ring(f: &mut FakeRing) -> std::mem::ManuallyDrop<Ring<u64>> {
+        // Never dropped: there is no mapping to unmap.
+        std::mem::ManuallyDrop::new(Ring {
+            map: NonNull::dangling(),
+            map_len: 0,
+            producer: &f.prod,
+            consumer: &f.cons,
+            flags: &f.flags,
+            descs: f.slots.as_mut_ptr(),
+            mask: RING - 1,
+            cached_prod: 0,
+            cached_cons: 0,
+        })
+    }
+
+    /// A producer whose cached view of the consumer is stale must still see room for a
+    /// whole batch once the consumer has made it: a count from the stale index once lost
+    /// the rest of every batch of rx frames, until the fill ring ran dry.
+    #[test]
+    fn free_refreshes_a_stale_consumer_index_for_a_batch() {
+        let mut f = FakeRing {
+            prod: AtomicU32::new(0),
+            cons: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            slots: vec![0; RING as usize],
+        };
+        let mut r = ring(&mut f);
+        // Fill all but one entry; the consumer ("kernel") then takes 64 of them.
+        for i in 0..RING - 1 {
+            assert!(r.free(1) >= 1);
+            r.push(u64::from(i));
+        }
+        r.submit();
+        assert_eq!(r.free(1), 1, "one entry left, cached");
+        f.cons.store(64, Ordering::Release);
+        assert_eq!(
+            r.free(64),
+            65,
+            "the consumer's progress is seen when a batch needs it"
+        );
+        // And a consumer view: entries ready, refreshed when fewer than wanted are cached.
+        f.prod.store(RING - 1, Ordering::Release);
+        let mut c = ring(&mut f);
+        (c.cached_prod, c.cached_cons) = (64, 64);
+        assert_eq!(c.ready(1), RING - 1 - 64);
     }
 }
