@@ -183,6 +183,30 @@ fn cp_selected(cp: &IsthmusCp<'_>) -> Vec<String> {
         .collect()
 }
 
+/// Waits until isthmus-cp has selected the reference router's prefixes again. babeld ignores a
+/// wildcard route request that comes within a few seconds of its last full update (its guard
+/// against boot-time update storms), so a restarted daemon may have to wait for babeld's next
+/// periodic update (four hello intervals, 16 s with the defaults).
+fn wait_selected(cp: &IsthmusCp<'_>) {
+    let wait = Duration::from_secs(25);
+    let deadline = Instant::now() + wait;
+    loop {
+        let sel = cp_selected(cp);
+        if [format!("{REF_V4}/32"), format!("{REF_V6}/128")]
+            .iter()
+            .all(|p| sel.contains(p))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reference prefixes not selected within {wait:?}: {sel:?}\n{}",
+            cp.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The status and metrics isthmus-cp reports with one reference neighbour on `va` whose
 /// prefixes it selected.
 fn assert_cp_status(cp: &IsthmusCp<'_>, neighbour: &str) {
@@ -453,6 +477,7 @@ fn cp_restart_keeps_kernel_routes() {
         cp2.diagnostics(),
         bd.diagnostics()
     );
+    wait_selected(&cp2);
     assert_cp_status(&cp2, &link_local(&b, "vb"));
     ping_from(&a, CP_V6, REF_V6);
     ping_from(&b, REF_V4, CP_V4);

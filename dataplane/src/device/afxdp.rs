@@ -387,6 +387,8 @@ impl XdpWorker {
         }
     }
 
+    /// One batch from XSK `i`, handed to `handle`. `false` when the socket's rx ring is
+    /// empty now (a short batch, or none): the next frame is a new edge for the poll.
     pub(super) fn receive(
         &mut self,
         i: usize,
@@ -419,6 +421,6 @@ impl XdpWorker {
         handle(&mut segs, tx);
         drop(segs);
         rx.recycle();
-        true
+        n == RX_BATCH
     }
 }

@@ -170,7 +170,17 @@ impl UdpTun {
             None => udp::recv_batch(fd, &mut self.rx_udp, &mut self.scratch),
         };
         match got {
-            Ok(_) => {
+            Ok(n) => {
+                // A short batch emptied the socket: the next datagram is a new edge, so
+                // there is no need for a read that would only say EAGAIN (a syscall less
+                // per wake-up, on the latency path).
+                let full = match &self.gro {
+                    Some(_) => udp::GRO_MSGS,
+                    None => self.rx_udp.capacity().min(crate::buf::BATCH_SIZE),
+                };
+                if n < full {
+                    self.udp_ready = false;
+                }
                 let mut sink = RealSink {
                     udp_fd: fd,
                     tun: Some(&mut self.tunq),
@@ -199,6 +209,9 @@ impl UdpTun {
         }
         match res {
             Ok(_) => {
+                if self.tunq.drained {
+                    self.tun_ready = false;
+                }
                 let mut sink = RealSink {
                     udp_fd: self.udp_fd.unwrap_or(-1),
                     tun: Some(&mut self.tunq),
@@ -225,7 +238,7 @@ impl UdpTun {
         };
         let udp_fd = self.udp_fd.unwrap_or(-1);
         let (tunq, scratch, counters) = (&mut self.tunq, &mut self.scratch, &self.counters);
-        let got = xdp.receive(i, counters, self.port, self.fwmark, |segs, tx| {
+        let more = xdp.receive(i, counters, self.port, self.fwmark, |segs, tx| {
             let mut sink = RealSink {
                 udp_fd,
                 tun: Some(tunq),
@@ -235,7 +248,7 @@ impl UdpTun {
             };
             worker.handle_segments(segs, &mut sink);
         });
-        if !got {
+        if !more {
             self.xsk_ready[i] = false;
         }
         self.xsk_batches += 1;

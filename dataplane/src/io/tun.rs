@@ -51,6 +51,10 @@ pub struct TunQueue {
     pending: Option<(usize, TsoLayout, usize)>,
     /// Offloaded packets we could not split or finish (counted by the caller).
     pub malformed: u64,
+    /// The last [`TunQueue::read_batch`] emptied the queue (it stopped at `EAGAIN` with
+    /// nothing of a super-packet left): an edge-triggered poll can wait without reading
+    /// again, since the next packet is a new edge.
+    pub drained: bool,
 }
 
 fn ifname_bytes(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
@@ -111,6 +115,7 @@ pub fn open(name: &str, queues: usize, offload: bool) -> io::Result<Vec<TunQueue
             big: vec![0u8; BIG].into_boxed_slice(),
             pending: None,
             malformed: 0,
+            drained: false,
         });
     }
     Ok(out)
@@ -127,6 +132,7 @@ impl TunQueue {
     /// split that does not fit the batch goes on at the next call.
     pub fn read_batch(&mut self, batch: &mut Batch) -> io::Result<usize> {
         let start = batch.len();
+        self.drained = false;
         loop {
             if let Some((len, layout, next)) = self.pending.take() {
                 let mut i = next;
@@ -205,7 +211,10 @@ impl TunQueue {
                     slot.truncated = false;
                     batch.commit();
                 }
-                Err(e) if batch.len() > start && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if batch.len() > start && e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = self.pending.is_none();
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -377,7 +377,7 @@ pub fn raw(s: &Socket) -> RawFd {
 }
 
 /// Messages per GRO receive call.
-const GRO_MSGS: usize = 16;
+pub const GRO_MSGS: usize = 16;
 /// Bytes per GRO receive buffer: the largest coalesced datagram.
 const GRO_BUF: usize = 65_536;
 
