@@ -23,6 +23,9 @@ pub struct Slot {
     pub addr: Option<SocketAddr>,
     /// The datagram did not fit the slot (reported by the backend).
     pub truncated: bool,
+    /// For packets to the local side: leave as a frame to this neighbour on a mesh interface
+    /// (interface index, address) instead of through the TUN device.
+    pub neighbour: Option<(u32, std::net::IpAddr)>,
 }
 
 impl Default for Slot {
@@ -32,6 +35,7 @@ impl Default for Slot {
             len: 0,
             addr: None,
             truncated: false,
+            neighbour: None,
         }
     }
 }
@@ -62,6 +66,7 @@ impl Slot {
         self.len = n;
         self.addr = addr;
         self.truncated = n < bytes.len();
+        self.neighbour = None;
     }
 }
 

@@ -162,6 +162,9 @@ pub struct InterfaceConfig {
     pub backend: Backend,
     /// AF_XDP: the underlay interfaces (empty: those of the routes to the endpoints).
     pub underlay: Vec<String>,
+    /// AF_XDP: the mesh interfaces, whose neighbours (FIB next hops `via ADDR dev IF`) are
+    /// reached through XSKs instead of the TUN device.
+    pub mesh: Vec<String>,
     /// AF_XDP: native or generic XDP.
     pub xdp_mode: XdpModeChoice,
     /// AF_XDP: zero-copy or copy mode.
@@ -353,6 +356,8 @@ struct RawInterface {
     backend: Backend,
     #[serde(default)]
     underlay: Vec<IfName>,
+    #[serde(default)]
+    mesh: Vec<IfName>,
     #[serde(default)]
     xdp_mode: XdpModeChoice,
     #[serde(default)]
@@ -620,6 +625,7 @@ impl Ctx<'_> {
             control_socket: i.control_socket,
             backend: i.backend,
             underlay: i.underlay.into_iter().map(|n| n.0).collect(),
+            mesh: i.mesh.into_iter().map(|n| n.0).collect(),
             xdp_mode: i.xdp_mode,
             xsk_mode: i.xsk_mode,
             busy_poll_us: i.busy_poll_us.map(Into::into).filter(|&us: &u32| us > 0),

@@ -39,6 +39,8 @@ options:
                          'afxdp' (AF_XDP sockets, the kernel's UDP stack bypassed)
       --underlay IF[,IF] AF_XDP: the underlay interfaces (default: those of the
                          routes to the configured peers' endpoints)
+      --mesh IF[,IF]     AF_XDP: mesh interfaces, whose neighbours (routes 'via ADDR
+                         dev IF' from isthmus-cp) are reached without the TUN device
       --xdp-mode M       AF_XDP: 'native' or 'generic' XDP (default: native where
                          the driver has it)
   -V, --version          print the version
@@ -55,6 +57,7 @@ struct Args {
     ctl_socket: Option<PathBuf>,
     backend: Option<config::Backend>,
     underlay: Vec<String>,
+    mesh: Vec<String>,
     xdp_mode: Option<config::XdpModeChoice>,
 }
 
@@ -99,6 +102,12 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                 })
             }
             "--underlay" => a.underlay.extend(
+                value(&arg)?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            "--mesh" => a.mesh.extend(
                 value(&arg)?
                     .split(',')
                     .filter(|s| !s.is_empty())
@@ -207,6 +216,11 @@ fn afxdp_options(
     cfg: Option<&DeviceConfig>,
 ) -> anyhow::Result<Option<AfXdpOptions>> {
     if args.backend.unwrap_or(iface.backend) != config::Backend::Afxdp {
+        if !args.mesh.is_empty() || !iface.mesh.is_empty() {
+            bail!(
+                "mesh interfaces are served over AF_XDP: they need backend afxdp (--backend afxdp)"
+            );
+        }
         return Ok(None);
     }
     let mut underlay = if args.underlay.is_empty() {
@@ -231,8 +245,14 @@ fn afxdp_options(
             bail!("backend afxdp: name the underlay interfaces (underlay = [...] or --underlay IF); no configured endpoint tells them");
         }
     }
+    let mesh = if args.mesh.is_empty() {
+        iface.mesh.clone()
+    } else {
+        args.mesh.clone()
+    };
     Ok(Some(AfXdpOptions {
         underlay,
+        mesh,
         xdp_mode: match args.xdp_mode.unwrap_or(iface.xdp_mode) {
             config::XdpModeChoice::Auto => None,
             config::XdpModeChoice::Native => Some(XdpMode::Native),

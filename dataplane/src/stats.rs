@@ -121,11 +121,22 @@ pub enum Path {
     FromLocal,
     /// From a peer to the control plane (Babel).
     Punt,
+    /// From a peer to a neighbour on a mesh interface, as a frame through its XSK.
+    ToMesh,
+    /// From a mesh interface's XSK to a peer.
+    FromMesh,
 }
 
 impl Path {
     /// Every path.
-    pub const ALL: [Path; 4] = [Self::Relay, Self::ToLocal, Self::FromLocal, Self::Punt];
+    pub const ALL: [Path; 6] = [
+        Self::Relay,
+        Self::ToLocal,
+        Self::FromLocal,
+        Self::Punt,
+        Self::ToMesh,
+        Self::FromMesh,
+    ];
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -134,6 +145,8 @@ impl Path {
             Self::ToLocal => "to_local",
             Self::FromLocal => "from_local",
             Self::Punt => "punt",
+            Self::ToMesh => "to_mesh",
+            Self::FromMesh => "from_mesh",
         }
     }
 }
@@ -207,12 +220,16 @@ pub struct WorkerCounters {
     pub rx_batches: Counter,
     /// Packets received (UDP + TUN).
     pub rx_packets: Counter,
-    /// Underlay frames received through an XSK (AF_XDP backend).
+    /// Frames received through an XSK (AF_XDP backend; underlay and mesh interfaces).
     pub xdp_rx: Counter,
-    /// Underlay frames sent through an XSK.
+    /// Packets from a mesh interface whose TCP/UDP checksum the sender had left to the
+    /// device (a virtual link's checksum offload), completed before encryption.
+    pub checksum_completed: Counter,
+    /// Frames sent through an XSK.
     pub xdp_tx: Counter,
-    /// Datagrams the AF_XDP backend sent through the kernel's UDP socket instead: the next
-    /// hop's link-layer address was not resolved yet (sending makes the kernel resolve it).
+    /// Packets the AF_XDP backend sent through the kernel instead (the UDP socket, or the
+    /// TUN device for a mesh neighbour): the next hop's link-layer address was not resolved
+    /// yet (sending makes the kernel resolve it).
     pub xdp_neigh_fallback: Counter,
     /// Frames the kernel dropped before they reached this worker's XSKs, by [`XskDrop`]
     /// (the sockets' own counters, refreshed by the worker).
@@ -255,6 +272,8 @@ pub struct Totals {
     pub rx_packets: u64,
     /// Frames received through XSKs.
     pub xdp_rx: u64,
+    /// See [`WorkerCounters::checksum_completed`].
+    pub checksum_completed: u64,
     /// Frames sent through XSKs.
     pub xdp_tx: u64,
     /// Datagrams sent by the kernel for an unresolved neighbour.
@@ -283,6 +302,7 @@ impl Totals {
             t.rx_batches += w.rx_batches.get();
             t.rx_packets += w.rx_packets.get();
             t.xdp_rx += w.xdp_rx.get();
+            t.checksum_completed += w.checksum_completed.get();
             t.xdp_tx += w.xdp_tx.get();
             t.xdp_neigh_fallback += w.xdp_neigh_fallback.get();
             for (a, c) in t.xdp_kernel_drops.iter_mut().zip(&w.xdp_kernel_drops) {
@@ -431,7 +451,7 @@ pub fn render(s: &Sample) -> String {
         let v = s.totals.drops[r as usize];
         let _ = writeln!(o, "isthmus_drops_total{{reason=\"{}\"}} {v}", r.label());
     }
-    let simple: [(&str, &str, &str, u64); 8] = [
+    let simple: [(&str, &str, &str, u64); 9] = [
         (
             "isthmus_icmp_errors_sent_total",
             "counter",
@@ -463,21 +483,27 @@ pub fn render(s: &Sample) -> String {
             s.totals.rx_packets,
         ),
         (
+            "isthmus_checksum_completed_total",
+            "counter",
+            "Packets from a mesh interface whose TCP/UDP checksum was left to the device by the sender (checksum offload on a virtual link), completed before encryption.",
+            s.totals.checksum_completed,
+        ),
+        (
             "isthmus_xdp_rx_frames_total",
             "counter",
-            "Underlay frames received through AF_XDP sockets.",
+            "Frames received through AF_XDP sockets (underlay and mesh interfaces).",
             s.totals.xdp_rx,
         ),
         (
             "isthmus_xdp_tx_frames_total",
             "counter",
-            "Underlay frames sent through AF_XDP sockets.",
+            "Frames sent through AF_XDP sockets (underlay and mesh interfaces).",
             s.totals.xdp_tx,
         ),
         (
             "isthmus_xdp_neighbour_fallback_total",
             "counter",
-            "Datagrams sent through the kernel because the next hop's MAC was not resolved yet.",
+            "Packets sent through the kernel because the next hop's MAC was not resolved yet.",
             s.totals.xdp_neigh_fallback,
         ),
     ];

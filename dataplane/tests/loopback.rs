@@ -325,3 +325,131 @@ fn handshake_floods_get_cookies_and_real_peers_still_connect() {
     net.run(16);
     assert_eq!(net.nodes[0].tun_delivered.len(), 1);
 }
+
+/// IPv4 header checksum, recomputed after an edit.
+fn fix_v4_checksum(p: &mut [u8]) {
+    p[10] = 0;
+    p[11] = 0;
+    let mut sum = 0u32;
+    for w in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// A tunnel peer's traffic to a neighbour on a mesh interface, and back: the FIB next hop
+/// `via fe80::9 dev #5` sends frames there where the backend serves the interface (TTL
+/// decremented, the link's MTU enforced), else through the TUN; packets from the mesh go into
+/// the tunnel (TTL decremented), or to the kernel when the FIB does not route them there.
+#[test]
+fn tunnel_to_mesh_neighbour_and_back() {
+    use isthmus_dataplane::fib::Via;
+    let (mut net, _, kb) = pair();
+    let nb: std::net::IpAddr = "fe80::9".parse().unwrap();
+    let island: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
+    let other: ipnet::IpNet = "10.8.0.0/16".parse().unwrap();
+    net.nodes[0].core.set_static_routes(vec![
+        (island, Via::Peer(public(kb))),
+        (other, Via::Peer(public(kb))),
+    ]);
+    net.nodes[1].core.set_control_routes(vec![
+        (
+            island,
+            Via::Neighbour {
+                ifindex: 5,
+                addr: nb,
+            },
+        ),
+        (
+            other,
+            Via::Neighbour {
+                ifindex: 6,
+                addr: nb,
+            },
+        ),
+    ]);
+    net.nodes[1].mesh_links = vec![(5, 1500)];
+
+    // Tunnel → mesh, TTL 64 → 63, not through B's TUN.
+    let p = udp4([10, 0, 0, 1], [10, 9, 1, 1], 64, b"to the island");
+    net.send_from_tun(0, &p);
+    net.run(16);
+    let b = &net.nodes[1];
+    assert_eq!(b.tun_count, 0, "{:?}", b.tun_delivered);
+    assert_eq!(b.mesh_delivered.len(), 1);
+    let (ifindex, to, got) = &b.mesh_delivered[0];
+    assert_eq!((*ifindex, *to), (5, nb));
+    assert_eq!(got[8], 63, "TTL decremented");
+    let mut want = p.clone();
+    want[8] = 63;
+    fix_v4_checksum(&mut want);
+    assert_eq!(got, &want, "checksum updated");
+    assert_eq!(b.core.totals().forwarded_on(Path::ToMesh), 1);
+
+    // TTL 1: dropped and counted (and not sent on).
+    net.send_from_tun(0, &udp4([10, 0, 0, 1], [10, 9, 1, 1], 1, b"x"));
+    net.run(16);
+    assert_eq!(net.nodes[1].mesh_delivered.len(), 1);
+    assert_eq!(
+        net.nodes[1].core.totals().dropped(DropReason::TtlExceeded),
+        1
+    );
+
+    // Bigger than the mesh link: IPv4 without DF goes to the kernel (which fragments it),
+    // with DF it is dropped as too big.
+    net.nodes[1].mesh_links = vec![(5, 100)];
+    let mut big = udp4([10, 0, 0, 1], [10, 9, 1, 1], 64, &[7; 200]);
+    big[6] &= !0x40;
+    fix_v4_checksum(&mut big);
+    net.send_from_tun(0, &big);
+    net.run(16);
+    assert_eq!(
+        net.nodes[1].tun_delivered,
+        vec![big.clone()],
+        "untouched, to the kernel"
+    );
+    big[6] |= 0x40;
+    fix_v4_checksum(&mut big);
+    net.send_from_tun(0, &big);
+    net.run(16);
+    assert_eq!(net.nodes[1].core.totals().dropped(DropReason::TooBig), 1);
+    assert_eq!(net.nodes[1].mesh_delivered.len(), 1);
+    net.nodes[1].mesh_links = vec![(5, 1500)];
+
+    // A neighbour on an interface the backend does not serve: through the TUN, untouched.
+    let q = udp4([10, 0, 0, 1], [10, 8, 1, 1], 64, b"kernel's");
+    net.send_from_tun(0, &q);
+    net.run(16);
+    assert_eq!(net.nodes[1].tun_delivered.last(), Some(&q));
+    assert_eq!(net.nodes[1].core.totals().forwarded_on(Path::ToLocal), 2);
+
+    // Mesh → tunnel: B encrypts it to A, TTL decremented.
+    let back = udp4([10, 9, 1, 1], [10, 0, 0, 1], 64, b"from the island");
+    net.send_from_mesh(1, &back);
+    net.run(16);
+    let mut want = back.clone();
+    want[8] = 63;
+    fix_v4_checksum(&mut want);
+    assert_eq!(net.nodes[0].tun_delivered.last(), Some(&want));
+    assert_eq!(net.nodes[1].core.totals().forwarded_on(Path::FromMesh), 1);
+
+    // Mesh → not a tunnel route (the program's table was behind): to the kernel, untouched.
+    let stray = udp4([10, 9, 1, 1], [10, 8, 1, 1], 64, b"stray");
+    let before = net.nodes[1].tun_count;
+    net.send_from_mesh(1, &stray);
+    assert_eq!(net.nodes[1].tun_count, before + 1);
+    assert_eq!(net.nodes[1].tun_delivered.last(), Some(&stray));
+
+    // Garbage from the mesh: dropped, counted.
+    net.send_from_mesh(1, &[0x45, 0, 0]);
+    assert_eq!(
+        net.nodes[1]
+            .core
+            .totals()
+            .dropped(DropReason::BadInnerPacket),
+        1
+    );
+}

@@ -56,6 +56,9 @@ pub struct IslandsSpec {
     /// `[babel.trunk] cost` of trunk `k` on both its gateways; isthmus-cp's default where
     /// there is no entry. Unequal costs make the cheapest trunk the preferred one.
     pub trunk_costs: Vec<u32>,
+    /// Run the gateways' data planes on the AF_XDP backend with this `xdp_mode` ("native",
+    /// "generic" or "auto"): the trunk's veth as underlay, the island's as mesh interface.
+    pub afxdp: Option<String>,
 }
 
 /// The topology, built and running (except the island routers: see [`BabelIslands::routers`]).
@@ -155,6 +158,11 @@ impl BabelIslands {
                     }],
                     routes: Vec::new(),
                     babel: Some(babel),
+                    interface_extra: spec.afxdp.as_ref().map_or_else(String::new, |mode| {
+                        format!(
+                            "backend = \"afxdp\"\nunderlay = [{under:?}]\nmesh = [{g_if:?}]\nxdp_mode = {mode:?}\n"
+                        )
+                    }),
                 };
                 let config = t
                     .add_isthmus_config(g, &cfg)?

@@ -401,6 +401,7 @@ impl Topology {
                     ],
                     routes: Vec::new(),
                     babel: None,
+                    interface_extra: String::new(),
                 };
                 t.add_isthmus_config(&g, &cfg)?;
             } else {

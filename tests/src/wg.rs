@@ -542,6 +542,8 @@ pub struct IsthmusConfig {
     pub routes: Vec<(String, String)>,
     /// Raw TOML appended at the end (a `[babel]` section for isthmus-cp).
     pub babel: Option<String>,
+    /// Raw TOML lines of `[interface]` (`backend = "afxdp"`, ...).
+    pub interface_extra: String,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -559,6 +561,7 @@ impl IsthmusConfig {
             self.listen_port,
             toml_list(&self.addresses)
         );
+        t.push_str(&self.interface_extra);
         for p in &self.peers {
             t.push_str(&format!(
                 "\n[[peer]]\nname = {:?}\nclass = {:?}\npublic_key = {:?}\nallowed_ips = {}\n",

@@ -284,3 +284,210 @@ fn unresolved_neighbour_goes_through_the_kernel_once() {
         "the kernel did not resolve it: {neigh}"
     );
 }
+
+/// The usable link-local address of `dev` in `ns` (waits out duplicate address detection).
+fn link_local(ns: &Netns, dev: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = ns
+            .exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ])
+            .unwrap();
+        let ready = out
+            .lines()
+            .find(|l| !l.contains("tentative"))
+            .and_then(|l| {
+                let t: Vec<&str> = l.split_whitespace().collect();
+                let i = t.iter().position(|x| *x == "inet6")?;
+                t.get(i + 1)?.split('/').next().map(str::to_owned)
+            });
+        if let Some(a) = ready {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no link-local address on {dev}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The demo's islands with both gateways on AF_XDP, trunk underlay and island interface
+/// alike: babeld and isthmus-cp learn every route over the XSK-served interfaces; traffic
+/// between the islands' hosts (v4 and v6, ping and TCP both ways) crosses each gateway from
+/// its island interface into the tunnel and out of the tunnel onto the island interface
+/// without touching its TUN device; and the gateway's own traffic on the island interface
+/// (Babel, NDP, a TCP connection to its own address) still reaches its kernel.
+fn islands_on_afxdp(mode: &str) {
+    use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
+    init();
+    let isl = BabelIslands::build_spec(&IslandsSpec {
+        trunks: 1,
+        hello: 1,
+        afxdp: Some(mode.into()),
+        ..IslandsSpec::default()
+    })
+    .unwrap();
+    let routers = isl.routers().unwrap();
+    let diag = || {
+        format!(
+            "{}\n{}",
+            isl.diagnostics(),
+            routers.iter().map(|r| r.diagnostics()).collect::<String>()
+        )
+    };
+    for g in &isl.gateways {
+        let log = isl.t.wg(&g.node).log_tail(60);
+        for (ifname, role) in [
+            (&g.underlay_if, "underlay"),
+            (&g.island_if, "mesh interface"),
+        ] {
+            assert!(
+                log.contains(&format!(
+                    "AF_XDP on {ifname}: {mode} XDP, copy mode, 1 queue(s), {role}"
+                )),
+                "{}: no AF_XDP line for {ifname}:\n{log}",
+                g.node
+            );
+        }
+    }
+    for (node, prefix) in [
+        ("g1a", "10.2.1.0/24"),
+        ("g2a", "10.1.1.0/24"),
+        ("g1a", "10.1.1.0/24"),
+        ("g2a", "fd00:2:1::/64"),
+        ("r1", "10.2.1.0/24"),
+        ("r2", "fd00:1:1::/64"),
+    ] {
+        isl.wait_route(node, prefix, std::time::Duration::from_secs(40))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", diag()));
+    }
+    // The island's routes go to the neighbour on the mesh interface in the data plane's FIB.
+    let g1 = isl.gateway_of(1, 0);
+    let fib = isl.show(&g1.node, "fib").unwrap();
+    let line = fib
+        .lines()
+        .find(|l| l.contains("10.1.1.0/24"))
+        .unwrap_or_else(|| panic!("no 10.1.1.0/24 in g1a's FIB:\n{fib}"));
+    assert!(
+        line.contains(&format!("dev {}", g1.island_if)) && line.contains("fe80:"),
+        "10.1.1.0/24 should go via a neighbour on {}: {line}",
+        g1.island_if
+    );
+
+    let (h1, h2) = (isl.t.ns("h1"), isl.t.ns("h2"));
+    ping_ok(h1, "10.2.1.2", 3);
+    ping_ok(h2, "fd00:1:1::2", 3);
+    let tuns: Vec<(String, (u64, u64))> = isl
+        .gateways
+        .iter()
+        .map(|g| {
+            let tun = isl.t.wg(&g.node).ifname.clone();
+            let c = tun_packets(isl.t.ns(&g.node), &tun);
+            (tun, c)
+        })
+        .collect();
+    let before: Vec<_> = isl
+        .gateways
+        .iter()
+        .map(|g| isl.t.wg(&g.node).metrics().unwrap())
+        .collect();
+    ping_ok(h1, "10.2.1.2", 20);
+    ping_ok(h2, "10.1.1.2", 20);
+    ping_ok(h1, "fd00:2:1::2", 20);
+    let r = h1.tcp_both_ways(&isl.t.lab, h2, "10.2.1.2", 5201);
+    if r.is_err() {
+        for g in &isl.gateways {
+            let tool = std::env::var("ISTHMUS_LAB_TOOL").unwrap();
+            let m = isl
+                .t
+                .ns(&g.node)
+                .exec(&[&tool, "http-get", "127.0.0.1:9586", "/metrics"])
+                .unwrap();
+            eprintln!(
+                "DEBUG {}:\n{}",
+                g.node,
+                m.lines()
+                    .filter(|l| !l.starts_with('#')
+                        && (l.contains("drop")
+                            || l.contains("xdp")
+                            || l.contains("forwarded_packets")
+                            || l.contains("checksum")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            eprintln!(
+                "DEBUG {} ethtool:\n{}",
+                g.node,
+                isl.t
+                    .ns(&g.node)
+                    .exec(&["ip", "-s", "link", "show", &g.island_if])
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let (up, down) = r.unwrap();
+    eprintln!("h1 -> h2 {}; h2 -> h1 {}", up.summary, down.summary);
+    let (up6, down6) = h2
+        .tcp_both_ways(&isl.t.lab, h1, "fd00:1:1::2", 5202)
+        .unwrap();
+    eprintln!("h2 -> h1 (v6) {}; back {}", up6.summary, down6.summary);
+    for (k, g) in isl.gateways.iter().enumerate() {
+        let after = isl.t.wg(&g.node).metrics().unwrap();
+        let d = |path: &str| {
+            after.get("isthmus_forwarded_packets_total", &[("path", path)])
+                - before[k].get("isthmus_forwarded_packets_total", &[("path", path)])
+        };
+        let (to_mesh, from_mesh, to_local, from_local) =
+            (d("to_mesh"), d("from_mesh"), d("to_local"), d("from_local"));
+        let (tun, c0) = &tuns[k];
+        let c1 = tun_packets(isl.t.ns(&g.node), tun);
+        eprintln!(
+            "{}: to_mesh {to_mesh}, from_mesh {from_mesh}, to_local {to_local}, from_local {from_local}; TUN (in, out) {c0:?} -> {c1:?}",
+            g.node
+        );
+        assert!(
+            to_mesh > 1_000.0 && from_mesh > 1_000.0,
+            "{}: the island traffic did not go through the mesh XSK\n{}",
+            g.node,
+            diag()
+        );
+        // The kernel's own few packets (router solicitations, Babel on the tunnel's
+        // link-local) may still cross the TUN; the island traffic may not.
+        assert!(
+            c1.0 - c0.0 <= 20 && c1.1 - c0.1 <= 20,
+            "{}: island traffic crossed the TUN: {c0:?} -> {c1:?}",
+            g.node
+        );
+    }
+
+    // The gateway's own traffic on the mesh interface still reaches its kernel: NDP and
+    // ICMP to its link-local address, and a TCP connection to it.
+    let r1 = isl.t.ns("r1");
+    let g1_ns = isl.t.ns(&g1.node);
+    let g1_ll = link_local(g1_ns, &g1.island_if);
+    let r1_if = &isl.router_ifs[0].0[0];
+    ping_ok(r1, &format!("{g1_ll}%{r1_if}"), 3);
+    let pid = g1_ns.iperf_server(&isl.t.lab, None, 5203).unwrap();
+    let tcp = r1.iperf(&format!("{g1_ll}%{r1_if}"), 5203, "1M", false);
+    g1_ns.stop(pid, std::time::Duration::from_millis(500));
+    let tcp = tcp.unwrap_or_else(|e| panic!("TCP to the gateway's own address: {e:#}"));
+    eprintln!("r1 -> g1a's own address: {}", tcp.summary);
+    // Babel on the same interface: the routes are still there after all of it.
+    isl.wait_route("r1", "10.2.1.0/24", std::time::Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", diag()));
+    for g in &isl.gateways {
+        assert!(isl.t.wg(&g.node).alive(), "{} died", g.node);
+    }
+}
+
+#[test]
+fn islands_on_afxdp_native() {
+    islands_on_afxdp("native");
+}
+
+#[test]
+fn islands_on_afxdp_generic() {
+    islands_on_afxdp("generic");
+}

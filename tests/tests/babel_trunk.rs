@@ -149,6 +149,7 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
                  [babel.wired]\nhello_interval = 1\n"
                     .into(),
             ),
+            interface_extra: String::new(),
         },
     )
     .unwrap();
@@ -242,6 +243,7 @@ fn islands(trunks: usize, hello: u32) -> BabelIslands {
         trunk_costs: (0..trunks)
             .map(|k| 96 + 32 * u32::try_from(k).unwrap())
             .collect(),
+        afxdp: None,
     })
     .unwrap()
 }

@@ -271,6 +271,7 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
             .map_or_else(|| k.to_base64()[..8].to_string(), PeerInfo::label),
         Via::Local => "local".into(),
         Via::Blackhole => "blackhole".into(),
+        Via::Neighbour { ifindex, addr } => format!("{addr} dev {}", ifname(ifindex)),
     };
     let rows: Vec<Vec<String>> = routes
         .iter()
@@ -299,4 +300,12 @@ fn show_stats(c: &mut CtlClient) -> anyhow::Result<()> {
         .collect();
     table(&["COUNTER", "VALUE"], &rows);
     Ok(())
+}
+
+/// The name of interface `ifindex` (its number when it has none any more).
+fn ifname(ifindex: u32) -> String {
+    isthmus_dataplane::io::ifaddr::all()
+        .ok()
+        .and_then(|all| all.into_iter().find(|a| a.ifindex == ifindex))
+        .map_or_else(|| format!("#{ifindex}"), |a| a.ifname)
 }

@@ -723,8 +723,14 @@ impl Daemon {
                         Some(fib::Via::Peer(*key)),
                         self.tun_ifindex.map(|ifindex| tun_route(prefix, ifindex)),
                     ),
+                    // The data plane sends to the neighbour itself where it serves the
+                    // interface (AF_XDP), else through its TUN device to the kernel, which
+                    // holds the same route.
                     Via::Iface { ifindex } => (
-                        Some(fib::Via::Local),
+                        Some(fib::Via::Neighbour {
+                            ifindex: *ifindex,
+                            addr: r.next_hop,
+                        }),
                         Some(KernelRoute {
                             prefix,
                             gateway: Some(r.next_hop),

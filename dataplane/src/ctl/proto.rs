@@ -36,7 +36,7 @@ use crate::keys::Key;
 use crate::tunnel::PeerInfo;
 
 /// Version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest body accepted (a full table of a million routes fits).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -291,6 +291,7 @@ wire_tags! {
         Peer = 1,
         Local = 2,
         Blackhole = 3,
+        Neighbour = 4,
     }
 }
 
@@ -354,6 +355,7 @@ fn hop_tag(h: &Via) -> HopTag {
         Via::Peer(_) => HopTag::Peer,
         Via::Local => HopTag::Local,
         Via::Blackhole => HopTag::Blackhole,
+        Via::Neighbour { .. } => HopTag::Neighbour,
     }
 }
 
@@ -419,8 +421,13 @@ impl W<'_> {
     }
     fn hop(&mut self, h: &Via) {
         self.tag(hop_tag(h));
-        if let Via::Peer(k) = h {
-            self.key(k);
+        match h {
+            Via::Peer(k) => self.key(k),
+            &Via::Neighbour { ifindex, addr } => {
+                self.u32(ifindex);
+                self.ip(addr);
+            }
+            Via::Local | Via::Blackhole => {}
         }
     }
     fn route(&mut self, r: &CtlRoute) {
@@ -529,6 +536,10 @@ impl R<'_> {
             HopTag::Peer => Via::Peer(self.key()?),
             HopTag::Local => Via::Local,
             HopTag::Blackhole => Via::Blackhole,
+            HopTag::Neighbour => Via::Neighbour {
+                ifindex: self.u32()?,
+                addr: self.ip()?,
+            },
         })
     }
     fn route(&mut self) -> Result<CtlRoute, ProtoError> {
@@ -748,7 +759,11 @@ mod tests {
         prop_oneof![
             key().prop_map(Via::Peer),
             Just(Via::Local),
-            Just(Via::Blackhole)
+            Just(Via::Blackhole),
+            (any::<u32>(), any::<[u8; 16]>()).prop_map(|(ifindex, a)| Via::Neighbour {
+                ifindex,
+                addr: IpAddr::from(a),
+            }),
         ]
     }
     fn route() -> impl Strategy<Value = CtlRoute> {
@@ -935,6 +950,16 @@ mod tests {
                 }],
                 remove: vec![v4],
             },
+            Msg::FibUpdate {
+                add: vec![CtlRoute {
+                    prefix: v4,
+                    next_hop: Via::Neighbour {
+                        ifindex: 7,
+                        addr: "fe80::1".parse().unwrap(),
+                    },
+                }],
+                remove: vec![],
+            },
             Msg::Subscribe,
             Msg::Inject {
                 peer: k,
@@ -997,6 +1022,7 @@ mod tests {
         "0000000105",
         "0000000c0600000001040a0100001002",
         "00000042070000000106fd0000000000000000000000000000000801K00000001040a01000010",
+        "000000250700000001040a01000010040000000706fe80000000000000000000000000000100000000",
         "0000000108",
         "0000002609K0000000145",
         "000001210a00000003K010000000161010104c0000201ca6c01000000000000010200190000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0002000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0003000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010",

@@ -14,10 +14,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
+use crate::fib::NextHop;
 use crate::io::bpf::{action, Link, XdpMode};
 use crate::io::ifaddr;
 use crate::io::netlink::Netlink;
-use crate::io::xdp_prog::XdpProgram;
+use crate::io::xdp_prog::{MeshProgram, MeshRoute, XdpProgram};
 use crate::io::xsk::{self, BindMode, XskOwner, XskRx, XskTx};
 use crate::stats::{DropReason, WorkerCounters, XskDrop};
 use crate::wire::ether::{self, Macs};
@@ -28,6 +31,9 @@ pub struct AfXdpOptions {
     /// Underlay interfaces; empty: the interfaces of the routes to the peers' endpoints
     /// (resolved by the caller before start).
     pub underlay: Vec<String>,
+    /// Mesh interfaces: packets to and from neighbours there (FIB next hops `via ADDR dev
+    /// IF`) go through XSKs instead of the TUN device and the kernel's forwarding.
+    pub mesh: Vec<String>,
     /// Force native or generic XDP (default: native where the driver has it).
     pub xdp_mode: Option<XdpMode>,
     /// Force zero-copy or copy mode (default: zero-copy where the driver has it).
@@ -46,23 +52,85 @@ const UNRESOLVED_TTL: Duration = Duration::from_millis(50);
 /// Destinations cached per worker (peers' endpoints; the cache is reset when full).
 const MAX_PATHS: usize = 65_536;
 
-/// One underlay interface with its program attached.
-pub(super) struct Underlay {
+/// What an interface's program redirects.
+enum Role {
+    /// The WireGuard port on our addresses.
+    Underlay(XdpProgram),
+    /// Packets routed into a tunnel.
+    Mesh(MeshProgram),
+}
+
+impl Role {
+    fn prog(&self) -> &crate::io::bpf::Program {
+        match self {
+            Role::Underlay(p) => &p.prog,
+            Role::Mesh(p) => &p.prog,
+        }
+    }
+
+    fn set_xsk(&self, queue: u32, fd: i32) -> io::Result<()> {
+        match self {
+            Role::Underlay(p) => p.set_xsk(queue, fd),
+            Role::Mesh(p) => p.set_xsk(queue, fd),
+        }
+    }
+}
+
+/// One interface with its program attached.
+pub(super) struct Attached {
     pub(super) name: String,
-    prog: XdpProgram,
+    role: Role,
     /// Detaches the program when dropped.
     _link: Link,
 }
 
-impl Underlay {
-    /// Make the program redirect exactly `port` on the interface's current addresses.
-    pub(super) fn follow_addresses(&self, port: u16) -> io::Result<()> {
-        let want: Vec<SocketAddr> = ifaddr::addresses(&self.name)?
-            .into_iter()
-            .map(|a| SocketAddr::new(a.addr, port))
-            .collect();
-        self.prog.set_locals(&want)
+impl Attached {
+    /// Keep the program current: an underlay's redirects exactly `port` on the interface's
+    /// current addresses; a mesh interface's never redirects what is for one of `own` (the
+    /// box's addresses) and leaves packets longer than `mtu` (the tunnel's) to the kernel.
+    pub(super) fn follow(&self, port: u16, own: &[IpAddr], mtu: u16) -> io::Result<()> {
+        match &self.role {
+            Role::Underlay(p) => {
+                let want: Vec<SocketAddr> = ifaddr::addresses(&self.name)?
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a.addr, port))
+                    .collect();
+                p.set_locals(&want)
+            }
+            Role::Mesh(p) => {
+                p.set_own(own)?;
+                p.set_mtu(mtu)
+            }
+        }
     }
+
+    /// The FIB changed: a mesh program's tunnel table follows (an underlay's has none).
+    pub(super) fn follow_routes(&self, ops: &[(IpNet, Option<NextHop>)]) -> io::Result<()> {
+        let Role::Mesh(p) = &self.role else {
+            return Ok(());
+        };
+        for (prefix, hop) in ops {
+            let route = hop.map(|h| match h {
+                NextHop::Peer(_) => MeshRoute::Tunnel,
+                _ => MeshRoute::Other,
+            });
+            p.set_route(prefix, route)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this is a mesh interface.
+    pub(super) fn is_mesh(&self) -> bool {
+        matches!(self.role, Role::Mesh(_))
+    }
+}
+
+/// The frames of one receive, parsed.
+pub(super) enum Frames<'a, 'b> {
+    /// WireGuard datagrams from the underlay, with their sources.
+    Datagrams(&'a mut dyn Iterator<Item = (&'b mut [u8], SocketAddr)>),
+    /// IP packets from a mesh interface.
+    Packets(&'a mut dyn Iterator<Item = &'b mut [u8]>),
 }
 
 /// The sending half of one XSK of a worker, and where it leads.
@@ -70,14 +138,25 @@ struct Port {
     tx: XskTx,
     ifindex: u32,
     mac: [u8; 6],
+    /// The interface's MTU (as of the start).
+    mtu: u16,
 }
 
 /// A worker's XSKs, as the setup deals them out.
 #[derive(Default)]
 struct Dealt {
-    rx: Vec<XskRx>,
+    rx: Vec<(XskRx, RxKind)>,
     tx: Vec<Port>,
     owners: Vec<XskOwner>,
+}
+
+/// What the frames of a receiving XSK carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxKind {
+    /// WireGuard datagrams (underlay).
+    Datagrams,
+    /// IP packets to route into tunnels (mesh interface).
+    Packets,
 }
 
 fn mac_of(name: &str) -> io::Result<[u8; 6]> {
@@ -104,109 +183,47 @@ fn rx_queues(name: &str) -> u32 {
         .max(1)
 }
 
-/// Attach to every underlay interface and open its XSKs; the XSKs are returned per worker.
+fn mtu_of(name: &str) -> u16 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1500)
+}
+
+/// Attach to every underlay and mesh interface and open its XSKs; the XSKs are returned per
+/// worker.
 pub(super) fn setup(
     opts: &AfXdpOptions,
     workers: usize,
     port: u16,
-) -> io::Result<(Vec<Underlay>, Vec<XdpWorker>)> {
+) -> io::Result<(Vec<Attached>, Vec<XdpWorker>)> {
     if opts.underlay.is_empty() {
         return Err(io::Error::other(
             "backend afxdp: no underlay interface (name them with `underlay`, or give the peers endpoints)",
         ));
     }
+    if let Some(both) = opts.mesh.iter().find(|m| opts.underlay.contains(m)) {
+        return Err(io::Error::other(format!(
+            "backend afxdp: {both} is named both as underlay and as mesh interface (an interface has one XDP program: give the trunk its own interface)"
+        )));
+    }
     let mut dealt: Vec<Dealt> = (0..workers).map(|_| Dealt::default()).collect();
     let mut ifaces = Vec::new();
-    for name in &opts.underlay {
-        let fail =
-            |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{name}: {what}: {e}"));
-        let ifindex = ifaddr::ifindex(name).map_err(|e| fail("no such interface", e))?;
-        let mac = mac_of(name).map_err(|e| fail("link-layer address", e))?;
-        let queues = rx_queues(name);
-        let prog = XdpProgram::load(queues, action::PASS)
-            .map_err(|e| fail("loading the XDP program", e))?;
-        let modes = match opts.xdp_mode {
-            Some(m) => vec![m],
-            None => vec![XdpMode::Native, XdpMode::Generic],
-        };
-        let mut attached = None;
-        let mut last = None;
-        for m in modes {
-            match prog.prog.attach_xdp(ifindex, m) {
-                Ok(link) => {
-                    attached = Some((link, m));
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some((link, xdp_mode)) = attached else {
-            return Err(fail(
-                "attaching the XDP program",
-                last.unwrap_or_else(|| io::Error::other("no mode")),
-            ));
-        };
-        let binds = match (opts.bind_mode, xdp_mode) {
-            (Some(b), _) => vec![b],
-            // Generic XDP hands over SKBs: there is nothing to map zero-copy.
-            (None, XdpMode::Generic) => vec![BindMode::Copy],
-            (None, XdpMode::Native) => vec![BindMode::ZeroCopy, BindMode::Copy],
-        };
-        let mut bound = BindMode::Copy;
-        for q in 0..queues {
-            let mut got = None;
-            let mut last = None;
-            for &b in &binds {
-                match xsk::open(ifindex, q, b) {
-                    Ok(x) => {
-                        got = Some((x, b));
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            let ((rx, tx, owner), mode) = got.ok_or_else(|| {
-                fail(
-                    &format!("binding an XDP socket to queue {q}"),
-                    last.unwrap_or_else(|| io::Error::other("no mode")),
-                )
-            })?;
-            if let Some(us) = opts.busy_poll_us {
-                if let Err(e) = owner.busy_poll(us, RX_BATCH as u32) {
-                    tracing::warn!(%e, "{name}: busy polling not available");
-                }
-            }
-            bound = mode;
-            prog.set_xsk(q, owner.raw_fd())
-                .map_err(|e| fail("adding the socket to the XSK map", e))?;
-            // Queue q of every interface goes to worker q % workers, so that a worker that
-            // receives on an interface's queue q can also send on the others' queue q: on
-            // single-queue links (veth, small boxes) one worker holds all the XSKs.
-            let w = &mut dealt[q as usize % workers];
-            w.rx.push(rx);
-            w.tx.push(Port { tx, ifindex, mac });
-            w.owners.push(owner);
-        }
-        if (queues as usize) < workers {
-            tracing::info!(
-                "{name}: {queues} queue(s) for {workers} workers: workers {}..{} send to it through the kernel",
-                queues,
-                workers - 1
-            );
-        }
-        let u = Underlay {
-            name: name.clone(),
-            prog,
-            _link: link,
-        };
-        u.follow_addresses(port)
-            .map_err(|e| fail("setting the local addresses", e))?;
-        tracing::info!(
-            "AF_XDP on {name}: {} XDP, {} mode, {queues} queue(s)",
-            xdp_mode.as_str(),
-            bound.as_str()
-        );
-        ifaces.push(u);
+    let named = opts
+        .underlay
+        .iter()
+        .map(|n| (n, RxKind::Datagrams))
+        .chain(opts.mesh.iter().map(|n| (n, RxKind::Packets)));
+    for (name, kind) in named {
+        ifaces.push(attach(opts, name, kind, workers, &mut dealt)?);
+    }
+    for i in &ifaces {
+        i.follow(port, &[], 0).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: setting up the XDP maps: {e}", i.name),
+            )
+        })?;
     }
     let workers = dealt
         .into_iter()
@@ -218,6 +235,114 @@ pub(super) fn setup(
         })
         .collect();
     Ok((ifaces, workers))
+}
+
+/// Load and attach the program of one interface and bind an XSK to each of its queues.
+fn attach(
+    opts: &AfXdpOptions,
+    name: &str,
+    kind: RxKind,
+    workers: usize,
+    dealt: &mut [Dealt],
+) -> io::Result<Attached> {
+    let fail = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{name}: {what}: {e}"));
+    let ifindex = ifaddr::ifindex(name).map_err(|e| fail("no such interface", e))?;
+    let mac = mac_of(name).map_err(|e| fail("link-layer address", e))?;
+    let queues = rx_queues(name);
+    let role = match kind {
+        RxKind::Datagrams => XdpProgram::load(queues, action::PASS).map(Role::Underlay),
+        RxKind::Packets => MeshProgram::load(mac, queues, action::PASS).map(Role::Mesh),
+    }
+    .map_err(|e| fail("loading the XDP program", e))?;
+    let modes = match opts.xdp_mode {
+        Some(m) => vec![m],
+        None => vec![XdpMode::Native, XdpMode::Generic],
+    };
+    let mut attached = None;
+    let mut last = None;
+    for m in modes {
+        match role.prog().attach_xdp(ifindex, m) {
+            Ok(link) => {
+                attached = Some((link, m));
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some((link, xdp_mode)) = attached else {
+        return Err(fail(
+            "attaching the XDP program",
+            last.unwrap_or_else(|| io::Error::other("no mode")),
+        ));
+    };
+    let binds = match (opts.bind_mode, xdp_mode) {
+        (Some(b), _) => vec![b],
+        // Generic XDP hands over SKBs: there is nothing to map zero-copy.
+        (None, XdpMode::Generic) => vec![BindMode::Copy],
+        (None, XdpMode::Native) => vec![BindMode::ZeroCopy, BindMode::Copy],
+    };
+    let mtu = mtu_of(name);
+    let mut bound = BindMode::Copy;
+    for q in 0..queues {
+        let mut got = None;
+        let mut last = None;
+        for &b in &binds {
+            match xsk::open(ifindex, q, b) {
+                Ok(x) => {
+                    got = Some((x, b));
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let ((rx, tx, owner), mode) = got.ok_or_else(|| {
+            fail(
+                &format!("binding an XDP socket to queue {q}"),
+                last.unwrap_or_else(|| io::Error::other("no mode")),
+            )
+        })?;
+        if let Some(us) = opts.busy_poll_us {
+            if let Err(e) = owner.busy_poll(us, RX_BATCH as u32) {
+                tracing::warn!(%e, "{name}: busy polling not available");
+            }
+        }
+        bound = mode;
+        role.set_xsk(q, owner.raw_fd())
+            .map_err(|e| fail("adding the socket to the XSK map", e))?;
+        // Queue q of every interface goes to worker q % workers, so that a worker that
+        // receives on an interface's queue q can also send on the others' queue q: on
+        // single-queue links (veth, small boxes) one worker holds all the XSKs.
+        let w = &mut dealt[q as usize % workers];
+        w.rx.push((rx, kind));
+        w.tx.push(Port {
+            tx,
+            ifindex,
+            mac,
+            mtu,
+        });
+        w.owners.push(owner);
+    }
+    if (queues as usize) < workers {
+        tracing::info!(
+            "{name}: {queues} queue(s) for {workers} workers: workers {}..{} send to it through the kernel",
+            queues,
+            workers - 1
+        );
+    }
+    tracing::info!(
+        "AF_XDP on {name}: {} XDP, {} mode, {queues} queue(s), {}",
+        xdp_mode.as_str(),
+        bound.as_str(),
+        match kind {
+            RxKind::Datagrams => "underlay",
+            RxKind::Packets => "mesh interface",
+        }
+    );
+    Ok(Attached {
+        name: name.to_string(),
+        role,
+        _link: link,
+    })
 }
 
 /// Where datagrams to one destination go.
@@ -240,9 +365,38 @@ enum Hop {
 struct Resolver {
     nl: Option<Netlink>,
     cache: HashMap<IpAddr, (Instant, Hop)>,
+    /// Link-layer addresses of mesh neighbours by interface and address (`None`: not
+    /// resolved yet).
+    neighbours: HashMap<(u32, IpAddr), (Instant, Option<[u8; 6]>)>,
 }
 
 impl Resolver {
+    /// The link-layer address of `addr` on `ifindex`, from the kernel's neighbour table.
+    fn neighbour(&mut self, ifindex: u32, addr: IpAddr, now: Instant) -> Option<[u8; 6]> {
+        if let Some(&(until, mac)) = self.neighbours.get(&(ifindex, addr)) {
+            if until > now {
+                return mac;
+            }
+        }
+        if self.nl.is_none() {
+            self.nl = Netlink::open().ok();
+        }
+        let mac = self
+            .nl
+            .as_mut()
+            .and_then(|nl| nl.neighbour(ifindex, addr).ok().flatten());
+        let ttl = if mac.is_some() {
+            PATH_TTL
+        } else {
+            UNRESOLVED_TTL
+        };
+        if self.neighbours.len() >= MAX_PATHS {
+            self.neighbours.clear();
+        }
+        self.neighbours.insert((ifindex, addr), (now + ttl, mac));
+        mac
+    }
+
     fn hop(&mut self, dst: IpAddr, now: Instant, ports: &[Port], fwmark: u32) -> Hop {
         if let Some(&(until, hop)) = self.cache.get(&dst) {
             if until > now {
@@ -295,7 +449,7 @@ impl Resolver {
 /// A worker's XSKs.
 pub(super) struct XdpWorker {
     // Field order matters: the halves are dropped before their owners.
-    rx: Vec<XskRx>,
+    rx: Vec<(XskRx, RxKind)>,
     ports: Vec<Port>,
     owners: Vec<XskOwner>,
     resolver: Resolver,
@@ -318,6 +472,76 @@ pub(super) struct XdpTx<'a> {
 }
 
 impl XdpTx<'_> {
+    /// The MTU of mesh interface `ifindex` if this worker has an XSK on it and `addr`'s
+    /// link-layer address is known (else the packet goes through the TUN device, which makes
+    /// the kernel resolve it: counted).
+    pub(super) fn mesh_link(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+        counters: &WorkerCounters,
+    ) -> Option<u16> {
+        let port = self.ports.iter().find(|p| p.ifindex == ifindex)?;
+        let mtu = port.mtu;
+        match self.resolver.neighbour(ifindex, addr, Instant::now()) {
+            Some(_) => Some(mtu),
+            None => {
+                counters.xdp_neigh_fallback.add(1);
+                None
+            }
+        }
+    }
+
+    /// Send the packets of a local batch that carry a neighbour as frames through the
+    /// XSKs (the copy into the frame is the second of this path: the first is the AEAD's);
+    /// their slots are emptied (`len` 0), so that the TUN path skips them. A packet whose
+    /// XSK ring is full is dropped and counted. Returns how many slots were taken.
+    pub(super) fn send_frames(
+        &mut self,
+        batch: &mut crate::buf::Batch,
+        counters: &WorkerCounters,
+    ) -> usize {
+        let now = Instant::now();
+        let (mut taken, mut sent) = (0, 0u64);
+        let mut used = 0u64;
+        for i in 0..batch.len() {
+            let slot = batch.slot_mut(i);
+            let Some((ifindex, addr)) = slot.neighbour.take() else {
+                continue;
+            };
+            taken += 1;
+            let port = self.ports.iter().position(|p| p.ifindex == ifindex);
+            let mac = self.resolver.neighbour(ifindex, addr, now);
+            let ok = match (port, mac) {
+                (Some(k), Some(dst)) => {
+                    let macs = Macs {
+                        src: self.ports[k].mac,
+                        dst,
+                    };
+                    let data = slot.data();
+                    used |= 1 << (k % 64);
+                    self.ports[k]
+                        .tx
+                        .send_with(|buf| ether::build_ip(buf, macs, data))
+                }
+                _ => false,
+            };
+            if ok {
+                sent += 1;
+            } else {
+                counters.drop(DropReason::TxError);
+            }
+            slot.len = 0;
+        }
+        for (k, p) in self.ports.iter_mut().enumerate() {
+            if used & (1 << (k % 64)) != 0 {
+                p.tx.flush();
+            }
+        }
+        counters.xdp_tx.add(sent);
+        taken
+    }
+
     /// Send what can go through an XSK; the slots sent are unaddressed afterwards (so that
     /// the kernel path skips them). Returns how many went out.
     pub(super) fn send(
@@ -387,39 +611,57 @@ impl XdpWorker {
         }
     }
 
-    /// One batch from XSK `i`, handed to `handle`. `false` when the socket's rx ring is
-    /// empty now (a short batch, or none): the next frame is a new edge for the poll.
+    /// One batch from XSK `i`, to `handle` with our sending half: underlay frames as
+    /// datagrams (the UDP payloads, with their sources), mesh frames as IP packets.
+    /// The frames are parsed on the way; a malformed one is counted and skipped. `false`
+    /// when the socket's rx ring is empty now (a short batch, or none): the next frame is a
+    /// new edge for the poll.
     pub(super) fn receive(
         &mut self,
         i: usize,
         counters: &WorkerCounters,
         port: u16,
         fwmark: u32,
-        handle: impl FnOnce(&mut dyn Iterator<Item = (&mut [u8], SocketAddr)>, XdpTx<'_>),
+        handle: impl FnOnce(Frames<'_, '_>, XdpTx<'_>),
     ) -> bool {
-        let rx = &mut self.rx[i];
+        let (rx, kind) = &mut self.rx[i];
         let n = rx.receive(RX_BATCH);
         if n == 0 {
             return false;
         }
         counters.xdp_rx.add(n as u64);
-        let mut segs = rx
-            .frames()
-            .filter_map(|frame| match ether::parse_udp(frame) {
-                Ok(f) => Some((&mut frame[f.payload.0..f.payload.1], f.src)),
-                Err(_) => {
-                    counters.drop(DropReason::BadPacket);
-                    None
-                }
-            });
         let tx = XdpTx {
             ports: &mut self.ports,
             resolver: &mut self.resolver,
             port,
             fwmark,
         };
-        handle(&mut segs, tx);
-        drop(segs);
+        match kind {
+            RxKind::Datagrams => {
+                let mut segs = rx
+                    .frames()
+                    .filter_map(|frame| match ether::parse_udp(frame) {
+                        Ok(f) => Some((&mut frame[f.payload.0..f.payload.1], f.src)),
+                        Err(_) => {
+                            counters.drop(DropReason::BadPacket);
+                            None
+                        }
+                    });
+                handle(Frames::Datagrams(&mut segs), tx);
+            }
+            RxKind::Packets => {
+                let mut pkts = rx
+                    .frames()
+                    .filter_map(|frame| match ether::parse_ip(frame) {
+                        Ok(r) => Some(&mut frame[r]),
+                        Err(_) => {
+                            counters.drop(DropReason::BadInnerPacket);
+                            None
+                        }
+                    });
+                handle(Frames::Packets(&mut pkts), tx);
+            }
+        }
         rx.recycle();
         n == RX_BATCH
     }

@@ -83,8 +83,9 @@ pub struct Device {
     shutdown: AtomicBool,
     icmp_src_fixed: bool,
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
-    /// The AF_XDP underlay interfaces (their programs detach when this is dropped).
-    underlay: Vec<afxdp::Underlay>,
+    /// The AF_XDP interfaces, underlay and mesh (their programs detach when the last
+    /// reference goes; the FIB's route observer holds one).
+    xdp_ifaces: Arc<Vec<afxdp::Attached>>,
 }
 
 impl Device {
@@ -98,7 +99,7 @@ impl Device {
         let (socks, port) = udp::bind(opts.listen_port, threads, opts.fwmark)?;
         let icmp_src_fixed =
             opts.settings.icmp_src_v4.is_some() || opts.settings.icmp_src_v6.is_some();
-        let (underlay, mut xdp_workers) = match &opts.afxdp {
+        let (xdp_ifaces, mut xdp_workers) = match &opts.afxdp {
             Some(x) => {
                 let (u, w) = afxdp::setup(x, threads, port)?;
                 (u, w.into_iter().map(Some).collect())
@@ -113,6 +114,18 @@ impl Device {
                 ..opts.settings
             },
         );
+        let xdp_ifaces = Arc::new(xdp_ifaces);
+        if xdp_ifaces.iter().any(afxdp::Attached::is_mesh) {
+            // The mesh programs' tunnel tables follow the FIB, change by change.
+            let ifaces = xdp_ifaces.clone();
+            core.observe_routes(Box::new(move |ops| {
+                for i in ifaces.iter() {
+                    if let Err(e) = i.follow_routes(ops) {
+                        tracing::warn!(%e, "{}: could not update the XDP tunnel table", i.name);
+                    }
+                }
+            }));
+        }
         let dev = Arc::new(Device {
             core,
             ifname: ifname.to_string(),
@@ -127,7 +140,7 @@ impl Device {
             shutdown: AtomicBool::new(false),
             icmp_src_fixed,
             handles: Mutex::new(Vec::new()),
-            underlay,
+            xdp_ifaces,
         });
         let mut handles = Vec::new();
         for (i, (q, xdp)) in queues.into_iter().zip(xdp_workers).enumerate() {
@@ -184,11 +197,21 @@ impl Device {
         (net.port, net.fwmark)
     }
 
-    /// Point the XDP programs at the current port and the underlay's current addresses.
-    fn follow_underlay(&self, port: u16) {
-        for u in &self.underlay {
-            if let Err(e) = u.follow_addresses(port) {
-                tracing::warn!(%e, "{}: could not update the XDP program's addresses", u.name);
+    /// Point the XDP programs at the current port, the underlay's current addresses, the
+    /// box's own addresses and the tunnel MTU.
+    fn follow_xdp(&self, port: u16) {
+        if self.xdp_ifaces.is_empty() {
+            return;
+        }
+        let own: Vec<std::net::IpAddr> = ifaddr::all()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.addr)
+            .collect();
+        let mtu = self.core.settings().mtu;
+        for u in self.xdp_ifaces.iter() {
+            if let Err(e) = u.follow(port, &own, mtu) {
+                tracing::warn!(%e, "{}: could not update the XDP program's maps", u.name);
             }
         }
     }
@@ -226,7 +249,7 @@ impl Device {
         self.wake_all();
         net.port = bound;
         net.fwmark = fwmark;
-        self.follow_underlay(bound);
+        self.follow_xdp(bound);
         tracing::info!(port = bound, fwmark, "UDP sockets bound");
         Ok(())
     }
@@ -356,7 +379,7 @@ impl Device {
                 // relayed packets, its addresses source our ICMP errors. The XDP programs
                 // follow the underlay's addresses.
                 last_addr = Instant::now();
-                self.follow_underlay(self.listen_port());
+                self.follow_xdp(self.listen_port());
                 let cur = self.core.settings();
                 let mut next = (*cur).clone();
                 if let Ok(mtu) = tun::mtu(&self.ifname) {

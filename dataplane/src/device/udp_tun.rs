@@ -17,7 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::Socket;
 
-use super::afxdp::{XdpTx, XdpWorker};
+use super::afxdp::{Frames, XdpTx, XdpWorker};
 use super::{Device, RateLimitedWarn};
 use crate::buf::Batch;
 use crate::forward::{Sink, Worker};
@@ -238,7 +238,7 @@ impl UdpTun {
         };
         let udp_fd = self.udp_fd.unwrap_or(-1);
         let (tunq, scratch, counters) = (&mut self.tunq, &mut self.scratch, &self.counters);
-        let more = xdp.receive(i, counters, self.port, self.fwmark, |segs, tx| {
+        let more = xdp.receive(i, counters, self.port, self.fwmark, |frames, tx| {
             let mut sink = RealSink {
                 udp_fd,
                 tun: Some(tunq),
@@ -246,7 +246,10 @@ impl UdpTun {
                 counters,
                 xdp: Some(tx),
             };
-            worker.handle_segments(segs, &mut sink);
+            match frames {
+                Frames::Datagrams(segs) => worker.handle_segments(segs, &mut sink),
+                Frames::Packets(pkts) => worker.handle_mesh(pkts, &mut sink),
+            }
         });
         if !more {
             self.xsk_ready[i] = false;
@@ -308,6 +311,10 @@ pub(super) struct RealSink<'a> {
 }
 
 impl Sink for RealSink<'_> {
+    fn mesh_link(&mut self, ifindex: u32, addr: std::net::IpAddr) -> Option<u16> {
+        self.xdp.as_mut()?.mesh_link(ifindex, addr, self.counters)
+    }
+
     fn send_udp(&mut self, batch: &mut Batch) {
         // Through the XSKs what can go there; those slots are unaddressed afterwards, and
         // the kernel's socket (which counts an unaddressed slot as failed) takes the rest.
@@ -332,6 +339,15 @@ impl Sink for RealSink<'_> {
     }
 
     fn write_tun(&mut self, batch: &mut Batch) {
+        // Frames to mesh neighbours through the XSKs; the TUN device takes the rest.
+        let by_xsk = match &mut self.xdp {
+            Some(x) => x.send_frames(batch, self.counters),
+            None => 0,
+        };
+        if by_xsk == batch.len() {
+            batch.clear();
+            return;
+        }
         let failed = self.tun.as_mut().map_or(0, |t| t.write_batch(batch));
         if failed > 0 {
             self.counters.drops[DropReason::TxError as usize].add(failed as u64);

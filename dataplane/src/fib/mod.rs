@@ -95,6 +95,16 @@ pub enum NextHop {
     Local,
     /// Drop (counted as `blackhole`).
     Blackhole,
+    /// A neighbour on a mesh interface (what the control plane learns from a Babel router
+    /// there): sent as an Ethernet frame through the interface's XSK when the data plane
+    /// serves it over AF_XDP, else delivered like [`NextHop::Local`] (the kernel holds the
+    /// same route).
+    Neighbour {
+        /// The interface's index.
+        ifindex: u32,
+        /// The neighbour's address (IPv6 link-local, or IPv4).
+        addr: IpAddr,
+    },
 }
 
 /// Where a configured or pushed route goes: a [`NextHop`] that names its peer by public key.
@@ -108,6 +118,13 @@ pub enum Via {
     Local,
     /// Drop.
     Blackhole,
+    /// A neighbour on a mesh interface (see [`NextHop::Neighbour`]).
+    Neighbour {
+        /// The interface's index.
+        ifindex: u32,
+        /// The neighbour's address (IPv6 link-local, or IPv4).
+        addr: IpAddr,
+    },
 }
 
 /// Where a FIB route came from; a prefix present in several sources is taken from the

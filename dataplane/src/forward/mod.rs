@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam::channel::{Receiver, Sender};
 
+use ipnet::IpNet;
+
 use crate::fib::{Fib, FibHandle};
 use crate::keys::Key;
 use crate::stats::{Sample, Totals, WorkerCounters};
@@ -108,7 +110,13 @@ pub struct Core {
     config_lock: Mutex<()>,
     events: ArcSwapOption<EventSinkBox>,
     fib_stale: AtomicBool,
+    /// Told every change of the FIB, in order, before it is published (see
+    /// [`Core::observe_routes`]).
+    route_observer: std::sync::OnceLock<RouteObserver>,
 }
+
+/// Told each change of the FIB: a prefix and its new next hop (`None`: removed).
+pub type RouteObserver = Box<dyn Fn(&[(IpNet, Option<crate::fib::NextHop>)]) + Send + Sync>;
 
 struct EventSinkBox(EventSink);
 
@@ -131,6 +139,7 @@ impl Core {
             config_lock: Mutex::new(()),
             events: ArcSwapOption::empty(),
             fib_stale: AtomicBool::new(false),
+            route_observer: std::sync::OnceLock::new(),
         })
     }
 

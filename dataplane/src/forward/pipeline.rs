@@ -71,8 +71,16 @@ impl QueuedHandshake {
 pub trait Sink {
     /// Send every datagram of `batch` (each slot's `addr` is the destination), then clear it.
     fn send_udp(&mut self, batch: &mut Batch);
-    /// Write every packet of `batch` to the local side (TUN), then clear it.
+    /// Write every packet of `batch` to the local side, then clear it: to the TUN device, or,
+    /// for a slot with a `neighbour`, as a frame to that neighbour.
     fn write_tun(&mut self, batch: &mut Batch);
+    /// Whether this sink sends frames to `addr` on mesh interface `ifindex` itself (AF_XDP,
+    /// the neighbour's link-layer address known), and if so the interface's MTU. `None`:
+    /// packets for that neighbour go through the TUN device, and the kernel, which holds the
+    /// same route, forwards them.
+    fn mesh_link(&mut self, _ifindex: u32, _addr: IpAddr) -> Option<u16> {
+        None
+    }
 }
 
 /// One worker's pipeline state: output batches and scratch space, allocated once.
@@ -189,6 +197,25 @@ impl Worker {
             }
         });
         rx.clear();
+    }
+
+    /// Process IP packets received on a mesh interface (the XDP program redirected them
+    /// because the FIB routes their destination into a tunnel), in caller-owned buffers.
+    pub fn handle_mesh<'a>(
+        &mut self,
+        packets: impl IntoIterator<Item = &'a mut [u8]>,
+        sink: &mut impl Sink,
+    ) {
+        self.counters.rx_batches.add(1);
+        let n = self.with_ctx(sink, |ctx| {
+            let mut n = 0;
+            for pkt in packets {
+                n += 1;
+                ctx.mesh_packet(pkt);
+            }
+            n
+        });
+        self.counters.rx_packets.add(n);
     }
 
     /// Inject an IP packet into a peer's tunnel (control plane → peer).
@@ -597,9 +624,9 @@ impl<S: Sink> Ctx<'_, S> {
             nh => nh,
         };
         match next_hop {
-            Some(NextHop::Local) => {
-                self.counters.forwarded(Path::ToLocal, meta.total_len);
-                self.tun_out.commit();
+            Some(NextHop::Local) => self.to_local(meta.total_len),
+            Some(NextHop::Neighbour { ifindex, addr }) => {
+                self.to_neighbour(ifindex, addr, meta.total_len);
             }
             Some(NextHop::Peer(to)) if to == from.id => self.drop(DropReason::Loop),
             Some(NextHop::Peer(to)) => {
@@ -614,6 +641,40 @@ impl<S: Sink> Ctx<'_, S> {
                 self.icmp_back(IcmpError::NoRoute);
             }
         }
+    }
+
+    /// Deliver the packet in `tun_out`'s next free slot through the TUN device.
+    fn to_local(&mut self, len: usize) {
+        let slot = self.tun_out.next_free().expect("slot checked by caller");
+        slot.neighbour = None;
+        self.counters.forwarded(Path::ToLocal, len);
+        self.tun_out.commit();
+    }
+
+    /// Send the packet in `tun_out`'s next free slot to a neighbour on a mesh interface: as
+    /// a frame, where the sink serves that interface, forwarded as the kernel would (TTL,
+    /// MTU, ICMP errors); else through the TUN device, to the kernel, which holds the same
+    /// route (and does the same).
+    fn to_neighbour(&mut self, ifindex: u32, addr: IpAddr, len: usize) {
+        let Some(mtu) = self.sink.mesh_link(ifindex, addr) else {
+            return self.to_local(len);
+        };
+        let slot = self.tun_out.next_free().expect("slot checked by caller");
+        if len > usize::from(mtu) {
+            if wire::may_fragment(slot.data()) {
+                // IPv4 without DF: the kernel fragments it.
+                return self.to_local(len);
+            }
+            self.drop(DropReason::TooBig);
+            return self.icmp_back(IcmpError::PacketTooBig { mtu });
+        }
+        if !wire::decrement_ttl(slot.data_mut()) {
+            self.drop(DropReason::TtlExceeded);
+            return self.icmp_back(IcmpError::TimeExceeded);
+        }
+        slot.neighbour = Some((ifindex, addr));
+        self.counters.forwarded(Path::ToMesh, len);
+        self.tun_out.commit();
     }
 
     /// Relay the packet in `tun_out`'s next free slot from one peer to another.
@@ -681,7 +742,8 @@ impl<S: Sink> Ctx<'_, S> {
                     );
                 }
             }
-            Some(NextHop::Local) => {
+            // To the kernel, which routes it (to a mesh neighbour too).
+            Some(NextHop::Local | NextHop::Neighbour { .. }) => {
                 slot.fill(&self.scratch[..n], None);
                 self.tun_out.commit();
             }
@@ -717,7 +779,8 @@ impl<S: Sink> Ctx<'_, S> {
                     self.counters.forwarded(Path::FromLocal, meta.total_len);
                 }
             }
-            Some(NextHop::Local) => self.drop(DropReason::Loop),
+            // The kernel sent us what we would send back to it.
+            Some(NextHop::Local | NextHop::Neighbour { .. }) => self.drop(DropReason::Loop),
             Some(NextHop::Blackhole) => self.drop(DropReason::Blackhole),
             None => {
                 self.drop(DropReason::NoRoute);
@@ -740,6 +803,49 @@ impl<S: Sink> Ctx<'_, S> {
                     }
                 }
             }
+        }
+    }
+
+    /// A packet from a mesh interface's XSK. It is forwarded as the kernel would have
+    /// forwarded it into the TUN device and the TUN path would have sent it on: TTL, MSS
+    /// clamp, encrypted to the peer. (The XDP program leaves the packets that need an ICMP
+    /// error — TTL 1, bigger than the tunnel's MTU — to the kernel.) A packet that the FIB
+    /// does not route into a tunnel any more (the program's table is a step behind) goes to
+    /// the kernel through the TUN device, unchanged.
+    fn mesh_packet(&mut self, pkt: &mut [u8]) {
+        let meta = match wire::parse_ip(pkt) {
+            Ok(m) => m,
+            Err(_) => return self.drop(DropReason::BadInnerPacket),
+        };
+        let pkt = &mut pkt[..meta.total_len];
+        let peer = match self.fib.lookup(meta.dst) {
+            Some(NextHop::Peer(to)) => self.peers.get(to).cloned(),
+            _ => None,
+        };
+        let Some(peer) = peer else {
+            if self.tun_out.is_full() {
+                self.sink.write_tun(self.tun_out);
+            }
+            if let Some(s) = self.tun_out.next_free() {
+                s.fill(pkt, None); // a rare path: the tables disagree for a moment
+                self.tun_out.commit();
+            }
+            return;
+        };
+        if !wire::decrement_ttl(pkt) {
+            self.drop(DropReason::TtlExceeded);
+            return;
+        }
+        // What the kernel would have done on its way into the TUN device.
+        if wire::complete_partial_checksum(pkt, &meta) {
+            self.counters.checksum_completed.add(1);
+        }
+        let mss = mss_for(self.settings.mtu, pkt);
+        if self.settings.mss_clamp && wire::clamp_tcp_mss(pkt, mss) {
+            self.counters.mss_clamped.add(1);
+        }
+        if self.encapsulate_to(&peer, pkt) {
+            self.counters.forwarded(Path::FromMesh, meta.total_len);
         }
     }
 

@@ -311,6 +311,23 @@ impl Core {
         self.publish_ops(&mut r, ops);
     }
 
+    /// Tell `observer` the whole FIB now, and then every change of it, in order, before the
+    /// changed table is published (the AF_XDP mesh programs keep their tunnel tables so).
+    /// Only one observer can be set; a second call returns `false` and changes nothing.
+    pub fn observe_routes(&self, observer: super::RouteObserver) -> bool {
+        let _g = self
+            .config_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now: Vec<FibOp> = r.merged.iter().map(|(p, e)| (*p, Some(e.1))).collect();
+        observer(&now);
+        self.route_observer.set(observer).is_ok()
+    }
+
     /// Make `ops` live: bring the spare FIB up to date, apply them, publish it whole.
     ///
     /// Large changes are cheaper another way: a change of half the table or more builds the
@@ -319,6 +336,9 @@ impl Core {
     pub(super) fn publish_ops(&self, r: &mut Routes, ops: Vec<FibOp>) {
         if ops.is_empty() {
             return;
+        }
+        if let Some(observe) = self.route_observer.get() {
+            observe(&ops);
         }
         let table = r.merged.len();
         let big = |n: usize| n >= SETTLE_MIN_OPS && n * 8 >= table;

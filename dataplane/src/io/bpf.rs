@@ -28,6 +28,8 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 pub enum MapType {
     /// `BPF_MAP_TYPE_HASH`.
     Hash = 1,
+    /// `BPF_MAP_TYPE_ARRAY`.
+    Array = 2,
     /// `BPF_MAP_TYPE_LPM_TRIE`.
     LpmTrie = 11,
     /// `BPF_MAP_TYPE_XSKMAP`.
@@ -373,6 +375,10 @@ pub enum Cond {
     Eq = 0x10,
     /// > (unsigned)
     Gt = 0x20,
+    /// >= (unsigned)
+    Ge = 0x30,
+    /// < (unsigned)
+    Lt = 0xa0,
     /// !=
     Ne = 0x50,
 }
@@ -400,7 +406,9 @@ pub mod action {
 const BPF_LD: u8 = 0x00;
 const BPF_LDX: u8 = 0x01;
 const BPF_STX: u8 = 0x03;
+const BPF_ALU: u8 = 0x04;
 const BPF_JMP: u8 = 0x05;
+const BPF_JMP32: u8 = 0x06;
 const BPF_ALU64: u8 = 0x07;
 const BPF_MEM: u8 = 0x60;
 const BPF_IMM: u8 = 0x00;
@@ -409,6 +417,8 @@ const BPF_X: u8 = 0x08;
 const BPF_ADD: u8 = 0x00;
 const BPF_AND: u8 = 0x50;
 const BPF_MOV: u8 = 0xb0;
+const BPF_END: u8 = 0xd0;
+const BPF_TO_BE: u8 = 0x08;
 const BPF_JA: u8 = 0x00;
 const BPF_CALL: u8 = 0x80;
 const BPF_EXIT: u8 = 0x90;
@@ -507,6 +517,20 @@ impl Asm {
         self.fixups.push((self.insns.len(), l));
         self.insns
             .push(insn(BPF_JMP | cond as u8 | BPF_X, dst, src, 0, 0));
+    }
+
+    /// `if (u32)dst <cond> (u32)imm goto l`: compares the low 32 bits, so an immediate with
+    /// its top bit set means the same as the loaded word (no sign extension).
+    pub fn jump32_imm(&mut self, cond: Cond, dst: Reg, imm: i32, l: Label) {
+        self.fixups.push((self.insns.len(), l));
+        self.insns
+            .push(insn(BPF_JMP32 | cond as u8 | BPF_K, dst, R0, 0, imm));
+    }
+
+    /// `dst = htons(dst)`: the low 16 bits from network to host order (and back).
+    pub fn be16(&mut self, dst: Reg) {
+        self.insns
+            .push(insn(BPF_ALU | BPF_END | BPF_TO_BE, dst, R0, 0, 16));
     }
 
     /// `goto l`.

@@ -8,7 +8,7 @@
 //! nodes one after another instead of running a worker loop per node.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::buf::{Batch, SLOT_SIZE};
@@ -24,12 +24,18 @@ pub struct Node {
     worker: Worker,
     udp_in: Batch,
     tun_in: Batch,
+    mesh_in: Vec<Vec<u8>>,
     /// Packets written to this node's TUN (kept only when `keep_tun` is set).
     pub tun_delivered: Vec<Vec<u8>>,
     /// Count of packets written to this node's TUN.
     pub tun_count: u64,
     /// Keep copies of TUN packets in `tun_delivered`.
     pub keep_tun: bool,
+    /// Mesh interfaces this node sends to itself (as the AF_XDP backend does): index and
+    /// MTU. Packets for neighbours on other interfaces go to the TUN.
+    pub mesh_links: Vec<(u32, u16)>,
+    /// Packets sent to mesh neighbours: interface, neighbour, packet.
+    pub mesh_delivered: Vec<(u32, IpAddr, Vec<u8>)>,
 }
 
 /// Datagrams in flight: (from, to, bytes in a reusable buffer, length). Buffers are boxed so
@@ -48,6 +54,8 @@ struct NodeSink<'a> {
     tun_delivered: &'a mut Vec<Vec<u8>>,
     tun_count: &'a mut u64,
     keep_tun: bool,
+    mesh_links: &'a [(u32, u16)],
+    mesh_delivered: &'a mut Vec<(u32, IpAddr, Vec<u8>)>,
 }
 
 impl Sink for NodeSink<'_> {
@@ -66,12 +74,24 @@ impl Sink for NodeSink<'_> {
     }
 
     fn write_tun(&mut self, batch: &mut Batch) {
-        *self.tun_count += batch.len() as u64;
-        if self.keep_tun {
-            self.tun_delivered
-                .extend(batch.used().iter().map(|s| s.data().to_vec()));
+        for s in batch.used() {
+            match s.neighbour {
+                Some((ifindex, addr)) => {
+                    self.mesh_delivered.push((ifindex, addr, s.data().to_vec()));
+                }
+                None => {
+                    *self.tun_count += 1;
+                    if self.keep_tun {
+                        self.tun_delivered.push(s.data().to_vec());
+                    }
+                }
+            }
         }
         batch.clear();
+    }
+
+    fn mesh_link(&mut self, ifindex: u32, _addr: IpAddr) -> Option<u16> {
+        self.mesh_links.iter().find(|l| l.0 == ifindex).map(|l| l.1)
     }
 }
 
@@ -80,6 +100,7 @@ impl Sink for NodeSink<'_> {
 struct Port<'a> {
     udp_in: &'a mut Batch,
     tun_in: &'a mut Batch,
+    mesh_in: &'a mut Vec<Vec<u8>>,
     sink: NodeSink<'a>,
 }
 
@@ -98,6 +119,14 @@ impl Backend for Port<'_> {
             worker.handle_tun(self.tun_in, &mut self.sink);
             polled = Polled::Busy;
         }
+        if !self.mesh_in.is_empty() {
+            worker.handle_mesh(
+                self.mesh_in.iter_mut().map(Vec::as_mut_slice),
+                &mut self.sink,
+            );
+            self.mesh_in.clear();
+            polled = Polled::Busy;
+        }
         Ok(polled)
     }
 }
@@ -112,17 +141,23 @@ fn poll_node(node: &mut Node, wire: &mut Wire) {
         tun_delivered,
         tun_count,
         keep_tun,
+        mesh_links,
+        mesh_delivered,
+        mesh_in,
         ..
     } = node;
     let mut port = Port {
         udp_in,
         tun_in,
+        mesh_in,
         sink: NodeSink {
             from: *addr,
             wire,
             tun_delivered,
             tun_count,
             keep_tun: *keep_tun,
+            mesh_links,
+            mesh_delivered,
         },
     };
     let _ = port.poll(worker, std::time::Duration::ZERO);
@@ -162,9 +197,12 @@ impl LoopbackNet {
             addr,
             udp_in: Batch::default(),
             tun_in: Batch::default(),
+            mesh_in: Vec::new(),
             tun_delivered: Vec::new(),
             tun_count: 0,
             keep_tun: true,
+            mesh_links: Vec::new(),
+            mesh_delivered: Vec::new(),
         });
         self.nodes.len() - 1
     }
@@ -204,6 +242,13 @@ impl LoopbackNet {
         }
     }
 
+    /// An IP packet arrives at node `i` from a mesh interface (as the AF_XDP mesh program
+    /// redirects one) and is processed.
+    pub fn send_from_mesh(&mut self, i: usize, packet: &[u8]) {
+        self.nodes[i].mesh_in.push(packet.to_vec());
+        poll_node(&mut self.nodes[i], &mut self.wire);
+    }
+
     /// Process node `i`'s pending TUN input.
     pub fn flush_tun(&mut self, i: usize) {
         poll_node(&mut self.nodes[i], &mut self.wire);
@@ -218,6 +263,8 @@ impl LoopbackNet {
                 tun_delivered: &mut node.tun_delivered,
                 tun_count: &mut node.tun_count,
                 keep_tun: node.keep_tun,
+                mesh_links: &node.mesh_links,
+                mesh_delivered: &mut node.mesh_delivered,
             };
             node.worker.tick(&mut sink);
         }

@@ -221,14 +221,18 @@ impl TunQueue {
         Ok(batch.len() - start)
     }
 
-    /// Write every packet of the batch. Returns how many failed. With offloads, runs of
+    /// Write every packet of the batch (empty slots are skipped). Returns how many failed. With offloads, runs of
     /// segments of one TCP flow are coalesced into one write (GRO).
     pub fn write_batch(&mut self, batch: &Batch) -> usize {
         let fd = self.file.as_raw_fd();
         let mut failed = 0;
         if self.vnet {
             coalesce(
-                batch.used().iter().map(Slot::data),
+                batch
+                    .used()
+                    .iter()
+                    .map(Slot::data)
+                    .filter(|d| !d.is_empty()),
                 &mut self.big[..65535],
                 |hdr, d| {
                     let iov = [
@@ -250,6 +254,9 @@ impl TunQueue {
         } else {
             for s in batch.used() {
                 let d = s.data();
+                if d.is_empty() {
+                    continue; // sent another way (a mesh neighbour's frame)
+                }
                 // SAFETY: writes `d.len()` bytes from a valid slice.
                 if unsafe { libc::write(fd, d.as_ptr().cast(), d.len()) } < 0 {
                     failed += 1;

@@ -375,6 +375,7 @@ impl PeerMap {
             NextHop::Peer(id) => Via::Peer(self.get(id)?.public_key),
             NextHop::Local => Via::Local,
             NextHop::Blackhole => Via::Blackhole,
+            NextHop::Neighbour { ifindex, addr } => Via::Neighbour { ifindex, addr },
         })
     }
 
@@ -385,6 +386,7 @@ impl PeerMap {
             Via::Peer(k) => self.by_key(k).map(|p| NextHop::Peer(p.id)),
             Via::Local => Some(NextHop::Local),
             Via::Blackhole => Some(NextHop::Blackhole),
+            &Via::Neighbour { ifindex, addr } => Some(NextHop::Neighbour { ifindex, addr }),
         }
     }
 

@@ -159,6 +159,44 @@ pub fn build_udp(
     len
 }
 
+/// The IP packet in an untagged Ethernet frame from a mesh interface (what the XDP program
+/// redirected: IPv4 or IPv6 to a destination routed into a tunnel): `frame[range]`, cut to
+/// the IP header's own length (a frame may be padded to the Ethernet minimum).
+pub fn parse_ip(frame: &[u8]) -> Result<std::ops::Range<usize>, FrameError> {
+    if frame.len() < ETH_LEN + 20 {
+        return Err(FrameError::Malformed);
+    }
+    let ip = &frame[ETH_LEN..];
+    let len = match (be16(frame, 12), ip[0] >> 4) {
+        (0x0800, 4) => usize::from(be16(ip, 2)),
+        (0x86dd, 6) if ip.len() >= 40 => 40 + usize::from(be16(ip, 4)),
+        _ => return Err(FrameError::Malformed),
+    };
+    if len < 20 || len > ip.len() {
+        return Err(FrameError::Malformed);
+    }
+    Ok(ETH_LEN..ETH_LEN + len)
+}
+
+/// Write an Ethernet frame carrying the IP packet `pkt` into `buf`; the frame's length, or
+/// 0 if it does not fit or `pkt` is neither IPv4 nor IPv6.
+pub fn build_ip(buf: &mut [u8], macs: Macs, pkt: &[u8]) -> usize {
+    let ethertype: u16 = match pkt.first().map(|b| b >> 4) {
+        Some(4) => 0x0800,
+        Some(6) => 0x86dd,
+        _ => return 0,
+    };
+    let len = ETH_LEN + pkt.len();
+    if len > buf.len() {
+        return 0;
+    }
+    buf[0..6].copy_from_slice(&macs.dst);
+    buf[6..12].copy_from_slice(&macs.src);
+    buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    buf[ETH_LEN..len].copy_from_slice(pkt); // the copy into the frame (see device/afxdp.rs)
+    len
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +273,43 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn ip_frames_round_trip() {
+        let macs = Macs {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: [2, 0, 0, 0, 0, 2],
+        };
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[2..4].copy_from_slice(&28u16.to_be_bytes());
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&8u16.to_be_bytes());
+        for pkt in [&v4[..], &v6[..]] {
+            let mut buf = [0u8; 128];
+            let n = build_ip(&mut buf, macs, pkt);
+            assert_eq!(n, ETH_LEN + pkt.len());
+            assert_eq!(buf[0..6], macs.dst);
+            // Padding after the packet is not part of it.
+            let r = parse_ip(&buf[..n + 10]).unwrap();
+            assert_eq!(&buf[r], pkt);
+        }
+        let mut buf = [0u8; 128];
+        assert_eq!(build_ip(&mut buf, macs, &[0x10; 30]), 0, "not IP");
+        assert_eq!(build_ip(&mut buf[..20], macs, &v4), 0, "too small");
+        let n = build_ip(&mut buf, macs, &v4);
+        assert!(parse_ip(&buf[..n - 1]).is_err(), "truncated");
+        buf[12] = 0x08;
+        buf[13] = 0x06;
+        assert!(parse_ip(&buf[..n]).is_err(), "ARP");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_ip_never_panics(frame in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse_ip(&frame);
+        }
     }
 }

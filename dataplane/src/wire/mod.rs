@@ -182,6 +182,48 @@ pub fn decrement_ttl(pkt: &mut [u8]) -> bool {
     }
 }
 
+/// Complete a TCP or UDP checksum that the sender left to "hardware": a packet that a local
+/// stack sent over a virtual link (veth, a container's interface) with checksum offload
+/// carries only the pseudo-header's sum in its checksum field (`CHECKSUM_PARTIAL`), which the
+/// kernel completes when it forwards the packet to a real device, or to a tunnel. A frame
+/// taken from such a link by an XDP socket has no such mark, so the mark is read from the
+/// packet: a checksum field that equals the pseudo-header's sum and does not verify is
+/// completed. A corrupted packet matches that by chance once in 65,536; one with a
+/// correct checksum is never changed. Returns whether the field was rewritten.
+pub fn complete_partial_checksum(pkt: &mut [u8], meta: &IpMeta) -> bool {
+    let at = match meta.proto {
+        6 => 16,
+        17 => 6,
+        _ => return false,
+    };
+    if meta.header_len + at + 2 > meta.total_len || meta.total_len > pkt.len() {
+        return false;
+    }
+    // An IPv4 fragment's checksum covers the whole datagram: nothing to check here.
+    if pkt[0] >> 4 == 4 && u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+        return false;
+    }
+    let l4 = &mut pkt[meta.header_len..meta.total_len];
+    let field = u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let pseudo = checksum::pseudo_header(meta.src, meta.dst, meta.proto, l4.len());
+    if field != !checksum::finish(pseudo) || checksum::finish(checksum::sum(pseudo, l4)) == 0 {
+        return false;
+    }
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let mut c = checksum::finish(checksum::sum(pseudo, l4));
+    if meta.proto == 17 && c == 0 {
+        c = 0xffff; // UDP: zero means "no checksum"
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+/// Whether a router may fragment `pkt`: IPv4 without DF (IPv6 is never fragmented on the
+/// way).
+pub fn may_fragment(pkt: &[u8]) -> bool {
+    pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[6] & 0x40 == 0
+}
+
 /// ICMP / ICMPv6 errors the data plane generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpError {

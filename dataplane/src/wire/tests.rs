@@ -356,3 +356,74 @@ fn babel_is_recognised() {
         assert_eq!(is_babel(&parse_ip(&p).unwrap(), &p), want, "{dst} {port}");
     }
 }
+
+fn tcp_packet(v6: bool, payload: &[u8]) -> Vec<u8> {
+    let b = if v6 {
+        PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64)
+    } else {
+        PacketBuilder::ipv4([10, 1, 1, 2], [10, 2, 1, 2], 64)
+    };
+    let mut out = Vec::new();
+    b.tcp(40000, 5201, 1, 65535)
+        .syn()
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// A checksum field holding just the pseudo-header's sum (what a stack with checksum offload
+/// hands a virtual link) is completed; a correct or a corrupted checksum is left alone.
+#[test]
+fn partial_checksums_are_completed_and_nothing_else_is_touched() {
+    for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
+        let good = if udp {
+            if v6 {
+                v6_udp(
+                    "fd00::1".parse().unwrap(),
+                    "fd00::2".parse().unwrap(),
+                    64,
+                    9,
+                    b"data!",
+                )
+            } else {
+                v4_udp([10, 0, 0, 1], [10, 0, 0, 2], 64, b"data!")
+            }
+        } else {
+            tcp_packet(v6, b"hello")
+        };
+        let meta = parse_ip(&good).unwrap();
+        let at = meta.header_len + if udp { 6 } else { 16 };
+        let l4_len = meta.total_len - meta.header_len;
+        let pseudo = checksum::pseudo_header(meta.src, meta.dst, meta.proto, l4_len);
+        let mut partial = good.clone();
+        partial[at..at + 2].copy_from_slice(&(!checksum::finish(pseudo)).to_be_bytes());
+        assert!(
+            complete_partial_checksum(&mut partial, &meta),
+            "v6 {v6} udp {udp}"
+        );
+        assert_eq!(partial, good, "v6 {v6} udp {udp}");
+
+        let mut same = good.clone();
+        assert!(!complete_partial_checksum(&mut same, &meta));
+        assert_eq!(same, good);
+        let mut corrupt = good.clone();
+        corrupt[at] ^= 0x10;
+        let kept = corrupt.clone();
+        assert!(!complete_partial_checksum(&mut corrupt, &meta));
+        assert_eq!(corrupt, kept, "a bad checksum stays bad");
+    }
+    // Short and non-TCP/UDP packets are left alone.
+    let icmp = v4_udp([10, 0, 0, 1], [10, 0, 0, 2], 64, b"x");
+    let mut m = parse_ip(&icmp).unwrap();
+    m.proto = 1;
+    assert!(!complete_partial_checksum(&mut icmp.clone(), &m));
+}
+
+proptest! {
+    #[test]
+    fn complete_partial_checksum_never_panics(mut pkt in proptest::collection::vec(any::<u8>(), 0..120)) {
+        if let Ok(meta) = parse_ip(&pkt) {
+            let _ = complete_partial_checksum(&mut pkt, &meta);
+        }
+    }
+}
