@@ -134,6 +134,13 @@ impl BabelIslands {
             for (i, g, under) in [(1u8, &g1, &u1), (2u8, &g2, &u2)] {
                 let r = format!("r{i}");
                 let (r_if, g_if) = t.link(&r, &[], g, &[])?;
+                if spec.afxdp.as_deref() == Some("generic") {
+                    // A veth hands its peer TSO super-packets, which a wire never carries
+                    // and generic XDP sees whole: the router sends frames of the MTU, as
+                    // over a real link.
+                    t.ns(&r)
+                        .exec(&["ethtool", "-K", &r_if, "tso", "off", "gso", "off"])?;
+                }
                 router_ifs[usize::from(i - 1)].0.push(r_if);
                 t.ns(g).set_forwarding(true)?;
                 let me = usize::from(i - 1);

@@ -396,38 +396,7 @@ fn islands_on_afxdp(mode: &str) {
     ping_ok(h1, "10.2.1.2", 20);
     ping_ok(h2, "10.1.1.2", 20);
     ping_ok(h1, "fd00:2:1::2", 20);
-    let r = h1.tcp_both_ways(&isl.t.lab, h2, "10.2.1.2", 5201);
-    if r.is_err() {
-        for g in &isl.gateways {
-            let tool = std::env::var("ISTHMUS_LAB_TOOL").unwrap();
-            let m = isl
-                .t
-                .ns(&g.node)
-                .exec(&[&tool, "http-get", "127.0.0.1:9586", "/metrics"])
-                .unwrap();
-            eprintln!(
-                "DEBUG {}:\n{}",
-                g.node,
-                m.lines()
-                    .filter(|l| !l.starts_with('#')
-                        && (l.contains("drop")
-                            || l.contains("xdp")
-                            || l.contains("forwarded_packets")
-                            || l.contains("checksum")))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            eprintln!(
-                "DEBUG {} ethtool:\n{}",
-                g.node,
-                isl.t
-                    .ns(&g.node)
-                    .exec(&["ip", "-s", "link", "show", &g.island_if])
-                    .unwrap_or_default()
-            );
-        }
-    }
-    let (up, down) = r.unwrap();
+    let (up, down) = h1.tcp_both_ways(&isl.t.lab, h2, "10.2.1.2", 5201).unwrap();
     eprintln!("h1 -> h2 {}; h2 -> h1 {}", up.summary, down.summary);
     let (up6, down6) = h2
         .tcp_both_ways(&isl.t.lab, h1, "fd00:1:1::2", 5202)

@@ -281,6 +281,17 @@ fn attach(
         (None, XdpMode::Generic) => vec![BindMode::Copy],
         (None, XdpMode::Native) => vec![BindMode::ZeroCopy, BindMode::Copy],
     };
+    if kind == RxKind::Packets && xdp_mode == XdpMode::Generic {
+        // Generic XDP runs after GRO: a coalesced packet is longer than the tunnel MTU, so
+        // the program passes it to the kernel, and the flow then takes two paths. On 6.x
+        // kernels the passed super-packets did not make it through (TCP stalled in
+        // retransmissions in the lab). Frames as they came off the wire, then.
+        match crate::io::tun::disable_gro(name) {
+            Ok(true) => tracing::info!("{name}: generic XDP: receive offload (GRO) turned off"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%e, "{name}: generic XDP: could not turn GRO off"),
+        }
+    }
     let mtu = mtu_of(name);
     let mut bound = BindMode::Copy;
     for q in 0..queues {

@@ -308,3 +308,48 @@ pub fn mtu(name: &str) -> io::Result<u16> {
     }
     Ok(u16::try_from(req.mtu).unwrap_or(u16::MAX))
 }
+
+/// `struct ifreq` with its `ifr_data` member.
+#[repr(C)]
+struct IfReqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let s = ctl_socket()?;
+    let mut v = EthtoolValue { cmd, data };
+    let mut req = IfReqData {
+        name: ifname_bytes(name)?,
+        data: std::ptr::addr_of_mut!(v).cast(),
+        _pad: [0; 16],
+    };
+    // SAFETY: SIOCETHTOOL reads the `struct ifreq` whose `ifr_data` points at `v`, a live
+    // `struct ethtool_value`, which the kernel reads and (for a get) writes.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), SIOCETHTOOL, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v.data)
+}
+
+/// Turn generic receive offload of interface `name` off; whether it was on.
+pub fn disable_gro(name: &str) -> io::Result<bool> {
+    let was = ethtool_value(name, ETHTOOL_GGRO, 0)? != 0;
+    if was {
+        ethtool_value(name, ETHTOOL_SGRO, 0)?;
+    }
+    Ok(was)
+}
