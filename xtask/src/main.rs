@@ -1,10 +1,11 @@
-//! Project automation: `cargo xtask test | demo [--keep] | bench`.
+//! Project automation: `cargo xtask test | demo [--keep] [--afxdp] | bench`.
 //!
 //! - `test`: builds the release binaries, runs every unit, property and loopback test of the
 //!   workspace, then the tests in network namespaces (root only) against the built
 //!   `isthmus-dp`, and prints `N passed, N failed`.
 //! - `demo`: two mesh islands joined by two isthmus trunk gateways, in namespaces; traffic
-//!   across, `wg show`, routes and metrics; cleans up unless `--keep`.
+//!   across, `wg show`, routes and metrics; cleans up unless `--keep`; `--afxdp` runs the
+//!   gateways' data planes on the AF_XDP backend (trunk underlay and island interface).
 //! - `bench`: the side-by-side tunnel benchmark and the criterion micro-benchmarks, with a
 //!   table of ratios (see `bench.rs`).
 #![deny(unsafe_code)]
@@ -17,22 +18,27 @@ use std::time::{Duration, Instant};
 mod bench;
 
 use anyhow::{bail, Context, Result};
-use isthmus_lab::babel_islands::BabelIslands;
+use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
 use isthmus_lab::{is_root, target_dir, workspace_root, PingOpts, PingProbe, WgImpl};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test            build, run the unit tests, then the network-namespace tests (needs root)
-  demo [--keep]   two mesh islands joined by two isthmus trunk gateways (needs root);
-                  --keep leaves the namespaces and processes running
+  demo [--keep] [--afxdp]
+                  two mesh islands joined by two isthmus trunk gateways (needs root);
+                  --keep leaves the namespaces and processes running; --afxdp runs
+                  the gateways on the AF_XDP backend (trunk and island interfaces)
   bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("demo") => demo(args.iter().any(|a| a == "--keep")),
+        Some("demo") => demo(
+            args.iter().any(|a| a == "--keep"),
+            args.iter().any(|a| a == "--afxdp"),
+        ),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -254,7 +260,7 @@ fn section(title: &str) {
     );
 }
 
-fn demo(keep: bool) -> Result<()> {
+fn demo(keep: bool, afxdp: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo builds network namespaces and needs root");
     }
@@ -285,7 +291,28 @@ fn demo(keep: bool) -> Result<()> {
     if std::env::var_os("ISTHMUS_CP").is_none() {
         std::env::set_var("ISTHMUS_CP", release_bin("isthmus-cp"));
     }
-    let isl = BabelIslands::build(2, 1).context("building the islands")?;
+    let isl = BabelIslands::build_spec(&IslandsSpec {
+        trunks: 2,
+        hello: 1,
+        afxdp: afxdp.then(|| "auto".to_string()),
+        ..IslandsSpec::default()
+    })
+    .context("building the islands")?;
+    if afxdp {
+        section("AF_XDP: the mode each gateway interface got");
+        for g in &isl.gateways {
+            for l in isl
+                .t
+                .wg(&g.node)
+                .log_tail(80)
+                .lines()
+                .filter(|l| l.contains("AF_XDP on") || l.contains("GRO"))
+            {
+                let msg = l.split("afxdp: ").nth(1).unwrap_or(l);
+                println!("  {}: {msg}", g.node);
+            }
+        }
+    }
     let routers = isl.routers().context("starting babeld on r1 and r2")?;
     let t = &isl.t;
     for n in t.node_names() {
@@ -404,6 +431,30 @@ fn demo(keep: bool) -> Result<()> {
             let _ = cut;
             isl.set_trunk(k, true)?;
         }
+    }
+
+    section("gateways: how the data planes forwarded (isthmus_forwarded_packets_total)");
+    for g in &isl.gateways {
+        let m = t.ns(&g.node).exec(&[
+            &release_bin("lab-tool").to_string_lossy(),
+            "http-get",
+            "127.0.0.1:9586",
+            "/metrics",
+        ]);
+        let paths: Vec<String> = m
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("isthmus_forwarded_packets_total{path=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .filter(|(_, v)| *v != "0")
+            .map(|(p, v)| format!("{p} {v}"))
+            .collect();
+        println!("  {}: {}", g.node, paths.join(", "));
+    }
+    if afxdp {
+        println!(
+            "  (to_mesh / from_mesh: between a tunnel and the island's interface through AF_XDP,\n   without the TUN device; to_local / from_local: through the TUN device)"
+        );
     }
 
     section("g1a: isthmus-cp metrics (isthmus_babel_*)");
