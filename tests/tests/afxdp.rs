@@ -449,6 +449,26 @@ fn islands_on_afxdp(mode: &str) {
     for g in &isl.gateways {
         assert!(isl.t.wg(&g.node).alive(), "{} died", g.node);
     }
+
+    // `kill -9`: both programs go with the process, and the island interface passes
+    // traffic to the kernel as before.
+    let pid = isl.t.wg(&g1.node).pid.to_string();
+    g1_ns.exec(&["kill", "-9", &pid]).unwrap();
+    for dev in [&g1.island_if, &g1.underlay_if] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let shown = loop {
+            let shown = g1_ns.exec(&["ip", "link", "show", dev]).unwrap();
+            if !shown.contains("xdp") || std::time::Instant::now() > deadline {
+                break shown;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(
+            !shown.contains("xdp"),
+            "a program is still attached to {dev} after kill -9:\n{shown}"
+        );
+    }
+    ping_ok(r1, &format!("{g1_ll}%{r1_if}"), 3);
 }
 
 #[test]
