@@ -480,3 +480,60 @@ fn islands_on_afxdp_native() {
 fn islands_on_afxdp_generic() {
     islands_on_afxdp("generic");
 }
+
+/// The peer moves to another address on the same link: the AF_XDP hub learns the new
+/// endpoint from its authenticated packets (which arrive through the XSK), answers there,
+/// and the kernel's UDP stack still sees none of it.
+#[test]
+fn peer_roams_to_a_new_address_on_the_underlay() {
+    let t = pair(WgImpl::WireguardGo, Family::V4, "native");
+    let (a, b) = (t.ns("a"), t.ns("b"));
+    ping_ok(a, "10.10.0.2", 2);
+    ping_ok(b, "10.10.0.1", 2);
+    let peer = t.wg("b").keys.public.clone();
+    let endpoint = || {
+        t.wg("a")
+            .dump()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.public_key == peer)
+            .and_then(|p| p.endpoint)
+    };
+    assert_eq!(endpoint().as_deref(), Some("10.200.0.2:51820"));
+    // (Deleting a primary address takes the secondaries of its subnet with it: delete first.)
+    b.del_addr("to-a1", "10.200.0.2/24").unwrap();
+    b.add_addr("to-a1", "10.200.0.7/24").unwrap();
+    // Setting the endpoint again clears wireguard-go's cached source address (its sticky
+    // socket would keep sending from the address that is gone).
+    let hub = t.wg("a").keys.public.clone();
+    t.wg("b")
+        .wg(&[
+            "set",
+            &t.wg("b").ifname,
+            "peer",
+            &hub,
+            "endpoint",
+            "10.200.0.1:51820",
+        ])
+        .unwrap();
+    let udp_before = udp_in_datagrams(a);
+    // b's wireguard-go now sends from its new address.
+    ping_ok(b, "10.10.0.1", 5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while endpoint().as_deref() != Some("10.200.0.7:51820") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub still shows {:?} for the roamed peer",
+            endpoint()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ping_ok(a, "10.10.0.2", 5);
+    let (up, down) = a.tcp_both_ways(&t.lab, b, "10.10.0.2", 5201).unwrap();
+    eprintln!("after roaming: a->b {}; b->a {}", up.summary, down.summary);
+    assert_eq!(
+        udp_in_datagrams(a) - udp_before,
+        0,
+        "the hub's kernel received the roamed peer's datagrams"
+    );
+}
