@@ -33,7 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wireguard-go-upstream PATH]
-implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus";
+implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus, isthmus-afxdp";
 
 /// Run the benchmarks; `args` are the words after `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {

@@ -105,18 +105,35 @@ impl Attached {
     }
 
     /// The FIB changed: a mesh program's tunnel table follows (an underlay's has none).
+    /// Every op is tried; the first error is returned with the number that failed. A
+    /// tunnel route missing from the table (it is full) is harmless: its packets pass to
+    /// the kernel, which routes them through the TUN device.
     pub(super) fn follow_routes(&self, ops: &[(IpNet, Option<NextHop>)]) -> io::Result<()> {
         let Role::Mesh(p) = &self.role else {
             return Ok(());
         };
+        let mut failed = 0usize;
+        let mut first = None;
         for (prefix, hop) in ops {
             let route = hop.map(|h| match h {
                 NextHop::Peer(_) => MeshRoute::Tunnel,
                 _ => MeshRoute::Other,
             });
-            p.set_route(prefix, route)?;
+            if let Err(e) = p.set_route(prefix, route) {
+                failed += 1;
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        match first {
+            None => Ok(()),
+            Some(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{failed} of {} route changes failed, the first: {e}",
+                    ops.len()
+                ),
+            )),
+        }
     }
 
     /// Whether this is a mesh interface.
@@ -371,6 +388,9 @@ enum Hop {
     Unresolved,
 }
 
+/// A neighbour's link-layer address (`None`: not resolved) and until when to believe it.
+type Resolved = (Instant, Option<[u8; 6]>);
+
 /// Per-worker cache of the kernel's answer for each destination.
 #[derive(Default)]
 struct Resolver {
@@ -378,7 +398,7 @@ struct Resolver {
     cache: HashMap<IpAddr, (Instant, Hop)>,
     /// Link-layer addresses of mesh neighbours by interface and address (`None`: not
     /// resolved yet).
-    neighbours: HashMap<(u32, IpAddr), (Instant, Option<[u8; 6]>)>,
+    neighbours: HashMap<(u32, IpAddr), Resolved>,
 }
 
 impl Resolver {

@@ -624,9 +624,9 @@ impl<S: Sink> Ctx<'_, S> {
             nh => nh,
         };
         match next_hop {
-            Some(NextHop::Local) => self.to_local(meta.total_len),
+            Some(NextHop::Local) => self.deliver_local(meta.total_len),
             Some(NextHop::Neighbour { ifindex, addr }) => {
-                self.to_neighbour(ifindex, addr, meta.total_len);
+                self.deliver_neighbour(ifindex, addr, meta.total_len);
             }
             Some(NextHop::Peer(to)) if to == from.id => self.drop(DropReason::Loop),
             Some(NextHop::Peer(to)) => {
@@ -644,7 +644,7 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// Deliver the packet in `tun_out`'s next free slot through the TUN device.
-    fn to_local(&mut self, len: usize) {
+    fn deliver_local(&mut self, len: usize) {
         let slot = self.tun_out.next_free().expect("slot checked by caller");
         slot.neighbour = None;
         self.counters.forwarded(Path::ToLocal, len);
@@ -655,15 +655,15 @@ impl<S: Sink> Ctx<'_, S> {
     /// a frame, where the sink serves that interface, forwarded as the kernel would (TTL,
     /// MTU, ICMP errors); else through the TUN device, to the kernel, which holds the same
     /// route (and does the same).
-    fn to_neighbour(&mut self, ifindex: u32, addr: IpAddr, len: usize) {
+    fn deliver_neighbour(&mut self, ifindex: u32, addr: IpAddr, len: usize) {
         let Some(mtu) = self.sink.mesh_link(ifindex, addr) else {
-            return self.to_local(len);
+            return self.deliver_local(len);
         };
         let slot = self.tun_out.next_free().expect("slot checked by caller");
         if len > usize::from(mtu) {
             if wire::may_fragment(slot.data()) {
                 // IPv4 without DF: the kernel fragments it.
-                return self.to_local(len);
+                return self.deliver_local(len);
             }
             self.drop(DropReason::TooBig);
             return self.icmp_back(IcmpError::PacketTooBig { mtu });

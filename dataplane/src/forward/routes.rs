@@ -493,9 +493,13 @@ mod route_tests {
     }
 
     fn via(rng: &mut StdRng) -> Via {
-        match rng.gen_range(0..10) {
+        match rng.gen_range(0..11) {
             0 => Via::Local,
             1 => Via::Blackhole,
+            2 => Via::Neighbour {
+                ifindex: rng.gen_range(1..3),
+                addr: IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, rng.gen_range(1..3)]),
+            },
             // Keys up to KEYS: one more than ever exists, so some routes do not resolve.
             _ => Via::Peer(key(rng.gen_range(0..=KEYS))),
         }
@@ -590,6 +594,19 @@ mod route_tests {
             let pool = pool(&mut rng);
             let probes = probes(&mut rng, &pool);
             let core = Core::new("t0", Settings::default());
+            // An observer (as the AF_XDP mesh programs' tables) that must end up equal to the
+            // FIB after every change.
+            let observed = Arc::new(std::sync::Mutex::new(HashMap::new()));
+            let o = observed.clone();
+            assert!(core.observe_routes(Box::new(move |ops| {
+                let mut o = o.lock().unwrap();
+                for (p, nh) in ops {
+                    match nh {
+                        Some(nh) => o.insert(*p, *nh),
+                        None => o.remove(p),
+                    };
+                }
+            })));
             let mut m = Model::default();
             // Tables a reader holds across changes, with what they held when loaded.
             let mut held: Vec<(Arc<Fib>, usize, Vec<crate::fib::Route>)> = Vec::new();
@@ -678,6 +695,12 @@ mod route_tests {
                     }
                 }
                 check(&core, &m, &probes, step);
+                let fib: HashMap<IpNet, NextHop> = core
+                    .fib_routes()
+                    .into_iter()
+                    .map(|(r, _)| (r.prefix, r.next_hop))
+                    .collect();
+                assert_eq!(*observed.lock().unwrap(), fib, "step {step}: the observer");
                 held.retain(|(fib, until, routes)| {
                     // A published table never changes under its readers.
                     assert_eq!(&fib.routes(), routes, "step {step}: a held table changed");

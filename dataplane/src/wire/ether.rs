@@ -281,10 +281,10 @@ mod tests {
             src: [2, 0, 0, 0, 0, 1],
             dst: [2, 0, 0, 0, 0, 2],
         };
-        let mut v4 = vec![0u8; 28];
+        let mut v4 = [0u8; 28];
         v4[0] = 0x45;
         v4[2..4].copy_from_slice(&28u16.to_be_bytes());
-        let mut v6 = vec![0u8; 48];
+        let mut v6 = [0u8; 48];
         v6[0] = 0x60;
         v6[4..6].copy_from_slice(&8u16.to_be_bytes());
         for pkt in [&v4[..], &v6[..]] {
