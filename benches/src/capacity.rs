@@ -1,11 +1,22 @@
-//! Relay capacity: how many packets per second a gateway on one core relays from one
-//! WireGuard peer to another, driven by the packet generator and sink of [`crate::wggen`]
-//! (`isthmus-wggen`) instead of wireguard-go spokes, so that the spokes are not the limit.
+//! Capacity: how many packets per second a gateway on one core forwards, driven by the
+//! packet generator and sink of [`crate::wggen`] (`isthmus-wggen`) instead of wireguard-go
+//! spokes, so that the spokes are not the limit. Three cases ([`Case`]), each with every
+//! implementation:
 //!
 //! ```text
 //! cgen 192.168.105.2 ══ chub 192.168.105.1 | 192.168.106.1 ══ csink 192.168.106.2
-//! wggen send (peer A, 10.40.0.1) → gateway under test → wggen sink (peer B, 10.40.0.2)
+//!                       chub 10.50.0.1 (to-mesh) ── cmesh 10.50.0.2 (mesh)
+//! relay:     wggen send (peer A, 10.40.0.1) → gateway → wggen sink (peer B, 10.40.0.2)
+//! to mesh:   wggen send (peer A, 10.40.0.1) → gateway → wggen sink --plain (cmesh 10.50.0.2)
+//! from mesh: wggen send --plain (cmesh 10.50.0.2) → gateway → wggen sink (peer B, 10.40.0.2)
 //! ```
+//!
+//! The gateway's mesh side is a plain interface (a veth to `cmesh`). isthmus-dp on AF_XDP
+//! serves it (`--mesh to-mesh`, the underlay being the two other veths) and reaches the mesh
+//! host by a static route to a neighbour (`via = "10.50.0.2 dev to-mesh"`, in a config file
+//! given to both isthmus-dp columns; on the UDP backend it means the TUN device and the
+//! kernel's route). wireguard-go and boringtun-cli, and isthmus-dp on the UDP backend, go
+//! through the kernel: TUN ⇄ IP forwarding ⇄ the veth.
 //!
 //! The gateway's processes are pinned to the last CPU (`taskset -a -p`), generator and sink
 //! to the others. The generator sends with UDP GSO (runs of packets cross the veth as one
@@ -31,7 +42,7 @@ use isthmus_lab::{write_private_key, Keypair, Lab, Netns};
 use serde::Serialize;
 
 use crate::interrupt;
-use crate::tunnel::{bring_up, link, netns, take_down, End, Impl, Options};
+use crate::tunnel::{bring_up_with, link, netns, take_down, End, Extra, Impl, Options};
 use crate::wggen::{SendReport, SinkReport};
 
 /// Inner sizes measured.
@@ -40,6 +51,37 @@ const GEN_ADDR: &str = "192.168.105.2";
 const SINK_ADDR: &str = "192.168.106.2";
 const INNER_SRC: &str = "10.40.0.1:4000";
 const INNER_DST: &str = "10.40.0.2:9";
+/// The gateway's mesh interface, and the host behind it.
+const MESH_IF: &str = "to-mesh";
+const MESH_HOST: &str = "10.50.0.2";
+const MESH_SINK: &str = "10.50.0.2:9";
+const MESH_SRC: &str = "10.50.0.2:4000";
+
+/// What is measured: where the packets come from and go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// Peer A → gateway → peer B (decrypt, re-encrypt).
+    Relay,
+    /// Peer A → gateway → a host on the mesh interface, plain UDP (decrypt, forward).
+    ToMesh,
+    /// A host on the mesh interface, plain UDP → gateway → peer B (forward, encrypt).
+    FromMesh,
+}
+
+impl Case {
+    /// Every case, in report order.
+    pub const ALL: [Self; 3] = [Self::Relay, Self::ToMesh, Self::FromMesh];
+
+    /// Short id (logs, file names).
+    #[must_use]
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::ToMesh => "to-mesh",
+            Self::FromMesh => "from-mesh",
+        }
+    }
+}
 
 /// One implementation at one size.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -76,12 +118,41 @@ pub struct Capacity {
     pub ceiling: BTreeMap<usize, f64>,
     /// The same with the chacha20poly1305 crate.
     pub ceiling_rustcrypto: BTreeMap<usize, f64>,
-    /// Implementation id → inner size → row.
+    /// Relay (peer → peer): implementation id → inner size → row.
     pub rows: BTreeMap<String, BTreeMap<usize, Row>>,
+    /// Tunnel → mesh interface (peer → plain host): the same.
+    pub to_mesh: BTreeMap<String, BTreeMap<usize, Row>>,
+    /// Mesh interface → tunnel (plain host → peer): the same.
+    pub from_mesh: BTreeMap<String, BTreeMap<usize, Row>>,
     /// Implementation id → why it has no numbers.
     pub failed: BTreeMap<String, String>,
     /// Why nothing was measured, if nothing was.
     pub skipped: Option<String>,
+}
+
+impl Capacity {
+    /// The rows of `case`.
+    #[must_use]
+    pub fn case(&self, case: Case) -> &BTreeMap<String, BTreeMap<usize, Row>> {
+        match case {
+            Case::Relay => &self.rows,
+            Case::ToMesh => &self.to_mesh,
+            Case::FromMesh => &self.from_mesh,
+        }
+    }
+
+    fn case_mut(&mut self, case: Case) -> &mut BTreeMap<String, BTreeMap<usize, Row>> {
+        match case {
+            Case::Relay => &mut self.rows,
+            Case::ToMesh => &mut self.to_mesh,
+            Case::FromMesh => &mut self.from_mesh,
+        }
+    }
+}
+
+/// `v` as the `&[&str]` that `Netns::spawn` takes.
+fn argv(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn wggen_path(o: &Options) -> Result<PathBuf> {
@@ -143,6 +214,7 @@ struct Ctx<'a> {
     gen: &'a Netns,
     hub: &'a Netns,
     sink: &'a Netns,
+    mesh: &'a Netns,
     gen_key: String,
     sink_key: String,
     hub_pub: String,
@@ -156,76 +228,90 @@ struct Ctx<'a> {
 fn one_run(
     c: &Ctx<'_>,
     imp: &Impl,
+    case: Case,
     size: usize,
     rep: usize,
 ) -> Result<(f64, f64, f64, f64, u64, u64)> {
     interrupt::check()?;
     let size_s = size.to_string();
-    let sink_log = c.lab.path(&format!("cap-sink-{}-{size}-{rep}.log", imp.id));
-    let gen_log = c.lab.path(&format!("cap-gen-{}-{size}-{rep}.log", imp.id));
-    let sink_pid = c.sink.spawn(
-        &[
-            "taskset",
-            "-c",
-            &c.others,
-            &c.tool,
-            "sink",
+    let tag = format!("{}-{}-{size}-{rep}", case.id(), imp.id);
+    let sink_log = c.lab.path(&format!("cap-sink-{tag}.log"));
+    let gen_log = c.lab.path(&format!("cap-gen-{tag}.log"));
+    let (src, dst) = match case {
+        Case::Relay => (INNER_SRC, INNER_DST),
+        Case::ToMesh => (INNER_SRC, MESH_SINK),
+        Case::FromMesh => (MESH_SRC, INNER_DST),
+    };
+    let peer = |gateway: &str, key: &str, bind: String| -> Vec<String> {
+        [
             "--gateway",
-            "192.168.106.1:51820",
+            gateway,
             "--key",
-            &c.sink_key,
+            key,
             "--gateway-key",
             &c.hub_pub,
             "--bind",
-            &format!("{SINK_ADDR}:51820"),
-            "--src",
-            INNER_SRC,
-            "--dst",
-            INNER_DST,
-            "--size",
-            &size_s,
-            "--wait",
-            "30",
-            "--idle",
-            "1",
-        ],
-        &sink_log,
-    )?;
+            &bind,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut sink_args: Vec<String> = ["taskset", "-c", &c.others, &c.tool, "sink"]
+        .map(str::to_owned)
+        .to_vec();
+    let sink_ns = if case == Case::ToMesh {
+        sink_args.extend(["--plain", "--bind", MESH_SINK].map(str::to_owned));
+        c.mesh
+    } else {
+        sink_args.extend(peer(
+            "192.168.106.1:51820",
+            &c.sink_key,
+            format!("{SINK_ADDR}:51820"),
+        ));
+        c.sink
+    };
+    sink_args.extend(
+        [
+            "--src", src, "--dst", dst, "--size", &size_s, "--wait", "30", "--idle", "1",
+        ]
+        .map(str::to_owned),
+    );
+    let sink_pid = sink_ns.spawn(&argv(&sink_args), &sink_log)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
         if log.contains("wggen sink: ready") {
             break;
         }
-        if !c.sink.alive(sink_pid) || Instant::now() > deadline {
-            c.sink.stop(sink_pid, Duration::from_secs(1));
+        if !sink_ns.alive(sink_pid) || Instant::now() > deadline {
+            sink_ns.stop(sink_pid, Duration::from_secs(1));
             bail!("the sink did not come up: {}", log.trim());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cpu0 = c.hub.cpu_seconds();
-    let core0 = core_ticks(c.core);
     let rate = c.rate.to_string();
     let secs = c.secs.to_string();
-    let gen_pid = c.gen.spawn(
-        &[
-            "taskset",
-            "-c",
-            &c.others,
-            &c.tool,
-            "send",
-            "--gateway",
+    let mut gen_args: Vec<String> = ["taskset", "-c", &c.others, &c.tool, "send"]
+        .map(str::to_owned)
+        .to_vec();
+    let gen_ns = if case == Case::FromMesh {
+        gen_args.push("--plain".into());
+        c.mesh
+    } else {
+        gen_args.extend(peer(
             "192.168.105.1:51820",
-            "--key",
             &c.gen_key,
-            "--gateway-key",
-            &c.hub_pub,
-            "--bind",
-            &format!("{GEN_ADDR}:51820"),
+            format!("{GEN_ADDR}:51820"),
+        ));
+        gen_args.extend(["--pool-mb", "512"].map(str::to_owned));
+        c.gen
+    };
+    gen_args.extend(
+        [
             "--src",
-            INNER_SRC,
+            src,
             "--dst",
-            INNER_DST,
+            dst,
             "--size",
             &size_s,
             "--duration",
@@ -233,21 +319,22 @@ fn one_run(
             "--rate",
             &rate,
             "--gso",
-            "--pool-mb",
-            "512",
-        ],
-        &gen_log,
-    )?;
+        ]
+        .map(str::to_owned),
+    );
+    let cpu0 = c.hub.cpu_seconds();
+    let core0 = core_ticks(c.core);
+    let gen_pid = gen_ns.spawn(&argv(&gen_args), &gen_log)?;
     let limit = Duration::from_secs(u64::from(c.secs) + 40);
-    let gen_done = c.gen.wait_exit(gen_pid, limit);
-    let sink_done = c.sink.wait_exit(sink_pid, Duration::from_secs(35));
+    let gen_done = gen_ns.wait_exit(gen_pid, limit);
+    let sink_done = sink_ns.wait_exit(sink_pid, Duration::from_secs(35));
     let cpu = c.hub.cpu_seconds() - cpu0;
     let core = core_ticks(c.core)
         .zip(core0)
         .map(|(b, a)| b.saturating_sub(a));
     if !gen_done || !sink_done {
-        c.gen.stop(gen_pid, Duration::from_secs(1));
-        c.sink.stop(sink_pid, Duration::from_secs(1));
+        gen_ns.stop(gen_pid, Duration::from_secs(1));
+        sink_ns.stop(sink_pid, Duration::from_secs(1));
         bail!("the generator or the sink did not finish");
     }
     let g: SendReport = last_json(&gen_log)?;
@@ -260,7 +347,8 @@ fn one_run(
     let cpu_us = cpu * 1e6 / delivered;
     let core_us = core.map_or(0.0, |t| t as f64 / 100.0 * 1e6 / delivered);
     eprintln!(
-        "  capacity/{:<10} {size:>4} B run {}: sent {} ({:.0} pps), sink {:.0} pps, gateway {cpu_us:.2} µs/pkt process, {core_us:.2} µs/pkt core; samples {}/{} valid",
+        "  capacity/{}/{:<10} {size:>4} B run {}: sent {} ({:.0} pps), sink {:.0} pps, gateway {cpu_us:.2} µs/pkt process, {core_us:.2} µs/pkt core; samples {}/{} valid",
+        case.id(),
         imp.id,
         rep + 1,
         g.sent,
@@ -270,6 +358,42 @@ fn one_run(
         s.samples
     );
     Ok((pps, g.pps, cpu_us, core_us, s.valid, s.invalid))
+}
+
+/// `repeat` runs of one case at one size, as a row (a failed run is recorded in it).
+///
+/// # Errors
+/// On interruption only.
+fn measure(c: &Ctx<'_>, imp: &Impl, case: Case, size: usize, repeat: usize) -> Result<Row> {
+    let mut row = Row::default();
+    let (mut offered, mut cpu, mut core) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..repeat {
+        match one_run(c, imp, case, size, rep) {
+            Ok((pps, off, u, k, valid, invalid)) => {
+                row.pps.push(pps);
+                offered.push(off);
+                cpu.push(u);
+                core.push(k);
+                row.valid += valid;
+                row.invalid += invalid;
+            }
+            Err(e) => {
+                interrupt::check()?;
+                eprintln!(
+                    "  capacity/{}/{} {size} B run {}: FAILED: {e:#}",
+                    case.id(),
+                    imp.id,
+                    rep + 1
+                );
+                row.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    row.pps_median = median(&mut row.pps.clone());
+    row.offered_pps = median(&mut offered);
+    row.cpu_us = median(&mut cpu);
+    row.core_us = median(&mut core);
+    Ok(row)
 }
 
 /// Run the capacity measurements against every available implementation in a process.
@@ -301,7 +425,7 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
         format!("0-{}", ncpu - 2)
     };
     eprintln!(
-        "== relay capacity: wggen send ══ gateway (pinned to CPU {}) ══ wggen sink ({} s per run, generator capped at {} pps)",
+        "== capacity: relay, tunnel → mesh, mesh → tunnel through a gateway pinned to CPU {} ({} s per run, generators capped at {} pps)",
         cap.core, cap.secs, cap.rate
     );
     for size in SIZES {
@@ -333,7 +457,12 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
             }
         }
     }
-    let (gen, hub, sink) = (netns("cgen")?, netns("chub")?, netns("csink")?);
+    let (gen, hub, sink, mesh) = (
+        netns("cgen")?,
+        netns("chub")?,
+        netns("csink")?,
+        netns("cmesh")?,
+    );
     link(
         &gen,
         "uplink",
@@ -350,8 +479,26 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
         "to-sink",
         "192.168.106.1/24",
     )?;
-    // wireguard-go and boringtun relay through the kernel (TUN out, TUN in).
+    link(
+        &mesh,
+        "mesh",
+        &format!("{MESH_HOST}/24"),
+        &hub,
+        MESH_IF,
+        "10.50.0.1/24",
+    )?;
+    mesh.route(&["10.40.0.0/24", "via", "10.50.0.1"])?;
+    // wireguard-go and boringtun relay through the kernel (TUN out, TUN in), and every
+    // implementation but isthmus-dp on AF_XDP reaches the mesh side through it.
     hub.sysctl("net.ipv4.ip_forward", "1")?;
+    // isthmus-dp's route to the mesh host: a neighbour on the mesh interface (what isthmus-cp
+    // would push for a route learned there).
+    let isthmus_config = lab.path("cap-isthmus.toml");
+    std::fs::write(
+        &isthmus_config,
+        format!("[[route]]\nprefix = \"10.50.0.0/24\"\nvia = \"{MESH_HOST} dev {MESH_IF}\"\n"),
+    )
+    .context("writing isthmus-dp's configuration")?;
     let (kg, ks, kh) = (
         Keypair::generate()?,
         Keypair::generate()?,
@@ -363,6 +510,7 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
         gen: &gen,
         hub: &hub,
         sink: &sink,
+        mesh: &mesh,
         gen_key: write_private_key(lab, "cap-gen", &kg.private)?
             .display()
             .to_string(),
@@ -381,7 +529,7 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
     {
         eprintln!("-- gateway: {}", imp.label);
         let mut up = Vec::new();
-        let mut rows = BTreeMap::new();
+        let mut rows: Vec<(Case, BTreeMap<usize, Row>)> = Vec::new();
         let r = (|| -> Result<()> {
             let h = End {
                 ns: &hub,
@@ -401,7 +549,11 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
                 ],
                 routes: vec![],
             };
-            bring_up(lab, imp, &h, &mut up)?;
+            let extra = Extra {
+                mesh: &[MESH_IF],
+                isthmus_config: Some(&isthmus_config),
+            };
+            bring_up_with(lab, imp, &h, &extra, &mut up)?;
             let pid = up.last().expect("just started").pid;
             hub.exec(&[
                 "taskset",
@@ -412,35 +564,15 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
                 &pid.to_string(),
             ])
             .context("pinning the gateway")?;
-            for size in SIZES {
-                let mut row = Row::default();
-                let (mut offered, mut cpu, mut core) = (Vec::new(), Vec::new(), Vec::new());
-                for rep in 0..o.repeat {
-                    match one_run(&ctx, imp, size, rep) {
-                        Ok((pps, off, c, k, valid, invalid)) => {
-                            row.pps.push(pps);
-                            offered.push(off);
-                            cpu.push(c);
-                            core.push(k);
-                            row.valid += valid;
-                            row.invalid += invalid;
-                        }
-                        Err(e) => {
-                            interrupt::check()?;
-                            eprintln!(
-                                "  capacity/{} {size} B run {}: FAILED: {e:#}",
-                                imp.id,
-                                rep + 1
-                            );
-                            row.error = Some(format!("{e:#}"));
-                        }
-                    }
+            // The mesh host's MAC address, known before the first packet to it.
+            hub.exec(&["ping", "-c", "1", "-W", "2", MESH_HOST])
+                .context("the mesh host does not answer")?;
+            for case in Case::ALL {
+                let mut by_size = BTreeMap::new();
+                for size in SIZES {
+                    by_size.insert(size, measure(&ctx, imp, case, size, o.repeat)?);
                 }
-                row.pps_median = median(&mut row.pps.clone());
-                row.offered_pps = median(&mut offered);
-                row.cpu_us = median(&mut cpu);
-                row.core_us = median(&mut core);
-                rows.insert(size, row);
+                rows.push((case, by_size));
             }
             Ok(())
         })();
@@ -450,8 +582,8 @@ pub fn run(lab: &Lab, o: &Options, impls: &[Impl]) -> Result<Capacity> {
             eprintln!("  {}: FAILED: {e:#}", imp.label);
             cap.failed.insert(imp.id.clone(), format!("{e:#}"));
         }
-        if !rows.is_empty() {
-            cap.rows.insert(imp.id.clone(), rows);
+        for (case, by_size) in rows {
+            cap.case_mut(case).insert(imp.id.clone(), by_size);
         }
     }
     Ok(cap)

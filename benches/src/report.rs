@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::capacity::Capacity;
+use crate::capacity::{Capacity, Case, Row};
 use crate::flood::{Floods, BASELINE, SCENARIOS};
-use crate::tunnel::{Impl, Results, Topology, KERNEL, METRICS, WG_GO_DEB};
+use crate::tunnel::{Impl, Results, Topology, ISTHMUS, KERNEL, METRICS, WG_GO_DEB};
 
 /// One criterion benchmark's headline.
 #[derive(Debug, Clone, Serialize)]
@@ -580,6 +580,43 @@ The generator completed a real handshake, pre-encrypted its packets (unique coun
         rate = c.rate,
         secs = c.secs,
     );
+    capacity_rows(out, c, impls, &c.rows, WG_GO_DEB);
+    for (id, why) in &c.failed {
+        let _ = writeln!(out, "\n{id}: failed: {}", one_line(why));
+    }
+    out.push('\n');
+    for case in [Case::ToMesh, Case::FromMesh] {
+        let (title, what) = match case {
+            Case::ToMesh => (
+                "Tunnel → mesh interface capacity (one core)",
+                "`isthmus-wggen send` (peer A) ══ gateway ── mesh interface ── `isthmus-wggen sink --plain`: the gateway decrypts and forwards to a host on its mesh-side veth, plain UDP (isthmus-dp: a `[[route]]` via that neighbour; on AF_XDP the veth is a `mesh` interface and the packets leave through its XDP socket; the others, and isthmus-dp on the UDP backend, hand them to the kernel through the TUN device). The sink counts what its namespace received and checks one datagram in 64.",
+            ),
+            Case::FromMesh | Case::Relay => (
+                "Mesh interface → tunnel capacity (one core)",
+                "`isthmus-wggen send --plain` (a host on the gateway's mesh-side veth) ── gateway ══ `isthmus-wggen sink` (peer B): plain UDP to an address the gateway routes into the tunnel, encrypted to the sink (isthmus-dp on AF_XDP: redirected by the mesh interface's XDP program; the others, and isthmus-dp on the UDP backend: the kernel's forwarding into the TUN device). The sink completed its own handshake, counted what its namespace received and decrypted one packet in 64.",
+            ),
+        };
+        let _ = writeln!(out, "## {title}\n");
+        let _ = writeln!(
+            out,
+            "{what} Gateway, generator, sink, rate cap ({rate} pps, UDP GSO) and run length ({secs} s) as in the relay table; the same ceiling is shown for reference, although these paths do one ChaCha20-Poly1305 operation per packet (open, or seal), not two, so a ratio to it above 1 is possible. On veths the receiving side's kernel work (IP forwarding into the TUN device; or the XDP program and the copy into the XDP socket) runs in the sending CPU's softirq, so *core busy* leaves it out for every column alike. Ratios in brackets: ÷ isthmus-dp on the UDP backend at the same size.\n",
+            rate = c.rate,
+            secs = c.secs,
+        );
+        capacity_rows(out, c, impls, c.case(case), ISTHMUS);
+        out.push('\n');
+    }
+}
+
+/// A capacity table: the ceilings, then one row per implementation and inner size, with
+/// ratios to `baseline`'s row at the same size.
+fn capacity_rows(
+    out: &mut String,
+    c: &Capacity,
+    impls: &[Impl],
+    rows: &std::collections::BTreeMap<String, std::collections::BTreeMap<usize, Row>>,
+    baseline: &str,
+) {
     let _ = writeln!(
         out,
         "| gateway | inner size | pps ↑ | offered pps | process CPU µs/pkt ↓ | core busy µs/pkt ↓ | samples valid/invalid |\n|---|---:|---:|---:|---:|---:|---:|"
@@ -597,13 +634,14 @@ The generator completed a real handshake, pre-encrypted its packets (unique coun
             );
         }
     }
-    let wg = c.rows.get(WG_GO_DEB);
+    let base_rows = rows.get(baseline);
     for imp in impls {
-        let Some(rows) = c.rows.get(&imp.id) else {
+        let Some(by_size) = rows.get(&imp.id) else {
             continue;
         };
-        for (size, r) in rows {
-            let base = wg.and_then(|w| w.get(size));
+        let is_base = imp.id == baseline;
+        for (size, r) in by_size {
+            let base = base_rows.and_then(|w| w.get(size));
             let ceil = c.ceiling.get(size).copied();
             let pps = match (r.pps_median, ceil) {
                 (Some(p), Some(cl)) if cl > 0.0 => format!("{} ({}× ceiling)", sig(p), sig(p / cl)),
@@ -614,13 +652,13 @@ The generator completed a real handshake, pre-encrypted its packets (unique coun
                     .map_or_else(|| "–".into(), |e| format!("failed: {}", one_line(e))),
             };
             let pps = match (r.pps_median, base.and_then(|b| b.pps_median)) {
-                (Some(p), Some(b)) if b > 0.0 && imp.id != WG_GO_DEB => {
+                (Some(p), Some(b)) if b > 0.0 && !is_base => {
                     format!("{pps} [{}×]", sig(p / b))
                 }
                 _ => pps,
             };
             let us = |v: Option<f64>, b: Option<f64>| match (v, b) {
-                (Some(v), Some(b)) if b > 0.0 && imp.id != WG_GO_DEB => {
+                (Some(v), Some(b)) if b > 0.0 && !is_base => {
                     format!("{} [{}×]", sig(v), sig(v / b))
                 }
                 (Some(v), _) => sig(v),
@@ -638,10 +676,6 @@ The generator completed a real handshake, pre-encrypted its packets (unique coun
             );
         }
     }
-    for (id, why) in &c.failed {
-        let _ = writeln!(out, "\n{id}: failed: {}", one_line(why));
-    }
-    out.push('\n');
 }
 
 /// The whole report as markdown.
@@ -840,6 +874,83 @@ mod tests {
             md.contains("- **isthmus** (`isthmus`): /opt/isthmus\n"),
             "the report names every column's build:\n{md}"
         );
+    }
+
+    #[test]
+    fn capacity_tables_for_the_mesh_cases_compare_with_isthmus_on_udp() {
+        let impls = vec![
+            imp(WG_GO_DEB, None),
+            imp(ISTHMUS, None),
+            imp("isthmus-afxdp", None),
+        ];
+        let row = |pps: f64, cpu: f64| crate::capacity::Row {
+            pps: vec![pps],
+            pps_median: Some(pps),
+            cpu_us: Some(cpu),
+            core_us: Some(cpu * 2.0),
+            offered_pps: Some(1e6),
+            valid: 10,
+            ..crate::capacity::Row::default()
+        };
+        let mut c = Capacity {
+            secs: 2,
+            rate: 1_000_000,
+            core: 1,
+            ..Capacity::default()
+        };
+        c.ceiling.insert(64, 1e6);
+        for (id, pps, cpu) in [
+            (WG_GO_DEB, 100e3, 8.0),
+            (ISTHMUS, 200e3, 4.0),
+            ("isthmus-afxdp", 500e3, 1.0),
+        ] {
+            c.rows
+                .insert(id.into(), BTreeMap::from([(64, row(pps, cpu))]));
+            c.to_mesh
+                .insert(id.into(), BTreeMap::from([(64, row(pps * 2.0, cpu))]));
+        }
+        c.from_mesh.insert(
+            ISTHMUS.into(),
+            BTreeMap::from([(
+                64,
+                crate::capacity::Row {
+                    error: Some("the sink did not come up".into()),
+                    ..crate::capacity::Row::default()
+                },
+            )]),
+        );
+        let mut md = String::new();
+        capacity_table(&mut md, &c, &impls);
+        let section = |title: &str| {
+            let start = md.find(title).unwrap_or_else(|| panic!("{title}:\n{md}"));
+            md[start..].split("\n## ").next().unwrap().to_owned()
+        };
+        let relay = section("## Relay capacity");
+        assert!(
+            relay.contains("| isthmus | 64 B | 200000 (0.200× ceiling) [2.00×] |"),
+            "the relay compares with wireguard-go:\n{relay}"
+        );
+        let to = section("## Tunnel → mesh interface capacity");
+        assert!(
+            to.contains("| isthmus-afxdp | 64 B | 1000000 (1.00× ceiling) [2.50×] | 1000000 | 1.00 [0.250×] | 2.00 [0.250×] | 10/0 |"),
+            "{to}"
+        );
+        assert!(
+            to.contains(
+                "| isthmus | 64 B | 400000 (0.400× ceiling) | 1000000 | 4.00 | 8.00 | 10/0 |"
+            ),
+            "the baseline has no ratio:\n{to}"
+        );
+        assert!(
+            to.contains("| wg-go-deb | 64 B | 200000 (0.200× ceiling) [0.500×] |"),
+            "{to}"
+        );
+        let from = section("## Mesh interface → tunnel capacity");
+        assert!(
+            from.contains("| isthmus | 64 B | failed: the sink did not come up |"),
+            "{from}"
+        );
+        assert!(!from.contains("| wg-go-deb |"), "{from}");
     }
 
     #[test]

@@ -120,6 +120,8 @@ impl Impl {
 pub const KERNEL: &str = "kernel";
 /// Id of the Debian wireguard-go baseline.
 pub const WG_GO_DEB: &str = "wg-go-deb";
+/// Id of isthmus-dp on its UDP backend.
+pub const ISTHMUS: &str = "isthmus";
 /// Id of the upstream wireguard-go the user supplies.
 pub const WG_GO_UP: &str = "wg-go-up";
 /// The port of every topology's iperf3 server.
@@ -250,7 +252,7 @@ pub fn implementations(o: &Options) -> Vec<Impl> {
     });
     let dp = o.isthmus_dp.as_deref();
     v.push(Impl {
-        id: "isthmus".into(),
+        id: ISTHMUS.into(),
         label: "isthmus-dp".into(),
         build: dp.map_or_else(String::new, |p| p.display().to_string()),
         kind: userspace(WgImpl::Isthmus, dp),
@@ -422,13 +424,46 @@ pub(crate) struct End<'a> {
 /// and adds its peers and routes; pushes the interface onto `up`, which the caller takes
 /// down after the implementation's turn.
 pub(crate) fn bring_up(lab: &Lab, imp: &Impl, end: &End<'_>, up: &mut Vec<WgIface>) -> Result<()> {
+    bring_up_with(lab, imp, end, &Extra::default(), up)
+}
+
+/// What a gateway may have beyond an [`End`] (the capacity bench's mesh side).
+#[derive(Debug, Default)]
+pub(crate) struct Extra<'a> {
+    /// Its mesh interfaces: isthmus-dp on AF_XDP serves them (`--mesh`) and leaves them out
+    /// of its underlay; the others forward to them through the kernel.
+    pub(crate) mesh: &'a [&'a str],
+    /// A configuration file for isthmus-dp (both backends), next to the command line
+    /// (`--config`: static routes; key and peers still come through the UAPI).
+    pub(crate) isthmus_config: Option<&'a Path>,
+}
+
+/// [`bring_up`] with [`Extra`].
+pub(crate) fn bring_up_with(
+    lab: &Lab,
+    imp: &Impl,
+    end: &End<'_>,
+    extra: &Extra<'_>,
+    up: &mut Vec<WgIface>,
+) -> Result<()> {
     let Kind::Wg { imp: wg, binary } = &imp.kind else {
         bail!("plain forwarding has no tunnel end");
     };
     let mut isthmus_args = vec!["--metrics".to_owned(), "off".to_owned()];
+    if let Some(c) = extra.isthmus_config {
+        isthmus_args.extend(["--config".into(), c.display().to_string()]);
+    }
     if imp.id == ISTHMUS_AFXDP {
+        let underlay: Vec<String> = underlay_interfaces(end.ns)?
+            .split(',')
+            .filter(|i| !extra.mesh.contains(i))
+            .map(str::to_owned)
+            .collect();
         isthmus_args.extend(["--backend".into(), "afxdp".into(), "--underlay".into()]);
-        isthmus_args.push(underlay_interfaces(end.ns)?);
+        isthmus_args.push(underlay.join(","));
+        if !extra.mesh.is_empty() {
+            isthmus_args.extend(["--mesh".into(), extra.mesh.join(",")]);
+        }
     }
     let spec = WgSpec {
         listen_port: 51820,

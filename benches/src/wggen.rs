@@ -7,6 +7,7 @@
 //! ```text
 //! generator (peer A) ══ gateway under test ══ sink (peer B)       relay: sink decrypts a sample
 //! generator (peer A) ══ gateway ── plain interface ── sink        tunnel → mesh: plain UDP
+//! plain generator ── plain interface ── gateway ══ sink (peer B)  mesh → tunnel
 //! ```
 //!
 //! **Generator** ([`send`]). Completes a handshake with the gateway, then encrypts inner
@@ -22,6 +23,11 @@
 //! gateway owns the other core. Nothing is answered during the run: runs are meant to be
 //! shorter than `REKEY_AFTER_TIME` (120 s), and the gateway, the session's responder, never
 //! rekeys it by itself.
+//!
+//! **Plain generator** ([`send_plain`]). A host on the gateway's mesh side: plain UDP to an
+//! address the gateway routes into a tunnel, whose peer is the sink (mesh → tunnel). The
+//! datagrams carry the same payload as the inner packets above, so the sink checks them
+//! the same way once decrypted.
 //!
 //! **Sink** ([`sink`]). Either a second peer of the gateway (its own handshake; the gateway
 //! relays A → B because B's allowed IPs cover the inner destination) that counts every
@@ -550,6 +556,97 @@ fn rate(n: u64, secs: f64) -> f64 {
     }
 }
 
+/// Datagrams in the plain generator's pool (it cycles through them; see [`send_plain`]).
+pub const PLAIN_POOL: usize = 4096;
+
+/// The plain generator: UDP datagrams from `o.inner.src` (bound here) to `o.inner.dst`, no
+/// WireGuard — a host on a mesh interface whose traffic the gateway routes into a tunnel.
+/// The payloads are the inner packets' UDP payloads (marker and sequence number, so that the
+/// peer that decrypts them can check them), built in advance into a pool of
+/// [`PLAIN_POOL`] (or `o.pool`) datagrams that it sends over and over (nothing on the path
+/// refuses a repeated datagram), with `sendmmsg` and, with `o.gso`, UDP GSO, paced as
+/// [`send`] is. `o.gateway` is not used: the kernel routes to the destination.
+///
+/// # Errors
+/// When the socket cannot be opened or UDP GSO is asked for and missing.
+pub fn send_plain(o: &SendOptions) -> Result<SendReport> {
+    o.inner.check()?;
+    if o.batch == 0 {
+        bail!("the batch size must be at least 1");
+    }
+    let sock = socket(SocketAddr::V4(o.inner.src), SocketAddr::V4(o.inner.dst))?;
+    let stride = o.inner.size - 28;
+    let n = o.pool.unwrap_or(PLAIN_POOL).max(o.batch);
+    let t0 = Instant::now();
+    let mut pool = vec![0u8; n * stride];
+    let mut ip = vec![0u8; o.inner.padded()];
+    for (i, d) in pool.chunks_exact_mut(stride).enumerate() {
+        o.inner.build(i as u64, &mut ip);
+        d.copy_from_slice(&ip[28..o.inner.size]);
+    }
+    let fd = sock.as_raw_fd();
+    let seg = if o.gso {
+        isthmus_dataplane::io::mmsg::set_udp_segment(fd, stride as u16)
+            .context("UDP GSO (UDP_SEGMENT) is not available")?;
+        (65_000 / stride).clamp(1, 64)
+    } else {
+        1
+    };
+    let mut mm = Mmsg::new(o.batch.div_ceil(seg));
+    let mut r = SendReport {
+        pool_packets: n as u64,
+        prepare_secs: t0.elapsed().as_secs_f64(),
+        wire_len: stride,
+        inner_size: o.inner.size,
+        gso_segments: seg,
+        ..SendReport::default()
+    };
+    let gap = o
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / r.max(1) as f64));
+    let start = Instant::now();
+    let end = start + o.duration;
+    let (mut idx, mut last) = (0usize, start);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if let Some(gap) = gap {
+            let due = start + gap.mul_f64(r.sent as f64);
+            if due > now {
+                let wait = due - now;
+                if wait > Duration::from_micros(50) {
+                    std::thread::sleep(wait);
+                }
+                continue;
+            }
+        }
+        let count = (n - idx).min(o.batch);
+        let pool_ref = &pool;
+        let msgs = (idx..idx + count)
+            .step_by(seg)
+            .map(|i| &pool_ref[i * stride..(i + seg.min(idx + count - i)) * stride]);
+        let sent = match mm.send(fd, msgs, true) {
+            Ok(k) => (k * seg).min(count),
+            Err(e) if e.kind() == ErrorKind::Interrupted => 0,
+            Err(_) => {
+                // Skip what failed (an ICMP error of the path, a full device queue).
+                r.send_errors += 1;
+                count
+            }
+        };
+        idx = (idx + sent) % n;
+        r.sent += sent as u64;
+        last = Instant::now();
+    }
+    r.secs = (last - start).as_secs_f64();
+    r.pps = rate(r.sent, r.secs);
+    r.pool_sent = r.sent;
+    r.pool_pps = r.pps;
+    Ok(r)
+}
+
 /// A random local index for boringtun (it keeps 24 bits).
 fn rand_index() -> u32 {
     let t = std::time::SystemTime::now()
@@ -989,6 +1086,49 @@ mod tests {
         assert_eq!(r.pool_sent, 200);
         assert_eq!(ok, r.sent, "every packet decrypted: {r:?}");
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "in order");
+    }
+
+    /// The plain generator's datagrams, with and without GSO, arrive as the inner packets'
+    /// UDP payloads.
+    #[test]
+    fn plain_datagrams_carry_the_inner_payload() {
+        for gso in [false, true] {
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let SocketAddr::V4(dst) = rx.local_addr().unwrap() else {
+                unreachable!()
+            };
+            let i = Inner {
+                src: "127.0.0.1:0".parse().unwrap(),
+                dst,
+                size: 100,
+            };
+            let o = SendOptions {
+                gateway: any_v4(1),
+                bind: any_v4(0),
+                inner: i,
+                duration: Duration::from_millis(100),
+                rate: Some(2000),
+                batch: 16,
+                pool: Some(50), // fewer than the run sends: the pool cycles
+                pool_mb: 1,
+                handshake_timeout: Duration::from_secs(1),
+                gso,
+            };
+            let r = send_plain(&o).unwrap();
+            assert!(r.sent > 50 && r.send_errors == 0, "{r:?}");
+            assert_eq!(r.gso_segments > 1, gso);
+            let mut buf = [0u8; 2048];
+            let mut seqs = Vec::new();
+            while let Ok(n) = rx.recv(&mut buf) {
+                seqs.push(i.check_udp_payload(&buf[..n], false).unwrap());
+                if seqs.len() as u64 == r.sent {
+                    break;
+                }
+            }
+            assert_eq!(seqs.len() as u64, r.sent);
+            assert_eq!(seqs[..52], (0..52).map(|k| k % 50).collect::<Vec<_>>()[..]);
+        }
     }
 
     #[test]

@@ -719,7 +719,8 @@ impl Ctx<'_> {
         })
     }
 
-    /// `route[n]`, whose `via` names one of `peers`.
+    /// `route[n]`, whose `via` names one of `peers`, or a neighbour on an interface that
+    /// exists now (its index is taken here, once).
     fn route(
         &self,
         n: usize,
@@ -733,9 +734,17 @@ impl Ctx<'_> {
                 "prefix and via are required",
             ));
         };
+        let key = || format!("route[{n}].via");
         let via = match via.get_ref().as_str() {
             "local" => Via::Local,
             "blackhole" => Via::Blackhole,
+            s if s.split_whitespace().nth(1) == Some("dev") => {
+                let (addr, dev) = neighbour_via(s)
+                    .ok_or_else(|| self.err(via.span(), key(), format!("{s:?}: expected ADDRESS dev INTERFACE (an IPv4 or IPv6 neighbour on a mesh interface)")))?;
+                let ifindex = crate::io::ifaddr::ifindex(dev)
+                    .map_err(|e| self.err(via.span(), key(), e.to_string()))?;
+                Via::Neighbour { ifindex, addr }
+            }
             name => {
                 let by_name = peers.iter().find(|p| p.name.as_deref() == Some(name));
                 let by_key = Key::from_base64(name)
@@ -744,8 +753,8 @@ impl Ctx<'_> {
                 let Some(p) = by_name.or(by_key) else {
                     return Err(self.err(
                         via.span(),
-                        format!("route[{n}].via"),
-                        format!("{name:?} is not \"local\", \"blackhole\", or the name or public key of a peer"),
+                        key(),
+                        format!("{name:?} is not \"local\", \"blackhole\", the name or public key of a peer, or ADDRESS dev INTERFACE"),
                     ));
                 };
                 Via::Peer(p.public_key)
@@ -756,6 +765,19 @@ impl Ctx<'_> {
             via,
         })
     }
+}
+
+/// `ADDRESS dev INTERFACE` (a route's neighbour next hop, as `ip route` writes it): the
+/// address and the interface name, or `None` when `s` is not of that form.
+fn neighbour_via(s: &str) -> Option<(IpAddr, &str)> {
+    let mut w = s.split_whitespace();
+    let (Some(addr), Some("dev"), Some(dev), None) = (w.next(), w.next(), w.next(), w.next())
+    else {
+        return None;
+    };
+    let ok =
+        (1..=15).contains(&dev.len()) && !dev.contains(['/', ':']) && dev != "." && dev != "..";
+    Some((addr.parse().ok()?, dev)).filter(|_| ok)
 }
 
 /// Load and validate a configuration file.
@@ -869,6 +891,47 @@ via = "blackhole"
             }
         );
         assert_eq!(c.routes[1].via, Via::Blackhole);
+    }
+
+    #[test]
+    fn a_route_via_a_neighbour_takes_the_interface_index() {
+        let (text, _, _, _) = valid();
+        let lo = crate::io::ifaddr::ifindex("lo").unwrap();
+        let c =
+            parse_str(&text.replace("via = \"blackhole\"", "via = \"10.9.0.2 dev lo\"")).unwrap();
+        assert_eq!(
+            c.routes[1].via,
+            Via::Neighbour {
+                ifindex: lo,
+                addr: "10.9.0.2".parse().unwrap()
+            }
+        );
+        let c = parse_str(&text.replace("via = \"blackhole\"", "via = \"  fe80::1  dev lo \""))
+            .unwrap();
+        assert_eq!(
+            c.routes[1].via,
+            Via::Neighbour {
+                ifindex: lo,
+                addr: "fe80::1".parse().unwrap()
+            }
+        );
+        for bad in [
+            "10.9.0.x dev lo",
+            "10.9.0.2 dev",
+            "10.9.0.2 dev lo extra",
+            "10.9.0.2 dev a/b",
+            "10.9.0.2 dev averyveryverylongname",
+        ] {
+            let e = err_of(&text.replace("via = \"blackhole\"", &format!("via = {bad:?}")));
+            assert_eq!((e.line, e.key.as_str()), (30, "route[1].via"), "{e}");
+            assert!(e.message.contains("expected ADDRESS dev INTERFACE"), "{e}");
+        }
+        let e = err_of(&text.replace(
+            "via = \"blackhole\"",
+            "via = \"10.9.0.2 dev isthmus-nope9\"",
+        ));
+        assert_eq!((e.line, e.key.as_str()), (30, "route[1].via"), "{e}");
+        assert!(e.message.contains("interface isthmus-nope9"), "{e}");
     }
 
     #[test]

@@ -9,16 +9,18 @@
 //!    wireguard-go, upstream wireguard-go (the binary given with `--wireguard-go-upstream
 //!    PATH`, if any), boringtun-cli and isthmus-dp; then, unless `--no-floods`, handshake
 //!    floods against each as a hub (`lab-tool wg-attack`, built here too) while a wireguard-go
-//!    peer pings, runs TCP and makes a new handshake; then, unless `--no-capacity`, the relay
-//!    capacity of each on one core, driven by the packet generator and sink `isthmus-wggen`
-//!    (built here too), against a ChaCha20-Poly1305 ceiling;
+//!    peer pings, runs TCP and makes a new handshake; then, unless `--no-capacity`, the
+//!    capacity of each on one core — relay (peer → peer), tunnel → mesh interface and mesh
+//!    interface → tunnel — driven by the packet generator and sink `isthmus-wggen` (built
+//!    here too), against a ChaCha20-Poly1305 ceiling;
 //! 4. prints one report with ratios and writes it to `target/bench/report.md` (+ `.json`):
 //!    which build each column is, the tunnels, a control-plane table (from criterion's results and the measurements
 //!    benches leave in `target/criterion/extra/`), every criterion bench, the targets.
 //!
 //! Options: `--no-criterion`, `--no-tunnels`, `--quick` (1 s runs, no repetition, 4 s flood
 //! phases), `--only-floods` (only the floods: no criterion, no line or relay topology),
-//! `--only-capacity` (only the relay capacity), `--no-capacity`, and,
+//! `--only-capacity` (only the capacity part: no criterion, no line or relay topology, no
+//! floods), `--no-capacity`, and,
 //! passed to the driver, `--duration SECS`, `--repeat N`, `--pings N`, `--only ID,ID`,
 //! `--no-relay`, `--no-floods`, `--flood-secs SECS`, `--flood-rate PPS`, `--capacity-secs SECS`,
 //! `--capacity-rate PPS`,
@@ -141,7 +143,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     if tunnels && capacity {
-        // The packet generator and sink of the relay capacity measurements.
+        // The packet generator and sink of the capacity measurements.
         match cmd(Command::new(&cargo).current_dir(&root).args([
             "build",
             "--release",
@@ -155,7 +157,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 target.join("release/isthmus-wggen").display().to_string(),
             ]),
             Err(e) => eprintln!(
-                "warning: isthmus-wggen did not build, the bench runs without the relay capacity: {e:#}"
+                "warning: isthmus-wggen did not build, the bench runs without the capacity part: {e:#}"
             ),
         }
     }

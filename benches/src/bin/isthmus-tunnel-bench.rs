@@ -9,12 +9,12 @@
 //!     [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]
 //! ```
 //!
-//! Implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus (kernel and
-//! wg-go-deb are the baselines and always run); wg-go-up is the wireguard-go binary given with
+//! Implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus, isthmus-afxdp (kernel
+//! and wg-go-deb are the baselines and always run); wg-go-up is the wireguard-go binary given with
 //! `--wireguard-go-upstream` (one you built), and is not measured without it. The report says
 //! which build every column is. The handshake floods (`--only-floods` for
-//! them alone) need `lab-tool` (default: next to this binary); the relay capacity
-//! (`--only-capacity` for it alone) needs `isthmus-wggen` (default: next to this binary). Writes `report.md` and
+//! them alone) need `lab-tool` (default: next to this binary); the capacity part
+//! (relay, tunnel → mesh, mesh → tunnel; `--only-capacity` for it alone) needs `isthmus-wggen` (default: next to this binary). Writes `report.md` and
 //! `report.json` in `--out` (default `target/bench`) and prints the markdown.
 
 use std::path::PathBuf;

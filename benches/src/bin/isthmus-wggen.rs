@@ -5,6 +5,8 @@
 //! isthmus-wggen send --gateway IP:PORT --key FILE --gateway-key B64 --src IP:PORT --dst IP:PORT
 //!     [--bind IP:PORT] [--size BYTES] [--duration SECS] [--rate PPS] [--batch N]
 //!     [--pool PACKETS] [--pool-mb MIB] [--gso]
+//! isthmus-wggen send --plain --src IP:PORT --dst IP:PORT [--size BYTES] [--duration SECS]
+//!     [--rate PPS] [--batch N] [--pool PACKETS] [--gso]
 //! isthmus-wggen sink (--gateway IP:PORT --key FILE --gateway-key B64 | --plain)
 //!     --bind IP:PORT --src IP:PORT --dst IP:PORT [--size BYTES] [--sample N]
 //!     [--duration SECS] [--idle SECS] [--wait SECS] [--batch N]
@@ -15,7 +17,9 @@
 //! private key), pre-encrypts inner IPv4/UDP packets `--src` → `--dst` of `--size` bytes
 //! (default 64) and sends them for `--duration` seconds (default 3), in `sendmmsg` batches of
 //! `--batch` (default 64), at most `--rate` per second; with `--gso`, runs of up to 64 packets
-//! go as one UDP GSO send each (the gateway gets them as one coalesced buffer). `sink` is either a second peer of the
+//! go as one UDP GSO send each (the gateway gets them as one coalesced buffer). `send --plain`
+//! sends plain UDP from `--src` (bound) to `--dst` with the same payloads, from a pool of
+//! `--pool` datagrams (default 4096) sent over and over: a host on a mesh interface. `sink` is either a second peer of the
 //! gateway (same key options; `--bind` is its endpoint) that counts the transport packets and
 //! decrypts one in `--sample` (default 64), or with `--plain` a UDP socket on `--bind` (the
 //! inner destination) that checks every `--sample`th datagram; it prints `wggen sink: ready`
@@ -41,6 +45,7 @@ fn main() {
 }
 
 const USAGE: &str = "usage: isthmus-wggen send --gateway IP:PORT --key FILE --gateway-key B64 --src IP:PORT --dst IP:PORT [--bind IP:PORT] [--size BYTES] [--duration SECS] [--rate PPS] [--batch N] [--pool PACKETS] [--pool-mb MIB] [--gso]
+       isthmus-wggen send --plain --src IP:PORT --dst IP:PORT [--size BYTES] [--duration SECS] [--rate PPS] [--batch N] [--pool PACKETS] [--gso]
        isthmus-wggen sink (--gateway IP:PORT --key FILE --gateway-key B64 | --plain) --bind IP:PORT --src IP:PORT --dst IP:PORT [--size BYTES] [--sample N] [--duration SECS] [--idle SECS] [--wait SECS] [--batch N]
        isthmus-wggen ceiling [--size BYTES] [--secs SECS]";
 
@@ -159,7 +164,12 @@ fn run() -> Result<()> {
     match cmd.as_str() {
         "send" => {
             let o = SendOptions {
-                gateway: a.gateway.context("--gateway IP:PORT is needed")?,
+                gateway: if a.plain {
+                    wggen::any_v4(0)
+                } else {
+                    a.gateway
+                        .context("--gateway IP:PORT is needed (or --plain)")?
+                },
                 bind: a.bind.unwrap_or_else(|| wggen::any_v4(0)),
                 inner: a.inner()?,
                 duration: Args::secs(a.duration, 3.0, "--duration")?,
@@ -170,7 +180,11 @@ fn run() -> Result<()> {
                 handshake_timeout: Duration::from_secs(10),
                 gso: a.gso,
             };
-            let r = wggen::send(a.identity()?, &o)?;
+            let r = if a.plain {
+                wggen::send_plain(&o)?
+            } else {
+                wggen::send(a.identity()?, &o)?
+            };
             eprintln!(
                 "wggen send: sent {} in {:.2} s = {:.0} pps ({} from the pool at {:.0} pps, {} encrypted in line at {:.0} pps, {} send errors)",
                 r.sent, r.secs, r.pps, r.pool_sent, r.pool_pps, r.inline_sent, r.inline_pps, r.send_errors
