@@ -8,8 +8,9 @@
 //! the memory-latency floor of any table this size, measured in the same run.
 //!
 //! `FIB_QUICK=1 cargo bench -p isthmus-benches --bench fib` skips criterion and prints the
-//! minimum over 30 passes instead (useful on a noisy shared machine), plus IPv6 hits and
-//! misses separately.
+//! minimum over 30 passes instead (useful on a noisy shared machine; the measurements take
+//! turns, 3 passes at a time), plus IPv6 hits and misses separately, and the ratios to the
+//! baseline.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -177,60 +178,73 @@ fn bench(c: &mut Criterion) {
     );
 
     if std::env::var_os("FIB_QUICK").is_some() {
-        // Min-of-passes timing, robust against a noisy shared machine.
-        let min_ns = |f: &dyn Fn()| {
-            (0..30)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed().as_nanos() as f64 / PROBES as f64
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let v4 = min_ns(&|| {
-            probes4.iter().for_each(|&a| {
-                black_box(fib.lookup_v4(black_box(a)));
-            })
-        });
-        let v6 = min_ns(&|| {
-            probes6.iter().for_each(|&a| {
-                black_box(fib.lookup_v6(black_box(a)));
-            })
-        });
+        // Min-of-passes timing, robust against a noisy shared machine. The passes of all
+        // measurements are interleaved (10 rounds of 3 passes of each), so that a slow spell
+        // of the machine hits them all alike instead of one measurement; within a round the
+        // passes follow each other, so the caches hold what the previous pass left (the same
+        // probes every pass), as in one run of 30.
         let big: Vec<u32> = (0..1u32 << 24).collect();
-        let base = min_ns(&|| {
-            probes4.iter().for_each(|a| {
-                black_box(big[black_box((u32::from(*a) >> 8) as usize)]);
-            })
-        });
         let out = std::cell::RefCell::new(vec![None; PROBES]);
-        let v4b = min_ns(&|| {
-            let mut out = out.borrow_mut();
-            fib.lookup_v4_batch(&probes4, &mut out);
-            black_box(&*out);
-        });
-        let v6b = min_ns(&|| {
-            let mut out = out.borrow_mut();
-            fib.lookup_v6_batch(&probes6, &mut out);
-            black_box(&*out);
-        });
-        eprintln!("fib quick batch: v4 {v4b:.1} ns, v6 {v6b:.1} ns");
         let (inside6, random6): (Vec<Ipv6Addr>, Vec<Ipv6Addr>) =
             probes6.iter().partition(|a| fib.lookup_v6(**a).is_some());
-        let hit = min_ns(&|| {
-            inside6.iter().for_each(|&a| {
-                black_box(fib.lookup_v6(black_box(a)));
-            })
-        }) * PROBES as f64
-            / inside6.len() as f64;
-        let miss = min_ns(&|| {
-            random6.iter().for_each(|&a| {
-                black_box(fib.lookup_v6(black_box(a)));
-            })
-        }) * PROBES as f64
-            / random6.len() as f64;
+        let passes: [(&str, usize, &dyn Fn()); 7] = [
+            ("v4", PROBES, &|| {
+                probes4.iter().for_each(|&a| {
+                    black_box(fib.lookup_v4(black_box(a)));
+                })
+            }),
+            ("v6", PROBES, &|| {
+                probes6.iter().for_each(|&a| {
+                    black_box(fib.lookup_v6(black_box(a)));
+                })
+            }),
+            ("baseline", PROBES, &|| {
+                probes4.iter().for_each(|a| {
+                    black_box(big[black_box((u32::from(*a) >> 8) as usize)]);
+                })
+            }),
+            ("v4 batch", PROBES, &|| {
+                let mut out = out.borrow_mut();
+                fib.lookup_v4_batch(&probes4, &mut out);
+                black_box(&*out);
+            }),
+            ("v6 batch", PROBES, &|| {
+                let mut out = out.borrow_mut();
+                fib.lookup_v6_batch(&probes6, &mut out);
+                black_box(&*out);
+            }),
+            ("v6 hits", inside6.len(), &|| {
+                inside6.iter().for_each(|&a| {
+                    black_box(fib.lookup_v6(black_box(a)));
+                })
+            }),
+            ("v6 misses", random6.len(), &|| {
+                random6.iter().for_each(|&a| {
+                    black_box(fib.lookup_v6(black_box(a)));
+                })
+            }),
+        ];
+        let mut min = [f64::INFINITY; 7];
+        for _ in 0..10 {
+            for (m, (_, n, f)) in min.iter_mut().zip(&passes) {
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    f();
+                    *m = m.min(t.elapsed().as_nanos() as f64 / *n as f64);
+                }
+            }
+        }
+        let [v4, v6, base, v4b, v6b, hit, miss] = min;
+        eprintln!("fib quick batch: v4 {v4b:.1} ns, v6 {v6b:.1} ns");
         eprintln!("fib quick v6 hits {hit:.1} ns, misses {miss:.1} ns");
         eprintln!("fib quick (min of 30 passes): v4 {v4:.1} ns, v6 {v6:.1} ns, baseline {base:.1} ns per lookup");
+        eprintln!(
+            "fib quick ratios to the baseline: v4 {:.2}, v6 {:.2}, v4 batch {:.2}, v6 batch {:.2}",
+            v4 / base,
+            v6 / base,
+            v4b / base,
+            v6b / base
+        );
         return;
     }
     let mut g = c.benchmark_group("fib");
