@@ -388,17 +388,22 @@ enum Hop {
     Unresolved,
 }
 
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<crate::fib::PrefixHasher>>;
+
 /// A neighbour's link-layer address (`None`: not resolved) and until when to believe it.
 type Resolved = (Instant, Option<[u8; 6]>);
 
 /// Per-worker cache of the kernel's answer for each destination.
+///
+/// The maps use the FIB's fast unkeyed hasher: their keys are peers' endpoints (moved only by
+/// authenticated packets) and the FIB's mesh next hops, not addresses a stranger picks.
 #[derive(Default)]
 struct Resolver {
     nl: Option<Netlink>,
-    cache: HashMap<IpAddr, (Instant, Hop)>,
+    cache: FastMap<IpAddr, (Instant, Hop)>,
     /// Link-layer addresses of mesh neighbours by interface and address (`None`: not
     /// resolved yet).
-    neighbours: HashMap<(u32, IpAddr), Resolved>,
+    neighbours: FastMap<(u32, IpAddr), Resolved>,
 }
 
 impl Resolver {

@@ -4,21 +4,38 @@
 use std::net::IpAddr;
 
 /// One's-complement sum of `data` as big-endian 16-bit words, continuing from `sum`
-/// (not folded, not inverted). An odd last byte is padded with zero.
+/// (not folded to 16 bits, not inverted). An odd last byte is padded with zero.
+///
+/// Eight bytes at a time: the one's-complement sum of 64-bit words, carries added back in,
+/// folds to the same 16-bit sum as the 16-bit words would (2^16 ≡ 1 mod 0xffff), at a
+/// quarter of the additions. It runs over every datagram the AF_XDP backend frames.
 #[inline]
-pub fn sum(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
+pub fn sum(sum: u32, data: &[u8]) -> u32 {
+    let mut acc = u64::from(sum);
+    let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        // Fold early enough that 64 KiB never overflows.
-        if sum > 0xfff0_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
+        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+        let (s, carry) = acc.overflowing_add(w);
+        acc = s + u64::from(carry);
     }
-    if let [last] = chunks.remainder() {
-        sum = sum.wrapping_add(u32::from(*last) << 8);
+    let rest = chunks.remainder();
+    let mut words = rest.chunks_exact(2);
+    for w in &mut words {
+        acc = fold64(acc) + u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
-    sum
+    if let [last] = words.remainder() {
+        acc = fold64(acc) + (u64::from(*last) << 8);
+    }
+    // Fits a u32 after folding: a partial sum the callers may continue.
+    fold64(fold64(acc)) as u32
+}
+
+/// Fold a 64-bit one's-complement sum to at most 17 bits, keeping its value mod 0xffff.
+#[inline]
+fn fold64(x: u64) -> u64 {
+    let x = (x & 0xffff_ffff) + (x >> 32); // at most 33 bits
+    let x = (x & 0xffff_ffff) + (x >> 32); // at most 32 bits
+    (x & 0xffff) + (x >> 16) // at most 17 bits
 }
 
 /// Fold a sum to 16 bits and invert it: the value to store in a checksum field.
@@ -89,5 +106,45 @@ mod tests {
             // 0x0000 and 0xffff are the same value in one's complement.
             proptest::prop_assert!(inc == full || (inc == 0xffff && full == 0) || (inc == 0 && full == 0xffff));
         }
+    }
+
+    /// The 16-bit-word sum of RFC 1071, as written in it: the oracle of [`sum`].
+    fn naive(data: &[u8]) -> u16 {
+        let mut s = 0u64;
+        for w in data.chunks(2) {
+            s += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn wide_sum_equals_the_rfc_1071_sum(data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000), start in 0u32..0x2_0000) {
+            proptest::prop_assert_eq!(checksum(&data), naive(&data));
+            // Continuing from a partial sum (a pseudo-header's) is the same as one pass.
+            let mut both = start.to_be_bytes().to_vec();
+            both.extend_from_slice(&data);
+            let lead = u32::from(u16::from_be_bytes([both[0], both[1]])) + u32::from(u16::from_be_bytes([both[2], both[3]]));
+            proptest::prop_assert_eq!(finish(sum(lead, &data)), naive(&both));
+        }
+    }
+
+    #[test]
+    fn all_ones_does_not_overflow() {
+        let data = vec![0xffu8; 65_536];
+        assert_eq!(checksum(&data), naive(&data));
+        assert_eq!(finish(sum(u32::MAX, &data)), {
+            let mut s = u64::from(u32::MAX);
+            for w in data.chunks(2) {
+                s += u64::from(u16::from_be_bytes([w[0], w[1]]));
+            }
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            !(s as u16)
+        });
     }
 }
