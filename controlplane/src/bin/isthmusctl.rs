@@ -264,6 +264,7 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
     let Msg::Routes(routes) = c.request(&Msg::GetRoutes)? else {
         bail!("unexpected answer")
     };
+    let ifaces = isthmus_dataplane::io::ifaddr::all().unwrap_or_default();
     let label = |r: &RouteInfo| match r.next_hop {
         Via::Peer(k) => peers
             .iter()
@@ -271,7 +272,7 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
             .map_or_else(|| k.to_base64()[..8].to_string(), PeerInfo::label),
         Via::Local => "local".into(),
         Via::Blackhole => "blackhole".into(),
-        Via::Neighbour { ifindex, addr } => format!("{addr} dev {}", ifname(ifindex)),
+        Via::Neighbour { ifindex, addr } => format!("{addr} dev {}", ifname(&ifaces, ifindex)),
     };
     let rows: Vec<Vec<String>> = routes
         .iter()
@@ -302,10 +303,10 @@ fn show_stats(c: &mut CtlClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name of interface `ifindex` (its number when it has none any more).
-fn ifname(ifindex: u32) -> String {
-    isthmus_dataplane::io::ifaddr::all()
-        .ok()
-        .and_then(|all| all.into_iter().find(|a| a.ifindex == ifindex))
-        .map_or_else(|| format!("#{ifindex}"), |a| a.ifname)
+/// The name of interface `ifindex` among `ifaces` (its number when it has none any more).
+fn ifname(ifaces: &[isthmus_dataplane::io::ifaddr::IfAddr], ifindex: u32) -> String {
+    ifaces
+        .iter()
+        .find(|a| a.ifindex == ifindex)
+        .map_or_else(|| format!("#{ifindex}"), |a| a.ifname.clone())
 }
