@@ -480,15 +480,8 @@ pub fn send(id: Identity, o: &SendOptions) -> Result<SendReport> {
             break;
         }
         // Pace: the packets sent so far may not be ahead of the rate's schedule.
-        if let Some(gap) = gap {
-            let due = start + gap.mul_f64(r.sent as f64);
-            if due > now {
-                let wait = due - now;
-                if wait > Duration::from_micros(50) {
-                    std::thread::sleep(wait);
-                }
-                continue;
-            }
+        if ahead_of_rate(gap, start, now, r.sent) {
+            continue;
         }
         let (first, count) = if idx < pool.len {
             (idx, (pool.len - idx).min(o.batch))
@@ -612,15 +605,8 @@ pub fn send_plain(o: &SendOptions) -> Result<SendReport> {
         if now >= end {
             break;
         }
-        if let Some(gap) = gap {
-            let due = start + gap.mul_f64(r.sent as f64);
-            if due > now {
-                let wait = due - now;
-                if wait > Duration::from_micros(50) {
-                    std::thread::sleep(wait);
-                }
-                continue;
-            }
+        if ahead_of_rate(gap, start, now, r.sent) {
+            continue;
         }
         let count = (n - idx).min(o.batch);
         let pool_ref = &pool;
@@ -972,6 +958,21 @@ pub fn aead_ceiling_ring(inner: &Inner, secs: f64) -> f64 {
 #[must_use]
 pub fn any_v4(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// Pacing at one packet per `gap` from `start`: whether `sent` packets are ahead of the
+/// schedule at `now`, after sleeping off most of the lead (a lead under 50 µs is spun).
+fn ahead_of_rate(gap: Option<Duration>, start: Instant, now: Instant, sent: u64) -> bool {
+    let Some(gap) = gap else { return false };
+    let due = start + gap.mul_f64(sent as f64);
+    if due <= now {
+        return false;
+    }
+    let wait = due - now;
+    if wait > Duration::from_micros(50) {
+        std::thread::sleep(wait);
+    }
+    true
 }
 
 #[cfg(test)]

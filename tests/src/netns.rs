@@ -268,6 +268,54 @@ impl Netns {
         Ok(())
     }
 
+    /// The usable link-local address of `dev`, once duplicate address detection is done.
+    ///
+    /// # Errors
+    /// When `dev` has none within 10 s.
+    pub fn link_local(&self, dev: &str) -> Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ])?;
+            let ready = out
+                .lines()
+                .find(|l| !l.contains("tentative"))
+                .and_then(|l| {
+                    let t: Vec<&str> = l.split_whitespace().collect();
+                    let i = t.iter().position(|x| *x == "inet6")?;
+                    t.get(i + 1)?.split('/').next().map(str::to_owned)
+                });
+            if let Some(a) = ready {
+                return Ok(a);
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{dev} in {} has no usable link-local address: {out}",
+                    self.name()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until no XDP program is attached to `dev` (at most 5 s); whether none is.
+    ///
+    /// # Errors
+    /// When `ip link show` fails.
+    pub fn wait_no_xdp(&self, dev: &str) -> Result<bool> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if !self.exec(&["ip", "link", "show", dev])?.contains("xdp") {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sets an interface up.
     ///
     /// # Errors

@@ -156,17 +156,10 @@ fn kill_9_leaves_no_program_attached() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let pid = t.wg("a").pid.to_string();
     a.exec(&["kill", "-9", &pid]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let shown = loop {
-        let shown = a.exec(&["ip", "link", "show", "to-b1"]).unwrap();
-        if !shown.contains("xdp") || std::time::Instant::now() > deadline {
-            break shown;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
     assert!(
-        !shown.contains("xdp"),
-        "a program is still attached after kill -9:\n{shown}"
+        a.wait_no_xdp("to-b1").unwrap(),
+        "a program is still attached after kill -9:\n{}",
+        a.exec(&["ip", "link", "show", "to-b1"]).unwrap()
     );
     let _ = flood.wait_with_output();
     ping_ok(b, "10.200.0.1", 3);
@@ -283,34 +276,6 @@ fn unresolved_neighbour_goes_through_the_kernel_once() {
         neigh.contains("10.200.0.3"),
         "the kernel did not resolve it: {neigh}"
     );
-}
-
-/// The usable link-local address of `dev` in `ns` (waits out duplicate address detection).
-fn link_local(ns: &Netns, dev: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let out = ns
-            .exec(&[
-                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
-            ])
-            .unwrap();
-        let ready = out
-            .lines()
-            .find(|l| !l.contains("tentative"))
-            .and_then(|l| {
-                let t: Vec<&str> = l.split_whitespace().collect();
-                let i = t.iter().position(|x| *x == "inet6")?;
-                t.get(i + 1)?.split('/').next().map(str::to_owned)
-            });
-        if let Some(a) = ready {
-            return a;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no link-local address on {dev}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// The demo's islands with both gateways on AF_XDP, trunk underlay and island interface
@@ -435,7 +400,7 @@ fn islands_on_afxdp(mode: &str) {
     // ICMP to its link-local address, and a TCP connection to it.
     let r1 = isl.t.ns("r1");
     let g1_ns = isl.t.ns(&g1.node);
-    let g1_ll = link_local(g1_ns, &g1.island_if);
+    let g1_ll = g1_ns.link_local(&g1.island_if).unwrap();
     let r1_if = &isl.router_ifs[0].0[0];
     ping_ok(r1, &format!("{g1_ll}%{r1_if}"), 3);
     let pid = g1_ns.iperf_server(&isl.t.lab, None, 5203).unwrap();
@@ -455,17 +420,10 @@ fn islands_on_afxdp(mode: &str) {
     let pid = isl.t.wg(&g1.node).pid.to_string();
     g1_ns.exec(&["kill", "-9", &pid]).unwrap();
     for dev in [&g1.island_if, &g1.underlay_if] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let shown = loop {
-            let shown = g1_ns.exec(&["ip", "link", "show", dev]).unwrap();
-            if !shown.contains("xdp") || std::time::Instant::now() > deadline {
-                break shown;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
         assert!(
-            !shown.contains("xdp"),
-            "a program is still attached to {dev} after kill -9:\n{shown}"
+            g1_ns.wait_no_xdp(dev).unwrap(),
+            "a program is still attached to {dev} after kill -9:\n{}",
+            g1_ns.exec(&["ip", "link", "show", dev]).unwrap()
         );
     }
     ping_ok(r1, &format!("{g1_ll}%{r1_if}"), 3);

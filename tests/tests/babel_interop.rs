@@ -46,35 +46,6 @@ fn babeld_conf() -> String {
     )
 }
 
-/// The usable link-local address of `dev` (waits out duplicate address detection).
-fn link_local(ns: &Netns, dev: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns
-            .exec(&[
-                "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
-            ])
-            .unwrap();
-        let ready = out
-            .lines()
-            .find(|l| !l.contains("tentative"))
-            .and_then(|l| {
-                let t: Vec<&str> = l.split_whitespace().collect();
-                let i = t.iter().position(|x| *x == "inet6")?;
-                t.get(i + 1)?.split('/').next().map(str::to_owned)
-            });
-        if let Some(a) = ready {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{dev} in {} has no usable link-local address: {out}",
-            ns.name()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ifindex(ns: &Netns, dev: &str) -> u32 {
     let out = ns.exec(&["ip", "-o", "link", "show", "dev", dev]).unwrap();
     out.split(':').next().unwrap().trim().parse().unwrap()
@@ -95,8 +66,8 @@ fn setup(a: &Netns, b: &Netns, ipv4_link: bool) -> String {
         &[&format!("{REF_V4}/32"), &format!("{REF_V6}/128")],
     )
     .unwrap();
-    link_local(a, "va");
-    link_local(b, "vb")
+    a.link_local("va").unwrap();
+    b.link_local("vb").unwrap()
 }
 
 /// Routes isthmus-cp installed (protocol 77).
@@ -258,7 +229,7 @@ fn cp_and_babeld_on_veth() {
     let a = Netns::new("cpba").unwrap();
     let b = Netns::new("cpbb").unwrap();
     let ll_b = setup(&a, &b, false);
-    let ll_a = link_local(&a, "va");
+    let ll_a = a.link_local("va").unwrap();
     let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
     let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
 
@@ -316,7 +287,7 @@ fn cp_and_bird_on_veth() {
     let a = Netns::new("cpia").unwrap();
     let b = Netns::new("cpib").unwrap();
     let ll_b = setup(&a, &b, true);
-    let ll_a = link_local(&a, "va");
+    let ll_a = a.link_local("va").unwrap();
     let bird = Bird::start(
         &b,
         &lab,
@@ -478,7 +449,7 @@ fn cp_restart_keeps_kernel_routes() {
         bd.diagnostics()
     );
     wait_selected(&cp2);
-    assert_cp_status(&cp2, &link_local(&b, "vb"));
+    assert_cp_status(&cp2, &b.link_local("vb").unwrap());
     ping_from(&a, CP_V6, REF_V6);
     ping_from(&b, REF_V4, CP_V4);
 
@@ -550,7 +521,7 @@ fn bad_babel_packets_are_counted_not_fatal() {
     let a = Netns::new("cpga").unwrap();
     let b = Netns::new("cpgb").unwrap();
     let ll_b = setup(&a, &b, false);
-    let ll_a = link_local(&a, "va");
+    let ll_a = a.link_local("va").unwrap();
     // A global address on B's end, to send a Babel packet from (babeld keeps using its
     // link-local address: it must have one before babeld starts, so no second one here).
     b.add_addr("vb", "fd74:99::2/64").unwrap();

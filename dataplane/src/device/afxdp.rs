@@ -508,6 +508,15 @@ pub(super) struct XdpTx<'a> {
 }
 
 impl XdpTx<'_> {
+    /// Publish what was queued on the ports whose bit (index mod 64) is set in `used`.
+    fn flush(&mut self, used: u64) {
+        for (k, p) in self.ports.iter_mut().enumerate() {
+            if used & (1 << (k % 64)) != 0 {
+                p.tx.flush();
+            }
+        }
+    }
+
     /// The MTU of mesh interface `ifindex` if this worker has an XSK on it and `addr`'s
     /// link-layer address is known (else the packet goes through the TUN device, which makes
     /// the kernel resolve it: counted).
@@ -569,11 +578,7 @@ impl XdpTx<'_> {
             }
             slot.len = 0;
         }
-        for (k, p) in self.ports.iter_mut().enumerate() {
-            if used & (1 << (k % 64)) != 0 {
-                p.tx.flush();
-            }
-        }
+        self.flush(used);
         counters.xdp_tx.add(sent);
         taken
     }
@@ -608,11 +613,7 @@ impl XdpTx<'_> {
                 Hop::Unresolved => counters.xdp_neigh_fallback.add(1),
             }
         }
-        for (k, p) in self.ports.iter_mut().enumerate() {
-            if used & (1 << (k % 64)) != 0 {
-                p.tx.flush();
-            }
-        }
+        self.flush(used);
         counters.xdp_tx.add(sent as u64);
         sent
     }

@@ -544,6 +544,22 @@ impl Asm {
         self.insns.push(insn(BPF_JMP | BPF_CALL, R0, R0, 0, id));
     }
 
+    /// `r0 = bpf_map_lookup_elem(map, r10 + key_at)`, the key on the stack (r1-r5 clobbered).
+    pub fn map_lookup(&mut self, map: &Map, key_at: i16) {
+        self.load_map(R1, map);
+        self.mov(R2, R10);
+        self.add_imm(R2, i32::from(key_at));
+        self.call(helper::MAP_LOOKUP_ELEM);
+    }
+
+    /// Copy `words` 32-bit words from `src + off` to the stack at `r10 + at` (through r5).
+    pub fn copy_words(&mut self, src: Reg, off: i16, words: i16, at: i16) {
+        for i in 0..words {
+            self.load(Size::W, R5, src, off + 4 * i);
+            self.store(Size::W, R10, at + 4 * i, R5);
+        }
+    }
+
     /// Return r0.
     pub fn exit(&mut self) {
         self.insns.push(insn(BPF_JMP | BPF_EXIT, R0, R0, 0, 0));

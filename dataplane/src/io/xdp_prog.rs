@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use super::bpf::{
-    action, helper, Asm, Cond, Map, MapType, Program, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7,
-    R8, R9,
+    action, helper, Asm, Cond, Label, Map, MapType, Program, Size, R0, R1, R10, R2, R3, R4, R5, R6,
+    R7, R8, R9,
 };
 
 /// Key of `local4`: address, port (network order), two zero bytes.
@@ -92,16 +92,10 @@ impl XdpProgram {
         a.jump_reg(Cond::Gt, R4, R3, pass);
         a.load(Size::B, R5, R2, off::V6_NEXT);
         a.jump_imm(Cond::Ne, R5, 17, pass);
-        a.load(Size::DW, R5, R2, off::V6_DADDR);
-        a.store(Size::DW, R10, -24, R5);
-        a.load(Size::DW, R5, R2, off::V6_DADDR + 8);
-        a.store(Size::DW, R10, -16, R5);
+        a.copy_words(R2, off::V6_DADDR, 4, -24);
         a.load(Size::H, R5, R2, off::V6_DPORT);
         a.store(Size::W, R10, -8, R5);
-        a.load_map(R1, &local6);
-        a.mov(R2, R10);
-        a.add_imm(R2, -24);
-        a.call(helper::MAP_LOOKUP_ELEM);
+        a.map_lookup(&local6, -24);
         a.jump_imm(Cond::Eq, R0, 0, pass);
         a.jump(redirect);
 
@@ -114,14 +108,10 @@ impl XdpProgram {
         a.load(Size::H, R5, R2, off::V4_FRAG);
         a.and_imm(R5, be16(0x3fff));
         a.jump_imm(Cond::Ne, R5, 0, pass);
-        a.load(Size::W, R5, R2, off::V4_DADDR);
-        a.store(Size::W, R10, -8, R5);
+        a.copy_words(R2, off::V4_DADDR, 1, -8);
         a.load(Size::H, R5, R2, off::V4_DPORT);
         a.store(Size::W, R10, -4, R5);
-        a.load_map(R1, &local4);
-        a.mov(R2, R10);
-        a.add_imm(R2, -8);
-        a.call(helper::MAP_LOOKUP_ELEM);
+        a.map_lookup(&local4, -8);
         a.jump_imm(Cond::Eq, R0, 0, pass);
 
         a.bind(redirect);
@@ -154,27 +144,11 @@ impl XdpProgram {
         (addr.is_ipv4(), k)
     }
 
-    /// Frames to `addr` (one of our addresses and the WireGuard port) go to the XSKs.
-    pub fn add_local(&self, addr: SocketAddr) -> io::Result<()> {
-        let (v4, k) = Self::key(addr);
-        let map = if v4 { &self.local4 } else { &self.local6 };
-        map.update(&k, &1u32.to_ne_bytes())
-    }
-
-    /// Make the set of local address + port pairs exactly `want`.
+    /// Make the set of local address + port pairs exactly `want`: frames to them go to the
+    /// XSKs.
     pub fn set_locals(&self, want: &[SocketAddr]) -> io::Result<()> {
         let keys: Vec<(bool, Vec<u8>)> = want.iter().map(|&a| Self::key(a)).collect();
-        for (v4, map) in [(true, &self.local4), (false, &self.local6)] {
-            for k in map.keys()? {
-                if !keys.iter().any(|(f, w)| *f == v4 && *w == k) {
-                    map.delete(&k)?;
-                }
-            }
-        }
-        for &a in want {
-            self.add_local(a)?;
-        }
-        Ok(())
+        set_keys(&self.local4, &self.local6, &keys)
     }
 
     /// Bind queue `queue`'s slot to the XSK `fd`.
@@ -182,6 +156,48 @@ impl XdpProgram {
         self.xsks
             .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
+}
+
+/// Emit the mesh program's route check for a destination address of `words` 32-bit words at
+/// `r7 + daddr`: on to the next instruction when its longest match in `tunnel` is a tunnel
+/// route (value 1) and it is not in `own`, else to `pass`. The LPM key {prefix length =
+/// the address's bits, address} goes to the stack's top, the address alone right after the
+/// length word (own's key). r1-r5 clobbered.
+fn tunnel_route_not_ours(
+    a: &mut Asm,
+    daddr: i16,
+    words: i16,
+    tunnel: &Map,
+    own: &Map,
+    pass: Label,
+) {
+    let key = -4 * (words + 1);
+    a.mov_imm(R5, i32::from(words) * 32);
+    a.store(Size::W, R10, key, R5);
+    a.copy_words(R7, daddr, words, key + 4);
+    a.map_lookup(tunnel, key);
+    a.jump_imm(Cond::Eq, R0, 0, pass);
+    a.load(Size::W, R5, R0, 0);
+    a.jump_imm(Cond::Eq, R5, 0, pass);
+    a.map_lookup(own, key + 4);
+    a.jump_imm(Cond::Ne, R0, 0, pass);
+}
+
+/// Make a pair of hash maps (IPv4 keys in `v4`, IPv6 keys in `v6`) hold exactly `keys`
+/// (family, key bytes), each with the value 1.
+fn set_keys(v4: &Map, v6: &Map, keys: &[(bool, Vec<u8>)]) -> io::Result<()> {
+    for (is_v4, map) in [(true, v4), (false, v6)] {
+        for k in map.keys()? {
+            if !keys.iter().any(|(f, w)| *f == is_v4 && *w == k) {
+                map.delete(&k)?;
+            }
+        }
+    }
+    for (is_v4, k) in keys {
+        let map = if *is_v4 { v4 } else { v6 };
+        map.update(k, &1u32.to_ne_bytes())?;
+    }
+    Ok(())
 }
 
 /// Routes per family that the mesh program's tunnel table holds at most.
@@ -302,29 +318,7 @@ impl MeshProgram {
         a.load(Size::H, R9, R7, moff::V6_PAYLOAD_LEN);
         a.be16(R9);
         a.add_imm(R9, 40);
-        // Key {128, daddr} at fp-20; daddr alone (own6's key) at fp-16.
-        a.mov_imm(R5, 128);
-        a.store(Size::W, R10, -20, R5);
-        a.load(Size::W, R5, R7, off::V6_DADDR);
-        a.store(Size::W, R10, -16, R5);
-        a.load(Size::W, R5, R7, off::V6_DADDR + 4);
-        a.store(Size::W, R10, -12, R5);
-        a.load(Size::W, R5, R7, off::V6_DADDR + 8);
-        a.store(Size::W, R10, -8, R5);
-        a.load(Size::W, R5, R7, off::V6_DADDR + 12);
-        a.store(Size::W, R10, -4, R5);
-        a.load_map(R1, &tunnel6);
-        a.mov(R2, R10);
-        a.add_imm(R2, -20);
-        a.call(helper::MAP_LOOKUP_ELEM);
-        a.jump_imm(Cond::Eq, R0, 0, pass);
-        a.load(Size::W, R5, R0, 0);
-        a.jump_imm(Cond::Eq, R5, 0, pass);
-        a.load_map(R1, &own6);
-        a.mov(R2, R10);
-        a.add_imm(R2, -16);
-        a.call(helper::MAP_LOOKUP_ELEM);
-        a.jump_imm(Cond::Ne, R0, 0, pass);
+        tunnel_route_not_ours(&mut a, off::V6_DADDR, 4, &tunnel6, &own6, pass);
         a.jump(check_mtu);
 
         // IPv4.
@@ -337,32 +331,13 @@ impl MeshProgram {
         a.jump_imm(Cond::Ge, R5, 224, pass);
         a.load(Size::H, R9, R7, moff::V4_TOTAL_LEN);
         a.be16(R9);
-        // Key {32, daddr} at fp-8; daddr alone (own4's key) at fp-4.
-        a.mov_imm(R5, 32);
-        a.store(Size::W, R10, -8, R5);
-        a.load(Size::W, R5, R7, off::V4_DADDR);
-        a.store(Size::W, R10, -4, R5);
-        a.load_map(R1, &tunnel4);
-        a.mov(R2, R10);
-        a.add_imm(R2, -8);
-        a.call(helper::MAP_LOOKUP_ELEM);
-        a.jump_imm(Cond::Eq, R0, 0, pass);
-        a.load(Size::W, R5, R0, 0);
-        a.jump_imm(Cond::Eq, R5, 0, pass);
-        a.load_map(R1, &own4);
-        a.mov(R2, R10);
-        a.add_imm(R2, -4);
-        a.call(helper::MAP_LOOKUP_ELEM);
-        a.jump_imm(Cond::Ne, R0, 0, pass);
+        tunnel_route_not_ours(&mut a, off::V4_DADDR, 1, &tunnel4, &own4, pass);
 
         // Longer than the tunnel MTU: the kernel sends the ICMP error (or fragments).
         a.bind(check_mtu);
         a.mov_imm(R5, 0);
         a.store(Size::W, R10, -24, R5);
-        a.load_map(R1, &cfg);
-        a.mov(R2, R10);
-        a.add_imm(R2, -24);
-        a.call(helper::MAP_LOOKUP_ELEM);
+        a.map_lookup(&cfg, -24);
         a.jump_imm(Cond::Eq, R0, 0, pass);
         a.load(Size::W, R5, R0, 0);
         a.jump_reg(Cond::Gt, R9, R5, pass);
@@ -418,23 +393,14 @@ impl MeshProgram {
 
     /// Make the set of the box's own addresses (never redirected) exactly `want`.
     pub fn set_own(&self, want: &[IpAddr]) -> io::Result<()> {
-        let key = |a: &IpAddr| match a {
-            IpAddr::V4(a) => (true, a.octets().to_vec()),
-            IpAddr::V6(a) => (false, a.octets().to_vec()),
-        };
-        let keys: Vec<(bool, Vec<u8>)> = want.iter().map(key).collect();
-        for (v4, map) in [(true, &self.own4), (false, &self.own6)] {
-            for k in map.keys()? {
-                if !keys.iter().any(|(f, w)| *f == v4 && *w == k) {
-                    map.delete(&k)?;
-                }
-            }
-        }
-        for (v4, k) in keys {
-            let map = if v4 { &self.own4 } else { &self.own6 };
-            map.update(&k, &1u32.to_ne_bytes())?;
-        }
-        Ok(())
+        let keys: Vec<(bool, Vec<u8>)> = want
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(a) => (true, a.octets().to_vec()),
+                IpAddr::V6(a) => (false, a.octets().to_vec()),
+            })
+            .collect();
+        set_keys(&self.own4, &self.own6, &keys)
     }
 
     /// Bind queue `queue`'s slot to the XSK `fd`.
