@@ -115,15 +115,7 @@ impl XdpProgram {
         a.jump_imm(Cond::Eq, R0, 0, pass);
 
         a.bind(redirect);
-        a.load(Size::W, R2, R6, 16); // rx_queue_index
-        a.load_map(R1, &xsks);
-        a.mov_imm(R3, miss as i32);
-        a.call(helper::REDIRECT_MAP);
-        a.exit();
-
-        a.bind(pass);
-        a.mov_imm(R0, action::PASS as i32);
-        a.exit();
+        redirect_else_pass(&mut a, &xsks, miss, pass);
 
         let prog = Program::load_xdp("isthmus_xdp", &a.finish())?;
         Ok(XdpProgram {
@@ -156,6 +148,19 @@ impl XdpProgram {
         self.xsks
             .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
+}
+
+/// Emit the end of a program: redirect to the XSK of the receiving queue (`miss` when it has
+/// none; r6 is the context), and the `pass` label's `XDP_PASS`.
+fn redirect_else_pass(a: &mut Asm, xsks: &Map, miss: u32, pass: Label) {
+    a.load(Size::W, R2, R6, 16); // rx_queue_index
+    a.load_map(R1, xsks);
+    a.mov_imm(R3, miss as i32);
+    a.call(helper::REDIRECT_MAP);
+    a.exit();
+    a.bind(pass);
+    a.mov_imm(R0, action::PASS as i32);
+    a.exit();
 }
 
 /// Emit the mesh program's route check for a destination address of `words` 32-bit words at
@@ -342,15 +347,7 @@ impl MeshProgram {
         a.load(Size::W, R5, R0, 0);
         a.jump_reg(Cond::Gt, R9, R5, pass);
 
-        a.load(Size::W, R2, R6, 16); // rx_queue_index
-        a.load_map(R1, &xsks);
-        a.mov_imm(R3, miss as i32);
-        a.call(helper::REDIRECT_MAP);
-        a.exit();
-
-        a.bind(pass);
-        a.mov_imm(R0, action::PASS as i32);
-        a.exit();
+        redirect_else_pass(&mut a, &xsks, miss, pass);
 
         let prog = Program::load_xdp("isthmus_mesh", &a.finish())?;
         let p = MeshProgram {
