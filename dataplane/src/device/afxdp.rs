@@ -404,13 +404,22 @@ struct Resolver {
     /// Link-layer addresses of mesh neighbours by interface and address (`None`: not
     /// resolved yet).
     neighbours: FastMap<(u32, IpAddr), Resolved>,
+    /// The last neighbour asked for: a batch goes mostly to one, and each of its packets is
+    /// asked for twice (`mesh_link`, then `send_frames`).
+    last: Option<((u32, IpAddr), Resolved)>,
 }
 
 impl Resolver {
     /// The link-layer address of `addr` on `ifindex`, from the kernel's neighbour table.
     fn neighbour(&mut self, ifindex: u32, addr: IpAddr, now: Instant) -> Option<[u8; 6]> {
+        if let Some((key, (until, mac))) = self.last {
+            if key == (ifindex, addr) && until > now {
+                return mac;
+            }
+        }
         if let Some(&(until, mac)) = self.neighbours.get(&(ifindex, addr)) {
             if until > now {
+                self.last = Some(((ifindex, addr), (until, mac)));
                 return mac;
             }
         }
@@ -430,6 +439,7 @@ impl Resolver {
             self.neighbours.clear();
         }
         self.neighbours.insert((ifindex, addr), (now + ttl, mac));
+        self.last = Some(((ifindex, addr), (now + ttl, mac)));
         mac
     }
 
