@@ -453,3 +453,47 @@ fn tunnel_to_mesh_neighbour_and_back() {
         1
     );
 }
+
+#[test]
+fn peers_with_an_endpoint_handshake_at_the_first_tick_without_traffic() {
+    let (mut net, _, kb) = pair();
+    // A third node knows A but A has no endpoint for it: A must not initiate to it.
+    let c = Core::new("c", Settings::default());
+    c.set_private_key(Some(key(3)));
+    net.nodes[0]
+        .core
+        .upsert_peer(peer(public(key(3)), None, &["10.0.0.3/32"]))
+        .unwrap();
+    net.add(c, addr(3));
+    net.tick();
+    net.run(16);
+    let a_peers = net.nodes[0].core.peers();
+    let to_b = a_peers.by_key(&public(kb)).unwrap();
+    assert!(
+        to_b.last_handshake().is_some(),
+        "no handshake with B after one tick"
+    );
+    let to_c = a_peers.by_key(&public(key(3))).unwrap();
+    assert!(to_c.last_handshake().is_none());
+    assert_eq!(
+        to_c.counters
+            .tx_packets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Once: the next ticks start no other handshake.
+    let before = to_b
+        .counters
+        .handshakes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..5 {
+        net.tick();
+        net.run(16);
+    }
+    assert_eq!(
+        to_b.counters
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
+}

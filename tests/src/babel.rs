@@ -48,7 +48,7 @@ const LOG_LINES: usize = 30;
 
 static BIRD_IDS: AtomicU32 = AtomicU32::new(1);
 
-fn send_signal(pid: u32, sig: &str) {
+pub(crate) fn send_signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .output();

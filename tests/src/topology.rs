@@ -167,6 +167,16 @@ impl Topology {
             .unwrap_or_else(|| panic!("no WireGuard interface on {node}"))
     }
 
+    /// The WireGuard interface on `node`, to change (restart it).
+    ///
+    /// # Panics
+    /// When there is none (a bug in the test).
+    pub fn wg_mut(&mut self, node: &str) -> &mut WgIface {
+        self.ifaces
+            .get_mut(node)
+            .unwrap_or_else(|| panic!("no WireGuard interface on {node}"))
+    }
+
     /// Makes `to` a peer of `from`: `from` sends to `endpoint` (if any) and accepts `allowed`.
     ///
     /// # Errors

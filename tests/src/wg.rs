@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::babel::send_signal;
 use crate::lab::{built_binary, lab_tool_path, log_tail, run, unique_name, Lab};
 use crate::metrics::{parse_prometheus, Metrics};
 use crate::netns::Netns;
@@ -372,6 +373,36 @@ impl WgIface {
         };
         ns.link_up(&iface.ifname)?;
         Ok(iface)
+    }
+
+    /// A crash and a supervisor's restart: kills the process with SIGKILL, waits until it is
+    /// gone, and starts it again from the same configuration file (what a
+    /// [`WgIface::start_config`] started). Returns the restart time: from the kill until the
+    /// new process serves its UAPI socket and its interface is up.
+    ///
+    /// # Errors
+    /// When it was not started from a configuration file, or does not come back.
+    pub fn crash_and_restart(&mut self) -> Result<Duration> {
+        let Some(conf) = self.config.clone() else {
+            bail!("{}: not started from a configuration file", self.ifname);
+        };
+        let t0 = Instant::now();
+        send_signal(self.pid, "KILL");
+        if !self.ns.wait_exit(self.pid, Duration::from_secs(5)) {
+            bail!("{} (pid {}) survived SIGKILL", self.ifname, self.pid);
+        }
+        // The dead process's socket is stale; the new one replaces it, and its appearing is
+        // how we know the new process is ready.
+        let _ = std::fs::remove_file(uapi_socket(&self.ifname));
+        let bin_s = self.imp.binary()?.to_string_lossy().into_owned();
+        let conf_s = conf.to_string_lossy().into_owned();
+        let args = [bin_s.as_str(), "-f", "--config", &conf_s];
+        let log = self.log.with_extension("restarted.log");
+        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        self.pid = spawn_and_wait(&self.ns, self.imp, &self.ifname, &args, &envs, &log)?;
+        self.log = log;
+        self.ns.link_up(&self.ifname)?;
+        Ok(t0.elapsed())
     }
 
     /// Runs `wg ARGS` inside the namespace.

@@ -225,7 +225,9 @@ fn update_peer(peer: &Peer, spec: PeerSpec, identity: Option<&Identity>) {
         reset
     };
     if let Some(ep) = spec.endpoint {
-        peer.lock().endpoint = Some(ep);
+        let mut st = peer.lock();
+        st.initiate |= st.endpoint.is_none();
+        st.endpoint = Some(ep);
     }
     if reset {
         if let Some(id) = identity {

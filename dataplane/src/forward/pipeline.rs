@@ -244,9 +244,12 @@ impl Worker {
         });
     }
 
-    /// Run every peer's timers (handshake retries, rekey, keepalives). Call every ~100 ms.
+    /// Run every peer's timers (handshake retries, rekey, keepalives) and start the
+    /// handshakes that wait for no traffic ([`Session::initiate`]). Call every ~100 ms.
     pub fn tick(&mut self, sink: &mut impl Sink) {
         let peers = self.core.peers.load_full();
+        // Without a private key, sessions belong to a placeholder identity: nothing to send.
+        let keyed = self.core.private_key().is_some();
         for p in peers.iter() {
             if self.udp_out.is_full() {
                 sink.send_udp(&mut self.udp_out);
@@ -256,7 +259,18 @@ impl Worker {
             let Some(slot) = self.udp_out.next_free() else {
                 continue;
             };
-            match st.tunn.update_timers(&mut slot.buf_mut()[..]) {
+            let initiate = std::mem::take(&mut st.initiate)
+                && keyed
+                && endpoint.is_some()
+                && st.tunn.time_since_last_handshake().is_none();
+            let out = if initiate {
+                tracing::debug!(peer = %p.label, "initiating a handshake without waiting for traffic");
+                st.tunn
+                    .format_handshake_initiation(&mut slot.buf_mut()[..], false)
+            } else {
+                st.tunn.update_timers(&mut slot.buf_mut()[..])
+            };
+            match out {
                 TunnResult::WriteToNetwork(out) => {
                     let n = out.len();
                     seal_outgoing(&self.core.index, &mut st, &p.macs, &mut out[..n]);

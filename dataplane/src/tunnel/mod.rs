@@ -134,6 +134,11 @@ pub struct Session {
     /// The handshake counts as completed when the first packet arrives on it, as in
     /// WireGuard: answering an initiation proves nothing about the peer's receiving it.
     pub unconfirmed: Option<u32>,
+    /// Initiate a handshake at the next timer tick, without waiting for traffic: set for a
+    /// new peer that has an endpoint, for one that gets its first, and for a reset session.
+    /// A gateway that (re)starts is then reachable at once, instead of when the other side's
+    /// old session times out (wireguard-go waits for traffic that never comes from it).
+    pub initiate: bool,
 }
 
 /// A peer as the tools see it: its configuration and its counters at one moment. The one
@@ -222,6 +227,7 @@ impl Peer {
                 endpoint,
                 cookies: CookieState::default(),
                 unconfirmed: None,
+                initiate: endpoint.is_some(),
             }),
             settings: Mutex::new(settings),
             counters: PeerCounters::default(),
@@ -243,6 +249,7 @@ impl Peer {
         let mut st = self.lock();
         st.tunn = tunn;
         st.unconfirmed = None;
+        st.initiate = st.endpoint.is_some();
     }
 
     /// A copy of the settings.
