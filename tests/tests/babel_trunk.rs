@@ -85,10 +85,9 @@ fn node(tag: &str) -> Arc<Netns> {
 // 1. A gateway and babeld over a wireguard-go tunnel
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn gateway_peers_with_babeld_over_wireguard_go() {
-    init();
-    let lab = Lab::new().unwrap();
+/// Two nodes on a veth underlay (192.168.77.0/24), X with 10.10.0.1 and fd10::1 on its
+/// loopback, Y with 10.20.0.1 and fd20::1.
+fn two_nodes() -> (Arc<Netns>, Arc<Netns>) {
     let x = node("trx");
     let y = node("try");
     veth(&x, "ux", &y, "uy").unwrap();
@@ -101,12 +100,20 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
         ns.add_addr("lo", a4).unwrap();
         ns.add_addr("lo", a6).unwrap();
     }
-    let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    (x, y)
+}
 
-    // Y: wireguard-go and babeld on its tunnel.
+/// Y: wireguard-go (10.99.0.2, fe80::2) peered with X's key at 192.168.77.1, and babeld on
+/// the tunnel (hello 1 s) announcing 10.20.0.1 and fd20::1.
+fn babeld_behind_wireguard_go<'a>(
+    y: &'a Arc<Netns>,
+    lab: &Lab,
+    ky: &Keypair,
+    kx: &Keypair,
+) -> (WgIface, Babeld<'a>) {
     let wg = WgIface::start(
-        &y,
-        &lab,
+        y,
+        lab,
         WgImpl::WireguardGo,
         &WgSpec {
             listen_port: 51820,
@@ -123,18 +130,54 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
         keepalive: Some(5),
     })
     .unwrap();
-    let wg0 = wg.ifname.clone();
+    let babeld = Babeld::start(
+        y,
+        lab,
+        "y",
+        &[],
+        &format!(
+            "interface {} type tunnel hello-interval 1\nredistribute local ip 10.20.0.1/32\nredistribute local ip fd20::1/128",
+            wg.ifname
+        ),
+    )
+    .unwrap();
+    (wg, babeld)
+}
 
+/// X's gateway configuration: 10.99.0.1 and fe80::1 on the tunnel, `peers`, X's prefixes
+/// originated, hello 1 s.
+fn gateway_config(kx: &Keypair, peers: Vec<ConfigPeer>) -> IsthmusConfig {
+    IsthmusConfig {
+        listen_port: 51820,
+        addresses: vec!["10.99.0.1/24".into(), "fe80::1/64".into()],
+        keys: Some(kx.clone()),
+        peers,
+        routes: Vec::new(),
+        babel: Some(
+            "[babel]\noriginate = [\"10.10.0.1/32\", \"fd10::1/128\"]\n\n\
+             [babel.trunk]\nhello_interval = 1\ncost = 96\n\n\
+             [babel.mesh]\nhello_interval = 1\n\n\
+             [babel.wired]\nhello_interval = 1\n"
+                .into(),
+        ),
+        interface_extra: String::new(),
+    }
+}
+
+#[test]
+fn gateway_peers_with_babeld_over_wireguard_go() {
+    init();
+    let lab = Lab::new().unwrap();
+    let (x, y) = two_nodes();
+    let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     let started = Instant::now();
     x.set_forwarding(true).unwrap();
     let dp = WgIface::start_config(
         &x,
         &lab,
-        &IsthmusConfig {
-            listen_port: 51820,
-            addresses: vec!["10.99.0.1/24".into(), "fe80::1/64".into()],
-            keys: Some(kx.clone()),
-            peers: vec![ConfigPeer {
+        &gateway_config(
+            &kx,
+            vec![ConfigPeer {
                 name: "yside".into(),
                 class: "trunk".into(),
                 public_key: ky.public.clone(),
@@ -142,28 +185,12 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
                 allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
                 keepalive: None,
             }],
-            routes: Vec::new(),
-            babel: Some(
-                "[babel]\noriginate = [\"10.10.0.1/32\", \"fd10::1/128\"]\n\n\
-                 [babel.trunk]\nhello_interval = 1\ncost = 96\n\n\
-                 [babel.wired]\nhello_interval = 1\n"
-                    .into(),
-            ),
-            interface_extra: String::new(),
-        },
-    )
-    .unwrap();
-    let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
-    let by = Babeld::start(
-        &y,
-        &lab,
-        "y",
-        &[],
-        &format!(
-            "interface {wg0} type tunnel hello-interval 1\nredistribute local ip 10.20.0.1/32\nredistribute local ip fd20::1/128"
         ),
     )
     .unwrap();
+    let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
+    let (wg, by) = babeld_behind_wireguard_go(&y, &lab, &ky, &kx);
+    let wg0 = wg.ifname.clone();
     let diag = || {
         format!(
             "{}\n{}",
@@ -227,6 +254,122 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
         fib.lines()
             .any(|l| l.contains("10.20.0.1/32") && l.contains("yside") && l.contains("babel")),
         "X's FIB should route 10.20.0.1/32 to yside from babel:\n{fib}"
+    );
+}
+
+/// A peer added with `wg set` to a running gateway is a Babel link at once: no restart, its
+/// routes learned within two hello intervals; `wg set ... remove` retracts them at once.
+#[test]
+fn a_peer_added_at_run_time_is_a_babel_link_and_its_removal_retracts_its_routes() {
+    init();
+    let lab = Lab::new().unwrap();
+    let (x, y) = two_nodes();
+    let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    x.set_forwarding(true).unwrap();
+    // No peer in the file: Y comes later, over the UAPI.
+    let dp = WgIface::start_config(&x, &lab, &gateway_config(&kx, Vec::new())).unwrap();
+    let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
+    let (wg, by) = babeld_behind_wireguard_go(&y, &lab, &ky, &kx);
+    let diag = || {
+        format!(
+            "{}\n{}",
+            gateway_diagnostics("x", &dp, &cp),
+            by.diagnostics()
+        )
+    };
+    // Both daemons have been running for a while (a link added now is not the start-up's).
+    wait_until(
+        "isthmus-cp has pushed its first table",
+        CONVERGE,
+        || {
+            cp.metrics()
+                .is_ok_and(|m| m.get("isthmus_babel_synced", &[]) == 1.0)
+        },
+        diag,
+    );
+    let hello = Duration::from_secs(1);
+    // A peer without an endpoint: quiet (no hellos into a tunnel that has nowhere to go)
+    // until it has one.
+    let kz = Keypair::generate().unwrap();
+    dp.add_peer(&PeerSpec {
+        public_key: kz.public.clone(),
+        endpoint: None,
+        allowed_ips: vec!["10.99.0.3/32".into()],
+        keepalive: None,
+    })
+    .unwrap();
+
+    let t0 = Instant::now();
+    dp.add_peer(&PeerSpec {
+        public_key: ky.public.clone(),
+        endpoint: Some("192.168.77.2:51820".into()),
+        allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
+        keepalive: None,
+    })
+    .unwrap();
+    let learned = wait_until(
+        "X: routes to 10.20.0.1 and fd20::1 into the tunnel, learned from the new peer",
+        CONVERGE,
+        || {
+            has_route(&x, "77", "10.20.0.1", Some(&dp.ifname))
+                && has_route(&x, "77", "fd20::1", Some(&dp.ifname))
+        },
+        diag,
+    );
+    let learned = learned.max(t0.elapsed());
+    wait_until(
+        "Y: babel routes to X's prefixes via the tunnel",
+        CONVERGE,
+        || {
+            has_route(&y, "babel", "10.10.0.1", Some(&wg.ifname))
+                && has_route(&y, "babel", "fd10::1", Some(&wg.ifname))
+        },
+        diag,
+    );
+    ping_ok(&x, "10.10.0.1", "10.20.0.1", diag);
+    let shown = cp.status("neighbours").unwrap();
+    let label = &ky.public[..8];
+    assert!(
+        shown.lines().any(|l| l.starts_with(label)),
+        "the new peer should be a neighbour (link {label}):\n{shown}"
+    );
+    eprintln!("peer added with wg set: its routes learned after {learned:?} (hello {hello:?})");
+    assert!(
+        learned <= 2 * hello + Duration::from_millis(500),
+        "routes through a peer added at run time took {learned:?}, more than two hellos\n{}",
+        diag()
+    );
+
+    let t1 = Instant::now();
+    dp.wg(&["set", &dp.ifname, "peer", &ky.public, "remove"])
+        .unwrap();
+    let retracted = wait_until(
+        "X: no route to 10.20.0.1 or fd20::1 any more",
+        CONVERGE,
+        || !has_route(&x, "77", "10.20.0.1", None) && !has_route(&x, "77", "fd20::1", None),
+        diag,
+    )
+    .max(t1.elapsed());
+    let fib = show_fib(&dp).unwrap();
+    assert!(
+        !fib.contains("10.20.0.1/32"),
+        "the FIB still routes 10.20.0.1/32:\n{fib}"
+    );
+    let shown = cp.status("neighbours").unwrap();
+    assert!(
+        !shown.lines().any(|l| l.starts_with(label)),
+        "the removed peer is still a neighbour:\n{shown}"
+    );
+    eprintln!("peer removed with wg set: its routes retracted after {retracted:?}");
+    let log = std::fs::read_to_string(cp.log_path()).unwrap();
+    assert!(
+        log.contains("has no endpoint yet") && !log.contains("no such peer"),
+        "the peer without an endpoint should wait quietly:\n{log}"
+    );
+    assert!(
+        retracted < hello,
+        "retracting the routes of a removed peer took {retracted:?}\n{}",
+        diag()
     );
 }
 

@@ -18,9 +18,9 @@ pub mod reconcile;
 pub mod status;
 mod tables;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -28,10 +28,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use isthmus_dataplane::ctl::proto::{read_msg, write_msg, CtlRoute, Msg, PROTOCOL_VERSION};
+use isthmus_dataplane::ctl::proto::{
+    read_msg, write_msg, CtlRoute, Msg, PeerEvent, PROTOCOL_VERSION,
+};
 use isthmus_dataplane::fib::{self, RouteOrigin};
 use isthmus_dataplane::io::ifaddr;
 use isthmus_dataplane::keys::Key;
+use isthmus_dataplane::tunnel::{short_key, PeerInfo};
 use isthmus_dataplane::DEFAULT_MTU;
 use tracing::{debug, info, warn};
 
@@ -97,6 +100,27 @@ struct LinkInfo {
     class: config::LinkClass,
     via: Via,
     cfg: LinkConfig,
+}
+
+/// The tunnel peers' Babel links follow the data plane's peers: a peer is a link from the
+/// moment the data plane has it (and an endpoint for it) until it is removed, however it came
+/// (the configuration file, `wg set`, `wg syncconf`). The data plane says when its peers
+/// change (`PeerEvent`); the daemon then asks for the whole list (`GetPeers`) and makes the
+/// links match it, so a lost event costs nothing that the next one does not repair.
+struct PeerLinks {
+    /// `[[peer]]`s of the configuration file: name, class, overrides, Babel on or off.
+    configured: HashMap<Key, config::BabelPeer>,
+    /// Parameters of a peer that the file does not name: its class's.
+    classes: config::LinkClasses,
+    /// Our addresses on tunnel links.
+    address: Ipv6Addr,
+    ipv4: Option<Ipv4Addr>,
+    max_packet: usize,
+    /// Peers without an endpoint yet: quiet (no hellos into the void) until they get one.
+    waiting: HashSet<Key>,
+    /// A `GetPeers` is on its way; `again`: the peers changed since it was sent.
+    asked: bool,
+    again: bool,
 }
 
 /// Import/export policy from `[[babel.filter]]` and `default_route`.
@@ -170,7 +194,10 @@ pub struct Daemon {
     cfg: CpConfig,
     router: Router,
     links: BTreeMap<LinkId, LinkInfo>,
+    /// The next link's id (ids are not reused).
+    next_link: u32,
     by_key: HashMap<Key, LinkId>,
+    peers: PeerLinks,
     ifaces: HashMap<LinkId, links::IfaceSocket>,
     /// The control channel's writing half: the data plane's FIB, injected packets.
     dp: FibChannel,
@@ -276,35 +303,21 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     });
 
     let mut links = BTreeMap::new();
-    let mut by_key = HashMap::new();
     let mut ifaces = HashMap::new();
     let mut next = 0u32;
-    for p in cfg.babel.peers.iter().filter(|p| p.enabled) {
-        let id = LinkId(next);
-        next += 1;
-        let lc = LinkConfig {
-            name: p.name.clone(),
-            // A tunnel peer is a point-to-point link: split horizon is safe whatever its class.
-            params: babel::LinkParams {
-                split_horizon: true,
-                ..p.params
-            },
-            address: link_local,
-            ipv4,
-            v4_via_v6: ipv4.is_none(),
-            max_packet: mtu.saturating_sub(48).max(512),
-        };
-        by_key.insert(p.public_key, id);
-        links.insert(
-            id,
-            LinkInfo {
-                name: p.name.clone(),
-                class: p.class,
-                via: Via::Peer(p.public_key),
-                cfg: lc,
-            },
-        );
-    }
+    // Tunnel peers become links when the data plane reports them (`Daemon::sync_peers`).
+    let peers = PeerLinks {
+        configured: (cfg.babel.peers.iter())
+            .map(|p| (p.public_key, p.clone()))
+            .collect(),
+        classes: cfg.babel.classes.clone(),
+        address: link_local,
+        ipv4,
+        max_packet: mtu.saturating_sub(48).max(512),
+        waiting: HashSet::new(),
+        asked: false,
+        again: false,
+    };
     for i in &cfg.babel.interfaces {
         let id = LinkId(next);
         next += 1;
@@ -399,26 +412,33 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     }
     spawn_signals(tx.clone())?;
 
-    let hold = links
-        .values()
-        .map(|l| l.cfg.params.hello_interval)
+    // The links we expect: the interfaces and the configured peers (those added at run time
+    // have their class's timers, which the configuration also sets).
+    let expected: Vec<babel::LinkParams> = (links.values().map(|l: &LinkInfo| l.cfg.params))
+        .chain(
+            peers
+                .configured
+                .values()
+                .filter(|p| p.enabled)
+                .map(|p| p.params),
+        )
+        .collect();
+    let hold = (expected.iter())
+        .map(|p| p.hello_interval)
         .max()
         .unwrap_or(Duration::from_secs(4))
         * 2
         + Duration::from_secs(1);
     // Neighbours send IHUs every IHU interval and full tables every update interval: routes
     // not relearned after both are really gone.
-    let cleanup = links
-        .values()
-        .map(|l| {
-            l.cfg.params.update_interval.max(l.cfg.params.ihu_interval)
-                + l.cfg.params.hello_interval
-        })
+    let cleanup = (expected.iter())
+        .map(|p| p.update_interval.max(p.ihu_interval) + p.hello_interval)
         .max()
         .unwrap_or(Duration::from_secs(20));
     info!(
         router_id = %hex(&router_id),
-        links = links.len(),
+        interfaces = links.len(),
+        configured_peers = peers.configured.len(),
         ctl = %ctl_path.display(),
         status = %status_path.display(),
         "isthmus-cp started; first push to the data plane in {hold:?}"
@@ -440,7 +460,9 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         cfg,
         router,
         links,
-        by_key,
+        next_link: next,
+        by_key: HashMap::new(),
+        peers,
         ifaces,
         dp: FibChannel::default(),
         ifname,
@@ -596,6 +618,9 @@ impl Daemon {
                     }
                 }
                 self.stats.ctl_connects += 1;
+                // The peers are the links: learn them (and what changed while we were away).
+                self.peers.asked = false;
+                self.ask_peers();
                 if self.fib.wants_previous() {
                     // Learn what a previous run left in the data plane, to keep it until
                     // the clean-up (its answer is a `Routes` message).
@@ -611,6 +636,7 @@ impl Daemon {
                     warn!("control channel down: {why}");
                 }
                 self.fib.disconnected();
+                self.peers.asked = false;
             }
             Input::Ctl(msg) => self.ctl_msg(msg, now),
             Input::Query(what, reply) => {
@@ -652,7 +678,28 @@ impl Daemon {
                 self.dp.answered(false);
                 warn!("data plane refused a message: {e}");
             }
-            Msg::Event(ev) => debug!(?ev, "data plane event"),
+            Msg::Event(ev) => {
+                debug!(?ev, "data plane event");
+                match ev {
+                    PeerEvent::Added { .. } | PeerEvent::Changed { .. } => self.ask_peers(),
+                    PeerEvent::Removed { peer } => {
+                        self.peers.waiting.remove(&peer);
+                        self.remove_peer_link(&peer, now);
+                    }
+                    PeerEvent::EndpointChanged { peer, .. } | PeerEvent::HandshakeUp { peer } => {
+                        if self.peers.waiting.contains(&peer) {
+                            self.ask_peers();
+                        }
+                    }
+                }
+            }
+            Msg::Peers(list) => {
+                self.peers.asked = false;
+                self.sync_peers(&list, now);
+                if std::mem::take(&mut self.peers.again) {
+                    self.ask_peers();
+                }
+            }
             Msg::Routes(rs) if self.fib.wants_previous() => {
                 let ours: Vec<CtlRoute> = rs
                     .into_iter()
@@ -672,6 +719,111 @@ impl Daemon {
             }
             _ => {}
         }
+    }
+
+    /// Asks the data plane for its peers, one request at a time: a change while one is on its
+    /// way asks again when it is answered.
+    fn ask_peers(&mut self) {
+        if self.peers.asked {
+            self.peers.again = true;
+            return;
+        }
+        match self.dp.ask_peers() {
+            Ok(()) => self.peers.asked = self.dp.is_connected(),
+            Err(e) => debug!("asking for the peers: {e}"),
+        }
+    }
+
+    /// Makes the tunnel links match the data plane's peers.
+    fn sync_peers(&mut self, list: &[PeerInfo], now: Instant) {
+        let present: HashSet<Key> = list.iter().map(|p| p.public_key).collect();
+        let gone: Vec<Key> = (self.by_key.keys())
+            .filter(|k| !present.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.remove_peer_link(&k, now);
+        }
+        self.peers.waiting.retain(|k| present.contains(k));
+        for p in list {
+            self.peer_link(p, now);
+        }
+    }
+
+    /// Makes peer `p` a Babel link, or updates its link (name, class, parameters); unless
+    /// Babel is off for it, or it has no endpoint yet.
+    fn peer_link(&mut self, p: &PeerInfo, now: Instant) {
+        let key = p.public_key;
+        let configured = self.peers.configured.get(&key);
+        if configured.is_some_and(|c| !c.enabled) {
+            return;
+        }
+        if p.endpoint.is_none() && !self.by_key.contains_key(&key) {
+            if self.peers.waiting.insert(key) {
+                info!(peer = %p.label(), "tunnel peer has no endpoint yet: its Babel link waits for one");
+            }
+            return;
+        }
+        self.peers.waiting.remove(&key);
+        let (name, class, params) = match configured {
+            Some(c) => (c.name.clone(), c.class, c.params),
+            None => (
+                p.name.clone().unwrap_or_else(|| short_key(&key)),
+                p.class,
+                *self.peers.classes.get(p.class),
+            ),
+        };
+        let cfg = LinkConfig {
+            name: name.clone(),
+            // A tunnel peer is a point-to-point link: split horizon is safe whatever its class.
+            params: babel::LinkParams {
+                split_horizon: true,
+                ..params
+            },
+            address: self.peers.address,
+            ipv4: self.peers.ipv4,
+            v4_via_v6: self.peers.ipv4.is_none(),
+            max_packet: self.peers.max_packet,
+        };
+        if let Some(&id) = self.by_key.get(&key) {
+            let Some(l) = self.links.get_mut(&id) else {
+                return;
+            };
+            if l.cfg != cfg || l.class != class {
+                info!(link = %name, class = class.as_str(), "tunnel peer's Babel link changed");
+                l.name = name;
+                l.class = class;
+                l.cfg = cfg.clone();
+                self.router.add_link(id, cfg, now);
+            }
+            return;
+        }
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        info!(link = %name, class = class.as_str(), "tunnel peer is a Babel link");
+        self.by_key.insert(key, id);
+        self.links.insert(
+            id,
+            LinkInfo {
+                name,
+                class,
+                via: Via::Peer(key),
+                cfg: cfg.clone(),
+            },
+        );
+        self.router.add_link(id, cfg, now);
+    }
+
+    /// Peer `key` is gone: its link goes, and with its neighbours the routes through them
+    /// (switched to a feasible alternative or retracted, in this step).
+    fn remove_peer_link(&mut self, key: &Key, now: Instant) {
+        let Some(id) = self.by_key.remove(key) else {
+            return;
+        };
+        if let Some(l) = self.links.remove(&id) {
+            info!(link = %l.name, "tunnel peer removed: its Babel link goes, and the routes through it");
+        }
+        self.router.remove_link(id, now);
     }
 
     /// Sends what the router produced and applies its route changes to our wanted state.

@@ -67,6 +67,14 @@ impl FibChannel {
         }
     }
 
+    /// Asks for the data plane's peers (answered with `Peers`, not `Ok`).
+    pub(super) fn ask_peers(&mut self) -> io::Result<()> {
+        match self.stream.as_mut() {
+            Some(s) => write_msg(s, &Msg::GetPeers),
+            None => Ok(()),
+        }
+    }
+
     /// Sends a Babel packet into `peer`'s tunnel; nothing when the channel is down.
     pub(super) fn inject(&mut self, peer: Key, packet: Vec<u8>) -> io::Result<()> {
         let Some(s) = self.stream.as_mut() else {

@@ -36,7 +36,7 @@ use crate::keys::Key;
 use crate::tunnel::PeerInfo;
 
 /// Version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest body accepted (a full table of a million routes fits).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -75,6 +75,22 @@ pub enum PeerEvent {
         peer: Key,
         /// Its new endpoint.
         endpoint: SocketAddr,
+    },
+    /// The peer was added (UAPI `set`, a configuration file, the control channel). Sent after
+    /// the change is published: a `GetPeers` that follows sees it.
+    Added {
+        /// The peer.
+        peer: Key,
+    },
+    /// The peer's settings were set again (endpoint, allowed IPs, keepalive, keys, class).
+    Changed {
+        /// The peer.
+        peer: Key,
+    },
+    /// The peer was removed.
+    Removed {
+        /// The peer.
+        peer: Key,
     },
 }
 
@@ -300,6 +316,9 @@ wire_tags! {
     enum EventTag("event") {
         HandshakeUp = 1,
         EndpointChanged = 2,
+        Added = 3,
+        Changed = 4,
+        Removed = 5,
     }
 }
 
@@ -346,6 +365,9 @@ impl PeerEvent {
         match self {
             PeerEvent::HandshakeUp { .. } => EventTag::HandshakeUp,
             PeerEvent::EndpointChanged { .. } => EventTag::EndpointChanged,
+            PeerEvent::Added { .. } => EventTag::Added,
+            PeerEvent::Changed { .. } => EventTag::Changed,
+            PeerEvent::Removed { .. } => EventTag::Removed,
         }
     }
 }
@@ -626,7 +648,10 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
         Msg::Event(ev) => {
             w.tag(ev.tag());
             match ev {
-                PeerEvent::HandshakeUp { peer } => w.key(peer),
+                PeerEvent::HandshakeUp { peer }
+                | PeerEvent::Added { peer }
+                | PeerEvent::Changed { peer }
+                | PeerEvent::Removed { peer } => w.key(peer),
                 PeerEvent::EndpointChanged { peer, endpoint } => {
                     w.key(peer);
                     w.sockaddr(endpoint);
@@ -697,6 +722,9 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
         Tag::Error => Msg::Error(r.str()?),
         Tag::Event => Msg::Event(match r.tag()? {
             EventTag::HandshakeUp => PeerEvent::HandshakeUp { peer: r.key()? },
+            EventTag::Added => PeerEvent::Added { peer: r.key()? },
+            EventTag::Changed => PeerEvent::Changed { peer: r.key()? },
+            EventTag::Removed => PeerEvent::Removed { peer: r.key()? },
             EventTag::EndpointChanged => PeerEvent::EndpointChanged {
                 peer: r.key()?,
                 endpoint: r.sockaddr()?,
@@ -853,6 +881,9 @@ mod tests {
             Just(Msg::Ok),
             ".{0,40}".prop_map(Msg::Error),
             key().prop_map(|peer| Msg::Event(PeerEvent::HandshakeUp { peer })),
+            key().prop_map(|peer| Msg::Event(PeerEvent::Added { peer })),
+            key().prop_map(|peer| Msg::Event(PeerEvent::Changed { peer })),
+            key().prop_map(|peer| Msg::Event(PeerEvent::Removed { peer })),
             (key(), sockaddr()).prop_map(|(peer, endpoint)| Msg::Event(
                 PeerEvent::EndpointChanged { peer, endpoint }
             )),
@@ -1000,6 +1031,9 @@ mod tests {
                 peer: k,
                 endpoint: ep,
             }),
+            Msg::Event(PeerEvent::Added { peer: k }),
+            Msg::Event(PeerEvent::Changed { peer: k }),
+            Msg::Event(PeerEvent::Removed { peer: k }),
             Msg::Punt {
                 peer: k,
                 packet: vec![0x60],
@@ -1032,6 +1066,9 @@ mod tests {
         "000000060e0000000165",
         "000000220f01K",
         "000000290f02K04c0000201ca6c",
+        "000000220f03K",
+        "000000220f04K",
+        "000000220f05K",
         "0000002610K0000000160",
     ];
 

@@ -141,6 +141,9 @@ pub fn serve_ctl(
                 Msg::Event(PeerEvent::EndpointChanged { peer, endpoint })
             }
             CoreEvent::Punt(peer, packet) => Msg::Punt { peer, packet },
+            CoreEvent::PeerAdded(peer) => Msg::Event(PeerEvent::Added { peer }),
+            CoreEvent::PeerChanged(peer) => Msg::Event(PeerEvent::Changed { peer }),
+            CoreEvent::PeerRemoved(peer) => Msg::Event(PeerEvent::Removed { peer }),
         })
     }));
     let glue = Arc::new(CtlGlue {

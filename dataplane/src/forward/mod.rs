@@ -45,6 +45,12 @@ pub enum CoreEvent {
     EndpointChanged(Key, SocketAddr),
     /// A Babel packet arrived inside the peer's tunnel.
     Punt(Key, Vec<u8>),
+    /// A peer was added (after the change was published).
+    PeerAdded(Key),
+    /// A peer's settings were set again.
+    PeerChanged(Key),
+    /// A peer was removed.
+    PeerRemoved(Key),
 }
 
 /// Receives core events. Called from the hot path for punts: must not block.

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Core, CoreError, PeerSpec};
+use super::{Core, CoreError, CoreEvent, PeerSpec};
 use crate::fib::PeerId;
 use crate::keys::Key;
 use crate::tunnel::guard::HandshakeGuard;
@@ -66,15 +66,19 @@ impl Core {
         )));
         self.identity.store(identity.clone());
         let mut map = self.peers_to_change();
+        let mut removed_own = false;
         if let Some(id) = &identity {
             let own = id.public_key();
-            map.remove(&own);
+            removed_own = map.remove(&own).is_some();
             for p in map.iter() {
                 p.reset_session(id);
             }
         }
         self.peers.store(Arc::new(map));
         self.rebuild_tables();
+        if let (true, Some(id)) = (removed_own, &identity) {
+            self.emit(CoreEvent::PeerRemoved(id.public_key()));
+        }
     }
 
     /// Add a peer or update an existing one. A changed preshared key or keepalive resets
@@ -134,6 +138,8 @@ impl Core {
         let own = identity.as_ref().map(|i| i.public_key());
         let mut map = self.peers_to_change();
         let mut done = PeerChanges::default();
+        // For the control plane, sent once the change is published.
+        let mut events = Vec::new();
         // Keys added or removed: the static and control routes that name them resolve anew.
         let mut touched: HashSet<Key> = HashSet::new();
         let mut failed = None;
@@ -144,6 +150,7 @@ impl Core {
                     if let Some(peer) = map.by_key(&key) {
                         update_peer(peer, spec, identity.as_deref());
                         upserted(peer.id);
+                        events.push(CoreEvent::PeerChanged(key));
                         done.updated += 1;
                         continue;
                     }
@@ -160,6 +167,7 @@ impl Core {
                         }
                         map.insert(peer);
                         touched.insert(key);
+                        events.push(CoreEvent::PeerAdded(key));
                         upserted(id);
                         done.added += 1;
                         continue;
@@ -174,12 +182,14 @@ impl Core {
                 PeerChange::Remove(key) => {
                     if map.remove(&key).is_some() {
                         touched.insert(key);
+                        events.push(CoreEvent::PeerRemoved(key));
                         done.removed += 1;
                     }
                 }
                 PeerChange::RemoveAll => {
                     for p in map.clear() {
                         touched.insert(p.public_key);
+                        events.push(CoreEvent::PeerRemoved(p.public_key));
                         done.removed += 1;
                     }
                 }
@@ -188,6 +198,13 @@ impl Core {
         if done != PeerChanges::default() {
             self.peers.store(Arc::new(map));
             self.refresh_peer_routes(&touched);
+        }
+        for ev in events {
+            if !self.emit(ev) {
+                // Nobody listens (or the subscriber's queue is full: its next event, or its
+                // own GetPeers, brings it up to date).
+                break;
+            }
         }
         failed.map_or(Ok(done), Err)
     }
