@@ -202,6 +202,8 @@ pub struct PeerConfig {
     pub persistent_keepalive: Option<u16>,
     /// Link class.
     pub class: LinkClass,
+    /// The fast liveness probe (`liveness_interval`, `liveness_misses`), if on.
+    pub liveness: Option<crate::forward::Liveness>,
 }
 
 /// `[[route]]`.
@@ -377,6 +379,8 @@ struct RawPeer {
     allowed_ips: Vec<Prefix>,
     persistent_keepalive: Option<InRange<0, 65535>>,
     class: Option<Spanned<LinkClass>>,
+    liveness_interval: Option<Spanned<f64>>,
+    liveness_misses: Option<Spanned<InRange<1, 100>>>,
 }
 
 #[derive(Deserialize)]
@@ -701,7 +705,30 @@ impl Ctx<'_> {
             let m = "a tunnel peer is \"mesh\" or \"trunk\"; \"wired\" is a Babel class only, for [[babel.interface]] and [[babel.peer]]";
             return Err(self.err(p.class.as_ref().map_or(span, Spanned::span), k("class"), m));
         }
+        let liveness = match (&p.liveness_interval, &p.liveness_misses) {
+            (None, None) => None,
+            (None, Some(m)) => {
+                let msg = "needs liveness_interval (the probe is off without it)";
+                return Err(self.err(m.span(), k("liveness_misses"), msg));
+            }
+            (Some(i), misses) => {
+                let secs = *i.get_ref();
+                if !(0.01..=60.0).contains(&secs) {
+                    let msg = format!("{secs} s is out of range (0.01 to 60 seconds)");
+                    return Err(self.err(i.span(), k("liveness_interval"), msg));
+                }
+                Some(crate::forward::Liveness {
+                    interval: std::time::Duration::from_micros((secs * 1e6).round() as u64),
+                    misses: misses
+                        .as_ref()
+                        .map_or(crate::forward::Liveness::DEFAULT_MISSES, |m| {
+                            u32::from(*m.get_ref())
+                        }),
+                })
+            }
+        };
         Ok(PeerConfig {
+            liveness,
             name: p.name.as_ref().map(|n| n.get_ref().clone()),
             public_key,
             preshared_key: self.key_or_file(
@@ -932,6 +959,62 @@ via = "blackhole"
         ));
         assert_eq!((e.line, e.key.as_str()), (30, "route[1].via"), "{e}");
         assert!(e.message.contains("interface isthmus-nope9"), "{e}");
+    }
+
+    #[test]
+    fn liveness_probe_keys() {
+        let (text, _, _, _) = valid();
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.peers[0].liveness, None);
+        let on = text.replace(
+            "class = \"trunk\"",
+            "class = \"trunk\"\nliveness_interval = 0.1\nliveness_misses = 2",
+        );
+        let c = parse_str(&on).unwrap();
+        assert_eq!(
+            c.peers[0].liveness,
+            Some(crate::forward::Liveness {
+                interval: std::time::Duration::from_millis(100),
+                misses: 2
+            })
+        );
+        let default_misses = text.replace(
+            "class = \"trunk\"",
+            "class = \"trunk\"\nliveness_interval = 1",
+        );
+        let l = parse_str(&default_misses).unwrap().peers[0]
+            .liveness
+            .unwrap();
+        assert_eq!(l.misses, crate::forward::Liveness::DEFAULT_MISSES);
+        assert_eq!(l.interval, std::time::Duration::from_secs(1));
+        for (extra, key, msg) in [
+            (
+                "liveness_interval = 0.001",
+                "peer[0].liveness_interval",
+                "out of range",
+            ),
+            (
+                "liveness_interval = 61",
+                "peer[0].liveness_interval",
+                "out of range",
+            ),
+            (
+                "liveness_misses = 2",
+                "peer[0].liveness_misses",
+                "needs liveness_interval",
+            ),
+            (
+                "liveness_interval = 0.1\nliveness_misses = 0",
+                "peer[0].liveness_misses",
+                "out of range",
+            ),
+        ] {
+            let bad = text.replace("class = \"trunk\"", &format!("class = \"trunk\"\n{extra}"));
+            let e = err_of(&bad);
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(e.to_string().contains(msg), "{extra}: {e}");
+            assert!(e.line >= 17, "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -497,3 +497,91 @@ fn peers_with_an_endpoint_handshake_at_the_first_tick_without_traffic() {
         before
     );
 }
+
+/// The liveness probe: keepalives both ways while nothing else is sent, "up" at the first
+/// authenticated packet, "down" after `misses` intervals of silence, "up" again when the
+/// link comes back; nothing for a peer without a probe.
+#[test]
+fn liveness_probe_reports_up_down_and_up_again() {
+    use isthmus_dataplane::forward::{CoreEvent, Liveness};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    let (mut net, ka, kb) = pair();
+    let probe = Liveness {
+        interval: Duration::from_millis(100),
+        misses: 3,
+    };
+    for (i, other) in [(0, kb), (1, ka)] {
+        let core = &net.nodes[i].core;
+        let mut spec = peer(public(other), Some(addr(2 - i as u8)), &[]);
+        spec.settings = core.peers().by_key(&public(other)).unwrap().settings();
+        spec.settings.liveness = Some(probe);
+        core.upsert_peer(spec).unwrap();
+    }
+    let events: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    for i in 0..2 {
+        let ev = Arc::clone(&events);
+        net.nodes[i].core.set_event_sink(Arc::new(move |e| {
+            match e {
+                CoreEvent::PeerUp(_) => ev.lock().unwrap().push((i, "up".into())),
+                CoreEvent::PeerDown(_) => ev.lock().unwrap().push((i, "down".into())),
+                _ => {}
+            }
+            true
+        }));
+    }
+    let take = || std::mem::take(&mut *events.lock().unwrap());
+    net.tick();
+    net.run(16);
+    let mut probes = Vec::new();
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // The first run sends keepalives; the peer is up when one of the other's arrives.
+    net.probe(&mut probes, ms(0));
+    assert_eq!(take(), vec![]);
+    net.run(16);
+    net.probe(&mut probes, ms(10));
+    assert_eq!(take(), vec![(0, "up".into()), (1, "up".into())]);
+    // Silence on the wire while both probe: keepalives every interval keep it up.
+    for t in (20..=1000).step_by(10) {
+        net.run(16);
+        net.probe(&mut probes, ms(t));
+    }
+    assert_eq!(take(), vec![]);
+    let sent = |net: &LoopbackNet, i: usize, other: Key| {
+        let peers = net.nodes[i].core.peers();
+        let p = peers.by_key(&public(other)).unwrap();
+        p.counters
+            .tx_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = sent(&net, 0, kb);
+    // Cut: nothing arrives; down after 3 intervals (and not before).
+    let mut down_at = None;
+    for t in (1010..=1600).step_by(10) {
+        net.cut();
+        net.probe(&mut probes, ms(t));
+        let e = take();
+        if !e.is_empty() {
+            assert_eq!(e, vec![(0, "down".into()), (1, "down".into())]);
+            down_at = Some(t);
+            break;
+        }
+    }
+    let down_at = down_at.expect("no down event within 600 ms of silence");
+    assert!(
+        (1200..=1310).contains(&down_at),
+        "down at {down_at} ms: 3 intervals after the last keepalive heard (900-1000 ms)"
+    );
+    assert!(
+        sent(&net, 0, kb) > before,
+        "keepalives go on while the link is cut"
+    );
+    // The link comes back: the next keepalives make both up again.
+    for t in (down_at + 10..=down_at + 300).step_by(10) {
+        net.run(16);
+        net.probe(&mut probes, ms(t));
+    }
+    assert_eq!(take(), vec![(0, "up".into()), (1, "up".into())]);
+}

@@ -59,6 +59,8 @@ pub struct IslandsSpec {
     /// Run the gateways' data planes on the AF_XDP backend with this `xdp_mode` ("native",
     /// "generic" or "auto"): the trunk's veth as underlay, the island's as mesh interface.
     pub afxdp: Option<String>,
+    /// The trunk peers' fast liveness probe, both ends: `(interval in seconds, misses)`.
+    pub liveness: Option<(f64, u32)>,
 }
 
 /// The topology, built and running (except the island routers: see [`BabelIslands::routers`]).
@@ -162,6 +164,9 @@ impl BabelIslands {
                         endpoint: Some(endpoint(&format!("10.10{k}.0.{}", 3 - i), 51820)),
                         allowed_ips: vec!["fe80::/64".into()],
                         keepalive: Some(5),
+                        extra: spec.liveness.map_or_else(String::new, |(i, m)| {
+                            format!("liveness_interval = {i}\nliveness_misses = {m}\n")
+                        }),
                     }],
                     routes: Vec::new(),
                     babel: Some(babel),

@@ -399,6 +399,7 @@ impl Topology {
                             endpoint: Some(endpoint(&own_p, 51820)),
                             allowed_ips: mesh_allowed,
                             keepalive: None,
+                            extra: String::new(),
                         },
                         ConfigPeer {
                             name: format!("gw-{}", 3 - i),
@@ -407,6 +408,7 @@ impl Topology {
                             endpoint: Some(trunk_endpoint),
                             allowed_ips: vec![other_v4.clone(), other_v6.clone()],
                             keepalive: Some(10),
+                            extra: String::new(),
                         },
                     ],
                     routes: Vec::new(),

@@ -556,6 +556,8 @@ pub struct ConfigPeer {
     pub allowed_ips: Vec<String>,
     /// `persistent_keepalive`.
     pub keepalive: Option<u16>,
+    /// Raw TOML lines added to the `[[peer]]` table (`liveness_interval = 0.1`, ...).
+    pub extra: String,
 }
 
 /// An isthmus-dp configuration file (`isthmus-dp --config FILE`), written by the lab.
@@ -607,6 +609,7 @@ impl IsthmusConfig {
             if let Some(k) = p.keepalive {
                 t.push_str(&format!("persistent_keepalive = {k}\n"));
             }
+            t.push_str(&p.extra);
         }
         for (prefix, via) in &self.routes {
             t.push_str(&format!(

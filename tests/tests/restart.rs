@@ -32,6 +32,7 @@ fn kill_9_and_restart_under_a_ping_from_wireguard_go() {
             endpoint: Some(endpoint("10.200.0.2", 51820)),
             allowed_ips: vec!["10.10.0.2/32".into()],
             keepalive: None,
+            extra: String::new(),
         }],
         ..Default::default()
     };

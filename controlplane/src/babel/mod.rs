@@ -359,6 +359,16 @@ impl Router {
         if self.links.remove(&id).is_none() {
             return;
         }
+        self.link_down(id, now);
+        self.out.retain(|k, _| k.0 != id);
+        self.resends.remove_link(id);
+    }
+
+    /// The link is known to be down (the data plane's liveness probe said so): its neighbours
+    /// go now, as if their hellos had timed out, and with them their routes, each switched to
+    /// the best feasible alternative or retracted in this step (triggered updates follow).
+    /// A neighbour heard again on the link comes back as a new one.
+    pub fn link_down(&mut self, id: LinkId, now: Instant) {
         let gone: Vec<NeighKey> = self
             .neighbours
             .keys()
@@ -368,8 +378,16 @@ impl Router {
         for k in gone {
             self.drop_neighbour(k, now);
         }
-        self.out.retain(|k, _| k.0 != id);
-        self.resends.remove_link(id);
+    }
+
+    /// The link works again: a hello goes out now and the whole table is requested, instead
+    /// of waiting for the next hello and update intervals.
+    pub fn link_up(&mut self, id: LinkId, now: Instant) {
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        l.next_hello = now;
+        self.queue(id, None, Msg::RouteRequest { prefix: None }, now);
     }
 
     /// The configured links.

@@ -686,6 +686,26 @@ impl Daemon {
                         self.peers.waiting.remove(&peer);
                         self.remove_peer_link(&peer, now);
                     }
+                    PeerEvent::Down { peer } => {
+                        if let Some(&id) = self.by_key.get(&peer) {
+                            let name = self.links.get(&id).map_or("?", |l| l.name.as_str());
+                            info!(
+                                link = name,
+                                "liveness probe: peer down, its neighbours and their routes go now"
+                            );
+                            self.router.link_down(id, now);
+                        }
+                    }
+                    PeerEvent::Up { peer } => {
+                        if let Some(&id) = self.by_key.get(&peer) {
+                            let name = self.links.get(&id).map_or("?", |l| l.name.as_str());
+                            info!(
+                                link = name,
+                                "liveness probe: peer up, hello and table request sent"
+                            );
+                            self.router.link_up(id, now);
+                        }
+                    }
                     PeerEvent::EndpointChanged { peer, .. } | PeerEvent::HandshakeUp { peer } => {
                         if self.peers.waiting.contains(&peer) {
                             self.ask_peers();

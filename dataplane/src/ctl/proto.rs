@@ -92,6 +92,16 @@ pub enum PeerEvent {
         /// The peer.
         peer: Key,
     },
+    /// The peer's liveness probe hears it (again).
+    Up {
+        /// The peer.
+        peer: Key,
+    },
+    /// The peer's liveness probe heard nothing authenticated from it for its detection time.
+    Down {
+        /// The peer.
+        peer: Key,
+    },
 }
 
 /// Every message, both directions.
@@ -319,6 +329,8 @@ wire_tags! {
         Added = 3,
         Changed = 4,
         Removed = 5,
+        Up = 6,
+        Down = 7,
     }
 }
 
@@ -368,6 +380,8 @@ impl PeerEvent {
             PeerEvent::Added { .. } => EventTag::Added,
             PeerEvent::Changed { .. } => EventTag::Changed,
             PeerEvent::Removed { .. } => EventTag::Removed,
+            PeerEvent::Up { .. } => EventTag::Up,
+            PeerEvent::Down { .. } => EventTag::Down,
         }
     }
 }
@@ -651,7 +665,9 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
                 PeerEvent::HandshakeUp { peer }
                 | PeerEvent::Added { peer }
                 | PeerEvent::Changed { peer }
-                | PeerEvent::Removed { peer } => w.key(peer),
+                | PeerEvent::Removed { peer }
+                | PeerEvent::Up { peer }
+                | PeerEvent::Down { peer } => w.key(peer),
                 PeerEvent::EndpointChanged { peer, endpoint } => {
                     w.key(peer);
                     w.sockaddr(endpoint);
@@ -725,6 +741,8 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
             EventTag::Added => PeerEvent::Added { peer: r.key()? },
             EventTag::Changed => PeerEvent::Changed { peer: r.key()? },
             EventTag::Removed => PeerEvent::Removed { peer: r.key()? },
+            EventTag::Up => PeerEvent::Up { peer: r.key()? },
+            EventTag::Down => PeerEvent::Down { peer: r.key()? },
             EventTag::EndpointChanged => PeerEvent::EndpointChanged {
                 peer: r.key()?,
                 endpoint: r.sockaddr()?,
@@ -884,6 +902,8 @@ mod tests {
             key().prop_map(|peer| Msg::Event(PeerEvent::Added { peer })),
             key().prop_map(|peer| Msg::Event(PeerEvent::Changed { peer })),
             key().prop_map(|peer| Msg::Event(PeerEvent::Removed { peer })),
+            key().prop_map(|peer| Msg::Event(PeerEvent::Up { peer })),
+            key().prop_map(|peer| Msg::Event(PeerEvent::Down { peer })),
             (key(), sockaddr()).prop_map(|(peer, endpoint)| Msg::Event(
                 PeerEvent::EndpointChanged { peer, endpoint }
             )),
@@ -1034,6 +1054,8 @@ mod tests {
             Msg::Event(PeerEvent::Added { peer: k }),
             Msg::Event(PeerEvent::Changed { peer: k }),
             Msg::Event(PeerEvent::Removed { peer: k }),
+            Msg::Event(PeerEvent::Up { peer: k }),
+            Msg::Event(PeerEvent::Down { peer: k }),
             Msg::Punt {
                 peer: k,
                 packet: vec![0x60],
@@ -1069,6 +1091,8 @@ mod tests {
         "000000220f03K",
         "000000220f04K",
         "000000220f05K",
+        "000000220f06K",
+        "000000220f07K",
         "0000002610K0000000160",
     ];
 

@@ -144,6 +144,8 @@ pub fn serve_ctl(
             CoreEvent::PeerAdded(peer) => Msg::Event(PeerEvent::Added { peer }),
             CoreEvent::PeerChanged(peer) => Msg::Event(PeerEvent::Changed { peer }),
             CoreEvent::PeerRemoved(peer) => Msg::Event(PeerEvent::Removed { peer }),
+            CoreEvent::PeerUp(peer) => Msg::Event(PeerEvent::Up { peer }),
+            CoreEvent::PeerDown(peer) => Msg::Event(PeerEvent::Down { peer }),
         })
     }));
     let glue = Arc::new(CtlGlue {

@@ -357,8 +357,13 @@ impl Device {
         let mut last_reset = Instant::now();
         let mut last_addr = Instant::now() - Duration::from_secs(10);
         let mut local_addrs = Vec::new();
+        let mut probes = crate::forward::Probes::default();
+        let mut last_tick = Instant::now();
+        // The timers run every 100 ms; the liveness probes, when a peer has one, at a tenth
+        // of the shortest probe interval.
+        let mut pace = TICK;
         while !self.shutdown.load(Relaxed) {
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(pace);
             let socks = self.sockets.load_full();
             if let Some(s) = socks.first() {
                 let mut sink = RealSink {
@@ -368,7 +373,16 @@ impl Device {
                     counters: &counters,
                     xdp: None,
                 };
-                fwd.tick(&mut sink);
+                let now = Instant::now();
+                if now.duration_since(last_tick) >= TICK {
+                    fwd.tick(&mut sink);
+                    last_tick = now;
+                }
+                pace = fwd
+                    .probe(&mut probes, now, &mut sink)
+                    .map_or(TICK, |shortest| {
+                        (shortest / 10).clamp(Duration::from_millis(2), TICK)
+                    });
             }
             if last_reset.elapsed() >= Duration::from_secs(1) {
                 self.core.reset_rate_limiter();
@@ -417,6 +431,9 @@ impl Device {
     }
 }
 
+/// The period of the peers' timers (handshake retries, rekeys, keepalives).
+const TICK: Duration = Duration::from_millis(100);
+
 /// A warning printed at most once every 10 seconds, with the count of suppressed ones.
 #[derive(Default)]
 struct RateLimitedWarn {
@@ -463,6 +480,7 @@ impl Device {
                     preshared_key: p.preshared_key,
                     persistent_keepalive: p.persistent_keepalive,
                     allowed_ips: p.allowed_ips.clone(),
+                    liveness: p.liveness,
                 },
             })
         });

@@ -28,10 +28,12 @@ use crate::tunnel::guard::HandshakeGuard;
 use crate::tunnel::index::IndexCipher;
 use crate::tunnel::{Identity, PeerMap, PeerSettings, MAX_PEER_ID};
 
+mod liveness;
 mod peers;
 mod pipeline;
 mod routes;
 
+pub use liveness::{Liveness, Probes};
 pub use peers::{PeerChange, PeerChangeError, PeerChanges};
 pub use pipeline::{QueuedHandshake, Sink, Worker, HANDSHAKE_QUEUE};
 use routes::Routes;
@@ -51,6 +53,10 @@ pub enum CoreEvent {
     PeerChanged(Key),
     /// A peer was removed.
     PeerRemoved(Key),
+    /// The peer's liveness probe heard it again (or for the first time).
+    PeerUp(Key),
+    /// The peer's liveness probe heard nothing authenticated for its detection time.
+    PeerDown(Key),
 }
 
 /// Receives core events. Called from the hot path for punts: must not block.

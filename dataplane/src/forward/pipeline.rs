@@ -85,10 +85,10 @@ pub trait Sink {
 
 /// One worker's pipeline state: output batches and scratch space, allocated once.
 pub struct Worker {
-    core: Arc<Core>,
-    counters: Arc<WorkerCounters>,
+    pub(super) core: Arc<Core>,
+    pub(super) counters: Arc<WorkerCounters>,
     /// Datagrams to send.
-    udp_out: Batch,
+    pub(super) udp_out: Batch,
     /// Packets for the TUN device. Decryption writes into its next free slot.
     tun_out: Batch,
     /// Scratch for generated ICMP errors and handshake flushes.
@@ -927,7 +927,7 @@ fn seal_outgoing(
 }
 
 /// Encrypt `pkt` for `to` into the next free slot of `udp_out` (which has room).
-fn encapsulate_into(
+pub(super) fn encapsulate_into(
     index: &IndexCipher,
     udp_out: &mut Batch,
     counters: &WorkerCounters,

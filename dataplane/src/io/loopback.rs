@@ -270,6 +270,31 @@ impl LoopbackNet {
         }
     }
 
+    /// Run every node's liveness probes once, at `now` (each node keeps its own probe
+    /// state in `probes`, by index).
+    pub fn probe(&mut self, probes: &mut Vec<crate::forward::Probes>, now: std::time::Instant) {
+        probes.resize_with(self.nodes.len(), Default::default);
+        for (node, probes) in self.nodes.iter_mut().zip(probes.iter_mut()) {
+            let mut sink = NodeSink {
+                from: node.addr,
+                wire: &mut self.wire,
+                tun_delivered: &mut node.tun_delivered,
+                tun_count: &mut node.tun_count,
+                keep_tun: node.keep_tun,
+                mesh_links: &node.mesh_links,
+                mesh_delivered: &mut node.mesh_delivered,
+            };
+            node.worker.probe(probes, now, &mut sink);
+        }
+    }
+
+    /// Drop everything in flight (a cut link); returns how many datagrams.
+    pub fn cut(&mut self) -> usize {
+        let n = self.wire.queue.len();
+        self.wire.queue.clear();
+        n
+    }
+
     /// Deliver datagrams until the wire is quiet (or `max_rounds` passes). Returns the number
     /// of datagrams delivered.
     pub fn run(&mut self, max_rounds: usize) -> usize {

@@ -119,6 +119,8 @@ pub struct PeerSettings {
     pub persistent_keepalive: Option<u16>,
     /// Allowed IPs (source filter and routes).
     pub allowed_ips: Vec<IpNet>,
+    /// The fast liveness probe, if on (see [`crate::forward::Liveness`]).
+    pub liveness: Option<crate::forward::Liveness>,
 }
 
 /// The mutable per-peer state the hot path touches, behind one lock: the session and the
@@ -258,6 +260,14 @@ impl Peer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Its liveness probe settings, if it has a probe.
+    pub fn liveness(&self) -> Option<crate::forward::Liveness> {
+        self.settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .liveness
     }
 
     /// Current endpoint.
