@@ -241,6 +241,30 @@ impl Sim {
         self.links[link].up = up;
     }
 
+    /// A liveness probe (the data plane's, on a tunnel) reports link `link` down at both
+    /// ends: their routers drop its neighbours now, not when hellos time out. The link stays
+    /// configured; it carries nothing until [`Sim::set_link_up`].
+    pub fn link_down_reported(&mut self, link: usize) {
+        self.links[link].up = false;
+        let now = self.now;
+        for end in self.links[link].ends {
+            self.nodes[end.node].router.link_down(end.link, now);
+            self.drain(end.node);
+        }
+    }
+
+    /// Link `link` is removed at both ends at run time (a peer deleted): its neighbours and
+    /// their routes go at once.
+    pub fn remove_link(&mut self, link: usize) {
+        self.links[link].up = false;
+        let now = self.now;
+        for end in self.links[link].ends {
+            self.nodes[end.node].router.remove_link(end.link, now);
+            self.nodes[end.node].links.remove(&end.link);
+            self.drain(end.node);
+        }
+    }
+
     fn refresh_timeout(&mut self, node: NodeId) {
         self.nodes[node].next_timeout = self.nodes[node].router.poll_timeout();
     }

@@ -101,6 +101,75 @@ fn link_failure_reroutes_within_bound_and_without_loops() {
     );
 }
 
+/// The data plane's liveness probe reports the cut 200 ms after it happens (a 100 ms probe,
+/// 2 misses): the neighbours go at once, so the reroute takes the probe's detection time and a
+/// seqno request round the ring (about 3 s here), not two hello intervals and more.
+#[test]
+fn liveness_driven_link_loss_reroutes_fast_and_without_loops() {
+    let mut sim = Sim::new(7);
+    let nodes = sim.ring(100, LinkParams::trunk(), 2 * MS, 0);
+    sim.originate_one_each();
+    converge(&mut sim, Duration::from_secs(120));
+    let prefix: IpNet = "10.0.1.0/24".parse().unwrap();
+    assert_eq!(sim.path(nodes[0], prefix).unwrap(), vec![0, 1]);
+    let cut = sim.now();
+    sim.set_link_up(0, false);
+    let detection = 200 * MS;
+    sim.run_for(detection);
+    sim.link_down_reported(0);
+    sim.run_until_pred(Duration::from_secs(60), 10 * MS, |s| {
+        s.path(0, prefix).is_some_and(|p| p.len() == 100) && s.converged()
+    })
+    .expect("reroutes");
+    let t = sim.now() - cut;
+    eprintln!("ring of 100: liveness-driven reroute in {t:?} simulated (detection {detection:?})");
+    // Hellos alone would not even have noticed the cut before two hello intervals.
+    let hello = LinkParams::trunk().hello_interval;
+    assert!(t < 2 * hello, "took {t:?} (hello {hello:?})");
+    assert!(
+        sim.loops.is_empty(),
+        "loops: {:?}",
+        &sim.loops[..sim.loops.len().min(3)]
+    );
+}
+
+/// Links added and removed at run time (peers added with `wg set`, removed): a shortcut across
+/// a line of 100 is used as soon as it exists and given up at once when it is removed, with no
+/// loop at any step.
+#[test]
+fn links_added_and_removed_at_run_time() {
+    let mut sim = Sim::new(8);
+    let nodes = sim.line(100, wired(), 2 * MS, 0);
+    sim.originate_one_each();
+    converge(&mut sim, Duration::from_secs(120));
+    let far: IpNet = "10.0.99.0/24".parse().unwrap();
+    assert_eq!(sim.path(nodes[0], far).unwrap().len(), 100);
+    let shortcut = sim.connect(nodes[0], nodes[99], wired(), 2 * MS, 0);
+    let t = sim
+        .run_until_pred(Duration::from_secs(60), 10 * MS, |s| {
+            s.path(0, far).is_some_and(|p| p.len() == 2) && s.converged()
+        })
+        .expect("the new link is used");
+    eprintln!("line of 100: a link added at run time used after {t:?} simulated");
+    let hello = wired().hello_interval;
+    assert!(t <= hello * 3, "took {t:?}");
+    sim.remove_link(shortcut);
+    let t = sim
+        .run_until_pred(Duration::from_secs(60), 10 * MS, |s| {
+            s.path(0, far).is_some_and(|p| p.len() == 100) && s.converged()
+        })
+        .expect("the removed link is given up");
+    eprintln!(
+        "line of 100: a removed link given up, routes back the long way, after {t:?} simulated"
+    );
+    assert!(t <= hello * 3, "took {t:?}");
+    assert!(
+        sim.loops.is_empty(),
+        "loops: {:?}",
+        &sim.loops[..sim.loops.len().min(3)]
+    );
+}
+
 #[test]
 fn partition_and_healing() {
     let mut sim = Sim::new(5);
