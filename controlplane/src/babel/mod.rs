@@ -812,6 +812,24 @@ impl Router {
             return;
         };
         let cost = n.compute_cost(&params, now);
+        let rxcost = n.rxcost(&params);
+        if rxcost != INFINITY && n.rxcost_told == INFINITY {
+            // We hear it now: tell it in an IHU at once, not with our next hello (up to a
+            // hello interval later), so that it can use us, and we its routes, a hello
+            // interval sooner.
+            let ihu = Msg::Ihu {
+                rxcost,
+                interval: to_cs(params.ihu_interval),
+                address: Some(IpAddr::V6(n.address)),
+                timestamp: if params.timestamps { n.hello_ts } else { None },
+            };
+            self.out.entry((key.0, None)).or_default().msgs.push(ihu);
+            self.flush_at = Some(now);
+        }
+        let Some(n) = self.neighbours.get_mut(&key) else {
+            return;
+        };
+        n.rxcost_told = rxcost;
         if cost == n.cost {
             return;
         }

@@ -105,6 +105,8 @@ pub(crate) struct Neighbour {
     pub cost: u16,
     /// We have heard it well enough once (finite rxcost).
     pub ever_up: bool,
+    /// Our rxcost for it, as last computed: when it turns finite the neighbour is told at once.
+    pub rxcost_told: u16,
 }
 
 impl Neighbour {
@@ -121,6 +123,7 @@ impl Neighbour {
             rtt_time: None,
             cost: INFINITY,
             ever_up: false,
+            rxcost_told: INFINITY,
         }
     }
 
