@@ -732,8 +732,67 @@ struct Socket {
     batch: usize,
 }
 
+/// The kernel's announcements of link and address changes (`RTMGRP_LINK`,
+/// `RTMGRP_IPV4_IFADDR`, `RTMGRP_IPV6_IFADDR`): an interface created, deleted, up, down, an
+/// address added or removed. What changed is read again from the kernel by whoever is woken.
+pub struct LinkWatch {
+    sock: Socket,
+}
+
+impl LinkWatch {
+    /// Subscribes.
+    ///
+    /// # Errors
+    /// When the netlink socket cannot be opened or bound.
+    pub fn open() -> io::Result<Self> {
+        const GROUPS: u32 = 0x1 | 0x10 | 0x100; // RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        Ok(Self {
+            sock: Socket::open_groups(GROUPS)?,
+        })
+    }
+
+    /// Waits for announcements (at most the socket's receive timeout) and reads all that are
+    /// queued; whether any came. An overflowed queue (`ENOBUFS`: some were lost) counts as
+    /// a change.
+    ///
+    /// # Errors
+    /// When the socket fails otherwise.
+    pub fn wait(&mut self) -> io::Result<bool> {
+        let mut any = false;
+        let mut flags = 0;
+        loop {
+            // SAFETY: `area` is a valid, writable buffer of its length for the whole call.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.fd.as_raw_fd(),
+                    self.sock.area.as_mut_ptr().cast(),
+                    self.sock.area.len(),
+                    flags,
+                )
+            };
+            if n > 0 {
+                any = true;
+                flags = libc::MSG_DONTWAIT;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Ok(any),
+                Some(libc::ENOBUFS) => Ok(true),
+                _ if n == 0 => Ok(any),
+                _ => Err(e),
+            };
+        }
+    }
+}
+
 impl Socket {
     fn open() -> io::Result<Self> {
+        Self::open_groups(0)
+    }
+
+    /// A socket subscribed to the multicast `groups` (a bit mask of `RTMGRP_*`).
+    fn open_groups(groups: u32) -> io::Result<Self> {
         // SAFETY: plain socket(2) call with constant arguments; the result is checked below.
         let fd = unsafe {
             libc::socket(
@@ -753,6 +812,7 @@ impl Socket {
         // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = groups;
         // SAFETY: `addr` is a valid sockaddr_nl and the length passed is its size.
         let rc = unsafe {
             libc::bind(

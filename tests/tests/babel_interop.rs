@@ -626,3 +626,101 @@ fn bad_babel_packets_are_counted_not_fatal() {
         t0.elapsed()
     );
 }
+
+/// Connects A's `va` to the switch namespace's bridge through a new veth (`sw_port` on the
+/// switch side) and waits for its link-local address.
+fn plug_va(a: &Netns, sw: &Netns, sw_port: &str) {
+    veth(a, "va", sw, sw_port).unwrap();
+    sw.exec(&["ip", "link", "set", sw_port, "master", "br0"])
+        .unwrap();
+    sw.link_up(sw_port).unwrap();
+    a.link_local("va").unwrap();
+}
+
+/// Whether isthmus-cp has a neighbour on `va`.
+fn has_va_neighbour(cp: &IsthmusCp<'_>) -> bool {
+    cp_neighbours(cp).iter().any(|(link, _, _)| link == "va")
+}
+
+fn wait_no_va_neighbour(cp: &IsthmusCp<'_>, what: &str) {
+    let deadline = Instant::now() + CONVERGE;
+    while has_va_neighbour(cp) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: isthmus-cp still has a neighbour on va:\n{}",
+            cp.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mesh interfaces are followed through the kernel's link and address events, as babeld and
+/// BIRD follow theirs: a configured interface absent at start is waited for (isthmus-cp does
+/// not exit), one deleted and created again under babeld traffic gets its socket and hellos
+/// back on its new index, and one taken down and up resumes. A reaches babeld (in B) through
+/// a bridge in a third namespace, so A's interface can go without taking B's with it.
+#[test]
+fn interfaces_that_come_and_go() {
+    init();
+    let lab = Lab::new().unwrap();
+    let a = Netns::new("cpia").unwrap();
+    let b = Netns::new("cpib").unwrap();
+    let sw = Netns::new("cpis").unwrap();
+    sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    sw.link_up("br0").unwrap();
+    veth(&b, "vb", &sw, "pb").unwrap();
+    sw.exec(&["ip", "link", "set", "pb", "master", "br0"])
+        .unwrap();
+    sw.link_up("pb").unwrap();
+    add_stub_iface(
+        &a,
+        "st0",
+        &[&format!("{CP_V4}/32"), &format!("{CP_V6}/128")],
+    )
+    .unwrap();
+    add_stub_iface(
+        &b,
+        "st0",
+        &[&format!("{REF_V4}/32"), &format!("{REF_V6}/128")],
+    )
+    .unwrap();
+    b.link_local("vb").unwrap();
+    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
+
+    // 1. va does not exist yet: isthmus-cp starts, says it waits, and keeps running.
+    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(cp.alive(), "isthmus-cp exited:\n{}", cp.diagnostics());
+    assert!(
+        read_log(cp.log_path()).contains("waiting for the interface"),
+        "{}",
+        cp.diagnostics()
+    );
+    plug_va(&a, &sw, "pa1");
+    let t = wait_cp_route(&cp, &a, REF_V4);
+    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    eprintln!("va created after the start: babeld's route installed {t:?} later");
+
+    // 2. Deleted and created again (a new index) while babeld keeps talking.
+    let old = ifindex(&a, "va");
+    a.exec(&["ip", "link", "del", "va"]).unwrap();
+    wait_no_va_neighbour(&cp, "va deleted");
+    wait_for_no_route(&a, REF_V4, CONVERGE).unwrap();
+    plug_va(&a, &sw, "pa2");
+    assert_ne!(ifindex(&a, "va"), old, "the new va should have a new index");
+    let t = wait_cp_route(&cp, &a, REF_V4);
+    wait_cp_route(&cp, &a, REF_V6);
+    eprintln!("va deleted and created again: babeld's routes back {t:?} later");
+    ping_from(&a, CP_V4, REF_V4);
+
+    // 3. Down (the kernel takes its IPv6 addresses) and up again.
+    a.exec(&["ip", "link", "set", "va", "down"]).unwrap();
+    wait_no_va_neighbour(&cp, "va down");
+    a.link_up("va").unwrap();
+    a.link_local("va").unwrap();
+    let t = wait_cp_route(&cp, &a, REF_V4);
+    eprintln!("va down and up: babeld's route back {t:?} later");
+    ping_from(&a, CP_V6, REF_V6);
+    assert!(cp.alive() && bd.alive());
+}

@@ -4,8 +4,11 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use isthmus_dataplane::wire::proto::UDP;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -15,10 +18,18 @@ use crate::babel::LinkId;
 
 use super::Input;
 
-/// A UDP socket speaking Babel on one kernel interface.
+/// A UDP socket speaking Babel on one kernel interface. Its reader thread stops when it is
+/// dropped (the interface went away, or was re-created with another index).
 pub struct IfaceSocket {
     sock: std::net::UdpSocket,
     ifindex: u32,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for IfaceSocket {
+    fn drop(&mut self) {
+        self.alive.store(false, Relaxed);
+    }
 }
 
 impl IfaceSocket {
@@ -43,9 +54,13 @@ impl IfaceSocket {
             .map_err(|e| ctx("IPV6_MULTICAST_LOOP", e))?;
         s.set_multicast_hops_v6(1)
             .map_err(|e| ctx("IPV6_MULTICAST_HOPS", e))?;
+        // The reader wakes up this often to see whether it should stop.
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| ctx("SO_RCVTIMEO", e))?;
         Ok(Self {
             sock: s.into(),
             ifindex,
+            alive: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -58,11 +73,12 @@ impl IfaceSocket {
     /// Starts a thread feeding received packets to the daemon.
     pub fn spawn_reader(&self, link: LinkId, tx: Sender<Input>) -> io::Result<()> {
         let sock = self.sock.try_clone()?;
+        let alive = Arc::clone(&self.alive);
         thread::Builder::new()
             .name(format!("babel-rx-{}", link.0))
             .spawn(move || {
                 let mut buf = vec![0u8; 65536];
-                loop {
+                while alive.load(Relaxed) {
                     match sock.recv_from(&mut buf) {
                         Ok((n, SocketAddr::V6(from))) => {
                             let msg = Input::Packet {
@@ -75,7 +91,13 @@ impl IfaceSocket {
                             }
                         }
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::Interrupted
+                                    | io::ErrorKind::WouldBlock
+                                    | io::ErrorKind::TimedOut
+                            ) => {}
                         Err(_) => return,
                     }
                 }

@@ -82,6 +82,8 @@ pub enum Input {
     CtlDown(String),
     /// A status query (`neighbours`, `routes`, `babel`, `metrics`) and where to answer.
     Query(String, Sender<String>),
+    /// The kernel announced a link or address change: follow the interfaces.
+    Interfaces,
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -121,6 +123,15 @@ struct PeerLinks {
     /// A `GetPeers` is on its way; `again`: the peers changed since it was sent.
     asked: bool,
     again: bool,
+}
+
+/// A `[[babel.interface]]` that is there: what its link was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IfaceLink {
+    id: LinkId,
+    ifindex: u32,
+    link_local: Ipv6Addr,
+    ipv4: Option<Ipv4Addr>,
 }
 
 /// Import/export policy from `[[babel.filter]]` and `default_route`.
@@ -199,6 +210,13 @@ pub struct Daemon {
     by_key: HashMap<Key, LinkId>,
     peers: PeerLinks,
     ifaces: HashMap<LinkId, links::IfaceSocket>,
+    /// `[[babel.interface]]` by name: its link, while the interface is there with a link-local
+    /// address.
+    iface_links: HashMap<String, IfaceLink>,
+    /// Configured interfaces not there (yet): logged once.
+    waiting_ifaces: HashSet<String>,
+    /// For the interface sockets' readers.
+    tx: Sender<Input>,
     /// The control channel's writing half: the data plane's FIB, injected packets.
     dp: FibChannel,
     ifname: String,
@@ -275,7 +293,6 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     }));
     let (tx, rx) = mpsc::channel::<Input>();
 
-    let addrs = ifaddr::all().unwrap_or_default();
     let mtu = usize::from(cfg.device.interface.mtu.unwrap_or(DEFAULT_MTU));
     let link_local = cfg
         .babel
@@ -302,9 +319,6 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
             })
     });
 
-    let mut links = BTreeMap::new();
-    let mut ifaces = HashMap::new();
-    let mut next = 0u32;
     // Tunnel peers become links when the data plane reports them (`Daemon::sync_peers`).
     let peers = PeerLinks {
         configured: (cfg.babel.peers.iter())
@@ -318,59 +332,6 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         asked: false,
         again: false,
     };
-    for i in &cfg.babel.interfaces {
-        let id = LinkId(next);
-        next += 1;
-        let ifindex = ifaddr::ifindex(&i.name)?;
-        // An interface that just came up gets its link-local address after duplicate address
-        // detection: wait a little for it.
-        let mut addrs = addrs.clone();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ll = loop {
-            let ll = addrs.iter().find_map(|a| match a.addr {
-                IpAddr::V6(v) if a.ifindex == ifindex && v.is_unicast_link_local() => Some(v),
-                _ => None,
-            });
-            match ll {
-                Some(ll) => break ll,
-                None if Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(200));
-                    addrs = ifaddr::all().unwrap_or_default();
-                }
-                None => anyhow::bail!(
-                    "{}: interface has no IPv6 link-local address (Babel needs one)",
-                    i.name
-                ),
-            }
-        };
-        let v4 = addrs.iter().find_map(|a| match a.addr {
-            IpAddr::V4(v) if a.ifindex == ifindex => Some(v),
-            _ => None,
-        });
-        let sock = links::IfaceSocket::open(&i.name, ifindex)?;
-        sock.spawn_reader(id, tx.clone())?;
-        ifaces.insert(id, sock);
-        let lc = LinkConfig {
-            name: i.name.clone(),
-            params: i.params,
-            address: ll,
-            ipv4: v4,
-            v4_via_v6: v4.is_none(),
-            max_packet: 1452,
-        };
-        links.insert(
-            id,
-            LinkInfo {
-                name: i.name.clone(),
-                class: i.class,
-                via: Via::Iface { ifindex },
-                cfg: lc,
-            },
-        );
-    }
-    for (id, l) in &links {
-        router.add_link(*id, l.cfg.clone(), now);
-    }
     for p in &cfg.babel.originate {
         router.originate(*p, 0, now);
     }
@@ -414,7 +375,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
 
     // The links we expect: the interfaces and the configured peers (those added at run time
     // have their class's timers, which the configuration also sets).
-    let expected: Vec<babel::LinkParams> = (links.values().map(|l: &LinkInfo| l.cfg.params))
+    let expected: Vec<babel::LinkParams> = (cfg.babel.interfaces.iter().map(|i| i.params))
         .chain(
             peers
                 .configured
@@ -437,7 +398,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         .unwrap_or(Duration::from_secs(20));
     info!(
         router_id = %hex(&router_id),
-        interfaces = links.len(),
+        interfaces = cfg.babel.interfaces.len(),
         configured_peers = peers.configured.len(),
         ctl = %ctl_path.display(),
         status = %status_path.display(),
@@ -459,11 +420,14 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     let mut d = Daemon {
         cfg,
         router,
-        links,
-        next_link: next,
+        links: BTreeMap::new(),
+        next_link: 0,
         by_key: HashMap::new(),
         peers,
-        ifaces,
+        ifaces: HashMap::new(),
+        iface_links: HashMap::new(),
+        waiting_ifaces: HashSet::new(),
+        tx: tx.clone(),
         dp: FibChannel::default(),
         ifname,
         tun_ifindex,
@@ -473,6 +437,24 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         stats: IoStats::default(),
         status_path,
     };
+    // Interfaces: those there now become links; the others are waited for. One that is
+    // there but just came up gets its link-local address after duplicate address detection:
+    // give it a moment, so that the first hellos leave from a usable address.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && d.cfg.babel.interfaces.iter().any(|i| {
+            ifaddr::ifindex(&i.name).is_ok_and(|ifindex| {
+                !ifaddr::all().unwrap_or_default().iter().any(|a| {
+                    a.ifindex == ifindex
+                        && matches!(a.addr, IpAddr::V6(v) if v.is_unicast_link_local())
+                })
+            })
+        })
+    {
+        thread::sleep(Duration::from_millis(200));
+    }
+    d.follow_interfaces(Instant::now());
+    spawn_link_watch(tx)?;
     // Our own prefixes go to the data plane as local routes.
     for (prefix, _) in d.router.xroutes().collect::<Vec<_>>() {
         d.fib.want(
@@ -642,6 +624,7 @@ impl Daemon {
             Input::Query(what, reply) => {
                 let _ = reply.send(self.query(&what));
             }
+            Input::Interfaces => self.follow_interfaces(now),
             Input::Stop => return false,
         }
         true
@@ -739,6 +722,118 @@ impl Daemon {
             }
             _ => {}
         }
+    }
+
+    /// Makes the links of the `[[babel.interface]]`s match the interfaces the kernel has now,
+    /// as babeld and BIRD follow theirs: one that appeared (or got its link-local address back
+    /// after coming up) gets a socket, the multicast group and hellos; one that went away (or
+    /// down: the kernel takes its IPv6 addresses) loses its link, its neighbours and their
+    /// routes at once; one deleted and created again gets a new socket on its new index.
+    fn follow_interfaces(&mut self, now: Instant) {
+        let addrs = ifaddr::all().unwrap_or_default();
+        let wanted = self.cfg.babel.interfaces.clone();
+        for i in &wanted {
+            let found = ifaddr::ifindex(&i.name).ok().and_then(|ifindex| {
+                let ll = addrs.iter().find_map(|a| match a.addr {
+                    IpAddr::V6(v) if a.ifindex == ifindex && v.is_unicast_link_local() => Some(v),
+                    _ => None,
+                })?;
+                let v4 = addrs.iter().find_map(|a| match a.addr {
+                    IpAddr::V4(v) if a.ifindex == ifindex => Some(v),
+                    _ => None,
+                });
+                Some((ifindex, ll, v4))
+            });
+            let current = self.iface_links.get(&i.name).copied();
+            match (current, found) {
+                (Some(c), Some((ifindex, ll, v4)))
+                    if c.ifindex == ifindex && c.link_local == ll =>
+                {
+                    if c.ipv4 != v4 {
+                        // A new IPv4 address: announced as our next hop from now on.
+                        if let Some(l) = self.links.get_mut(&c.id) {
+                            l.cfg.ipv4 = v4;
+                            l.cfg.v4_via_v6 = v4.is_none();
+                            self.router.add_link(c.id, l.cfg.clone(), now);
+                        }
+                        self.iface_links
+                            .insert(i.name.clone(), IfaceLink { ipv4: v4, ..c });
+                    }
+                }
+                (current, found) => {
+                    if let Some(c) = current {
+                        self.iface_links.remove(&i.name);
+                        self.ifaces.remove(&c.id);
+                        self.links.remove(&c.id);
+                        self.router.remove_link(c.id, now);
+                        info!(interface = %i.name, "interface gone, down or re-created: its Babel link, neighbours and their routes are gone");
+                    }
+                    match found {
+                        Some((ifindex, ll, v4)) => self.open_iface(i, ifindex, ll, v4, now),
+                        None => {
+                            if self.waiting_ifaces.insert(i.name.clone()) {
+                                info!(interface = %i.name, "waiting for the interface (absent, down, or without an IPv6 link-local address yet)");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts Babel on interface `i`, there now with index `ifindex`.
+    fn open_iface(
+        &mut self,
+        i: &config::BabelInterface,
+        ifindex: u32,
+        link_local: Ipv6Addr,
+        ipv4: Option<Ipv4Addr>,
+        now: Instant,
+    ) {
+        let id = LinkId(self.next_link);
+        let sock = match links::IfaceSocket::open(&i.name, ifindex) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(interface = %i.name, "cannot speak Babel there yet: {e}");
+                self.waiting_ifaces.insert(i.name.clone());
+                return;
+            }
+        };
+        if let Err(e) = sock.spawn_reader(id, self.tx.clone()) {
+            warn!(interface = %i.name, "cannot start its reader: {e}");
+            return;
+        }
+        self.next_link += 1;
+        self.waiting_ifaces.remove(&i.name);
+        self.ifaces.insert(id, sock);
+        let cfg = LinkConfig {
+            name: i.name.clone(),
+            params: i.params,
+            address: link_local,
+            ipv4,
+            v4_via_v6: ipv4.is_none(),
+            max_packet: 1452,
+        };
+        self.links.insert(
+            id,
+            LinkInfo {
+                name: i.name.clone(),
+                class: i.class,
+                via: Via::Iface { ifindex },
+                cfg: cfg.clone(),
+            },
+        );
+        self.iface_links.insert(
+            i.name.clone(),
+            IfaceLink {
+                id,
+                ifindex,
+                link_local,
+                ipv4,
+            },
+        );
+        self.router.add_link(id, cfg, now);
+        info!(interface = %i.name, ifindex, %link_local, "Babel on the interface");
     }
 
     /// Asks the data plane for its peers, one request at a time: a change while one is on its
@@ -1106,6 +1201,28 @@ fn spawn_metrics(addr: SocketAddr, tx: Sender<Input>) -> io::Result<SocketAddr> 
         rrx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     })
     .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))
+}
+
+/// Wakes the router thread when the kernel announces a link or address change.
+fn spawn_link_watch(tx: Sender<Input>) -> io::Result<()> {
+    let mut watch = crate::kernel::LinkWatch::open()?;
+    thread::Builder::new()
+        .name("link-watch".into())
+        .spawn(move || loop {
+            match watch.wait() {
+                Ok(true) => {
+                    if tx.send(Input::Interfaces).is_err() {
+                        return;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!("link and address events: {e}; interfaces are no longer followed");
+                    return;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 fn spawn_signals(tx: Sender<Input>) -> io::Result<()> {
