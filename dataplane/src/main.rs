@@ -333,12 +333,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])?;
     let sig_handle = signals.handle();
+    if let (Some(path), Some(cfg)) = (&args.config, cfg) {
+        dev.set_config_file(path.clone(), cfg);
+    }
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                // Logged by the device, which also answers `isthmusctl reload`.
+                let _ = d.reload();
+                continue;
+            }
             tracing::info!(sig, "signal received, shutting down");
             d.shutdown();
+            break;
         }
     });
     while !dev.is_shutting_down() {

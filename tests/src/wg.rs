@@ -405,6 +405,22 @@ impl WgIface {
         Ok(t0.elapsed())
     }
 
+    /// Writes `cfg` over the configuration file it was started from (same key) and sends
+    /// `SIGHUP`, as `systemctl reload` does.
+    ///
+    /// # Errors
+    /// When it was not started from a file, or the file cannot be written.
+    pub fn reload_config(&self, lab: &Lab, cfg: &IsthmusConfig) -> Result<()> {
+        let Some(conf) = &self.config else {
+            bail!("{}: not started from a configuration file", self.ifname);
+        };
+        let key_file = write_private_key(lab, &self.ifname, &self.keys.private)?;
+        std::fs::write(conf, cfg.to_toml(&self.ifname, &key_file))
+            .with_context(|| format!("writing {}", conf.display()))?;
+        send_signal(self.pid, "HUP");
+        Ok(())
+    }
+
     /// Runs `wg ARGS` inside the namespace.
     ///
     /// # Errors

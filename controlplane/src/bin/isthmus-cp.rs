@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    opts.config_file = Some(file);
     match daemon::run(cfg, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

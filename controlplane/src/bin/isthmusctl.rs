@@ -21,11 +21,15 @@ usage: isthmusctl genkey
        isthmusctl check-config FILE
        isthmusctl show peers|fib|stats [IFNAME | --socket PATH]      (isthmus-dp)
        isthmusctl show neighbours|routes|babel [IFNAME | --socket PATH]  (isthmus-cp)
+       isthmusctl reload [IFNAME]
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
 show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
 through /var/run/isthmus/IFNAME.cp; without IFNAME, the only socket there is used. Without a
-running isthmus-cp, `show routes` shows the data plane's table (`show fib`).";
+running isthmus-cp, `show routes` shows the data plane's table (`show fib`).
+reload makes isthmus-dp, then isthmus-cp if it runs, read their configuration file again and
+apply the difference (as SIGHUP does); an invalid file is refused with its FILE:LINE: KEY
+error and the running configuration stays.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -94,6 +98,27 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 "stats" => show_stats(&mut c),
                 other => bail!("unknown: show {other}\n{USAGE}"),
             }
+        }
+        ["reload", rest @ ..] => {
+            let path = socket(rest)?;
+            let mut c = CtlClient::connect(&path, "isthmusctl")
+                .with_context(|| "is isthmus-dp running?".to_string())?;
+            match c.request(&Msg::Reload)? {
+                Msg::Ok => println!("isthmus-dp: reloaded (its log says what changed)"),
+                Msg::Error(e) => bail!("isthmus-dp: {e}"),
+                other => bail!("isthmus-dp: unexpected answer {other:?}"),
+            }
+            let cp = socket_of(rest, "cp").ok().filter(|p| p.exists());
+            if let Some(cp) = cp {
+                let answer = isthmus_controlplane::daemon::query(&cp, "reload")
+                    .context("is isthmus-cp running?")?;
+                let answer = answer.trim_end();
+                if let Some(e) = answer.strip_prefix("error: ") {
+                    bail!("isthmus-cp: {e}");
+                }
+                println!("isthmus-cp: {answer}");
+            }
+            Ok(())
         }
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");

@@ -61,6 +61,8 @@ pub struct Options {
     pub status_socket: Option<PathBuf>,
     /// Metrics address; `Some(None)` turns metrics off.
     pub metrics: Option<Option<SocketAddr>>,
+    /// The configuration file, read again on `SIGHUP` and `isthmusctl reload`.
+    pub config_file: Option<PathBuf>,
 }
 
 /// What the router thread is told.
@@ -84,6 +86,8 @@ pub enum Input {
     Query(String, Sender<String>),
     /// The kernel announced a link or address change: follow the interfaces.
     Interfaces,
+    /// SIGHUP: read the configuration file again.
+    Reload,
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -217,6 +221,8 @@ pub struct Daemon {
     waiting_ifaces: HashSet<String>,
     /// For the interface sockets' readers.
     tx: Sender<Input>,
+    /// The configuration file, for reloads.
+    config_file: Option<PathBuf>,
     /// The control channel's writing half: the data plane's FIB, injected packets.
     dp: FibChannel,
     ifname: String,
@@ -428,6 +434,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         iface_links: HashMap::new(),
         waiting_ifaces: HashSet::new(),
         tx: tx.clone(),
+        config_file: opts.config_file.clone(),
         dp: FibChannel::default(),
         ifname,
         tun_ifindex,
@@ -622,9 +629,20 @@ impl Daemon {
             }
             Input::Ctl(msg) => self.ctl_msg(msg, now),
             Input::Query(what, reply) => {
-                let _ = reply.send(self.query(&what));
+                let answer = if what.trim() == "reload" {
+                    match self.reload(now) {
+                        Ok(s) => format!("{s}\n"),
+                        Err(e) => format!("error: {e}\n"),
+                    }
+                } else {
+                    self.query(&what)
+                };
+                let _ = reply.send(answer);
             }
             Input::Interfaces => self.follow_interfaces(now),
+            Input::Reload => {
+                let _ = self.reload(now);
+            }
             Input::Stop => return false,
         }
         true
@@ -732,6 +750,21 @@ impl Daemon {
     fn follow_interfaces(&mut self, now: Instant) {
         let addrs = ifaddr::all().unwrap_or_default();
         let wanted = self.cfg.babel.interfaces.clone();
+        // Interfaces no longer in the file (a reload): their links go.
+        let dropped: Vec<String> = (self.iface_links.keys())
+            .filter(|n| !wanted.iter().any(|i| &i.name == *n))
+            .cloned()
+            .collect();
+        for name in dropped {
+            if let Some(c) = self.iface_links.remove(&name) {
+                self.ifaces.remove(&c.id);
+                self.links.remove(&c.id);
+                self.router.remove_link(c.id, now);
+                info!(interface = %name, "no longer in the configuration: its Babel link is gone");
+            }
+        }
+        self.waiting_ifaces
+            .retain(|n| wanted.iter().any(|i| &i.name == n));
         for i in &wanted {
             let found = ifaddr::ifindex(&i.name).ok().and_then(|ifindex| {
                 let ll = addrs.iter().find_map(|a| match a.addr {
@@ -749,6 +782,15 @@ impl Daemon {
                 (Some(c), Some((ifindex, ll, v4)))
                     if c.ifindex == ifindex && c.link_local == ll =>
                 {
+                    if let Some(l) = self.links.get_mut(&c.id) {
+                        if l.cfg.params != i.params || l.class != i.class {
+                            // Changed in the file (a reload): new timers or costs, same link.
+                            l.cfg.params = i.params;
+                            l.class = i.class;
+                            self.router.add_link(c.id, l.cfg.clone(), now);
+                            info!(interface = %i.name, "interface's Babel parameters changed");
+                        }
+                    }
                     if c.ipv4 != v4 {
                         // A new IPv4 address: announced as our next hop from now on.
                         if let Some(l) = self.links.get_mut(&c.id) {
@@ -836,6 +878,109 @@ impl Daemon {
         info!(interface = %i.name, ifindex, %link_local, "Babel on the interface");
     }
 
+    /// Reads the configuration file again and applies the difference, without a flap: links
+    /// that stay keep their neighbours (new timers or costs apply in place), interfaces and
+    /// peers that come or go are added or removed, originated prefixes are announced or
+    /// withdrawn, filters apply to what is learned from now on (a table request on every link
+    /// makes the neighbours resend at once). A file that does not load is refused with its
+    /// `FILE:LINE: KEY` error, and the running configuration stays.
+    fn reload(&mut self, now: Instant) -> Result<String, String> {
+        let Some(path) = self.config_file.clone() else {
+            return Err("started without a configuration file".into());
+        };
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("reload refused, the running configuration stays: {e}");
+                return Err(format!("reload refused: {e}"));
+            }
+        };
+        let mut changes = Vec::new();
+        let (old_b, new_b) = (&self.cfg.babel, &new.babel);
+        for p in new_b
+            .originate
+            .iter()
+            .filter(|p| !old_b.originate.contains(p))
+        {
+            self.router.originate(*p, 0, now);
+            self.fib.want(
+                *p,
+                Some(CtlRoute {
+                    prefix: *p,
+                    next_hop: fib::Via::Local,
+                }),
+            );
+            changes.push(format!("originates {p}"));
+        }
+        for p in old_b
+            .originate
+            .iter()
+            .filter(|p| !new_b.originate.contains(p))
+        {
+            self.router.withdraw(*p, now);
+            self.fib.want(*p, None);
+            changes.push(format!("withdraws {p}"));
+        }
+        let policy_changed =
+            old_b.filters != new_b.filters || old_b.default_route != new_b.default_route;
+        if policy_changed {
+            self.router.set_policy(Box::new(ConfigPolicy {
+                filters: new_b.filters.clone(),
+                default_route: new_b.default_route,
+            }));
+            changes.push("filters".into());
+        }
+        if old_b.interfaces != new_b.interfaces {
+            changes.push("interfaces".into());
+        }
+        if old_b.peers != new_b.peers || old_b.classes != new_b.classes {
+            changes.push("peers' Babel settings".into());
+        }
+        let restart_only: Vec<&str> = [
+            ("router_id", old_b.router_id != new_b.router_id),
+            ("link_local", old_b.link_local != new_b.link_local),
+            ("ipv4_next_hop", old_b.ipv4_next_hop != new_b.ipv4_next_hop),
+            ("kernel_routes", old_b.kernel_routes != new_b.kernel_routes),
+            ("kernel_table", old_b.kernel_table != new_b.kernel_table),
+            ("metrics", old_b.metrics != new_b.metrics),
+            (
+                "control_socket",
+                old_b.control_socket != new_b.control_socket,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        self.peers.configured = (new_b.peers.iter())
+            .map(|p| (p.public_key, p.clone()))
+            .collect();
+        self.peers.classes = new_b.classes.clone();
+        self.cfg = new;
+        // Interfaces added, removed or changed; then the peers' links, from the data plane's
+        // list with the new settings.
+        self.follow_interfaces(now);
+        self.ask_peers();
+        if policy_changed {
+            let ids: Vec<LinkId> = self.links.keys().copied().collect();
+            for id in ids {
+                self.router.link_up(id, now);
+            }
+        }
+        if !restart_only.is_empty() {
+            warn!(
+                keys = %restart_only.join(", "),
+                "changed in the file; they take effect at the next start"
+            );
+        }
+        let summary = if changes.is_empty() {
+            "reloaded: nothing changed".to_string()
+        } else {
+            format!("reloaded: {}", changes.join(", "))
+        };
+        info!(file = %path.display(), "{summary}");
+        Ok(summary)
+    }
+
     /// Asks the data plane for its peers, one request at a time: a change while one is on its
     /// way asks again when it is answered.
     fn ask_peers(&mut self) {
@@ -871,6 +1016,8 @@ impl Daemon {
         let key = p.public_key;
         let configured = self.peers.configured.get(&key);
         if configured.is_some_and(|c| !c.enabled) {
+            // Babel off for this peer (perhaps since a reload).
+            self.remove_peer_link(&key, now);
             return;
         }
         if p.endpoint.is_none() && !self.by_key.contains_key(&key) {
@@ -1229,12 +1376,20 @@ fn spawn_signals(tx: Sender<Input>) -> io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
-                let _ = tx.send(Input::Stop);
+            for sig in signals.forever() {
+                let hup = sig == signal_hook::consts::SIGHUP;
+                if tx
+                    .send(if hup { Input::Reload } else { Input::Stop })
+                    .is_err()
+                    || !hup
+                {
+                    return;
+                }
             }
         })?;
     Ok(())

@@ -129,6 +129,9 @@ pub enum Msg {
     GetRoutes,
     /// client → dp: counters.
     GetStats,
+    /// client → dp: read the configuration file again and apply the difference (`Ok`, or
+    /// `Error` with why).
+    Reload,
     /// client → dp: replace all control-plane routes.
     FibSnapshot {
         /// The new set.
@@ -292,6 +295,8 @@ wire_tags! {
         Event = 15,
         /// [`Msg::Punt`].
         Punt = 16,
+        /// [`Msg::Reload`].
+        Reload = 17,
     }
 }
 
@@ -357,6 +362,7 @@ impl Msg {
             Msg::GetPeers => Tag::GetPeers,
             Msg::GetRoutes => Tag::GetRoutes,
             Msg::GetStats => Tag::GetStats,
+            Msg::Reload => Tag::Reload,
             Msg::FibSnapshot { .. } => Tag::FibSnapshot,
             Msg::FibUpdate { .. } => Tag::FibUpdate,
             Msg::Subscribe => Tag::Subscribe,
@@ -593,7 +599,8 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
     let mut w = W(out);
     w.tag(msg.tag());
     match msg {
-        Msg::GetPeers | Msg::GetRoutes | Msg::GetStats | Msg::Subscribe | Msg::Ok => {}
+        Msg::GetPeers | Msg::GetRoutes | Msg::GetStats | Msg::Reload | Msg::Subscribe | Msg::Ok => {
+        }
         Msg::Hello { version, client } => {
             w.u16(*version);
             w.str(client);
@@ -695,6 +702,7 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
         Tag::GetPeers => Msg::GetPeers,
         Tag::GetRoutes => Msg::GetRoutes,
         Tag::GetStats => Msg::GetStats,
+        Tag::Reload => Msg::Reload,
         Tag::FibSnapshot => Msg::FibSnapshot {
             routes: r.vec(7, R::route)?,
         },
@@ -873,6 +881,7 @@ mod tests {
             Just(Msg::GetPeers),
             Just(Msg::GetRoutes),
             Just(Msg::GetStats),
+            Just(Msg::Reload),
             proptest::collection::vec(route(), 0..20)
                 .prop_map(|routes| Msg::FibSnapshot { routes }),
             (
@@ -988,6 +997,7 @@ mod tests {
             Msg::GetPeers,
             Msg::GetRoutes,
             Msg::GetStats,
+            Msg::Reload,
             Msg::FibSnapshot {
                 routes: vec![CtlRoute {
                     prefix: v4,
@@ -1076,6 +1086,7 @@ mod tests {
         "0000000103",
         "0000000104",
         "0000000105",
+        "0000000111",
         "0000000c0600000001040a0100001002",
         "00000042070000000106fd0000000000000000000000000000000801K00000001040a01000010",
         "000000250700000001040a01000010040000000706fe80000000000000000000000000000100000000",

@@ -50,6 +50,10 @@ pub trait CtlBackend: Send + Sync + 'static {
     fn fib_update(&self, add: Vec<CtlRoute>, remove: Vec<IpNet>) -> Result<(), String>;
     /// Send a packet into a peer's tunnel.
     fn inject(&self, peer: Key, packet: Vec<u8>) -> Result<(), String>;
+    /// Read the configuration file again and apply the difference.
+    fn reload(&self) -> Result<(), String> {
+        Err("this data plane has no configuration file to reload".into())
+    }
     /// A connection closed; `was_subscriber` tells whether it had subscribed (the control
     /// plane going away).
     fn disconnected(&self, was_subscriber: bool) {
@@ -221,6 +225,7 @@ fn connection(
                     Msg::FibSnapshot { routes } => ok_or(backend.fib_snapshot(routes)),
                     Msg::FibUpdate { add, remove } => ok_or(backend.fib_update(add, remove)),
                     Msg::Inject { peer, packet } => ok_or(backend.inject(peer, packet)),
+                    Msg::Reload => ok_or(backend.reload()),
                     Msg::Subscribe => {
                         if sub.is_none() {
                             sub = Some(bus.subscribe(tx.clone()));

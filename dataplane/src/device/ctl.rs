@@ -112,6 +112,10 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         }
     }
 
+    fn reload(&self) -> Result<(), String> {
+        self.dev.reload().map(|_| ())
+    }
+
     fn disconnected(&self, was_subscriber: bool) {
         if was_subscriber {
             // The control plane went away: keep forwarding on its routes, marked stale,

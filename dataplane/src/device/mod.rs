@@ -86,6 +86,8 @@ pub struct Device {
     /// The AF_XDP interfaces, underlay and mesh (their programs detach when the last
     /// reference goes; the FIB's route observer holds one).
     xdp_ifaces: Arc<Vec<afxdp::Attached>>,
+    /// The configuration file and what of it runs, for [`Device::reload`].
+    config_file: Mutex<Option<(std::path::PathBuf, crate::config::DeviceConfig)>>,
 }
 
 impl Device {
@@ -141,6 +143,7 @@ impl Device {
             icmp_src_fixed,
             handles: Mutex::new(Vec::new()),
             xdp_ifaces,
+            config_file: Mutex::new(None),
         });
         let mut handles = Vec::new();
         for (i, (q, xdp)) in queues.into_iter().zip(xdp_workers).enumerate() {
@@ -467,7 +470,6 @@ impl Device {
     /// Apply a configuration file: key, peers (with names and classes), static routes, and
     /// the interface's addresses (set with iproute2, then the link is brought up).
     pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
-        use crate::fib::Via;
         use crate::tunnel::PeerSettings;
         self.core.set_private_key(cfg.interface.private_key);
         let changes = cfg.peers.iter().map(|p| {
@@ -491,20 +493,221 @@ impl Device {
                 e.error
             ))
         })?;
-        let mut routes: Vec<(ipnet::IpNet, Via)> =
-            cfg.routes.iter().map(|r| (r.prefix, r.via)).collect();
-        // The interface's own addresses are local, whatever else is routed.
-        for a in &cfg.interface.address {
-            let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
-            routes.push((host, Via::Local));
-        }
-        self.core.set_static_routes(routes);
+        self.core.set_static_routes(static_routes(cfg)?);
         for a in &cfg.interface.address {
             run_ip(&["address", "add", &a.to_string(), "dev", &self.ifname])?;
         }
         run_ip(&["link", "set", "dev", &self.ifname, "up"])?;
         Ok(())
     }
+}
+
+impl Device {
+    /// Applies a re-read configuration file (`SIGHUP`, `isthmusctl reload`) as a difference
+    /// from `old`, the one running, with `wg syncconf`'s meaning: the file says which peers
+    /// there are. Peers added are added, peers gone (from the file, or added at run time and
+    /// not in it) are removed, and peers changed are updated in place: an established session
+    /// is kept unless its keys change (the preshared key, or the keepalive, which boringtun
+    /// fixes per session); an endpoint is set only where the file's changed, so a peer that
+    /// roamed keeps its current one. Static routes are replaced and the interface's addresses
+    /// follow the file. Each table is published once, whole, so no route the new file keeps
+    /// is missing at any moment. Returns what changed, and the keys that only a restart
+    /// applies.
+    pub fn reload_config(
+        &self,
+        old: &crate::config::DeviceConfig,
+        new: &crate::config::DeviceConfig,
+    ) -> io::Result<ReloadReport> {
+        use crate::tunnel::PeerSettings;
+        let mut report = ReloadReport::default();
+        let (o, n) = (&old.interface, &new.interface);
+        let restart_only = [
+            ("name", o.name != n.name),
+            ("listen_port", o.listen_port != n.listen_port),
+            ("fwmark", o.fwmark != n.fwmark),
+            ("threads", o.threads != n.threads),
+            ("metrics", o.metrics != n.metrics),
+            ("control_socket", o.control_socket != n.control_socket),
+            ("backend", o.backend != n.backend),
+            ("underlay", o.underlay != n.underlay),
+            ("mesh", o.mesh != n.mesh),
+            ("xdp_mode", o.xdp_mode != n.xdp_mode),
+            ("xsk_mode", o.xsk_mode != n.xsk_mode),
+            ("busy_poll_us", o.busy_poll_us != n.busy_poll_us),
+        ];
+        report.restart_only = (restart_only.iter())
+            .filter(|(_, changed)| *changed)
+            .map(|(k, _)| format!("interface.{k}"))
+            .collect();
+        if n.private_key != o.private_key {
+            // A new identity: every session starts over, as with `wg set private-key`.
+            self.core.set_private_key(n.private_key);
+            report
+                .changes
+                .push("private key (every session starts over)".into());
+        }
+        let before = self.core.peers();
+        let mut changes = Vec::new();
+        for p in &new.peers {
+            let was = old.peers.iter().find(|q| q.public_key == p.public_key);
+            let present = before.by_key(&p.public_key).is_some();
+            let unchanged = was.is_some_and(|w| {
+                w.name == p.name
+                    && w.class == p.class
+                    && w.preshared_key == p.preshared_key
+                    && w.persistent_keepalive == p.persistent_keepalive
+                    && w.allowed_ips == p.allowed_ips
+                    && w.liveness == p.liveness
+                    && w.endpoint == p.endpoint
+            });
+            if present && unchanged {
+                continue;
+            }
+            let label = p
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::tunnel::short_key(&p.public_key));
+            report.changes.push(if present {
+                format!("peer {label} changed")
+            } else {
+                format!("peer {label} added")
+            });
+            changes.push(PeerChange::Upsert(PeerSpec {
+                public_key: p.public_key,
+                // The file's endpoint where it is new or changed; else the current one stays.
+                endpoint: p
+                    .endpoint
+                    .filter(|e| !present || was.is_none_or(|w| w.endpoint != Some(*e))),
+                settings: PeerSettings {
+                    name: p.name.clone(),
+                    class: p.class,
+                    preshared_key: p.preshared_key,
+                    persistent_keepalive: p.persistent_keepalive,
+                    allowed_ips: p.allowed_ips.clone(),
+                    liveness: p.liveness,
+                },
+            }));
+        }
+        for peer in before.iter() {
+            if !new.peers.iter().any(|p| p.public_key == peer.public_key) {
+                report.changes.push(format!("peer {} removed", peer.label));
+                changes.push(PeerChange::Remove(peer.public_key));
+            }
+        }
+        if !changes.is_empty() {
+            self.core.apply_peer_changes(changes).map_err(|e| {
+                io::Error::other(format!(
+                    "peer {}: {}",
+                    crate::tunnel::short_key(&e.public_key),
+                    e.error
+                ))
+            })?;
+        }
+        if old.routes != new.routes || o.address != n.address {
+            self.core.set_static_routes(static_routes(new)?);
+            report.changes.push("static routes".into());
+        }
+        for a in n.address.iter().filter(|a| !o.address.contains(a)) {
+            run_ip(&["address", "add", &a.to_string(), "dev", &self.ifname])?;
+            report.changes.push(format!("address {a} added"));
+        }
+        for a in o.address.iter().filter(|a| !n.address.contains(a)) {
+            run_ip(&["address", "del", &a.to_string(), "dev", &self.ifname])?;
+            report.changes.push(format!("address {a} removed"));
+        }
+        if n.mtu != o.mtu {
+            let mtu = n.mtu.unwrap_or(crate::DEFAULT_MTU).to_string();
+            run_ip(&["link", "set", "dev", &self.ifname, "mtu", &mtu])?;
+            report.changes.push(format!("mtu {mtu}"));
+        }
+        if n.mss_clamp != o.mss_clamp || n.unrouted != o.unrouted {
+            let mut s = (*self.core.settings()).clone();
+            s.mss_clamp = n.mss_clamp;
+            s.unrouted_local = n.unrouted != Some(crate::config::Unrouted::Drop);
+            self.core.set_settings(s);
+            report.changes.push("mss_clamp / unrouted".into());
+        }
+        Ok(report)
+    }
+}
+
+impl Device {
+    /// Remembers the configuration file `cfg` was read from (and applied), for
+    /// [`Device::reload`].
+    pub fn set_config_file(&self, path: std::path::PathBuf, cfg: crate::config::DeviceConfig) {
+        *self
+            .config_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((path, cfg));
+    }
+
+    /// Reads the configuration file again and applies the difference (`SIGHUP`, `isthmusctl
+    /// reload`; see [`Device::reload_config`]). A file that does not load is refused with
+    /// its `FILE:LINE: KEY` error and the running state is kept. Logs what it did.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let mut guard = self
+            .config_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((path, old)) = guard.as_mut() else {
+            let e = "started without --config: there is no file to reload".to_string();
+            tracing::warn!("reload: {e}");
+            return Err(e);
+        };
+        let new = match crate::config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                return Err(e.to_string());
+            }
+        };
+        match self.reload_config(old, &new) {
+            Ok(report) => {
+                if report.changes.is_empty() {
+                    tracing::info!(file = %path.display(), "reloaded: nothing changed");
+                } else {
+                    tracing::info!(file = %path.display(), changes = %report.changes.join(", "), "reloaded");
+                }
+                if !report.restart_only.is_empty() {
+                    tracing::warn!(
+                        keys = %report.restart_only.join(", "),
+                        "changed in the file; they take effect at the next start"
+                    );
+                }
+                *old = new;
+                Ok(report)
+            }
+            Err(e) => {
+                // What was applied before the failure stays; the next reload compares with
+                // the old file again and applies the rest (upserts are idempotent).
+                tracing::error!("reload: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// What a reload changed, and what it could not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The changes applied, in words.
+    pub changes: Vec<String>,
+    /// Keys that changed in the file but take effect only at the next start.
+    pub restart_only: Vec<String>,
+}
+
+/// The static routes of a configuration: its `[[route]]`s and the interface's own addresses
+/// (local, whatever else is routed).
+fn static_routes(
+    cfg: &crate::config::DeviceConfig,
+) -> io::Result<Vec<(ipnet::IpNet, crate::fib::Via)>> {
+    let mut routes: Vec<(ipnet::IpNet, crate::fib::Via)> =
+        cfg.routes.iter().map(|r| (r.prefix, r.via)).collect();
+    for a in &cfg.interface.address {
+        let host = ipnet::IpNet::new(a.addr(), a.max_prefix_len()).map_err(io::Error::other)?;
+        routes.push((host, crate::fib::Via::Local));
+    }
+    Ok(routes)
 }
 
 /// Run `ip ARGS...` (iproute2), failing with its error output.
