@@ -252,6 +252,17 @@ fn cp_and_babeld_on_veth() {
         .unwrap_or_else(|| panic!("{ka:#?}"));
     assert_eq!(r6.via.as_deref(), Some(ll_b.as_str()), "{r6:?}");
     assert_eq!(ka.len(), 2, "only babeld's prefixes: {ka:#?}");
+    // The kernel metric is the Babel metric, for other daemons on the box to compare.
+    let routes = cp.status("routes").unwrap();
+    for (r, p) in [(r4, REF_V4), (r6, REF_V6)] {
+        let babel_metric: u32 = routes
+            .lines()
+            .find(|l| l.starts_with('*') && l.contains(&format!("{p}/")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no selected route to {p}:\n{routes}"));
+        assert_eq!(r.metric, Some(babel_metric), "{r:?}\n{routes}");
+    }
 
     let kb = kernel_routes(&b, "babel").unwrap();
     for p in [CP_V4, CP_V6] {

@@ -475,21 +475,24 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     d.run(rx)
 }
 
-/// The kernel stores IPv6 metric 0 as 1024; use that so dumps compare equal.
-fn kernel_metric(p: &IpNet) -> u32 {
-    match p {
-        IpNet::V4(_) => 0,
-        IpNet::V6(_) => 1024,
+/// The kernel metric of a route with Babel metric `metric`: the same number, so that other
+/// daemons on the box (and `ip route`) can compare our routes with theirs, as babeld's
+/// `reflect-kernel-metric` does. (The kernel stores IPv6 metric 0 as 1024; a learned route's
+/// metric is never 0, but use that so dumps compare equal.)
+fn kernel_metric(p: &IpNet, metric: u16) -> u32 {
+    match (p, metric) {
+        (IpNet::V6(_), 0) => 1024,
+        _ => u32::from(metric),
     }
 }
 
 /// The kernel route for a prefix reached through a tunnel peer: into the TUN.
-fn tun_route(prefix: IpNet, ifindex: u32) -> KernelRoute {
+fn tun_route(prefix: IpNet, ifindex: u32, metric: u16) -> KernelRoute {
     KernelRoute {
         prefix,
         gateway: None,
         ifindex,
-        metric: kernel_metric(&prefix),
+        metric: kernel_metric(&prefix, metric),
     }
 }
 
@@ -599,9 +602,13 @@ impl Daemon {
                     if let (Some(ifindex), Some((_, kroutes))) =
                         (self.tun_ifindex, self.kernel.as_mut())
                     {
-                        for r in self.fib.wanted() {
-                            if matches!(r.next_hop, fib::Via::Peer(_)) {
-                                kroutes.want(r.prefix, Some(tun_route(r.prefix, ifindex)));
+                        for (prefix, sel) in self.router.selected() {
+                            let via_peer = self
+                                .links
+                                .get(&sel.link)
+                                .is_some_and(|l| matches!(l.via, Via::Peer(_)));
+                            if via_peer {
+                                kroutes.want(prefix, Some(tun_route(prefix, ifindex, sel.metric)));
                             }
                         }
                     }
@@ -1135,7 +1142,8 @@ impl Daemon {
                 match &l.via {
                     Via::Peer(key) => (
                         Some(fib::Via::Peer(*key)),
-                        self.tun_ifindex.map(|ifindex| tun_route(prefix, ifindex)),
+                        self.tun_ifindex
+                            .map(|ifindex| tun_route(prefix, ifindex, r.metric)),
                     ),
                     // The data plane sends to the neighbour itself where it serves the
                     // interface (AF_XDP), else through its TUN device to the kernel, which
@@ -1149,7 +1157,7 @@ impl Daemon {
                             prefix,
                             gateway: Some(r.next_hop),
                             ifindex: *ifindex,
-                            metric: kernel_metric(&prefix),
+                            metric: kernel_metric(&prefix, r.metric),
                         }),
                     ),
                 }
