@@ -16,6 +16,7 @@
 //!   binary, so that a gateway's relay capacity is measured without wireguard-go spokes.
 
 pub mod capacity;
+pub mod failover;
 pub mod flood;
 pub mod interrupt;
 pub mod pipeline;

@@ -563,6 +563,57 @@ In parentheses after another hub's loss and CPU per message: ratio to Debian's w
     out.push('\n');
 }
 
+/// The failover table: the outage of each case, and its ratio to Babel's 1 s hellos (the
+/// first row) measured in the same run.
+fn failover_table(out: &mut String, f: &crate::failover::Failover) {
+    let _ = writeln!(
+        out,
+        "## Failover
+"
+    );
+    let _ = writeln!(
+        out,
+        "A 10 ms ping between the demo's islands while the trunk carrying it is cut (two trunks, \
+         both gateways isthmus-dp + isthmus-cp, babeld routers on the islands); and a 10 ms ping \
+         from a wireguard-go peer while isthmus-dp is killed (SIGKILL) and restarted from its \
+         file. Outage: the longest gap between replies.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| case | outage | vs hellos 1 s | lost / sent | detail |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let base = f.rows.first().and_then(|r| r.outage_s);
+    for r in &f.rows {
+        match (r.outage_s, &r.error) {
+            (Some(s), _) => {
+                // The trunk cuts compare with each other; the restart is another event.
+                let ratio = base
+                    .filter(|_| r.detail.contains("trunk"))
+                    .map_or_else(String::new, |b| format!("{:.2}×", s / b));
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} ms | {ratio} | {} / {} | {} |",
+                    r.case,
+                    s * 1e3,
+                    r.lost,
+                    r.sent,
+                    r.detail
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | failed: {} | | | |",
+                    r.case,
+                    e.as_deref().unwrap_or("?").lines().next().unwrap_or("")
+                );
+            }
+        }
+    }
+    out.push('\n');
+}
+
 /// The relay-capacity table: one row per implementation and inner size.
 fn capacity_table(out: &mut String, c: &Capacity, impls: &[Impl]) {
     let _ = writeln!(out, "## Relay capacity (one core)\n");
@@ -716,6 +767,9 @@ pub fn markdown(r: Option<&Results>, crit: &[CriterionResult], extras: &[Extra])
         if let Some(c) = &r.capacity {
             capacity_table(&mut out, c, &r.impls);
         }
+        if let Some(f) = &r.failover {
+            failover_table(&mut out, f);
+        }
         let missing: Vec<&Impl> = r.impls.iter().filter(|i| i.unavailable.is_some()).collect();
         if !missing.is_empty() {
             let _ = writeln!(out, "Not measured:");
@@ -853,6 +907,7 @@ mod tests {
             relay: None,
             floods: None,
             capacity: None,
+            failover: None,
             duration: 1,
             repeat: 1,
             pings: 10,

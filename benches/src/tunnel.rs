@@ -63,6 +63,10 @@ pub struct Options {
     pub capacity: bool,
     /// Run only them (no line or relay topology, no floods).
     pub only_capacity: bool,
+    /// Measure the failover table (`--no-failover` turns it off).
+    pub failover: bool,
+    /// Only the failover table.
+    pub only_failover: bool,
     /// Seconds per capacity run (default: `duration`).
     pub capacity_secs: Option<u32>,
     /// The capacity generator's rate cap, packets per second.
@@ -376,6 +380,8 @@ pub struct Results {
     pub floods: Option<crate::flood::Floods>,
     /// Relay capacity with the packet generator, unless skipped.
     pub capacity: Option<crate::capacity::Capacity>,
+    /// Failover outages, unless skipped.
+    pub failover: Option<crate::failover::Failover>,
     /// Seconds per iperf3 run.
     pub duration: u32,
     /// Repetitions.
@@ -724,7 +730,7 @@ pub fn run(o: &Options) -> Result<Results> {
         impls[1].unavailable = Some("this kernel has no WireGuard module".into());
     }
 
-    let only = o.only_floods || o.only_capacity;
+    let only = o.only_floods || o.only_capacity || o.only_failover;
     let line = if only {
         None
     } else {
@@ -735,13 +741,18 @@ pub fn run(o: &Options) -> Result<Results> {
     } else {
         Some(relay_topology(&lab, o, &impls)?)
     };
-    let floods = if (o.floods && !o.only_capacity) || o.only_floods {
+    let floods = if (o.floods && !only) || o.only_floods {
         Some(crate::flood::run(&lab, o, &impls)?)
     } else {
         None
     };
-    let capacity = if (o.capacity && !o.only_floods) || o.only_capacity {
+    let capacity = if (o.capacity && !only) || o.only_capacity {
         Some(crate::capacity::run(&lab, o, &impls)?)
+    } else {
+        None
+    };
+    let failover = if (o.failover && !only) || o.only_failover {
+        Some(crate::failover::run(o)?)
     } else {
         None
     };
@@ -752,6 +763,7 @@ pub fn run(o: &Options) -> Result<Results> {
         relay,
         floods,
         capacity,
+        failover,
         duration: o.duration,
         repeat: o.repeat,
         pings: o.pings,

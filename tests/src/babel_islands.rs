@@ -301,6 +301,45 @@ impl BabelIslands {
         self.router_ifs[0].0.iter().position(|f| f == dev)
     }
 
+    /// A failover: waits until r1 routes island 2 through a trunk, pings h2 from h1 every
+    /// 10 ms, cuts that trunk (its underlay down at both ends), waits until 100 more replies
+    /// came (at most `timeout`), and brings the trunk back. Returns the trunk cut, the one
+    /// in use afterwards, and the probe's result (its longest gap is the outage).
+    ///
+    /// # Errors
+    /// When no trunk carries the traffic, or it does not resume within `timeout`.
+    pub fn failover(
+        &self,
+        timeout: Duration,
+    ) -> Result<(usize, Option<usize>, crate::babel::ProbeResult)> {
+        let h1 = self.t.ns("h1");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let k = loop {
+            if let Some(k) = self.trunk_in_use() {
+                if h1.wait_ping("10.2.1.2", Duration::from_secs(5)).is_ok() {
+                    break k;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no trunk carries island 2's traffic\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let probe = crate::babel::PingProbe::start_from(h1, Some("10.1.1.2"), "10.2.1.2", 10)?;
+        probe.wait_replies(50, Duration::from_secs(5))?;
+        let before = probe.replies_so_far();
+        self.set_trunk(k, false)?;
+        let resumed = probe.wait_replies(before + 100, timeout);
+        let after = self.trunk_in_use();
+        let result = probe.finish()?;
+        self.set_trunk(k, true)?;
+        resumed.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.diagnostics()))?;
+        Ok((k, after, result))
+    }
+
     /// Kills a gateway's isthmus-cp with SIGKILL and waits for it to exit.
     pub fn kill_cp(&self, node: &str) {
         self.gateway(node).cp.kill();

@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wireguard-go-upstream PATH]
+const USAGE: &str = "usage: cargo xtask bench [--no-criterion] [--no-tunnels] [--quick] [--duration SECS] [--repeat N] [--pings N] [--only ID,ID] [--no-relay] [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--no-capacity | --only-capacity] [--no-failover | --only-failover] [--capacity-secs SECS] [--capacity-rate PPS] [--wireguard-go-upstream PATH]
 implementation ids: kernel, kernel-wg, wg-go-deb, wg-go-up, boringtun, isthmus, isthmus-afxdp";
 
 /// Run the benchmarks; `args` are the words after `cargo xtask bench`.
@@ -62,6 +62,11 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             "--no-capacity" => {
                 capacity = false;
+                driver_args.push(a.clone());
+            }
+            "--no-failover" => driver_args.push(a.clone()),
+            "--only-failover" => {
+                criterion = false;
                 driver_args.push(a.clone());
             }
             "--duration"
@@ -121,6 +126,17 @@ pub fn run(args: &[String]) -> Result<()> {
     ])) {
         Ok(()) => driver_args.extend(["--isthmus-dp".to_owned(), dp.display().to_string()]),
         Err(e) => eprintln!("warning: isthmus-dp did not build, the bench runs without it: {e:#}"),
+    }
+    // The control plane of the failover table's gateways (found next to isthmus-dp).
+    if let Err(e) = cmd(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "isthmus-controlplane",
+        "--bin",
+        "isthmus-cp",
+    ])) {
+        eprintln!("warning: isthmus-cp did not build, the failover table will fail: {e:#}");
     }
     if tunnels && floods {
         // The attacker of the handshake floods.

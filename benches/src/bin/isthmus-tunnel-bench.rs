@@ -5,7 +5,7 @@
 //! isthmus-tunnel-bench [--duration SECS] [--repeat N] [--pings N] [--isthmus-dp PATH]
 //!     [--wireguard-go-upstream PATH] [--only ID,ID] [--no-relay] [--no-tunnels]
 //!     [--no-floods | --only-floods] [--flood-secs SECS] [--flood-rate PPS] [--lab-tool PATH]
-//!     [--no-capacity | --only-capacity] [--capacity-secs SECS] [--capacity-rate PPS] [--wggen PATH]
+//!     [--no-capacity | --only-capacity] [--no-failover | --only-failover] [--capacity-secs SECS] [--capacity-rate PPS] [--wggen PATH]
 //!     [--criterion DIR --criterion-since UNIX_SECS] [--out DIR]
 //! ```
 //!
@@ -46,6 +46,8 @@ fn run() -> Result<()> {
         lab_tool: None,
         capacity: true,
         only_capacity: false,
+        failover: true,
+        only_failover: false,
         capacity_secs: None,
         capacity_rate: 1_000_000,
         wggen: None,
@@ -87,6 +89,8 @@ fn run() -> Result<()> {
             "--lab-tool" => o.lab_tool = Some(val("--lab-tool")?.into()),
             "--no-capacity" => o.capacity = false,
             "--only-capacity" => o.only_capacity = true,
+            "--no-failover" => o.failover = false,
+            "--only-failover" => o.only_failover = true,
             "--capacity-secs" => {
                 o.capacity_secs = Some(
                     val("--capacity-secs")?
