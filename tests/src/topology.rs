@@ -214,6 +214,25 @@ impl Topology {
     /// # Errors
     /// When any step fails.
     pub fn pair_with(a: WgImpl, b: WgImpl, underlay: Family, a_args: &[&str]) -> Result<Self> {
+        Self::pair_full(a, b, underlay, a_args, true)
+    }
+
+    /// [`Topology::pair_with`] where `a` does not know `b`'s endpoint: `b` initiates, `a`
+    /// answers (and learns the endpoint from the authenticated handshake).
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn pair_responder(a: WgImpl, b: WgImpl, underlay: Family, a_args: &[&str]) -> Result<Self> {
+        Self::pair_full(a, b, underlay, a_args, false)
+    }
+
+    fn pair_full(
+        a: WgImpl,
+        b: WgImpl,
+        underlay: Family,
+        a_args: &[&str],
+        a_knows_b: bool,
+    ) -> Result<Self> {
         let mut t = Self::new()?;
         t.add_node("a")?;
         t.add_node("b")?;
@@ -233,7 +252,7 @@ impl Topology {
         t.peer(
             "a",
             "b",
-            Some(endpoint(ub, 51820)),
+            a_knows_b.then(|| endpoint(ub, 51820)),
             &["10.10.0.2/32", "fd10::2/128"],
             None,
         )?;

@@ -136,6 +136,42 @@ fn generic_with_boringtun_over_ipv6() {
     traffic(&t, WgImpl::Boringtun, Family::V6);
 }
 
+/// wireguard-go initiates and isthmus-dp answers through the XSK (it has no endpoint for
+/// the peer until the authenticated initiation gives it one).
+#[test]
+fn wireguard_go_initiates_over_af_xdp() {
+    init();
+    let t = Topology::pair_responder(
+        WgImpl::Isthmus,
+        WgImpl::WireguardGo,
+        Family::V4,
+        &[
+            "--backend",
+            "afxdp",
+            "--underlay",
+            "to-b1",
+            "--xdp-mode",
+            "native",
+        ],
+    )
+    .unwrap();
+    let b = t.ns("b");
+    let before = udp_in_datagrams(t.ns("a"));
+    ping_ok(b, "10.10.0.1", 5);
+    ping_ok(t.ns("a"), "fd10::2", 3);
+    let dump = t.wg("a").dump().unwrap();
+    assert!(
+        dump.iter()
+            .any(|p| p.latest_handshake > 0 && p.endpoint.is_some()),
+        "isthmus-dp should have learned the endpoint from the handshake: {dump:?}"
+    );
+    assert_eq!(
+        udp_in_datagrams(t.ns("a")),
+        before,
+        "the tunnel's datagrams should not reach the kernel's UDP stack"
+    );
+}
+
 /// `kill -9` under traffic: the BPF link dies with the process, so no XDP program is left
 /// on the interface, and the interface passes traffic to the kernel as before.
 #[test]
