@@ -815,3 +815,66 @@ fn sighup_reloads_isthmus_cp_without_a_flap() {
     );
     assert_eq!(r.lost(), 0, "{}\n{}", r.output, cp.diagnostics());
 }
+
+/// babeld's `unicast` option on both sides (`unicast = true` in isthmus-cp's class table):
+/// hellos still go to ff02::1:6, everything else to each neighbour by unicast; the routes are
+/// learned both ways as before.
+#[test]
+fn cp_and_babeld_with_unicast() {
+    init();
+    let lab = Lab::new().unwrap();
+    let a = std::sync::Arc::new(Netns::new("cpua").unwrap());
+    let b = Netns::new("cpub").unwrap();
+    let ll_b = setup(&a, &b, false);
+    let ll_a = a.link_local("va").unwrap();
+    let cap = isthmus_lab::Capture::start(&a, &lab, "udp port 6696").unwrap();
+    let bd = Babeld::start(
+        &b,
+        &lab,
+        "b",
+        &[],
+        &format!(
+            "interface vb hello-interval 1 unicast true\n{}",
+            babeld_conf()
+        ),
+    )
+    .unwrap();
+    let cfg = cp_config("").replace(
+        "[babel.wired]\nhello_interval = 1\n",
+        "[babel.wired]\nhello_interval = 1\nunicast = true\n",
+    );
+    assert!(cfg.contains("unicast = true"), "{cfg}");
+    let cp = IsthmusCp::start(&a, &lab, "a", &cfg).unwrap();
+    wait_cp_route(&cp, &a, REF_V4);
+    wait_cp_route(&cp, &a, REF_V6);
+    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    bd.wait_for_route(CP_V6, CONVERGE).unwrap();
+    ping_from(&a, CP_V4, REF_V4);
+    let sent: Vec<_> = cap
+        .stop()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.src.ip().to_string() == ll_a)
+        .collect();
+    let to = |dst: &str| {
+        sent.iter()
+            .filter(|d| d.dst.ip().to_string() == dst)
+            .count()
+    };
+    let (multicast, unicast) = (to("ff02::1:6"), to(&ll_b));
+    eprintln!("isthmus-cp sent {multicast} packets to ff02::1:6 and {unicast} to babeld");
+    assert!(unicast > 0 && multicast > 0, "{multicast} / {unicast}");
+    // Multicast packets carry a hello and nothing else: the body (its length at bytes 2-3)
+    // is one TLV of type 4.
+    for d in sent
+        .iter()
+        .filter(|d| d.dst.ip().to_string() == "ff02::1:6")
+    {
+        let p = &d.payload;
+        let body = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        assert!(
+            p.len() >= 6 && p[4] == 4 && body == 2 + usize::from(p[5]),
+            "a multicast packet that is not a lone hello: {p:?}"
+        );
+    }
+}

@@ -690,3 +690,86 @@ fn kill_9_of_isthmus_cp_loses_no_packets() {
         diag()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. kill -9 of isthmus-dp: restarted from its file, isthmus-cp resynchronises it
+// ---------------------------------------------------------------------------------------------
+
+/// The babel routes in `node`'s data-plane FIB (`isthmusctl show fib`): prefix and next hop.
+fn babel_fib(isl: &BabelIslands, node: &str) -> Vec<String> {
+    isl.show(node, "fib")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with("babel"))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// A gateway's data plane killed and restarted from its file (a supervisor's restart): its
+/// FIB starts empty, isthmus-cp reconnects and pushes its table again, with no route missing,
+/// and the kernel's routes into the new TUN device are back; a ping across the islands loses
+/// only about the restart.
+#[test]
+fn kill_9_of_isthmus_dp_is_resynchronised_by_isthmus_cp() {
+    init();
+    let mut isl = islands(1, 1);
+    let routers = isl.routers().unwrap();
+    let h1 = Arc::clone(isl.t.ns("h1"));
+    let g1 = isl.gateway_of(1, 0).node.clone();
+    {
+        let diag = || islands_diag(&routers, &isl);
+        wait_until(
+            "islands converge",
+            CONVERGE,
+            || {
+                gw_fib_has(&isl, 1, 0, "10.2.1.0/24")
+                    && gw_fib_has(&isl, 1, 0, "fd00:2:1::/64")
+                    && gw_fib_has(&isl, 2, 0, "10.1.1.0/24")
+                    && routers_use_trunk(&isl, 0)
+            },
+            diag,
+        );
+        ping_ok(&h1, "10.1.1.2", "10.2.1.2", diag);
+    }
+    let before = babel_fib(&isl, &g1);
+    let probe = PingProbe::start_from(&h1, Some("10.1.1.2"), "10.2.1.2", 10).unwrap();
+    probe.wait_replies(50, Duration::from_secs(5)).unwrap();
+    let restart = isl.t.wg_mut(&g1).crash_and_restart().unwrap();
+    let t0 = Instant::now();
+    let diag = || islands_diag(&routers, &isl);
+    let resynced = wait_until(
+        "g1a's FIB has every babel route again",
+        CONVERGE,
+        || babel_fib(&isl, &g1) == before,
+        diag,
+    );
+    let replies = probe.replies_so_far();
+    if let Err(e) = probe.wait_replies(replies + 100, CONVERGE) {
+        panic!("{e:#}\n{}", diag());
+    }
+    let r = probe.finish().unwrap();
+    eprintln!(
+        "isthmus-dp kill -9 + restart ({restart:?}): FIB resynchronised {resynced:?} later ({} routes); ping lost {} of {}, longest gap {:?}",
+        before.len(),
+        r.lost(),
+        r.sent,
+        r.longest_gap
+    );
+    assert!(
+        has_route(
+            isl.t.ns(&g1),
+            "77",
+            "10.2.1.0/24",
+            Some(&isl.t.wg(&g1).ifname)
+        ),
+        "the kernel route into the new TUN device is missing\n{}",
+        diag()
+    );
+    let _ = t0;
+    assert!(
+        r.longest_gap < restart + Duration::from_secs(3),
+        "outage {:?} for a restart of {restart:?}\n{}",
+        r.longest_gap,
+        diag()
+    );
+}

@@ -57,6 +57,10 @@ macro_rules! link_params {
             rtt_max: ::std::time::Duration = $crate::babel::link::Delay,
             /// Largest RTT penalty added to the cost (`max_rtt_penalty`).
             max_rtt_penalty: u16 = ::isthmus_dataplane::config::InRange<0, 65535>,
+            /// Send every TLV but hellos to each neighbour by unicast instead of one multicast
+            /// packet (`unicast`, babeld's option of that name: for links where multicast is
+            /// lossy or expensive, as on Wi-Fi).
+            unicast: bool = bool,
         }
     };
     (@expand (types) $(
@@ -134,6 +138,7 @@ impl LinkParams {
             rtt_min: Duration::from_millis(10),
             rtt_max: Duration::from_millis(120),
             max_rtt_penalty: if class == LinkClass::Trunk { 150 } else { 0 },
+            unicast: false,
             split_horizon: class != LinkClass::Mesh,
         }
     }

@@ -1283,6 +1283,33 @@ impl Router {
                 _ => [0; 8],
             });
             msgs.extend(updates);
+            if cfg.params.unicast && dest.is_none() {
+                // Hellos to the group (they find new neighbours); everything else to each
+                // neighbour, with only its own IHU.
+                let (hellos, rest): (Vec<Msg>, Vec<Msg>) = msgs
+                    .into_iter()
+                    .partition(|m| matches!(m, Msg::Hello { .. }));
+                if !hellos.is_empty() {
+                    self.packetize(link, None, cfg.max_packet, &hellos);
+                }
+                let addrs: Vec<Ipv6Addr> = (self.neighbours.keys())
+                    .filter(|k| k.0 == link)
+                    .map(|k| k.1)
+                    .collect();
+                for a in addrs {
+                    let theirs: Vec<Msg> = (rest.iter())
+                        .filter(|m| match m {
+                            Msg::Ihu { address, .. } => *address == Some(IpAddr::V6(a)),
+                            _ => true,
+                        })
+                        .cloned()
+                        .collect();
+                    if !theirs.is_empty() {
+                        self.packetize(link, Some(a), cfg.max_packet, &theirs);
+                    }
+                }
+                continue;
+            }
             self.packetize(link, dest, cfg.max_packet, &msgs);
         }
     }

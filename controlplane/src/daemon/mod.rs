@@ -595,19 +595,24 @@ impl Daemon {
             Input::CtlUp(stream) => {
                 info!("control channel to the data plane up");
                 self.dp.connect(stream);
-                if self.tun_ifindex.is_none() {
-                    // Started before the data plane: its TUN exists now. Routes via peers
-                    // get their kernel routes into it.
-                    self.tun_ifindex = ifaddr::ifindex(&self.ifname).ok();
-                    if let (Some(ifindex), Some((_, kroutes))) =
-                        (self.tun_ifindex, self.kernel.as_mut())
-                    {
+                // The data plane's TUN device: new when the data plane started after us or
+                // restarted (its old device, and the kernel's routes into it, are gone).
+                let tun = ifaddr::ifindex(&self.ifname).ok();
+                if tun != self.tun_ifindex {
+                    // A restart (not our first sight of the device): the kernel took the
+                    // routes into the old one with it.
+                    let replaced = self.tun_ifindex.is_some();
+                    self.tun_ifindex = tun;
+                    if let (Some(ifindex), Some((_, kroutes))) = (tun, self.kernel.as_mut()) {
                         for (prefix, sel) in self.router.selected() {
                             let via_peer = self
                                 .links
                                 .get(&sel.link)
                                 .is_some_and(|l| matches!(l.via, Via::Peer(_)));
                             if via_peer {
+                                if replaced {
+                                    kroutes.forget(prefix);
+                                }
                                 kroutes.want(prefix, Some(tun_route(prefix, ifindex, sel.metric)));
                             }
                         }

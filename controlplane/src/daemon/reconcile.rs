@@ -363,6 +363,15 @@ impl<R: TableRoute> Reconciler<R> {
         self.dirty.insert(prefix);
     }
 
+    /// The table lost what it held for `prefix` by itself (the kernel deletes the routes of a
+    /// device that goes away): the next push installs the wanted route without removing
+    /// anything first.
+    pub fn forget(&mut self, prefix: IpNet) {
+        self.held.remove(&prefix);
+        self.previous.remove(&prefix);
+        self.dirty.insert(prefix);
+    }
+
     /// The table can be reached (again). After the hold it gets the whole table at once: it may
     /// have lost everything (the data plane restarted) or kept it (stale).
     pub fn connected<T: RouteTable<Route = R>>(&mut self, table: &mut T) {

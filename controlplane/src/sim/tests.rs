@@ -229,3 +229,20 @@ fn same_seed_same_run() {
     };
     assert_eq!(run(9), run(9));
 }
+
+/// With `unicast` (everything but hellos to each neighbour by unicast), a grid converges to
+/// the same routes, without loops.
+#[test]
+fn grid_with_unicast_converges_without_loops() {
+    let mut sim = Sim::new(10);
+    let params = LinkParams {
+        unicast: true,
+        ..wired()
+    };
+    let nodes = sim.grid(6, 6, params, 2 * MS, 0);
+    sim.originate_one_each();
+    let t = converge(&mut sim, Duration::from_secs(120));
+    eprintln!("6x6 grid, unicast: converged in {t:?} simulated");
+    let far = "10.0.35.0/24".parse().unwrap();
+    assert_eq!(sim.path(nodes[0], far).unwrap().len(), 11);
+}
