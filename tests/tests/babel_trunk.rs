@@ -773,3 +773,172 @@ fn kill_9_of_isthmus_dp_is_resynchronised_by_isthmus_cp() {
         diag()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. A probed trunk beside a wireguard-go + babeld gateway: hellos stay the fallback
+// ---------------------------------------------------------------------------------------------
+
+/// X has two trunks to gateways that both announce 10.30.0.1/32: to YB, a wireguard-go +
+/// babeld gateway (no liveness probe: it could not answer one), preferred; and to YA, an
+/// isthmus gateway, both ends running the 100 ms probe. Cutting trunk b, X falls back to
+/// trunk a by Babel's hellos, and the probe on trunk a never calls it down meanwhile.
+#[test]
+fn hellos_fail_over_from_a_wireguard_go_and_babeld_gateway_beside_a_probed_trunk() {
+    init();
+    let lab = Lab::new().unwrap();
+    let (x, ya, yb) = (node("tfx"), node("tfa"), node("tfb"));
+    veth(&x, "ua", &ya, "ux").unwrap();
+    veth(&x, "ub", &yb, "ux").unwrap();
+    for (ns, dev, a) in [
+        (&x, "ua", "192.168.81.1/24"),
+        (&ya, "ux", "192.168.81.2/24"),
+        (&x, "ub", "192.168.82.1/24"),
+        (&yb, "ux", "192.168.82.2/24"),
+        (&x, "lo", "10.10.0.1/32"),
+        (&yb, "lo", "10.30.0.1/32"),
+    ] {
+        ns.add_addr(dev, a).unwrap();
+    }
+    let (kx, ka, kb) = (
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    );
+    let probe = "liveness_interval = 0.1\nliveness_misses = 2\n".to_string();
+    let trunk = |name: &str, key: &Keypair, ep: &str, allowed: &[&str], extra: &str| ConfigPeer {
+        name: name.into(),
+        class: "trunk".into(),
+        public_key: key.public.clone(),
+        endpoint: Some(ep.into()),
+        allowed_ips: allowed.iter().map(|s| (*s).to_owned()).collect(),
+        keepalive: None,
+        extra: extra.into(),
+    };
+    let babel = |originate: &str, extra: &str| {
+        Some(format!(
+            "[babel]\noriginate = [\"{originate}\"]\n\n[babel.trunk]\nhello_interval = 1\n{extra}"
+        ))
+    };
+    x.set_forwarding(true).unwrap();
+    let dp_x = WgIface::start_config(
+        &x,
+        &lab,
+        &IsthmusConfig {
+            listen_port: 51820,
+            addresses: vec!["10.99.0.1/24".into(), "fe80::1/64".into()],
+            keys: Some(kx.clone()),
+            peers: vec![
+                trunk(
+                    "ya",
+                    &ka,
+                    "192.168.81.2:51820",
+                    &["10.99.0.3/32", "fe80::a/128"],
+                    &probe,
+                ),
+                trunk(
+                    "yb",
+                    &kb,
+                    "192.168.82.2:51820",
+                    &["10.99.0.2/32", "fe80::2/128"],
+                    "",
+                ),
+            ],
+            routes: Vec::new(),
+            // Trunk a costs more: trunk b carries the traffic until it is cut.
+            babel: babel(
+                "10.10.0.1/32",
+                "\n[[babel.peer]]\nname = \"ya\"\ncost = 300\n",
+            ),
+            interface_extra: String::new(),
+        },
+    )
+    .unwrap();
+    let cp_x = IsthmusCp::start_gateway(&x, &lab, "x", dp_x.config.as_ref().unwrap()).unwrap();
+    let dp_a = WgIface::start_config(
+        &ya,
+        &lab,
+        &IsthmusConfig {
+            listen_port: 51820,
+            addresses: vec!["10.99.0.3/24".into(), "fe80::a/64".into()],
+            keys: Some(ka.clone()),
+            peers: vec![trunk(
+                "x",
+                &kx,
+                "192.168.81.1:51820",
+                &["10.10.0.1/32", "fe80::1/128"],
+                &probe,
+            )],
+            routes: Vec::new(),
+            babel: babel("10.30.0.1/32", ""),
+            interface_extra: String::new(),
+        },
+    )
+    .unwrap();
+    let cp_a = IsthmusCp::start_gateway(&ya, &lab, "ya", dp_a.config.as_ref().unwrap()).unwrap();
+    let wg = WgIface::start(
+        &yb,
+        &lab,
+        WgImpl::WireguardGo,
+        &WgSpec {
+            listen_port: 51820,
+            addresses: vec!["10.99.0.2/24".into(), "fe80::2/64".into()],
+            keys: Some(kb.clone()),
+            ..WgSpec::default()
+        },
+    )
+    .unwrap();
+    wg.add_peer(&PeerSpec {
+        public_key: kx.public.clone(),
+        endpoint: Some("192.168.82.1:51820".into()),
+        allowed_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
+        keepalive: Some(5),
+    })
+    .unwrap();
+    let bd = Babeld::start(
+        &yb,
+        &lab,
+        "yb",
+        &[],
+        &format!(
+            "interface {} type tunnel hello-interval 1\nredistribute local ip 10.30.0.1/32",
+            wg.ifname
+        ),
+    )
+    .unwrap();
+    let diag = || {
+        format!(
+            "{}\n{}\n{}",
+            gateway_diagnostics("x", &dp_x, &cp_x),
+            gateway_diagnostics("ya", &dp_a, &cp_a),
+            bd.diagnostics()
+        )
+    };
+    let fib_via = |via: &str| isthmus_lab::babel_islands::fib_has(&dp_x, "10.30.0.1/32", via);
+    wait_until(
+        "X routes 10.30.0.1 through trunk b (yb)",
+        CONVERGE,
+        || fib_via("yb"),
+        diag,
+    );
+    // Let both trunks settle (the probe on trunk a up, RTT samples in).
+    std::thread::sleep(Duration::from_secs(2));
+    let cut = Instant::now();
+    yb.exec(&["ip", "link", "set", "ux", "down"]).unwrap();
+    let t = wait_until(
+        "X falls back to trunk a (ya) by hellos",
+        CONVERGE,
+        || fib_via("ya"),
+        diag,
+    );
+    eprintln!("trunk b (wireguard-go + babeld) cut: X routes through trunk a {t:?} later");
+    assert!(
+        t.max(cut.elapsed()) < Duration::from_millis(12_500),
+        "{}",
+        diag()
+    );
+    let log = std::fs::read_to_string(cp_x.log_path()).unwrap();
+    assert!(
+        !log.contains("liveness probe: peer down"),
+        "the probe on trunk a should never have called it down:\n{log}"
+    );
+}
