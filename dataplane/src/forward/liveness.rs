@@ -103,7 +103,8 @@ impl Worker {
                 probe.tx_seen = tx;
                 probe.sent = now;
             }
-            if now.duration_since(probe.sent) >= l.interval {
+            // Nowhere to send yet (no endpoint): nothing to probe, and nothing to count.
+            if now.duration_since(probe.sent) >= l.interval && p.endpoint().is_some() {
                 if self.udp_out.is_full() {
                     sink.send_udp(&mut self.udp_out);
                 }
