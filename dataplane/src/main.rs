@@ -157,10 +157,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("isthmus-dp: {e:#}");
+            // A detached daemon's stderr goes nowhere: tell the parent waiting for it why.
+            if let Some(path) = std::env::var_os(STARTUP_ERROR_ENV) {
+                let _ = std::fs::write(path, format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
 }
+
+/// Where a daemon started by [`daemonize`] writes why it failed to start.
+const STARTUP_ERROR_ENV: &str = "ISTHMUS_STARTUP_ERROR_FILE";
 
 /// Load and check everything that can be checked before touching the system.
 fn load_config(args: &Args) -> anyhow::Result<(String, Option<DeviceConfig>)> {
@@ -178,11 +185,26 @@ fn load_config(args: &Args) -> anyhow::Result<(String, Option<DeviceConfig>)> {
     Ok((ifname, cfg))
 }
 
+/// A second instance for an interface that a daemon already serves must touch nothing of
+/// the running one (not even attach queues to its TUN device), and fail.
+fn not_running(ifname: &str) -> anyhow::Result<()> {
+    let uapi = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
+    if std::os::unix::net::UnixStream::connect(&uapi).is_ok() {
+        bail!(
+            "{ifname} is already served by a running daemon ({} answers)",
+            uapi.display()
+        );
+    }
+    Ok(())
+}
+
 /// Start a detached copy of ourselves in the foreground and return once its UAPI socket is
 /// up (as wireguard-go does, so that `wg-quick` can go on configuring the interface).
 fn daemonize(args: &Args) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
     let (ifname, _) = load_config(args)?;
+    // Before spawning: the running daemon's socket would pass for the new one's.
+    not_running(&ifname)?;
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1)).arg("--foreground");
@@ -193,12 +215,24 @@ fn daemonize(args: &Args) -> anyhow::Result<()> {
         cmd.stderr(std::process::Stdio::null());
     }
     cmd.process_group(0);
+    let err_file =
+        std::env::temp_dir().join(format!("isthmus-dp-{}-{}.err", std::process::id(), ifname));
+    cmd.env(STARTUP_ERROR_ENV, &err_file);
     let mut child = cmd.spawn().context("starting the daemon")?;
+    let why = |status: std::process::ExitStatus| {
+        let text = std::fs::read_to_string(&err_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_file);
+        if text.is_empty() {
+            anyhow::anyhow!("daemon exited during start-up ({status})")
+        } else {
+            anyhow::anyhow!("{text}")
+        }
+    };
     let sock = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!("daemon exited during start-up ({status})");
+            return Err(why(status));
         }
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             return Ok(());
@@ -269,6 +303,7 @@ fn afxdp_options(
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let (ifname, cfg) = load_config(args)?;
+    not_running(&ifname)?;
     let iface = cfg
         .as_ref()
         .map(|c| c.interface.clone())
@@ -319,8 +354,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("metrics endpoint {addr} not available: {e}"),
         }
     }
-    let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
-        .context("serving the WireGuard userspace API")?;
     let ctl_path = args
         .ctl_socket
         .clone()
@@ -328,6 +361,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| Path::new(ctl::RUN_DIR).join(format!("{ifname}.ctl")));
     let ctl = device::serve_ctl(&dev, &ctl_path)
         .with_context(|| format!("serving the control socket {}", ctl_path.display()))?;
+    // Last: the UAPI socket's appearing is what a parent without -f (and wg-quick) takes as
+    // "started", so nothing may fail after it.
+    let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
+        .context("serving the WireGuard userspace API")?;
 
     let d: Arc<Device> = dev.clone();
     let mut signals = signal_hook::iterator::Signals::new([

@@ -7,6 +7,7 @@ use isthmus_controlplane::{config, daemon};
 
 const USAGE: &str = "\
 usage: isthmus-cp --config FILE [--ctl-socket PATH] [--status-socket PATH] [--metrics ADDR|off]
+       isthmus-cp --version
 
 Runs in the foreground. Reads the [babel] section (and the peers) of the data plane's
 configuration file, talks Babel to the tunnel peers through isthmus-dp's control channel
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
             }),
             "-h" | "--help" => {
                 println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("isthmus-cp {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
             other => {

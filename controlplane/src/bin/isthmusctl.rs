@@ -22,6 +22,7 @@ usage: isthmusctl genkey
        isthmusctl show peers|fib|stats [IFNAME | --socket PATH]      (isthmus-dp)
        isthmusctl show neighbours|routes|babel [IFNAME | --socket PATH]  (isthmus-cp)
        isthmusctl reload [IFNAME]
+       isthmusctl --version
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
 show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
@@ -118,6 +119,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 }
                 println!("isthmus-cp: {answer}");
             }
+            Ok(())
+        }
+        ["-V" | "--version"] => {
+            println!("isthmusctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         ["-h" | "--help" | "help"] => {

@@ -34,7 +34,19 @@ impl crate::uapi::UapiHandler for Device {
         }
         // replace_peers and every peer section in one batch; as in wireguard-go, the
         // sections before a failing one stay applied.
-        let changes = uapi_peer_changes(&self.core.peers(), req.replace_peers, req.peers);
+        // A peer with the device's own public key is ignored, as wireguard-go ignores it, not
+        // an error for the whole request.
+        let own = self.core.private_key().map(|k| k.public_key());
+        let sections = (req.peers.into_iter())
+            .filter(|p| {
+                let mine = Some(p.public_key) == own;
+                if mine {
+                    tracing::debug!("uapi: a peer with our own public key, ignored");
+                }
+                !mine
+            })
+            .collect();
+        let changes = uapi_peer_changes(&self.core.peers(), req.replace_peers, sections);
         self.core
             .apply_peer_changes(changes)
             .map_err(|e| crate::uapi::UapiError::rejected(e.to_string()))?;

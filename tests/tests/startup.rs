@@ -1,0 +1,131 @@
+//! Starting like the daemons it replaces: a second isthmus-dp for an interface that one
+//! already serves fails with a non-zero status and leaves the running one alone; without
+//! `-f`, a start-up failure prints its reason (the detached daemon's stderr goes nowhere);
+//! `--version` on the three binaries.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::init;
+use isthmus_lab::{IsthmusCp, Lab, Netns, WgIface, WgImpl, WgSpec};
+
+#[test]
+fn a_second_instance_fails_and_leaves_the_first_alone() {
+    init();
+    let lab = Lab::new().unwrap();
+    let ns = Arc::new(Netns::new("su1").unwrap());
+    let first = WgIface::start(
+        &ns,
+        &lab,
+        WgImpl::Isthmus,
+        &WgSpec {
+            listen_port: 51820,
+            addresses: vec!["10.10.0.1/24".into()],
+            ..WgSpec::default()
+        },
+    )
+    .unwrap();
+    let bin = WgImpl::Isthmus.binary().unwrap();
+    let out = ns
+        .command(&bin)
+        .args([first.ifname.as_str(), "--metrics", "off"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second instance started: {err}");
+    assert!(err.contains("already served"), "{err}");
+    assert!(first.alive(), "the first instance died");
+    let shown = first.wg(&["show", &first.ifname, "listen-port"]).unwrap();
+    assert_eq!(shown.trim(), "51820");
+    // Its TUN device has only its own queues: the second never opened it.
+    let log = first.log_tail(20);
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn a_startup_failure_without_f_prints_its_reason() {
+    init();
+    let ns = Netns::new("su2").unwrap();
+    let bin = WgImpl::Isthmus.binary().unwrap();
+    let ifname = isthmus_lab::unique_ifname("isu");
+    // The control socket cannot be made under a regular file.
+    let out = ns
+        .command(&bin)
+        .args([
+            ifname.as_str(),
+            "--metrics",
+            "off",
+            "--ctl-socket",
+            "/proc/version/x.ctl",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("control socket /proc/version/x.ctl"),
+        "the reason should be printed, not only an exit status: {err}"
+    );
+    assert!(
+        ns.exec(&["ip", "link", "show", &ifname]).is_err(),
+        "the failed daemon left its device behind"
+    );
+}
+
+#[test]
+fn every_binary_prints_its_version() {
+    init();
+    for (bin, name) in [
+        (WgImpl::Isthmus.binary().unwrap(), "isthmus-dp"),
+        (IsthmusCp::binary().unwrap(), "isthmus-cp"),
+        (IsthmusCp::ctl_binary().unwrap(), "isthmusctl"),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name} --version failed");
+        assert!(
+            text.starts_with(&format!("{name} {}", env!("CARGO_PKG_VERSION"))),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// A `wg set` naming the device's own public key as a peer: that section is ignored, as
+/// wireguard-go ignores it, and the rest of the request still applies.
+#[test]
+fn a_peer_with_our_own_key_is_ignored_not_an_error() {
+    init();
+    let lab = Lab::new().unwrap();
+    let ns = Arc::new(Netns::new("su3").unwrap());
+    let dp = WgIface::start(
+        &ns,
+        &lab,
+        WgImpl::Isthmus,
+        &WgSpec {
+            listen_port: 51820,
+            ..WgSpec::default()
+        },
+    )
+    .unwrap();
+    let other = isthmus_lab::Keypair::generate().unwrap();
+    dp.wg(&[
+        "set",
+        &dp.ifname,
+        "peer",
+        &dp.keys.public,
+        "allowed-ips",
+        "10.9.9.1/32",
+        "peer",
+        &other.public,
+        "allowed-ips",
+        "10.9.9.2/32",
+    ])
+    .unwrap();
+    let peers = dp.dump().unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].public_key, other.public);
+}
