@@ -147,6 +147,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or the journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = if args.foreground {
         run(&args)
@@ -388,8 +390,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             break;
         }
     });
+    let uapi_path = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
     while !dev.is_shutting_down() {
         std::thread::sleep(Duration::from_millis(100));
+        // As wireguard-go: deleting the UAPI socket stops the daemon (`wg` could no longer
+        // see it, and it would run on invisible).
+        if !uapi_path.exists() {
+            tracing::info!(socket = %uapi_path.display(), "UAPI socket deleted, shutting down");
+            dev.shutdown();
+        }
     }
     sig_handle.close();
     drop(uapi);

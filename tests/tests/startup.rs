@@ -129,3 +129,34 @@ fn a_peer_with_our_own_key_is_ignored_not_an_error() {
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert_eq!(peers[0].public_key, other.public);
 }
+
+/// As wireguard-go: deleting the UAPI socket stops the daemon (and its device goes). And a
+/// log that is not a terminal has no colour codes.
+#[test]
+fn deleting_the_uapi_socket_stops_the_daemon_and_logs_are_plain() {
+    init();
+    let lab = Lab::new().unwrap();
+    let ns = Arc::new(Netns::new("su4").unwrap());
+    let dp = WgIface::start(
+        &ns,
+        &lab,
+        WgImpl::Isthmus,
+        &WgSpec {
+            listen_port: 51820,
+            ..WgSpec::default()
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(isthmus_lab::uapi_socket(&dp.ifname)).unwrap();
+    assert!(
+        ns.wait_exit(dp.pid, std::time::Duration::from_secs(3)),
+        "isthmus-dp runs on without its UAPI socket"
+    );
+    assert!(ns.exec(&["ip", "link", "show", &dp.ifname]).is_err());
+    let log = std::fs::read_to_string(&dp.log).unwrap();
+    assert!(log.contains("UAPI socket deleted"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+}
