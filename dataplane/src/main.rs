@@ -29,7 +29,9 @@ Creates TUN device IFNAME and serves WireGuard's userspace API on
 options:
   -f, --foreground       stay in the foreground (also: WG_PROCESS_FOREGROUND=1)
   -c, --config FILE      isthmus TOML configuration (see docs/config.md)
-      --metrics ADDR     Prometheus endpoint (default 127.0.0.1:9586; 'off' to disable)
+      --metrics ADDR     Prometheus endpoint (default $ISTHMUS_METRICS, else the file's,
+                         else 127.0.0.1:9586; 'off' to disable); one that cannot be
+                         bound is a start-up error
       --threads N        worker threads (default 2)
       --unrouted MODE    decrypted packets matching no route: 'local' (default, as
                          wireguard-go: hand to the kernel) or 'drop' (count and send
@@ -338,7 +340,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .context("applying the configuration")?;
     }
 
-    let metrics = match args.metrics.as_deref() {
+    // --metrics, else $ISTHMUS_METRICS (for wg-quick, which passes no options), else the
+    // file, else 127.0.0.1:9586.
+    let from_env = std::env::var("ISTHMUS_METRICS").ok();
+    let metrics = match args.metrics.as_deref().or(from_env.as_deref()) {
         Some("off") => None,
         Some(a) => Some(
             a.parse::<SocketAddr>()
@@ -351,10 +356,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ),
     };
     if let Some(addr) = metrics {
-        match device::serve_metrics(addr, dev.core.clone()) {
-            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
-            Err(e) => tracing::warn!("metrics endpoint {addr} not available: {e}"),
-        }
+        // Not a warning nobody reads (under wg-quick): a gateway without the metrics it was
+        // asked for does not start.
+        let a = device::serve_metrics(addr, dev.core.clone()).with_context(|| {
+            format!(
+                "metrics on {addr} (another isthmus-dp on this host? give each its own \
+                 address with --metrics ADDR or ISTHMUS_METRICS=ADDR, or 'off')"
+            )
+        })?;
+        tracing::info!("metrics on http://{a}/metrics");
     }
     let ctl_path = args
         .ctl_socket

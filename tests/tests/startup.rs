@@ -160,3 +160,52 @@ fn deleting_the_uapi_socket_stops_the_daemon_and_logs_are_plain() {
         "colour codes in a log file:\n{log}"
     );
 }
+
+/// Two isthmus-dp in one namespace (one host): the second cannot have the first's metrics
+/// address, and says so instead of running on without metrics; `ISTHMUS_METRICS` (what
+/// wg-quick users set) gives it its own.
+#[test]
+fn a_metrics_address_in_use_is_a_startup_error() {
+    init();
+    let lab = Lab::new().unwrap();
+    let ns = Arc::new(Netns::new("su5").unwrap());
+    let first = WgIface::start(
+        &ns,
+        &lab,
+        WgImpl::Isthmus,
+        &WgSpec {
+            listen_port: 51820,
+            ..WgSpec::default()
+        },
+    )
+    .unwrap();
+    let bin = WgImpl::Isthmus.binary().unwrap();
+    let second = isthmus_lab::unique_ifname("ism");
+    let out = ns
+        .command(&bin)
+        .args([second.as_str(), "--metrics", isthmus_lab::METRICS_ADDR])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its metrics: {err}");
+    assert!(
+        err.contains(&format!("metrics on {}", isthmus_lab::METRICS_ADDR)),
+        "{err}"
+    );
+    assert!(first.alive());
+    let out = ns
+        .command(&bin)
+        .arg(&second)
+        .env("ISTHMUS_METRICS", "127.0.0.1:9599")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = isthmus_lab::scrape(&ns, "127.0.0.1:9599").unwrap();
+    assert!(m.has("isthmus_build_info"), "no metrics from the second daemon");
+    // The detached second daemon stops when its UAPI socket goes.
+    let _ = std::fs::remove_file(isthmus_lab::uapi_socket(&second));
+}
