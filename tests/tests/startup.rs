@@ -205,7 +205,10 @@ fn a_metrics_address_in_use_is_a_startup_error() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m = isthmus_lab::scrape(&ns, "127.0.0.1:9599").unwrap();
-    assert!(m.has("isthmus_build_info"), "no metrics from the second daemon");
+    assert!(
+        m.has("isthmus_build_info"),
+        "no metrics from the second daemon"
+    );
     // The detached second daemon stops when its UAPI socket goes.
     let _ = std::fs::remove_file(isthmus_lab::uapi_socket(&second));
 }
