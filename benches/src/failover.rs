@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
-use isthmus_lab::{endpoint, ConfigPeer, IsthmusConfig, Keypair, PingProbe, Topology, WgImpl};
+use isthmus_lab::Topology;
 use serde::Serialize;
 
 use crate::tunnel::Options;
@@ -104,43 +104,8 @@ fn islands_failover(hello: u32, liveness: Option<(f64, u32)>) -> Result<Failover
 }
 
 fn restart_outage() -> Result<FailoverRow> {
-    let mut t = Topology::new()?;
-    t.add_node("a")?;
-    t.add_node("b")?;
-    t.link("a", &["10.200.0.1/24"], "b", &["10.200.0.2/24"])?;
-    t.add_wg("b", WgImpl::WireguardGo, 51820, &["10.10.0.2/24"])?;
-    let cfg = IsthmusConfig {
-        listen_port: 51820,
-        addresses: vec!["10.10.0.1/24".into()],
-        keys: Some(Keypair::generate()?),
-        peers: vec![ConfigPeer {
-            name: "b".into(),
-            class: "trunk".into(),
-            public_key: t.wg("b").keys.public.clone(),
-            endpoint: Some(endpoint("10.200.0.2", 51820)),
-            allowed_ips: vec!["10.10.0.2/32".into()],
-            keepalive: None,
-            extra: String::new(),
-        }],
-        ..Default::default()
-    };
-    t.add_isthmus_config("a", &cfg)?;
-    t.peer(
-        "b",
-        "a",
-        Some(endpoint("10.200.0.1", 51820)),
-        &["10.10.0.1/32"],
-        None,
-    )?;
-    let b = std::sync::Arc::clone(t.ns("b"));
-    b.wait_ping("10.10.0.1", Duration::from_secs(10))?;
-    let probe = PingProbe::start(&b, "10.10.0.1", 10)?;
-    probe.wait_replies(50, Duration::from_secs(5))?;
-    let restart = t.wg_mut("a").crash_and_restart()?;
-    let before = probe.replies_so_far();
-    let resumed = probe.wait_replies(before + 50, Duration::from_secs(30));
-    let r = probe.finish()?;
-    resumed?;
+    let mut t = Topology::file_gateway_and_wireguard_go()?;
+    let (restart, r) = t.restart_under_ping("a", "b", "10.10.0.1")?;
     Ok(FailoverRow {
         outage_s: Some(r.longest_gap.as_secs_f64()),
         sent: r.sent,

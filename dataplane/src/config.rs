@@ -186,7 +186,7 @@ impl Default for InterfaceConfig {
 }
 
 /// `[[peer]]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Human name, used in metrics and `isthmusctl`.
     pub name: Option<String>,
@@ -204,6 +204,20 @@ pub struct PeerConfig {
     pub class: LinkClass,
     /// The fast liveness probe (`liveness_interval`, `liveness_misses`), if on.
     pub liveness: Option<crate::forward::Liveness>,
+}
+
+impl PeerConfig {
+    /// The settings a peer of this configuration gets.
+    pub fn settings(&self) -> crate::tunnel::PeerSettings {
+        crate::tunnel::PeerSettings {
+            name: self.name.clone(),
+            class: self.class,
+            preshared_key: self.preshared_key,
+            persistent_keepalive: self.persistent_keepalive,
+            allowed_ips: self.allowed_ips.clone(),
+            liveness: self.liveness,
+        }
+    }
 }
 
 /// `[[route]]`.

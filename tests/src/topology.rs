@@ -266,6 +266,71 @@ impl Topology {
         Ok(t)
     }
 
+    /// `a`: isthmus-dp from a configuration file (10.10.0.1, its peer `b` with an endpoint);
+    /// `b`: wireguard-go (10.10.0.2) with `a`'s endpoint; a veth underlay 10.200.0.0/24. What
+    /// a supervisor restarts ([`Topology::restart_under_ping`]).
+    ///
+    /// # Errors
+    /// When any step fails.
+    pub fn file_gateway_and_wireguard_go() -> Result<Self> {
+        let mut t = Self::new()?;
+        t.add_node("a")?;
+        t.add_node("b")?;
+        t.link("a", &["10.200.0.1/24"], "b", &["10.200.0.2/24"])?;
+        t.add_wg("b", WgImpl::WireguardGo, 51820, &["10.10.0.2/24"])?;
+        let cfg = IsthmusConfig {
+            listen_port: 51820,
+            addresses: vec!["10.10.0.1/24".into()],
+            keys: Some(Keypair::generate()?),
+            peers: vec![ConfigPeer {
+                name: "b".into(),
+                class: "trunk".into(),
+                public_key: t.wg("b").keys.public.clone(),
+                endpoint: Some(endpoint("10.200.0.2", 51820)),
+                allowed_ips: vec!["10.10.0.2/32".into()],
+                keepalive: None,
+                extra: String::new(),
+            }],
+            ..Default::default()
+        };
+        t.add_isthmus_config("a", &cfg)?;
+        t.peer(
+            "b",
+            "a",
+            Some(endpoint("10.200.0.1", 51820)),
+            &["10.10.0.1/32"],
+            None,
+        )?;
+        t.ns("b")
+            .wait_ping("10.10.0.1", std::time::Duration::from_secs(10))?;
+        Ok(t)
+    }
+
+    /// Pings `dst` from `from` every 10 ms, kills `node`'s isthmus-dp with SIGKILL and
+    /// restarts it from its file ([`WgIface::crash_and_restart`]), and waits for 50 more
+    /// replies (at most 30 s). Returns the restart time and the ping's result (its longest
+    /// gap is the outage).
+    ///
+    /// # Errors
+    /// When the restart fails or the replies do not come back (with the daemon's log).
+    pub fn restart_under_ping(
+        &mut self,
+        node: &str,
+        from: &str,
+        dst: &str,
+    ) -> Result<(std::time::Duration, crate::babel::ProbeResult)> {
+        use std::time::Duration;
+        let ns = Arc::clone(self.ns(from));
+        let probe = crate::babel::PingProbe::start(&ns, dst, 10)?;
+        probe.wait_replies(50, Duration::from_secs(5))?;
+        let restart = self.wg_mut(node).crash_and_restart()?;
+        let before = probe.replies_so_far();
+        let resumed = probe.wait_replies(before + 50, Duration::from_secs(30));
+        let result = probe.finish()?;
+        resumed.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.wg(node).log_tail(30)))?;
+        Ok((restart, result))
+    }
+
     /// A hub `hub` running `hub_imp` and spokes `s0`, `s1`, ... each on its own veth link to
     /// the hub (underlay `10.201.<i>.1/24` at the hub, `.2` at the spoke). Inner addresses:
     /// hub `10.20.0.1/24` and `fd20::1/64`, spoke *i* `10.20.0.<i+2>/24` and `fd20::<i+2>/64`.

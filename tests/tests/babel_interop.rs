@@ -70,6 +70,22 @@ fn setup(a: &Netns, b: &Netns, ipv4_link: bool) -> String {
     b.link_local("vb").unwrap()
 }
 
+/// babeld in B and isthmus-cp in A (`cp_config("")`), each with the other's prefixes
+/// installed.
+fn babeld_and_cp_converged<'a>(
+    a: &'a Netns,
+    b: &'a Netns,
+    lab: &Lab,
+) -> (Babeld<'a>, IsthmusCp<'a>) {
+    let bd = Babeld::start(b, lab, "b", &["vb"], &babeld_conf()).unwrap();
+    let cp = IsthmusCp::start(a, lab, "a", &cp_config("")).unwrap();
+    wait_cp_route(&cp, a, REF_V4);
+    wait_cp_route(&cp, a, REF_V6);
+    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    bd.wait_for_route(CP_V6, CONVERGE).unwrap();
+    (bd, cp)
+}
+
 /// Routes isthmus-cp installed (protocol 77).
 fn cp_kernel_routes(ns: &Netns) -> Vec<KernelRoute> {
     kernel_routes(ns, "77").unwrap()
@@ -375,12 +391,7 @@ fn cp_restart_keeps_kernel_routes() {
     let a = Netns::new("cpra").unwrap();
     let b = Netns::new("cprb").unwrap();
     setup(&a, &b, false);
-    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
-    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
-    wait_cp_route(&cp, &a, REF_V4);
-    wait_cp_route(&cp, &a, REF_V6);
-    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
-    bd.wait_for_route(CP_V6, CONVERGE).unwrap();
+    let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     ping_from(&a, CP_V4, REF_V4);
     let before = cp_kernel_routes(&a);
     assert_eq!(before.len(), 2, "{before:#?}");
@@ -536,11 +547,7 @@ fn bad_babel_packets_are_counted_not_fatal() {
     // A global address on B's end, to send a Babel packet from (babeld keeps using its
     // link-local address: it must have one before babeld starts, so no second one here).
     b.add_addr("vb", "fd74:99::2/64").unwrap();
-    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
-    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
-    wait_cp_route(&cp, &a, REF_V4);
-    wait_cp_route(&cp, &a, REF_V6);
-    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     let routes_before = cp_kernel_routes(&a);
     let refused0 = cp
         .metrics()
@@ -748,11 +755,7 @@ fn sighup_reloads_isthmus_cp_without_a_flap() {
     let a = Netns::new("cpra").unwrap();
     let b = Netns::new("cprb").unwrap();
     setup(&a, &b, false);
-    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
-    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
-    wait_cp_route(&cp, &a, REF_V4);
-    wait_cp_route(&cp, &a, REF_V6);
-    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     let probe = PingProbe::start_from(&a, Some(CP_V4), REF_V4, 10).unwrap();
     probe.wait_replies(20, Duration::from_secs(5)).unwrap();
     let hup = |text: &str| {

@@ -103,13 +103,14 @@ fn two_nodes() -> (Arc<Netns>, Arc<Netns>) {
     (x, y)
 }
 
-/// Y: wireguard-go (10.99.0.2, fe80::2) peered with X's key at 192.168.77.1, and babeld on
-/// the tunnel (hello 1 s) announcing 10.20.0.1 and fd20::1.
+/// Y: wireguard-go (10.99.0.2, fe80::2) peered with X's key at `x_endpoint`, and babeld on
+/// the tunnel (hello 1 s) announcing the local addresses `announce`.
 fn babeld_behind_wireguard_go<'a>(
     y: &'a Arc<Netns>,
     lab: &Lab,
-    ky: &Keypair,
-    kx: &Keypair,
+    (ky, kx): (&Keypair, &Keypair),
+    x_endpoint: &str,
+    announce: &[&str],
 ) -> (WgIface, Babeld<'a>) {
     let wg = WgIface::start(
         y,
@@ -125,22 +126,16 @@ fn babeld_behind_wireguard_go<'a>(
     .unwrap();
     wg.add_peer(&PeerSpec {
         public_key: kx.public.clone(),
-        endpoint: Some("192.168.77.1:51820".into()),
+        endpoint: Some(x_endpoint.into()),
         allowed_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
         keepalive: Some(5),
     })
     .unwrap();
-    let babeld = Babeld::start(
-        y,
-        lab,
-        "y",
-        &[],
-        &format!(
-            "interface {} type tunnel hello-interval 1\nredistribute local ip 10.20.0.1/32\nredistribute local ip fd20::1/128",
-            wg.ifname
-        ),
-    )
-    .unwrap();
+    let mut conf = format!("interface {} type tunnel hello-interval 1", wg.ifname);
+    for a in announce {
+        conf.push_str(&format!("\nredistribute local ip {a}"));
+    }
+    let babeld = Babeld::start(y, lab, "y", &[], &conf).unwrap();
     (wg, babeld)
 }
 
@@ -190,7 +185,13 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
     )
     .unwrap();
     let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
-    let (wg, by) = babeld_behind_wireguard_go(&y, &lab, &ky, &kx);
+    let (wg, by) = babeld_behind_wireguard_go(
+        &y,
+        &lab,
+        (&ky, &kx),
+        "192.168.77.1:51820",
+        &["10.20.0.1/32", "fd20::1/128"],
+    );
     let wg0 = wg.ifname.clone();
     let diag = || {
         format!(
@@ -270,7 +271,13 @@ fn a_peer_added_at_run_time_is_a_babel_link_and_its_removal_retracts_its_routes(
     // No peer in the file: Y comes later, over the UAPI.
     let dp = WgIface::start_config(&x, &lab, &gateway_config(&kx, Vec::new())).unwrap();
     let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
-    let (wg, by) = babeld_behind_wireguard_go(&y, &lab, &ky, &kx);
+    let (wg, by) = babeld_behind_wireguard_go(
+        &y,
+        &lab,
+        (&ky, &kx),
+        "192.168.77.1:51820",
+        &["10.20.0.1/32", "fd20::1/128"],
+    );
     let diag = || {
         format!(
             "{}\n{}",
@@ -875,36 +882,13 @@ fn hellos_fail_over_from_a_wireguard_go_and_babeld_gateway_beside_a_probed_trunk
     )
     .unwrap();
     let cp_a = IsthmusCp::start_gateway(&ya, &lab, "ya", dp_a.config.as_ref().unwrap()).unwrap();
-    let wg = WgIface::start(
+    let (_wg, bd) = babeld_behind_wireguard_go(
         &yb,
         &lab,
-        WgImpl::WireguardGo,
-        &WgSpec {
-            listen_port: 51820,
-            addresses: vec!["10.99.0.2/24".into(), "fe80::2/64".into()],
-            keys: Some(kb.clone()),
-            ..WgSpec::default()
-        },
-    )
-    .unwrap();
-    wg.add_peer(&PeerSpec {
-        public_key: kx.public.clone(),
-        endpoint: Some("192.168.82.1:51820".into()),
-        allowed_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
-        keepalive: Some(5),
-    })
-    .unwrap();
-    let bd = Babeld::start(
-        &yb,
-        &lab,
-        "yb",
-        &[],
-        &format!(
-            "interface {} type tunnel hello-interval 1\nredistribute local ip 10.30.0.1/32",
-            wg.ifname
-        ),
-    )
-    .unwrap();
+        (&kb, &kx),
+        "192.168.82.1:51820",
+        &["10.30.0.1/32"],
+    );
     let diag = || {
         format!(
             "{}\n{}\n{}",

@@ -10,22 +10,22 @@ use std::sync::Arc;
 use common::init;
 use isthmus_lab::{IsthmusCp, Lab, Netns, WgIface, WgImpl, WgSpec};
 
+/// isthmus-dp on port 51820 in `ns`, with 10.10.0.1/24 on its device.
+fn isthmus(ns: &Arc<Netns>, lab: &Lab) -> WgIface {
+    let spec = WgSpec {
+        listen_port: 51820,
+        addresses: vec!["10.10.0.1/24".into()],
+        ..WgSpec::default()
+    };
+    WgIface::start(ns, lab, WgImpl::Isthmus, &spec).unwrap()
+}
+
 #[test]
 fn a_second_instance_fails_and_leaves_the_first_alone() {
     init();
     let lab = Lab::new().unwrap();
     let ns = Arc::new(Netns::new("su1").unwrap());
-    let first = WgIface::start(
-        &ns,
-        &lab,
-        WgImpl::Isthmus,
-        &WgSpec {
-            listen_port: 51820,
-            addresses: vec!["10.10.0.1/24".into()],
-            ..WgSpec::default()
-        },
-    )
-    .unwrap();
+    let first = isthmus(&ns, &lab);
     let bin = WgImpl::Isthmus.binary().unwrap();
     let out = ns
         .command(&bin)
@@ -101,16 +101,7 @@ fn a_peer_with_our_own_key_is_ignored_not_an_error() {
     init();
     let lab = Lab::new().unwrap();
     let ns = Arc::new(Netns::new("su3").unwrap());
-    let dp = WgIface::start(
-        &ns,
-        &lab,
-        WgImpl::Isthmus,
-        &WgSpec {
-            listen_port: 51820,
-            ..WgSpec::default()
-        },
-    )
-    .unwrap();
+    let dp = isthmus(&ns, &lab);
     let other = isthmus_lab::Keypair::generate().unwrap();
     dp.wg(&[
         "set",
@@ -137,16 +128,7 @@ fn deleting_the_uapi_socket_stops_the_daemon_and_logs_are_plain() {
     init();
     let lab = Lab::new().unwrap();
     let ns = Arc::new(Netns::new("su4").unwrap());
-    let dp = WgIface::start(
-        &ns,
-        &lab,
-        WgImpl::Isthmus,
-        &WgSpec {
-            listen_port: 51820,
-            ..WgSpec::default()
-        },
-    )
-    .unwrap();
+    let dp = isthmus(&ns, &lab);
     std::fs::remove_file(isthmus_lab::uapi_socket(&dp.ifname)).unwrap();
     assert!(
         ns.wait_exit(dp.pid, std::time::Duration::from_secs(3)),
@@ -169,16 +151,7 @@ fn a_metrics_address_in_use_is_a_startup_error() {
     init();
     let lab = Lab::new().unwrap();
     let ns = Arc::new(Netns::new("su5").unwrap());
-    let first = WgIface::start(
-        &ns,
-        &lab,
-        WgImpl::Isthmus,
-        &WgSpec {
-            listen_port: 51820,
-            ..WgSpec::default()
-        },
-    )
-    .unwrap();
+    let first = isthmus(&ns, &lab);
     let bin = WgImpl::Isthmus.binary().unwrap();
     let second = isthmus_lab::unique_ifname("ism");
     let out = ns

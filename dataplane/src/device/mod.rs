@@ -470,20 +470,12 @@ impl Device {
     /// Apply a configuration file: key, peers (with names and classes), static routes, and
     /// the interface's addresses (set with iproute2, then the link is brought up).
     pub fn apply_config(&self, cfg: &crate::config::DeviceConfig) -> io::Result<()> {
-        use crate::tunnel::PeerSettings;
         self.core.set_private_key(cfg.interface.private_key);
         let changes = cfg.peers.iter().map(|p| {
             PeerChange::Upsert(PeerSpec {
                 public_key: p.public_key,
                 endpoint: p.endpoint,
-                settings: PeerSettings {
-                    name: p.name.clone(),
-                    class: p.class,
-                    preshared_key: p.preshared_key,
-                    persistent_keepalive: p.persistent_keepalive,
-                    allowed_ips: p.allowed_ips.clone(),
-                    liveness: p.liveness,
-                },
+                settings: p.settings(),
             })
         });
         self.core.apply_peer_changes(changes).map_err(|e| {
@@ -518,7 +510,6 @@ impl Device {
         old: &crate::config::DeviceConfig,
         new: &crate::config::DeviceConfig,
     ) -> io::Result<ReloadReport> {
-        use crate::tunnel::PeerSettings;
         let mut report = ReloadReport::default();
         let (o, n) = (&old.interface, &new.interface);
         let restart_only = [
@@ -551,16 +542,7 @@ impl Device {
         for p in &new.peers {
             let was = old.peers.iter().find(|q| q.public_key == p.public_key);
             let present = before.by_key(&p.public_key).is_some();
-            let unchanged = was.is_some_and(|w| {
-                w.name == p.name
-                    && w.class == p.class
-                    && w.preshared_key == p.preshared_key
-                    && w.persistent_keepalive == p.persistent_keepalive
-                    && w.allowed_ips == p.allowed_ips
-                    && w.liveness == p.liveness
-                    && w.endpoint == p.endpoint
-            });
-            if present && unchanged {
+            if present && was == Some(p) {
                 continue;
             }
             let label = p
@@ -578,14 +560,7 @@ impl Device {
                 endpoint: p
                     .endpoint
                     .filter(|e| !present || was.is_none_or(|w| w.endpoint != Some(*e))),
-                settings: PeerSettings {
-                    name: p.name.clone(),
-                    class: p.class,
-                    preshared_key: p.preshared_key,
-                    persistent_keepalive: p.persistent_keepalive,
-                    allowed_ips: p.allowed_ips.clone(),
-                    liveness: p.liveness,
-                },
+                settings: p.settings(),
             }));
         }
         for peer in before.iter() {

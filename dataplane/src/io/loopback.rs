@@ -163,6 +163,21 @@ fn poll_node(node: &mut Node, wire: &mut Wire) {
     let _ = port.poll(worker, std::time::Duration::ZERO);
 }
 
+/// Run `f` with a node's worker and a sink onto the wire and the node's outputs (for the
+/// timers, which take no input).
+fn with_worker(node: &mut Node, wire: &mut Wire, f: impl FnOnce(&mut Worker, &mut NodeSink<'_>)) {
+    let mut sink = NodeSink {
+        from: node.addr,
+        wire,
+        tun_delivered: &mut node.tun_delivered,
+        tun_count: &mut node.tun_count,
+        keep_tun: node.keep_tun,
+        mesh_links: &node.mesh_links,
+        mesh_delivered: &mut node.mesh_delivered,
+    };
+    f(&mut node.worker, &mut sink);
+}
+
 /// A virtual underlay joining several nodes.
 pub struct LoopbackNet {
     /// The nodes, in creation order.
@@ -257,16 +272,7 @@ impl LoopbackNet {
     /// Run every node's timers once.
     pub fn tick(&mut self) {
         for node in &mut self.nodes {
-            let mut sink = NodeSink {
-                from: node.addr,
-                wire: &mut self.wire,
-                tun_delivered: &mut node.tun_delivered,
-                tun_count: &mut node.tun_count,
-                keep_tun: node.keep_tun,
-                mesh_links: &node.mesh_links,
-                mesh_delivered: &mut node.mesh_delivered,
-            };
-            node.worker.tick(&mut sink);
+            with_worker(node, &mut self.wire, |w, sink| w.tick(sink));
         }
     }
 
@@ -275,16 +281,9 @@ impl LoopbackNet {
     pub fn probe(&mut self, probes: &mut Vec<crate::forward::Probes>, now: std::time::Instant) {
         probes.resize_with(self.nodes.len(), Default::default);
         for (node, probes) in self.nodes.iter_mut().zip(probes.iter_mut()) {
-            let mut sink = NodeSink {
-                from: node.addr,
-                wire: &mut self.wire,
-                tun_delivered: &mut node.tun_delivered,
-                tun_count: &mut node.tun_count,
-                keep_tun: node.keep_tun,
-                mesh_links: &node.mesh_links,
-                mesh_delivered: &mut node.mesh_delivered,
-            };
-            node.worker.probe(probes, now, &mut sink);
+            with_worker(node, &mut self.wire, |w, sink| {
+                w.probe(probes, now, sink);
+            });
         }
     }
 
