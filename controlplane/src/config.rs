@@ -20,11 +20,12 @@ use ipnet::IpNet;
 use isthmus_dataplane::config::{
     check_str, ConfigError, DeviceConfig, IfName, InRange, Prefix, Source,
 };
-use isthmus_dataplane::keys::Key;
+use isthmus_dataplane::keys::{decode_hex, read_secret_file, Key};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::babel::link::{link_params, MAX_INTERVAL};
+pub use crate::babel::{Algorithm, MacKey};
 pub use crate::babel::{CostModel, LinkClass, LinkOverrides, LinkParams};
 
 /// The whole configuration of `isthmus-cp`.
@@ -73,6 +74,8 @@ pub struct BabelConfig {
     pub peers: Vec<BabelPeer>,
     /// `[[babel.filter]]`, in order; the first match wins.
     pub filters: Vec<Filter>,
+    /// `[[babel.key]]`: the MAC keys (RFC 8967) links may name, read from their files.
+    pub keys: Vec<MacKey>,
 }
 
 impl BabelConfig {
@@ -136,6 +139,8 @@ pub struct BabelInterface {
     pub class: LinkClass,
     /// Its parameters: the class's, with this interface's overrides.
     pub params: LinkParams,
+    /// `keys`: the MAC keys of its packets (none: Babel without authentication).
+    pub keys: Vec<MacKey>,
 }
 
 /// A tunnel peer as a Babel link: a `[[peer]]`, with its `[[babel.peer]]` settings.
@@ -152,6 +157,8 @@ pub struct BabelPeer {
     pub class: LinkClass,
     /// Its parameters: the class's, with this peer's overrides.
     pub params: LinkParams,
+    /// `[[babel.peer]] keys`: the MAC keys of its Babel packets.
+    pub keys: Vec<MacKey>,
 }
 
 /// The direction a filter applies to.
@@ -276,6 +283,16 @@ struct RawBabel {
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
     filter: Vec<Spanned<RawFilter>>,
+    #[serde(default)]
+    key: Vec<Spanned<RawKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
 }
 
 // The tables with link-parameter keys besides their own (serde's `flatten` cannot be
@@ -283,11 +300,13 @@ struct RawBabel {
 link_params!(table RawInterface {
     name: Option<Spanned<IfName>>,
     class: Option<LinkClass>,
+    keys: Option<Vec<Spanned<String>>>,
 });
 link_params!(table RawPeer {
     name: Option<Spanned<String>>,
     enabled: Option<bool>,
     class: Option<LinkClass>,
+    keys: Option<Vec<Spanned<String>>>,
 });
 
 #[derive(Deserialize)]
@@ -392,8 +411,9 @@ impl Ctx<'_> {
             mesh: class(LinkClass::Mesh)?,
             trunk: class(LinkClass::Trunk)?,
         };
-        let interfaces = self.interfaces(b)?;
-        let peers = self.peers(b)?;
+        let keys = self.keys(b)?;
+        let interfaces = self.interfaces(b, &keys)?;
+        let peers = self.peers(b, &keys)?;
         let is_link =
             |s: &str| interfaces.iter().any(|i| i.name == s) || peers.iter().any(|p| p.name == s);
         let filters = (b.filter.iter().enumerate())
@@ -415,7 +435,74 @@ impl Ctx<'_> {
             interfaces,
             peers,
             filters,
+            keys,
         })
+    }
+
+    /// `[[babel.key]]`: each read from its file (hex digits, mode 0600 like a private key,
+    /// relative to the configuration file), its length checked against its algorithm.
+    fn keys(&self, b: &RawBabel) -> Result<Vec<MacKey>, ConfigError> {
+        let dir = Path::new(&self.src.file).parent().unwrap_or(Path::new(""));
+        let mut out: Vec<MacKey> = Vec::new();
+        for (n, k) in b.key.iter().enumerate() {
+            let table = format!("babel.key[{n}]");
+            let k_ = k.get_ref();
+            let (Some(id), Some(algorithm), Some(file)) = (&k_.id, &k_.algorithm, &k_.file) else {
+                let m = "id, algorithm and file are required";
+                return Err(self.src.err(k.span(), table, m));
+            };
+            if let Some(dup) = out.iter().position(|x| x.id() == id.get_ref()) {
+                let m = format!("{:?} is already babel.key[{dup}]", id.get_ref());
+                return Err(self.src.err(id.span(), format!("{table}.id"), m));
+            }
+            let Some(alg) = Algorithm::ALL
+                .into_iter()
+                .find(|a| a.as_str() == algorithm.get_ref())
+            else {
+                let m = format!(
+                    "unknown algorithm {:?}, expected \"hmac-sha256\" or \"blake2s128\"",
+                    algorithm.get_ref()
+                );
+                return Err(self.src.err(algorithm.span(), format!("{table}.algorithm"), m));
+            };
+            let err = |m: String| self.src.err(file.span(), format!("{table}.file"), m);
+            let path = dir.join(file.get_ref());
+            let text = read_secret_file(&path).map_err(|e| err(e.to_string()))?;
+            let value = decode_hex(text.trim()).ok_or_else(|| {
+                err(format!(
+                    "{}: expected the key as hex digits (as babeld's `key ... value`)",
+                    path.display()
+                ))
+            })?;
+            let key = MacKey::new(id.get_ref(), alg, value)
+                .map_err(|m| err(format!("{}: {m}", path.display())))?;
+            out.push(key);
+        }
+        Ok(out)
+    }
+
+    /// A link's `keys`: names of `[[babel.key]]`s, each at most once.
+    fn link_keys(
+        &self,
+        table: &str,
+        names: Option<&Vec<Spanned<String>>>,
+        keys: &[MacKey],
+    ) -> Result<Vec<MacKey>, ConfigError> {
+        let mut out: Vec<MacKey> = Vec::new();
+        for (i, name) in names.into_iter().flatten().enumerate() {
+            let at = format!("{table}.keys[{i}]");
+            let s = name.get_ref();
+            let Some(k) = keys.iter().find(|k| k.id() == s) else {
+                let m = format!("{s:?} is not the id of a [[babel.key]]");
+                return Err(self.src.err(name.span(), at, m));
+            };
+            if out.iter().any(|o| o.id() == s) {
+                let m = format!("{s:?} is named twice");
+                return Err(self.src.err(name.span(), at, m));
+            }
+            out.push(k.clone());
+        }
+        Ok(out)
     }
 
     fn originate(&self, list: &[Spanned<Prefix>]) -> Result<Vec<IpNet>, ConfigError> {
@@ -511,7 +598,7 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    fn interfaces(&self, b: &RawBabel) -> Result<Vec<BabelInterface>, ConfigError> {
+    fn interfaces(&self, b: &RawBabel, keys: &[MacKey]) -> Result<Vec<BabelInterface>, ConfigError> {
         let mut out: Vec<BabelInterface> = Vec::new();
         for (n, i) in b.interface.iter().enumerate() {
             let table = format!("babel.interface[{n}]");
@@ -535,18 +622,20 @@ impl Ctx<'_> {
                 return Err(self.src.err(name.span(), format!("{table}.name"), m));
             }
             let class = i.get_ref().class.unwrap_or(LinkClass::Wired);
+            let keys = self.link_keys(&table, i.get_ref().keys.as_ref(), keys)?;
             let own = (table, i.get_ref().overrides());
             out.push(BabelInterface {
                 name: s.clone(),
                 class,
                 params: self.resolve(class, &layers(b, class, Some(own)))?,
+                keys,
             });
         }
         Ok(out)
     }
 
     /// Every `[[peer]]`, with its `[[babel.peer]]` entry if it has one.
-    fn peers(&self, b: &RawBabel) -> Result<Vec<BabelPeer>, ConfigError> {
+    fn peers(&self, b: &RawBabel, keys: &[MacKey]) -> Result<Vec<BabelPeer>, ConfigError> {
         let peers = &self.device.peers;
         let mut entry: Vec<Option<(usize, &RawPeer)>> = vec![None; peers.len()];
         for (n, p) in b.peer.iter().enumerate() {
@@ -570,13 +659,17 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for (d, e) in peers.iter().zip(entry) {
             let dp_class = d.class;
-            let (class, enabled, own) = match e {
-                None => (dp_class, true, None),
-                Some((n, p)) => (
-                    p.class.unwrap_or(dp_class),
-                    p.enabled.unwrap_or(true),
-                    Some((format!("babel.peer[{n}]"), p.overrides())),
-                ),
+            let (class, enabled, own, keys) = match e {
+                None => (dp_class, true, None, Vec::new()),
+                Some((n, p)) => {
+                    let table = format!("babel.peer[{n}]");
+                    (
+                        p.class.unwrap_or(dp_class),
+                        p.enabled.unwrap_or(true),
+                        Some((table.clone(), p.overrides())),
+                        self.link_keys(&table, p.keys.as_ref(), keys)?,
+                    )
+                }
             };
             out.push(BabelPeer {
                 // As the data plane labels a peer.
@@ -585,6 +678,7 @@ impl Ctx<'_> {
                 enabled,
                 class,
                 params: self.resolve(class, &layers(b, class, own))?,
+                keys,
             });
         }
         Ok(out)
@@ -939,7 +1033,8 @@ action = "accept"
             BabelInterface {
                 name: "eth1".into(),
                 class: LinkClass::Wired,
-                params: b.classes.wired
+                params: b.classes.wired,
+                keys: Vec::new(),
             }
         );
         let w = &b.interfaces[1];
@@ -1387,6 +1482,75 @@ action = "accept"
             "babel.peer[0].rtt_min",
             "must be less than rtt_max (300 ms)",
         );
+    }
+
+    #[test]
+    fn mac_keys_come_from_permission_checked_files_and_links_name_them() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("isthmus-cp-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str, mode: u32| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p.display().to_string()
+        };
+        let sha = file("sha.key", &format!("{}\n", "ab".repeat(64)), 0o600);
+        let b2 = file("b2.key", &"0F".repeat(32), 0o400);
+        let open = file("open.key", &"ab".repeat(32), 0o644);
+        let junk = file("junk.key", "not hex", 0o600);
+        let long = file("long.key", &"ab".repeat(33), 0o600);
+        let keys = format!(
+            "[[babel.key]]\nid = \"old\"\nalgorithm = \"hmac-sha256\"\nfile = \"{sha}\"\n\
+             [[babel.key]]\nid = \"new\"\nalgorithm = \"blake2s128\"\nfile = \"{b2}\"\n"
+        );
+        let b = with(&format!(
+            "{keys}[[babel.interface]]\nname = \"wlan0\"\nkeys = [\"old\", \"new\"]\n\
+             [[babel.peer]]\nname = \"trunk-south\"\nkeys = [\"new\"]\n"
+        ))
+        .unwrap();
+        let ids = |k: &[MacKey]| k.iter().map(|k| k.id().to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&b.interfaces[0].keys), ["old", "new"]);
+        assert_eq!(b.interfaces[0].keys[1].algorithm(), Algorithm::Blake2s128);
+        assert_eq!(ids(&b.peers[0].keys), ["new"]);
+        assert!(b.peers[1].keys.is_empty() && b.peers[2].keys.is_empty());
+        // The value never shows.
+        assert!(!format!("{b:?}").contains("171"));
+
+        let key = |alg: &str, path: &str| {
+            format!("[[babel.key]]\nid = \"k\"\nalgorithm = \"{alg}\"\nfile = \"{path}\"")
+        };
+        refused(&key("blake2s128", &open), 4, "babel.key[0].file", "mode 0644");
+        refused(&key("blake2s128", &open), 4, "babel.key[0].file", "chmod 600");
+        refused(&key("blake2s128", &junk), 4, "babel.key[0].file", "hex digits");
+        refused(&key("blake2s128", &long), 4, "babel.key[0].file", "1 to 32 bytes, this one 33");
+        refused(&key("md5", &sha), 3, "babel.key[0].algorithm", "unknown algorithm \"md5\"");
+        refused(
+            &key("blake2s128", &dir.join("absent").display().to_string()),
+            4,
+            "babel.key[0].file",
+            "No such file",
+        );
+        refused("[[babel.key]]\nid = \"k\"", 1, "babel.key[0]", "required");
+        refused(
+            &format!("{}\n{}", key("hmac-sha256", &sha), key("blake2s128", &b2)),
+            6,
+            "babel.key[1].id",
+            "\"k\" is already babel.key[0]",
+        );
+        refused(
+            &format!("{keys}[[babel.interface]]\nname = \"wlan0\"\nkeys = [\"old\", \"gone\"]"),
+            11,
+            "babel.interface[0].keys[1]",
+            "\"gone\" is not the id of a [[babel.key]]",
+        );
+        refused(
+            &format!("{keys}[[babel.peer]]\nname = \"roof-12\"\nkeys = [\"new\", \"new\"]"),
+            11,
+            "babel.peer[0].keys[1]",
+            "named twice",
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

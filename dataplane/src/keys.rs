@@ -35,7 +35,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key file is readable or writable by group or others.
-    #[error("{path}: private key file has mode {mode:04o}; it must not be accessible by group or others (chmod 600)")]
+    #[error("{path}: key file has mode {mode:04o}; it must not be accessible by group or others (chmod 600)")]
     Permissions {
         /// The file.
         path: String,
@@ -72,21 +72,8 @@ impl Key {
 
     /// Parse 64 hex digits (the UAPI's form).
     pub fn from_hex(s: &str) -> Result<Key, KeyError> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return Err(KeyError::Hex);
-        }
-        let nib = |c: u8| match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(KeyError::Hex),
-        };
-        let mut k = [0u8; 32];
-        for (i, out) in k.iter_mut().enumerate() {
-            *out = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
-        }
-        Ok(Key(k))
+        let b = decode_hex(s).ok_or(KeyError::Hex)?;
+        Ok(Key(b.try_into().map_err(|_| KeyError::Hex)?))
     }
 
     /// Lowercase hex (the UAPI's form).
@@ -119,23 +106,43 @@ impl Key {
     }
 }
 
-/// Read a base64 private key from a file that only its owner can access.
-pub fn read_private_key_file(path: &Path) -> Result<Key, KeyError> {
+/// Bytes from hex digits (either case, an even number of them); `None` if `s` is not that.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    b.chunks(2)
+        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
+        .collect()
+}
+
+/// The text of a secret file (a private key, a Babel MAC key) that only its owner can
+/// access: refused, naming the fix, when group or others may read or write it.
+pub fn read_secret_file(path: &Path) -> Result<String, KeyError> {
     let p = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+    let io = |source| KeyError::Io {
         path: p.clone(),
         source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions { path: p, mode });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: p.clone(),
-        source,
-    })?;
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// Read a base64 private key from a file that only its owner can access.
+pub fn read_private_key_file(path: &Path) -> Result<Key, KeyError> {
+    let text = read_secret_file(path)?;
     Key::from_base64(&text).map_err(|e| KeyError::File {
-        path: p,
+        path: path.display().to_string(),
         inner: Box::new(e),
     })
 }

@@ -8,11 +8,13 @@
 //! router-id. The daemon (`crate::daemon`) and the simulator (`crate::sim`) are its drivers.
 //!
 //! Files follow the RFC's concepts: [`packet`] (§4), [`neighbour`] (§3.4, Appendix A),
+//! [`auth`] (RFC 8967: MACs, packet counters, challenges),
 //! [`link`] (a link's parameters and class: Appendix A's costs, the intervals),
 //! [`source`] (§3.5.1), [`route`] (§3.2.6, §3.6), [`request`] (§3.8), and this module, the
 //! node that ties them together (§3.5.4 update processing, §3.7 route acquisition and
 //! triggered updates, §3.8 requests, §4.6.2 acknowledgments).
 
+pub mod auth;
 pub mod link;
 pub mod neighbour;
 pub mod packet;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+pub use auth::{Algorithm, AuthCounters, MacKey, Refused};
 pub use link::{CostModel, LinkClass, LinkOverrides, LinkParams};
 use neighbour::{cs, to_cs, Neighbour};
 use packet::{Msg, RouterId, Writer, INFINITY};
@@ -53,6 +56,10 @@ pub struct LinkConfig {
     pub v4_via_v6: bool,
     /// Largest Babel packet (UDP payload) on the link.
     pub max_packet: usize,
+    /// MAC keys (RFC 8967): when there are any, every packet sent is signed with each, and
+    /// a packet received is processed only with a right MAC for one of them and a fresh
+    /// packet counter.
+    pub keys: Vec<MacKey>,
 }
 
 /// Import and export policy: `None` refuses, `Some(extra)` accepts adding `extra` to the metric.
@@ -177,6 +184,8 @@ pub struct Counters {
     pub acks_rx: u64,
     /// Selected-route changes.
     pub route_changes: u64,
+    /// Authentication (RFC 8967) on links with keys.
+    pub auth: AuthCounters,
 }
 
 /// Node-wide configuration.
@@ -190,6 +199,9 @@ pub struct Config {
     /// and the hello seqnos from time, so that after a restart neighbours see our hellos
     /// continue where they left off (their hello history survives) and our routes as newer.
     pub wall_clock_ms: Option<u64>,
+    /// Secret seed of the PC indices and challenge nonces (RFC 8967); the daemon takes it
+    /// from the OS. `None`: derived from the router-id (the simulator's repeatable runs).
+    pub auth_seed: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -199,12 +211,15 @@ impl Config {
             router_id,
             request_hops: 64,
             wall_clock_ms: None,
+            auth_seed: None,
         }
     }
 }
 
 struct Link {
     cfg: LinkConfig,
+    /// Our packet counter and index on the link (used when it has keys).
+    sender: auth::Sender,
     hello_seqno: u16,
     next_hello: Instant,
     next_update: Instant,
@@ -225,6 +240,10 @@ const FLUSH_DELAY: Duration = Duration::from_millis(10);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const RESEND_DELAY: Duration = Duration::from_millis(500);
 const URGENT_RESENDS: u8 = 2;
+/// Neighbours whose packet counters are tracked (only packets with a right MAC make one).
+const MAX_AUTH_PEERS: usize = 4096;
+/// A tracked neighbour silent this long is forgotten (it is challenged if it comes back).
+const AUTH_PEER_IDLE: Duration = Duration::from_secs(600);
 
 /// A Babel node.
 pub struct Router {
@@ -234,6 +253,9 @@ pub struct Router {
     rng: u64,
     links: BTreeMap<LinkId, Link>,
     neighbours: BTreeMap<NeighKey, Neighbour>,
+    /// Packet counters and challenges of neighbours on links with keys.
+    auth_peers: BTreeMap<NeighKey, auth::Peer>,
+    random: auth::Random,
     routes: Table,
     /// No route expires before this (a lower bound; `None`: no routes), so that
     /// housekeeping walks the table only when something may have expired.
@@ -267,7 +289,14 @@ impl Router {
     /// A node with no links yet.
     pub fn new(cfg: Config, now: Instant) -> Self {
         let rng = u64::from_be_bytes(cfg.router_id) | 1;
+        let seed = cfg.auth_seed.unwrap_or_else(|| {
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&cfg.router_id);
+            s
+        });
         Self {
+            auth_peers: BTreeMap::new(),
+            random: auth::Random::new(seed),
             seqno: cfg.wall_clock_ms.map_or(0, |ms| (ms / 4000) as u16),
             epoch: now,
             rng,
@@ -343,6 +372,7 @@ impl Router {
                     id,
                     Link {
                         cfg,
+                        sender: auth::Sender::new(&mut self.random),
                         hello_seqno,
                         next_hello: now,
                         next_update: first_update,
@@ -360,6 +390,7 @@ impl Router {
             return;
         }
         self.link_down(id, now);
+        self.auth_peers.retain(|k, _| k.0 != id);
         self.out.retain(|k, _| k.0 != id);
         self.resends.remove_link(id);
     }
@@ -541,6 +572,8 @@ impl Router {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.auth_peers
+            .retain(|_, p| now.saturating_duration_since(p.seen) < AUTH_PEER_IDLE);
         // Route expiry: first retract, later forget.
         if self.next_expiry.is_some_and(|t| t <= now) {
             let mut touched = Vec::new();
@@ -670,6 +703,10 @@ impl Router {
                 return;
             }
         };
+        if !self.links[&link].cfg.keys.is_empty() && !self.authenticate(now, link, src, bytes, &msgs)
+        {
+            return;
+        }
         self.counters.packets_rx += 1;
         self.counters.tlv_unknown += u64::from(skipped.unknown_tlv);
         self.counters.tlv_mandatory += u64::from(skipped.mandatory);
@@ -721,7 +758,11 @@ impl Router {
         // Pass 2: the rest, in order.
         for m in msgs {
             match m {
-                Msg::Hello { .. } => {}
+                // Hellos were pass 1; authentication's TLVs were read before.
+                Msg::Hello { .. }
+                | Msg::Pc { .. }
+                | Msg::ChallengeRequest { .. }
+                | Msg::ChallengeReply { .. } => {}
                 Msg::Ihu {
                     rxcost,
                     interval,
@@ -801,6 +842,52 @@ impl Router {
             self.queue(link, Some(src), Msg::RouteRequest { prefix: None }, now);
         }
         self.update_cost(key, now);
+    }
+
+    /// RFC 8967 on a link with keys: the MAC first, then the neighbour's packet counter and
+    /// our challenges. Queues what must be answered (a Challenge Request or Reply, unicast,
+    /// sent at once) and says whether the packet is to be processed.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        src: Ipv6Addr,
+        bytes: &[u8],
+        msgs: &[Msg],
+    ) -> bool {
+        let cfg = &self.links[&link].cfg;
+        let multicast = match auth::verify(bytes, &cfg.keys, src, cfg.address) {
+            Ok(m) => m,
+            Err(why) => {
+                auth::refuse(&mut self.counters.auth, why);
+                return false;
+            }
+        };
+        let key = (link, src);
+        if !self.auth_peers.contains_key(&key) && self.auth_peers.len() >= MAX_AUTH_PEERS {
+            auth::refuse(&mut self.counters.auth, Refused::UnknownIndex);
+            return false;
+        }
+        let peer = self
+            .auth_peers
+            .entry(key)
+            .or_insert_with(|| auth::Peer::new(now));
+        let checked = peer.check(msgs, multicast, now, &mut self.counters.auth, &mut self.random);
+        if let Some(nonce) = checked.request {
+            let nonce = nonce.to_vec();
+            self.queue(link, Some(src), Msg::ChallengeRequest { nonce }, now);
+            self.flush_at = Some(now);
+        }
+        if let Some(nonce) = checked.reply {
+            self.queue(link, Some(src), Msg::ChallengeReply { nonce }, now);
+            self.flush_at = Some(now);
+        }
+        if checked.learned {
+            // Its earlier hellos were refused while it was a stranger: a hello now, which it
+            // answers with its own at once if we are new to it, saves a hello interval.
+            self.send_hello(link, now);
+        }
+        checked.accept.is_none()
     }
 
     /// Recomputes a neighbour's cost and reselects its routes if it changed.
@@ -1315,6 +1402,8 @@ impl Router {
     }
 
     fn packetize(&mut self, link: LinkId, dest: Option<Ipv6Addr>, max: usize, msgs: &[Msg]) {
+        // Room for the PC TLV and the MACs that `emit` adds.
+        let max = max.saturating_sub(self.links.get(&link).map_or(0, |l| auth::overhead(&l.cfg.keys)));
         let mut w = Writer::new(max);
         for m in msgs {
             if !w.push(m) {
@@ -1331,7 +1420,14 @@ impl Router {
         }
     }
 
-    fn emit(&mut self, link: LinkId, dest: Option<Ipv6Addr>, bytes: Vec<u8>) {
+    fn emit(&mut self, link: LinkId, dest: Option<Ipv6Addr>, mut bytes: Vec<u8>) {
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.cfg.keys.is_empty() {
+                let (counter, index) = l.sender.next(&mut self.random);
+                let to = dest.unwrap_or(packet::MULTICAST);
+                auth::seal(&mut bytes, counter, &index, &l.cfg.keys, l.cfg.address, to);
+            }
+        }
         self.counters.packets_tx += 1;
         self.transmits.push_back(Transmit { link, dest, bytes });
     }

@@ -54,8 +54,16 @@ pub mod tlv {
     pub const ROUTE_REQUEST: u8 = 9;
     /// Seqno Request.
     pub const SEQNO_REQUEST: u8 = 10;
-    /// Number of TLV types counted by [`super::Msg::kind`].
-    pub const COUNT: usize = 11;
+    /// MAC (RFC 8967), in the packet trailer.
+    pub const MAC: u8 = 16;
+    /// Packet counter and index (RFC 8967).
+    pub const PC: u8 = 17;
+    /// Challenge Request (RFC 8967).
+    pub const CHALLENGE_REQUEST: u8 = 18;
+    /// Challenge Reply (RFC 8967).
+    pub const CHALLENGE_REPLY: u8 = 19;
+    /// Number of TLV types counted by [`super::Msg::kind`] (indexed by type).
+    pub const COUNT: usize = 20;
 }
 
 mod sub {
@@ -149,7 +157,29 @@ pub enum Msg {
         /// Originator asked for.
         router_id: RouterId,
     },
+    /// Packet counter and index of an authenticated packet (RFC 8967 §4.1).
+    Pc {
+        /// Increases with every packet the sender sends on the interface.
+        counter: u32,
+        /// Chosen afresh when the counter starts over (at most 32 bytes).
+        index: Vec<u8>,
+    },
+    /// Challenge Request: prove freshness by echoing `nonce` (RFC 8967 §4.3).
+    ChallengeRequest {
+        /// At most 192 bytes.
+        nonce: Vec<u8>,
+    },
+    /// Challenge Reply: the nonce of a Challenge Request.
+    ChallengeReply {
+        /// At most 192 bytes.
+        nonce: Vec<u8>,
+    },
 }
+
+/// Longest PC index and challenge nonce a TLV may carry (RFC 8967; babeld's limits).
+pub const MAX_INDEX: usize = 32;
+/// Longest challenge nonce.
+pub const MAX_NONCE: usize = 192;
 
 impl Msg {
     /// The TLV type this message is carried in.
@@ -162,6 +192,9 @@ impl Msg {
             Msg::Update { .. } => tlv::UPDATE,
             Msg::RouteRequest { .. } => tlv::ROUTE_REQUEST,
             Msg::SeqnoRequest { .. } => tlv::SEQNO_REQUEST,
+            Msg::Pc { .. } => tlv::PC,
+            Msg::ChallengeRequest { .. } => tlv::CHALLENGE_REQUEST,
+            Msg::ChallengeReply { .. } => tlv::CHALLENGE_REPLY,
         }
     }
 }
@@ -505,6 +538,30 @@ impl ParseState {
                 });
                 Ok(())
             }
+            tlv::PC => {
+                let counter = u32_at(v, 0).ok_or(TlvError::Malformed)?;
+                let index = &v[4..];
+                if index.len() > MAX_INDEX {
+                    return Err(TlvError::Malformed);
+                }
+                out.push(Msg::Pc {
+                    counter,
+                    index: index.to_vec(),
+                });
+                Ok(())
+            }
+            tlv::CHALLENGE_REQUEST | tlv::CHALLENGE_REPLY => {
+                if v.len() > MAX_NONCE {
+                    return Err(TlvError::Malformed);
+                }
+                let nonce = v.to_vec();
+                out.push(if t == tlv::CHALLENGE_REQUEST {
+                    Msg::ChallengeRequest { nonce }
+                } else {
+                    Msg::ChallengeReply { nonce }
+                });
+                Ok(())
+            }
             _ => Err(TlvError::Unknown),
         }
     }
@@ -731,6 +788,10 @@ impl Writer {
             Msg::SeqnoRequest {
                 prefix, hop_count, ..
             } => canonical(&prefix) && hop_count != 0,
+            Msg::Pc { ref index, .. } => index.len() <= MAX_INDEX,
+            Msg::ChallengeRequest { ref nonce } | Msg::ChallengeReply { ref nonce } => {
+                nonce.len() <= MAX_NONCE
+            }
             Msg::AckReq { .. } | Msg::Ack { .. } | Msg::Hello { .. } | Msg::Ihu { .. } => true,
         }
     }
@@ -832,6 +893,19 @@ impl Writer {
                     &net_bytes(&prefix)[..usize::from(prefix.prefix_len()).div_ceil(8)],
                 );
             }),
+            Msg::Pc {
+                counter,
+                ref index,
+            } => self.tlv(tlv::PC, |b| {
+                b.extend_from_slice(&counter.to_be_bytes());
+                b.extend_from_slice(index);
+            }),
+            Msg::ChallengeRequest { ref nonce } => {
+                self.tlv(tlv::CHALLENGE_REQUEST, |b| b.extend_from_slice(nonce))
+            }
+            Msg::ChallengeReply { ref nonce } => {
+                self.tlv(tlv::CHALLENGE_REPLY, |b| b.extend_from_slice(nonce))
+            }
         }
     }
 

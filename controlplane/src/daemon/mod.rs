@@ -292,6 +292,10 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as u64);
+    // PC indices and challenge nonces must be unpredictable (RFC 8967 §4.1, §4.3).
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    bcfg.auth_seed = Some(seed);
     let mut router = Router::new(bcfg, now);
     router.set_policy(Box::new(ConfigPolicy {
         filters: cfg.babel.filters.clone(),
@@ -867,6 +871,7 @@ impl Daemon {
             ipv4,
             v4_via_v6: ipv4.is_none(),
             max_packet: 1452,
+            keys: i.keys.clone(),
         };
         self.links.insert(
             id,
@@ -1039,12 +1044,13 @@ impl Daemon {
             return;
         }
         self.peers.waiting.remove(&key);
-        let (name, class, params) = match configured {
-            Some(c) => (c.name.clone(), c.class, c.params),
+        let (name, class, params, keys) = match configured {
+            Some(c) => (c.name.clone(), c.class, c.params, c.keys.clone()),
             None => (
                 p.name.clone().unwrap_or_else(|| short_key(&key)),
                 p.class,
                 *self.peers.classes.get(p.class),
+                Vec::new(),
             ),
         };
         let cfg = LinkConfig {
@@ -1058,6 +1064,7 @@ impl Daemon {
             ipv4: self.peers.ipv4,
             v4_via_v6: self.peers.ipv4.is_none(),
             max_packet: self.peers.max_packet,
+            keys,
         };
         if let Some(&id) = self.by_key.get(&key) {
             let Some(l) = self.links.get_mut(&id) else {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::babel::packet::{tlv, INFINITY};
-use crate::babel::{LinkId, Router};
+use crate::babel::{LinkId, Refused, Router};
 
 use super::IoStats;
 
@@ -174,6 +174,18 @@ pub fn babel(v: &View) -> String {
         "packets     {} in, {} out, {} refused",
         c.packets_rx, c.packets_tx, c.packets_bad
     );
+    let a = &c.auth;
+    if v.router.links().any(|(_, l)| !l.keys.is_empty()) {
+        let refused: Vec<String> = (Refused::ALL.iter())
+            .map(|w| format!("{} {}", a.refused(*w), w.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "auth        {} challenges answered; refused: {}",
+            a.challenges_ok,
+            refused.join(", ")
+        );
+    }
     let _ = writeln!(s, "links");
     for (id, l) in &v.links {
         let n = v
@@ -191,18 +203,23 @@ pub fn babel(v: &View) -> String {
     s
 }
 
-const TLV_NAMES: [&str; tlv::COUNT] = [
-    "pad1",
-    "padn",
-    "ack_request",
-    "ack",
-    "hello",
-    "ihu",
-    "router_id",
-    "next_hop",
-    "update",
-    "route_request",
-    "seqno_request",
+/// The TLV types we count, by their number.
+const TLV_NAMES: [(u8, &str); 15] = [
+    (tlv::PAD1, "pad1"),
+    (tlv::PADN, "padn"),
+    (tlv::ACK_REQ, "ack_request"),
+    (tlv::ACK, "ack"),
+    (tlv::HELLO, "hello"),
+    (tlv::IHU, "ihu"),
+    (tlv::ROUTER_ID, "router_id"),
+    (tlv::NEXT_HOP, "next_hop"),
+    (tlv::UPDATE, "update"),
+    (tlv::ROUTE_REQUEST, "route_request"),
+    (tlv::SEQNO_REQUEST, "seqno_request"),
+    (tlv::MAC, "mac"),
+    (tlv::PC, "pc"),
+    (tlv::CHALLENGE_REQUEST, "challenge_request"),
+    (tlv::CHALLENGE_REPLY, "challenge_reply"),
 ];
 
 /// Prometheus text exposition.
@@ -301,7 +318,7 @@ pub fn metrics(v: &View) -> String {
         c.packets_bad
     );
     let _ = writeln!(out, "# HELP isthmus_babel_tlvs_total TLVs by type and direction (updates, requests, ...).\n# TYPE isthmus_babel_tlvs_total counter");
-    for (i, name) in TLV_NAMES.iter().enumerate() {
+    for (i, name) in TLV_NAMES.map(|(t, n)| (usize::from(t), n)) {
         let _ = writeln!(
             out,
             "isthmus_babel_tlvs_total{{type=\"{name}\",direction=\"rx\"}} {}",
@@ -324,6 +341,28 @@ pub fn metrics(v: &View) -> String {
         let _ = writeln!(
             out,
             "isthmus_babel_tlv_dropped_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let a = &c.auth;
+    let _ = writeln!(out, "# HELP isthmus_babel_auth_refused_total Packets refused by MAC authentication (RFC 8967), by reason.\n# TYPE isthmus_babel_auth_refused_total counter");
+    for why in Refused::ALL {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_auth_refused_total{{reason=\"{}\"}} {}",
+            why.as_str(),
+            a.refused(why)
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_auth_challenges_total Challenges (RFC 8967): requests and replies sent, requests answered right or not.\n# TYPE isthmus_babel_auth_challenges_total counter");
+    for (what, n) in [
+        ("request_sent", a.challenges_tx),
+        ("reply_sent", a.replies_tx),
+        ("answered", a.challenges_ok),
+        ("bad_reply", a.challenges_bad),
+    ] {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_auth_challenges_total{{event=\"{what}\"}} {n}"
         );
     }
     let _ = writeln!(out, "# HELP isthmus_babel_requests_total Seqno requests forwarded or suppressed.\n# TYPE isthmus_babel_requests_total counter");

@@ -50,7 +50,9 @@ pub struct SimNode {
     next_timeout: Option<Instant>,
 }
 
-struct Packet {
+/// A packet in flight (or copied by [`Sim::tap`]).
+#[derive(Debug, Clone)]
+pub struct Packet {
     to: NodeId,
     link: LinkId,
     from: Ipv6Addr,
@@ -94,6 +96,10 @@ pub struct Sim {
     /// Links.
     pub links: Vec<SimLink>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The link whose delivered packets are copied into `tapped`.
+    tap: Option<usize>,
+    /// Copies of the packets delivered on the tapped link, in order.
+    pub tapped: Vec<Packet>,
     packets: HashMap<u64, Packet>,
     changed: BTreeSet<IpNet>,
     /// Follow next hops of changed prefixes after every step.
@@ -117,6 +123,8 @@ impl Sim {
             nodes: Vec::new(),
             links: Vec::new(),
             queue: BinaryHeap::new(),
+            tap: None,
+            tapped: Vec::new(),
             packets: HashMap::new(),
             changed: BTreeSet::new(),
             check_every_step: true,
@@ -205,6 +213,7 @@ impl Sim {
                 ipv4: None,
                 v4_via_v6: true,
                 max_packet: 1400,
+                keys: Vec::new(),
             };
             let now = self.now;
             self.nodes[node].router.add_link(link, cfg, now);
@@ -218,6 +227,51 @@ impl Sim {
             last: [None; 2],
         });
         idx
+    }
+
+    /// Sets the MAC keys (RFC 8967) of link `link` at end `end` (0 or 1), in place.
+    pub fn set_keys(&mut self, link: usize, end: usize, keys: Vec<crate::babel::MacKey>) {
+        let e = self.links[link].ends[end];
+        let now = self.now;
+        let router = &mut self.nodes[e.node].router;
+        let Some((_, cfg)) = router.links().find(|(id, _)| *id == e.link) else {
+            return;
+        };
+        let cfg = LinkConfig {
+            keys,
+            ..cfg.clone()
+        };
+        router.add_link(e.link, cfg, now);
+        self.drain(e.node);
+    }
+
+    /// The router at end `end` of link `link` forgets the link and gets it back, as after a
+    /// restart: a new neighbour table on it and, with keys, a new packet-counter index.
+    pub fn restart_end(&mut self, link: usize, end: usize) {
+        let e = self.links[link].ends[end];
+        let now = self.now;
+        let router = &mut self.nodes[e.node].router;
+        let Some((_, cfg)) = router.links().find(|(id, _)| *id == e.link) else {
+            return;
+        };
+        let cfg = cfg.clone();
+        router.remove_link(e.link, now);
+        router.add_link(e.link, cfg, now);
+        self.drain(e.node);
+    }
+
+    /// Copies every packet delivered on link `link` into [`Sim::tapped`].
+    pub fn tap(&mut self, link: usize) {
+        self.tap = Some(link);
+    }
+
+    /// Delivers a copy of a tapped packet again, now (an attacker's replay).
+    pub fn replay(&mut self, p: &Packet) {
+        let now = self.now;
+        self.nodes[p.to]
+            .router
+            .handle(now, p.link, IpAddr::V6(p.from), &p.bytes);
+        self.drain(p.to);
     }
 
     /// Makes `node` originate `prefix`.
@@ -351,6 +405,9 @@ impl Sim {
                 continue;
             };
             self.stats.delivered += 1;
+            if self.tap.is_some_and(|l| self.nodes[p.to].links.get(&p.link) == Some(&l)) {
+                self.tapped.push(p.clone());
+            }
             self.stats.bytes += p.bytes.len() as u64;
             self.nodes[p.to]
                 .router
@@ -592,3 +649,6 @@ mod tests;
 
 #[cfg(test)]
 mod scale_tests;
+
+#[cfg(test)]
+mod auth_tests;
