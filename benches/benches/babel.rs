@@ -104,6 +104,7 @@ fn router(links: u32, now: Instant) -> Router {
                 ipv4: None,
                 v4_via_v6: true,
                 max_packet: 1400,
+                keys: Vec::new(),
             },
             now,
         );

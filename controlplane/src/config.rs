@@ -463,7 +463,9 @@ impl Ctx<'_> {
                     "unknown algorithm {:?}, expected \"hmac-sha256\" or \"blake2s128\"",
                     algorithm.get_ref()
                 );
-                return Err(self.src.err(algorithm.span(), format!("{table}.algorithm"), m));
+                return Err(self
+                    .src
+                    .err(algorithm.span(), format!("{table}.algorithm"), m));
             };
             let err = |m: String| self.src.err(file.span(), format!("{table}.file"), m);
             let path = dir.join(file.get_ref());
@@ -598,7 +600,11 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    fn interfaces(&self, b: &RawBabel, keys: &[MacKey]) -> Result<Vec<BabelInterface>, ConfigError> {
+    fn interfaces(
+        &self,
+        b: &RawBabel,
+        keys: &[MacKey],
+    ) -> Result<Vec<BabelInterface>, ConfigError> {
         let mut out: Vec<BabelInterface> = Vec::new();
         for (n, i) in b.interface.iter().enumerate() {
             let table = format!("babel.interface[{n}]");
@@ -1520,11 +1526,36 @@ action = "accept"
         let key = |alg: &str, path: &str| {
             format!("[[babel.key]]\nid = \"k\"\nalgorithm = \"{alg}\"\nfile = \"{path}\"")
         };
-        refused(&key("blake2s128", &open), 4, "babel.key[0].file", "mode 0644");
-        refused(&key("blake2s128", &open), 4, "babel.key[0].file", "chmod 600");
-        refused(&key("blake2s128", &junk), 4, "babel.key[0].file", "hex digits");
-        refused(&key("blake2s128", &long), 4, "babel.key[0].file", "1 to 32 bytes, this one 33");
-        refused(&key("md5", &sha), 3, "babel.key[0].algorithm", "unknown algorithm \"md5\"");
+        refused(
+            &key("blake2s128", &open),
+            4,
+            "babel.key[0].file",
+            "mode 0644",
+        );
+        refused(
+            &key("blake2s128", &open),
+            4,
+            "babel.key[0].file",
+            "chmod 600",
+        );
+        refused(
+            &key("blake2s128", &junk),
+            4,
+            "babel.key[0].file",
+            "hex digits",
+        );
+        refused(
+            &key("blake2s128", &long),
+            4,
+            "babel.key[0].file",
+            "1 to 32 bytes, this one 33",
+        );
+        refused(
+            &key("md5", &sha),
+            3,
+            "babel.key[0].algorithm",
+            "unknown algorithm \"md5\"",
+        );
         refused(
             &key("blake2s128", &dir.join("absent").display().to_string()),
             4,

@@ -109,7 +109,7 @@ impl Key {
 /// Bytes from hex digits (either case, an even number of them); `None` if `s` is not that.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {

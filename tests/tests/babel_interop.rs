@@ -1,7 +1,8 @@
 //! isthmus-cp (the isthmus Babel daemon) against the reference implementations, babeld and
 //! BIRD 2, on a veth between two namespaces: prefixes learned both ways and installed in the
 //! kernels, forwarding in both families, status and metrics; non-stop forwarding across a
-//! kill -9 and a restart; the wildcard retraction of `retract_on_shutdown`; garbage packets.
+//! kill -9 and a restart; the wildcard retraction of `retract_on_shutdown`; garbage packets;
+//! MAC authentication (RFC 8967) with each, wrong keys and replays refused.
 //!
 //! Hello interval 1 s everywhere, so isthmus-cp's start-up hold (two hello intervals and a
 //! second) is 3 s.
@@ -748,6 +749,15 @@ fn interfaces_that_come_and_go() {
 /// filter drops the route it names (isthmus-cp asks for the table again, and the denied
 /// update retracts the route), an invalid file is refused with its `FILE:LINE: KEY` error;
 /// meanwhile a 10 ms ping over the route that every version of the file keeps loses nothing.
+/// Writes `text` as isthmus-cp's configuration file and sends it SIGHUP.
+fn sighup_with(cp: &IsthmusCp<'_>, text: &str) {
+    std::fs::write(cp.conf_path(), text).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &cp.pid().to_string()])
+        .status()
+        .unwrap();
+}
+
 #[test]
 fn sighup_reloads_isthmus_cp_without_a_flap() {
     init();
@@ -758,13 +768,7 @@ fn sighup_reloads_isthmus_cp_without_a_flap() {
     let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     let probe = PingProbe::start_from(&a, Some(CP_V4), REF_V4, 10).unwrap();
     probe.wait_replies(20, Duration::from_secs(5)).unwrap();
-    let hup = |text: &str| {
-        std::fs::write(cp.conf_path(), text).unwrap();
-        std::process::Command::new("kill")
-            .args(["-HUP", &cp.pid().to_string()])
-            .status()
-            .unwrap();
-    };
+    let hup = |text: &str| sighup_with(&cp, text);
     let reloads = || read_log(cp.log_path()).matches("reloaded").count();
 
     // 1. One more originated prefix.
@@ -880,4 +884,247 @@ fn cp_and_babeld_with_unicast() {
             "a multicast packet that is not a lone hello: {p:?}"
         );
     }
+}
+
+/// MAC keys (RFC 8967) as ASCII text: BIRD takes a password string, babeld and isthmus-cp
+/// the same bytes in hex. 64 bytes for HMAC-SHA256 (babeld takes only that length), 32 for
+/// BLAKE2s-128.
+const SHA_KEY: &str = "isthmus-lab HMAC-SHA256 key for the Babel MAC interop tests.....";
+const B2_KEY: &str = "isthmus-lab BLAKE2s-128 key: 32B";
+
+/// `cp_config("")` with `[[babel.key]]`s for `keys` (id, algorithm, text; each written
+/// 0600 to a file in the lab directory) and the interface `va` using all of them.
+fn cp_config_with_keys(lab: &Lab, keys: &[(&str, &str, &str)]) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ids: Vec<String> = keys.iter().map(|(id, _, _)| format!("\"{id}\"")).collect();
+    let mut c = format!("{}keys = [{}]\n", cp_config(""), ids.join(", "));
+    for (id, algorithm, text) in keys {
+        let path = lab.dir().join(format!("babel-{id}.key"));
+        std::fs::write(&path, hex(text.as_bytes())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        c.push_str(&format!(
+            "\n[[babel.key]]\nid = \"{id}\"\nalgorithm = \"{algorithm}\"\nfile = \"{}\"\n",
+            path.display()
+        ));
+    }
+    c
+}
+
+/// babeld's key `sha` on `vb`, with `text` as its value.
+fn babeld_conf_with_key(text: &str) -> String {
+    format!(
+        "key id sha type hmac-sha256 value {}\ninterface vb key sha\n{}",
+        hex(text.as_bytes()),
+        babeld_conf()
+    )
+}
+
+/// isthmus-cp's authentication counter `name` (`isthmus_babel_auth_refused_total` by
+/// reason, or `isthmus_babel_auth_challenges_total` by event).
+fn auth_count(cp: &IsthmusCp<'_>, name: &str, label: (&str, &str)) -> f64 {
+    cp.metrics().unwrap().get(name, &[label])
+}
+
+fn refused(cp: &IsthmusCp<'_>, reason: &str) -> f64 {
+    auth_count(cp, "isthmus_babel_auth_refused_total", ("reason", reason))
+}
+
+/// Waits until isthmus-cp has refused more than `before` packets for `reason`.
+fn wait_refused(cp: &IsthmusCp<'_>, reason: &str, before: f64) -> f64 {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let n = refused(cp, reason);
+        if n > before {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no packet refused for {reason} within {CONVERGE:?}:\n{}",
+            cp.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// HMAC with babeld 1.12, both ways: isthmus-cp signs with two keys (a BLAKE2s-128 key
+/// babeld does not have, as in a rollover, and babeld's HMAC-SHA256 key) and verifies
+/// babeld's MACs; each challenges the other. A replayed babeld packet is refused as a
+/// replay and changes nothing; babeld restarted with a wrong key is refused (counted) and
+/// loses the routes both ways.
+#[test]
+fn cp_and_babeld_with_hmac() {
+    init();
+    let t0 = Instant::now();
+    let lab = Lab::new().unwrap();
+    let a = Netns::new("cpha").unwrap();
+    let b = Netns::new("cphb").unwrap();
+    let ll_b = setup(&a, &b, false);
+    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf_with_key(SHA_KEY)).unwrap();
+    let keys = [
+        ("b2", "blake2s128", B2_KEY),
+        ("sha", "hmac-sha256", SHA_KEY),
+    ];
+    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config_with_keys(&lab, &keys)).unwrap();
+    let t4 = wait_cp_route(&cp, &a, REF_V4);
+    wait_cp_route(&cp, &a, REF_V6);
+    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    bd.wait_for_route(CP_V6, CONVERGE).unwrap();
+    eprintln!("HMAC with babeld: routes both ways, isthmus-cp's after {t4:?}");
+    let challenged = auth_count(
+        &cp,
+        "isthmus_babel_auth_challenges_total",
+        ("event", "answered"),
+    );
+    assert!(challenged >= 1.0, "{}", cp.diagnostics());
+    for why in ["bad_mac", "no_mac", "replay"] {
+        assert_eq!(refused(&cp, why), 0.0, "{why}:\n{}", cp.diagnostics());
+    }
+    ping_from(&a, CP_V4, REF_V4);
+    ping_from(&b, REF_V6, CP_V6);
+    assert!(cp.status("babel").unwrap().contains("challenges answered"));
+
+    // Replay: babeld's multicast packets, captured beside isthmus-cp in A, sent again from
+    // babeld's address in B.
+    let tool = lab_tool_path().unwrap();
+    let tool = tool.to_string_lossy().into_owned();
+    let idx_a = ifindex(&a, "va").to_string();
+    let captured = a
+        .exec(&[&tool, "babel-capture", "va", &idx_a, "3", "10"])
+        .unwrap();
+    let packets: Vec<Vec<u8>> = captured
+        .lines()
+        .map(|l| {
+            let (src, hex) = l.split_once(' ').unwrap();
+            assert_eq!(src, ll_b, "{l}");
+            isthmus_dataplane::keys::decode_hex(hex).unwrap()
+        })
+        .collect();
+    assert_eq!(packets.len(), 3);
+    let before = refused(&cp, "replay");
+    let idx_b = ifindex(&b, "vb");
+    udp_send(
+        &b,
+        Some(&format!("[{ll_b}%{idx_b}]:0")),
+        &format!("[ff02::1:6%{idx_b}]:6696"),
+        &packets,
+    );
+    let after = wait_refused(&cp, "replay", before);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = after.max(refused(&cp, "replay"));
+    assert_eq!(after - before, 3.0, "{}", cp.diagnostics());
+    assert_eq!(refused(&cp, "bad_mac"), 0.0);
+    assert_eq!(cp_neighbours(&cp).len(), 1, "{}", cp.diagnostics());
+
+    // Rollover by reload: the BLAKE2s key goes, then comes back; a ping over babeld's route
+    // loses nothing and the neighbour stays.
+    let probe = PingProbe::start_from(&a, Some(CP_V4), REF_V4, 10).unwrap();
+    probe.wait_replies(10, Duration::from_secs(5)).unwrap();
+    for keys in [&keys[1..], &keys[..]] {
+        let n = read_log(cp.log_path()).matches("reloaded").count();
+        sighup_with(&cp, &cp_config_with_keys(&lab, keys));
+        let deadline = Instant::now() + CONVERGE;
+        while read_log(cp.log_path()).matches("reloaded").count() == n {
+            assert!(Instant::now() < deadline, "{}", cp.diagnostics());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let r = probe.finish().unwrap();
+    eprintln!(
+        "key rollover by reload: {} pings, {} lost",
+        r.sent,
+        r.lost()
+    );
+    assert_eq!(r.lost(), 0, "{}\n{}", r.output, cp.diagnostics());
+    assert_eq!(cp_neighbours(&cp).len(), 1, "{}", cp.diagnostics());
+    assert_eq!(refused(&cp, "bad_mac"), 0.0);
+    let log = read_log(cp.log_path());
+    assert_eq!(
+        log.matches("interface's Babel parameters changed").count(),
+        2,
+        "{log}"
+    );
+
+    // babeld comes back with another key: its packets are refused, and the routes go both
+    // ways once the neighbours time out.
+    drop(bd);
+    let before = refused(&cp, "bad_mac");
+    let wrong = SHA_KEY.replace("key", "KEY");
+    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf_with_key(&wrong)).unwrap();
+    wait_refused(&cp, "bad_mac", before);
+    wait_for_no_route(&a, REF_V4, CONVERGE)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnostics()));
+    std::thread::sleep(Duration::from_secs(3));
+    let routes = bd.dump().unwrap();
+    assert!(
+        !routes.iter().any(|r| r.prefix.starts_with(CP_V4)),
+        "babeld took a route from a peer with another key: {routes:#?}"
+    );
+    // babeld refused ours too: no neighbour at all (it makes one only of a packet that
+    // passed its MAC check).
+    let n = bd.neighbours().unwrap();
+    assert!(n.is_empty(), "{n:#?}");
+    assert!(cp.alive() && bd.alive());
+    eprintln!("cp_and_babeld_with_hmac took {:?}", t0.elapsed());
+}
+
+/// MAC authentication with BIRD 2 (`authentication mac`), both ways: BIRD signs with two
+/// passwords (HMAC-SHA256 and BLAKE2s-128), isthmus-cp has only the BLAKE2s one. Then BIRD
+/// restarted with other passwords is refused (counted) and the routes go.
+#[test]
+fn cp_and_bird_with_mac() {
+    init();
+    let t0 = Instant::now();
+    let lab = Lab::new().unwrap();
+    let a = Netns::new("cpma").unwrap();
+    let b = Netns::new("cpmb").unwrap();
+    setup(&a, &b, true);
+    let bird_conf = |sha: &str, b2: &str| {
+        format!(
+            "protocol direct {{ ipv4; ipv6; interface \"st0\"; }}\n\
+             protocol babel babel1 {{\n  ipv4 {{ import all; export all; }};\n  \
+             ipv6 {{ import all; export all; }};\n  interface \"vb\" {{\n    type wired;\n    \
+             hello interval 1 s;\n    authentication mac;\n    \
+             password \"{sha}\" {{ algorithm hmac sha256; }};\n    \
+             password \"{b2}\" {{ algorithm blake2s128; }};\n  }};\n}}\n"
+        )
+    };
+    let bird = Bird::start(&b, &lab, "b", &["vb"], &bird_conf(SHA_KEY, B2_KEY)).unwrap();
+    let keys = [("b2", "blake2s128", B2_KEY)];
+    let cp = IsthmusCp::start(&a, &lab, "a", &cp_config_with_keys(&lab, &keys)).unwrap();
+    let t4 = wait_cp_route(&cp, &a, REF_V4);
+    wait_cp_route(&cp, &a, REF_V6);
+    bird.wait_babel_route(&format!("{CP_V4}/32"), CONVERGE)
+        .unwrap();
+    bird.wait_babel_route(&format!("{CP_V6}/128"), CONVERGE)
+        .unwrap();
+    eprintln!("MAC with BIRD: routes both ways, isthmus-cp's after {t4:?}");
+    assert!(
+        auth_count(
+            &cp,
+            "isthmus_babel_auth_challenges_total",
+            ("event", "answered")
+        ) >= 1.0
+    );
+    assert_eq!(refused(&cp, "bad_mac"), 0.0, "{}", cp.diagnostics());
+    ping_from(&a, CP_V4, REF_V4);
+    ping_from(&b, REF_V6, CP_V6);
+
+    drop(bird);
+    let before = refused(&cp, "bad_mac");
+    let wrong = (SHA_KEY.to_uppercase(), B2_KEY.to_uppercase());
+    let bird = Bird::start(&b, &lab, "b", &["vb"], &bird_conf(&wrong.0, &wrong.1)).unwrap();
+    wait_refused(&cp, "bad_mac", before);
+    wait_for_no_route(&a, REF_V4, CONVERGE)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnostics()));
+    std::thread::sleep(Duration::from_secs(3));
+    let routes = bird.routes().unwrap();
+    assert!(
+        !routes.iter().any(|r| r.prefix.starts_with(CP_V4)),
+        "BIRD took a route from a peer with another key: {routes:#?}"
+    );
+    // BIRD refused ours too: no neighbour (it makes one only of an authenticated packet).
+    assert_eq!(bird.babel_neighbours().unwrap(), Vec::<String>::new());
+    assert!(cp.alive() && bird.alive());
+    eprintln!("cp_and_bird_with_mac took {:?}", t0.elapsed());
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use blake2::digest::consts::U16;
 use blake2::digest::Mac as _;
-use blake2::{Blake2sMac, Blake2s256, Digest as _};
+use blake2::{Blake2s256, Blake2sMac, Digest as _};
 use hmac::Hmac;
 use sha2::Sha256;
 
@@ -158,7 +158,11 @@ pub fn overhead(keys: &[MacKey]) -> usize {
     if keys.is_empty() {
         return 0;
     }
-    PC_TLV_LEN + keys.iter().map(|k| 2 + k.algorithm.mac_len()).sum::<usize>()
+    PC_TLV_LEN
+        + keys
+            .iter()
+            .map(|k| 2 + k.algorithm.mac_len())
+            .sum::<usize>()
 }
 
 /// Ends `packet` (a finished packet: header and body, no trailer) with a PC TLV and one
@@ -582,23 +586,51 @@ mod tests {
         let b = MacKey::new("b", Algorithm::Blake2s128, vec![9; 32]).unwrap();
         let c = MacKey::new("c", Algorithm::Blake2s128, vec![8; 32]).unwrap();
         let mut p = packet();
-        seal(&mut p, 5, &[1; 8], &[a.clone(), b.clone()], ll(1), MULTICAST);
-        assert_eq!(p.len(), 8 + PC_TLV_LEN + overhead(&[a.clone(), b.clone()]) - PC_TLV_LEN);
-        assert_eq!(verify(&p, &[a.clone()], ll(1), ll(2)), Ok(true));
+        seal(
+            &mut p,
+            5,
+            &[1; 8],
+            &[a.clone(), b.clone()],
+            ll(1),
+            MULTICAST,
+        );
+        assert_eq!(
+            p.len(),
+            8 + PC_TLV_LEN + overhead(&[a.clone(), b.clone()]) - PC_TLV_LEN
+        );
+        assert_eq!(verify(&p, std::slice::from_ref(&a), ll(1), ll(2)), Ok(true));
         assert_eq!(verify(&p, &[c.clone(), b.clone()], ll(1), ll(2)), Ok(true));
-        assert_eq!(verify(&p, &[c.clone()], ll(1), ll(2)), Err(Refused::BadMac));
-        assert_eq!(verify(&p, &[a.clone()], ll(3), ll(2)), Err(Refused::BadMac));
-        assert_eq!(verify(&packet(), &[a.clone()], ll(1), ll(2)), Err(Refused::NoMac));
+        assert_eq!(
+            verify(&p, std::slice::from_ref(&c), ll(1), ll(2)),
+            Err(Refused::BadMac)
+        );
+        assert_eq!(
+            verify(&p, std::slice::from_ref(&a), ll(3), ll(2)),
+            Err(Refused::BadMac)
+        );
+        assert_eq!(
+            verify(&packet(), std::slice::from_ref(&a), ll(1), ll(2)),
+            Err(Refused::NoMac)
+        );
         // Unicast to ll(2): verifies as unicast there, not for another receiver.
         let mut u = packet();
-        seal(&mut u, 6, &[1; 8], &[a.clone()], ll(1), ll(2));
-        assert_eq!(verify(&u, &[a.clone()], ll(1), ll(2)), Ok(false));
-        assert_eq!(verify(&u, &[a.clone()], ll(1), ll(4)), Err(Refused::BadMac));
+        seal(&mut u, 6, &[1; 8], std::slice::from_ref(&a), ll(1), ll(2));
+        assert_eq!(
+            verify(&u, std::slice::from_ref(&a), ll(1), ll(2)),
+            Ok(false)
+        );
+        assert_eq!(
+            verify(&u, std::slice::from_ref(&a), ll(1), ll(4)),
+            Err(Refused::BadMac)
+        );
         // Any bit flipped in the signed part or the MAC fails.
         for i in 0..u.len() {
             let mut x = u.clone();
             x[i] ^= 0x10;
-            assert!(verify(&x, &[a.clone()], ll(1), ll(2)).is_err(), "byte {i}");
+            assert!(
+                verify(&x, std::slice::from_ref(&a), ll(1), ll(2)).is_err(),
+                "byte {i}"
+            );
         }
         // The PC TLV went into the body: it parses.
         let (msgs, _) = super::super::packet::parse(&u).unwrap();
@@ -640,15 +672,24 @@ mod tests {
         assert_eq!(r.accept, None);
         assert_eq!(c.challenges_ok, 1);
         // Increasing counters pass, per kind; a repeat is a replay.
-        assert_eq!(p.check(&[pc(14, 1)], true, t0, &mut c, &mut rng).accept, None);
-        assert_eq!(p.check(&[pc(14, 1)], false, t0, &mut c, &mut rng).accept, None);
+        assert_eq!(
+            p.check(&[pc(14, 1)], true, t0, &mut c, &mut rng).accept,
+            None
+        );
+        assert_eq!(
+            p.check(&[pc(14, 1)], false, t0, &mut c, &mut rng).accept,
+            None
+        );
         let r = p.check(&[pc(14, 1)], true, t0, &mut c, &mut rng);
         assert_eq!(r.accept, Some(Refused::Replay));
         // A replayed reply does not work twice.
         let r = p.check(&[pc(2, 1), good], false, t0, &mut c, &mut rng);
         assert_eq!(r.accept, Some(Refused::Replay));
         // No PC: refused.
-        assert_eq!(p.check(&[], true, t0, &mut c, &mut rng).accept, Some(Refused::NoPc));
+        assert_eq!(
+            p.check(&[], true, t0, &mut c, &mut rng).accept,
+            Some(Refused::NoPc)
+        );
         // A challenge request in a unicast packet is answered, in a multicast one not, and
         // not in a replay.
         let req = Msg::ChallengeRequest { nonce: vec![5; 9] };

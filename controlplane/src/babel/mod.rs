@@ -703,7 +703,8 @@ impl Router {
                 return;
             }
         };
-        if !self.links[&link].cfg.keys.is_empty() && !self.authenticate(now, link, src, bytes, &msgs)
+        if !self.links[&link].cfg.keys.is_empty()
+            && !self.authenticate(now, link, src, bytes, &msgs)
         {
             return;
         }
@@ -872,7 +873,13 @@ impl Router {
             .auth_peers
             .entry(key)
             .or_insert_with(|| auth::Peer::new(now));
-        let checked = peer.check(msgs, multicast, now, &mut self.counters.auth, &mut self.random);
+        let checked = peer.check(
+            msgs,
+            multicast,
+            now,
+            &mut self.counters.auth,
+            &mut self.random,
+        );
         if let Some(nonce) = checked.request {
             let nonce = nonce.to_vec();
             self.queue(link, Some(src), Msg::ChallengeRequest { nonce }, now);
@@ -1403,7 +1410,11 @@ impl Router {
 
     fn packetize(&mut self, link: LinkId, dest: Option<Ipv6Addr>, max: usize, msgs: &[Msg]) {
         // Room for the PC TLV and the MACs that `emit` adds.
-        let max = max.saturating_sub(self.links.get(&link).map_or(0, |l| auth::overhead(&l.cfg.keys)));
+        let max = max.saturating_sub(
+            self.links
+                .get(&link)
+                .map_or(0, |l| auth::overhead(&l.cfg.keys)),
+        );
         let mut w = Writer::new(max);
         for m in msgs {
             if !w.push(m) {

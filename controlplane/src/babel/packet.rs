@@ -893,10 +893,7 @@ impl Writer {
                     &net_bytes(&prefix)[..usize::from(prefix.prefix_len()).div_ceil(8)],
                 );
             }),
-            Msg::Pc {
-                counter,
-                ref index,
-            } => self.tlv(tlv::PC, |b| {
+            Msg::Pc { counter, ref index } => self.tlv(tlv::PC, |b| {
                 b.extend_from_slice(&counter.to_be_bytes());
                 b.extend_from_slice(index);
             }),

@@ -1079,8 +1079,7 @@ fn arb_simple() -> impl Strategy<Value = Msg> {
             .prop_map(|(counter, index)| Msg::Pc { counter, index }),
         prop::collection::vec(any::<u8>(), 0..=192)
             .prop_map(|nonce| Msg::ChallengeRequest { nonce }),
-        prop::collection::vec(any::<u8>(), 0..=192)
-            .prop_map(|nonce| Msg::ChallengeReply { nonce }),
+        prop::collection::vec(any::<u8>(), 0..=192).prop_map(|nonce| Msg::ChallengeReply { nonce }),
         (arb_net(), any::<u16>(), 1u8..=255, any::<[u8; 8]>()).prop_map(
             |(prefix, seqno, hop_count, router_id)| Msg::SeqnoRequest {
                 prefix,

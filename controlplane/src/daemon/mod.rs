@@ -799,9 +799,11 @@ impl Daemon {
                     if c.ifindex == ifindex && c.link_local == ll =>
                 {
                     if let Some(l) = self.links.get_mut(&c.id) {
-                        if l.cfg.params != i.params || l.class != i.class {
-                            // Changed in the file (a reload): new timers or costs, same link.
+                        if l.cfg.params != i.params || l.class != i.class || l.cfg.keys != i.keys {
+                            // Changed in the file (a reload): new timers, costs or MAC keys,
+                            // same link (neighbours and their packet counters stay).
                             l.cfg.params = i.params;
+                            l.cfg.keys = i.keys.clone();
                             l.class = i.class;
                             self.router.add_link(c.id, l.cfg.clone(), now);
                             info!(interface = %i.name, "interface's Babel parameters changed");

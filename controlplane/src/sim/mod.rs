@@ -405,7 +405,10 @@ impl Sim {
                 continue;
             };
             self.stats.delivered += 1;
-            if self.tap.is_some_and(|l| self.nodes[p.to].links.get(&p.link) == Some(&l)) {
+            if self
+                .tap
+                .is_some_and(|l| self.nodes[p.to].links.get(&p.link) == Some(&l))
+            {
                 self.tapped.push(p.clone());
             }
             self.stats.bytes += p.bytes.len() as u64;

@@ -4,6 +4,9 @@
 //! lab-tool http-get ADDR PATH                 GET http://ADDR/PATH, print the body (exit 1 unless 200)
 //! lab-tool udp-send [--bind ADDR] [--repeat N] TO HEX...
 //!                                             send each hex payload as one datagram to TO
+//! lab-tool babel-capture IFNAME IFINDEX COUNT SECS
+//!                                             print COUNT Babel packets sent to ff02::1:6 on
+//!                                             IFNAME as "SOURCE HEX" lines (beside the daemon)
 //! lab-tool wg-attack --to ADDR --key PUBKEY [--index N] [--kinds K,...] [--rate PPS]
 //!                    [--secs S] [--answer-cookies]
 //!                                             forged WireGuard messages (see `wg_attack`)
@@ -33,6 +36,12 @@ fn real_main() -> Result<()> {
             http_get(addr, path)
         }
         Some("udp-send") => udp_send(&args[1..]),
+        Some("babel-capture") => {
+            let [_, name, index, count, secs] = args.as_slice() else {
+                bail!("usage: lab-tool babel-capture IFNAME IFINDEX COUNT SECS")
+            };
+            babel_capture(name, index.parse()?, count.parse()?, secs.parse()?)
+        }
         Some("wg-attack") => wg_attack(&args[1..]),
         _ => bail!(
             "usage: lab-tool http-get ADDR PATH | udp-send [--bind ADDR] [--repeat N] TO HEX... | wg-attack ..."
@@ -67,16 +76,40 @@ fn http_get(addr: &str, path: &str) -> Result<()> {
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>> {
-    if s.len() & 1 == 1 {
-        bail!("odd-length hex {s:?}");
+    isthmus_dataplane::keys::decode_hex(s).with_context(|| format!("bad hex payload {s:?}"))
+}
+
+/// Receives Babel multicast packets on an interface beside the daemon that owns port 6696
+/// there (both sockets have SO_REUSEADDR, so each gets every multicast datagram).
+fn babel_capture(name: &str, ifindex: u32, count: usize, secs: u64) -> Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.bind_device(Some(name.as_bytes()))
+        .with_context(|| format!("SO_BINDTODEVICE {name}"))?;
+    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 6696, 0, 0);
+    s.bind(&any.into()).context("bind [::]:6696")?;
+    s.join_multicast_v6(&"ff02::1:6".parse()?, ifindex)
+        .context("join ff02::1:6")?;
+    let sock: UdpSocket = s.into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 65536];
+    let mut got = 0;
+    while got < count {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            bail!("{got} of {count} packets within {secs} s");
+        }
+        sock.set_read_timeout(Some(left))?;
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
+        println!("{} {hex}", from.ip());
+        got += 1;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .with_context(|| format!("bad hex at {i} in payload"))
-        })
-        .collect()
+    Ok(())
 }
 
 fn udp_send(args: &[String]) -> Result<()> {
