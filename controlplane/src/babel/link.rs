@@ -59,7 +59,8 @@ macro_rules! link_params {
             max_rtt_penalty: u16 = ::isthmus_dataplane::config::InRange<0, 65535>,
             /// Send every TLV but hellos to each neighbour by unicast instead of one multicast
             /// packet (`unicast`, babeld's option of that name: for links where multicast is
-            /// lossy or expensive, as on Wi-Fi).
+            /// lossy or expensive, as on Wi-Fi; with timestamps, an IHU goes with an unscheduled
+            /// unicast hello, for the RTT).
             unicast: bool = bool,
         }
     };

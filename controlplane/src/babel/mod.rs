@@ -1390,14 +1390,36 @@ impl Router {
                     .filter(|k| k.0 == link)
                     .map(|k| k.1)
                     .collect();
+                let ts = self.timestamp(now);
                 for a in addrs {
-                    let theirs: Vec<Msg> = (rest.iter())
+                    let mut theirs: Vec<Msg> = (rest.iter())
                         .filter(|m| match m {
                             Msg::Ihu { address, .. } => *address == Some(IpAddr::V6(a)),
                             _ => true,
                         })
                         .cloned()
                         .collect();
+                    let rtt_ihu = theirs.iter().any(|m| {
+                        matches!(
+                            m,
+                            Msg::Ihu {
+                                timestamp: Some(_),
+                                ..
+                            }
+                        )
+                    });
+                    if let (true, Some(n)) = (rtt_ihu, self.neighbours.get_mut(&(link, a))) {
+                        // An IHU with RTT data needs a Hello in its packet (RFC 9616 §3.1);
+                        // by unicast that is an unscheduled unicast Hello, as babeld sends.
+                        n.unicast_seqno = n.unicast_seqno.wrapping_add(1);
+                        let hello = Msg::Hello {
+                            unicast: true,
+                            seqno: n.unicast_seqno,
+                            interval: 0,
+                            timestamp: Some(ts),
+                        };
+                        theirs.insert(0, hello);
+                    }
                     if !theirs.is_empty() {
                         self.packetize(link, Some(a), cfg.max_packet, &theirs);
                     }

@@ -31,7 +31,14 @@ pub(crate) struct History {
 
 impl History {
     /// Records a hello; returns true if it was new (not a late duplicate).
+    ///
+    /// An unscheduled hello (interval 0: babeld's unicast hello beside an IHU, for the RTT)
+    /// counts only in a history that scheduled hellos keep, and leaves its timer alone
+    /// (RFC 8966 §3.4.1); alone, it would make a reach that never decays.
     pub fn hello(&mut self, seqno: u16, interval_cs: u16, now: Instant) -> bool {
+        if interval_cs == 0 && self.timer.is_none() {
+            return false;
+        }
         match self.expected {
             Some(exp) => {
                 let d = seqno.wrapping_sub(exp) as i16;
@@ -49,8 +56,10 @@ impl History {
             None => self.reach = 0x8000,
         }
         self.expected = Some(seqno.wrapping_add(1));
-        self.interval = cs(interval_cs);
-        self.timer = (interval_cs > 0).then(|| now + self.interval * 3 / 2);
+        if interval_cs > 0 {
+            self.interval = cs(interval_cs);
+            self.timer = Some(now + self.interval * 3 / 2);
+        }
         true
     }
 
@@ -107,6 +116,8 @@ pub(crate) struct Neighbour {
     pub ever_up: bool,
     /// Our rxcost for it, as last computed: when it turns finite the neighbour is told at once.
     pub rxcost_told: u16,
+    /// Seqno of our last unicast hello to it.
+    pub unicast_seqno: u16,
 }
 
 impl Neighbour {
@@ -124,6 +135,7 @@ impl Neighbour {
             cost: INFINITY,
             ever_up: false,
             rxcost_told: INFINITY,
+            unicast_seqno: 0,
         }
     }
 

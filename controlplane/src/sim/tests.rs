@@ -246,3 +246,37 @@ fn grid_with_unicast_converges_without_loops() {
     let far = "10.0.35.0/24".parse().unwrap();
     assert_eq!(sim.path(nodes[0], far).unwrap().len(), 11);
 }
+
+#[test]
+fn unicast_links_measure_rtt_with_unscheduled_unicast_hellos() {
+    // Timestamps on (the trunk class) and unicast: IHUs go by unicast, each with an
+    // unscheduled unicast Hello in its packet, so RTT samples pair as on multicast.
+    for unicast in [false, true] {
+        let mut sim = Sim::new(12);
+        let params = LinkParams {
+            unicast,
+            hello_interval: Duration::from_secs(1),
+            ..LinkParams::trunk()
+        };
+        sim.line(2, params, 5 * MS, 0);
+        sim.originate_one_each();
+        converge(&mut sim, Duration::from_secs(30));
+        sim.run_for(Duration::from_secs(10));
+        for node in 0..2 {
+            let n = sim.nodes[node].router.neighbours(sim.now());
+            let rtt = n[0]
+                .rtt
+                .unwrap_or_else(|| panic!("unicast {unicast}: no RTT: {n:?}"));
+            // 5 ms each way plus up to 1 ms of jitter.
+            assert!(
+                rtt >= 9 * MS && rtt <= 13 * MS,
+                "unicast {unicast}: {rtt:?}"
+            );
+            // Unscheduled hellos keep no unicast history of their own.
+            assert_eq!(
+                sim.nodes[node].router.neighbours(sim.now())[0].unicast_reach,
+                0
+            );
+        }
+    }
+}
