@@ -445,6 +445,25 @@ pub struct Babeld<'a> {
     d: Daemon<'a>,
 }
 
+/// Writes a Babel MAC key (RFC 8967) for isthmus-cp: `key`'s bytes as hex, mode 0600, in
+/// `babel-ID.key` in the lab directory. Returns the `[[babel.key]]` table that names it.
+///
+/// # Panics
+/// When the file cannot be written.
+#[must_use]
+pub fn babel_key_table(lab: &Lab, id: &str, algorithm: &str, key: &[u8]) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = lab.dir().join(format!("babel-{id}.key"));
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).expect("writing a key file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 600 of a key file");
+    format!(
+        "\n[[babel.key]]\nid = \"{id}\"\nalgorithm = \"{algorithm}\"\nfile = \"{}\"\n",
+        path.display()
+    )
+}
+
 /// The babeld configuration [`Babeld::start`] writes.
 #[must_use]
 pub fn babeld_config(lab_dir: &Path, name: &str, ifaces: &[&str], extra_conf: &str) -> String {

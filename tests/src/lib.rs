@@ -23,10 +23,10 @@ mod traffic;
 mod wg;
 
 pub use babel::{
-    add_stub_iface, babeld_config, bird_config, kernel_routes, parse_babel_dump, parse_bird_routes,
-    parse_ip_routes, routes_to, wait_for_no_route, wait_for_route, wait_for_route_dev,
-    wait_for_route_where, BabelDump, BabelNeighbour, BabelRoute, Babeld, Bird, BirdRoute, Daemon,
-    IsthmusCp, KernelRoute, PingProbe, ProbeResult, CP_METRICS_ADDR,
+    add_stub_iface, babel_key_table, babeld_config, bird_config, kernel_routes, parse_babel_dump,
+    parse_bird_routes, parse_ip_routes, routes_to, wait_for_no_route, wait_for_route,
+    wait_for_route_dev, wait_for_route_where, BabelDump, BabelNeighbour, BabelRoute, Babeld, Bird,
+    BirdRoute, Daemon, IsthmusCp, KernelRoute, PingProbe, ProbeResult, CP_METRICS_ADDR,
 };
 pub use capture::Capture;
 pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, wggen_path, workspace_root, Lab};

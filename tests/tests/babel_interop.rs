@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::init;
 use isthmus_lab::{
-    add_stub_iface, kernel_routes, lab_tool_path, veth, wait_for_no_route, wait_for_route,
-    wait_for_route_where, Babeld, Bird, IsthmusCp, KernelRoute, Lab, Netns, PingOpts, PingProbe,
+    add_stub_iface, babel_key_table, kernel_routes, lab_tool_path, veth, wait_for_no_route,
+    wait_for_route, wait_for_route_where, Babeld, Bird, IsthmusCp, KernelRoute, Lab, Netns,
+    PingOpts, PingProbe,
 };
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -895,17 +896,10 @@ const B2_KEY: &str = "isthmus-lab BLAKE2s-128 key: 32B";
 /// `cp_config("")` with `[[babel.key]]`s for `keys` (id, algorithm, text; each written
 /// 0600 to a file in the lab directory) and the interface `va` using all of them.
 fn cp_config_with_keys(lab: &Lab, keys: &[(&str, &str, &str)]) -> String {
-    use std::os::unix::fs::PermissionsExt as _;
     let ids: Vec<String> = keys.iter().map(|(id, _, _)| format!("\"{id}\"")).collect();
     let mut c = format!("{}keys = [{}]\n", cp_config(""), ids.join(", "));
     for (id, algorithm, text) in keys {
-        let path = lab.dir().join(format!("babel-{id}.key"));
-        std::fs::write(&path, hex(text.as_bytes())).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        c.push_str(&format!(
-            "\n[[babel.key]]\nid = \"{id}\"\nalgorithm = \"{algorithm}\"\nfile = \"{}\"\n",
-            path.display()
-        ));
+        c.push_str(&babel_key_table(lab, id, algorithm, text.as_bytes()));
     }
     c
 }

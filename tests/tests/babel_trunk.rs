@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::init;
 use isthmus_lab::babel_islands::{gateway_diagnostics, show_fib, BabelIslands, IslandsSpec};
 use isthmus_lab::{
-    kernel_routes, veth, Babeld, ConfigPeer, IsthmusConfig, IsthmusCp, Keypair, Lab, Netns,
-    PeerSpec, PingOpts, PingProbe, WgIface, WgImpl, WgSpec,
+    babel_key_table, kernel_routes, veth, Babeld, ConfigPeer, IsthmusConfig, IsthmusCp, Keypair,
+    Lab, Netns, PeerSpec, PingOpts, PingProbe, WgIface, WgImpl, WgSpec,
 };
 
 /// Bound on every convergence wait.
@@ -108,9 +108,22 @@ fn two_nodes() -> (Arc<Netns>, Arc<Netns>) {
 fn babeld_behind_wireguard_go<'a>(
     y: &'a Arc<Netns>,
     lab: &Lab,
+    keys: (&Keypair, &Keypair),
+    x_endpoint: &str,
+    announce: &[&str],
+) -> (WgIface, Babeld<'a>) {
+    babeld_behind_wireguard_go_with(y, lab, keys, x_endpoint, announce, None)
+}
+
+/// [`babeld_behind_wireguard_go`], with babeld's tunnel interface signing and checking Babel
+/// MACs with `mac_key` (BLAKE2s-128) when given.
+fn babeld_behind_wireguard_go_with<'a>(
+    y: &'a Arc<Netns>,
+    lab: &Lab,
     (ky, kx): (&Keypair, &Keypair),
     x_endpoint: &str,
     announce: &[&str],
+    mac_key: Option<&[u8]>,
 ) -> (WgIface, Babeld<'a>) {
     let wg = WgIface::start(
         y,
@@ -131,7 +144,16 @@ fn babeld_behind_wireguard_go<'a>(
         keepalive: Some(5),
     })
     .unwrap();
-    let mut conf = format!("interface {} type tunnel hello-interval 1", wg.ifname);
+    let mut conf = String::new();
+    if let Some(k) = mac_key {
+        let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+        conf.push_str(&format!("key id t type blake2s128 value {hex}\n"));
+    }
+    conf.push_str(&format!(
+        "interface {} type tunnel hello-interval 1{}",
+        wg.ifname,
+        if mac_key.is_some() { " key t" } else { "" }
+    ));
     for a in announce {
         conf.push_str(&format!("\nredistribute local ip {a}"));
     }
@@ -161,36 +183,48 @@ fn gateway_config(kx: &Keypair, peers: Vec<ConfigPeer>) -> IsthmusConfig {
 
 #[test]
 fn gateway_peers_with_babeld_over_wireguard_go() {
+    peers_with_babeld_over_wireguard_go(None);
+}
+
+/// The same with Babel MACs (RFC 8967) on the tunnel link: `[[babel.peer]] keys` on the
+/// gateway, `interface wg0 ... key` on babeld.
+#[test]
+fn gateway_peers_with_babeld_over_wireguard_go_with_babel_macs() {
+    peers_with_babeld_over_wireguard_go(Some(b"tunnel-link Babel key, 32 bytes"));
+}
+
+fn peers_with_babeld_over_wireguard_go(mac_key: Option<&[u8]>) {
     init();
     let lab = Lab::new().unwrap();
     let (x, y) = two_nodes();
     let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     let started = Instant::now();
     x.set_forwarding(true).unwrap();
-    let dp = WgIface::start_config(
-        &x,
-        &lab,
-        &gateway_config(
-            &kx,
-            vec![ConfigPeer {
-                name: "yside".into(),
-                class: "trunk".into(),
-                public_key: ky.public.clone(),
-                endpoint: Some("192.168.77.2:51820".into()),
-                allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
-                keepalive: None,
-                extra: String::new(),
-            }],
-        ),
-    )
-    .unwrap();
+    let mut config = gateway_config(
+        &kx,
+        vec![ConfigPeer {
+            name: "yside".into(),
+            class: "trunk".into(),
+            public_key: ky.public.clone(),
+            endpoint: Some("192.168.77.2:51820".into()),
+            allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
+            keepalive: None,
+            extra: String::new(),
+        }],
+    );
+    if let (Some(k), Some(babel)) = (mac_key, config.babel.as_mut()) {
+        babel.push_str("\n[[babel.peer]]\nname = \"yside\"\nkeys = [\"t\"]\n");
+        babel.push_str(&babel_key_table(&lab, "t", "blake2s128", k));
+    }
+    let dp = WgIface::start_config(&x, &lab, &config).unwrap();
     let cp = IsthmusCp::start_gateway(&x, &lab, "x", dp.config.as_ref().unwrap()).unwrap();
-    let (wg, by) = babeld_behind_wireguard_go(
+    let (wg, by) = babeld_behind_wireguard_go_with(
         &y,
         &lab,
         (&ky, &kx),
         "192.168.77.1:51820",
         &["10.20.0.1/32", "fd20::1/128"],
+        mac_key,
     );
     let wg0 = wg.ifname.clone();
     let diag = || {
@@ -257,6 +291,16 @@ fn gateway_peers_with_babeld_over_wireguard_go() {
             .any(|l| l.contains("10.20.0.1/32") && l.contains("yside") && l.contains("babel")),
         "X's FIB should route 10.20.0.1/32 to yside from babel:\n{fib}"
     );
+    if mac_key.is_some() {
+        let m = cp.metrics().unwrap();
+        let answered = m.get(
+            "isthmus_babel_auth_challenges_total",
+            &[("event", "answered")],
+        );
+        let refused = m.get("isthmus_babel_auth_refused_total", &[("reason", "bad_mac")])
+            + m.get("isthmus_babel_auth_refused_total", &[("reason", "no_mac")]);
+        assert!(answered >= 1.0 && refused == 0.0, "{}", diag());
+    }
 }
 
 /// A peer added with `wg set` to a running gateway is a Babel link at once: no restart, its
