@@ -11,6 +11,10 @@
 //!   triggered updates to a second link. Throughput in updates.
 //! - `babel/updates_refresh_10k`: the same updates again to a router that holds them (the
 //!   periodic refresh of a converged network).
+//! - `babel/updates_refresh_10k_one_link_mac_{none,hmac-sha256,blake2s128}`: the refresh on
+//!   a router with one link, without a MAC key and with one (RFC 8967): every packet sealed
+//!   by the neighbour (outside the timing) and checked by the router (MAC, then packet
+//!   counter). The ratios to `..._none` are the cost of authentication.
 //! - memory (not a criterion bench, measured once at start): resident memory growth of a
 //!   router learning 100,000 prefixes from one neighbour, then from a second one as well
 //!   (`VmRSS` in `/proc/self/status`), printed as bytes per route and written to the extras.
@@ -26,8 +30,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isthmus_benches::report::{write_extras, Extra};
+use isthmus_controlplane::babel::auth::seal;
+use isthmus_controlplane::babel::packet::{parse, MULTICAST};
 use isthmus_controlplane::babel::packet::{Msg, Writer};
-use isthmus_controlplane::babel::{Config, LinkConfig, LinkId, LinkParams, Router};
+use isthmus_controlplane::babel::{
+    Algorithm, Config, LinkConfig, LinkId, LinkParams, MacKey, Router,
+};
 use isthmus_controlplane::sim::Sim;
 
 const UPDATES: usize = 10_000;
@@ -130,6 +138,81 @@ fn router(links: u32, now: Instant) -> Router {
         }
     }
     drain(&mut r);
+    r
+}
+
+/// The neighbour's PC index in the keyed benches.
+const INDEX: [u8; 8] = [9; 8];
+
+/// `packet` as the neighbour on link 0 sends it: sealed with `counter` when there is a key.
+fn sealed(packet: &[u8], counter: u32, key: Option<&MacKey>) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    if let Some(k) = key {
+        let keys = std::slice::from_ref(k);
+        seal(&mut p, counter, &INDEX, keys, neighbour_addr(0), MULTICAST);
+    }
+    p
+}
+
+/// A router with one wired link, keyed with `key` if any, whose neighbour has completed the
+/// hello/IHU exchange (with a key, after answering the router's challenge); the neighbour's
+/// packet counter is at 3.
+fn one_link_router(key: Option<&MacKey>, now: Instant) -> Router {
+    let mut r = Router::new(Config::new([1, 0, 0, 0, 0, 0, 0, 1]), now);
+    let cfg = LinkConfig {
+        name: "l0".into(),
+        params: LinkParams::wired(),
+        address: our_addr(0),
+        ipv4: None,
+        v4_via_v6: true,
+        max_packet: 1400,
+        keys: key.into_iter().cloned().collect(),
+    };
+    r.add_link(LinkId(0), cfg, now);
+    let hello = |seqno| Msg::Hello {
+        unicast: false,
+        seqno,
+        interval: 400,
+        timestamp: None,
+    };
+    let ihu = Msg::Ihu {
+        rxcost: 96,
+        interval: 1200,
+        address: Some(IpAddr::V6(our_addr(0))),
+        timestamp: None,
+    };
+    let from = IpAddr::V6(neighbour_addr(0));
+    r.handle(
+        now,
+        LinkId(0),
+        from,
+        &sealed(&packets(&[hello(1), ihu.clone()])[0], 1, key),
+    );
+    let mut nonce = None;
+    r.handle_timeout(now);
+    while let Some(t) = r.poll_transmit() {
+        for m in parse(&t.bytes).map(|(m, _)| m).unwrap_or_default() {
+            if let Msg::ChallengeRequest { nonce: n } = m {
+                nonce = Some(n);
+            }
+        }
+    }
+    assert_eq!(
+        nonce.is_some(),
+        key.is_some(),
+        "a new neighbour is challenged"
+    );
+    let mut second = vec![hello(2), ihu.clone()];
+    second.extend(nonce.map(|nonce| Msg::ChallengeReply { nonce }));
+    r.handle(now, LinkId(0), from, &sealed(&packets(&second)[0], 2, key));
+    r.handle(
+        now,
+        LinkId(0),
+        from,
+        &sealed(&packets(&[hello(3), ihu])[0], 3, key),
+    );
+    drain(&mut r);
+    assert_eq!(r.neighbours(now).len(), 1, "the neighbour is up");
     r
 }
 
@@ -326,6 +409,42 @@ fn bench(c: &mut Criterion) {
     g.bench_function("updates_refresh_10k", |bn| {
         bn.iter(|| feed(&mut warm, 0, now, &pkts))
     });
+    // (c) The same refresh on one link, without and with MACs.
+    let keys = Algorithm::ALL.map(|a| MacKey::new(a.as_str(), a, vec![7; a.max_key_len()]));
+    for key in [None]
+        .into_iter()
+        .chain(keys.iter().map(|k| k.as_ref().ok()))
+    {
+        let mut r = one_link_router(key, now);
+        let mut counter = 3u32;
+        let seal_all = |counter: &mut u32| -> Vec<Vec<u8>> {
+            (pkts.iter())
+                .map(|p| {
+                    *counter += 1;
+                    sealed(p, *counter, key)
+                })
+                .collect()
+        };
+        feed(&mut r, 0, now, &seal_all(&mut counter));
+        let before = r.routes(now).len();
+        assert!(before >= UPDATES, "the router took the updates: {before}");
+        let name = key.map_or("none", |k| k.id());
+        g.bench_function(format!("updates_refresh_10k_one_link_mac_{name}"), |bn| {
+            bn.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = seal_all(&mut counter);
+                    let t = Instant::now();
+                    feed(&mut r, 0, now, &batch);
+                    spent += t.elapsed();
+                }
+                spent
+            })
+        });
+        // Only the neighbour's first hello, before the challenge.
+        let refused: u64 = r.counters().auth.refused.iter().sum();
+        assert_eq!(refused, u64::from(key.is_some()), "{:?}", r.counters().auth);
+    }
     g.finish();
 
     if let Some(dir) = criterion_dir() {

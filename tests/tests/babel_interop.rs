@@ -1039,6 +1039,31 @@ fn cp_and_babeld_with_hmac() {
         "{log}"
     );
 
+    // babeld restarts (a new index, its counter from 0): challenged again, and back.
+    let answered = |cp: &IsthmusCp<'_>| {
+        auth_count(
+            cp,
+            "isthmus_babel_auth_challenges_total",
+            ("event", "answered"),
+        )
+    };
+    let before = answered(&cp);
+    drop(bd);
+    let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf_with_key(SHA_KEY)).unwrap();
+    let restarted = Instant::now();
+    while answered(&cp) <= before {
+        assert!(restarted.elapsed() < CONVERGE, "{}", cp.diagnostics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let challenged = restarted.elapsed();
+    bd.wait_for_route(CP_V4, CONVERGE).unwrap();
+    eprintln!(
+        "babeld restarted: it answered a new challenge {challenged:?} and had isthmus-cp's \
+         route {:?} after its start",
+        restarted.elapsed()
+    );
+    wait_cp_route(&cp, &a, REF_V4);
+
     // babeld comes back with another key: its packets are refused, and the routes go both
     // ways once the neighbours time out.
     drop(bd);
