@@ -22,6 +22,9 @@ packages=(
     netcat-openbsd    # nc
     ethtool           # offload settings in benches
     tcpdump           # captures for the replay tests
+    prometheus        # promtool (metrics lint) and the dashboard test's Prometheus
+    adduser           # the package's postinst (installed by the package test)
+    binutils          # strip, readelf (the package)
     procps            # sysctl, pgrep
     python3           # small helper scripts
     ca-certificates

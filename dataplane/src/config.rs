@@ -150,6 +150,9 @@ pub struct InterfaceConfig {
     pub mtu: Option<u16>,
     /// Prometheus listen address (default 127.0.0.1:9586).
     pub metrics: Option<SocketAddr>,
+    /// Also export the per-peer series under mdlayher/wireguard_exporter's names (default
+    /// true), for the dashboards built on it.
+    pub metrics_wireguard_exporter: bool,
     /// Clamp TCP MSS of forwarded SYNs to the tunnel MTU.
     pub mss_clamp: bool,
     /// Worker threads (default 2).
@@ -364,6 +367,7 @@ struct RawInterface {
     metrics: Option<Spanned<String>>,
     #[serde(default)]
     metrics_public: bool,
+    metrics_wireguard_exporter: Option<bool>,
     mss_clamp: Option<bool>,
     threads: Option<InRange<1, 64>>,
     unrouted: Option<Unrouted>,
@@ -637,6 +641,7 @@ impl Ctx<'_> {
             address,
             mtu: i.mtu.map(Into::into),
             metrics: metrics.transpose()?,
+            metrics_wireguard_exporter: i.metrics_wireguard_exporter.unwrap_or(true),
             mss_clamp: i.mss_clamp.unwrap_or(true),
             threads: i.threads.map(Into::into),
             unrouted: i.unrouted,

@@ -17,6 +17,7 @@ use isthmus_dataplane::ctl;
 use isthmus_dataplane::device::{self, AfXdpOptions, Device, DeviceOptions};
 use isthmus_dataplane::forward::Settings;
 use isthmus_dataplane::io::bpf::XdpMode;
+use isthmus_dataplane::io::notify::notify;
 use isthmus_dataplane::io::xsk::BindMode;
 
 const USAGE: &str = "\
@@ -358,7 +359,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(addr) = metrics {
         // Not a warning nobody reads (under wg-quick): a gateway without the metrics it was
         // asked for does not start.
-        let a = device::serve_metrics(addr, dev.core.clone()).with_context(|| {
+        let compat = iface.metrics_wireguard_exporter;
+        let a = device::serve_metrics(addr, dev.core.clone(), compat).with_context(|| {
             format!(
                 "metrics on {addr} (another isthmus-dp on this host? give each its own \
                  address with --metrics ADDR or ISTHMUS_METRICS=ADDR, or 'off')"
@@ -377,6 +379,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // "started", so nothing may fail after it.
     let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
         .context("serving the WireGuard userspace API")?;
+    notify(&format!("READY=1\nSTATUS=serving {ifname}"));
 
     let d: Arc<Device> = dev.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -395,6 +398,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 let _ = d.reload();
                 continue;
             }
+            notify("STOPPING=1");
             tracing::info!(sig, "signal received, shutting down");
             d.shutdown();
             break;

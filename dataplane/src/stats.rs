@@ -338,25 +338,99 @@ pub struct Sample {
     pub fib_v6: usize,
     /// FIB marked stale (control plane gone).
     pub fib_stale: bool,
+    /// The device's public key, once it has a private key.
+    pub public_key: Option<crate::keys::Key>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+use crate::io::metrics::escape_label as escape;
+
+/// A peer's endpoint as a label value ("" without one, as wireguard_exporter shows it).
+fn endpoint(p: &crate::tunnel::PeerInfo) -> String {
+    p.endpoint.map(|e| e.to_string()).unwrap_or_default()
 }
 
-/// Render a sample in the Prometheus text exposition format (version 0.0.4).
-pub fn render(s: &Sample) -> String {
-    let mut o = String::with_capacity(4096);
-    let iface = escape(&s.ifname);
-    let _ = writeln!(o, "# HELP isthmus_build_info Build information.");
-    let _ = writeln!(o, "# TYPE isthmus_build_info gauge");
+/// A peer's allowed IPs as one label value, comma-separated.
+fn allowed_ips(p: &crate::tunnel::PeerInfo) -> String {
+    let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+    ips.join(",")
+}
+
+/// The series of mdlayher/wireguard_exporter (its names, labels and help texts): per-peer
+/// series keyed by `device` and `public_key`, so that dashboards made for it (grafana.com
+/// 12177 and its like) work unchanged.
+fn wireguard_exporter_series(o: &mut String, s: &Sample, device: &str) {
+    let own = s
+        .public_key
+        .map(|k| crate::tunnel::key_b64(&k))
+        .unwrap_or_default();
     let _ = writeln!(
         o,
-        "isthmus_build_info{{version=\"{}\",interface=\"{iface}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "# HELP wireguard_device_info Metadata about a device.\n# TYPE wireguard_device_info gauge\n\
+         wireguard_device_info{{device=\"{device}\",public_key=\"{own}\"}} 1"
     );
+    let _ = writeln!(
+        o,
+        "# HELP wireguard_peer_info Metadata about a peer. The public_key label on peer metrics refers to the peer's public key; not the device's public key.\n# TYPE wireguard_peer_info gauge"
+    );
+    let key = |p: &crate::tunnel::PeerInfo| crate::tunnel::key_b64(&p.public_key);
+    for p in &s.peers {
+        let _ = writeln!(
+            o,
+            "wireguard_peer_info{{device=\"{device}\",public_key=\"{}\",allowed_ips=\"{}\",endpoint=\"{}\",name=\"{}\"}} 1",
+            key(p),
+            allowed_ips(p),
+            endpoint(p),
+            escape(p.name.as_deref().unwrap_or_default())
+        );
+    }
+    type Value = fn(&crate::tunnel::PeerInfo) -> u64;
+    let series: [(&str, &str, &str, Value); 3] = [
+        (
+            "wireguard_peer_receive_bytes_total",
+            "counter",
+            "Number of bytes received from a given peer.",
+            |p| p.rx_bytes,
+        ),
+        (
+            "wireguard_peer_transmit_bytes_total",
+            "counter",
+            "Number of bytes transmitted to a given peer.",
+            |p| p.tx_bytes,
+        ),
+        (
+            "wireguard_peer_last_handshake_seconds",
+            "gauge",
+            "UNIX timestamp for the last handshake with a given peer.",
+            |p| {
+                (p.last_handshake)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs())
+            },
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in &s.peers {
+            let _ = writeln!(
+                o,
+                "{name}{{device=\"{device}\",public_key=\"{}\"}} {}",
+                key(p),
+                get(p)
+            );
+        }
+    }
+}
+
+/// Render a sample in the Prometheus text exposition format (version 0.0.4); with
+/// `wireguard_exporter`, the per-peer series also under the names and labels of
+/// mdlayher/wireguard_exporter, which most WireGuard dashboards are built on.
+pub fn render(s: &Sample, wireguard_exporter: bool) -> String {
+    let mut o = String::with_capacity(4096);
+    let iface = escape(&s.ifname);
+    o.push_str(&crate::io::metrics::build_info(
+        "isthmus-dp",
+        &format!("interface=\"{iface}\""),
+    ));
 
     type PeerField = fn(&crate::tunnel::PeerInfo) -> u64;
     let peer_counters: [(&str, &str, PeerField); 5] = [
@@ -392,7 +466,7 @@ pub fn render(s: &Sample) -> String {
         .iter()
         .map(|p| {
             format!(
-                "peer=\"{}\",public_key=\"{}\",class=\"{}\"",
+                "interface=\"{iface}\",peer=\"{}\",public_key=\"{}\",class=\"{}\"",
                 escape(&p.label()),
                 crate::tunnel::key_b64(&p.public_key),
                 p.class.as_str()
@@ -404,6 +478,19 @@ pub fn render(s: &Sample) -> String {
         for (p, l) in s.peers.iter().zip(&labels) {
             let _ = writeln!(o, "{name}{{{l}}} {}", get(p));
         }
+    }
+    let name = "isthmus_peer_info";
+    let _ = writeln!(
+        o,
+        "# HELP {name} A peer's endpoint and allowed IPs (comma-separated).\n# TYPE {name} gauge"
+    );
+    for (p, l) in s.peers.iter().zip(&labels) {
+        let _ = writeln!(
+            o,
+            "{name}{{{l},endpoint=\"{}\",allowed_ips=\"{}\"}} 1",
+            endpoint(p),
+            allowed_ips(p)
+        );
     }
     let name = "isthmus_peer_last_handshake_seconds";
     let _ = writeln!(
@@ -417,6 +504,10 @@ pub fn render(s: &Sample) -> String {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
         let _ = writeln!(o, "{name}{{{l}}} {t}");
+    }
+
+    if wireguard_exporter {
+        wireguard_exporter_series(&mut o, s, &iface);
     }
 
     let _ = writeln!(

@@ -20,6 +20,8 @@ pub struct Sample {
 pub struct Metrics {
     /// The samples, in order.
     pub samples: Vec<Sample>,
+    /// The exposition as scraped.
+    pub text: String,
 }
 
 impl Metrics {
@@ -50,6 +52,36 @@ impl Metrics {
     #[must_use]
     pub fn has(&self, name: &str) -> bool {
         self.samples.iter().any(|s| s.name == name)
+    }
+
+    /// Runs Prometheus' `promtool check metrics` (format and naming lint) on the text.
+    ///
+    /// # Errors
+    /// When promtool is missing or finds a problem; the error quotes its output.
+    pub fn promtool_check(&self) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running promtool (scripts/install-deps.sh installs Debian's prometheus)")?;
+        child
+            .stdin
+            .take()
+            .context("promtool's stdin")?
+            .write_all(self.text.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "promtool check metrics: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// The samples whose name starts with `prefix`, formatted one per line (for the demo).
@@ -106,7 +138,10 @@ pub fn parse_prometheus(text: &str) -> Result<Metrics> {
             value,
         });
     }
-    Ok(Metrics { samples })
+    Ok(Metrics {
+        samples,
+        text: text.to_owned(),
+    })
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {

@@ -303,6 +303,11 @@ fn cp_and_babeld_on_veth() {
     ping_from(&b, REF_V6, CP_V6);
 
     assert_cp_status(&cp, &ll_b);
+    let m = cp.metrics().unwrap();
+    assert!(m.get("isthmus_build_info", &[("daemon", "isthmus-cp")]) == 1.0);
+    assert!(m.get("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.get("isthmus_babel_fib_push_seconds_bucket", &[("le", "+Inf")]) >= 0.0);
+    m.promtool_check().unwrap();
     assert!(cp.alive() && bd.alive());
     eprintln!("cp_and_babeld_on_veth took {:?}", t0.elapsed());
 }

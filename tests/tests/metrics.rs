@@ -73,6 +73,56 @@ fn metrics_scrape_shows_counters_moving() {
         (now - hs).abs() < 120.0,
         "last handshake {hs} is not recent (now {now})"
     );
+    // Every per-peer series names the interface; the info series has endpoint and allowed
+    // IPs.
+    let ifname = isth.ifname.as_str();
+    for s in m1
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with("isthmus_peer_"))
+    {
+        assert_eq!(
+            s.labels.get("interface").map(String::as_str),
+            Some(ifname),
+            "{s:?}"
+        );
+    }
+    let info = m1
+        .samples
+        .iter()
+        .find(|s| s.name == "isthmus_peer_info" && s.labels["public_key"] == peer_key)
+        .unwrap_or_else(|| panic!("no isthmus_peer_info:\n{}", m1.excerpt("isthmus_peer")));
+    assert!(info.labels["endpoint"].contains(':'), "{info:?}");
+    assert!(
+        info.labels["allowed_ips"].contains("10.10.0.2/32"),
+        "{info:?}"
+    );
+    // The same per-peer numbers under wireguard_exporter's names (the default), keyed by
+    // device and public key, as the dashboards built on it query them.
+    let wg_key = [("device", ifname), ("public_key", peer_key.as_str())];
+    for (ours, theirs) in [
+        (
+            "isthmus_peer_rx_bytes_total",
+            "wireguard_peer_receive_bytes_total",
+        ),
+        (
+            "isthmus_peer_tx_bytes_total",
+            "wireguard_peer_transmit_bytes_total",
+        ),
+    ] {
+        assert_eq!(m1.get(ours, &key), m1.get(theirs, &wg_key), "{theirs}");
+    }
+    assert_eq!(
+        m1.get("wireguard_peer_last_handshake_seconds", &wg_key),
+        hs.floor()
+    );
+    assert!(m1.has("wireguard_device_info") && m1.has("wireguard_peer_info"));
+    // Build and process series, and the whole page passes promtool's lint.
+    assert!(m1.get("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m1.get("process_open_fds", &[]) > 3.0);
+    assert!(m1.get("isthmus_build_info", &[("daemon", "isthmus-dp")]) == 1.0);
+    m1.promtool_check().unwrap();
+
     for path in ["to_local", "from_local"] {
         let (before, after) = (
             m0.get("isthmus_forwarded_packets_total", &[("path", path)]),

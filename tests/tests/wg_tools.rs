@@ -236,3 +236,47 @@ fn wg_quick(
     )
     .unwrap()
 }
+
+/// A peer whose endpoint cannot be reached (no route to it): the handshake initiations that
+/// isthmus-dp tries are not sent, so `wg show` counts no transmitted bytes for it (as with
+/// wireguard-go), and the failures are counted as `tx_error` drops.
+#[test]
+fn initiations_that_cannot_be_sent_are_not_transmitted_bytes() {
+    init();
+    let t = Topology::pair(WgImpl::Isthmus, WgImpl::WireguardGo, Family::V4).unwrap();
+    let isth = t.wg("a");
+    let ghost = Keypair::generate().unwrap();
+    // 203.0.113.0/24 (TEST-NET-3): no route in the namespace, so every send fails.
+    isth.wg(&[
+        "set",
+        &isth.ifname,
+        "peer",
+        &ghost.public,
+        "endpoint",
+        "203.0.113.7:51820",
+        "allowed-ips",
+        "10.77.0.0/24",
+    ])
+    .unwrap();
+    // Started at once (fast restart: no traffic needed), and failed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let m = isth.metrics().unwrap();
+        let n = m.get("isthmus_drops_total", &[("reason", "tx_error")]);
+        if n >= 1.0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "{}", m.excerpt("isthmus_drops"));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let dump = isth.dump().unwrap();
+    let p = dump
+        .iter()
+        .find(|p| p.public_key == ghost.public)
+        .unwrap_or_else(|| panic!("{dump:?}"));
+    assert_eq!(
+        (p.tx_bytes, p.rx_bytes),
+        (0, 0),
+        "{p:?} after {failed} failed sends"
+    );
+}

@@ -186,10 +186,16 @@ pub struct IoStats {
     pub fib_updates: u64,
     /// Routes in the data plane's control table.
     pub fib_routes: u64,
-    /// Sum and count of FIB push latencies (send to the data plane's Ok), seconds.
-    pub fib_push_seconds: f64,
-    /// Number of acknowledged pushes.
-    pub fib_pushes: u64,
+    /// FIB push latencies (send to the data plane's Ok), seconds.
+    pub fib_push: isthmus_dataplane::io::metrics::Histogram,
+    /// Neighbours that appeared / went away.
+    pub neighbours_up: u64,
+    /// Neighbours that went away (hello timeout, link down, link removed).
+    pub neighbours_down: u64,
+    /// Liveness-probe reports: peer links down / up (failovers at the tunnel's speed).
+    pub probe_down: u64,
+    /// Peer links reported up again by the liveness probe.
+    pub probe_up: u64,
     /// Last push latency.
     pub fib_push_last: Option<Duration>,
     /// Kernel routes installed by us.
@@ -466,6 +472,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     }
     d.follow_interfaces(Instant::now());
     spawn_link_watch(tx)?;
+    isthmus_dataplane::io::notify::notify("READY=1");
     // Our own prefixes go to the data plane as local routes.
     for (prefix, _) in d.router.xroutes().collect::<Vec<_>>() {
         d.fib.want(
@@ -659,7 +666,10 @@ impl Daemon {
             Input::Reload => {
                 let _ = self.reload(now);
             }
-            Input::Stop => return false,
+            Input::Stop => {
+                isthmus_dataplane::io::notify::notify("STOPPING=1");
+                return false;
+            }
         }
         true
     }
@@ -687,8 +697,7 @@ impl Daemon {
             Msg::Ok => {
                 if let Some(d) = self.dp.answered(true) {
                     self.stats.fib_push_last = Some(d);
-                    self.stats.fib_push_seconds += d.as_secs_f64();
-                    self.stats.fib_pushes += 1;
+                    self.stats.fib_push.observe(d.as_secs_f64());
                 }
             }
             Msg::Error(e) => {
@@ -711,6 +720,7 @@ impl Daemon {
                                 "liveness probe: peer down, its neighbours and their routes go now"
                             );
                             self.router.link_down(id, now);
+                            self.stats.probe_down += 1;
                         }
                     }
                     PeerEvent::Up { peer } => {
@@ -721,6 +731,7 @@ impl Daemon {
                                 "liveness probe: peer up, hello and table request sent"
                             );
                             self.router.link_up(id, now);
+                            self.stats.probe_up += 1;
                         }
                     }
                     PeerEvent::EndpointChanged { peer, .. } | PeerEvent::HandshakeUp { peer } => {
@@ -1136,6 +1147,11 @@ impl Daemon {
                 Event::Neighbour { link, address, up } => {
                     let name = self.links.get(&link).map_or("?", |l| l.name.as_str());
                     info!(link = name, %address, up, "neighbour");
+                    if up {
+                        self.stats.neighbours_up += 1;
+                    } else {
+                        self.stats.neighbours_down += 1;
+                    }
                 }
             }
         }

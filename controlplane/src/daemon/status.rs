@@ -225,7 +225,11 @@ const TLV_NAMES: [(u8, &str); 15] = [
 /// Prometheus text exposition.
 pub fn metrics(v: &View) -> String {
     let c = v.router.counters();
-    let mut s = String::new();
+    let ifname = isthmus_dataplane::io::metrics::escape_label(v.ifname);
+    let mut s = isthmus_dataplane::io::metrics::build_info(
+        "isthmus-cp",
+        &format!("interface=\"{ifname}\""),
+    );
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
@@ -380,17 +384,24 @@ pub fn metrics(v: &View) -> String {
     let _ = writeln!(out, "isthmus_babel_resends_total {}", c.resends);
     let _ = writeln!(out, "# HELP isthmus_babel_route_changes_total Selected-route changes.\n# TYPE isthmus_babel_route_changes_total counter");
     let _ = writeln!(out, "isthmus_babel_route_changes_total {}", c.route_changes);
-    let _ = writeln!(out, "# HELP isthmus_babel_fib_push_seconds Time from a FIB push to the data plane's acknowledgment.\n# TYPE isthmus_babel_fib_push_seconds summary");
-    let _ = writeln!(
-        out,
-        "isthmus_babel_fib_push_seconds_sum {}",
-        v.io.fib_push_seconds
-    );
-    let _ = writeln!(
-        out,
-        "isthmus_babel_fib_push_seconds_count {}",
-        v.io.fib_pushes
-    );
+    let _ = writeln!(out, "# HELP isthmus_babel_neighbour_events_total Neighbours that appeared or went away.\n# TYPE isthmus_babel_neighbour_events_total counter");
+    for (event, n) in [("up", v.io.neighbours_up), ("down", v.io.neighbours_down)] {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_neighbour_events_total{{event=\"{event}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_liveness_events_total The data plane's liveness probe: peer links reported down (a failover) or up.\n# TYPE isthmus_babel_liveness_events_total counter");
+    for (event, n) in [("down", v.io.probe_down), ("up", v.io.probe_up)] {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_liveness_events_total{{event=\"{event}\"}} {n}"
+        );
+    }
+    out.push_str(&v.io.fib_push.render(
+        "isthmus_babel_fib_push_seconds",
+        "Time from a FIB push to the data plane's acknowledgment.",
+    ));
     let _ = writeln!(out, "# HELP isthmus_babel_fib_pushes_total FIB messages sent to the data plane.\n# TYPE isthmus_babel_fib_pushes_total counter");
     let _ = writeln!(
         out,

@@ -459,10 +459,15 @@ impl RateLimitedWarn {
     }
 }
 
-/// Serve Prometheus metrics over HTTP on `addr` in a background thread.
-pub fn serve_metrics(addr: SocketAddr, core: Arc<Core>) -> io::Result<SocketAddr> {
+/// Serve Prometheus metrics over HTTP on `addr` in a background thread; with
+/// `wireguard_exporter`, the per-peer series under wireguard_exporter's names as well.
+pub fn serve_metrics(
+    addr: SocketAddr,
+    core: Arc<Core>,
+    wireguard_exporter: bool,
+) -> io::Result<SocketAddr> {
     crate::io::metrics::serve(addr, "isthmus-metrics", move || {
-        crate::stats::render(&core.sample())
+        crate::stats::render(&core.sample(), wireguard_exporter)
     })
 }
 

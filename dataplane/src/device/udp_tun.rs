@@ -315,7 +315,7 @@ impl Sink for RealSink<'_> {
         self.xdp.as_mut()?.mesh_link(ifindex, addr, self.counters)
     }
 
-    fn send_udp(&mut self, batch: &mut Batch) {
+    fn send_udp(&mut self, batch: &mut Batch) -> usize {
         // Through the XSKs what can go there; those slots are unaddressed afterwards, and
         // the kernel's socket (which counts an unaddressed slot as failed) takes the rest.
         let by_xsk = match &mut self.xdp {
@@ -324,7 +324,7 @@ impl Sink for RealSink<'_> {
         };
         if by_xsk == batch.len() {
             batch.clear();
-            return;
+            return 0;
         }
         let failed = if self.udp_fd >= 0 {
             udp::send_batch(self.udp_fd, batch, self.scratch)
@@ -336,6 +336,7 @@ impl Sink for RealSink<'_> {
             self.counters.drops[DropReason::TxError as usize].add(failed as u64);
         }
         batch.clear();
+        failed
     }
 
     fn write_tun(&mut self, batch: &mut Batch) {

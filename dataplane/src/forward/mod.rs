@@ -263,6 +263,7 @@ impl Core {
             fib_v4: fib.len_v4(),
             fib_v6: fib.len_v6(),
             fib_stale: self.fib_stale.load(Relaxed),
+            public_key: self.public_key(),
         }
     }
 }

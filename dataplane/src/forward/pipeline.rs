@@ -70,7 +70,8 @@ impl QueuedHandshake {
 /// Where a worker's output goes.
 pub trait Sink {
     /// Send every datagram of `batch` (each slot's `addr` is the destination), then clear it.
-    fn send_udp(&mut self, batch: &mut Batch);
+    /// Returns how many could not be sent (counted as `tx_error` by the sink).
+    fn send_udp(&mut self, batch: &mut Batch) -> usize;
     /// Write every packet of `batch` to the local side, then clear it: to the TUN device, or,
     /// for a slot with a `neighbour`, as a frame to that neighbour.
     fn write_tun(&mut self, batch: &mut Batch);
@@ -278,7 +279,14 @@ impl Worker {
                         slot.len = n;
                         slot.addr = Some(ep);
                         self.udp_out.commit();
-                        p.counters.tx(n);
+                        drop(st);
+                        // Sent on its own, so that only what left counts as transmitted (as
+                        // `wg` shows it: an initiation to an unreachable endpoint is not),
+                        // and its loss is the peer's. Timer traffic is a few datagrams a
+                        // second, not a batch worth keeping.
+                        if sink.send_udp(&mut self.udp_out) == 0 {
+                            p.counters.tx(n);
+                        }
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}

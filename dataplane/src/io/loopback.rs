@@ -59,7 +59,7 @@ struct NodeSink<'a> {
 }
 
 impl Sink for NodeSink<'_> {
-    fn send_udp(&mut self, batch: &mut Batch) {
+    fn send_udp(&mut self, batch: &mut Batch) -> usize {
         for s in batch.used() {
             let Some(to) = s.addr else { continue };
             let mut buf = self
@@ -71,6 +71,7 @@ impl Sink for NodeSink<'_> {
             self.wire.queue.push_back((self.from, to, buf, s.len));
         }
         batch.clear();
+        0
     }
 
     fn write_tun(&mut self, batch: &mut Batch) {

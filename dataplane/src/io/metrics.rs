@@ -45,8 +45,9 @@ impl Limits {
     };
 }
 
-/// Binds `addr` and serves `render()`'s text on a thread named `name`; returns the bound
-/// address. Binds exactly `addr`: the callers' configured address, loopback by default.
+/// Binds `addr` and serves `render()`'s text, followed by the standard `process_*` series
+/// ([`process_metrics`]), on a thread named `name`; returns the bound address. Binds exactly
+/// `addr`: the callers' configured address, loopback by default.
 ///
 /// # Errors
 ///
@@ -56,7 +57,184 @@ pub fn serve(
     name: &str,
     render: impl Fn() -> String + Send + 'static,
 ) -> io::Result<SocketAddr> {
-    serve_with(addr, name, Limits::DEFAULT, render)
+    serve_with(addr, name, Limits::DEFAULT, move || {
+        let mut text = render();
+        text.push_str(&process_metrics());
+        text
+    })
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A Prometheus histogram: cumulative counts over fixed upper bounds, the sum and the count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Histogram {
+    /// A latency histogram ([`Histogram::LATENCY`]).
+    fn default() -> Self {
+        Self::new(Self::LATENCY)
+    }
+}
+
+impl Histogram {
+    /// Bounds for latencies from half a millisecond to ten seconds.
+    pub const LATENCY: &'static [f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ];
+
+    /// Empty, with these upper bounds (ascending; `+Inf` is implied).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records `v`.
+    pub fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Their sum.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// The family `name` in the text format: `_bucket` series with `le`, `_sum`, `_count`.
+    pub fn render(&self, name: &str, help: &str) -> String {
+        let mut o = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            o.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {c}\n"));
+        }
+        o.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {}\n", self.count));
+        o.push_str(&format!(
+            "{name}_sum {}\n{name}_count {}\n",
+            self.sum, self.count
+        ));
+        o
+    }
+}
+
+/// `isthmus_build_info` for `daemon`, with `labels` (`key="value",...`, already escaped)
+/// after the version and the daemon's name.
+pub fn build_info(daemon: &str, labels: &str) -> String {
+    let sep = if labels.is_empty() { "" } else { "," };
+    format!(
+        "# HELP isthmus_build_info Build information.\n# TYPE isthmus_build_info gauge\n\
+         isthmus_build_info{{version=\"{}\",daemon=\"{daemon}\"{sep}{labels}}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The standard process series of Prometheus' client libraries (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
+/// `process_max_fds`, `process_start_time_seconds`), read from `/proc/self`. A value that
+/// cannot be read is left out.
+pub fn process_metrics() -> String {
+    // /proc counts CPU time and start time in USER_HZ, which is 100 on Linux whatever the
+    // kernel's HZ (as Prometheus' procfs assumes too).
+    const USER_HZ: f64 = 100.0;
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let mut out = String::new();
+    let mut series = |name: &str, kind: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+    };
+    // Fields after the command name (which may hold spaces and parentheses): state is
+    // field 3 of stat(5), so field n is at index n - 3.
+    let stat = read("/proc/self/stat");
+    let fields: Vec<&str> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / USER_HZ);
+    series(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        cpu,
+    );
+    let status = read("/proc/self/status");
+    let rss = status.as_deref().and_then(|s| {
+        let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        l.split_whitespace()
+            .nth(1)?
+            .parse::<f64>()
+            .ok()
+            .map(|kb| kb * 1024.0)
+    });
+    series(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        rss,
+    );
+    series(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as f64);
+    series(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        fds,
+    );
+    let max_fds = read("/proc/self/limits").and_then(|s| {
+        let l = s.lines().find(|l| l.starts_with("Max open files"))?;
+        l.split_whitespace().nth(3)?.parse::<f64>().ok()
+    });
+    series(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        max_fds,
+    );
+    let btime = read("/proc/stat").and_then(|s| {
+        let l = s.lines().find(|l| l.starts_with("btime "))?;
+        l[6..].trim().parse::<f64>().ok()
+    });
+    let start = btime.zip(field(22)).map(|(b, t)| b + t / USER_HZ);
+    series(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        start,
+    );
+    out
 }
 
 fn serve_with(
@@ -331,8 +509,59 @@ fn respond(head: &[u8], render: &dyn Fn() -> String) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn process_series_are_read_and_plausible() {
+        let text = process_metrics();
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+            "{start} {now}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 6);
+        let mut h = Histogram::new(&[0.01, 0.1]);
+        for v in [0.005, 0.05, 0.5] {
+            h.observe(v);
+        }
+        let r = h.render("x_seconds", "X.");
+        assert!(r.contains("x_seconds_bucket{le=\"0.01\"} 1\nx_seconds_bucket{le=\"0.1\"} 2\nx_seconds_bucket{le=\"+Inf\"} 3\nx_seconds_sum 0.555\nx_seconds_count 3\n"), "{r}");
+        let info = build_info("isthmus-dp", "interface=\"wg0\"");
+        assert!(info.contains(&format!(
+            "isthmus_build_info{{version=\"{}\",daemon=\"isthmus-dp\",interface=\"wg0\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server without the process series appended, so bodies compare exactly.
+    fn raw(
+        addr: SocketAddr,
+        render: impl Fn() -> String + Send + 'static,
+    ) -> io::Result<SocketAddr> {
+        serve_with(addr, "metrics-test", Limits::DEFAULT, render)
+    }
     use std::net::TcpStream as StdStream;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -406,7 +635,7 @@ mod tests {
 
     #[test]
     fn metrics_scrape_succeeds_among_100_slowloris_clients() {
-        let addr = serve(local(), "metrics-test", || "up 1\n".into()).unwrap();
+        let addr = raw(local(), || "up 1\n".into()).unwrap();
         let slow: Vec<StdStream> = (0..100).map(|_| connect(addr)).collect();
         // Half of them trickle a request byte now and then, the others send nothing.
         let stop = Arc::new(AtomicBool::new(false));
@@ -474,7 +703,7 @@ mod tests {
     fn large_body_arrives_whole_to_a_slow_reader_without_blocking_others() {
         let page: String = ('a'..='z').cycle().take(2 * 1024 * 1024).collect();
         let expected = page.clone().into_bytes();
-        let addr = serve(local(), "metrics-test", move || page.clone()).unwrap();
+        let addr = raw(local(), move || page.clone()).unwrap();
 
         let mut slow = connect(addr);
         slow.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
@@ -503,7 +732,7 @@ mod tests {
 
     #[test]
     fn other_paths_are_404() {
-        let addr = serve(local(), "metrics-test", || "up 1\n".into()).unwrap();
+        let addr = raw(local(), || "up 1\n".into()).unwrap();
         let (status, body) = get(addr, "/nope");
         assert_eq!(status, "HTTP/1.1 404 Not Found");
         assert_eq!(body, b"not found\n");
@@ -512,7 +741,7 @@ mod tests {
 
     #[test]
     fn head_beyond_8_kib_without_its_end_is_closed() {
-        let addr = serve(local(), "metrics-test", || "up 1\n".into()).unwrap();
+        let addr = raw(local(), || "up 1\n".into()).unwrap();
         let mut s = connect(addr);
         let _ = s.write_all(format!("GET /metrics HTTP/1.1\r\nX: {}", "a".repeat(9000)).as_bytes());
         let mut got = Vec::new();

@@ -12,6 +12,7 @@ pub mod loopback;
 pub mod metrics;
 pub mod mmsg;
 pub mod netlink;
+pub mod notify;
 pub mod offload;
 pub mod tun;
 pub mod udp;
