@@ -17,6 +17,7 @@ mod capture;
 mod lab;
 mod metrics;
 mod netns;
+pub mod package;
 pub mod pcap;
 mod topology;
 mod traffic;

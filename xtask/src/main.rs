@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask test | demo [--keep] [--afxdp] | bench`.
+//! Project automation: `cargo xtask test | demo [--keep] [--afxdp] | bench | package`.
 //!
 //! - `test`: builds the release binaries, runs every unit, property and loopback test of the
 //!   workspace, then the tests in network namespaces (root only) against the built
@@ -8,6 +8,7 @@
 //!   gateways' data planes on the AF_XDP backend (trunk underlay and island interface).
 //! - `bench`: the side-by-side tunnel benchmark and the criterion micro-benchmarks, with a
 //!   table of ratios (see `bench.rs`).
+//! - `package`: the Debian package (`isthmus_lab::package`).
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -29,7 +30,8 @@ commands:
                   two mesh islands joined by two isthmus trunk gateways (needs root);
                   --keep leaves the namespaces and processes running; --afxdp runs
                   the gateways on the AF_XDP backend (trunk and island interfaces)
-  bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)";
+  bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)
+  package         the Debian package, target/package/isthmus_VERSION_ARCH.deb";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             args.iter().any(|a| a == "--afxdp"),
         ),
         Some("bench") => bench::run(&args[1..]),
+        Some("package") => package(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -56,6 +59,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Builds the release binaries and the Debian package from them.
+fn package() -> Result<()> {
+    build_release()?;
+    let deb = isthmus_lab::package::build_deb()?;
+    let size = std::fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+    println!("{} ({} KiB)", deb.display(), size / 1024);
+    Ok(())
 }
 
 fn cargo() -> Command {

@@ -1,0 +1,11 @@
+# bash completion for isthmus-cp
+_isthmus_cp() {
+    local cur prev words cword
+    _init_completion || return
+    case $prev in
+        -c|--config) _filedir toml; return ;;
+        --ctl-socket|--status-socket|--metrics) return ;;
+    esac
+    COMPREPLY=($(compgen -W "-c --config --ctl-socket --status-socket --metrics --version" -- "$cur"))
+}
+complete -F _isthmus_cp isthmus-cp
