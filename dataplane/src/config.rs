@@ -394,7 +394,7 @@ struct RawPeer {
     preshared_key_file: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
     #[serde(default)]
-    allowed_ips: Vec<Prefix>,
+    allowed_ips: Vec<Spanned<Prefix>>,
     persistent_keepalive: Option<InRange<0, 65535>>,
     class: Option<Spanned<LinkClass>>,
     liveness_interval: Option<Spanned<f64>>,
@@ -698,6 +698,22 @@ impl Ctx<'_> {
                 return Err(self.err(nm.span(), k("name"), format!("same name as peer[{dup}]")));
             }
         }
+        // WireGuard's rule: an allowed IP belongs to one peer (setting it on another takes
+        // it away), so the same prefix on two peers of a file is a mistake, not a choice.
+        for (i, a) in p.allowed_ips.iter().enumerate() {
+            let net = a.get_ref().0;
+            if let Some((dup, q)) =
+                (before.iter().enumerate()).find(|(_, q)| q.allowed_ips.contains(&net))
+            {
+                let other = q.name.as_ref().map_or(format!("peer[{dup}]"), |name| {
+                    format!("peer[{dup}] ({name:?})")
+                });
+                let m = format!(
+                    "{net} is also an allowed IP of {other}; an allowed IP belongs to one peer"
+                );
+                return Err(self.err(a.span(), k(&format!("allowed_ips[{i}]")), m));
+            }
+        }
         let endpoint = p.endpoint.as_ref().map(|e| {
             e.get_ref().parse::<SocketAddr>().map_err(|_| {
                 let hint = if e
@@ -756,7 +772,7 @@ impl Ctx<'_> {
                 &k("preshared_key"),
             )?,
             endpoint: endpoint.transpose()?,
-            allowed_ips: p.allowed_ips.iter().map(|a| a.0).collect(),
+            allowed_ips: p.allowed_ips.iter().map(|a| a.get_ref().0).collect(),
             persistent_keepalive: p
                 .persistent_keepalive
                 .map(Into::into)
@@ -1061,6 +1077,18 @@ via = "blackhole"
         ));
         assert_eq!((e.line, e.key.as_str()), (14, "peer[0].allowed_ips[0]"));
         assert!(e.message.contains("did you mean 10.1.0.0/16"), "{e}");
+
+        // One prefix on two peers: refused at the second, naming the first.
+        let e = err_of(&text.replace(
+            "allowed_ips = [\"10.0.5.0/24\", \"fd00:5::/64\"]",
+            "allowed_ips = [\"10.0.5.0/24\", \"10.1.0.0/16\"]",
+        ));
+        assert!(e.key.ends_with(".allowed_ips[1]"), "{e}");
+        assert!(
+            e.message
+                .contains("10.1.0.0/16 is also an allowed IP of peer[0]"),
+            "{e}"
+        );
 
         let e = err_of(&text.replace("via = \"trunk-north\"", "via = \"trunk-south\""));
         assert_eq!((e.line, e.key.as_str()), (26, "route[0].via"), "{e}");

@@ -211,6 +211,68 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         "dashboard panels against Prometheus:\n{}",
         report.join("\n")
     );
+    // The same gateway on one screen, and as JSON, from isthmusctl.
+    let gw = isl.gateway_of(1, 0);
+    let dp_if = isl.t.wg(&g).ifname.clone();
+    let ctl = isthmus_lab::IsthmusCp::ctl_binary().unwrap();
+    let ctl = ctl.to_string_lossy();
+    let cp_sock = gw.cp.status_path().to_string_lossy().into_owned();
+    let screen = ns
+        .exec_timeout(&[&ctl, "show", &dp_if, "--cp-socket", &cp_sock], 10)
+        .unwrap();
+    eprintln!("isthmusctl show:\n{screen}");
+    for want in [
+        "gw-2a",
+        "trunk",
+        "HANDSHAKE",
+        "babel: router-id",
+        "NEIGHBOUR",
+        "drops",
+    ] {
+        assert!(screen.contains(want), "{want}: {screen}");
+    }
+    let page: serde_json::Value = serde_json::from_str(
+        &ns.exec_timeout(
+            &[&ctl, "show", &dp_if, "--cp-socket", &cp_sock, "--json"],
+            10,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(page["peers"][0]["name"], "gw-2a", "{page}");
+    assert!(
+        page["peers"][0]["rx_bytes_per_second"].as_f64().is_some(),
+        "{page}"
+    );
+    assert_eq!(
+        page["neighbours"].as_array().map(Vec::len),
+        Some(2),
+        "{page}"
+    );
+    assert_eq!(page["babel"]["synced"], true, "{page}");
+    let peers: serde_json::Value = serde_json::from_str(
+        &ns.exec_timeout(&[&ctl, "show", "peers", &dp_if, "--json"], 10)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        peers[0]["latest_handshake"].as_u64().unwrap_or(0) > 0,
+        "{peers}"
+    );
+    let routes: serde_json::Value = serde_json::from_str(
+        &ns.exec_timeout(
+            &[&ctl, "show", "routes", "--socket", &cp_sock, "--json"],
+            10,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        (routes.as_array().unwrap().iter())
+            .any(|r| r["selected"] == true && r["originated"] == false),
+        "{routes}"
+    );
+
     // The rules loaded and evaluate.
     let rules = prom_get(ns, "/api/v1/rules").unwrap();
     let groups = rules["data"]["groups"].as_array().unwrap();

@@ -280,3 +280,60 @@ fn initiations_that_cannot_be_sent_are_not_transmitted_bytes() {
         "{p:?} after {failed} failed sends"
     );
 }
+
+/// WireGuard's ownership rule for allowed IPs, checked side by side with wireguard-go: the
+/// same `wg set` session on both, and after each step `wg show allowed-ips` must say the same
+/// (a prefix set on a second peer is taken from the first; removed from the second, it is
+/// nobody's).
+#[test]
+fn allowed_ips_have_one_owner_as_in_wireguard_go() {
+    init();
+    let t = Topology::pair(WgImpl::Isthmus, WgImpl::WireguardGo, Family::V4).unwrap();
+    let (p1, p2) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    let show = |w: &isthmus_lab::WgIface| -> Vec<String> {
+        let out = w.wg(&["show", &w.ifname, "allowed-ips"]).unwrap();
+        let mut lines: Vec<String> = out
+            .lines()
+            .filter(|l| l.starts_with(&p1.public) || l.starts_with(&p2.public))
+            .map(|l| {
+                let mut f: Vec<&str> = l.split_whitespace().collect();
+                f[1..].sort_unstable();
+                f.join(" ")
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let steps: [&[&str]; 4] = [
+        &[
+            "peer",
+            &p1.public,
+            "allowed-ips",
+            "10.77.0.0/24,10.77.1.0/24,10.78.0.0/16",
+        ],
+        &["peer", &p2.public, "allowed-ips", "10.77.1.0/24"],
+        &[
+            "peer",
+            &p2.public,
+            "allowed-ips",
+            "10.77.1.0/24,10.78.0.0/16,10.78.5.0/24",
+        ],
+        &["peer", &p2.public, "allowed-ips", ""],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let mut results = Vec::new();
+        for w in [t.wg("a"), t.wg("b")] {
+            let mut args = vec!["set", w.ifname.as_str()];
+            args.extend_from_slice(step);
+            w.wg(&args).unwrap();
+            results.push(show(w));
+        }
+        assert_eq!(
+            results[0], results[1],
+            "step {i} {step:?}: isthmus (left) and wireguard-go (right) differ"
+        );
+    }
+    // After the last step: the prefix B took and gave up is on no peer.
+    let last = show(t.wg("a"));
+    assert!(last.iter().all(|l| !l.contains("10.77.1.0/24")), "{last:?}");
+}

@@ -19,12 +19,16 @@ const USAGE: &str = "\
 usage: isthmusctl genkey
        isthmusctl pubkey < private.key
        isthmusctl check-config FILE
+       isthmusctl show [IFNAME | --socket PATH] [--cp-socket PATH]   (the gateway on one screen)
        isthmusctl show peers|fib|stats [IFNAME | --socket PATH]      (isthmus-dp)
        isthmusctl show neighbours|routes|babel [IFNAME | --socket PATH]  (isthmus-cp)
        isthmusctl reload [IFNAME]
        isthmusctl --version
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
+`show` without a page samples the gateway for a second: the interface, each peer (class,
+endpoint, handshake age, rates), the Babel neighbours, route counts, the FIB's staleness and
+the drops of that second. `--json` after any `show` prints JSON for scripts.
 show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
 through /var/run/isthmus/IFNAME.cp; without IFNAME, the only socket there is used. Without a
 running isthmus-cp, `show routes` shows the data plane's table (`show fib`).
@@ -44,7 +48,21 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let mut a: Vec<&str> = (args.iter())
+        .map(String::as_str)
+        .filter(|a| *a != "--json")
+        .collect();
+    // `show`'s overview: isthmus-cp's socket when it is not /var/run/isthmus/IFNAME.cp.
+    let cp_socket = match a.iter().position(|x| *x == "--cp-socket") {
+        Some(i) if i + 1 < a.len() => {
+            let p = PathBuf::from(a[i + 1]);
+            a.drain(i..=i + 1);
+            Some(p)
+        }
+        Some(_) => bail!("--cp-socket needs a path\n{USAGE}"),
+        None => None,
+    };
     match a.as_slice() {
         ["genkey"] => {
             println!("{}", Key::generate_private().to_base64());
@@ -72,31 +90,25 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["show", what @ ("neighbours" | "neighbors" | "babel"), rest @ ..] => {
             let path = socket_of(rest, "cp")?;
-            print!(
-                "{}",
-                isthmus_controlplane::daemon::query(&path, what)
-                    .context("is isthmus-cp running?")?
-            );
+            print!("{}", cp_page(&path, what, json)?);
             Ok(())
         }
         ["show", "routes", rest @ ..] if socket_of(rest, "cp").is_ok_and(|p| p.exists()) => {
             let path = socket_of(rest, "cp")?;
-            print!(
-                "{}",
-                isthmus_controlplane::daemon::query(&path, "routes")
-                    .context("is isthmus-cp running?")?
-            );
+            print!("{}", cp_page(&path, "routes", json)?);
             Ok(())
         }
+        ["show"] | ["show", "--socket", _] => show_overview(&a[1..], cp_socket, json),
+        ["show", ifname] if !PAGES.contains(ifname) => show_overview(&a[1..], cp_socket, json),
         ["show", what, rest @ ..] => {
             let path = socket(rest)?;
             let mut c = CtlClient::connect(&path, "isthmusctl")
                 .with_context(|| "is isthmus-dp running?".to_string())?;
             match *what {
-                "peers" => show_peers(&mut c),
+                "peers" => show_peers(&mut c, json),
                 // Without a running isthmus-cp, `routes` shows the data plane's table.
-                "routes" | "fib" => show_routes(&mut c),
-                "stats" => show_stats(&mut c),
+                "routes" | "fib" => show_routes(&mut c, json),
+                "stats" => show_stats(&mut c, json),
                 other => bail!("unknown: show {other}\n{USAGE}"),
             }
         }
@@ -131,6 +143,193 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// The pages of `show`.
+const PAGES: [&str; 8] = [
+    "peers",
+    "fib",
+    "stats",
+    "routes",
+    "neighbours",
+    "neighbors",
+    "babel",
+    "--socket",
+];
+
+/// A page of isthmus-cp (its JSON form with `json`).
+fn cp_page(path: &Path, what: &str, json: bool) -> anyhow::Result<String> {
+    let query = if json {
+        format!("{what}.json")
+    } else {
+        what.to_string()
+    };
+    isthmus_controlplane::daemon::query(path, &query).context("is isthmus-cp running?")
+}
+
+fn peer_json(p: &PeerInfo) -> serde_json::Value {
+    let unix = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    serde_json::json!({
+        "name": p.label(),
+        "public_key": p.public_key.to_base64(),
+        "class": p.class.as_str(),
+        "endpoint": p.endpoint.map(|e| e.to_string()),
+        "latest_handshake": unix(p.last_handshake),
+        "rx_bytes": p.rx_bytes,
+        "tx_bytes": p.tx_bytes,
+        "rx_packets": p.rx_packets,
+        "tx_packets": p.tx_packets,
+        "handshakes": p.handshakes,
+        "persistent_keepalive": p.persistent_keepalive,
+        "allowed_ips": p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// The peers and counters of one moment.
+type Sample = (Vec<PeerInfo>, Vec<(String, u64)>);
+
+/// `isthmusctl show [IFNAME]`: the gateway on one screen, from two samples a second apart
+/// (rates and drops are of that second).
+fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let path = socket(rest)?;
+    let mut c = CtlClient::connect(&path, "isthmusctl").context("is isthmus-dp running?")?;
+    let sample = |c: &mut CtlClient| -> anyhow::Result<Sample> {
+        let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
+            bail!("unexpected answer")
+        };
+        let Msg::Stats(stats) = c.request(&Msg::GetStats)? else {
+            bail!("unexpected answer")
+        };
+        Ok((peers, stats))
+    };
+    let (p0, s0) = sample(&mut c)?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (p1, s1) = sample(&mut c)?;
+    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    let Msg::Routes(routes) = c.request(&Msg::GetRoutes)? else {
+        bail!("unexpected answer")
+    };
+    let ifname = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let stat = |s: &[(String, u64)], k: &str| s.iter().find(|(n, _)| n == k).map_or(0, |x| x.1);
+    let drops: Vec<(String, f64)> = (s1.iter())
+        .filter(|(k, _)| k.starts_with("drop_"))
+        .map(|(k, v)| (k.clone(), v.saturating_sub(stat(&s0, k)) as f64 / secs))
+        .filter(|(_, r)| *r > 0.0)
+        .collect();
+    let rate = |p: &PeerInfo, f: fn(&PeerInfo) -> u64| {
+        let before = p0
+            .iter()
+            .find(|q| q.public_key == p.public_key)
+            .map_or(f(p), f);
+        f(p).saturating_sub(before) as f64 / secs
+    };
+    let fresh = |p: &PeerInfo| {
+        p.last_handshake
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|d| d.as_secs() < 180)
+    };
+    let cp = cp_socket.or_else(|| socket_of(rest, "cp").ok().filter(|p| p.exists()));
+    let babel = cp.as_ref().and_then(|p| cp_page(p, "babel", true).ok());
+    let neighbours = cp
+        .as_ref()
+        .and_then(|p| cp_page(p, "neighbours", true).ok());
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+    };
+    let (babel, neighbours) = (parse(&babel), parse(&neighbours));
+    let stale = stat(&s1, "fib_stale") > 0;
+    if json {
+        let peers: Vec<serde_json::Value> = (p1.iter())
+            .map(|p| {
+                let mut v = peer_json(p);
+                v["rx_bytes_per_second"] = rate(p, |p| p.rx_bytes).into();
+                v["tx_bytes_per_second"] = rate(p, |p| p.tx_bytes).into();
+                v
+            })
+            .collect();
+        let page = serde_json::json!({
+            "interface": ifname,
+            "peers": peers,
+            "fib_routes": routes.len(),
+            "fib_stale": stale,
+            "drops_per_second": drops.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "babel": babel,
+            "neighbours": neighbours,
+        });
+        println!("{page}");
+        return Ok(());
+    }
+    println!(
+        "{ifname}: {} peers, {} with a handshake in the last 3 min; FIB {} routes{}",
+        p1.len(),
+        p1.iter().filter(|p| fresh(p)).count(),
+        routes.len(),
+        if stale {
+            " (stale: isthmus-cp is gone)"
+        } else {
+            ""
+        }
+    );
+    let rows: Vec<Vec<String>> = (p1.iter())
+        .map(|p| {
+            vec![
+                p.label(),
+                p.class.as_str().into(),
+                p.endpoint.map_or("-".into(), |e| e.to_string()),
+                ago(p.last_handshake),
+                format!("{}/s", bytes(rate(p, |p| p.rx_bytes) as u64)),
+                format!("{}/s", bytes(rate(p, |p| p.tx_bytes) as u64)),
+            ]
+        })
+        .collect();
+    table(
+        &["PEER", "CLASS", "ENDPOINT", "HANDSHAKE", "RX", "TX"],
+        &rows,
+    );
+    match (&babel, &neighbours) {
+        (Some(b), Some(serde_json::Value::Array(ns))) => {
+            println!(
+                "\nbabel: router-id {}, {} selected routes of {} prefixes, {} originated; {}",
+                b["router_id"].as_str().unwrap_or("?"),
+                b["routes"]["selected"],
+                b["routes"]["prefixes"],
+                b["routes"]["originated"],
+                if b["synced"] == true {
+                    "synchronised"
+                } else {
+                    "start-up hold"
+                }
+            );
+            let rows: Vec<Vec<String>> = (ns.iter())
+                .map(|n| {
+                    vec![
+                        n["link"].as_str().unwrap_or("?").into(),
+                        n["address"].as_str().unwrap_or("?").into(),
+                        n["cost"].to_string(),
+                        n["rtt_seconds"]
+                            .as_f64()
+                            .map_or("-".into(), |r| format!("{:.1}ms", r * 1e3)),
+                    ]
+                })
+                .collect();
+            table(&["LINK", "NEIGHBOUR", "COST", "RTT"], &rows);
+        }
+        _ => println!("\nbabel: isthmus-cp is not running"),
+    }
+    if drops.is_empty() {
+        println!("\ndrops: none in the last second");
+    } else {
+        let list: Vec<String> = drops.iter().map(|(k, r)| format!("{k} {r:.0}/s")).collect();
+        println!("\ndrops in the last second: {}", list.join(", "));
+    }
+    Ok(())
 }
 
 /// One line: `babel: interfaces eth1 (wired), wlan0 (mesh); 3 of 3 peers; originates 10.10.0.0/16, fd10::/48; 2 filters`.
@@ -250,10 +449,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
+fn show_peers(c: &mut CtlClient, json: bool) -> anyhow::Result<()> {
     let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
         bail!("unexpected answer")
     };
+    if json {
+        let list: Vec<serde_json::Value> = peers.iter().map(peer_json).collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|p| {
@@ -287,7 +491,7 @@ fn show_peers(c: &mut CtlClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
+fn show_routes(c: &mut CtlClient, json: bool) -> anyhow::Result<()> {
     let Msg::Peers(peers) = c.request(&Msg::GetPeers)? else {
         bail!("unexpected answer")
     };
@@ -316,14 +520,28 @@ fn show_routes(c: &mut CtlClient) -> anyhow::Result<()> {
             vec![r.prefix.to_string(), label(r), origin.into()]
         })
         .collect();
+    if json {
+        let list: Vec<serde_json::Value> = (rows.iter())
+            .map(|r| serde_json::json!({"prefix": r[0], "next_hop": r[1], "origin": r[2]}))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
     table(&["PREFIX", "NEXT HOP", "ORIGIN"], &rows);
     Ok(())
 }
 
-fn show_stats(c: &mut CtlClient) -> anyhow::Result<()> {
+fn show_stats(c: &mut CtlClient, json: bool) -> anyhow::Result<()> {
     let Msg::Stats(stats) = c.request(&Msg::GetStats)? else {
         bail!("unexpected answer")
     };
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = (stats.iter())
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = stats
         .iter()
         .filter(|(_, v)| *v > 0)

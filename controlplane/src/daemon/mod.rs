@@ -1265,6 +1265,9 @@ impl Daemon {
             "neighbours" | "neighbors" => status::neighbours(&view),
             "routes" => status::routes(&view),
             "babel" => status::babel(&view),
+            "neighbours.json" | "neighbors.json" => status::neighbours_json(&view),
+            "routes.json" => status::routes_json(&view),
+            "babel.json" => status::babel_json(&view),
             "metrics" => status::metrics(&view),
             other => {
                 format!("error: unknown query {other:?} (neighbours, routes, babel, metrics)\n")

@@ -125,6 +125,95 @@ pub fn routes(v: &View) -> String {
     s
 }
 
+/// `isthmusctl show neighbours --json`.
+pub fn neighbours_json(v: &View) -> String {
+    let list: Vec<serde_json::Value> = (v.router.neighbours(v.now).iter())
+        .map(|n| {
+            serde_json::json!({
+                "link": v.link(n.link),
+                "address": n.address.to_string(),
+                "reach": n.reach,
+                "unicast_reach": n.unicast_reach,
+                "rxcost": n.rxcost,
+                "txcost": n.txcost,
+                "cost": n.cost,
+                "rtt_seconds": n.rtt.map(|r| r.as_secs_f64()),
+                "rtt_penalty": n.rtt_penalty,
+            })
+        })
+        .collect();
+    format!("{}\n", serde_json::Value::Array(list))
+}
+
+/// `isthmusctl show routes --json`: originated prefixes (`"link": "local"`) and learned
+/// routes.
+pub fn routes_json(v: &View) -> String {
+    let rid_ = rid(&v.router.router_id());
+    let mut list: Vec<serde_json::Value> = (v.router.xroutes())
+        .map(|(p, m)| {
+            serde_json::json!({
+                "prefix": p.to_string(), "metric": m, "link": "local",
+                "router_id": rid_, "seqno": v.router.seqno(), "originated": true,
+                "selected": true, "feasible": true,
+            })
+        })
+        .collect();
+    list.extend(v.router.routes(v.now).iter().map(|r| {
+        serde_json::json!({
+            "prefix": r.prefix.to_string(),
+            "metric": r.metric,
+            "refmetric": r.refmetric,
+            "link": v.link(r.link),
+            "neighbour": r.neighbour.to_string(),
+            "next_hop": r.next_hop.to_string(),
+            "router_id": rid(&r.router_id),
+            "seqno": r.seqno,
+            "originated": false,
+            "selected": r.selected,
+            "feasible": r.feasible,
+        })
+    }));
+    format!("{}\n", serde_json::Value::Array(list))
+}
+
+/// `isthmusctl show babel --json`.
+pub fn babel_json(v: &View) -> String {
+    let c = v.router.counters();
+    let (prefixes, sources) = v.router.table_sizes();
+    let links: Vec<serde_json::Value> = (v.links.iter())
+        .map(|(id, l)| {
+            let n = (v.router.neighbours(v.now).iter())
+                .filter(|n| n.link == *id)
+                .count();
+            serde_json::json!({"name": l.name, "kind": l.kind, "class": l.class, "neighbours": n})
+        })
+        .collect();
+    let refused: serde_json::Map<String, serde_json::Value> = (Refused::ALL.iter())
+        .map(|w| (w.as_str().to_string(), c.auth.refused(*w).into()))
+        .collect();
+    let page = serde_json::json!({
+        "router_id": rid(&v.router.router_id()),
+        "seqno": v.router.seqno(),
+        "uptime_seconds": v.uptime.as_secs_f64(),
+        "interface": v.ifname,
+        "dataplane_connected": v.io.ctl_connected,
+        "synced": v.io.synced,
+        "routes": {
+            "selected": v.router.selected().count(),
+            "prefixes": prefixes,
+            "originated": v.router.xroutes().count(),
+            "sources": sources,
+        },
+        "fib_routes": v.io.fib_routes,
+        "kernel_routes": v.io.kernel_routes,
+        "kernel_errors": v.io.kernel_errors,
+        "packets": {"rx": c.packets_rx, "tx": c.packets_tx, "refused": c.packets_bad},
+        "auth_refused": refused,
+        "links": links,
+    });
+    format!("{page}\n")
+}
+
 /// `isthmusctl show babel`.
 pub fn babel(v: &View) -> String {
     let c = v.router.counters();

@@ -53,6 +53,7 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         for r in crate::stats::DropReason::ALL {
             v.push((format!("drop_{}", r.label()), t.dropped(r)));
         }
+        v.push(("fib_stale".into(), u64::from(self.dev.core.fib_stale())));
         v.push(("icmp_sent".into(), t.icmp_sent));
         v.push(("cookies_sent".into(), t.cookies_sent));
         v.push(("mss_clamped".into(), t.mss_clamped));

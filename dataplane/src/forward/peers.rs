@@ -147,6 +147,11 @@ impl Core {
             match change {
                 PeerChange::Upsert(spec) => {
                     let key = spec.public_key;
+                    // WireGuard's ownership rule: the allowed IPs this peer is given are
+                    // taken from any other peer that had them.
+                    for other in take_allowed_ips(&map, &key, &spec.settings.allowed_ips) {
+                        events.push(CoreEvent::PeerChanged(other));
+                    }
                     if let Some(peer) = map.by_key(&key) {
                         update_peer(peer, spec, identity.as_deref());
                         upserted(peer.id);
@@ -226,6 +231,28 @@ impl Core {
             None => false,
         }
     }
+}
+
+/// Removes `nets` from the allowed IPs of every peer but `owner` (an exact prefix: a
+/// narrower or wider one stays, as in WireGuard's table); returns the peers that lost one.
+fn take_allowed_ips(map: &PeerMap, owner: &Key, nets: &[ipnet::IpNet]) -> Vec<Key> {
+    if nets.is_empty() {
+        return Vec::new();
+    }
+    let mut losers = Vec::new();
+    for p in map.iter().filter(|p| p.public_key != *owner) {
+        let mut settings = p
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = settings.allowed_ips.len();
+        settings.allowed_ips.retain(|n| !nets.contains(n));
+        if settings.allowed_ips.len() != before {
+            tracing::debug!(peer = %p.label, "allowed IPs taken by another peer");
+            losers.push(p.public_key);
+        }
+    }
+    losers
 }
 
 /// Update an existing peer to `spec`. A changed preshared key or keepalive resets the
@@ -424,5 +451,46 @@ mod peer_change_tests {
             }),
             Err(CoreError::OwnKey)
         ));
+    }
+
+    #[test]
+    fn an_allowed_ip_set_on_another_peer_moves_to_it_and_is_not_given_back() {
+        let core = Core::new("t0", Settings::default());
+        core.set_private_key(Some(Key([0x42; 32])));
+        let shared: IpNet = "10.9.0.0/24".parse().unwrap();
+        let wider: IpNet = "10.9.0.0/16".parse().unwrap();
+        let mut a = spec(1);
+        a.settings.allowed_ips = vec![host(1), shared, wider];
+        core.apply_peer_changes([PeerChange::Upsert(a)]).unwrap();
+        let mut b = spec(2);
+        b.settings.allowed_ips = vec![host(2), shared];
+        core.apply_peer_changes([PeerChange::Upsert(b.clone())])
+            .unwrap();
+        let peers = core.peers();
+        let (pa, pb) = (
+            peers.by_key(&key(1)).unwrap(),
+            peers.by_key(&key(2)).unwrap(),
+        );
+        // A keeps what B did not take (the wider prefix is another prefix).
+        assert_eq!(pa.settings().allowed_ips, vec![host(1), wider]);
+        assert_eq!(pb.settings().allowed_ips, vec![host(2), shared]);
+        let inside = "10.9.0.7".parse().unwrap();
+        assert_eq!(
+            core.allowed.load().lookup(inside),
+            Some(NextHop::Peer(pb.id))
+        );
+        assert_eq!(core.fib().lookup(inside), Some(NextHop::Peer(pb.id)));
+        // B lets it go: it is not A's again (the wider prefix now covers the address).
+        b.settings.allowed_ips = vec![host(2)];
+        core.apply_peer_changes([PeerChange::Upsert(b)]).unwrap();
+        assert_eq!(
+            core.peers().by_key(&key(1)).unwrap().settings().allowed_ips,
+            vec![host(1), wider]
+        );
+        assert_eq!(core.route_origin(&shared), None);
+        assert_eq!(
+            core.allowed.load().lookup(inside),
+            Some(NextHop::Peer(pa.id))
+        );
     }
 }

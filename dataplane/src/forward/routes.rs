@@ -164,6 +164,11 @@ impl Core {
         self.fib_stale.store(stale, Relaxed);
     }
 
+    /// The FIB is kept from a control plane that went away.
+    pub fn fib_stale(&self) -> bool {
+        self.fib_stale.load(Relaxed)
+    }
+
     /// Replace the static routes.
     pub fn set_static_routes(&self, routes: Vec<(IpNet, Via)>) {
         let _g = self
