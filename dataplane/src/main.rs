@@ -19,6 +19,7 @@ use isthmus_dataplane::forward::Settings;
 use isthmus_dataplane::io::bpf::XdpMode;
 use isthmus_dataplane::io::notify::notify;
 use isthmus_dataplane::io::xsk::BindMode;
+use isthmus_dataplane::logging;
 
 const USAGE: &str = "\
 usage: isthmus-dp [options] IFNAME
@@ -46,6 +47,9 @@ options:
                          dev IF' from isthmus-cp) are reached without the TUN device
       --xdp-mode M       AF_XDP: 'native' or 'generic' XDP (default: native where
                          the driver has it)
+      --log-format F     'text' (default; colours only on a terminal) or 'json' (one
+                         object per line; also $ISTHMUS_LOG_FORMAT); levels: $ISTHMUS_LOG
+                         (error, warn, info (default), debug, trace)
   -V, --version          print the version
   -h, --help             this text";
 
@@ -62,6 +66,7 @@ struct Args {
     underlay: Vec<String>,
     mesh: Vec<String>,
     xdp_mode: Option<config::XdpModeChoice>,
+    log_format: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
@@ -76,6 +81,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "-f" | "--foreground" => a.foreground = true,
             "-c" | "--config" => a.config = Some(value(&arg)?.into()),
             "--metrics" => a.metrics = Some(value(&arg)?),
+            "--log-format" => a.log_format = Some(value(&arg)?),
             "--threads" => {
                 let v = value(&arg)?;
                 a.threads = Some(
@@ -145,14 +151,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log file or the journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let format = match logging::Format::from_option(args.log_format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("isthmus-dp: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(format, "info,boringtun=off");
     let result = if args.foreground {
         run(&args)
     } else {

@@ -104,10 +104,14 @@ fn sighup_applies_the_difference_without_a_flap() {
     hub.reload_config(&t.lab, &cfg).unwrap();
     wait(&t, "the first reload", || reloaded(1));
     let log = hub.log_tail(20);
+    // Peers are named in logs by name and short key.
+    let named = |p: &isthmus_lab::ConfigPeer, what: &str| {
+        format!("peer {} ({}) {what}", p.name, &p.public_key[..8])
+    };
     assert!(
-        log.contains("peer c changed")
-            && log.contains("peer d added")
-            && log.contains("peer e removed"),
+        log.contains(&named(c, "changed"))
+            && log.contains(&named(d, "added"))
+            && log.contains(&named(e, "removed")),
         "{log}"
     );
     ping_ok(&na, "10.10.0.32", 3);

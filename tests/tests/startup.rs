@@ -185,3 +185,50 @@ fn a_metrics_address_in_use_is_a_startup_error() {
     // The detached second daemon stops when its UAPI socket goes.
     let _ = std::fs::remove_file(isthmus_lab::uapi_socket(&second));
 }
+
+/// `--log-format json`: every log line is one JSON object with a level and its fields (the
+/// same `logging::init` serves isthmus-cp); a bad value is a usage error.
+#[test]
+fn logs_as_json_lines_for_log_shippers() {
+    init();
+    let ns = Netns::new("su5").unwrap();
+    let bin = WgImpl::Isthmus.binary().unwrap();
+    let ifname = isthmus_lab::unique_ifname("isj");
+    // A start that fails after logging: the lines before the failure are what we read.
+    let out = ns
+        .command(&bin)
+        .args([
+            ifname.as_str(),
+            "-f",
+            "--metrics",
+            "off",
+            "--log-format",
+            "json",
+            "--ctl-socket",
+            "/proc/version/x.ctl",
+        ])
+        .env("ISTHMUS_LOG", "debug")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let logged: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('{'))
+        .collect();
+    assert!(!logged.is_empty(), "no JSON lines: {err}");
+    for l in &logged {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    // A bad value is refused before anything runs.
+    let out = ns
+        .command(&bin)
+        .args(["--log-format", "yaml", ifname.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected \"text\" or \"json\""));
+}

@@ -7,23 +7,30 @@ use isthmus_controlplane::{config, daemon};
 
 const USAGE: &str = "\
 usage: isthmus-cp --config FILE [--ctl-socket PATH] [--status-socket PATH] [--metrics ADDR|off]
+                  [--log-format text|json]
        isthmus-cp --version
 
 Runs in the foreground. Reads the [babel] section (and the peers) of the data plane's
 configuration file, talks Babel to the tunnel peers through isthmus-dp's control channel
 (/var/run/isthmus/IFNAME.ctl) and to the [[babel.interface]]s directly, and pushes the routes
-it selects to isthmus-dp and to the kernel (protocol 77). Logs to stderr (ISTHMUS_LOG=debug).";
+it selects to isthmus-dp and to the kernel (protocol 77). Logs to stderr: levels by
+$ISTHMUS_LOG (error, warn, info (default), debug, trace), format by --log-format or
+$ISTHMUS_LOG_FORMAT (text, json).";
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log file or the journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let log_format = (args.iter())
+        .position(|a| a == "--log-format")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let format = match isthmus_dataplane::logging::Format::from_option(log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("isthmus-cp: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    isthmus_dataplane::logging::init(format, "info");
     let mut file = None;
     let mut opts = daemon::Options::default();
     let mut it = args.iter();
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
                         })
                 }
             }),
+            // Read before the loop (logging starts first).
+            "--log-format" => value("--log-format").map(|_| ()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;

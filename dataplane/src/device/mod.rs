@@ -121,9 +121,14 @@ impl Device {
             // The mesh programs' tunnel tables follow the FIB, change by change.
             let ifaces = xdp_ifaces.clone();
             core.observe_routes(Box::new(move |ops| {
+                static WARN: std::sync::Mutex<RateLimitedWarn> =
+                    std::sync::Mutex::new(RateLimitedWarn::new());
                 for i in ifaces.iter() {
                     if let Err(e) = i.follow_routes(ops) {
-                        tracing::warn!(%e, "{}: could not update the XDP tunnel table", i.name);
+                        let msg = format!("{}: could not update the XDP tunnel table: {e}", i.name);
+                        WARN.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .warn(&msg);
                     }
                 }
             }));
@@ -212,9 +217,14 @@ impl Device {
             .map(|a| a.addr)
             .collect();
         let mtu = self.core.settings().mtu;
+        static WARN: std::sync::Mutex<RateLimitedWarn> =
+            std::sync::Mutex::new(RateLimitedWarn::new());
         for u in self.xdp_ifaces.iter() {
             if let Err(e) = u.follow(port, &own, mtu) {
-                tracing::warn!(%e, "{}: could not update the XDP program's maps", u.name);
+                let msg = format!("{}: could not update the XDP program's maps: {e}", u.name);
+                WARN.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .warn(&msg);
             }
         }
     }
@@ -445,6 +455,13 @@ struct RateLimitedWarn {
 }
 
 impl RateLimitedWarn {
+    const fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
     fn warn(&mut self, msg: &str) {
         if self
             .last
@@ -550,10 +567,7 @@ impl Device {
             if present && was == Some(p) {
                 continue;
             }
-            let label = p
-                .name
-                .clone()
-                .unwrap_or_else(|| crate::tunnel::short_key(&p.public_key));
+            let label = crate::tunnel::log_name(p.name.as_deref(), &p.public_key);
             report.changes.push(if present {
                 format!("peer {label} changed")
             } else {

@@ -192,8 +192,8 @@ pub struct Peer {
     pub id: PeerId,
     /// Public key.
     pub public_key: Key,
-    /// Name for metrics and the CLI: the configured name, or the first 8 base64 characters of
-    /// the key.
+    /// Name in logs: the configured name and the first 8 base64 characters of the key
+    /// (`trunk-a (xTIBA5rb)`), or those characters alone.
     pub label: String,
     /// MAC keys of messages to this peer.
     pub macs: MacKeys,
@@ -215,10 +215,7 @@ impl Peer {
         endpoint: Option<SocketAddr>,
     ) -> Self {
         let tunn = new_tunn(id, identity, &public_key, &settings);
-        let label = settings
-            .name
-            .clone()
-            .unwrap_or_else(|| short_key(&public_key));
+        let label = log_name(settings.name.as_deref(), &public_key);
         Self {
             id,
             public_key,
@@ -317,6 +314,15 @@ fn new_tunn(id: PeerId, identity: &Identity, public_key: &Key, settings: &PeerSe
         id,
         Some(identity.session_limiter.clone()),
     )
+}
+
+/// How logs name a peer: its configured name and the first 8 base64 characters of its key
+/// (`trunk-a (xTIBA5rb)`), or those characters alone.
+pub fn log_name(name: Option<&str>, key: &Key) -> String {
+    match name {
+        Some(n) => format!("{n} ({})", short_key(key)),
+        None => short_key(key),
+    }
 }
 
 /// First 8 characters of the base64 key, as a default label.
