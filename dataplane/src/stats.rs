@@ -340,6 +340,8 @@ pub struct Sample {
     pub fib_stale: bool,
     /// The device's public key, once it has a private key.
     pub public_key: Option<crate::keys::Key>,
+    /// Handshake latencies (our initiation to the peer's response).
+    pub handshake_seconds: crate::io::metrics::Histogram,
 }
 
 use crate::io::metrics::escape_label as escape;
@@ -613,6 +615,10 @@ pub fn render(s: &Sample, wireguard_exporter: bool) -> String {
             s.totals.xdp_kernel_drops[r as usize]
         );
     }
+    o.push_str(&s.handshake_seconds.render(
+        "isthmus_handshake_seconds",
+        "Time from a handshake initiation we sent to the peer's response.",
+    ));
     let _ = writeln!(o, "# HELP isthmus_fib_routes Routes in the FIB, by family.");
     let _ = writeln!(o, "# TYPE isthmus_fib_routes gauge");
     let _ = writeln!(o, "isthmus_fib_routes{{family=\"ipv4\"}} {}", s.fib_v4);

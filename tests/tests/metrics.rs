@@ -121,6 +121,20 @@ fn metrics_scrape_shows_counters_moving() {
     assert!(m1.get("process_resident_memory_bytes", &[]) > 1e6);
     assert!(m1.get("process_open_fds", &[]) > 3.0);
     assert!(m1.get("isthmus_build_info", &[("daemon", "isthmus-dp")]) == 1.0);
+    // isthmus-dp initiated (at start, without waiting for traffic): the handshake latency
+    // histogram has it, within reason on a veth.
+    let n = m1.get("isthmus_handshake_seconds_count", &[]);
+    assert!(n >= 1.0, "{}", m1.excerpt("isthmus_handshake"));
+    assert_eq!(
+        m1.get("isthmus_handshake_seconds_bucket", &[("le", "+Inf")]),
+        n
+    );
+    let mean = m1.get("isthmus_handshake_seconds_sum", &[]) / n;
+    assert!(
+        mean > 0.0 && mean < 1.0,
+        "{}",
+        m1.excerpt("isthmus_handshake")
+    );
     m1.promtool_check().unwrap();
 
     for path in ["to_local", "from_local"] {

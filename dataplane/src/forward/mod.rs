@@ -122,6 +122,9 @@ pub struct Core {
     config_lock: Mutex<()>,
     events: ArcSwapOption<EventSinkBox>,
     fib_stale: AtomicBool,
+    /// Time from our handshake initiation to the peer's response (off the hot path: a
+    /// handshake is a rare event).
+    pub(crate) handshake_seconds: Mutex<crate::io::metrics::Histogram>,
     /// Told every change of the FIB, in order, before it is published (see
     /// [`Core::observe_routes`]).
     route_observer: std::sync::OnceLock<RouteObserver>,
@@ -151,6 +154,7 @@ impl Core {
             config_lock: Mutex::new(()),
             events: ArcSwapOption::empty(),
             fib_stale: AtomicBool::new(false),
+            handshake_seconds: Mutex::new(crate::io::metrics::Histogram::default()),
             route_observer: std::sync::OnceLock::new(),
         })
     }
@@ -264,6 +268,11 @@ impl Core {
             fib_v6: fib.len_v6(),
             fib_stale: self.fib_stale.load(Relaxed),
             public_key: self.public_key(),
+            handshake_seconds: self
+                .handshake_seconds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 }

@@ -521,8 +521,17 @@ impl<S: Sink> Ctx<'_, S> {
             }
         }
         let moved = authenticated(peer, &mut st, data.len(), src);
+        let latency = (ty == wire::wg::RESPONSE)
+            .then(|| st.initiated_at.take())
+            .flatten()
+            .map(|t| t.elapsed());
         self.flush_queued(peer, &mut st, src);
         drop(st);
+        if let Some(d) = latency {
+            (self.core.handshake_seconds.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .observe(d.as_secs_f64());
+        }
         if ty == wire::wg::RESPONSE {
             // We initiated; the response completed the handshake.
             self.handshake_up(peer);
@@ -931,6 +940,9 @@ fn seal_outgoing(
         let wire = index.seal(ours);
         msg[4..8].copy_from_slice(&wire.to_le_bytes());
         st.cookies.seal(macs, wire, msg);
+        if msg[0] == INITIATION {
+            st.initiated_at = Some(std::time::Instant::now());
+        }
     }
 }
 

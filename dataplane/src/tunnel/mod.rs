@@ -141,6 +141,9 @@ pub struct Session {
     /// A gateway that (re)starts is then reachable at once, instead of when the other side's
     /// old session times out (wireguard-go waits for traffic that never comes from it).
     pub initiate: bool,
+    /// When our last handshake initiation left, until its response arrives (for the
+    /// handshake latency histogram).
+    pub initiated_at: Option<std::time::Instant>,
 }
 
 /// A peer as the tools see it: its configuration and its counters at one moment. The one
@@ -227,6 +230,7 @@ impl Peer {
                 cookies: CookieState::default(),
                 unconfirmed: None,
                 initiate: endpoint.is_some(),
+                initiated_at: None,
             }),
             settings: Mutex::new(settings),
             counters: PeerCounters::default(),
