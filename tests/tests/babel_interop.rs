@@ -53,6 +53,17 @@ fn ifindex(ns: &Netns, dev: &str) -> u32 {
     out.split(':').next().unwrap().trim().parse().unwrap()
 }
 
+/// The lab, namespaces `cpTAGa` and `cpTAGb` and [`setup`] between them; returns B's
+/// link-local address too.
+fn lab_pair(tag: &str, ipv4_link: bool) -> (Lab, Netns, Netns, String) {
+    init();
+    let lab = Lab::new().unwrap();
+    let a = Netns::new(&format!("cp{tag}a")).unwrap();
+    let b = Netns::new(&format!("cp{tag}b")).unwrap();
+    let ll_b = setup(&a, &b, ipv4_link);
+    (lab, a, b, ll_b)
+}
+
 /// A has `va`, B has `vb`, both with usable link-local addresses; each has its stub prefixes
 /// (`st0`). Returns B's link-local address (the reference router's, as isthmus-cp sees it).
 fn setup(a: &Netns, b: &Netns, ipv4_link: bool) -> String {
@@ -101,20 +112,26 @@ fn wait_cp_route(cp: &IsthmusCp<'_>, ns: &Netns, prefix: &str) -> Duration {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnostics()))
 }
 
-/// Waits until `show babel` says the start-up hold is over.
-fn wait_synced(cp: &IsthmusCp<'_>) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        if cp.status("babel").is_ok_and(|s| s.contains("synchronised")) {
-            return;
-        }
+/// Polls `cond` every 50 ms until it holds, for at most [`CONVERGE`]; then fails naming
+/// `what`, with isthmus-cp's diagnostics. Returns how long it took.
+fn poll(cp: &IsthmusCp<'_>, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
         assert!(
-            Instant::now() < deadline,
-            "isthmus-cp not synchronised within {CONVERGE:?}:\n{}",
+            start.elapsed() < CONVERGE,
+            "{what}: not within {CONVERGE:?}\n{}",
             cp.diagnostics()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    start.elapsed()
+}
+
+/// Waits until `show babel` says the start-up hold is over.
+fn wait_synced(cp: &IsthmusCp<'_>) {
+    poll(cp, "isthmus-cp synchronised", || {
+        cp.status("babel").is_ok_and(|s| s.contains("synchronised"))
+    });
 }
 
 /// A log without ANSI colour sequences.
@@ -241,12 +258,8 @@ fn assert_cp_status(cp: &IsthmusCp<'_>, neighbour: &str) {
 /// isthmus-cp and babeld on a veth without IPv4 addresses: IPv4 goes v4-via-v6 both ways.
 #[test]
 fn cp_and_babeld_on_veth() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpba").unwrap();
-    let b = Netns::new("cpbb").unwrap();
-    let ll_b = setup(&a, &b, false);
+    let (lab, a, b, ll_b) = lab_pair("b", false);
     let ll_a = a.link_local("va").unwrap();
     let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf()).unwrap();
     let cp = IsthmusCp::start(&a, &lab, "a", &cp_config("")).unwrap();
@@ -315,12 +328,8 @@ fn cp_and_babeld_on_veth() {
 /// isthmus-cp and BIRD 2 on a veth with a /30 (BIRD 2.0.12 has no v4-via-v6).
 #[test]
 fn cp_and_bird_on_veth() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpia").unwrap();
-    let b = Netns::new("cpib").unwrap();
-    let ll_b = setup(&a, &b, true);
+    let (lab, a, b, ll_b) = lab_pair("i", true);
     let ll_a = a.link_local("va").unwrap();
     let bird = Bird::start(
         &b,
@@ -392,12 +401,8 @@ fn cp_and_bird_on_veth() {
 /// routes and retracts its prefixes from babeld at once.
 #[test]
 fn cp_restart_keeps_kernel_routes() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpra").unwrap();
-    let b = Netns::new("cprb").unwrap();
-    setup(&a, &b, false);
+    let (lab, a, b, _) = lab_pair("r", false);
     let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     ping_from(&a, CP_V4, REF_V4);
     let before = cp_kernel_routes(&a);
@@ -544,12 +549,8 @@ fn udp_send(b: &Netns, bind: Option<&str>, to: &str, payloads: &[Vec<u8>]) {
 /// TLVs skipped, and nothing else changes.
 #[test]
 fn bad_babel_packets_are_counted_not_fatal() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpga").unwrap();
-    let b = Netns::new("cpgb").unwrap();
-    let ll_b = setup(&a, &b, false);
+    let (lab, a, b, ll_b) = lab_pair("g", false);
     let ll_a = a.link_local("va").unwrap();
     // A global address on B's end, to send a Babel packet from (babeld keeps using its
     // link-local address: it must have one before babeld starts, so no second one here).
@@ -668,15 +669,9 @@ fn has_va_neighbour(cp: &IsthmusCp<'_>) -> bool {
 }
 
 fn wait_no_va_neighbour(cp: &IsthmusCp<'_>, what: &str) {
-    let deadline = Instant::now() + CONVERGE;
-    while has_va_neighbour(cp) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: isthmus-cp still has a neighbour on va:\n{}",
-            cp.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(cp, &format!("{what}: no neighbour on va"), || {
+        !has_va_neighbour(cp)
+    });
 }
 
 /// Mesh interfaces are followed through the kernel's link and address events, as babeld and
@@ -766,11 +761,7 @@ fn sighup_with(cp: &IsthmusCp<'_>, text: &str) {
 
 #[test]
 fn sighup_reloads_isthmus_cp_without_a_flap() {
-    init();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpra").unwrap();
-    let b = Netns::new("cprb").unwrap();
-    setup(&a, &b, false);
+    let (lab, a, b, _) = lab_pair("r", false);
     let (bd, cp) = babeld_and_cp_converged(&a, &b, &lab);
     let probe = PingProbe::start_from(&a, Some(CP_V4), REF_V4, 10).unwrap();
     probe.wait_replies(20, Duration::from_secs(5)).unwrap();
@@ -805,11 +796,9 @@ fn sighup_reloads_isthmus_cp_without_a_flap() {
 
     // 3. An invalid file: refused, named by file, line and key; the running state stays.
     hup(&cp_config("").replace("originate = [", "originate = [\"10.74.1.0/33\", "));
-    let deadline = Instant::now() + CONVERGE;
-    while !read_log(cp.log_path()).contains("reload refused") {
-        assert!(Instant::now() < deadline, "{}", cp.diagnostics());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(&cp, "the reload refused", || {
+        read_log(cp.log_path()).contains("reload refused")
+    });
     let log = read_log(cp.log_path());
     let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
     assert!(
@@ -930,19 +919,10 @@ fn refused(cp: &IsthmusCp<'_>, reason: &str) -> f64 {
 
 /// Waits until isthmus-cp has refused more than `before` packets for `reason`.
 fn wait_refused(cp: &IsthmusCp<'_>, reason: &str, before: f64) -> f64 {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let n = refused(cp, reason);
-        if n > before {
-            return n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no packet refused for {reason} within {CONVERGE:?}:\n{}",
-            cp.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll(cp, &format!("a packet refused for {reason}"), || {
+        refused(cp, reason) > before
+    });
+    refused(cp, reason)
 }
 
 /// HMAC with babeld 1.12, both ways: isthmus-cp signs with two keys (a BLAKE2s-128 key
@@ -952,12 +932,8 @@ fn wait_refused(cp: &IsthmusCp<'_>, reason: &str, before: f64) -> f64 {
 /// loses the routes both ways.
 #[test]
 fn cp_and_babeld_with_hmac() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpha").unwrap();
-    let b = Netns::new("cphb").unwrap();
-    let ll_b = setup(&a, &b, false);
+    let (lab, a, b, ll_b) = lab_pair("h", false);
     let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf_with_key(SHA_KEY)).unwrap();
     let keys = [
         ("b2", "blake2s128", B2_KEY),
@@ -1021,11 +997,9 @@ fn cp_and_babeld_with_hmac() {
     for keys in [&keys[1..], &keys[..]] {
         let n = read_log(cp.log_path()).matches("reloaded").count();
         sighup_with(&cp, &cp_config_with_keys(&lab, keys));
-        let deadline = Instant::now() + CONVERGE;
-        while read_log(cp.log_path()).matches("reloaded").count() == n {
-            assert!(Instant::now() < deadline, "{}", cp.diagnostics());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(&cp, "the reload", || {
+            read_log(cp.log_path()).matches("reloaded").count() > n
+        });
         std::thread::sleep(Duration::from_secs(2));
     }
     let r = probe.finish().unwrap();
@@ -1056,11 +1030,7 @@ fn cp_and_babeld_with_hmac() {
     drop(bd);
     let bd = Babeld::start(&b, &lab, "b", &["vb"], &babeld_conf_with_key(SHA_KEY)).unwrap();
     let restarted = Instant::now();
-    while answered(&cp) <= before {
-        assert!(restarted.elapsed() < CONVERGE, "{}", cp.diagnostics());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let challenged = restarted.elapsed();
+    let challenged = poll(&cp, "a new challenge answered", || answered(&cp) > before);
     bd.wait_for_route(CP_V4, CONVERGE).unwrap();
     eprintln!(
         "babeld restarted: it answered a new challenge {challenged:?} and had isthmus-cp's \
@@ -1097,12 +1067,8 @@ fn cp_and_babeld_with_hmac() {
 /// restarted with other passwords is refused (counted) and the routes go.
 #[test]
 fn cp_and_bird_with_mac() {
-    init();
     let t0 = Instant::now();
-    let lab = Lab::new().unwrap();
-    let a = Netns::new("cpma").unwrap();
-    let b = Netns::new("cpmb").unwrap();
-    setup(&a, &b, true);
+    let (lab, a, b, _) = lab_pair("m", true);
     let bird_conf = |sha: &str, b2: &str| {
         format!(
             "protocol direct {{ ipv4; ipv6; interface \"st0\"; }}\n\
