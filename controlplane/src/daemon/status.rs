@@ -349,7 +349,11 @@ pub fn metrics(v: &View) -> String {
     );
     let mut out = s;
     for n in v.router.neighbours(v.now) {
-        let l = format!("link=\"{}\",address=\"{}\"", v.link(n.link), n.address);
+        let l = format!(
+            "link=\"{}\",address=\"{}\"",
+            isthmus_dataplane::io::metrics::escape_label(v.link(n.link)),
+            n.address
+        );
         let _ = writeln!(out, "isthmus_babel_neighbour_rxcost{{{l}}} {}", n.rxcost);
         let _ = writeln!(out, "isthmus_babel_neighbour_txcost{{{l}}} {}", n.txcost);
         let _ = writeln!(out, "isthmus_babel_neighbour_cost{{{l}}} {}", n.cost);
