@@ -266,7 +266,10 @@ pub fn verify(
     src: Ipv6Addr,
     ours: Ipv6Addr,
 ) -> Result<bool, Refused> {
-    let body = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    let [_, _, hi, lo, ..] = *packet else {
+        return Err(Refused::NoMac);
+    };
+    let body = usize::from(u16::from_be_bytes([hi, lo]));
     let signed = packet.get(..HEADER_LEN + body).ok_or(Refused::NoMac)?;
     let mut trailer = &packet[signed.len()..];
     let mut any = false;

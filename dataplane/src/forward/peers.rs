@@ -1,8 +1,10 @@
 //! Changes to the peer table, in batches: one copy of the table and one rebuild of the
 //! route tables per batch, whatever its size.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+
+use ipnet::IpNet;
 use std::sync::Arc;
 
 use super::{Core, CoreError, CoreEvent, PeerSpec};
@@ -143,14 +145,21 @@ impl Core {
         // Keys added or removed: the static and control routes that name them resolve anew.
         let mut touched: HashSet<Key> = HashSet::new();
         let mut failed = None;
+        // Who holds each allowed IP, built when a batch first needs it and kept current.
+        let mut owners: Option<HashMap<IpNet, Key>> = None;
         for (index, change) in changes.into_iter().enumerate() {
             match change {
                 PeerChange::Upsert(spec) => {
                     let key = spec.public_key;
                     // WireGuard's ownership rule: the allowed IPs this peer is given are
                     // taken from any other peer that had them.
-                    for other in take_allowed_ips(&map, &key, &spec.settings.allowed_ips) {
-                        events.push(CoreEvent::PeerChanged(other));
+                    if !spec.settings.allowed_ips.is_empty() {
+                        let owners = owners.get_or_insert_with(|| owner_index(&map));
+                        for other in
+                            take_allowed_ips(&map, owners, &key, &spec.settings.allowed_ips)
+                        {
+                            events.push(CoreEvent::PeerChanged(other));
+                        }
                     }
                     if let Some(peer) = map.by_key(&key) {
                         update_peer(peer, spec, identity.as_deref());
@@ -233,23 +242,43 @@ impl Core {
     }
 }
 
-/// Removes `nets` from the allowed IPs of every peer but `owner` (an exact prefix: a
-/// narrower or wider one stays, as in WireGuard's table); returns the peers that lost one.
-fn take_allowed_ips(map: &PeerMap, owner: &Key, nets: &[ipnet::IpNet]) -> Vec<Key> {
-    if nets.is_empty() {
-        return Vec::new();
+/// Every allowed IP of `map` and the peer that holds it.
+fn owner_index(map: &PeerMap) -> HashMap<IpNet, Key> {
+    let mut owners = HashMap::new();
+    for p in map.iter() {
+        for net in p.settings().allowed_ips {
+            owners.insert(net, p.public_key);
+        }
     }
-    let mut losers = Vec::new();
-    for p in map.iter().filter(|p| p.public_key != *owner) {
+    owners
+}
+
+/// Gives `nets` to `owner`: each is removed from the peer that held it, if another (an
+/// exact prefix: a narrower or wider one stays, as in WireGuard's table). Returns the peers
+/// that lost one. `owners` is kept current.
+fn take_allowed_ips(
+    map: &PeerMap,
+    owners: &mut HashMap<IpNet, Key>,
+    owner: &Key,
+    nets: &[IpNet],
+) -> Vec<Key> {
+    let mut losers: Vec<Key> = Vec::new();
+    for net in nets {
+        let Some(prev) = owners.insert(*net, *owner).filter(|k| k != owner) else {
+            continue;
+        };
+        let Some(p) = map.by_key(&prev) else {
+            continue;
+        };
         let mut settings = p
             .settings
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = settings.allowed_ips.len();
-        settings.allowed_ips.retain(|n| !nets.contains(n));
-        if settings.allowed_ips.len() != before {
-            tracing::debug!(peer = %p.label, "allowed IPs taken by another peer");
-            losers.push(p.public_key);
+        settings.allowed_ips.retain(|n| n != net);
+        if settings.allowed_ips.len() != before && !losers.contains(&prev) {
+            tracing::debug!(peer = %p.label, %net, "allowed IP taken by another peer");
+            losers.push(prev);
         }
     }
     losers
