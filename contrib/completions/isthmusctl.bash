@@ -4,12 +4,14 @@ _isthmusctl() {
     _init_completion || return
     case $cword in
         1)
-            COMPREPLY=($(compgen -W "genkey pubkey check-config show reload --version --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "genkey pubkey check-config show reload up down --version --help" -- "$cur"))
             return ;;
     esac
     case ${words[1]} in
         check-config)
             _filedir toml ;;
+        up|down)
+            _filedir conf ;;
         show)
             if [[ $cword -eq 2 ]]; then
                 COMPREPLY=($(compgen -W "peers fib stats neighbours routes babel" -- "$cur"))

@@ -88,6 +88,9 @@ fn wg_show_dump_reports_peer_handshake_and_counters() {
     assert!(isth.alive());
 }
 
+/// `isthmusctl up|down` with a wg-quick file: wg-quick's own work (addresses, routes) with
+/// isthmus-dp as the device, whether or not the kernel has WireGuard (a kernel link is
+/// refused, /sys/module hidden, as `isthmusctl up` does it).
 #[test]
 fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     init();
@@ -134,9 +137,8 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     .unwrap();
     q.remove_on_drop(uapi_socket(&ifname));
 
-    let bin = WgImpl::Isthmus.binary().unwrap();
     let conf_s = conf.to_string_lossy().into_owned();
-    let up = wg_quick(&t, &q, &bin.to_string_lossy(), "up", &conf_s);
+    let up = wg_quick(&q, "up", &conf_s);
     assert!(
         up.status.success(),
         "wg-quick up failed: {}",
@@ -155,7 +157,7 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     let show = q.exec(&["wg", "show", &ifname]).unwrap();
     assert!(show.contains(&peer.keys.public), "{show}");
 
-    let down = wg_quick(&t, &q, &bin.to_string_lossy(), "down", &conf_s);
+    let down = wg_quick(&q, "down", &conf_s);
     assert!(
         down.status.success(),
         "wg-quick down failed: {}",
@@ -177,64 +179,15 @@ fn wg_quick_up_and_down_with_isthmus_as_userspace_implementation() {
     }
 }
 
-/// Runs `wg-quick ACTION CONF` in `ns` with `impl_bin` as the userspace implementation.
-///
-/// wg-quick prefers kernel WireGuard when `ip link add type wireguard` works, and refuses the
-/// userspace fallback when /sys/module/wireguard exists. To test the userspace implementation
-/// on any kernel it runs in a private mount namespace with /sys/module hidden, and with an
-/// `ip` wrapper on PATH that refuses to create kernel WireGuard links.
-fn wg_quick(
-    t: &Topology,
-    ns: &isthmus_lab::Netns,
-    impl_bin: &str,
-    action: &str,
-    conf: &str,
-) -> std::process::Output {
-    let shim_dir = t.lab.path("shim");
-    std::fs::create_dir_all(&shim_dir).unwrap();
-    let real_ip = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v ip"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
-    let shim = shim_dir.join("ip");
-    std::fs::write(
-        &shim,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" type wireguard \"*) echo 'lab: kernel WireGuard disabled' >&2; exit 2;; esac\nexec {real_ip} \"$@\"\n"
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .args(["755", &shim.to_string_lossy()])
-        .status()
-        .unwrap();
-    let path = format!(
-        "{}:{}",
-        shim_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let script = format!(
-        "mount -t tmpfs lab-hide /sys/module 2>/dev/null || true; exec env PATH='{path}' WG_QUICK_USERSPACE_IMPLEMENTATION='{impl_bin}' wg-quick {action} '{conf}'"
-    );
-    ns.output_timeout(
-        &[
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ],
-        60,
-    )
-    .unwrap()
+/// `isthmusctl ACTION CONF` (up or down) in `ns`, with the isthmus-dp under test.
+fn wg_quick(ns: &isthmus_lab::Netns, action: &str, conf: &str) -> std::process::Output {
+    let ctl = isthmus_lab::IsthmusCp::ctl_binary().unwrap();
+    let dp = WgImpl::Isthmus.binary().unwrap();
+    ns.command(&ctl)
+        .args([action, conf])
+        .env("ISTHMUS_DP", &dp)
+        .output()
+        .unwrap()
 }
 
 /// A peer whose endpoint cannot be reached (no route to it): the handshake initiations that

@@ -23,12 +23,17 @@ usage: isthmusctl genkey
        isthmusctl show peers|fib|stats [IFNAME | --socket PATH]      (isthmus-dp)
        isthmusctl show neighbours|routes|babel [IFNAME | --socket PATH]  (isthmus-cp)
        isthmusctl reload [IFNAME]
+       isthmusctl up|down WG-QUICK-FILE                           (wg-quick with isthmus-dp)
        isthmusctl --version
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
 `show` without a page samples the gateway for a second: the interface, each peer (class,
 endpoint, handshake age, rates), the Babel neighbours, route counts, the FIB's staleness and
 the drops of that second. `--json` after any `show` prints JSON for scripts.
+up and down run wg-quick(8) on its own file format (Address, DNS, MTU, Table, FwMark,
+Pre/PostUp/Down, SaveConfig) with isthmus-dp as the device, also on a host whose kernel has
+WireGuard (where wg-quick itself never falls back to a userspace implementation); wg-quick
+then says it is 'falling back to slow userspace': that is isthmus-dp.
 show talks to a running isthmus-dp through /var/run/isthmus/IFNAME.ctl and to isthmus-cp
 through /var/run/isthmus/IFNAME.cp; without IFNAME, the only socket there is used. Without a
 running isthmus-cp, `show routes` shows the data plane's table (`show fib`).
@@ -133,6 +138,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        [action @ ("up" | "down"), file] => wg_quick(action, file),
         ["-V" | "--version"] => {
             println!("isthmusctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -143,6 +149,80 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// A program on `$PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// isthmus-dp: `$ISTHMUS_DP`, else next to isthmusctl, else the package's, else on `$PATH`.
+fn isthmus_dp() -> PathBuf {
+    if let Some(p) = std::env::var_os("ISTHMUS_DP") {
+        return p.into();
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("isthmus-dp")))
+        .filter(|p| p.is_file());
+    sibling
+        .or_else(|| Some(PathBuf::from("/usr/sbin/isthmus-dp")).filter(|p| p.is_file()))
+        .or_else(|| on_path("isthmus-dp"))
+        .unwrap_or_else(|| "isthmus-dp".into())
+}
+
+/// `isthmusctl up|down FILE`: wg-quick with isthmus-dp as the device. wg-quick creates a
+/// kernel WireGuard link when it can, and when the module is loaded it does not fall back at
+/// all; so `up` runs it in a private mount namespace where /sys/module is hidden, with an
+/// `ip` on PATH that refuses `type wireguard`. Everything else (addresses, routes, Table,
+/// FwMark, DNS, hooks) is wg-quick's own doing. `down` is plain `wg-quick down`.
+fn wg_quick(action: &str, file: &str) -> anyhow::Result<()> {
+    let status = if action == "down" {
+        std::process::Command::new("wg-quick")
+            .args(["down", file])
+            .status()
+            .context("running wg-quick (package wireguard-tools)")?
+    } else {
+        use std::os::unix::fs::PermissionsExt as _;
+        let real_ip = on_path("ip").context("no `ip` on PATH (package iproute2)")?;
+        let shim = std::env::temp_dir().join(format!("isthmusctl-up-{}", std::process::id()));
+        std::fs::create_dir_all(&shim)?;
+        let ip = shim.join("ip");
+        std::fs::write(
+            &ip,
+            format!(
+                "#!/bin/sh\n# isthmusctl up: the device is isthmus-dp, never kernel WireGuard.\n\
+                 for a in \"$@\"; do [ \"$a\" = wireguard ] && exit 2; done\n\
+                 exec '{}' \"$@\"\n",
+                real_ip.display()
+            ),
+        )?;
+        std::fs::set_permissions(&ip, std::fs::Permissions::from_mode(0o755))?;
+        let path = std::env::join_paths(
+            std::iter::once(shim.clone()).chain(
+                std::env::var_os("PATH")
+                    .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ),
+        )?;
+        let status = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs isthmusctl /sys/module 2>/dev/null; exec wg-quick up \"$1\"")
+            .args(["sh", file])
+            .env("PATH", path)
+            .env("WG_QUICK_USERSPACE_IMPLEMENTATION", isthmus_dp())
+            .status()
+            .context("running unshare and wg-quick (packages util-linux, wireguard-tools)");
+        let _ = std::fs::remove_dir_all(&shim);
+        status?
+    };
+    if !status.success() {
+        bail!("wg-quick {action} {file}: {status}");
+    }
+    Ok(())
 }
 
 /// The pages of `show`.
