@@ -741,6 +741,10 @@ fn interfaces_that_come_and_go() {
     a.link_local("va").unwrap();
     let t = wait_cp_route(&cp, &a, REF_V4);
     eprintln!("va down and up: babeld's route back {t:?} later");
+    // Both directions of the IPv6 path before the ping: isthmus-cp's route to babeld's
+    // prefix and babeld's back (it too lost the neighbour while va was down).
+    wait_cp_route(&cp, &a, REF_V6);
+    bd.wait_for_route(CP_V6, CONVERGE).unwrap();
     ping_from(&a, CP_V6, REF_V6);
     assert!(cp.alive() && bd.alive());
 }
