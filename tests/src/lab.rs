@@ -134,7 +134,10 @@ impl Drop for Lab {
 }
 
 /// Runs a command to completion and returns its stdout; fails with its stderr otherwise.
-pub(crate) fn run(cmd: &mut Command) -> Result<String> {
+///
+/// # Errors
+/// When it cannot be started or exits unsuccessfully.
+pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(

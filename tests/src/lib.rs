@@ -30,7 +30,9 @@ pub use babel::{
     BirdRoute, Daemon, IsthmusCp, KernelRoute, PingProbe, ProbeResult, CP_METRICS_ADDR,
 };
 pub use capture::Capture;
-pub use lab::{is_root, lab_tool_path, target_dir, unique_ifname, wggen_path, workspace_root, Lab};
+pub use lab::{
+    is_root, lab_tool_path, run, target_dir, unique_ifname, wggen_path, workspace_root, Lab,
+};
 pub use metrics::{parse_prometheus, Metrics, Sample};
 pub use netns::{veth, Netns};
 pub use topology::{endpoint, ip_of, Family, Topology};

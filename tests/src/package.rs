@@ -8,22 +8,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{target_dir, workspace_root};
+use crate::lab::{run, target_dir, workspace_root};
 
 /// The package's version: the workspace's.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;

@@ -12,19 +12,13 @@ use common::init;
 use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
 use isthmus_lab::{lab_tool_path, workspace_root, Netns};
 
+/// `promtool ARGS` in `dir`, which must succeed (its output is in the error otherwise).
 fn promtool(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("promtool")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("promtool (scripts/install-deps.sh installs Debian's prometheus)");
-    assert!(
-        out.status.success(),
-        "promtool {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new("promtool");
+    cmd.args(args).current_dir(dir);
+    if let Err(e) = isthmus_lab::run(&mut cmd) {
+        panic!("{e:#} (scripts/install-deps.sh installs Debian's prometheus)");
+    }
 }
 
 #[test]

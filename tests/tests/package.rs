@@ -20,8 +20,8 @@ D=$1; DEB=$2
 R=$D/root
 mkdir -p "$R"
 for d in usr etc var; do
-    mkdir -p "$D/upper/$d" "$D/work/$d" "$R/$d"
-    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$D/upper/$d,workdir=$D/work/$d" "$R/$d"
+    mkdir -p "$D/upper/$d" "$D/scratch/$d" "$R/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$D/upper/$d,workdir=$D/scratch/$d" "$R/$d"
 done
 for l in bin sbin lib lib64; do ln -s "usr/$l" "$R/$l"; done
 mkdir -p "$R/tmp" "$R/run" "$R/proc" "$R/dev" "$R/root"

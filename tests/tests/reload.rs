@@ -160,16 +160,7 @@ fn sighup_applies_the_difference_without_a_flap() {
 
     // 3. The same file again: nothing to do.
     std::fs::write(&conf, &good).unwrap();
-    let out = na
-        .command(&ctl)
-        .args(["reload", &hub.ifname])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    isthmus_lab::run(na.command(&ctl).args(["reload", &hub.ifname])).unwrap();
     wait(&t, "the third reload", || {
         hub.log_tail(50).contains("reloaded: nothing changed")
     });

@@ -166,17 +166,12 @@ fn a_metrics_address_in_use_is_a_startup_error() {
         "{err}"
     );
     assert!(first.alive());
-    let out = ns
-        .command(&bin)
-        .arg(&second)
-        .env("ISTHMUS_METRICS", "127.0.0.1:9599")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    isthmus_lab::run(
+        ns.command(&bin)
+            .arg(&second)
+            .env("ISTHMUS_METRICS", "127.0.0.1:9599"),
+    )
+    .unwrap();
     let m = isthmus_lab::scrape(&ns, "127.0.0.1:9599").unwrap();
     assert!(
         m.has("isthmus_build_info"),
