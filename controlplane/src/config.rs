@@ -442,7 +442,6 @@ impl Ctx<'_> {
     /// `[[babel.key]]`: each read from its file (hex digits, mode 0600 like a private key,
     /// relative to the configuration file), its length checked against its algorithm.
     fn keys(&self, b: &RawBabel) -> Result<Vec<MacKey>, ConfigError> {
-        let dir = Path::new(&self.src.file).parent().unwrap_or(Path::new(""));
         let mut out: Vec<MacKey> = Vec::new();
         for (n, k) in b.key.iter().enumerate() {
             let table = format!("babel.key[{n}]");
@@ -468,7 +467,7 @@ impl Ctx<'_> {
                     .err(algorithm.span(), format!("{table}.algorithm"), m));
             };
             let err = |m: String| self.src.err(file.span(), format!("{table}.file"), m);
-            let path = dir.join(file.get_ref());
+            let path = self.src.dir.join(file.get_ref());
             let text = read_secret_file(&path).map_err(|e| err(e.to_string()))?;
             let value = decode_hex(text.trim()).ok_or_else(|| {
                 err(format!(

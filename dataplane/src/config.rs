@@ -181,7 +181,6 @@ impl Default for InterfaceConfig {
     fn default() -> Self {
         let cx = Ctx {
             src: Source::defaults(),
-            dir: PathBuf::new(),
         };
         cx.interface(RawInterface::default())
             .expect("no key, no error")
@@ -415,6 +414,8 @@ pub struct Source<'a> {
     pub file: String,
     /// Its text.
     pub text: &'a str,
+    /// Its directory: relative paths in it (key files) are relative to this.
+    pub dir: PathBuf,
 }
 
 impl<'a> Source<'a> {
@@ -423,6 +424,7 @@ impl<'a> Source<'a> {
         Self {
             file: path.display().to_string(),
             text,
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         }
     }
 
@@ -431,6 +433,7 @@ impl<'a> Source<'a> {
         Source {
             file: "(defaults)".into(),
             text: "",
+            dir: PathBuf::new(),
         }
     }
 
@@ -564,7 +567,6 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 
 struct Ctx<'a> {
     src: Source<'a>,
-    dir: PathBuf,
 }
 
 impl<'a> std::ops::Deref for Ctx<'a> {
@@ -580,12 +582,8 @@ impl Ctx<'_> {
     }
 
     fn key_file(&self, v: &Spanned<String>, key: &str) -> Result<Key, ConfigError> {
-        let p = Path::new(v.get_ref());
-        let p = if p.is_relative() {
-            self.dir.join(p)
-        } else {
-            p.to_path_buf()
-        };
+        // An absolute path replaces the directory in `join`.
+        let p = self.src.dir.join(v.get_ref());
         read_private_key_file(&p).map_err(|e| self.err(v.span(), key, e.to_string()))
     }
 
@@ -852,7 +850,6 @@ pub fn load(path: &Path) -> Result<DeviceConfig, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
     let cx = Ctx {
         src: Source::new(path, text),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let raw: RawFile = cx.deserialize()?;
     let mut cfg = DeviceConfig::default();

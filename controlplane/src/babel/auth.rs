@@ -248,7 +248,8 @@ impl AuthCounters {
         self.refused[why as usize]
     }
 
-    fn count(&mut self, why: Refused) {
+    /// Counts a packet refused for `why`.
+    pub(crate) fn count(&mut self, why: Refused) {
         self.refused[why as usize] += 1;
     }
 }
@@ -451,11 +452,6 @@ impl Peer {
         out.accept = verdict;
         out
     }
-}
-
-/// Records a packet refused before a neighbour's state applies (bad or missing MAC).
-pub fn refuse(counters: &mut AuthCounters, why: Refused) {
-    counters.count(why);
 }
 
 /// Unpredictable bytes for indices and nonces: BLAKE2s of a secret seed and a counter.

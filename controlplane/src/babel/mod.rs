@@ -860,13 +860,13 @@ impl Router {
         let multicast = match auth::verify(bytes, &cfg.keys, src, cfg.address) {
             Ok(m) => m,
             Err(why) => {
-                auth::refuse(&mut self.counters.auth, why);
+                self.counters.auth.count(why);
                 return false;
             }
         };
         let key = (link, src);
         if !self.auth_peers.contains_key(&key) && self.auth_peers.len() >= MAX_AUTH_PEERS {
-            auth::refuse(&mut self.counters.auth, Refused::UnknownIndex);
+            self.counters.auth.count(Refused::UnknownIndex);
             return false;
         }
         let peer = self

@@ -125,6 +125,15 @@ pub fn routes(v: &View) -> String {
     s
 }
 
+/// How many neighbours each link has.
+fn neighbours_per_link(v: &View) -> BTreeMap<LinkId, usize> {
+    let mut per_link = BTreeMap::new();
+    for n in v.router.neighbours(v.now) {
+        *per_link.entry(n.link).or_default() += 1;
+    }
+    per_link
+}
+
 /// `isthmusctl show neighbours --json`.
 pub fn neighbours_json(v: &View) -> String {
     let list: Vec<serde_json::Value> = (v.router.neighbours(v.now).iter())
@@ -180,11 +189,10 @@ pub fn routes_json(v: &View) -> String {
 pub fn babel_json(v: &View) -> String {
     let c = v.router.counters();
     let (prefixes, sources) = v.router.table_sizes();
+    let per_link = neighbours_per_link(v);
     let links: Vec<serde_json::Value> = (v.links.iter())
         .map(|(id, l)| {
-            let n = (v.router.neighbours(v.now).iter())
-                .filter(|n| n.link == *id)
-                .count();
+            let n = per_link.get(id).copied().unwrap_or(0);
             serde_json::json!({"name": l.name, "kind": l.kind, "class": l.class, "neighbours": n})
         })
         .collect();
@@ -276,13 +284,9 @@ pub fn babel(v: &View) -> String {
         );
     }
     let _ = writeln!(s, "links");
+    let per_link = neighbours_per_link(v);
     for (id, l) in &v.links {
-        let n = v
-            .router
-            .neighbours(v.now)
-            .iter()
-            .filter(|n| n.link == *id)
-            .count();
+        let n = per_link.get(id).copied().unwrap_or(0);
         let _ = writeln!(
             s,
             "  {:<16} {:<9} {:<6} {} neighbour(s)",
