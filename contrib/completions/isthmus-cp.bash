@@ -5,7 +5,9 @@ _isthmus_cp() {
     case $prev in
         -c|--config) _filedir toml; return ;;
         --ctl-socket|--status-socket|--metrics) return ;;
+        --user) COMPREPLY=($(compgen -u -- "$cur")); return ;;
+        --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
     esac
-    COMPREPLY=($(compgen -W "-c --config --ctl-socket --status-socket --metrics --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "-c --config --ctl-socket --status-socket --metrics --user --log-format --version" -- "$cur"))
 }
 complete -F _isthmus_cp isthmus-cp

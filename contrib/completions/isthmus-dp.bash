@@ -8,8 +8,10 @@ _isthmus_dp() {
         --unrouted) COMPREPLY=($(compgen -W "local drop" -- "$cur")); return ;;
         --xdp-mode) COMPREPLY=($(compgen -W "native generic" -- "$cur")); return ;;
         --underlay|--mesh) _available_interfaces; return ;;
+        --user) COMPREPLY=($(compgen -u -- "$cur")); return ;;
+        --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
         --metrics|--threads|--ctl-socket) return ;;
     esac
-    COMPREPLY=($(compgen -W "-f --foreground -c --config --metrics --threads --unrouted --ctl-socket --backend --underlay --mesh --xdp-mode --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "-f --foreground -c --config --metrics --threads --unrouted --ctl-socket --backend --underlay --mesh --xdp-mode --user --log-format --version" -- "$cur"))
 }
 complete -F _isthmus_dp isthmus-dp

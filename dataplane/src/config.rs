@@ -174,6 +174,8 @@ pub struct InterfaceConfig {
     pub xsk_mode: XskModeChoice,
     /// AF_XDP: busy-poll the queues for this many µs (0 or absent: off).
     pub busy_poll_us: Option<u32>,
+    /// The user both daemons become after set-up (`--user`).
+    pub user: Option<String>,
 }
 
 impl Default for InterfaceConfig {
@@ -382,6 +384,7 @@ struct RawInterface {
     #[serde(default)]
     xsk_mode: XskModeChoice,
     busy_poll_us: Option<InRange<0, 1_000_000>>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -650,6 +653,7 @@ impl Ctx<'_> {
             xdp_mode: i.xdp_mode,
             xsk_mode: i.xsk_mode,
             busy_poll_us: i.busy_poll_us.map(Into::into).filter(|&us: &u32| us > 0),
+            user: i.user,
         })
     }
 

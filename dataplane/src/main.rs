@@ -18,6 +18,7 @@ use isthmus_dataplane::device::{self, AfXdpOptions, Device, DeviceOptions};
 use isthmus_dataplane::forward::Settings;
 use isthmus_dataplane::io::bpf::XdpMode;
 use isthmus_dataplane::io::notify::notify;
+use isthmus_dataplane::io::privs::{self, Cap, User};
 use isthmus_dataplane::io::xsk::BindMode;
 use isthmus_dataplane::logging;
 
@@ -47,6 +48,9 @@ options:
                          dev IF' from isthmus-cp) are reached without the TUN device
       --xdp-mode M       AF_XDP: 'native' or 'generic' XDP (default: native where
                          the driver has it)
+      --user NAME        after set-up, run as user NAME (the package's: isthmus), keeping
+                         only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (with AF_XDP also
+                         CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF); also [interface] user
       --log-format F     'text' (default; colours only on a terminal) or 'json' (one
                          object per line; also $ISTHMUS_LOG_FORMAT); levels: $ISTHMUS_LOG
                          (error, warn, info (default), debug, trace)
@@ -67,6 +71,7 @@ struct Args {
     mesh: Vec<String>,
     xdp_mode: Option<config::XdpModeChoice>,
     log_format: Option<String>,
+    user: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
@@ -82,6 +87,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "-c" | "--config" => a.config = Some(value(&arg)?.into()),
             "--metrics" => a.metrics = Some(value(&arg)?),
             "--log-format" => a.log_format = Some(value(&arg)?),
+            "--user" => a.user = Some(value(&arg)?),
             "--threads" => {
                 let v = value(&arg)?;
                 a.threads = Some(
@@ -312,6 +318,35 @@ fn afxdp_options(
     }))
 }
 
+/// Becomes `user` for good: the control socket is given to it first (so that an isthmus-cp
+/// running as the same user can connect), and a configuration file it cannot read is said
+/// now rather than at the first reload.
+fn drop_privileges(
+    user: &User,
+    ctl_path: &Path,
+    afxdp: bool,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    privs::give_socket(user, ctl_path)?;
+    let mut keep = vec![Cap::NetAdmin, Cap::NetBindService];
+    if afxdp {
+        keep.extend([Cap::NetRaw, Cap::IpcLock, Cap::Bpf]);
+    }
+    let kept = privs::drop_to(user, &keep).context("dropping privileges")?;
+    let kept: Vec<&str> = kept.iter().map(|c| c.name()).collect();
+    tracing::info!(user = %user.name, uid = user.uid, "running as an unprivileged user, keeping {}", kept.join(" "));
+    if let Some(path) = config {
+        if let Err(e) = config::load(path) {
+            tracing::warn!(
+                "a reload could not read the configuration as user {}: {e} (make the file \
+                 and its key files readable by {0}: chown {0} KEYFILE)",
+                user.name
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let (ifname, cfg) = load_config(args)?;
     not_running(&ifname)?;
@@ -328,6 +363,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some("drop") => false,
         Some(other) => bail!("--unrouted: expected 'local' or 'drop', got {other:?}"),
     };
+    // Looked up first: an unknown user is a start-up error before anything is created.
+    let user = match args.user.as_deref().or(iface.user.as_deref()) {
+        Some(name) => Some(User::lookup(name).with_context(|| format!("--user {name}"))?),
+        None => None,
+    };
     let opts = DeviceOptions {
         threads: args.threads.or(iface.threads).unwrap_or(2),
         listen_port: iface.listen_port.unwrap_or(0),
@@ -341,6 +381,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),
         afxdp: afxdp_options(args, &iface, cfg.as_ref())?,
     };
+    let afxdp = opts.afxdp.is_some();
     let dev = Device::start(&ifname, opts).with_context(|| format!("starting device {ifname}"))?;
     if let Some(cfg) = &cfg {
         dev.apply_config(cfg)
@@ -385,6 +426,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // "started", so nothing may fail after it.
     let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
         .context("serving the WireGuard userspace API")?;
+    if let Some(user) = &user {
+        drop_privileges(user, &ctl_path, afxdp, args.config.as_deref())?;
+    }
     notify(&format!("READY=1\nSTATUS=serving {ifname}"));
 
     let d: Arc<Device> = dev.clone();

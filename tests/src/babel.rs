@@ -1068,6 +1068,18 @@ impl<'a> IsthmusCp<'a> {
         &self.d.sock
     }
 
+    /// Its process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.d.pid()
+    }
+
+    /// The end of its log.
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        self.d.log_tail()
+    }
+
     /// `isthmusctl show WHAT --socket STATUS` (`neighbours`, `routes`, `babel`).
     ///
     /// # Errors

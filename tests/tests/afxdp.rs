@@ -10,7 +10,9 @@ mod common;
 use common::{init, ping_ok};
 use isthmus_lab::{Family, Netns, Topology, WgImpl};
 
-/// `a` is isthmus-dp on AF_XDP over its underlay `to-b1`, `b` is `peer`.
+/// `a` is isthmus-dp on AF_XDP over its underlay `to-b1`, `b` is `peer`. isthmus-dp runs as
+/// `nobody` once set up (CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_IPC_LOCK and
+/// CAP_BPF kept), as the packaged unit runs it.
 fn pair(peer: WgImpl, underlay: Family, mode: &str) -> Topology {
     init();
     let t = Topology::pair_with(
@@ -24,10 +26,16 @@ fn pair(peer: WgImpl, underlay: Family, mode: &str) -> Topology {
             "to-b1",
             "--xdp-mode",
             mode,
+            "--user",
+            "nobody",
         ],
     )
     .unwrap();
     let log = t.wg("a").log_tail(40);
+    assert!(
+        log.contains("running as an unprivileged user, keeping CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_IPC_LOCK CAP_BPF"),
+        "isthmus-dp did not drop to nobody:\n{log}"
+    );
     assert!(
         log.contains(&format!(
             "AF_XDP on to-b1: {mode} XDP, copy mode, 1 queue(s)"

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::init;
+use isthmus_dataplane::io::privs::Creds;
 use isthmus_lab::babel_islands::{gateway_diagnostics, show_fib, BabelIslands, IslandsSpec};
 use isthmus_lab::{
     babel_key_table, kernel_routes, veth, Babeld, ConfigPeer, IsthmusConfig, IsthmusCp, Keypair,
@@ -301,6 +302,258 @@ fn peers_with_babeld_over_wireguard_go(mac_key: Option<&[u8]>) {
             + m.get("isthmus_babel_auth_refused_total", &[("reason", "no_mac")]);
         assert!(answered >= 1.0 && refused == 0.0, "{}", diag());
     }
+}
+
+/// The credentials of every thread of process `pid`.
+fn thread_creds(pid: u32) -> Vec<(String, Creds)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let tid = e.ok()?.file_name().into_string().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+            let name = status.lines().next().unwrap_or("").to_string();
+            Some((format!("{tid} {name}"), Creds::parse(&status)))
+        })
+        .collect()
+}
+
+/// Both daemons run as user `nobody` once set up (`[interface] user`), every thread of each
+/// with only the capabilities it needs: isthmus-dp CAP_NET_ADMIN and CAP_NET_BIND_SERVICE,
+/// isthmus-cp CAP_NET_ADMIN and CAP_NET_RAW. And they keep working as root did: isthmus-cp
+/// installs the kernel routes it learns after the drop, `wg set` adds a peer and moves the
+/// port below 1024 and back, and reloads of both daemons apply; a reload that cannot read a
+/// root-only key file is refused with the reason (and said at start), the daemon running on.
+#[test]
+fn both_daemons_drop_to_an_unprivileged_user_and_keep_working() {
+    use isthmus_dataplane::io::privs::{mask, Cap, User};
+    init();
+    let lab = Lab::new().unwrap();
+    // The user must reach the configuration file for reloads.
+    std::fs::set_permissions(
+        lab.dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let nobody = User::lookup("nobody").unwrap();
+    let (x, y) = two_nodes();
+    let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    x.set_forwarding(true).unwrap();
+    let mut config = gateway_config(
+        &kx,
+        vec![ConfigPeer {
+            name: "yside".into(),
+            class: "trunk".into(),
+            public_key: ky.public.clone(),
+            endpoint: Some("192.168.77.2:51820".into()),
+            allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
+            keepalive: None,
+            extra: String::new(),
+        }],
+    );
+    config.interface_extra = "user = \"nobody\"\n".into();
+    let mut dp = WgIface::start_config(&x, &lab, &config).unwrap();
+    let conf = dp.config.clone().unwrap();
+    let cp = IsthmusCp::start_gateway(&x, &lab, "x", &conf).unwrap();
+    let (wg, by) = babeld_behind_wireguard_go(
+        &y,
+        &lab,
+        (&ky, &kx),
+        "192.168.77.1:51820",
+        &["10.20.0.1/32", "fd20::1/128"],
+    );
+    let wg0 = wg.ifname.clone();
+    let diag = || {
+        format!(
+            "{}\n{}",
+            gateway_diagnostics("x", &dp, &cp),
+            by.diagnostics()
+        )
+    };
+
+    // Every thread of both daemons dropped, with exactly the capabilities kept.
+    for (what, pid, keep) in [
+        (
+            "isthmus-dp",
+            dp.pid,
+            mask(&[Cap::NetAdmin, Cap::NetBindService]),
+        ),
+        ("isthmus-cp", cp.pid(), mask(&[Cap::NetAdmin, Cap::NetRaw])),
+    ] {
+        let threads = thread_creds(pid);
+        assert!(threads.len() > 2, "{what}: {threads:?}");
+        for (thread, c) in &threads {
+            assert_eq!(c.uids, [nobody.uid; 4], "{what} thread {thread}: {c:?}");
+            assert_eq!(c.gids, [nobody.gid; 4], "{what} thread {thread}: {c:?}");
+            assert!(c.groups.is_empty(), "{what} thread {thread}: {c:?}");
+            assert_eq!(
+                (c.effective, c.permitted, c.bounding),
+                (keep, keep, keep),
+                "{what} thread {thread}: {c:?}"
+            );
+            assert!(c.no_new_privs, "{what} thread {thread}: {c:?}");
+        }
+        eprintln!(
+            "{what}: {} threads, all uid {} with caps {keep:#x}",
+            threads.len(),
+            nobody.uid
+        );
+    }
+    // The key file is root's (0600): said at start, before any reload fails on it.
+    for (what, log) in [
+        ("isthmus-dp", dp.log_tail(100)),
+        ("isthmus-cp", cp.log_tail()),
+    ] {
+        assert!(
+            log.contains("a reload could not read the configuration as user nobody"),
+            "{what} should warn that it cannot read the key file:\n{log}"
+        );
+    }
+
+    // Routes both ways, learned after the drop (isthmus-cp holds its first push 3 s).
+    wait_until(
+        "X: proto 77 routes to 10.20.0.1 and fd20::1 via the tunnel",
+        CONVERGE,
+        || {
+            has_route(&x, "77", "10.20.0.1", Some(&dp.ifname))
+                && has_route(&x, "77", "fd20::1", Some(&dp.ifname))
+        },
+        diag,
+    );
+    wait_until(
+        "Y: babel routes to 10.10.0.1 and fd10::1 via wg0",
+        CONVERGE,
+        || {
+            has_route(&y, "babel", "10.10.0.1", Some(&wg0))
+                && has_route(&y, "babel", "fd10::1", Some(&wg0))
+        },
+        diag,
+    );
+    ping_ok(&x, "10.10.0.1", "10.20.0.1", diag);
+    ping_ok(&y, "fd20::1", "fd10::1", diag);
+
+    // `wg set` after the drop: a peer added, a port below 1024 and back, a fwmark.
+    let extra = Keypair::generate().unwrap();
+    dp.wg(&[
+        "set",
+        &dp.ifname,
+        "listen-port",
+        "443",
+        "fwmark",
+        "0x77",
+        "peer",
+        &extra.public,
+        "allowed-ips",
+        "10.98.0.0/24",
+    ])
+    .unwrap();
+    assert_eq!(
+        dp.wg(&["show", &dp.ifname, "listen-port"]).unwrap().trim(),
+        "443"
+    );
+    assert_eq!(
+        dp.wg(&["show", &dp.ifname, "fwmark"]).unwrap().trim(),
+        "0x77"
+    );
+    assert!(dp
+        .wg(&["show", &dp.ifname, "peers"])
+        .unwrap()
+        .contains(&extra.public));
+    dp.wg(&["set", &dp.ifname, "listen-port", "51820", "fwmark", "off"])
+        .unwrap();
+    assert_eq!(
+        dp.wg(&["show", &dp.ifname, "listen-port"]).unwrap().trim(),
+        "51820"
+    );
+    ping_ok(&x, "10.10.0.1", "10.20.0.1", diag);
+    // Its own process series, read from /proc/self after the drop.
+    let m = dp.metrics().unwrap();
+    assert!(
+        m.get("process_open_fds", &[]) > 10.0,
+        "process_open_fds after the drop"
+    );
+
+    // Reloads: refused while the key file is root's, applied once it is the user's.
+    let ctl = IsthmusCp::ctl_binary().unwrap();
+    let reload_dp = || {
+        x.command(&ctl)
+            .args(["reload", &dp.ifname])
+            .output()
+            .unwrap()
+    };
+    let out = reload_dp();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(".key") && err.contains("ermission denied"),
+        "a reload as nobody with a root-only key file should be refused with the reason: {err}"
+    );
+    let key_file = lab.path(&format!("{}.key", dp.ifname));
+    std::os::unix::fs::chown(&key_file, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let added = Keypair::generate().unwrap();
+    std::fs::write(
+        &conf,
+        text.replacen(
+            "\n[[peer]]",
+            &format!(
+                "\n[[peer]]\nname = \"later\"\nclass = \"trunk\"\npublic_key = {:?}\n\
+                 allowed_ips = [\"10.97.0.0/24\"]\n\n[[peer]]",
+                added.public
+            ),
+            1,
+        )
+        .replacen("originate = [", "originate = [\"10.10.9.0/24\", ", 1),
+    )
+    .unwrap();
+    let out = reload_dp();
+    assert!(
+        out.status.success(),
+        "reload as nobody: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dp
+        .wg(&["show", &dp.ifname, "peers"])
+        .unwrap()
+        .contains(&added.public));
+    isthmus_lab::run(x.command("kill").args(["-HUP", &cp.pid().to_string()])).unwrap();
+    wait_until(
+        "isthmus-cp reloaded: Y learns 10.10.9.0/24",
+        CONVERGE,
+        || has_route(&y, "babel", "10.10.9.0/24", Some(&wg0)),
+        diag,
+    );
+    assert!(
+        cp.log_tail().contains("reloaded: originates 10.10.9.0/24"),
+        "{}",
+        diag()
+    );
+    ping_ok(&y, "10.20.0.1", "10.10.0.1", diag);
+
+    // isthmus-dp crashes and comes back: isthmus-cp, still nobody, reconnects to the new
+    // one's control socket and pushes its routes again.
+    dp.crash_and_restart().unwrap();
+    let diag = || {
+        format!(
+            "{}\n{}",
+            gateway_diagnostics("x", &dp, &cp),
+            by.diagnostics()
+        )
+    };
+    wait_until(
+        "the restarted isthmus-dp gets Y's routes from isthmus-cp",
+        CONVERGE,
+        || {
+            show_fib(&dp).is_ok_and(|f| {
+                f.lines()
+                    .any(|l| l.contains("10.20.0.1/32") && l.contains("babel"))
+            })
+        },
+        diag,
+    );
+    assert!(thread_creds(dp.pid)
+        .iter()
+        .all(|(_, c)| c.uids == [nobody.uid; 4]));
+    ping_ok(&x, "10.10.0.1", "10.20.0.1", diag);
 }
 
 /// A peer added with `wg set` to a running gateway is a Babel link at once: no restart, its

@@ -7,7 +7,7 @@ use isthmus_controlplane::{config, daemon};
 
 const USAGE: &str = "\
 usage: isthmus-cp --config FILE [--ctl-socket PATH] [--status-socket PATH] [--metrics ADDR|off]
-                  [--log-format text|json]
+                  [--user NAME] [--log-format text|json]
        isthmus-cp --version
 
 Runs in the foreground. Reads the [babel] section (and the peers) of the data plane's
@@ -15,7 +15,8 @@ configuration file, talks Babel to the tunnel peers through isthmus-dp's control
 (/var/run/isthmus/IFNAME.ctl) and to the [[babel.interface]]s directly, and pushes the routes
 it selects to isthmus-dp and to the kernel (protocol 77). Logs to stderr: levels by
 $ISTHMUS_LOG (error, warn, info (default), debug, trace), format by --log-format or
-$ISTHMUS_LOG_FORMAT (text, json).";
+$ISTHMUS_LOG_FORMAT (text, json). With --user (or [interface] user), it runs as that user
+once set up, keeping only CAP_NET_ADMIN (kernel routes) and CAP_NET_RAW (SO_BINDTODEVICE).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         let r = match a.as_str() {
             "--config" | "-c" => value("--config").map(|v| file = Some(PathBuf::from(v))),
             "--ctl-socket" => value("--ctl-socket").map(|v| opts.ctl_socket = Some(v.into())),
+            "--user" => value("--user").map(|v| opts.user = Some(v)),
             "--status-socket" => {
                 value("--status-socket").map(|v| opts.status_socket = Some(v.into()))
             }

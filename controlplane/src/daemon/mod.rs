@@ -27,12 +27,14 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use ipnet::IpNet;
 use isthmus_dataplane::ctl::proto::{
     read_msg, write_msg, CtlRoute, Msg, PeerEvent, PROTOCOL_VERSION,
 };
 use isthmus_dataplane::fib::{self, RouteOrigin};
 use isthmus_dataplane::io::ifaddr;
+use isthmus_dataplane::io::privs::{self, Cap, User};
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::tunnel::{short_key, PeerInfo};
 use isthmus_dataplane::DEFAULT_MTU;
@@ -63,6 +65,8 @@ pub struct Options {
     pub metrics: Option<Option<SocketAddr>>,
     /// The configuration file, read again on `SIGHUP` and `isthmusctl reload`.
     pub config_file: Option<PathBuf>,
+    /// The user to run as once set up (else `[interface] user`).
+    pub user: Option<String>,
 }
 
 /// What the router thread is told.
@@ -381,6 +385,14 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         ),
     };
 
+    let user = match opts
+        .user
+        .as_deref()
+        .or(cfg.device.interface.user.as_deref())
+    {
+        Some(name) => Some(User::lookup(name).with_context(|| format!("--user {name}"))?),
+        None => None,
+    };
     spawn_ctl(ctl_path.clone(), tx.clone())?;
     let _status = spawn_status(&status_path, tx.clone())?;
     if let Some(addr) = metrics {
@@ -472,6 +484,9 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     }
     d.follow_interfaces(Instant::now());
     spawn_link_watch(tx)?;
+    if let Some(user) = &user {
+        drop_privileges(user, &d.status_path, d.config_file.as_deref())?;
+    }
     isthmus_dataplane::io::notify::notify("READY=1");
     // Our own prefixes go to the data plane as local routes.
     for (prefix, _) in d.router.xroutes().collect::<Vec<_>>() {
@@ -1277,6 +1292,28 @@ impl Daemon {
 }
 
 /// Keeps a connection to the data plane's control channel, reconnecting forever.
+/// Becomes `user` for good, keeping what the daemon does at run time: kernel routes
+/// (`CAP_NET_ADMIN`) and Babel sockets bound to interfaces that appear later
+/// (`CAP_NET_RAW`). The status socket is given to the user; a configuration it cannot read is
+/// said now rather than at the first reload.
+fn drop_privileges(user: &User, status: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    privs::give_socket(user, status)?;
+    let kept =
+        privs::drop_to(user, &[Cap::NetAdmin, Cap::NetRaw]).context("dropping privileges")?;
+    let kept: Vec<&str> = kept.iter().map(|c| c.name()).collect();
+    info!(user = %user.name, uid = user.uid, "running as an unprivileged user, keeping {}", kept.join(" "));
+    if let Some(path) = config {
+        if let Err(e) = crate::config::load(path) {
+            warn!(
+                "a reload could not read the configuration as user {}: {e} (make the file \
+                 and its key files readable by {0}: chown {0} KEYFILE)",
+                user.name
+            );
+        }
+    }
+    Ok(())
+}
+
 fn spawn_ctl(path: PathBuf, tx: Sender<Input>) -> io::Result<()> {
     thread::Builder::new().name("ctl".into()).spawn(move || {
         let mut logged = false;

@@ -14,6 +14,7 @@ pub mod mmsg;
 pub mod netlink;
 pub mod notify;
 pub mod offload;
+pub mod privs;
 pub mod tun;
 pub mod udp;
 pub mod unix;
