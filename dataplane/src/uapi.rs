@@ -669,6 +669,7 @@ mod tests {
                     rx_packets: 0,
                     tx_packets: 0,
                     handshakes: 0,
+                    liveness: None,
                     persistent_keepalive: p.persistent_keepalive,
                     allowed_ips: p.allowed_ips,
                 });

@@ -211,6 +211,20 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let ctl = isthmus_lab::IsthmusCp::ctl_binary().unwrap();
     let ctl = ctl.to_string_lossy();
     let cp_sock = gw.cp.status_path().to_string_lossy().into_owned();
+    // Five datagrams that are no WireGuard message, for the minute's drops.
+    let tool = lab_tool_path().unwrap();
+    ns.exec_timeout(
+        &[
+            &tool.to_string_lossy(),
+            "udp-send",
+            "10.100.0.1:51820",
+            "ff00",
+            "--repeat",
+            "5",
+        ],
+        10,
+    )
+    .unwrap();
     let screen = ns
         .exec_timeout(&[&ctl, "show", &dp_if, "--cp-socket", &cp_sock], 10)
         .unwrap();
@@ -221,7 +235,8 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         "HANDSHAKE",
         "babel: router-id",
         "NEIGHBOUR",
-        "drops",
+        "LIVENESS",
+        "drops in the last minute: ",
     ] {
         assert!(screen.contains(want), "{want}: {screen}");
     }
@@ -244,6 +259,15 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         "{page}"
     );
     assert_eq!(page["babel"]["synced"], true, "{page}");
+    // The trunk's liveness probe saw it back up after the failover.
+    assert_eq!(page["peers"][0]["liveness"], "up", "{page}");
+    let minute: u64 = (page["drops_last_minute"].as_object().unwrap().values())
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert!(
+        minute >= 5,
+        "the five bad datagrams in the minute's drops: {page}"
+    );
     let peers: serde_json::Value = serde_json::from_str(
         &ns.exec_timeout(&[&ctl, "show", "peers", &dp_if, "--json"], 10)
             .unwrap(),

@@ -28,8 +28,8 @@ usage: isthmusctl genkey
 
 genkey and pubkey are interchangeable with `wg genkey` and `wg pubkey`.
 `show` without a page samples the gateway for a second: the interface, each peer (class,
-endpoint, handshake age, rates), the Babel neighbours, route counts, the FIB's staleness and
-the drops of that second. `--json` after any `show` prints JSON for scripts.
+endpoint, handshake age, rates, liveness probe), the Babel neighbours, route counts, the
+FIB's staleness and the drops of that second and of the last minute. `--json` after any `show` prints JSON for scripts.
 up and down run wg-quick(8) on its own file format (Address, DNS, MTU, Table, FwMark,
 Pre/PostUp/Down, SaveConfig) with isthmus-dp as the device, also on a host whose kernel has
 WireGuard (where wg-quick itself never falls back to a userspace implementation); wg-quick
@@ -265,7 +265,17 @@ fn peer_json(p: &PeerInfo) -> serde_json::Value {
         "handshakes": p.handshakes,
         "persistent_keepalive": p.persistent_keepalive,
         "allowed_ips": p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "liveness": p.liveness.map(|up| if up { "up" } else { "down" }),
     })
+}
+
+/// The liveness probe's verdict for a table: up, down, or - without a probe.
+fn liveness(p: &PeerInfo) -> &'static str {
+    match p.liveness {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "-",
+    }
 }
 
 /// The peers and counters of one moment.
@@ -301,6 +311,10 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
         .filter(|(k, _)| k.starts_with("drop_"))
         .map(|(k, v)| (k.clone(), v.saturating_sub(stat(&s0, k)) as f64 / secs))
         .filter(|(_, r)| *r > 0.0)
+        .collect();
+    let minute: Vec<(String, u64)> = (s1.iter())
+        .filter_map(|(k, v)| Some((k.strip_prefix("minute_")?.to_string(), *v)))
+        .filter(|(_, n)| *n > 0)
         .collect();
     let rate = |p: &PeerInfo, f: fn(&PeerInfo) -> u64| {
         let before = p0
@@ -340,6 +354,7 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
             "fib_routes": routes.len(),
             "fib_stale": stale,
             "drops_per_second": drops.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "drops_last_minute": minute.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "babel": babel,
             "neighbours": neighbours,
         });
@@ -366,11 +381,20 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
                 ago(p.last_handshake),
                 format!("{}/s", bytes(rate(p, |p| p.rx_bytes) as u64)),
                 format!("{}/s", bytes(rate(p, |p| p.tx_bytes) as u64)),
+                liveness(p).into(),
             ]
         })
         .collect();
     table(
-        &["PEER", "CLASS", "ENDPOINT", "HANDSHAKE", "RX", "TX"],
+        &[
+            "PEER",
+            "CLASS",
+            "ENDPOINT",
+            "HANDSHAKE",
+            "RX",
+            "TX",
+            "LIVENESS",
+        ],
         &rows,
     );
     match (&babel, &neighbours) {
@@ -403,12 +427,24 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
         }
         _ => println!("\nbabel: isthmus-cp is not running"),
     }
-    if drops.is_empty() {
-        println!("\ndrops: none in the last second");
-    } else {
-        let list: Vec<String> = drops.iter().map(|(k, r)| format!("{k} {r:.0}/s")).collect();
-        println!("\ndrops in the last second: {}", list.join(", "));
-    }
+    let list: Vec<String> = drops.iter().map(|(k, r)| format!("{k} {r:.0}/s")).collect();
+    println!(
+        "\ndrops in the last second: {}",
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    );
+    let list: Vec<String> = minute.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "drops in the last minute: {}",
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    );
     Ok(())
 }
 

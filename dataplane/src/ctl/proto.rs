@@ -36,7 +36,7 @@ use crate::keys::Key;
 use crate::tunnel::PeerInfo;
 
 /// Version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest body accepted (a full table of a million routes fits).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -648,6 +648,7 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
                 w.u64(p.handshakes);
                 w.len(p.allowed_ips.len());
                 p.allowed_ips.iter().for_each(|a| w.prefix(a));
+                w.opt(p.liveness, |w, up| w.u8(u8::from(up)));
             }
         }
         Msg::Routes(routes) => {
@@ -715,7 +716,7 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
             peer: r.key()?,
             packet: r.bytes()?,
         },
-        Tag::Peers => Msg::Peers(r.vec(32 + 45, |r| {
+        Tag::Peers => Msg::Peers(r.vec(32 + 46, |r| {
             Ok(PeerInfo {
                 public_key: r.key()?,
                 name: r.opt(R::str)?,
@@ -732,6 +733,7 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
                 tx_packets: r.u64()?,
                 handshakes: r.u64()?,
                 allowed_ips: r.vec(6, R::prefix)?,
+                liveness: r.opt(R::u8)?.map(|up| up != 0),
             })
         })?),
         Tag::Routes => Msg::Routes(r.vec(8, |r| {
@@ -837,9 +839,20 @@ mod tests {
             any::<u16>(),
             any::<[u64; 5]>(),
             proptest::collection::vec(prefix(), 0..4),
+            proptest::option::of(any::<bool>()),
         )
             .prop_map(
-                |(public_key, name, class, endpoint, handshake, keepalive, c, allowed_ips)| {
+                |(
+                    public_key,
+                    name,
+                    class,
+                    endpoint,
+                    handshake,
+                    keepalive,
+                    c,
+                    allowed_ips,
+                    liveness,
+                )| {
                     PeerInfo {
                         public_key,
                         name,
@@ -856,6 +869,7 @@ mod tests {
                         tx_packets: c[3],
                         handshakes: c[4],
                         allowed_ips,
+                        liveness,
                     }
                 },
             )
@@ -978,6 +992,7 @@ mod tests {
             tx_packets: 4,
             handshakes: 5,
             allowed_ips: vec![v4],
+            liveness: with.then_some(true),
         };
         vec![
             Msg::Hello {
@@ -1092,7 +1107,7 @@ mod tests {
         "000000250700000001040a01000010040000000706fe80000000000000000000000000000100000000",
         "0000000108",
         "0000002609K0000000145",
-        "000001210a00000003K010000000161010104c0000201ca6c01000000000000010200190000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0002000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010K0003000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a01000010",
+        "000001250a00000003K010000000161010104c0000201ca6c01000000000000010200190000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a010000100101K0002000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a0100001000K0003000000000000000000000001000000000000000200000000000000030000000000000004000000000000000500000001040a0100001000",
         "0000003d0b00000004040a010000100301040a01000010020206fd00000000000000000000000000000008020306fd000000000000000000000000000000080204",
         "000000120c0000000100000001730000000000000009",
         "000000010d",

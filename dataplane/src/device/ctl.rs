@@ -53,6 +53,10 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         for r in crate::stats::DropReason::ALL {
             v.push((format!("drop_{}", r.label()), t.dropped(r)));
         }
+        let minute = self.dev.drops_last_minute();
+        for (r, n) in crate::stats::DropReason::ALL.iter().zip(minute) {
+            v.push((format!("minute_drop_{}", r.label()), n));
+        }
         v.push(("fib_stale".into(), u64::from(self.dev.core.fib_stale())));
         v.push(("icmp_sent".into(), t.icmp_sent));
         v.push(("cookies_sent".into(), t.cookies_sent));

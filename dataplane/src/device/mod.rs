@@ -24,6 +24,7 @@ mod afxdp;
 mod ctl;
 mod uapi;
 mod udp_tun;
+mod window;
 
 pub use afxdp::AfXdpOptions;
 pub use ctl::serve_ctl;
@@ -88,9 +89,30 @@ pub struct Device {
     xdp_ifaces: Arc<Vec<afxdp::Attached>>,
     /// The configuration file and what of it runs, for [`Device::reload`].
     config_file: Mutex<Option<(std::path::PathBuf, crate::config::DeviceConfig)>>,
+    /// Drops by reason over the last minute (`isthmusctl show`), sampled by the timer thread.
+    drops: Mutex<window::Window>,
 }
 
 impl Device {
+    /// Drops so far, by reason ([`crate::stats::DropReason::ALL`]'s order).
+    fn drop_totals(&self) -> Vec<u64> {
+        let t = self.core.totals();
+        crate::stats::DropReason::ALL
+            .iter()
+            .map(|&r| t.dropped(r))
+            .collect()
+    }
+
+    /// Drops in the last minute, by reason ([`crate::stats::DropReason::ALL`]'s order).
+    fn drops_last_minute(&self) -> Vec<u64> {
+        let now = self.drop_totals();
+        let w = self
+            .drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.growth(&now)
+    }
+
     /// Create the TUN device, bind the sockets and start the workers and the timer thread.
     pub fn start(ifname: &str, opts: DeviceOptions) -> io::Result<Arc<Device>> {
         let threads = opts.threads.max(1);
@@ -147,6 +169,7 @@ impl Device {
             shutdown: AtomicBool::new(false),
             icmp_src_fixed,
             handles: Mutex::new(Vec::new()),
+            drops: Mutex::default(),
             xdp_ifaces,
             config_file: Mutex::new(None),
         });
@@ -397,6 +420,15 @@ impl Device {
                         (shortest / 10).clamp(Duration::from_millis(2), TICK)
                     });
             }
+            let now = Instant::now();
+            let mut drops = self
+                .drops
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if drops.due(now) {
+                drops.record(now, self.drop_totals());
+            }
+            drop(drops);
             if last_reset.elapsed() >= Duration::from_secs(1) {
                 self.core.reset_rate_limiter();
                 last_reset = Instant::now();

@@ -87,11 +87,13 @@ impl Worker {
                 probe.heard = now;
                 if !probe.up {
                     probe.up = true;
+                    p.live.store(true, Relaxed);
                     events.push(CoreEvent::PeerUp(p.public_key));
                     tracing::info!(peer = %p.label, "liveness: up");
                 }
             } else if probe.up && now.duration_since(probe.heard) >= l.detection_time() {
                 probe.up = false;
+                p.live.store(false, Relaxed);
                 events.push(CoreEvent::PeerDown(p.public_key));
                 tracing::info!(
                     peer = %p.label,

@@ -20,7 +20,7 @@ pub mod macs;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -177,6 +177,9 @@ pub struct PeerInfo {
     pub tx_packets: u64,
     /// Completed handshakes.
     pub handshakes: u64,
+    /// The liveness probe's verdict: `Some(true)` up, `Some(false)` down (or not heard yet),
+    /// `None` without a probe.
+    pub liveness: Option<bool>,
 }
 
 impl PeerInfo {
@@ -206,6 +209,8 @@ pub struct Peer {
     pub settings: Mutex<PeerSettings>,
     /// Counters.
     pub counters: PeerCounters,
+    /// The liveness probe's verdict (the timer thread's [`crate::forward::Probes`] sets it).
+    pub live: AtomicBool,
 }
 
 impl Peer {
@@ -234,6 +239,7 @@ impl Peer {
             }),
             settings: Mutex::new(settings),
             counters: PeerCounters::default(),
+            live: AtomicBool::new(false),
         }
     }
 
@@ -300,6 +306,7 @@ impl Peer {
             rx_packets: c.rx_packets.load(Relaxed),
             tx_packets: c.tx_packets.load(Relaxed),
             handshakes: c.handshakes.load(Relaxed),
+            liveness: s.liveness.map(|_| self.live.load(Relaxed)),
         }
     }
 
