@@ -35,6 +35,7 @@ use isthmus_dataplane::ctl::proto::{
 use isthmus_dataplane::fib::{self, RouteOrigin};
 use isthmus_dataplane::io::ifaddr;
 use isthmus_dataplane::io::privs::{self, Cap, User};
+use isthmus_dataplane::io::unix::RateLimit;
 use isthmus_dataplane::keys::Key;
 use isthmus_dataplane::tunnel::{short_key, PeerInfo};
 use isthmus_dataplane::DEFAULT_MTU;
@@ -244,6 +245,8 @@ pub struct Daemon {
     started: Instant,
     stats: IoStats,
     status_path: PathBuf,
+    /// Rate limits of the warnings that can repeat.
+    warnings: Warnings,
 }
 
 fn derive_router_id(pk: Option<&Key>) -> RouterId {
@@ -465,6 +468,7 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         started: now,
         stats: IoStats::default(),
         status_path,
+        warnings: Warnings::default(),
     };
     // Interfaces: those there now become links; the others are waited for. One that is
     // there but just came up gets its link-local address after duplicate address detection:
@@ -522,8 +526,27 @@ fn tun_route(prefix: IpNet, ifindex: u32, metric: u16) -> KernelRoute {
     }
 }
 
-/// Logs what a reconciler reports, in the words of `table`.
-fn log_reports<R: TableRoute>(table: &str, routes: &mut Reconciler<R>) {
+/// At most one warning of a kind per this long: those that outside events can repeat (route
+/// churn from Babel neighbours, interfaces flapping) must not flood the journal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The rate limits of the warnings that can repeat, one per kind.
+#[derive(Default)]
+struct Warnings(HashMap<&'static str, RateLimit>);
+
+impl Warnings {
+    /// `Some(n)` when a warning of kind `what` may be logged now: `n` of them occurred since
+    /// the last one logged (this one included).
+    fn hit(&mut self, what: &'static str) -> Option<u64> {
+        (self.0.entry(what))
+            .or_insert_with(|| RateLimit::new(WARN_EVERY))
+            .hit(Instant::now())
+    }
+}
+
+/// Logs what a reconciler reports, in the words of `table`; failures at most once per
+/// [`WARN_EVERY`] each.
+fn log_reports<R: TableRoute>(table: &str, routes: &mut Reconciler<R>, warnings: &mut Warnings) {
     while let Some(report) = routes.poll_report() {
         match report {
             Report::Replaced { routes } => info!(routes, "pushed a full table to the {table}"),
@@ -543,11 +566,25 @@ fn log_reports<R: TableRoute>(table: &str, routes: &mut Reconciler<R>) {
                 routes = removed,
                 "{table}: removed routes of a previous run that were not relearned"
             ),
-            Report::Failed { op, error } => warn!(?op, "{table}: {error}"),
-            Report::ReplaceFailed { routes, error } => {
-                warn!(routes, "{table}: a full table refused: {error}");
+            Report::Failed { op, error } => {
+                if let Some(n) = warnings.hit("route_failed") {
+                    warn!(?op, occurrences = n, "{table}: {error}");
+                }
             }
-            Report::Lost { error } => warn!("{table}: {error}"),
+            Report::ReplaceFailed { routes, error } => {
+                if let Some(n) = warnings.hit("table_refused") {
+                    warn!(
+                        routes,
+                        occurrences = n,
+                        "{table}: a full table refused: {error}"
+                    );
+                }
+            }
+            Report::Lost { error } => {
+                if let Some(n) = warnings.hit("table_lost") {
+                    warn!(occurrences = n, "{table}: {error}");
+                }
+            }
         }
     }
 }
@@ -608,9 +645,9 @@ impl Daemon {
     }
 
     fn log_reports(&mut self) {
-        log_reports("data plane", &mut self.fib);
+        log_reports("data plane", &mut self.fib, &mut self.warnings);
         if let Some((_, routes)) = self.kernel.as_mut() {
-            log_reports("kernel", routes);
+            log_reports("kernel", routes, &mut self.warnings);
         }
     }
 
@@ -717,7 +754,9 @@ impl Daemon {
             }
             Msg::Error(e) => {
                 self.dp.answered(false);
-                warn!("data plane refused a message: {e}");
+                if let Some(n) = self.warnings.hit("dp_refused") {
+                    warn!(occurrences = n, "data plane refused a message: {e}");
+                }
             }
             Msg::Event(ev) => {
                 debug!(?ev, "data plane event");
@@ -880,13 +919,17 @@ impl Daemon {
         let sock = match links::IfaceSocket::open(&i.name, ifindex) {
             Ok(s) => s,
             Err(e) => {
-                warn!(interface = %i.name, "cannot speak Babel there yet: {e}");
+                if let Some(n) = self.warnings.hit("iface_socket") {
+                    warn!(interface = %i.name, occurrences = n, "cannot speak Babel there yet: {e}");
+                }
                 self.waiting_ifaces.insert(i.name.clone());
                 return;
             }
         };
         if let Err(e) = sock.spawn_reader(id, self.tx.clone()) {
-            warn!(interface = %i.name, "cannot start its reader: {e}");
+            if let Some(n) = self.warnings.hit("iface_reader") {
+                warn!(interface = %i.name, occurrences = n, "cannot start its reader: {e}");
+            }
             return;
         }
         self.next_link += 1;
