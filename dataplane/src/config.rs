@@ -155,6 +155,11 @@ pub struct InterfaceConfig {
     pub metrics_wireguard_exporter: bool,
     /// Clamp TCP MSS of forwarded SYNs to the tunnel MTU.
     pub mss_clamp: bool,
+    /// ICMP errors sent a second, at most (0: no limit; default 1000, the kernel's
+    /// `net.ipv4.icmp_msgs_per_sec`).
+    pub icmp_rate: u32,
+    /// ICMP errors that may go at once (default 50, the kernel's `net.ipv4.icmp_msgs_burst`).
+    pub icmp_burst: u32,
     /// Worker threads (default 2).
     pub threads: Option<usize>,
     /// Decrypted packets that match no route (default local).
@@ -370,6 +375,8 @@ struct RawInterface {
     metrics_public: bool,
     metrics_wireguard_exporter: Option<bool>,
     mss_clamp: Option<bool>,
+    icmp_rate: Option<InRange<0, 1_000_000>>,
+    icmp_burst: Option<InRange<1, 1_000_000>>,
     threads: Option<InRange<1, 64>>,
     unrouted: Option<Unrouted>,
     control_socket: Option<PathBuf>,
@@ -644,6 +651,12 @@ impl Ctx<'_> {
             metrics: metrics.transpose()?,
             metrics_wireguard_exporter: i.metrics_wireguard_exporter.unwrap_or(true),
             mss_clamp: i.mss_clamp.unwrap_or(true),
+            icmp_rate: i
+                .icmp_rate
+                .map_or(crate::forward::Settings::DEFAULT_ICMP_RATE, Into::into),
+            icmp_burst: i
+                .icmp_burst
+                .map_or(crate::forward::Settings::DEFAULT_ICMP_BURST, Into::into),
             threads: i.threads.map(Into::into),
             unrouted: i.unrouted,
             control_socket: i.control_socket,
@@ -1147,6 +1160,26 @@ via = "blackhole"
         assert_eq!(e.key, "interface.private_key");
         let e = err_of(&text.replace(&own.to_base64(), "bm90IGEga2V5"));
         assert_eq!((e.line, e.key.as_str()), (3, "interface.private_key"));
+    }
+
+    #[test]
+    fn icmp_rate_limit_keys() {
+        let (text, _, _, _) = valid();
+        let c = parse_str(&text).unwrap();
+        assert_eq!((c.interface.icmp_rate, c.interface.icmp_burst), (1000, 50));
+        let c =
+            parse_str(&text.replace("threads = 2", "threads = 2\nicmp_rate = 0\nicmp_burst = 5"))
+                .unwrap();
+        assert_eq!((c.interface.icmp_rate, c.interface.icmp_burst), (0, 5));
+        for (extra, key) in [
+            ("icmp_rate = -1", "interface.icmp_rate"),
+            ("icmp_rate = 1000001", "interface.icmp_rate"),
+            ("icmp_burst = 0", "interface.icmp_burst"),
+            ("icmp_burst = \"many\"", "interface.icmp_burst"),
+        ] {
+            let e = err_of(&text.replace("threads = 2", &format!("threads = 2\n{extra}")));
+            assert_eq!((e.line, e.key.as_str()), (9, key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -376,6 +376,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         settings: Settings {
             mss_clamp: iface.mss_clamp,
             unrouted_local,
+            icmp_rate: iface.icmp_rate,
+            icmp_burst: iface.icmp_burst,
             ..Settings::default()
         },
         offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),

@@ -212,6 +212,12 @@ pub struct WorkerCounters {
     pub forwarded_bytes: [Counter; Path::ALL.len()],
     /// ICMP errors generated.
     pub icmp_sent: Counter,
+    /// ICMP errors not sent: over the rate limit (`icmp_rate`, `icmp_burst`).
+    pub icmp_ratelimited: Counter,
+    /// IPv4 packets fragmented to fit the tunnel MTU (the kernel's `FragOKs`).
+    pub fragmented: Counter,
+    /// Fragments made of them (the kernel's `FragCreates`).
+    pub fragments: Counter,
     /// Cookie replies sent under load.
     pub cookies_sent: Counter,
     /// TCP SYNs whose MSS was clamped.
@@ -262,6 +268,12 @@ pub struct Totals {
     pub forwarded_bytes: [u64; Path::ALL.len()],
     /// ICMP errors generated.
     pub icmp_sent: u64,
+    /// ICMP errors over the rate limit, not sent.
+    pub icmp_ratelimited: u64,
+    /// IPv4 packets fragmented.
+    pub fragmented: u64,
+    /// Fragments made.
+    pub fragments: u64,
     /// Cookie replies sent.
     pub cookies_sent: u64,
     /// MSS clamps.
@@ -297,6 +309,9 @@ impl Totals {
                 *a += c.get();
             }
             t.icmp_sent += w.icmp_sent.get();
+            t.icmp_ratelimited += w.icmp_ratelimited.get();
+            t.fragmented += w.fragmented.get();
+            t.fragments += w.fragments.get();
             t.cookies_sent += w.cookies_sent.get();
             t.mss_clamped += w.mss_clamped.get();
             t.rx_batches += w.rx_batches.get();
@@ -544,12 +559,30 @@ pub fn render(s: &Sample, wireguard_exporter: bool) -> String {
         let v = s.totals.drops[r as usize];
         let _ = writeln!(o, "isthmus_drops_total{{reason=\"{}\"}} {v}", r.label());
     }
-    let simple: [(&str, &str, &str, u64); 9] = [
+    let simple: [(&str, &str, &str, u64); 12] = [
         (
             "isthmus_icmp_errors_sent_total",
             "counter",
             "ICMP errors generated.",
             s.totals.icmp_sent,
+        ),
+        (
+            "isthmus_icmp_errors_ratelimited_total",
+            "counter",
+            "ICMP errors not sent: over the rate limit (icmp_rate, icmp_burst).",
+            s.totals.icmp_ratelimited,
+        ),
+        (
+            "isthmus_fragmented_packets_total",
+            "counter",
+            "IPv4 packets without DF fragmented to fit the tunnel MTU.",
+            s.totals.fragmented,
+        ),
+        (
+            "isthmus_fragments_created_total",
+            "counter",
+            "Fragments made of them.",
+            s.totals.fragments,
         ),
         (
             "isthmus_cookie_replies_sent_total",

@@ -93,6 +93,68 @@ fn hub_relays_between_spokes_without_the_tun() {
     );
 }
 
+/// Spokes whose tunnels have a larger MTU (1500) than the hub's (1420): an IPv4 packet
+/// without DF that does not fit the hub's tunnel MTU is relayed in fragments, which the far
+/// spoke's kernel reassembles (pings of 1450 bytes both ways); with DF it is refused with
+/// "fragmentation needed" back to the sender, as a router does.
+#[test]
+fn hub_fragments_relayed_ipv4_without_df() {
+    init();
+    require_isthmus("fragmentation of relayed packets");
+    let t = Topology::star(WgImpl::Isthmus, &[WgImpl::WireguardGo, WgImpl::WireguardGo]).unwrap();
+    let (s0, s1) = (t.ns("s0"), t.ns("s1"));
+    for (ns, node) in [(s0, "s0"), (s1, "s1")] {
+        ns.exec(&[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            &t.wg(node).ifname,
+            "mtu",
+            "1500",
+        ])
+        .unwrap();
+    }
+    ping_ok(s0, &Topology::spoke_v4(1), 1);
+    let before = t.wg("hub").metrics().unwrap();
+    let to = Topology::spoke_v4(1);
+    let out = s0
+        .exec(&[
+            "ping", "-c", "5", "-i", "0.1", "-W", "2", "-M", "dont", "-s", "1450", &to,
+        ])
+        .unwrap_or_else(|e| {
+            panic!(
+                "1450-byte pings without DF through the hub: {e:#}\n{}",
+                t.wg("hub").log_tail(20)
+            )
+        });
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let after = t.wg("hub").metrics().unwrap();
+    let grew = |name: &str| after.get(name, &[]) - before.get(name, &[]);
+    // Five requests and five replies, two fragments each.
+    assert!(grew("isthmus_fragmented_packets_total") >= 10.0, "{out}");
+    assert!(grew("isthmus_fragments_created_total") >= 20.0, "{out}");
+
+    // With DF: refused, the sender told the hub's MTU.
+    let df = s0.exec(&[
+        "ping", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1450", &to,
+    ]);
+    let text = match &df {
+        Ok(o) => o.clone(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        text.contains("Frag needed and DF set (mtu = 1420)"),
+        "pings with DF: the hub should answer fragmentation needed: {text}"
+    );
+    let last = t.wg("hub").metrics().unwrap();
+    assert!(
+        last.get("isthmus_drops_total", &[("reason", "too_big")])
+            > after.get("isthmus_drops_total", &[("reason", "too_big")]),
+        "{text}"
+    );
+}
+
 #[test]
 fn spoke_roams_to_a_new_address() {
     init();

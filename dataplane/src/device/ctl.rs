@@ -59,6 +59,9 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
         }
         v.push(("fib_stale".into(), u64::from(self.dev.core.fib_stale())));
         v.push(("icmp_sent".into(), t.icmp_sent));
+        v.push(("icmp_ratelimited".into(), t.icmp_ratelimited));
+        v.push(("fragmented".into(), t.fragmented));
+        v.push(("fragments".into(), t.fragments));
         v.push(("cookies_sent".into(), t.cookies_sent));
         v.push(("mss_clamped".into(), t.mss_clamped));
         v.push(("xdp_rx".into(), t.xdp_rx));

@@ -653,6 +653,12 @@ impl Device {
             self.core.set_settings(s);
             report.changes.push("mss_clamp / unrouted".into());
         }
+        if (n.icmp_rate, n.icmp_burst) != (o.icmp_rate, o.icmp_burst) {
+            let mut s = (*self.core.settings()).clone();
+            (s.icmp_rate, s.icmp_burst) = (n.icmp_rate, n.icmp_burst);
+            self.core.set_settings(s);
+            report.changes.push("icmp_rate / icmp_burst".into());
+        }
         Ok(report)
     }
 }

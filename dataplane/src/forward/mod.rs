@@ -4,13 +4,16 @@
 //! handshake admission, counters. A [`Worker`] runs the packet pipeline (`pipeline.rs`,
 //! its stages listed at the top) over batches handed to it by a backend (UDP + TUN, or the
 //! in-memory loopback) and hands its output batches to a [`Sink`]. The route table and the
-//! publication of the FIB are in `routes.rs`, batched peer changes in `peers.rs`. Nothing here
-//! opens a socket or reads a file; the clock is read only inside boringtun and, for
-//! handshake admission under load, in `tunnel::guard`.
+//! publication of the FIB are in `routes.rs`, batched peer changes in `peers.rs`, the ICMP
+//! errors' rate limit in `ratelimit.rs`. Nothing here opens a socket or reads a file; the
+//! clock is read only inside boringtun, for handshake admission under load (in
+//! `tunnel::guard`), and when an ICMP error is due (its rate limit).
 //!
 //! Copies: a datagram is decrypted by boringtun straight from the receive slot into a slot of
 //! the TUN output batch (the AEAD does the copy), and encrypted from there into a slot of the
-//! UDP output batch when it is relayed. No other copy is made.
+//! UDP output batch when it is relayed. No other copy is made, but for the rare IPv4 packet
+//! without DF that is longer than the tunnel MTU: its fragments are copied into scratch space
+//! one by one and encrypted from there.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -31,7 +34,10 @@ use crate::tunnel::{Identity, PeerMap, PeerSettings, MAX_PEER_ID};
 mod liveness;
 mod peers;
 mod pipeline;
+mod ratelimit;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 pub use liveness::{Liveness, Probes};
 pub use peers::{PeerChange, PeerChangeError, PeerChanges};
@@ -65,7 +71,8 @@ pub type EventSink = Arc<dyn Fn(CoreEvent) -> bool + Send + Sync>;
 /// Forwarding settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Inner MTU of the tunnels: larger relayed packets get "packet too big".
+    /// Inner MTU of the tunnels: larger relayed IPv4 packets without DF are fragmented, other
+    /// larger relayed packets get "packet too big".
     pub mtu: u16,
     /// Clamp the MSS of TCP SYNs going into tunnels to fit `mtu`.
     pub mss_clamp: bool,
@@ -76,6 +83,19 @@ pub struct Settings {
     /// Deliver decrypted packets that match no route to the TUN device, as wireguard-go
     /// does (drop-in mode). When false they are dropped as `no_route` with an ICMP error.
     pub unrouted_local: bool,
+    /// ICMP errors the device may send a second, all workers together (0: no limit); the
+    /// kernel's `net.ipv4.icmp_msgs_per_sec`.
+    pub icmp_rate: u32,
+    /// ICMP errors that may go at once after a quiet time; the kernel's
+    /// `net.ipv4.icmp_msgs_burst`.
+    pub icmp_burst: u32,
+}
+
+impl Settings {
+    /// The default of [`Settings::icmp_rate`], the kernel's.
+    pub const DEFAULT_ICMP_RATE: u32 = 1000;
+    /// The default of [`Settings::icmp_burst`], the kernel's.
+    pub const DEFAULT_ICMP_BURST: u32 = 50;
 }
 
 impl Default for Settings {
@@ -86,6 +106,8 @@ impl Default for Settings {
             icmp_src_v4: None,
             icmp_src_v6: None,
             unrouted_local: true,
+            icmp_rate: Self::DEFAULT_ICMP_RATE,
+            icmp_burst: Self::DEFAULT_ICMP_BURST,
         }
     }
 }
@@ -128,6 +150,9 @@ pub struct Core {
     /// Told every change of the FIB, in order, before it is published (see
     /// [`Core::observe_routes`]).
     route_observer: std::sync::OnceLock<RouteObserver>,
+    /// The ICMP errors' rate limit, shared by every worker (its rate and burst are in the
+    /// settings).
+    icmp_limit: ratelimit::TokenBucket,
 }
 
 /// Told each change of the FIB: a prefix and its new next hop (`None`: removed).
@@ -156,6 +181,7 @@ impl Core {
             fib_stale: AtomicBool::new(false),
             handshake_seconds: Mutex::new(crate::io::metrics::Histogram::default()),
             route_observer: std::sync::OnceLock::new(),
+            icmp_limit: ratelimit::TokenBucket::new(std::time::Instant::now()),
         })
     }
 

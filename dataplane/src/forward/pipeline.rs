@@ -18,8 +18,12 @@
 //!    session confirmed (`HandshakeUp`);
 //! 6. the inner packet: Babel to the control plane (punt); source filter (allowed IPs or a
 //!    route back to the same peer); FIB lookup → local (TUN output batch), another peer
-//!    (`relay`: TTL, MTU, MSS clamp, encrypted into the UDP output batch), blackhole, or no
-//!    route (ICMP unreachable back).
+//!    (`relay`: TTL, MTU — IPv4 without DF fragmented, the rest "packet too big" —, MSS
+//!    clamp, encrypted into the UDP output batch), blackhole, or no route (ICMP unreachable
+//!    back).
+//!
+//! ICMP errors (`make_icmp`) pass the device's rate limit (`ratelimit.rs`), one token
+//! bucket shared by every worker, before they are written.
 //!
 //! From the TUN device (`handle_tun`), per packet: parse, FIB lookup, MSS clamp, encrypt for
 //! the peer (or queue it in the session while a handshake is made). Timers (`tick`):
@@ -708,7 +712,9 @@ impl<S: Sink> Ctx<'_, S> {
         self.tun_out.commit();
     }
 
-    /// Relay the packet in `tun_out`'s next free slot from one peer to another.
+    /// Relay the packet in `tun_out`'s next free slot from one peer to another. One longer
+    /// than the tunnel MTU is fragmented if it is IPv4 without DF (its TTL decremented and its
+    /// MSS clamped once, before), else dropped with "packet too big".
     fn relay(&mut self, _from: &Arc<Peer>, to: &Arc<Peer>) {
         let mtu = usize::from(self.settings.mtu);
         let slot = self.tun_out.next_free().expect("slot checked by caller");
@@ -717,7 +723,8 @@ impl<S: Sink> Ctx<'_, S> {
             self.drop(DropReason::TtlExceeded);
             return self.icmp_back(IcmpError::TimeExceeded);
         }
-        if len > mtu {
+        let too_big = len > mtu;
+        if too_big && !wire::may_fragment(slot.data()) {
             self.drop(DropReason::TooBig);
             return self.icmp_back(IcmpError::PacketTooBig {
                 mtu: self.settings.mtu,
@@ -726,6 +733,10 @@ impl<S: Sink> Ctx<'_, S> {
         let mss = mss_for(self.settings.mtu, slot.data());
         if self.settings.mss_clamp && wire::clamp_tcp_mss(slot.data_mut(), mss) {
             self.counters.mss_clamped.add(1);
+        }
+        if too_big {
+            self.send_fragments(to, None, Path::Relay);
+            return;
         }
         // Encrypt from the TUN slot into a UDP slot: boringtun's AEAD is the copy.
         if self.udp_out.is_full() {
@@ -739,25 +750,32 @@ impl<S: Sink> Ctx<'_, S> {
     }
 
     /// Generate an ICMP error about the packet in `tun_out`'s next free slot (which is being
-    /// dropped) and route it back toward the packet's source: into a peer's tunnel, or to the
-    /// TUN device in place of the dropped packet.
+    /// dropped), if one is due and the rate limit lets it go, and route it back toward the
+    /// packet's source (see [`Ctx::route_icmp`]).
     fn icmp_back(&mut self, kind: IcmpError) {
         let Some(slot) = self.tun_out.next_free() else {
             return;
         };
-        let from = match slot.data().first().map(|b| b >> 4) {
-            Some(4) => self.settings.icmp_src_v4.map(IpAddr::V4),
-            Some(6) => self.settings.icmp_src_v6.map(IpAddr::V6),
-            _ => None,
-        };
-        let Some(from) = from else { return };
-        let Some(n) = wire::icmp_error(kind, slot.data(), from, &mut self.scratch[..]) else {
-            return;
-        };
+        let (core, settings, counters) = (self.core, self.settings, self.counters);
+        if let Some(n) = make_icmp(
+            core,
+            settings,
+            counters,
+            kind,
+            slot.data(),
+            &mut self.scratch[..],
+        ) {
+            self.route_icmp(n);
+        }
+    }
+
+    /// Route the ICMP error in `scratch[..n]` toward its destination: into a peer's tunnel,
+    /// or to the TUN device (in `tun_out`'s next free slot: in place of a dropped packet that
+    /// sat there).
+    fn route_icmp(&mut self, n: usize) {
         let Ok(meta) = wire::parse_ip(&self.scratch[..n]) else {
             return;
         };
-        self.counters.icmp_sent.add(1);
         match self.fib.lookup(meta.dst) {
             Some(NextHop::Peer(to)) => {
                 if let Some(p) = self.peers.get(to).cloned() {
@@ -775,10 +793,60 @@ impl<S: Sink> Ctx<'_, S> {
             }
             // To the kernel, which routes it (to a mesh neighbour too).
             Some(NextHop::Local | NextHop::Neighbour { .. }) => {
-                slot.fill(&self.scratch[..n], None);
-                self.tun_out.commit();
+                if self.tun_out.is_full() {
+                    self.sink.write_tun(self.tun_out);
+                }
+                if let Some(slot) = self.tun_out.next_free() {
+                    slot.fill(&self.scratch[..n], None);
+                    self.tun_out.commit();
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Encrypt an IPv4 packet without DF that is longer than the tunnel MTU for `to`, in
+    /// fragments that fit it (`wire::fragment_ipv4`, each copied into the scratch buffer and
+    /// encrypted from there): `packet`, or, without one, the packet in `tun_out`'s next free
+    /// slot. Counted as forwarded on `path` when every fragment went; a packet that cannot be
+    /// fragmented is dropped.
+    fn send_fragments(&mut self, to: &Peer, packet: Option<&[u8]>, path: Path) {
+        let Ctx {
+            core,
+            counters,
+            settings,
+            udp_out,
+            tun_out,
+            scratch,
+            sink,
+            ..
+        } = self;
+        let pkt = match packet {
+            Some(p) => p,
+            None => match tun_out.next_free() {
+                Some(slot) => slot.data(),
+                None => return,
+            },
+        };
+        let mut sent = 0;
+        let r = wire::fragment_ipv4(pkt, usize::from(settings.mtu), &mut scratch[..], |frag| {
+            if udp_out.is_full() {
+                sink.send_udp(udp_out);
+            }
+            if encapsulate_into(&core.index, udp_out, counters, to, frag) {
+                sent += 1;
+            }
+        });
+        match r {
+            Ok(n) => {
+                counters.fragmented.add(1);
+                counters.fragments.add(n as u64);
+                if sent == n {
+                    counters.forwarded(path, pkt.len());
+                }
+            }
+            Err(wire::FragmentError::DontFragment) => counters.drop(DropReason::TooBig),
+            Err(_) => counters.drop(DropReason::BadInnerPacket),
         }
     }
 
@@ -815,22 +883,18 @@ impl<S: Sink> Ctx<'_, S> {
             Some(NextHop::Blackhole) => self.drop(DropReason::Blackhole),
             None => {
                 self.drop(DropReason::NoRoute);
-                let from = match meta.dst {
-                    IpAddr::V4(_) => self.settings.icmp_src_v4.map(IpAddr::V4),
-                    IpAddr::V6(_) => self.settings.icmp_src_v6.map(IpAddr::V6),
-                };
-                if let Some(from) = from {
-                    if let Some(n) =
-                        wire::icmp_error(IcmpError::NoRoute, pkt, from, &mut self.scratch[..])
-                    {
-                        self.counters.icmp_sent.add(1);
-                        if self.tun_out.is_full() {
-                            self.sink.write_tun(self.tun_out);
-                        }
-                        if let Some(s) = self.tun_out.next_free() {
-                            s.fill(&self.scratch[..n], None);
-                            self.tun_out.commit();
-                        }
+                let kind = IcmpError::NoRoute;
+                let (core, settings, counters) = (self.core, self.settings, self.counters);
+                // Back to the kernel, which sent it.
+                if let Some(n) =
+                    make_icmp(core, settings, counters, kind, pkt, &mut self.scratch[..])
+                {
+                    if self.tun_out.is_full() {
+                        self.sink.write_tun(self.tun_out);
+                    }
+                    if let Some(s) = self.tun_out.next_free() {
+                        s.fill(&self.scratch[..n], None);
+                        self.tun_out.commit();
                     }
                 }
             }
@@ -840,9 +904,11 @@ impl<S: Sink> Ctx<'_, S> {
     /// A packet from a mesh interface's XSK. It is forwarded as the kernel would have
     /// forwarded it into the TUN device and the TUN path would have sent it on: TTL, MSS
     /// clamp, encrypted to the peer. (The XDP program leaves the packets that need an ICMP
-    /// error — TTL 1, bigger than the tunnel's MTU — to the kernel.) A packet that the FIB
-    /// does not route into a tunnel any more (the program's table is a step behind) goes to
-    /// the kernel through the TUN device, unchanged.
+    /// error or fragments — TTL 1, longer than the tunnel's MTU — to the kernel; one longer
+    /// than the MTU still comes here while the program's MTU is a step behind the device's,
+    /// and is fragmented or refused as `relay` does.) A packet that the FIB does not route
+    /// into a tunnel any more (the program's table is a step behind) goes to the kernel
+    /// through the TUN device, unchanged.
     fn mesh_packet(&mut self, pkt: &mut [u8]) {
         let meta = match wire::parse_ip(pkt) {
             Ok(m) => m,
@@ -867,6 +933,18 @@ impl<S: Sink> Ctx<'_, S> {
             self.drop(DropReason::TtlExceeded);
             return;
         }
+        let too_big = meta.total_len > usize::from(self.settings.mtu);
+        if too_big && !wire::may_fragment(pkt) {
+            self.drop(DropReason::TooBig);
+            let kind = IcmpError::PacketTooBig {
+                mtu: self.settings.mtu,
+            };
+            let (core, settings, counters) = (self.core, self.settings, self.counters);
+            if let Some(n) = make_icmp(core, settings, counters, kind, pkt, &mut self.scratch[..]) {
+                self.route_icmp(n);
+            }
+            return;
+        }
         // What the kernel would have done on its way into the TUN device.
         if wire::complete_partial_checksum(pkt, &meta) {
             self.counters.checksum_completed.add(1);
@@ -874,6 +952,9 @@ impl<S: Sink> Ctx<'_, S> {
         let mss = mss_for(self.settings.mtu, pkt);
         if self.settings.mss_clamp && wire::clamp_tcp_mss(pkt, mss) {
             self.counters.mss_clamped.add(1);
+        }
+        if too_big {
+            return self.send_fragments(&peer, Some(pkt), Path::FromMesh);
         }
         if self.encapsulate_to(&peer, pkt) {
             self.counters.forwarded(Path::FromMesh, meta.total_len);
@@ -889,6 +970,37 @@ impl<S: Sink> Ctx<'_, S> {
             self.udp_out.commit();
         }
     }
+}
+
+/// An ICMP error of `kind` about `offending`, from the device's address of its family,
+/// written into `out` if one is due and the rate limit (shared by every worker) lets it go:
+/// its length. Counted as sent, or as rate-limited; an error RFC 1812 / RFC 4443 forbid
+/// (about an ICMP error, to multicast ...) is neither, and spends no token.
+fn make_icmp(
+    core: &Core,
+    settings: &Settings,
+    counters: &WorkerCounters,
+    kind: IcmpError,
+    offending: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
+    let from = match offending.first().map(|b| b >> 4) {
+        Some(4) => settings.icmp_src_v4.map(IpAddr::V4),
+        Some(6) => settings.icmp_src_v6.map(IpAddr::V6),
+        _ => None,
+    }?;
+    let reply = wire::IcmpReply::about(kind, offending, from)?;
+    let now = std::time::Instant::now();
+    if !core
+        .icmp_limit
+        .take(now, settings.icmp_rate, settings.icmp_burst)
+    {
+        counters.icmp_ratelimited.add(1);
+        return None;
+    }
+    let n = reply.write(offending, out)?;
+    counters.icmp_sent.add(1);
+    Some(n)
 }
 
 /// MSS that fits a tunnel MTU for this packet's family.

@@ -219,7 +219,7 @@ pub fn complete_partial_checksum(pkt: &mut [u8], meta: &IpMeta) -> bool {
 }
 
 /// Whether a router may fragment `pkt`: IPv4 without DF (IPv6 is never fragmented on the
-/// way).
+/// way). See [`fragment_ipv4`].
 pub fn may_fragment(pkt: &[u8]) -> bool {
     pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[6] & 0x40 == 0
 }
@@ -264,144 +264,328 @@ fn bad_error_target(a: IpAddr) -> bool {
 /// from `from`, addressed to the offending packet's source. Returns the length written, or
 /// `None` where RFC 1812 / RFC 4443 forbid an error (offending packet is itself an ICMP
 /// error, multicast/broadcast, a non-first fragment, unparsable), `from` is of the other
-/// family, or `out` is too small.
+/// family, or `out` is too small. ([`IcmpReply::about`] then [`IcmpReply::write`].)
 pub fn icmp_error(
     kind: IcmpError,
     offending: &[u8],
     from: IpAddr,
     out: &mut [u8],
 ) -> Option<usize> {
-    let meta = parse_ip(offending).ok()?;
-    if bad_error_target(meta.src) {
-        return None;
-    }
-    let payload = &offending[meta.header_len..meta.total_len];
-    match (meta.src, from) {
-        (IpAddr::V4(dst), IpAddr::V4(src)) => {
-            let h: &Ipv4Header = view(offending).ok()?;
-            // Not for non-first fragments, not for ICMP errors, not to multicast traffic.
-            if h.flags_frag.get() & 0x1fff != 0
-                || meta.dst.is_multicast()
-                || Ipv4Addr::from(h.dst).is_broadcast()
-            {
-                return None;
-            }
-            if meta.proto == proto::ICMP && payload.first().is_some_and(|&t| is_icmpv4_error(t)) {
-                return None;
-            }
-            let (ty, code, rest) = match kind {
-                IcmpError::TimeExceeded => {
-                    (icmpv4::TIME_EXCEEDED, icmpv4::CODE_TTL_EXCEEDED, [0; 4])
+    IcmpReply::about(kind, offending, from)?.write(offending, out)
+}
+
+/// An ICMP / ICMPv6 error found due about a packet, not written yet: between the two, the
+/// forwarding path asks its rate limit, which a packet that gets no error (an error about an
+/// error, a multicast destination) must not spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpReply {
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    src: IpAddr,
+    dst: IpAddr,
+    /// Bytes of the offending packet quoted.
+    quote: usize,
+}
+
+impl IcmpReply {
+    /// The error of `kind` due about `offending`, sent from `from`; `None` where RFC 1812 /
+    /// RFC 4443 forbid one (see [`icmp_error`]) or `from` is of the other family.
+    pub fn about(kind: IcmpError, offending: &[u8], from: IpAddr) -> Option<Self> {
+        let meta = parse_ip(offending).ok()?;
+        if bad_error_target(meta.src) {
+            return None;
+        }
+        let payload = &offending[meta.header_len..meta.total_len];
+        match (meta.src, from) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => {
+                let h: &Ipv4Header = view(offending).ok()?;
+                // Not for non-first fragments, not for ICMP errors, not to multicast traffic.
+                if h.flags_frag.get() & 0x1fff != 0
+                    || meta.dst.is_multicast()
+                    || Ipv4Addr::from(h.dst).is_broadcast()
+                {
+                    return None;
                 }
-                IcmpError::NoRoute => (
-                    icmpv4::DEST_UNREACHABLE,
-                    icmpv4::CODE_NET_UNREACHABLE,
-                    [0; 4],
-                ),
-                IcmpError::Prohibited => (
-                    icmpv4::DEST_UNREACHABLE,
-                    icmpv4::CODE_ADMIN_PROHIBITED,
-                    [0; 4],
-                ),
-                IcmpError::PacketTooBig { mtu } => {
-                    let m = mtu.to_be_bytes();
-                    (
+                if meta.proto == proto::ICMP && payload.first().is_some_and(|&t| is_icmpv4_error(t))
+                {
+                    return None;
+                }
+                let (ty, code, rest) = match kind {
+                    IcmpError::TimeExceeded => {
+                        (icmpv4::TIME_EXCEEDED, icmpv4::CODE_TTL_EXCEEDED, [0; 4])
+                    }
+                    IcmpError::NoRoute => (
                         icmpv4::DEST_UNREACHABLE,
-                        icmpv4::CODE_FRAG_NEEDED,
-                        [0, 0, m[0], m[1]],
-                    )
+                        icmpv4::CODE_NET_UNREACHABLE,
+                        [0; 4],
+                    ),
+                    IcmpError::Prohibited => (
+                        icmpv4::DEST_UNREACHABLE,
+                        icmpv4::CODE_ADMIN_PROHIBITED,
+                        [0; 4],
+                    ),
+                    IcmpError::PacketTooBig { mtu } => {
+                        let m = mtu.to_be_bytes();
+                        (
+                            icmpv4::DEST_UNREACHABLE,
+                            icmpv4::CODE_FRAG_NEEDED,
+                            [0, 0, m[0], m[1]],
+                        )
+                    }
+                };
+                Some(Self {
+                    ty,
+                    code,
+                    rest,
+                    src: from,
+                    dst: meta.src,
+                    // RFC 1812 4.3.2.3: as much of the original as fits in 576 bytes.
+                    quote: meta.total_len.min(576 - 28),
+                })
+            }
+            (IpAddr::V6(_), IpAddr::V6(_)) => {
+                let too_big = matches!(kind, IcmpError::PacketTooBig { .. });
+                if meta.dst.is_multicast() && !too_big {
+                    return None;
                 }
-            };
-            // RFC 1812 4.3.2.3: as much of the original as fits in 576 bytes.
-            let quote = meta.total_len.min(576 - 28);
-            let len = 28 + quote;
-            if out.len() < len {
-                return None;
-            }
-            let ip = Ipv4Header {
-                version_ihl: 0x45,
-                tos: 0,
-                total_len: (len as u16).into(),
-                id: 0.into(),
-                flags_frag: 0.into(),
-                ttl: 64,
-                protocol: proto::ICMP,
-                checksum: 0.into(),
-                src: src.octets(),
-                dst: dst.octets(),
-            };
-            out[..20].copy_from_slice(ip.as_bytes());
-            let c = checksum::checksum(&out[..20]);
-            out[10..12].copy_from_slice(&c.to_be_bytes());
-            let icmp = IcmpHeader {
-                ty,
-                code,
-                checksum: 0.into(),
-                rest,
-            };
-            out[20..28].copy_from_slice(icmp.as_bytes());
-            out[28..len].copy_from_slice(&offending[..quote]);
-            let c = checksum::checksum(&out[20..len]);
-            out[22..24].copy_from_slice(&c.to_be_bytes());
-            Some(len)
-        }
-        (IpAddr::V6(dst), IpAddr::V6(src)) => {
-            let too_big = matches!(kind, IcmpError::PacketTooBig { .. });
-            if meta.dst.is_multicast() && !too_big {
-                return None;
-            }
-            if meta.proto == proto::ICMPV6
-                && payload.first().is_some_and(|&t| t < icmpv6::INFORMATIONAL)
-            {
-                return None;
-            }
-            let (ty, code, rest) = match kind {
-                IcmpError::TimeExceeded => (
-                    icmpv6::TIME_EXCEEDED,
-                    icmpv6::CODE_HOP_LIMIT_EXCEEDED,
-                    [0; 4],
-                ),
-                IcmpError::NoRoute => (icmpv6::DEST_UNREACHABLE, icmpv6::CODE_NO_ROUTE, [0; 4]),
-                IcmpError::Prohibited => (
-                    icmpv6::DEST_UNREACHABLE,
-                    icmpv6::CODE_ADMIN_PROHIBITED,
-                    [0; 4],
-                ),
-                IcmpError::PacketTooBig { mtu } => {
-                    (icmpv6::PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes())
+                if meta.proto == proto::ICMPV6
+                    && payload.first().is_some_and(|&t| t < icmpv6::INFORMATIONAL)
+                {
+                    return None;
                 }
-            };
-            // RFC 4443 2.4 (c): as much as fits in the minimum MTU.
-            let quote = meta.total_len.min(1280 - 48);
-            let len = 48 + quote;
-            if out.len() < len {
-                return None;
+                let (ty, code, rest) = match kind {
+                    IcmpError::TimeExceeded => (
+                        icmpv6::TIME_EXCEEDED,
+                        icmpv6::CODE_HOP_LIMIT_EXCEEDED,
+                        [0; 4],
+                    ),
+                    IcmpError::NoRoute => (icmpv6::DEST_UNREACHABLE, icmpv6::CODE_NO_ROUTE, [0; 4]),
+                    IcmpError::Prohibited => (
+                        icmpv6::DEST_UNREACHABLE,
+                        icmpv6::CODE_ADMIN_PROHIBITED,
+                        [0; 4],
+                    ),
+                    IcmpError::PacketTooBig { mtu } => {
+                        (icmpv6::PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes())
+                    }
+                };
+                Some(Self {
+                    ty,
+                    code,
+                    rest,
+                    src: from,
+                    dst: meta.src,
+                    // RFC 4443 2.4 (c): as much as fits in the minimum MTU.
+                    quote: meta.total_len.min(1280 - 48),
+                })
             }
-            let ip = Ipv6Header {
-                version_tc_flow: (6u32 << 28).into(),
-                payload_len: ((len - 40) as u16).into(),
-                next_header: proto::ICMPV6,
-                hop_limit: 64,
-                src: src.octets(),
-                dst: dst.octets(),
-            };
-            out[..40].copy_from_slice(ip.as_bytes());
-            let icmp = IcmpHeader {
-                ty,
-                code,
-                checksum: 0.into(),
-                rest,
-            };
-            out[40..48].copy_from_slice(icmp.as_bytes());
-            out[48..len].copy_from_slice(&offending[..quote]);
-            let s =
-                checksum::pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), proto::ICMPV6, len - 40);
-            let c = checksum::finish(checksum::sum(s, &out[40..len]));
-            out[42..44].copy_from_slice(&c.to_be_bytes());
-            Some(len)
+            _ => None,
         }
-        _ => None,
     }
+
+    /// Write the error into `out`, quoting `offending` (the packet it was found due about).
+    /// Returns its length, or `None` when `out` is too small (or `offending` shorter than
+    /// the quote).
+    pub fn write(&self, offending: &[u8], out: &mut [u8]) -> Option<usize> {
+        let quoted = offending.get(..self.quote)?;
+        let icmp = IcmpHeader {
+            ty: self.ty,
+            code: self.code,
+            checksum: 0.into(),
+            rest: self.rest,
+        };
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let len = 28 + self.quote;
+                let out = out.get_mut(..len)?;
+                let ip = Ipv4Header {
+                    version_ihl: 0x45,
+                    tos: 0,
+                    total_len: (len as u16).into(),
+                    id: 0.into(),
+                    flags_frag: 0.into(),
+                    ttl: 64,
+                    protocol: proto::ICMP,
+                    checksum: 0.into(),
+                    src: src.octets(),
+                    dst: dst.octets(),
+                };
+                out[..20].copy_from_slice(ip.as_bytes());
+                let c = checksum::checksum(&out[..20]);
+                out[10..12].copy_from_slice(&c.to_be_bytes());
+                out[20..28].copy_from_slice(icmp.as_bytes());
+                out[28..].copy_from_slice(quoted);
+                let c = checksum::checksum(&out[20..]);
+                out[22..24].copy_from_slice(&c.to_be_bytes());
+                Some(len)
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let len = 48 + self.quote;
+                let out = out.get_mut(..len)?;
+                let ip = Ipv6Header {
+                    version_tc_flow: (6u32 << 28).into(),
+                    payload_len: ((len - 40) as u16).into(),
+                    next_header: proto::ICMPV6,
+                    hop_limit: 64,
+                    src: src.octets(),
+                    dst: dst.octets(),
+                };
+                out[..40].copy_from_slice(ip.as_bytes());
+                out[40..48].copy_from_slice(icmp.as_bytes());
+                out[48..].copy_from_slice(quoted);
+                let s = checksum::pseudo_header(self.src, self.dst, proto::ICMPV6, len - 40);
+                let c = checksum::finish(checksum::sum(s, &out[40..]));
+                out[42..44].copy_from_slice(&c.to_be_bytes());
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The smallest MTU of an IPv4 link (RFC 791): the longest header (60 bytes) and 8 bytes
+/// of data go through unfragmented.
+pub const IPV4_MIN_MTU: usize = 68;
+
+/// Why [`fragment_ipv4`] refused a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FragmentError {
+    /// Not IPv4, shorter than its header says, or its header is malformed (IHL, total
+    /// length, an option's length, the header checksum, a fragment offset past 65,528).
+    #[error("not a well-formed IPv4 packet")]
+    Malformed,
+    /// Longer than the MTU with DF set: the sender wants an ICMP error, not fragments.
+    #[error("longer than the MTU with don't-fragment set")]
+    DontFragment,
+    /// The MTU is below [`IPV4_MIN_MTU`].
+    #[error("MTU below 68")]
+    MtuTooSmall,
+    /// The scratch buffer cannot hold a fragment.
+    #[error("scratch buffer smaller than a fragment")]
+    BufferTooSmall,
+}
+
+/// IPv4 flags: don't fragment.
+const IPV4_DF: u16 = 0x4000;
+/// IPv4 flags: more fragments.
+const IPV4_MF: u16 = 0x2000;
+/// IPv4: the fragment offset's bits (in 8-byte units).
+const IPV4_OFFSET: u16 = 0x1fff;
+
+/// Fragment the IPv4 packet at the start of `pkt` (bytes past its total length, such as
+/// WireGuard's padding, are ignored) into fragments of at most `mtu` bytes, as a router does
+/// (RFC 791 3.2, RFC 1812 5.2.6): each is written into `scratch` and handed to `emit`, in
+/// order. Returns how many there were. No allocation.
+///
+/// A packet no longer than `mtu` is emitted whole and unchanged (DF or not). A longer one
+/// must not have DF set. The first fragment keeps the header with every option; the others
+/// carry only the options whose "copied" flag (type bit 0x80) is set, followed by
+/// end-of-options padding (no-operations are not copied). Payload offsets are multiples of
+/// 8; an input that is itself a fragment keeps its place: its offset is added, and its last
+/// fragment carries the input's MF. Each fragment's total length and header checksum are
+/// set; identification, TOS, TTL, protocol, addresses and the reserved flag are kept.
+///
+/// The header checksum is checked first: fragments get a new one, which must not make a
+/// corrupted header look valid. Never panics.
+pub fn fragment_ipv4(
+    pkt: &[u8],
+    mtu: usize,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, FragmentError> {
+    if mtu < IPV4_MIN_MTU {
+        return Err(FragmentError::MtuTooSmall);
+    }
+    if pkt.first().map(|b| b >> 4) != Some(4) {
+        return Err(FragmentError::Malformed);
+    }
+    let meta = parse_ip(pkt).map_err(|_| FragmentError::Malformed)?;
+    let (ihl, total) = (meta.header_len, meta.total_len);
+    let pkt = &pkt[..total];
+    let header = &pkt[..ihl];
+    if checksum::checksum(header) != 0 {
+        return Err(FragmentError::Malformed);
+    }
+    if total <= mtu {
+        emit(pkt);
+        return Ok(1);
+    }
+    let flags_frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+    if flags_frag & IPV4_DF != 0 {
+        return Err(FragmentError::DontFragment);
+    }
+    // The header of the later fragments: the fixed part and the copied options.
+    let mut later = [0u8; 60];
+    later[..20].copy_from_slice(&header[..20]);
+    let (mut i, mut at) = (20, 20);
+    while i < ihl {
+        match header[i] {
+            0 => break,  // end of the option list; the rest is padding
+            1 => i += 1, // no-operation: its copied flag is clear
+            ty => {
+                let len = usize::from(*header.get(i + 1).ok_or(FragmentError::Malformed)?);
+                if len < 2 || i + len > ihl {
+                    return Err(FragmentError::Malformed);
+                }
+                if ty & 0x80 != 0 {
+                    later[at..at + len].copy_from_slice(&header[i..i + len]);
+                    at += len;
+                }
+                i += len;
+            }
+        }
+    }
+    // Padded with zeros (end of options) to a multiple of 4 bytes; at most `ihl`.
+    let later_ihl = at.next_multiple_of(4);
+    later[0] = 0x40 | (later_ihl / 4) as u8;
+    let later = &later[..later_ihl];
+
+    let payload = &pkt[ihl..];
+    // mtu >= 68 and ihl <= 60: at least 8 bytes each.
+    let first_chunk = (mtu - ihl) & !7;
+    let later_chunk = (mtu - later_ihl) & !7;
+    // total > mtu, so the first fragment does not take everything.
+    let rest = payload.len() - first_chunk;
+    let last_start = first_chunk + (rest - 1) / later_chunk * later_chunk;
+    let offset0 = usize::from(flags_frag & IPV4_OFFSET) * 8;
+    if offset0 + last_start > usize::from(IPV4_OFFSET) * 8 {
+        return Err(FragmentError::Malformed);
+    }
+    if scratch.len() < (ihl + first_chunk).max(later_ihl + later_chunk.min(rest)) {
+        return Err(FragmentError::BufferTooSmall);
+    }
+    let keep = flags_frag & 0x8000; // the reserved flag
+    let last_mf = flags_frag & IPV4_MF;
+    let (mut pos, mut n) = (0, 0);
+    while pos < payload.len() {
+        let (hdr, chunk) = if pos == 0 {
+            (header, first_chunk)
+        } else {
+            (later, later_chunk)
+        };
+        let end = (pos + chunk).min(payload.len());
+        let mf = if end == payload.len() {
+            last_mf
+        } else {
+            IPV4_MF
+        };
+        let (hl, len) = (hdr.len(), hdr.len() + end - pos);
+        let out = &mut scratch[..len];
+        out[..hl].copy_from_slice(hdr);
+        out[hl..].copy_from_slice(&payload[pos..end]);
+        // len <= total, and the offset fits 13 bits (checked above).
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        let ff = keep | mf | ((offset0 + pos) / 8) as u16;
+        out[6..8].copy_from_slice(&ff.to_be_bytes());
+        out[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&out[..hl]);
+        out[10..12].copy_from_slice(&c.to_be_bytes());
+        emit(out);
+        n += 1;
+        pos = end;
+    }
+    Ok(n)
 }
 
 /// Clamp the MSS option of a TCP SYN in `pkt` (an IP packet) to `max_mss`, fixing the TCP
@@ -494,4 +678,4 @@ pub fn is_babel(meta: &IpMeta, pkt: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
