@@ -9,6 +9,8 @@
 //! - `bench`: the side-by-side tunnel benchmark and the criterion micro-benchmarks, with a
 //!   table of ratios (see `bench.rs`).
 //! - `package`: the Debian package (`isthmus_lab::package`).
+//! - `fuzz [--time SECS] [TARGET...]`: the cargo-fuzz targets (see `fuzz.rs`); `test` runs
+//!   each for a short smoke (`ISTHMUS_FUZZ_SECS`, default 10 s).
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -17,6 +19,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod fuzz;
 
 use anyhow::{bail, Context, Result};
 use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
@@ -31,7 +34,10 @@ commands:
                   --keep leaves the namespaces and processes running; --afxdp runs
                   the gateways on the AF_XDP backend (trunk and island interfaces)
   bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)
-  package         the Debian package, target/package/isthmus_VERSION_ARCH.deb";
+  package         the Debian package, target/package/isthmus_VERSION_ARCH.deb
+  fuzz [--time SECS] [TARGET...]
+                  every cargo-fuzz target (nightly) for SECS (default 60) each, on the
+                  committed seeds and crash regressions; prints execs/s and coverage";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
         ),
         Some("bench") => bench::run(&args[1..]),
         Some("package") => package(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -180,6 +187,10 @@ fn test() -> Result<()> {
     lab_unit.args(["test", "-p", "isthmus-lab", "--lib", "--bins"]);
     add(&mut total, run_tests("lab unit tests", lab_unit)?);
 
+    // The fuzz smoke: every target a few seconds, so that they keep building and running
+    // (and every crash regression runs again).
+    add(&mut total, fuzz_smoke());
+
     // Tests in network namespaces.
     if !is_root() {
         eprintln!(
@@ -235,6 +246,53 @@ fn test() -> Result<()> {
         bail!("{} test(s) failed", total.failed);
     }
     Ok(())
+}
+
+/// Every fuzz target for `ISTHMUS_FUZZ_SECS` (default 10) seconds: one failure per target
+/// that crashed, one if they could not be built; skipped (loudly) without a nightly toolchain.
+fn fuzz_smoke() -> Tally {
+    let secs = std::env::var("ISTHMUS_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    eprintln!("==> fuzz smoke: every target {secs} s (cargo xtask fuzz)");
+    let targets = match fuzz::targets() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("xtask: fuzz targets: {e:#}");
+            return Tally {
+                failed: 1,
+                ..Tally::default()
+            };
+        }
+    };
+    if !fuzz::have_nightly() {
+        eprintln!(
+            "xtask: WARNING: no nightly toolchain: the {} fuzz targets were NOT run (skipped)",
+            targets.len()
+        );
+        return Tally {
+            ignored: targets.len() as u64,
+            ..Tally::default()
+        };
+    }
+    match fuzz::fuzz(&targets, secs) {
+        Ok(outcomes) => {
+            let failed = outcomes.iter().filter(|o| o.crash.is_some()).count() as u64;
+            Tally {
+                passed: outcomes.len() as u64 - failed,
+                failed,
+                ignored: 0,
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: fuzz smoke: {e:#}");
+            Tally {
+                failed: 1,
+                ..Tally::default()
+            }
+        }
+    }
 }
 
 fn have(cmd: &str) -> bool {

@@ -722,9 +722,15 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
                 name: r.opt(R::str)?,
                 class: r.tag()?,
                 endpoint: r.opt(R::sockaddr)?,
+                // A time the clock cannot hold is refused, not a panic (found by fuzzing).
                 last_handshake: r
                     .opt(R::u64)?
-                    .map(|t| UNIX_EPOCH + std::time::Duration::from_secs(t)),
+                    .map(|t| {
+                        UNIX_EPOCH
+                            .checked_add(std::time::Duration::from_secs(t))
+                            .ok_or(ProtoError::Invalid("handshake time"))
+                    })
+                    .transpose()?,
                 preshared_key: None,
                 persistent_keepalive: Some(r.u16()?).filter(|&k| k > 0),
                 rx_bytes: r.u64()?,
@@ -1121,6 +1127,24 @@ mod tests {
         "000000220f07K",
         "0000002610K0000000160",
     ];
+
+    /// fuzz/regressions/ctl_decode: a handshake time past what `SystemTime` holds.
+    #[test]
+    fn a_handshake_time_out_of_range_is_an_error() {
+        let peers = pinned_messages()
+            .into_iter()
+            .find(|m| matches!(m, Msg::Peers(_)))
+            .unwrap();
+        let mut buf = Vec::new();
+        encode(&peers, &mut buf);
+        // The first peer's handshake, 258 s after the epoch: made 2^64 - 1 s.
+        let at = (buf.windows(8))
+            .position(|w| w == 258u64.to_be_bytes())
+            .unwrap();
+        buf[at..at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let r = decode(&buf[4..]);
+        assert!(matches!(r, Err(ProtoError::Invalid(_))), "{r:?}");
+    }
 
     #[test]
     fn wire_format_is_pinned() {
