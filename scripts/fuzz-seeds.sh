@@ -138,6 +138,7 @@ for link, p in packets(f"{tmp}/tun.pcap"):
 for t in sorted(os.listdir(out)):
     print(t, len(os.listdir(os.path.join(out, t))))
 PY
+# The pipeline target (fuzz/seeds/pipeline) has hand-written op sequences, not captures.
 # The control channel: the protocol's pinned encodings (dataplane/src/ctl/proto.rs), one
 # message body each. The configuration loaders: the example configuration.
 python3 - "$out" <<'PY'
