@@ -9,6 +9,8 @@
 //! - `bench`: the side-by-side tunnel benchmark and the criterion micro-benchmarks, with a
 //!   table of ratios (see `bench.rs`).
 //! - `package`: the Debian package (`isthmus_lab::package`).
+//! - `soak [--minutes N]`: the islands under churn with traffic, resources sampled (see
+//!   `soak.rs`); `test` runs it for `ISTHMUS_SOAK_MINUTES` (default 2).
 //! - `fuzz [--time SECS] [TARGET...]`: the cargo-fuzz targets (see `fuzz.rs`); `test` runs
 //!   each for a short smoke (`ISTHMUS_FUZZ_SECS`, default 10 s).
 #![deny(unsafe_code)]
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 mod bench;
 mod fuzz;
+mod soak;
 
 use anyhow::{bail, Context, Result};
 use isthmus_lab::babel_islands::{BabelIslands, IslandsSpec};
@@ -35,6 +38,9 @@ commands:
                   the gateways on the AF_XDP backend (trunk and island interfaces)
   bench [--help]  side-by-side tunnel benchmark and criterion benches (needs root)
   package         the Debian package, target/package/isthmus_VERSION_ARCH.deb
+  soak [--minutes N]
+                  the islands under churn (peers, routes, trunks, isthmus-cp restarts) with
+                  traffic for N minutes (default 10), RSS/fds/threads sampled (needs root)
   fuzz [--time SECS] [TARGET...]
                   every cargo-fuzz target (nightly) for SECS (default 60) each, on the
                   committed seeds and crash regressions; prints execs/s and coverage";
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("package") => package(),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -233,6 +240,23 @@ fn test() -> Result<()> {
         );
     }
 
+    // The churn soak, short.
+    if is_root() && built.is_ok() {
+        let minutes: f64 = std::env::var("ISTHMUS_SOAK_MINUTES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2.0);
+        eprintln!("==> soak: {minutes} min of churn (cargo xtask soak)");
+        use_release_binaries();
+        match soak::run(minutes) {
+            Ok(()) => total.passed += 1,
+            Err(e) => {
+                eprintln!("xtask: soak: {e:#}");
+                total.failed += 1;
+            }
+        }
+    }
+
     eprintln!("xtask: tests took {:.0?}", started.elapsed());
     if total.ignored > 0 {
         println!(
@@ -246,6 +270,39 @@ fn test() -> Result<()> {
         bail!("{} test(s) failed", total.failed);
     }
     Ok(())
+}
+
+/// Points the lab at the release binaries (unless the environment names others).
+fn use_release_binaries() {
+    for (var, bin) in [
+        ("ISTHMUS_DP", "isthmus-dp"),
+        ("ISTHMUS_CP", "isthmus-cp"),
+        ("ISTHMUS_LAB_TOOL", "lab-tool"),
+        ("ISTHMUS_WGGEN", "isthmus-wggen"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, release_bin(bin));
+        }
+    }
+}
+
+/// `cargo xtask soak [--minutes N]`.
+fn soak(args: &[String]) -> Result<()> {
+    let minutes = match args {
+        [] => 10.0,
+        [flag, n] if flag == "--minutes" => n.parse().context("--minutes: a number")?,
+        _ => bail!("usage: cargo xtask soak [--minutes N]"),
+    };
+    if !is_root() {
+        bail!("the soak builds network namespaces and needs root");
+    }
+    ensure_deps()?;
+    // Binaries given (ISTHMUS_DP and ISTHMUS_CP): those, as they are; else the build's.
+    if std::env::var_os("ISTHMUS_DP").is_none() || std::env::var_os("ISTHMUS_CP").is_none() {
+        build_release()?;
+    }
+    use_release_binaries();
+    soak::run(minutes)
 }
 
 /// Every fuzz target for `ISTHMUS_FUZZ_SECS` (default 10) seconds: one failure per target
