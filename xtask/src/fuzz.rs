@@ -187,8 +187,11 @@ fn fuzz_one(target: &str, secs: u64) -> Result<Outcome> {
     let artifacts = dir.join("artifacts").join(target);
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
-    let mut cmd = nightly_cargo();
-    cmd.args(["fuzz", "run", target]).arg(&corpus);
+    // The binary `cargo fuzz build` made: run as it is, so that nothing rebuilds between
+    // the targets (or under a long run).
+    let bin = built_binary(target)?;
+    let mut cmd = Command::new(&bin);
+    cmd.current_dir(&dir).arg(&corpus);
     // Regressions first: every crash found so far runs again before anything new.
     for extra in ["regressions", "seeds"] {
         let d = dir.join(extra).join(target);
@@ -196,8 +199,7 @@ fn fuzz_one(target: &str, secs: u64) -> Result<Outcome> {
             cmd.arg(d);
         }
     }
-    cmd.arg("--")
-        .arg(format!("-max_total_time={secs}"))
+    cmd.arg(format!("-max_total_time={secs}"))
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", artifacts.display()));
     let dict = dir.join("dict").join(format!("{target}.dict"));
@@ -230,6 +232,17 @@ fn fuzz_one(target: &str, secs: u64) -> Result<Outcome> {
     }
     o.corpus = count_files(&corpus);
     Ok(o)
+}
+
+/// `fuzz/target/TRIPLE/release/TARGET`, as `cargo fuzz build` leaves it.
+fn built_binary(target: &str) -> Result<PathBuf> {
+    let dir = fuzz_dir().join("target");
+    std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: not built", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("release").join(target))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no built fuzz target {target} under {}", dir.display()))
 }
 
 /// Copies a crashing input into `fuzz/regressions/TARGET/`, where every later run starts.
