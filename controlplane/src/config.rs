@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::babel::link::{link_params, MAX_INTERVAL};
-pub use crate::babel::{Algorithm, MacKey};
+pub use crate::babel::{Algorithm, Limits, MacKey};
 pub use crate::babel::{CostModel, LinkClass, LinkOverrides, LinkParams};
 
 /// The whole configuration of `isthmus-cp`.
@@ -76,7 +76,15 @@ pub struct BabelConfig {
     pub filters: Vec<Filter>,
     /// `[[babel.key]]`: the MAC keys (RFC 8967) links may name, read from their files.
     pub keys: Vec<MacKey>,
+    /// `max_neighbours`, `max_neighbours_per_link`, `max_routes`, `max_sources`,
+    /// `max_pending_requests`, `max_resend`: the bounds of the router's tables.
+    pub limits: Limits,
+    /// `max_status_clients`: `isthmusctl` connections served at once (default 16).
+    pub max_status_clients: usize,
 }
+
+/// Default of [`BabelConfig::max_status_clients`].
+pub const MAX_STATUS_CLIENTS: usize = 16;
 
 impl BabelConfig {
     /// The first filter matching a route, if any.
@@ -285,6 +293,13 @@ struct RawBabel {
     filter: Vec<Spanned<RawFilter>>,
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
+    max_neighbours: Option<InRange<1, 1_000_000>>,
+    max_neighbours_per_link: Option<InRange<1, 1_000_000>>,
+    max_routes: Option<InRange<1, 100_000_000>>,
+    max_sources: Option<InRange<1, 100_000_000>>,
+    max_pending_requests: Option<InRange<1, 10_000_000>>,
+    max_resend: Option<InRange<1, 100_000_000>>,
+    max_status_clients: Option<InRange<1, 1024>>,
 }
 
 #[derive(Deserialize)]
@@ -436,6 +451,17 @@ impl Ctx<'_> {
             peers,
             filters,
             keys,
+            limits: Limits {
+                neighbours: b.max_neighbours.map_or(Limits::NEIGHBOURS, Into::into),
+                neighbours_per_link: (b.max_neighbours_per_link)
+                    .map_or(Limits::NEIGHBOURS_PER_LINK, Into::into),
+                routes: b.max_routes.map_or(Limits::ROUTES, Into::into),
+                sources: b.max_sources.map_or(Limits::SOURCES, Into::into),
+                pending_requests: (b.max_pending_requests)
+                    .map_or(Limits::PENDING_REQUESTS, Into::into),
+                resend: b.max_resend.map_or(Limits::RESEND, Into::into),
+            },
+            max_status_clients: b.max_status_clients.map_or(MAX_STATUS_CLIENTS, Into::into),
         })
     }
 
@@ -901,6 +927,53 @@ public_key = "{ANON}"
         assert_eq!(
             b.interfaces[0].params,
             LinkParams::for_class(LinkClass::Wired)
+        );
+    }
+
+    #[test]
+    fn table_limits_have_defaults_and_ranges() {
+        let b = with("[babel]").unwrap();
+        assert_eq!(b.limits, Limits::default());
+        assert_eq!(b.max_status_clients, MAX_STATUS_CLIENTS);
+        assert_eq!(
+            (
+                b.limits.neighbours,
+                b.limits.neighbours_per_link,
+                b.limits.routes
+            ),
+            (16_384, 256, 250_000)
+        );
+        let b = with(
+            "[babel]\nmax_neighbours = 10\nmax_neighbours_per_link = 3\nmax_routes = 1000\n\
+             max_sources = 2000\nmax_pending_requests = 50\nmax_resend = 60\nmax_status_clients = 2",
+        )
+        .unwrap();
+        let want = Limits {
+            neighbours: 10,
+            neighbours_per_link: 3,
+            routes: 1000,
+            sources: 2000,
+            pending_requests: 50,
+            resend: 60,
+        };
+        assert_eq!((b.limits, b.max_status_clients), (want, 2));
+        refused(
+            "[babel]\nmax_routes = 0",
+            2,
+            "babel.max_routes",
+            "out of range",
+        );
+        refused(
+            "[babel]\nmax_neighbours = \"many\"",
+            2,
+            "babel.max_neighbours",
+            "an integer",
+        );
+        refused(
+            "[babel]\nmax_status_clients = 5000",
+            2,
+            "babel.max_status_clients",
+            "out of range",
         );
     }
 
@@ -1815,6 +1888,9 @@ action = "accept"
         std::fs::remove_dir_all(&dir).unwrap();
         let b = c.unwrap().babel;
         assert_eq!(b.router_id, Some([2, 0, 0, 0, 0, 0, 0x0a, 1]));
+        // Its bounds are the defaults, written out.
+        assert_eq!(b.limits, Limits::default());
+        assert_eq!(b.max_status_clients, MAX_STATUS_CLIENTS);
         assert_eq!(b.originate.len(), 2);
         assert_eq!(b.interfaces.len(), 2);
         assert_eq!(b.interfaces[1].params.rxcost, 384);

@@ -160,6 +160,14 @@ pub struct InterfaceConfig {
     pub icmp_rate: u32,
     /// ICMP errors that may go at once (default 50, the kernel's `net.ipv4.icmp_msgs_burst`).
     pub icmp_burst: u32,
+    /// Peers at most, from the file and the UAPI together (default 65536).
+    pub max_peers: usize,
+    /// UAPI clients at once (default 32).
+    pub max_uapi_clients: usize,
+    /// Control-channel clients at once (default 64).
+    pub max_control_clients: usize,
+    /// The largest control-channel message taken from a client, in bytes (default 64 MiB).
+    pub max_control_message: usize,
     /// Worker threads (default 2).
     pub threads: Option<usize>,
     /// Decrypted packets that match no route (default local).
@@ -377,6 +385,10 @@ struct RawInterface {
     mss_clamp: Option<bool>,
     icmp_rate: Option<InRange<0, 1_000_000>>,
     icmp_burst: Option<InRange<1, 1_000_000>>,
+    max_peers: Option<InRange<1, 16_777_215>>,
+    max_uapi_clients: Option<InRange<1, 1024>>,
+    max_control_clients: Option<InRange<1, 1024>>,
+    max_control_message: Option<InRange<1_048_576, 1_073_741_824>>,
     threads: Option<InRange<1, 64>>,
     unrouted: Option<Unrouted>,
     control_socket: Option<PathBuf>,
@@ -657,6 +669,14 @@ impl Ctx<'_> {
             icmp_burst: i
                 .icmp_burst
                 .map_or(crate::forward::Settings::DEFAULT_ICMP_BURST, Into::into),
+            max_peers: (i.max_peers)
+                .map_or(crate::forward::Settings::DEFAULT_MAX_PEERS, Into::into),
+            max_uapi_clients: (i.max_uapi_clients)
+                .map_or(crate::uapi::LIMITS.max_conns, Into::into),
+            max_control_clients: (i.max_control_clients)
+                .map_or(crate::ctl::server::LIMITS.max_conns, Into::into),
+            max_control_message: (i.max_control_message)
+                .map_or(crate::ctl::proto::MAX_MESSAGE, Into::into),
             threads: i.threads.map(Into::into),
             unrouted: i.unrouted,
             control_socket: i.control_socket,
@@ -875,6 +895,13 @@ pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, ConfigError> {
     }
     let own_public = cfg.interface.private_key.map(|k| k.public_key());
     for (n, p) in raw.peer.iter().enumerate() {
+        if n == cfg.interface.max_peers {
+            let m = format!(
+                "more than interface.max_peers ({}) peers",
+                cfg.interface.max_peers
+            );
+            return Err(cx.err(p.span(), format!("peer[{n}]"), m));
+        }
         let peer = cx.peer(n, p, &cfg.peers, own_public)?;
         cfg.peers.push(peer);
     }
@@ -1183,6 +1210,55 @@ via = "blackhole"
     }
 
     #[test]
+    fn bound_keys_have_defaults_and_ranges() {
+        let (text, _, _, _) = valid();
+        let i = parse_str(&text).unwrap().interface;
+        assert_eq!(
+            (
+                i.max_peers,
+                i.max_uapi_clients,
+                i.max_control_clients,
+                i.max_control_message
+            ),
+            (65536, 32, 64, 64 << 20)
+        );
+        let set = "threads = 2\nmax_peers = 2\nmax_uapi_clients = 4\nmax_control_clients = 5\n\
+                   max_control_message = 1048576";
+        let i = parse_str(&text.replace("threads = 2", set))
+            .unwrap()
+            .interface;
+        assert_eq!(
+            (
+                i.max_peers,
+                i.max_uapi_clients,
+                i.max_control_clients,
+                i.max_control_message
+            ),
+            (2, 4, 5, 1 << 20)
+        );
+        for (extra, key) in [
+            ("max_peers = 0", "interface.max_peers"),
+            ("max_peers = 16777216", "interface.max_peers"),
+            ("max_uapi_clients = 0", "interface.max_uapi_clients"),
+            (
+                "max_control_clients = 2000",
+                "interface.max_control_clients",
+            ),
+            (
+                "max_control_message = 1000",
+                "interface.max_control_message",
+            ),
+        ] {
+            let e = err_of(&text.replace("threads = 2", &format!("threads = 2\n{extra}")));
+            assert_eq!((e.line, e.key.as_str()), (9, key), "{extra}: {e}");
+        }
+        // A file with more peers than max_peers is refused at the first one too many.
+        let e = err_of(&text.replace("threads = 2", "threads = 2\nmax_peers = 1"));
+        assert_eq!(e.key, "peer[1]", "{e}");
+        assert!(e.message.contains("max_peers (1)"), "{e}");
+    }
+
+    #[test]
     fn a_babel_section_is_ignored() {
         let (text, _, _, _) = valid();
         let with = format!("{text}\n[babel]\nrouter_id = \"02:00:00:00:00:00:00:01\"\n\n[[babel.interface]]\nname = \"eth1\"\nanything = [1, 2]\n");
@@ -1235,6 +1311,13 @@ via = "blackhole"
         let c = parse(text, &dir.join("isthmus.toml")).unwrap();
         assert!(c.peers.len() >= 3);
         assert!(c.peers.iter().any(|p| p.class == LinkClass::Trunk));
+        // Its bounds are the defaults, written out.
+        let default = InterfaceConfig::default();
+        let bounds = |i: &InterfaceConfig| {
+            let b = (i.max_peers, i.max_uapi_clients);
+            (b, i.max_control_clients, i.max_control_message)
+        };
+        assert_eq!(bounds(&c.interface), bounds(&default));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

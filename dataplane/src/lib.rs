@@ -12,6 +12,7 @@ pub mod fib;
 pub mod forward;
 pub mod io;
 pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod stats;
 pub mod sys;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use isthmus_dataplane::config::{self, DeviceConfig};
 use isthmus_dataplane::ctl;
-use isthmus_dataplane::device::{self, AfXdpOptions, Device, DeviceOptions};
+use isthmus_dataplane::device::{self, AfXdpOptions, Device, DeviceOptions, LocalLimits};
 use isthmus_dataplane::forward::Settings;
 use isthmus_dataplane::io::bpf::XdpMode;
 use isthmus_dataplane::io::notify::notify;
@@ -378,10 +378,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
             unrouted_local,
             icmp_rate: iface.icmp_rate,
             icmp_burst: iface.icmp_burst,
+            max_peers: iface.max_peers,
             ..Settings::default()
         },
         offload: std::env::var_os("ISTHMUS_NO_OFFLOAD").is_none(),
         afxdp: afxdp_options(args, &iface, cfg.as_ref())?,
+        local: LocalLimits {
+            uapi_clients: iface.max_uapi_clients,
+            control_clients: iface.max_control_clients,
+            control_message: iface.max_control_message,
+        },
     };
     let afxdp = opts.afxdp.is_some();
     let dev = Device::start(&ifname, opts).with_context(|| format!("starting device {ifname}"))?;

@@ -357,6 +357,10 @@ pub struct Sample {
     pub public_key: Option<crate::keys::Key>,
     /// Handshake latencies (our initiation to the peer's response).
     pub handshake_seconds: crate::io::metrics::Histogram,
+    /// How often each bound was reached.
+    pub limits: Vec<(crate::limits::Limit, u64)>,
+    /// The peer table's bound (`max_peers`).
+    pub max_peers: usize,
 }
 
 use crate::io::metrics::escape_label as escape;
@@ -662,5 +666,27 @@ pub fn render(s: &Sample, wireguard_exporter: bool) -> String {
     );
     let _ = writeln!(o, "# TYPE isthmus_fib_stale gauge");
     let _ = writeln!(o, "isthmus_fib_stale {}", u8::from(s.fib_stale));
+    let _ = writeln!(o, "# HELP isthmus_limit_reached_total New entries refused (a UAPI client: the oldest closed) because a bounded table or queue was full, by table.");
+    let _ = writeln!(o, "# TYPE isthmus_limit_reached_total counter");
+    for (l, n) in &s.limits {
+        let _ = writeln!(
+            o,
+            "isthmus_limit_reached_total{{table=\"{}\"}} {n}",
+            l.label()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_table_entries Entries in a bounded table."
+    );
+    let _ = writeln!(o, "# TYPE isthmus_table_entries gauge");
+    let _ = writeln!(
+        o,
+        "isthmus_table_entries{{table=\"peers\"}} {}",
+        s.peers.len()
+    );
+    let _ = writeln!(o, "# HELP isthmus_table_limit The bound of a table.");
+    let _ = writeln!(o, "# TYPE isthmus_table_limit gauge");
+    let _ = writeln!(o, "isthmus_table_limit{{table=\"peers\"}} {}", s.max_peers);
     o
 }

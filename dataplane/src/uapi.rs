@@ -161,6 +161,11 @@ impl UapiError {
         Self::new(libc::EIO, message.into())
     }
 
+    /// ENOSPC: a table is full (`max_peers`). `message` as for [`Self::rejected`].
+    pub fn no_space(message: impl Into<String>) -> Self {
+        Self::new(libc::ENOSPC, message.into())
+    }
+
     /// EADDRINUSE: the port is taken. `message` as for [`Self::rejected`].
     pub fn port_in_use(message: impl Into<String>) -> Self {
         Self::new(libc::EADDRINUSE, message.into())
@@ -192,6 +197,15 @@ pub trait UapiHandler: Send + Sync {
     fn get(&self) -> DeviceState;
     /// Apply a `set=1`.
     fn set(&self, req: SetRequest) -> Result<(), UapiError>;
+    /// Clients served at once (`[interface] max_uapi_clients`); beyond, the oldest is closed.
+    fn max_clients(&self) -> usize {
+        LIMITS.max_conns
+    }
+    /// A bound was reached: a client closed at [`UapiHandler::max_clients`], a line or a
+    /// request over its size. (For the metrics; the server logs it.)
+    fn limit_reached(&self, limit: crate::limits::Limit) {
+        let _ = limit;
+    }
 }
 
 /// The keys a `set=1` request may carry.
@@ -462,6 +476,9 @@ fn serve_conn(
         let errno = match &result {
             Ok(()) => 0,
             Err(e) => {
+                if e.errno == libc::EMSGSIZE {
+                    handler.limit_reached(crate::limits::Limit::UapiRequest);
+                }
                 log_error(e, errors);
                 -e.errno
             }
@@ -551,9 +568,14 @@ pub fn serve(ifname: &str, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServ
     serve_at(&dir.join(format!("{ifname}.sock")), handler)
 }
 
-/// Serve the API at `path` (mode 0600), within [`LIMITS`].
+/// Serve the API at `path` (mode 0600), within [`LIMITS`] but for the handler's
+/// [`UapiHandler::max_clients`].
 pub fn serve_at(path: &Path, handler: Arc<dyn UapiHandler>) -> io::Result<UapiServer> {
-    serve_within(path, handler, LIMITS)
+    let limits = Limits {
+        max_conns: handler.max_clients(),
+        ..LIMITS
+    };
+    serve_within(path, handler, limits)
 }
 
 fn serve_within(
@@ -562,14 +584,22 @@ fn serve_within(
     limits: Limits,
 ) -> io::Result<UapiServer> {
     let errors = Mutex::new(RateLimit::new(ERROR_LOG_EVERY));
-    crate::io::unix::UnixServer::start(path, "isthmus-uapi", limits, move |conn| {
-        let served = conn
-            .try_clone()
-            .and_then(|out| serve_conn(&mut BufReader::new(conn), &mut &out, &*handler, &errors));
-        if let Err(e) = served {
-            tracing::debug!("userspace API connection: {e}");
-        }
-    })
+    let h = handler.clone();
+    let at_limit = Arc::new(move || h.limit_reached(crate::limits::Limit::UapiClients));
+    crate::io::unix::UnixServer::start_counted(
+        path,
+        "isthmus-uapi",
+        limits,
+        at_limit,
+        move |conn| {
+            let served = conn.try_clone().and_then(|out| {
+                serve_conn(&mut BufReader::new(conn), &mut &out, &*handler, &errors)
+            });
+            if let Err(e) = served {
+                tracing::debug!("userspace API connection: {e}");
+            }
+        },
+    )
 }
 #[cfg(test)]
 mod tests {
@@ -638,11 +668,14 @@ mod tests {
     /// An in-memory device that applies set requests the simple way: a fixture for driving
     /// the real `wg` tool against the protocol code.
     #[derive(Default)]
-    struct Memory(Mutex<DeviceState>);
+    struct Memory(Mutex<DeviceState>, crate::limits::LimitCounters);
 
     impl UapiHandler for Memory {
         fn get(&self) -> DeviceState {
             self.0.lock().unwrap().clone()
+        }
+        fn limit_reached(&self, limit: crate::limits::Limit) {
+            self.1.hit(limit);
         }
         fn set(&self, req: SetRequest) -> Result<(), UapiError> {
             let mut s = self.0.lock().unwrap();
@@ -855,9 +888,10 @@ mod tests {
     fn a_request_over_the_size_limit_is_refused() {
         let line = format!("bogus={}\n", "y".repeat(MAX_LINE - 6));
         let body = line.repeat(MAX_SET_REQUEST / line.len() + 1);
-        let (reply, log, read) =
-            exchange(&Memory::default(), format!("set=1\n{body}\n").as_bytes());
+        let m = Memory::default();
+        let (reply, log, read) = exchange(&m, format!("set=1\n{body}\n").as_bytes());
         assert_eq!(reply, format!("errno=-{}\n\n", libc::EMSGSIZE));
+        assert_eq!(m.1.get(crate::limits::Limit::UapiRequest), 1, "counted");
         assert!(log.contains("request too large"), "{log}");
         assert!(read <= "set=1\n".len() + MAX_SET_REQUEST + line.len());
     }
@@ -968,15 +1002,17 @@ mod tests {
             idle_timeout: Some(std::time::Duration::from_millis(300)),
             when_full: crate::io::unix::WhenFull::Refuse,
         };
-        let server = serve_within(&path, Arc::new(Memory::default()), limits).unwrap();
+        let m = Arc::new(Memory::default());
+        let server = serve_within(&path, m.clone(), limits).unwrap();
         let mut idle = connect(&path);
         // Served: it has the only place.
         idle.write_all(b"get=1\n\n").unwrap();
         let mut reply = [0u8; 9];
         idle.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"errno=0\n\n");
-        // A second client is closed at once, unanswered.
+        // A second client is closed at once, unanswered, and counted.
         assert_eq!(get_on(&path), "");
+        assert_eq!(m.1.get(crate::limits::Limit::UapiClients), 1);
         // The idle one is dropped after the timeout, and its place is free again.
         let t = Instant::now();
         assert_eq!(read_all(&mut idle), "");

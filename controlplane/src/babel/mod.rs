@@ -10,11 +10,13 @@
 //! Files follow the RFC's concepts: [`packet`] (§4), [`neighbour`] (§3.4, Appendix A),
 //! [`auth`] (RFC 8967: MACs, packet counters, challenges),
 //! [`link`] (a link's parameters and class: Appendix A's costs, the intervals),
-//! [`source`] (§3.5.1), [`route`] (§3.2.6, §3.6), [`request`] (§3.8), and this module, the
-//! node that ties them together (§3.5.4 update processing, §3.7 route acquisition and
-//! triggered updates, §3.8 requests, §4.6.2 acknowledgments).
+//! [`source`] (§3.5.1), [`route`] (§3.2.6, §3.6), [`request`] (§3.8), [`limits`] (the
+//! bounds of every table that neighbours can grow), and this module, the node that ties
+//! them together (§3.5.4 update processing, §3.7 route acquisition and triggered updates,
+//! §3.8 requests, §4.6.2 acknowledgments).
 
 pub mod auth;
+pub mod limits;
 pub mod link;
 pub mod neighbour;
 pub mod packet;
@@ -30,11 +32,12 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 pub use auth::{Algorithm, AuthCounters, MacKey, Refused};
+pub use limits::{Limits, Table};
 pub use link::{CostModel, LinkClass, LinkOverrides, LinkParams};
 use neighbour::{cs, to_cs, Neighbour};
 use packet::{Msg, RouterId, Writer, INFINITY};
 pub use route::RouteInfo;
-use route::{Choice, NeighKey, Table};
+use route::{Choice, NeighKey};
 use source::{seqno_gt, Sources};
 
 /// A link, as numbered by the driver (an interface or a tunnel peer).
@@ -186,6 +189,15 @@ pub struct Counters {
     pub route_changes: u64,
     /// Authentication (RFC 8967) on links with keys.
     pub auth: AuthCounters,
+    /// New entries refused at a table's bound, by [`Table`] (in [`Table::ALL`]'s order).
+    pub limit_reached: [u64; Table::COUNT],
+}
+
+impl Counters {
+    /// New entries of `table` refused at its bound.
+    pub fn limit_reached(&self, table: Table) -> u64 {
+        self.limit_reached[table as usize]
+    }
 }
 
 /// Node-wide configuration.
@@ -202,6 +214,8 @@ pub struct Config {
     /// Secret seed of the PC indices and challenge nonces (RFC 8967); the daemon takes it
     /// from the OS. `None`: derived from the router-id (the simulator's repeatable runs).
     pub auth_seed: Option<[u8; 32]>,
+    /// Bounds of the tables neighbours can grow ([`Router::set_limits`] changes them).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -212,6 +226,7 @@ impl Config {
             request_hops: 64,
             wall_clock_ms: None,
             auth_seed: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -240,8 +255,6 @@ const FLUSH_DELAY: Duration = Duration::from_millis(10);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const RESEND_DELAY: Duration = Duration::from_millis(500);
 const URGENT_RESENDS: u8 = 2;
-/// Neighbours whose packet counters are tracked (only packets with a right MAC make one).
-const MAX_AUTH_PEERS: usize = 4096;
 /// A tracked neighbour silent this long is forgotten (it is challenged if it comes back).
 const AUTH_PEER_IDLE: Duration = Duration::from_secs(600);
 
@@ -256,7 +269,10 @@ pub struct Router {
     /// Packet counters and challenges of neighbours on links with keys.
     auth_peers: BTreeMap<NeighKey, auth::Peer>,
     random: auth::Random,
-    routes: Table,
+    routes: route::Table,
+    /// Learned routes in `routes` (the sum of their entries' lengths), for
+    /// [`Limits::routes`].
+    n_routes: usize,
     /// No route expires before this (a lower bound; `None`: no routes), so that
     /// housekeeping walks the table only when something may have expired.
     next_expiry: Option<Instant>,
@@ -302,7 +318,8 @@ impl Router {
             rng,
             links: BTreeMap::new(),
             neighbours: BTreeMap::new(),
-            routes: Table::new(),
+            routes: route::Table::new(),
+            n_routes: 0,
             next_expiry: None,
             sources: Sources::default(),
             xroutes: BTreeMap::new(),
@@ -338,6 +355,51 @@ impl Router {
     /// Counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The bounds of the tables.
+    pub fn limits(&self) -> Limits {
+        self.cfg.limits
+    }
+
+    /// Changes the bounds (a reload). A lowered bound applies to new entries; what a table
+    /// holds over it stays until it goes by itself.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.cfg.limits = limits;
+    }
+
+    /// Entries in each bounded table, with its bound, in [`Table::ALL`]'s order.
+    pub fn table_usage(&self) -> [(Table, usize, usize); Table::COUNT] {
+        let busiest_link = {
+            let mut most = 0;
+            let mut run = (None, 0);
+            for k in self.neighbours.keys() {
+                run = if run.0 == Some(k.0) {
+                    (run.0, run.1 + 1)
+                } else {
+                    (Some(k.0), 1)
+                };
+                most = most.max(run.1);
+            }
+            most
+        };
+        Table::ALL.map(|t| {
+            let n = match t {
+                Table::Neighbours => self.neighbours.len(),
+                Table::LinkNeighbours => busiest_link,
+                Table::AuthPeers => self.auth_peers.len(),
+                Table::Routes => self.n_routes,
+                Table::Sources => self.sources.len(),
+                Table::Requests => self.requests.len(),
+                Table::Resends => self.resends.len(),
+            };
+            (t, n, self.cfg.limits.of(t))
+        })
+    }
+
+    /// Counts a new entry of `table` refused at its bound.
+    fn refuse(&mut self, table: Table) {
+        self.counters.limit_reached[table as usize] += 1;
     }
 
     fn jitter(&mut self, d: Duration, fraction: u32) -> Duration {
@@ -578,9 +640,11 @@ impl Router {
         if self.next_expiry.is_some_and(|t| t <= now) {
             let mut touched = Vec::new();
             let mut next: Option<Instant> = None;
+            let mut removed = 0;
             for (p, e) in self.routes.iter_mut() {
                 let sel = e.selected.map(|i| e.routes[i].neighbour);
                 let mut changed = false;
+                let before = e.routes.len();
                 e.routes.retain_mut(|r| {
                     if r.expires > now {
                         next = Some(next.map_or(r.expires, |t| t.min(r.expires)));
@@ -596,11 +660,13 @@ impl Router {
                         false
                     }
                 });
+                removed += before - e.routes.len();
                 e.selected = sel.and_then(|s| e.find(s));
                 if changed {
                     touched.push(*p);
                 }
             }
+            self.n_routes -= removed;
             self.next_expiry = next;
             for p in touched {
                 self.reselect(p, now);
@@ -718,7 +784,7 @@ impl Router {
         let key = (link, src);
         let params = self.links[&link].cfg.params;
         let mut fresh = false;
-        if let std::collections::btree_map::Entry::Vacant(v) = self.neighbours.entry(key) {
+        if !self.neighbours.contains_key(&key) {
             // Only a Hello makes a neighbour (anything else from a stranger is ignored), so
             // stray packets cannot grow the table.
             if !msgs
@@ -727,7 +793,26 @@ impl Router {
             {
                 return;
             }
-            v.insert(Neighbour::new(link, src));
+            // A neighbour over a bound is ignored (it cannot make routes, we send it no
+            // IHU): the ones we have keep working.
+            let limits = self.cfg.limits;
+            let on_link = || {
+                let lo = (link, Ipv6Addr::UNSPECIFIED);
+                let hi = (link, Ipv6Addr::from(u128::MAX));
+                self.neighbours.range(lo..=hi).count()
+            };
+            let refused = if self.neighbours.len() >= limits.neighbours {
+                Some(Table::Neighbours)
+            } else if on_link() >= limits.neighbours_per_link {
+                Some(Table::LinkNeighbours)
+            } else {
+                None
+            };
+            if let Some(t) = refused {
+                self.refuse(t);
+                return;
+            }
+            self.neighbours.insert(key, Neighbour::new(link, src));
             fresh = true;
         }
         // Pass 1: hellos (so IHUs and updates in the same packet see the neighbour's state).
@@ -865,8 +950,10 @@ impl Router {
             }
         };
         let key = (link, src);
-        if !self.auth_peers.contains_key(&key) && self.auth_peers.len() >= MAX_AUTH_PEERS {
-            self.counters.auth.count(Refused::UnknownIndex);
+        if !self.auth_peers.contains_key(&key)
+            && self.auth_peers.len() >= self.cfg.limits.neighbours
+        {
+            self.refuse(Table::AuthPeers);
             return false;
         }
         let peer = self
@@ -956,7 +1043,9 @@ impl Router {
         for p in prefixes {
             if let Some(e) = self.routes.get_mut(&p) {
                 let sel = e.selected.map(|i| e.routes[i].neighbour);
+                let before = e.routes.len();
                 e.routes.retain(|r| r.neighbour != key);
+                self.n_routes -= before - e.routes.len();
                 e.selected = sel.and_then(|s| e.find(s));
             }
             self.reselect(p, now);
@@ -1047,9 +1136,18 @@ impl Router {
                     }
                     return;
                 }
+                if self.n_routes >= self.cfg.limits.routes {
+                    // Refused, as babeld refuses: the routes the node has keep working.
+                    if entry.routes.is_empty() {
+                        self.routes.remove(&prefix);
+                    }
+                    self.refuse(Table::Routes);
+                    return;
+                }
                 // Most prefixes have one or two routes: grow by one, not to Vec's minimum
                 // of 4 (a 100k-route table would carry ~20 MB of empty slots).
                 entry.routes.reserve_exact(1);
+                self.n_routes += 1;
                 entry.routes.push(route::Route {
                     neighbour: key,
                     router_id,
@@ -1096,8 +1194,13 @@ impl Router {
             .get(prefix, id)
             .map_or(0, |s| s.seqno)
             .wrapping_add(1);
-        if !self.requests.originate(prefix, id, seqno, now) {
-            return;
+        match (self.requests).originate(prefix, id, seqno, now, self.cfg.limits.pending_requests) {
+            request::Admit::New => {}
+            request::Admit::Duplicate => return,
+            request::Admit::Full => {
+                self.refuse(Table::Requests);
+                return;
+            }
         }
         let msg = Msg::SeqnoRequest {
             prefix,
@@ -1151,9 +1254,17 @@ impl Router {
         if hop_count < 2 || choice.neighbour == from {
             return;
         }
-        if !self.requests.forward(prefix, router_id, seqno, now) {
-            self.counters.requests_duplicate += 1;
-            return;
+        let max = self.cfg.limits.pending_requests;
+        match self.requests.forward(prefix, router_id, seqno, now, max) {
+            request::Admit::New => {}
+            request::Admit::Duplicate => {
+                self.counters.requests_duplicate += 1;
+                return;
+            }
+            request::Admit::Full => {
+                self.refuse(Table::Requests);
+                return;
+            }
         }
         self.counters.requests_forwarded += 1;
         self.queue(
@@ -1272,7 +1383,10 @@ impl Router {
                 .or_default()
                 .updates
                 .insert(prefix);
-            if urgent {
+            if urgent && !self.resends.has_room(id, prefix, self.cfg.limits.resend) {
+                // Sent once, not made reliable.
+                self.refuse(Table::Resends);
+            } else if urgent {
                 let opaque = dest.map(|_| {
                     let o = self.next_opaque;
                     self.next_opaque = self.next_opaque.wrapping_add(1).max(1);
@@ -1358,8 +1472,14 @@ impl Router {
                         (None, false) => continue,
                     },
                 };
-                if metric != INFINITY {
-                    self.sources.advertised(p, rid, seqno, metric, now);
+                let max = self.cfg.limits.sources;
+                if !self.sources.advertised(p, rid, seqno, metric, now, max)
+                    && rid != self.cfg.router_id
+                {
+                    // No room to record its feasibility distance: not advertised. (Our
+                    // own prefixes go out all the same: no route of ours comes back to us.)
+                    self.refuse(Table::Sources);
+                    continue;
                 }
                 updates.push(Msg::Update {
                     prefix: Some(p),

@@ -35,20 +35,46 @@ pub struct Pending {
     map: HashMap<(IpNet, RouterId), Req>,
 }
 
+/// Whether a request may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Yes: it is remembered.
+    New,
+    /// No: an equal or newer one is in flight.
+    Duplicate,
+    /// No: the table holds its bound of requests already.
+    Full,
+}
+
 impl Pending {
-    fn fresh(&self, prefix: IpNet, id: RouterId, seqno: u16, now: Instant) -> bool {
+    fn admit(&self, prefix: IpNet, id: RouterId, seqno: u16, now: Instant, max: usize) -> Admit {
         match self.map.get(&(prefix, id)) {
             Some(r) if now.saturating_duration_since(r.sent) < REQUEST_HOLD => {
-                seqno_gt(seqno, r.seqno)
+                if seqno_gt(seqno, r.seqno) {
+                    Admit::New
+                } else {
+                    Admit::Duplicate
+                }
             }
-            _ => true,
+            Some(_) => Admit::New,
+            None if self.map.len() >= max => Admit::Full,
+            None => Admit::New,
         }
     }
 
-    /// We want to send a request; false if an equal or newer one is already in flight.
-    pub fn originate(&mut self, prefix: IpNet, id: RouterId, seqno: u16, now: Instant) -> bool {
-        if !self.fresh(prefix, id, seqno, now) {
-            return false;
+    /// We want to send a request; refused if an equal or newer one is already in flight,
+    /// or if `max` are.
+    pub fn originate(
+        &mut self,
+        prefix: IpNet,
+        id: RouterId,
+        seqno: u16,
+        now: Instant,
+        max: usize,
+    ) -> Admit {
+        let admit = self.admit(prefix, id, seqno, now, max);
+        if admit != Admit::New {
+            return admit;
         }
         self.map.insert(
             (prefix, id),
@@ -61,7 +87,7 @@ impl Pending {
                 targets: Vec::new(),
             },
         );
-        true
+        Admit::New
     }
 
     /// Remembers where an originated request went, for resends.
@@ -76,10 +102,19 @@ impl Pending {
         }
     }
 
-    /// A request to forward; false if it duplicates one forwarded recently.
-    pub fn forward(&mut self, prefix: IpNet, id: RouterId, seqno: u16, now: Instant) -> bool {
-        if !self.fresh(prefix, id, seqno, now) {
-            return false;
+    /// A request to forward; refused if it duplicates one forwarded recently, or if `max`
+    /// are in flight.
+    pub fn forward(
+        &mut self,
+        prefix: IpNet,
+        id: RouterId,
+        seqno: u16,
+        now: Instant,
+        max: usize,
+    ) -> Admit {
+        let admit = self.admit(prefix, id, seqno, now, max);
+        if admit != Admit::New {
+            return admit;
         }
         self.map.insert(
             (prefix, id),
@@ -92,7 +127,7 @@ impl Pending {
                 targets: Vec::new(),
             },
         );
-        true
+        Admit::New
     }
 
     /// An update with (router-id, seqno) arrived: requests it answers are done.
@@ -140,15 +175,24 @@ mod tests {
         let p: IpNet = "10.0.0.0/8".parse().unwrap();
         let id = [2; 8];
         let mut q = Pending::default();
-        assert!(q.forward(p, id, 5, now));
-        assert!(!q.forward(p, id, 5, now), "same request twice");
-        assert!(!q.forward(p, id, 4, now), "older request");
-        assert!(q.forward(p, id, 6, now), "newer request");
+        let m = usize::MAX;
+        assert_eq!(q.forward(p, id, 5, now, m), Admit::New);
+        assert_eq!(
+            q.forward(p, id, 5, now, m),
+            Admit::Duplicate,
+            "same request twice"
+        );
+        assert_eq!(
+            q.forward(p, id, 4, now, m),
+            Admit::Duplicate,
+            "older request"
+        );
+        assert_eq!(q.forward(p, id, 6, now, m), Admit::New, "newer request");
         q.satisfied(p, id, 5);
         assert_eq!(q.len(), 1, "seqno 5 does not satisfy a request for 6");
         q.satisfied(p, id, 6);
         assert!(q.is_empty());
-        assert!(q.forward(p, id, 6, now));
+        assert_eq!(q.forward(p, id, 6, now, m), Admit::New);
         q.due(now + REQUEST_HOLD);
         assert!(q.is_empty(), "forgotten after the hold time");
     }
@@ -159,7 +203,7 @@ mod tests {
         let p: IpNet = "2001:db8::/32".parse().unwrap();
         let id = [3; 8];
         let mut q = Pending::default();
-        assert!(q.originate(p, id, 9, now));
+        assert_eq!(q.originate(p, id, 9, now, usize::MAX), Admit::New);
         let msg = Msg::SeqnoRequest {
             prefix: p,
             seqno: 9,
@@ -175,5 +219,32 @@ mod tests {
         );
         assert_eq!(q.due(now + REQUEST_RESEND * 3).len(), 1);
         assert!(q.due(now + REQUEST_RESEND * 20).is_empty(), "gives up");
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_requests_but_not_newer_seqnos_of_its_own() {
+        let now = Instant::now();
+        let p = |i: u8| -> IpNet { format!("10.{i}.0.0/16").parse().unwrap() };
+        let id = [4; 8];
+        let mut q = Pending::default();
+        assert_eq!(q.forward(p(0), id, 1, now, 2), Admit::New);
+        assert_eq!(q.originate(p(1), id, 1, now, 2), Admit::New);
+        assert_eq!(q.forward(p(2), id, 1, now, 2), Admit::Full);
+        assert_eq!(q.originate(p(2), id, 1, now, 2), Admit::Full);
+        assert_eq!(q.forward(p(0), id, 1, now, 2), Admit::Duplicate);
+        assert_eq!(
+            q.forward(p(0), id, 2, now, 2),
+            Admit::New,
+            "replaces its own entry"
+        );
+        assert_eq!(q.len(), 2);
+        for i in 1..10 {
+            q.due(now + REQUEST_HOLD * i);
+        }
+        assert!(q.is_empty(), "they age out");
+        assert_eq!(
+            q.forward(p(2), id, 1, now + REQUEST_HOLD * 4, 2),
+            Admit::New
+        );
     }
 }

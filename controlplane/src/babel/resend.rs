@@ -48,6 +48,12 @@ impl Resends {
         Some(r)
     }
 
+    /// Whether an update for (`link`, `prefix`) can be added while at most `max` are in
+    /// flight: one for the same link and prefix is replaced, so there is always room for it.
+    pub fn has_room(&self, link: LinkId, prefix: IpNet, max: usize) -> bool {
+        self.list.len() < max || self.by_key.contains_key(&(link, prefix))
+    }
+
     /// Adds `r`, replacing the one for the same link and prefix.
     pub fn insert(&mut self, r: Resend) {
         if let Some(&old) = self.by_key.get(&(r.link, r.prefix)) {
@@ -112,7 +118,6 @@ impl Resends {
     }
 
     /// Number in flight.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.list.len()
     }

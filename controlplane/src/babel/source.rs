@@ -55,7 +55,9 @@ impl Sources {
         }
     }
 
-    /// Records that we advertised (seqno, metric) for (prefix, router-id).
+    /// Records that we advertised (seqno, metric) for (prefix, router-id). A new entry is
+    /// refused (false) when the table holds `max` already: the caller must then not
+    /// advertise the route, whose feasibility distance could not be kept.
     pub fn advertised(
         &mut self,
         prefix: IpNet,
@@ -63,9 +65,13 @@ impl Sources {
         seqno: u16,
         metric: u16,
         now: Instant,
-    ) {
+        max: usize,
+    ) -> bool {
         if metric == INFINITY {
-            return;
+            return true;
+        }
+        if self.map.len() >= max && !self.map.contains_key(&(prefix, id)) {
+            return false;
         }
         self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
         let e = self.map.entry((prefix, id)).or_insert(Source {
@@ -83,6 +89,7 @@ impl Sources {
             e.metric = e.metric.min(metric);
             e.time = now;
         }
+        true
     }
 
     /// The entry, if any.
@@ -139,7 +146,7 @@ mod tests {
         let id = [1; 8];
         let mut s = Sources::default();
         assert!(s.feasible(p, id, 7, 500, now), "no source: feasible");
-        s.advertised(p, id, 7, 300, now);
+        assert!(s.advertised(p, id, 7, 300, now, usize::MAX));
         assert!(s.feasible(p, id, 7, 299, now));
         assert!(
             !s.feasible(p, id, 7, 300, now),
@@ -148,12 +155,34 @@ mod tests {
         assert!(!s.feasible(p, id, 6, 10, now), "older seqno");
         assert!(s.feasible(p, id, 8, 60000, now), "newer seqno");
         assert!(s.feasible(p, id, 6, INFINITY, now), "retractions always");
-        s.advertised(p, id, 7, 200, now);
+        s.advertised(p, id, 7, 200, now, usize::MAX);
         assert_eq!(s.get(p, id).unwrap().metric, 200);
-        s.advertised(p, id, 8, 900, now);
+        s.advertised(p, id, 8, 900, now, usize::MAX);
         assert_eq!(s.get(p, id).unwrap().seqno, 8);
         assert!(s.feasible(p, id, 8, 100, now + SOURCE_GC + Duration::from_secs(1)));
         s.gc(now + SOURCE_GC + Duration::from_secs(1));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_entries_and_keeps_updating_its_own() {
+        let now = Instant::now();
+        let p = |i: u8| -> IpNet { format!("10.0.{i}.0/24").parse().unwrap() };
+        let id = [1; 8];
+        let mut s = Sources::default();
+        assert!(s.advertised(p(0), id, 1, 100, now, 2));
+        assert!(s.advertised(p(1), id, 1, 100, now, 2));
+        assert!(!s.advertised(p(2), id, 1, 100, now, 2), "full");
+        assert!(
+            s.advertised(p(2), id, 1, INFINITY, now, 2),
+            "a retraction records nothing"
+        );
+        assert_eq!(s.len(), 2);
+        assert!(
+            s.advertised(p(0), id, 2, 50, now, 2),
+            "an entry it has is updated"
+        );
+        assert_eq!(s.get(p(0), id).unwrap().seqno, 2);
+        assert!(s.get(p(2), id).is_none());
     }
 }

@@ -316,6 +316,11 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
         .filter_map(|(k, v)| Some((k.strip_prefix("minute_")?.to_string(), *v)))
         .filter(|(_, n)| *n > 0)
         .collect();
+    // Bounds reached since the data plane started (README: Limits).
+    let limits: Vec<(String, u64)> = (s1.iter())
+        .filter_map(|(k, v)| Some((k.strip_prefix("limit_")?.to_string(), *v)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let rate = |p: &PeerInfo, f: fn(&PeerInfo) -> u64| {
         let before = p0
             .iter()
@@ -355,6 +360,7 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
             "fib_stale": stale,
             "drops_per_second": drops.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "drops_last_minute": minute.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "limits_reached": limits.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "babel": babel,
             "neighbours": neighbours,
         });
@@ -445,6 +451,10 @@ fn show_overview(rest: &[&str], cp_socket: Option<PathBuf>, json: bool) -> anyho
             list.join(", ")
         }
     );
+    if !limits.is_empty() {
+        let list: Vec<String> = limits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("limits reached since start: {}", list.join(", "));
+    }
     Ok(())
 }
 

@@ -71,7 +71,13 @@ impl IfaceSocket {
     }
 
     /// Starts a thread feeding received packets to the daemon.
-    pub fn spawn_reader(&self, link: LinkId, tx: Sender<Input>) -> io::Result<()> {
+    /// Packets beyond `budget`'s room are dropped (and counted) instead of queued.
+    pub fn spawn_reader(
+        &self,
+        link: LinkId,
+        tx: Sender<Input>,
+        budget: std::sync::Arc<super::InputBudget>,
+    ) -> io::Result<()> {
         let sock = self.sock.try_clone()?;
         let alive = Arc::clone(&self.alive);
         thread::Builder::new()
@@ -80,6 +86,7 @@ impl IfaceSocket {
                 let mut buf = vec![0u8; 65536];
                 while alive.load(Relaxed) {
                     match sock.recv_from(&mut buf) {
+                        Ok((n, SocketAddr::V6(_))) if !budget.take(n) => {}
                         Ok((n, SocketAddr::V6(from))) => {
                             let msg = Input::Packet {
                                 link,

@@ -23,7 +23,9 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -213,6 +215,10 @@ pub struct IoStats {
     pub ctl_connects: u64,
     /// Synchronised with the data plane and the kernel (after the start-up hold).
     pub synced: bool,
+    /// Received packets dropped: the router thread's input queue was full.
+    pub input_dropped: u64,
+    /// Status-socket clients closed to make room (`max_status_clients`).
+    pub status_evicted: u64,
 }
 
 /// The running daemon's state, on the router thread.
@@ -232,6 +238,12 @@ pub struct Daemon {
     waiting_ifaces: HashSet<String>,
     /// For the interface sockets' readers.
     tx: Sender<Input>,
+    /// Bytes of received packets the readers may queue for the router thread.
+    budget: Arc<InputBudget>,
+    /// Status-socket clients closed to make room for a new one.
+    status_evicted: Arc<AtomicU64>,
+    /// The router's refusals at its tables' bounds as last logged.
+    limits_seen: [u64; babel::Table::COUNT],
     /// The configuration file, for reloads.
     config_file: Option<PathBuf>,
     /// The control channel's writing half: the data plane's FIB, injected packets.
@@ -309,6 +321,8 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     bcfg.auth_seed = Some(seed);
+    bcfg.limits = cfg.babel.limits;
+    warn_if_snapshot_too_large(&cfg);
     let mut router = Router::new(bcfg, now);
     router.set_policy(Box::new(ConfigPolicy {
         filters: cfg.babel.filters.clone(),
@@ -396,8 +410,15 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         Some(name) => Some(User::lookup(name).with_context(|| format!("--user {name}"))?),
         None => None,
     };
-    spawn_ctl(ctl_path.clone(), tx.clone())?;
-    let _status = spawn_status(&status_path, tx.clone())?;
+    let budget = Arc::new(InputBudget::default());
+    spawn_ctl(ctl_path.clone(), tx.clone(), budget.clone())?;
+    let status_evicted = Arc::new(AtomicU64::new(0));
+    let _status = spawn_status(
+        &status_path,
+        tx.clone(),
+        cfg.babel.max_status_clients,
+        status_evicted.clone(),
+    )?;
     if let Some(addr) = metrics {
         let bound = spawn_metrics(addr, tx.clone())?;
         info!(%bound, "metrics");
@@ -459,6 +480,9 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         iface_links: HashMap::new(),
         waiting_ifaces: HashSet::new(),
         tx: tx.clone(),
+        budget,
+        status_evicted,
+        limits_seen: [0; babel::Table::COUNT],
         config_file: opts.config_file.clone(),
         dp: FibChannel::default(),
         ifname,
@@ -526,6 +550,22 @@ fn tun_route(prefix: IpNet, ifindex: u32, metric: u16) -> KernelRoute {
     }
 }
 
+/// A full table of `max_routes` routes must fit one control-channel message of the data
+/// plane's `max_control_message`, or the data plane refuses the snapshot.
+fn warn_if_snapshot_too_large(cfg: &CpConfig) {
+    let routes = cfg.babel.limits.routes + cfg.babel.originate.len() + 2;
+    let bytes = routes.saturating_mul(isthmus_dataplane::ctl::proto::MAX_ROUTE_BYTES) + 64;
+    let max = cfg.device.interface.max_control_message;
+    if bytes > max {
+        warn!(
+            "a full table of babel.max_routes = {} routes takes up to {bytes} bytes, more than \
+             interface.max_control_message = {max}: the data plane would refuse it; raise \
+             max_control_message or lower max_routes",
+            cfg.babel.limits.routes
+        );
+    }
+}
+
 /// At most one warning of a kind per this long: those that outside events can repeat (route
 /// churn from Babel neighbours, interfaces flapping) must not flood the journal.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -538,9 +578,53 @@ impl Warnings {
     /// `Some(n)` when a warning of kind `what` may be logged now: `n` of them occurred since
     /// the last one logged (this one included).
     fn hit(&mut self, what: &'static str) -> Option<u64> {
+        self.hit_n(what, 1)
+    }
+
+    /// [`Warnings::hit`] for `n` occurrences at once.
+    fn hit_n(&mut self, what: &'static str, n: u64) -> Option<u64> {
         (self.0.entry(what))
             .or_insert_with(|| RateLimit::new(WARN_EVERY))
-            .hit(Instant::now())
+            .hit_n(Instant::now(), n)
+    }
+}
+
+/// Bytes of received Babel packets (from interfaces, punted by the data plane) that may wait
+/// for the router thread: under a flood faster than the router, the packets beyond are
+/// dropped and counted (`isthmus_babel_limit_reached_total{table="input_queue"}`) instead of
+/// queued without end.
+pub const INPUT_QUEUE_BYTES: usize = 16 << 20;
+
+/// The bytes of packets queued for the router thread, within [`INPUT_QUEUE_BYTES`].
+#[derive(Debug, Default)]
+pub struct InputBudget {
+    queued: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl InputBudget {
+    /// Room for a packet of `n` bytes: false (and counted) when there is none.
+    pub fn take(&self, n: usize) -> bool {
+        let room = self
+            .queued
+            .fetch_update(Relaxed, Relaxed, |q| {
+                (q + n <= INPUT_QUEUE_BYTES).then_some(q + n)
+            })
+            .is_ok();
+        if !room {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+        room
+    }
+
+    /// A packet of `n` bytes left the queue.
+    pub fn give(&self, n: usize) {
+        let _ = (self.queued).fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)));
+    }
+
+    /// Packets dropped for want of room.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
 }
 
@@ -636,11 +720,47 @@ impl Daemon {
                 self.router.handle_timeout(now);
             }
             self.drain();
+            self.log_limits();
             self.fib.poll(now, &mut self.dp);
             if let Some((k, routes)) = self.kernel.as_mut() {
                 routes.poll(now, k);
             }
             self.log_reports();
+        }
+    }
+
+    /// Logs the refusals at the tables' bounds since the last call: at most one warning per
+    /// table and [`WARN_EVERY`], with the count since the last one.
+    fn log_limits(&mut self) {
+        let c = self.router.counters().limit_reached;
+        let limits = self.router.limits();
+        for t in babel::Table::ALL {
+            let grew = c[t as usize] - self.limits_seen[t as usize];
+            if grew == 0 {
+                continue;
+            }
+            self.limits_seen[t as usize] = c[t as usize];
+            if let Some(n) = self.warnings.hit_n(t.as_str(), grew) {
+                warn!(
+                    table = t.as_str(),
+                    occurrences = n,
+                    "Babel table full ({} = {}): new entries refused",
+                    t.key(),
+                    limits.of(t)
+                );
+            }
+        }
+        let dropped = self.budget.dropped();
+        if dropped > self.stats.input_dropped {
+            let grew = dropped - self.stats.input_dropped;
+            self.stats.input_dropped = dropped;
+            if let Some(n) = self.warnings.hit_n("input_queue", grew) {
+                warn!(
+                    table = "input_queue",
+                    occurrences = n,
+                    "received Babel packets dropped: {INPUT_QUEUE_BYTES} bytes already wait for the router"
+                );
+            }
         }
     }
 
@@ -653,6 +773,11 @@ impl Daemon {
 
     fn input(&mut self, input: Input) -> bool {
         let now = Instant::now();
+        match &input {
+            Input::Packet { bytes, .. } => self.budget.give(bytes.len()),
+            Input::Ctl(Msg::Punt { packet, .. }) => self.budget.give(packet.len()),
+            _ => {}
+        }
         match input {
             Input::Packet { link, from, bytes } => self.router.handle(now, link, from, &bytes),
             Input::CtlUp(stream) => {
@@ -926,7 +1051,7 @@ impl Daemon {
                 return;
             }
         };
-        if let Err(e) = sock.spawn_reader(id, self.tx.clone()) {
+        if let Err(e) = sock.spawn_reader(id, self.tx.clone(), self.budget.clone()) {
             if let Some(n) = self.warnings.hit("iface_reader") {
                 warn!(interface = %i.name, occurrences = n, "cannot start its reader: {e}");
             }
@@ -1018,6 +1143,12 @@ impl Daemon {
             }));
             changes.push("filters".into());
         }
+        warn_if_snapshot_too_large(&new);
+        if old_b.limits != new_b.limits {
+            // A lowered bound applies to new entries.
+            self.router.set_limits(new_b.limits);
+            changes.push("table limits".into());
+        }
         if old_b.interfaces != new_b.interfaces {
             changes.push("interfaces".into());
         }
@@ -1034,6 +1165,10 @@ impl Daemon {
             (
                 "control_socket",
                 old_b.control_socket != new_b.control_socket,
+            ),
+            (
+                "max_status_clients",
+                old_b.max_status_clients != new_b.max_status_clients,
             ),
         ]
         .into_iter()
@@ -1289,6 +1424,8 @@ impl Daemon {
             io.kernel_errors = routes.stats().errors;
         }
         io.ctl_connected = self.dp.is_connected();
+        io.input_dropped = self.budget.dropped();
+        io.status_evicted = self.status_evicted.load(Relaxed);
         io.synced = self.fib.phase() != Phase::Holding;
         io
     }
@@ -1357,7 +1494,7 @@ fn drop_privileges(user: &User, status: &Path, config: Option<&Path>) -> anyhow:
     Ok(())
 }
 
-fn spawn_ctl(path: PathBuf, tx: Sender<Input>) -> io::Result<()> {
+fn spawn_ctl(path: PathBuf, tx: Sender<Input>, budget: Arc<InputBudget>) -> io::Result<()> {
     thread::Builder::new().name("ctl".into()).spawn(move || {
         let mut logged = false;
         loop {
@@ -1370,6 +1507,7 @@ fn spawn_ctl(path: PathBuf, tx: Sender<Input>) -> io::Result<()> {
                     let mut reader = reader;
                     let why = loop {
                         match read_msg(&mut reader) {
+                            Ok(Msg::Punt { packet, .. }) if !budget.take(packet.len()) => {}
                             Ok(m) => {
                                 if tx.send(Input::Ctl(m)).is_err() {
                                     return;
@@ -1424,17 +1562,23 @@ fn connect_ctl(path: &Path) -> io::Result<(BufReader<UnixStream>, UnixStream)> {
 fn spawn_status(
     path: &Path,
     tx: Sender<Input>,
+    max_conns: usize,
+    evicted: Arc<AtomicU64>,
 ) -> io::Result<isthmus_dataplane::io::unix::UnixServer> {
     if let Some(dir) = path.parent() {
         isthmus_dataplane::io::unix::ensure_dir(dir, 0o700)?;
     }
     let tx = std::sync::Mutex::new(tx);
     let limits = isthmus_dataplane::io::unix::Limits {
-        max_conns: 16,
+        max_conns,
         idle_timeout: Some(Duration::from_secs(5)),
         when_full: isthmus_dataplane::io::unix::WhenFull::EvictOldest,
     };
-    isthmus_dataplane::io::unix::UnixServer::start(path, "status", limits, move |conn| {
+    let at_limit = Arc::new(move || {
+        evicted.fetch_add(1, Relaxed);
+    });
+    use isthmus_dataplane::io::unix::UnixServer;
+    UnixServer::start_counted(path, "status", limits, at_limit, move |conn: UnixStream| {
         // A query is one short line: read no more than a page of it.
         let mut r = BufReader::new(io::Read::take(&conn, 4096));
         let mut line = String::new();
@@ -1525,4 +1669,31 @@ pub fn query(path: &Path, what: &str) -> io::Result<String> {
     let mut out = String::new();
     io::Read::read_to_string(&mut s, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_budget_drops_and_counts_what_does_not_fit() {
+        let b = InputBudget::default();
+        let n = INPUT_QUEUE_BYTES / 4;
+        assert!((0..4).all(|_| b.take(n)));
+        assert!(!b.take(1), "full");
+        assert!(!b.take(n));
+        assert_eq!(b.dropped(), 2);
+        b.give(n);
+        assert!(b.take(n), "room again once the router took one");
+        assert!(!b.take(1));
+        assert_eq!(b.dropped(), 3);
+    }
+
+    #[test]
+    fn warnings_of_many_occurrences_say_how_many() {
+        let mut w = Warnings::default();
+        assert_eq!(w.hit_n("routes", 5), Some(5));
+        assert_eq!(w.hit_n("routes", 7), None, "within the period");
+        assert_eq!(w.hit("neighbours"), Some(1), "each kind its own");
+    }
 }

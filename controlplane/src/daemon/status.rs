@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::babel::packet::{tlv, INFINITY};
-use crate::babel::{LinkId, Refused, Router};
+use crate::babel::{LinkId, Refused, Router, Table};
 
 use super::IoStats;
 
@@ -199,6 +199,13 @@ pub fn babel_json(v: &View) -> String {
     let refused: serde_json::Map<String, serde_json::Value> = (Refused::ALL.iter())
         .map(|w| (w.as_str().to_string(), c.auth.refused(*w).into()))
         .collect();
+    let limits: serde_json::Map<String, serde_json::Value> = (v.router.table_usage().iter())
+        .map(|&(t, n, max)| {
+            let refused = c.limit_reached(t);
+            let entry = serde_json::json!({"entries": n, "limit": max, "refused": refused});
+            (t.as_str().to_string(), entry)
+        })
+        .collect();
     let page = serde_json::json!({
         "router_id": rid(&v.router.router_id()),
         "seqno": v.router.seqno(),
@@ -217,6 +224,8 @@ pub fn babel_json(v: &View) -> String {
         "kernel_errors": v.io.kernel_errors,
         "packets": {"rx": c.packets_rx, "tx": c.packets_tx, "refused": c.packets_bad},
         "auth_refused": refused,
+        "limits": limits,
+        "input_dropped": v.io.input_dropped,
         "links": links,
     });
     format!("{page}\n")
@@ -281,6 +290,24 @@ pub fn babel(v: &View) -> String {
             "auth        {} challenges answered; refused: {}",
             a.challenges_ok,
             refused.join(", ")
+        );
+    }
+    let usage: Vec<String> = (v.router.table_usage().iter())
+        .map(|&(t, n, max)| {
+            let refused = c.limit_reached(t);
+            if refused > 0 {
+                format!("{} {n}/{max} ({refused} refused)", t.as_str())
+            } else {
+                format!("{} {n}/{max}", t.as_str())
+            }
+        })
+        .collect();
+    let _ = writeln!(s, "limits      {}", usage.join(", "));
+    if v.io.input_dropped > 0 {
+        let _ = writeln!(
+            s,
+            "            {} received packets dropped (input queue full)",
+            v.io.input_dropped
         );
     }
     let _ = writeln!(s, "links");
@@ -535,5 +562,98 @@ pub fn metrics(v: &View) -> String {
     );
     let _ = writeln!(out, "# HELP isthmus_babel_synced Start-up hold over, tables pushed.\n# TYPE isthmus_babel_synced gauge");
     let _ = writeln!(out, "isthmus_babel_synced {}", u8::from(v.io.synced));
+    limit_metrics(v, &mut out);
     out
+}
+
+/// The bounded tables: new entries refused at a bound, entries held, bounds.
+fn limit_metrics(v: &View, out: &mut String) {
+    let c = v.router.counters();
+    let usage = v.router.table_usage();
+    let _ = writeln!(out, "# HELP isthmus_babel_limit_reached_total New entries refused because their table was full (the [babel] max_* keys), received packets dropped because the router's input queue was full, status clients closed for a new one.\n# TYPE isthmus_babel_limit_reached_total counter");
+    for t in Table::ALL {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_limit_reached_total{{table=\"{}\"}} {}",
+            t.as_str(),
+            c.limit_reached(t)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "isthmus_babel_limit_reached_total{{table=\"input_queue\"}} {}",
+        v.io.input_dropped
+    );
+    let _ = writeln!(
+        out,
+        "isthmus_babel_limit_reached_total{{table=\"status_clients\"}} {}",
+        v.io.status_evicted
+    );
+    let _ = writeln!(out, "# HELP isthmus_babel_table_entries Entries in each bounded table (neighbours_per_link: the link with the most).\n# TYPE isthmus_babel_table_entries gauge");
+    for (t, n, _) in usage {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_table_entries{{table=\"{}\"}} {n}",
+            t.as_str()
+        );
+    }
+    let _ = writeln!(out, "# HELP isthmus_babel_table_limit The bound of each table.\n# TYPE isthmus_babel_table_limit gauge");
+    for (t, _, max) in usage {
+        let _ = writeln!(
+            out,
+            "isthmus_babel_table_limit{{table=\"{}\"}} {max}",
+            t.as_str()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::babel::{Config, Limits};
+
+    #[test]
+    fn metrics_show_each_bounded_table_its_bound_and_its_refusals() {
+        let now = Instant::now();
+        let mut cfg = Config::new([2, 0, 0, 0, 0, 0, 0, 1]);
+        cfg.limits = Limits {
+            routes: 123,
+            ..Limits::default()
+        };
+        let router = Router::new(cfg, now);
+        let io = IoStats {
+            input_dropped: 4,
+            status_evicted: 2,
+            ..IoStats::default()
+        };
+        let v = View {
+            router: &router,
+            links: BTreeMap::new(),
+            io: &io,
+            uptime: Duration::from_secs(1),
+            ifname: "isthmus0",
+            now,
+        };
+        let m = metrics(&v);
+        for t in Table::ALL {
+            let name = t.as_str();
+            assert!(
+                m.contains(&format!(
+                    "isthmus_babel_limit_reached_total{{table=\"{name}\"}} 0\n"
+                )),
+                "{name}"
+            );
+            assert!(m.contains(&format!(
+                "isthmus_babel_table_entries{{table=\"{name}\"}} 0\n"
+            )));
+        }
+        assert!(m.contains("isthmus_babel_limit_reached_total{table=\"input_queue\"} 4\n"));
+        assert!(m.contains("isthmus_babel_limit_reached_total{table=\"status_clients\"} 2\n"));
+        assert!(m.contains("isthmus_babel_table_limit{table=\"routes\"} 123\n"));
+        assert!(m.contains("isthmus_babel_table_limit{table=\"neighbours\"} 16384\n"));
+        assert!(babel(&v).contains("routes 0/123"));
+        let json: serde_json::Value = serde_json::from_str(&babel_json(&v)).unwrap();
+        assert_eq!(json["limits"]["routes"]["limit"], 123);
+        assert_eq!(json["input_dropped"], 4);
+    }
 }

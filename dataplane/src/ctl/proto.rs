@@ -38,8 +38,13 @@ use crate::tunnel::PeerInfo;
 /// Version spoken by this build.
 pub const PROTOCOL_VERSION: u16 = 5;
 
-/// Largest body accepted (a full table of a million routes fits).
+/// Largest body accepted by default (a full table of a million routes fits); the data plane
+/// takes `[interface] max_control_message` from its clients.
 pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// The most bytes one route of a FIB snapshot or update takes (an IPv6 prefix via a peer),
+/// to tell what a message bound holds.
+pub const MAX_ROUTE_BYTES: usize = 51;
 
 /// A route pushed by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +199,7 @@ pub enum ProtoError {
     /// Bytes left after the message.
     #[error("{0} trailing bytes")]
     Trailing(usize),
-    /// Frame over [`MAX_MESSAGE`].
+    /// Frame over [`MAX_MESSAGE`] (or the bound of [`read_msg_within`]).
     #[error("message of {0} bytes is over the limit")]
     TooLarge(usize),
     /// The connection failed.
@@ -777,10 +782,16 @@ pub fn decode(body: &[u8]) -> Result<Msg, ProtoError> {
 
 /// Read one frame and decode it.
 pub fn read_msg(r: &mut impl Read) -> Result<Msg, ProtoError> {
+    read_msg_within(r, MAX_MESSAGE)
+}
+
+/// Read one frame of at most `max` bytes and decode it; a larger one is refused before its
+/// body is read.
+pub fn read_msg_within(r: &mut impl Read, max: usize) -> Result<Msg, ProtoError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_MESSAGE {
+    if n > max {
         return Err(ProtoError::TooLarge(n));
     }
     let mut body = vec![0u8; n];
@@ -799,6 +810,55 @@ pub fn write_msg(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn no_route_takes_more_than_max_route_bytes() {
+        let size = |routes: Vec<CtlRoute>| {
+            let mut v = Vec::new();
+            encode(&Msg::FibSnapshot { routes }, &mut v);
+            v.len()
+        };
+        let empty = size(Vec::new());
+        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        let hops = [
+            Via::Peer(Key([1; 32])),
+            Via::Local,
+            Via::Blackhole,
+            Via::Neighbour {
+                ifindex: 7,
+                addr: "fe80::1".parse().unwrap(),
+            },
+        ];
+        let most = (hops.iter())
+            .map(|&next_hop| {
+                size(vec![CtlRoute {
+                    prefix: v6,
+                    next_hop,
+                }]) - empty
+            })
+            .max();
+        assert_eq!(most, Some(MAX_ROUTE_BYTES));
+    }
+
+    #[test]
+    fn a_frame_over_the_bound_is_refused_before_its_body_is_read() {
+        let mut v = Vec::new();
+        encode(
+            &Msg::Hello {
+                version: 1,
+                client: "x".repeat(100),
+            },
+            &mut v,
+        );
+        let mut r: &[u8] = &v;
+        assert!(matches!(
+            read_msg_within(&mut r, 50),
+            Err(ProtoError::TooLarge(_))
+        ));
+        assert_eq!(r.len(), v.len() - 4, "only the length was read");
+        let mut r: &[u8] = &v;
+        assert!(read_msg_within(&mut r, 200).is_ok());
+    }
 
     fn key() -> impl Strategy<Value = Key> {
         any::<[u8; 32]>().prop_map(Key)

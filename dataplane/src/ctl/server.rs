@@ -13,7 +13,10 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use ipnet::IpNet;
 
-use super::proto::{read_msg, write_msg, CtlRoute, Msg, ProtoError, RouteInfo, PROTOCOL_VERSION};
+use super::proto::{
+    read_msg, read_msg_within, write_msg, CtlRoute, Msg, ProtoError, RouteInfo, MAX_MESSAGE,
+    PROTOCOL_VERSION,
+};
 use crate::io::unix::{Limits, WhenFull};
 use crate::keys::Key;
 use crate::tunnel::PeerInfo;
@@ -58,6 +61,20 @@ pub trait CtlBackend: Send + Sync + 'static {
     /// plane going away).
     fn disconnected(&self, was_subscriber: bool) {
         let _ = was_subscriber;
+    }
+    /// Clients served at once (`[interface] max_control_clients`); beyond, new ones are
+    /// closed.
+    fn max_clients(&self) -> usize {
+        LIMITS.max_conns
+    }
+    /// The largest message taken from a client (`[interface] max_control_message`).
+    fn max_message(&self) -> usize {
+        MAX_MESSAGE
+    }
+    /// A bound was reached: a client refused at [`CtlBackend::max_clients`], or a message
+    /// over [`CtlBackend::max_message`]. (For the metrics.)
+    fn limit_reached(&self, limit: crate::limits::Limit) {
+        let _ = limit;
     }
 }
 
@@ -142,7 +159,11 @@ pub type CtlServer = crate::io::unix::UnixServer;
 /// Serve the control channel at `path` (its directory is created with mode 0700, the
 /// socket gets 0600), within [`LIMITS`].
 pub fn serve(path: &Path, backend: Arc<dyn CtlBackend>, bus: EventBus) -> io::Result<CtlServer> {
-    serve_within(path, backend, bus, LIMITS, HELLO_TIMEOUT)
+    let limits = Limits {
+        max_conns: backend.max_clients(),
+        ..LIMITS
+    };
+    serve_within(path, backend, bus, limits, HELLO_TIMEOUT)
 }
 
 fn serve_within(
@@ -155,7 +176,9 @@ fn serve_within(
     if let Some(dir) = path.parent() {
         crate::io::unix::ensure_dir(dir, 0o700)?;
     }
-    crate::io::unix::UnixServer::start(path, "isthmus-ctl", limits, move |conn| {
+    let b = backend.clone();
+    let at_limit = Arc::new(move || b.limit_reached(crate::limits::Limit::ControlClients));
+    crate::io::unix::UnixServer::start_counted(path, "isthmus-ctl", limits, at_limit, move |conn| {
         if let Err(e) = connection(conn, &*backend, &bus, hello_timeout) {
             tracing::debug!("control connection: {e}");
         }
@@ -185,7 +208,8 @@ fn connection(
     let mut input = BufReader::new(stream);
     let mut sub: Option<u64> = None;
     let result = (|| -> Result<(), ProtoError> {
-        match read_msg(&mut input) {
+        let max = backend.max_message();
+        match read_msg_within(&mut input, max) {
             Ok(Msg::Hello { version, client }) if version == PROTOCOL_VERSION => {
                 input.get_ref().set_read_timeout(None)?;
                 let (ifname, public_key) = backend.hello();
@@ -208,12 +232,15 @@ fn connection(
             }
             Err(ProtoError::Io(e)) => return Err(e.into()),
             Err(e) => {
+                if let ProtoError::TooLarge(_) = e {
+                    backend.limit_reached(crate::limits::Limit::ControlMessage);
+                }
                 let _ = tx.send(Msg::Error(format!("bad message: {e}")));
                 return Ok(());
             }
         }
         loop {
-            let reply = match read_msg(&mut input) {
+            let reply = match read_msg_within(&mut input, max) {
                 Ok(m) => match m {
                     Msg::GetPeers => Msg::Peers(backend.peers()),
                     Msg::GetRoutes => Msg::Routes(backend.routes()),
@@ -237,6 +264,10 @@ fn connection(
                 Err(ProtoError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(ProtoError::Io(e)) => return Err(e.into()),
                 Err(e) => {
+                    if let ProtoError::TooLarge(n) = e {
+                        tracing::debug!(bytes = n, max, "control message over the limit");
+                        backend.limit_reached(crate::limits::Limit::ControlMessage);
+                    }
                     // The stream is out of step after a bad frame: say why and hang up.
                     let _ = tx.send(Msg::Error(format!("bad message: {e}")));
                     return Ok(());
@@ -342,6 +373,9 @@ mod tests {
     struct Fixture {
         routes: Mutex<Vec<CtlRoute>>,
         disconnects: AtomicUsize,
+        /// `max_clients` and `max_message` (0: the defaults).
+        bounds: (usize, usize),
+        limits: crate::limits::LimitCounters,
     }
 
     impl CtlBackend for Fixture {
@@ -384,6 +418,64 @@ mod tests {
                 self.disconnects.fetch_add(1, SeqCst);
             }
         }
+        fn max_clients(&self) -> usize {
+            if self.bounds.0 > 0 {
+                self.bounds.0
+            } else {
+                LIMITS.max_conns
+            }
+        }
+        fn max_message(&self) -> usize {
+            if self.bounds.1 > 0 {
+                self.bounds.1
+            } else {
+                MAX_MESSAGE
+            }
+        }
+        fn limit_reached(&self, limit: crate::limits::Limit) {
+            self.limits.hit(limit);
+        }
+    }
+
+    #[test]
+    fn clients_and_messages_over_their_bounds_are_refused_and_counted() {
+        use crate::limits::Limit;
+        let path = socket_path("bounds");
+        let fx = Arc::new(Fixture {
+            bounds: (2, 4096),
+            ..Fixture::default()
+        });
+        let server = serve(&path, fx.clone(), EventBus::new()).unwrap();
+        let mut a = CtlClient::connect(&path, "a").unwrap();
+        let mut b = CtlClient::connect(&path, "b").unwrap();
+        // A third client is closed at once: its Hello gets no answer.
+        assert!(CtlClient::connect(&path, "c").is_err());
+        assert_eq!(fx.limits.get(Limit::ControlClients), 1);
+        // A snapshot under the bound is taken; one over it is refused and the client dropped.
+        let route = |i: u32| CtlRoute {
+            prefix: IpNet::new(std::net::Ipv4Addr::from(i << 8).into(), 24).unwrap(),
+            next_hop: Via::Local,
+        };
+        let small = Msg::FibSnapshot {
+            routes: (0..10).map(route).collect(),
+        };
+        assert_eq!(a.request(&small).unwrap(), Msg::Ok);
+        let big = Msg::FibSnapshot {
+            routes: (0..1000).map(route).collect(),
+        };
+        let Msg::Error(e) = b.request(&big).unwrap() else {
+            panic!("refused")
+        };
+        assert!(e.contains("over the limit"), "{e}");
+        assert_eq!(fx.limits.get(Limit::ControlMessage), 1);
+        assert_eq!(fx.routes.lock().unwrap().len(), 10, "the table is kept");
+        // The other client carries on.
+        assert!(matches!(
+            a.request(&Msg::GetRoutes).unwrap(),
+            Msg::Routes(_)
+        ));
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     fn socket_path(tag: &str) -> PathBuf {

@@ -58,6 +58,9 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
             v.push((format!("minute_drop_{}", r.label()), n));
         }
         v.push(("fib_stale".into(), u64::from(self.dev.core.fib_stale())));
+        for (l, n) in self.dev.core.limits().all() {
+            v.push((format!("limit_{}", l.label()), n));
+        }
         v.push(("icmp_sent".into(), t.icmp_sent));
         v.push(("icmp_ratelimited".into(), t.icmp_ratelimited));
         v.push(("fragmented".into(), t.fragmented));
@@ -122,6 +125,18 @@ impl crate::ctl::server::CtlBackend for CtlGlue {
 
     fn reload(&self) -> Result<(), String> {
         self.dev.reload().map(|_| ())
+    }
+
+    fn max_clients(&self) -> usize {
+        self.dev.local.control_clients
+    }
+
+    fn max_message(&self) -> usize {
+        self.dev.local.control_message
+    }
+
+    fn limit_reached(&self, limit: crate::limits::Limit) {
+        self.dev.core.limits().hit(limit);
     }
 
     fn disconnected(&self, was_subscriber: bool) {

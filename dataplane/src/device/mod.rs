@@ -50,6 +50,30 @@ pub struct DeviceOptions {
     pub offload: bool,
     /// Serve the underlay through AF_XDP (`None`: the kernel's UDP sockets only).
     pub afxdp: Option<AfXdpOptions>,
+    /// Bounds of the local servers: UAPI and control-channel clients, control messages.
+    pub local: LocalLimits,
+}
+
+/// Bounds of the local servers (`[interface] max_uapi_clients`, `max_control_clients`,
+/// `max_control_message`), read at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalLimits {
+    /// UAPI clients at once; beyond, the oldest is closed.
+    pub uapi_clients: usize,
+    /// Control-channel clients at once; beyond, new ones are closed.
+    pub control_clients: usize,
+    /// The largest control-channel message taken from a client, in bytes.
+    pub control_message: usize,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        Self {
+            uapi_clients: crate::uapi::LIMITS.max_conns,
+            control_clients: crate::ctl::server::LIMITS.max_conns,
+            control_message: crate::ctl::proto::MAX_MESSAGE,
+        }
+    }
 }
 
 impl Default for DeviceOptions {
@@ -62,6 +86,7 @@ impl Default for DeviceOptions {
             settings: Settings::default(),
             offload: true,
             afxdp: None,
+            local: LocalLimits::default(),
         }
     }
 }
@@ -91,6 +116,8 @@ pub struct Device {
     config_file: Mutex<Option<(std::path::PathBuf, crate::config::DeviceConfig)>>,
     /// Drops by reason over the last minute (`isthmusctl show`), sampled by the timer thread.
     drops: Mutex<window::Window>,
+    /// Bounds of the UAPI and control-channel servers.
+    local: LocalLimits,
 }
 
 impl Device {
@@ -172,6 +199,7 @@ impl Device {
             drops: Mutex::default(),
             xdp_ifaces,
             config_file: Mutex::new(None),
+            local: opts.local,
         });
         let mut handles = Vec::new();
         for (i, (q, xdp)) in queues.into_iter().zip(xdp_workers).enumerate() {
@@ -579,6 +607,15 @@ impl Device {
             ("xdp_mode", o.xdp_mode != n.xdp_mode),
             ("xsk_mode", o.xsk_mode != n.xsk_mode),
             ("busy_poll_us", o.busy_poll_us != n.busy_poll_us),
+            ("max_uapi_clients", o.max_uapi_clients != n.max_uapi_clients),
+            (
+                "max_control_clients",
+                o.max_control_clients != n.max_control_clients,
+            ),
+            (
+                "max_control_message",
+                o.max_control_message != n.max_control_message,
+            ),
         ];
         report.restart_only = (restart_only.iter())
             .filter(|(_, changed)| *changed)
@@ -591,8 +628,23 @@ impl Device {
                 .changes
                 .push("private key (every session starts over)".into());
         }
+        if n.max_peers != o.max_peers {
+            // Before the peers: a raised bound lets the file's new peers in. A lowered one
+            // applies to peers added from now on; none is removed for it.
+            let mut s = (*self.core.settings()).clone();
+            s.max_peers = n.max_peers;
+            self.core.set_settings(s);
+            report.changes.push(format!("max_peers {}", n.max_peers));
+        }
         let before = self.core.peers();
         let mut changes = Vec::new();
+        // Removals first, so that a file that swaps peers at max_peers fits.
+        for peer in before.iter() {
+            if !new.peers.iter().any(|p| p.public_key == peer.public_key) {
+                report.changes.push(format!("peer {} removed", peer.label));
+                changes.push(PeerChange::Remove(peer.public_key));
+            }
+        }
         for p in &new.peers {
             let was = old.peers.iter().find(|q| q.public_key == p.public_key);
             let present = before.by_key(&p.public_key).is_some();
@@ -613,12 +665,6 @@ impl Device {
                     .filter(|e| !present || was.is_none_or(|w| w.endpoint != Some(*e))),
                 settings: p.settings(),
             }));
-        }
-        for peer in before.iter() {
-            if !new.peers.iter().any(|p| p.public_key == peer.public_key) {
-                report.changes.push(format!("peer {} removed", peer.label));
-                changes.push(PeerChange::Remove(peer.public_key));
-            }
         }
         if !changes.is_empty() {
             self.core.apply_peer_changes(changes).map_err(|e| {

@@ -18,6 +18,14 @@ impl crate::uapi::UapiHandler for Device {
         }
     }
 
+    fn max_clients(&self) -> usize {
+        self.local.uapi_clients
+    }
+
+    fn limit_reached(&self, limit: crate::limits::Limit) {
+        self.core.limits().hit(limit);
+    }
+
     fn set(&self, req: crate::uapi::SetRequest) -> Result<(), crate::uapi::UapiError> {
         if let Some(k) = req.private_key {
             self.core.set_private_key(k);
@@ -32,26 +40,39 @@ impl crate::uapi::UapiHandler for Device {
                 }
             })?;
         }
-        // replace_peers and every peer section in one batch; as in wireguard-go, the
-        // sections before a failing one stay applied.
-        // A peer with the device's own public key is ignored, as wireguard-go ignores it, not
-        // an error for the whole request.
-        let own = self.core.private_key().map(|k| k.public_key());
-        let sections = (req.peers.into_iter())
-            .filter(|p| {
-                let mine = Some(p.public_key) == own;
-                if mine {
-                    tracing::debug!("uapi: a peer with our own public key, ignored");
-                }
-                !mine
-            })
-            .collect();
-        let changes = uapi_peer_changes(&self.core.peers(), req.replace_peers, sections);
-        self.core
-            .apply_peer_changes(changes)
-            .map_err(|e| crate::uapi::UapiError::rejected(e.to_string()))?;
-        Ok(())
+        set_peers(&self.core, req.replace_peers, req.peers)
     }
+}
+
+/// The peer sections of a `set=1` (and `replace_peers`), applied to `core` as one batch.
+/// As in wireguard-go, the sections before a failing one stay applied; a full peer table
+/// is ENOSPC, which wg(8) reports as "No space left on device".
+fn set_peers(
+    core: &crate::forward::Core,
+    replace_peers: bool,
+    peers: Vec<crate::uapi::PeerSet>,
+) -> Result<(), crate::uapi::UapiError> {
+    // A peer with the device's own public key is ignored, as wireguard-go ignores it, not
+    // an error for the whole request.
+    let own = core.private_key().map(|k| k.public_key());
+    let sections = (peers.into_iter())
+        .filter(|p| {
+            let mine = Some(p.public_key) == own;
+            if mine {
+                tracing::debug!("uapi: a peer with our own public key, ignored");
+            }
+            !mine
+        })
+        .collect();
+    let changes = uapi_peer_changes(&core.peers(), replace_peers, sections);
+    core.apply_peer_changes(changes)
+        .map_err(|e| match e.error {
+            crate::forward::CoreError::PeerLimit(_) => {
+                crate::uapi::UapiError::no_space(e.to_string())
+            }
+            _ => crate::uapi::UapiError::rejected(e.to_string()),
+        })?;
+    Ok(())
 }
 
 /// The peer changes of a `set=1` request, in order: `replace_peers`, then one change per
@@ -265,5 +286,93 @@ mod tests {
         );
         let routes: Vec<_> = core.fib().routes().into_iter().map(|r| r.prefix).collect();
         assert_eq!(routes, [net("10.3.0.0/24")]);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    //! The peer bound through the UAPI socket, as `wg set` meets it.
+
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+
+    use super::set_peers;
+    use crate::forward::{Core, Settings};
+    use crate::keys::Key;
+    use crate::limits::Limit;
+    use crate::uapi::{DeviceState, SetRequest, UapiError, UapiHandler};
+
+    /// The UAPI over a bare core, with the device's `set` of peers.
+    struct CoreHandler(Arc<Core>);
+
+    impl UapiHandler for CoreHandler {
+        fn get(&self) -> DeviceState {
+            DeviceState {
+                private_key: self.0.private_key(),
+                peers: self.0.peers().iter_by_age().map(|p| p.info()).collect(),
+                ..DeviceState::default()
+            }
+        }
+        fn set(&self, req: SetRequest) -> Result<(), UapiError> {
+            set_peers(&self.0, req.replace_peers, req.peers)
+        }
+        fn limit_reached(&self, limit: Limit) {
+            self.0.limits().hit(limit);
+        }
+    }
+
+    fn set_request(keys: impl Iterator<Item = u8>) -> String {
+        let mut s = String::from("set=1\n");
+        for k in keys {
+            let pk = Key::generate_private().public_key();
+            s.push_str(&format!(
+                "public_key={}\nallowed_ip=10.0.{k}.0/24\n",
+                pk.to_hex()
+            ));
+        }
+        s.push('\n');
+        s
+    }
+
+    fn exchange(path: &std::path::Path, request: &str) -> String {
+        let mut c = std::os::unix::net::UnixStream::connect(path).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_set_past_max_peers_gets_enospc_and_is_counted() {
+        let core = Core::new(
+            "t0",
+            Settings {
+                max_peers: 3,
+                ..Settings::default()
+            },
+        );
+        core.set_private_key(Some(Key::generate_private()));
+        let dir = std::env::temp_dir().join(format!("isthmus-uapi-max-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t0.sock");
+        let server = crate::uapi::serve_at(&path, Arc::new(CoreHandler(core.clone()))).unwrap();
+        assert_eq!(exchange(&path, &set_request(0..2)), "errno=0\n\n");
+        // Five more: the first fits, the second finds the table full.
+        let reply = exchange(&path, &set_request(2..7));
+        assert_eq!(reply, format!("errno=-{}\n\n", libc::ENOSPC));
+        assert_eq!(core.peers().len(), 3);
+        assert_eq!(core.limits().get(Limit::Peers), 1);
+        // wg show still works, and lists the three.
+        let got = exchange(&path, "get=1\n\n");
+        assert_eq!(got.matches("public_key=").count(), 3, "{got}");
+        // replace_peers with three new ones fits (the old go first).
+        let replace = set_request(7..10).replace("set=1\n", "set=1\nreplace_peers=true\n");
+        assert_eq!(exchange(&path, &replace), "errno=0\n\n");
+        assert_eq!(core.peers().len(), 3);
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -89,6 +89,9 @@ pub struct Settings {
     /// ICMP errors that may go at once after a quiet time; the kernel's
     /// `net.ipv4.icmp_msgs_burst`.
     pub icmp_burst: u32,
+    /// Peers at most (`[interface] max_peers`): a change that would add one more fails with
+    /// [`CoreError::PeerLimit`]. Lowered, it applies to peers added from then on.
+    pub max_peers: usize,
 }
 
 impl Settings {
@@ -96,6 +99,8 @@ impl Settings {
     pub const DEFAULT_ICMP_RATE: u32 = 1000;
     /// The default of [`Settings::icmp_burst`], the kernel's.
     pub const DEFAULT_ICMP_BURST: u32 = 50;
+    /// The default of [`Settings::max_peers`], wireguard-go's `MaxPeers`.
+    pub const DEFAULT_MAX_PEERS: usize = 1 << 16;
 }
 
 impl Default for Settings {
@@ -108,6 +113,7 @@ impl Default for Settings {
             unrouted_local: true,
             icmp_rate: Self::DEFAULT_ICMP_RATE,
             icmp_burst: Self::DEFAULT_ICMP_BURST,
+            max_peers: Self::DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -153,6 +159,8 @@ pub struct Core {
     /// The ICMP errors' rate limit, shared by every worker (its rate and burst are in the
     /// settings).
     icmp_limit: ratelimit::TokenBucket,
+    /// The bounds reached (peers, clients, the handshake queue, ...), for the metrics.
+    limits: crate::limits::LimitCounters,
 }
 
 /// Told each change of the FIB: a prefix and its new next hop (`None`: removed).
@@ -182,6 +190,7 @@ impl Core {
             handshake_seconds: Mutex::new(crate::io::metrics::Histogram::default()),
             route_observer: std::sync::OnceLock::new(),
             icmp_limit: ratelimit::TokenBucket::new(std::time::Instant::now()),
+            limits: crate::limits::LimitCounters::default(),
         })
     }
 
@@ -200,6 +209,12 @@ impl Core {
             Some(s) => (s.0)(ev),
             None => false,
         }
+    }
+
+    /// The bounds reached so far; [`crate::limits::LimitCounters::hit`] counts (and logs)
+    /// one more.
+    pub fn limits(&self) -> &crate::limits::LimitCounters {
+        &self.limits
     }
 
     /// Current settings.
@@ -299,6 +314,8 @@ impl Core {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
+            limits: self.limits.all().to_vec(),
+            max_peers: self.settings().max_peers,
         }
     }
 }
@@ -312,4 +329,7 @@ pub enum CoreError {
     /// No more peer ids.
     #[error("too many peers (at most {MAX_PEER_ID})")]
     TooManyPeers,
+    /// The peer table holds `max_peers` already.
+    #[error("the peer table is full ({0} peers, interface.max_peers)")]
+    PeerLimit(usize),
 }

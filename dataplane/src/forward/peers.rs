@@ -138,6 +138,7 @@ impl Core {
             .or(placeholder.as_ref())
             .expect("one of them");
         let own = identity.as_ref().map(|i| i.public_key());
+        let max_peers = self.settings().max_peers;
         let mut map = self.peers_to_change();
         let mut done = PeerChanges::default();
         // For the control plane, sent once the change is published.
@@ -151,6 +152,30 @@ impl Core {
             match change {
                 PeerChange::Upsert(spec) => {
                     let key = spec.public_key;
+                    let existing = map.by_key(&key).is_some();
+                    // A new peer that cannot be added is refused before it takes anything
+                    // from the others.
+                    let refused = if existing {
+                        None
+                    } else if own == Some(key) {
+                        Some(CoreError::OwnKey)
+                    } else if map.len() >= max_peers {
+                        // Refused, not another peer evicted: the ones there keep working.
+                        self.limits.hit(crate::limits::Limit::Peers);
+                        Some(CoreError::PeerLimit(max_peers))
+                    } else if map.next_id() > MAX_PEER_ID {
+                        Some(CoreError::TooManyPeers)
+                    } else {
+                        None
+                    };
+                    if let Some(error) = refused {
+                        failed = Some(PeerChangeError {
+                            index,
+                            public_key: key,
+                            error,
+                        });
+                        break;
+                    }
                     // WireGuard's ownership rule: the allowed IPs this peer is given are
                     // taken from any other peer that had them.
                     if !spec.settings.allowed_ips.is_empty() {
@@ -169,29 +194,15 @@ impl Core {
                         continue;
                     }
                     let id = map.next_id();
-                    let error = if own == Some(key) {
-                        CoreError::OwnKey
-                    } else if id > MAX_PEER_ID {
-                        CoreError::TooManyPeers
-                    } else {
-                        let peer =
-                            Arc::new(Peer::new(id, ident, key, spec.settings, spec.endpoint));
-                        if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
-                            tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
-                        }
-                        map.insert(peer);
-                        touched.insert(key);
-                        events.push(CoreEvent::PeerAdded(key));
-                        upserted(id);
-                        done.added += 1;
-                        continue;
-                    };
-                    failed = Some(PeerChangeError {
-                        index,
-                        public_key: key,
-                        error,
-                    });
-                    break;
+                    let peer = Arc::new(Peer::new(id, ident, key, spec.settings, spec.endpoint));
+                    if let Some(k) = peer.settings().persistent_keepalive.filter(|&k| k > 0) {
+                        tracing::debug!(peer = %peer.label, keepalive = k, "persistent keepalive");
+                    }
+                    map.insert(peer);
+                    touched.insert(key);
+                    events.push(CoreEvent::PeerAdded(key));
+                    upserted(id);
+                    done.added += 1;
                 }
                 PeerChange::Remove(key) => {
                     if map.remove(&key).is_some() {
@@ -401,6 +412,75 @@ mod peer_change_tests {
         core.clear_peers();
         eprintln!("clear_peers: {} peers: {:?}", N + 1, t.elapsed());
         assert!(core.peers().is_empty() && core.fib().is_empty());
+    }
+
+    #[test]
+    fn the_peer_table_stops_at_max_peers_and_what_it_has_keeps_working() {
+        use crate::limits::Limit;
+        let core = Core::new(
+            "t0",
+            Settings {
+                max_peers: 10,
+                ..Settings::default()
+            },
+        );
+        core.set_private_key(Some(Key([0x42; 32])));
+        // 100 peers asked for in one batch (ten times the bound): the first 10 are added,
+        // the batch stops at the 11th.
+        let e = core.apply_peer_changes((0..100).map(upsert)).unwrap_err();
+        assert_eq!(e.index, 10);
+        assert!(matches!(e.error, CoreError::PeerLimit(10)), "{e}");
+        assert!(e.to_string().contains("max_peers"), "{e}");
+        assert_eq!(core.peers().len(), 10);
+        assert_eq!(core.limits().get(Limit::Peers), 1);
+        // One at a time, each refused and counted; the table does not grow.
+        for i in 100..190 {
+            assert!(matches!(
+                core.upsert_peer(spec(i)),
+                Err(CoreError::PeerLimit(10))
+            ));
+        }
+        assert_eq!(core.peers().len(), 10);
+        assert_eq!(core.limits().get(Limit::Peers), 91);
+        let metrics = crate::stats::render(&core.sample(), false);
+        for line in [
+            "isthmus_limit_reached_total{table=\"peers\"} 91\n",
+            "isthmus_limit_reached_total{table=\"handshake_queue\"} 0\n",
+            "isthmus_table_entries{table=\"peers\"} 10\n",
+            "isthmus_table_limit{table=\"peers\"} 10\n",
+        ] {
+            assert!(metrics.contains(line), "{line}");
+        }
+        // A refused peer takes no allowed IP from the peers there.
+        let mut thief = spec(500);
+        thief.settings.allowed_ips = vec![host(3)];
+        assert!(core.upsert_peer(thief).is_err());
+        let p3 = core.peers().by_key(&key(3)).unwrap().id;
+        assert_eq!(core.fib().lookup(host(3).addr()), Some(NextHop::Peer(p3)));
+        assert_eq!(
+            core.peers().by_key(&key(3)).unwrap().settings().allowed_ips,
+            [host(3)]
+        );
+        // The peers there are updated as ever, full table or not.
+        let mut s5 = spec(5);
+        s5.settings
+            .allowed_ips
+            .push("10.99.0.0/16".parse().unwrap());
+        assert!(core.upsert_peer(s5).is_ok());
+        assert_eq!(core.peers().len(), 10);
+        // A removal makes room, in the same batch.
+        let done = core
+            .apply_peer_changes([PeerChange::Remove(key(0)), upsert(200)])
+            .unwrap();
+        assert_eq!((done.removed, done.added), (1, 1));
+        // A lowered bound applies to new peers: none of the 10 goes.
+        core.set_settings(Settings {
+            max_peers: 4,
+            ..Settings::default()
+        });
+        assert_eq!(core.peers().len(), 10);
+        assert!(core.upsert_peer(spec(300)).is_err());
+        assert_eq!(core.sample().max_peers, 4);
     }
 
     #[test]

@@ -394,6 +394,11 @@ impl<S: Sink> Ctx<'_, S> {
                 self.drop(DropReason::HandshakeRateLimited);
                 return false;
             }
+            Admit::Drop(Refusal::SourcesFull) => {
+                self.core.limits.hit(crate::limits::Limit::HandshakeSources);
+                self.drop(DropReason::HandshakeRateLimited);
+                return false;
+            }
             Admit::Drop(Refusal::BadMac | Refusal::Malformed) => {
                 self.drop(DropReason::HandshakeFailed);
                 return false;
@@ -405,6 +410,7 @@ impl<S: Sink> Ctx<'_, S> {
         match queue.try_send(QueuedHandshake::new(data, src)) {
             Ok(()) => false,
             Err(TrySendError::Full(_)) => {
+                self.core.limits.hit(crate::limits::Limit::HandshakeQueue);
                 self.drop(DropReason::HandshakeRateLimited);
                 false
             }

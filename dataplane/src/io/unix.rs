@@ -59,6 +59,18 @@ impl UnixServer {
         limits: Limits,
         on_conn: impl Fn(UnixStream) + Send + Sync + 'static,
     ) -> io::Result<UnixServer> {
+        Self::start_counted(path, name, limits, Arc::new(|| {}), on_conn)
+    }
+
+    /// [`UnixServer::start`], calling `at_limit` for every connection refused, or closed to
+    /// make room, because `limits.max_conns` were open (for a metric).
+    pub fn start_counted(
+        path: &Path,
+        name: &str,
+        limits: Limits,
+        at_limit: Arc<dyn Fn() + Send + Sync>,
+        on_conn: impl Fn(UnixStream) + Send + Sync + 'static,
+    ) -> io::Result<UnixServer> {
         let listener = bind_private(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let accept = AcceptLoop {
@@ -68,6 +80,7 @@ impl UnixServer {
             name: name.to_string(),
             active: Arc::new(Mutex::new(Active::default())),
             on_conn: Arc::new(on_conn),
+            at_limit,
         };
         std::thread::Builder::new()
             .name(name.to_string())
@@ -127,11 +140,14 @@ struct AcceptLoop {
     /// Connections being served.
     active: Arc<Mutex<Active>>,
     on_conn: Arc<Handler>,
+    /// Told of every connection refused or evicted at `limits.max_conns`.
+    at_limit: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl AcceptLoop {
     fn run(self) {
         let mut refused = RateLimit::new(WARN_EVERY);
+        let mut evicted = RateLimit::new(WARN_EVERY);
         let mut failed = RateLimit::new(WARN_EVERY);
         loop {
             let accepted = self.listener.accept();
@@ -142,8 +158,24 @@ impl AcceptLoop {
                 Ok((conn, _)) => {
                     let evict = self.limits.when_full == WhenFull::EvictOldest;
                     match Slot::take(&self.active, &conn, self.limits.max_conns, evict) {
-                        Some(slot) => self.serve(conn, slot),
+                        Some((slot, closed)) => {
+                            if closed > 0 {
+                                for _ in 0..closed {
+                                    (self.at_limit)();
+                                }
+                                if let Some(n) = evicted.hit_n(Instant::now(), closed as u64) {
+                                    tracing::warn!(
+                                        "{}: closed the oldest of {} connection(s) for a new one \
+                                         ({n} time(s))",
+                                        self.name,
+                                        self.limits.max_conns
+                                    );
+                                }
+                            }
+                            self.serve(conn, slot);
+                        }
                         None => {
+                            (self.at_limit)();
                             drop(conn);
                             if let Some(n) = refused.hit(Instant::now()) {
                                 tracing::warn!(
@@ -204,33 +236,37 @@ struct Slot {
 }
 
 impl Slot {
-    /// A place for `conn`; when all are taken, the oldest connection's if `evict` (it is
-    /// shut down, so its handler sees the end of its stream and returns), else none.
+    /// A place for `conn`, and how many connections were shut down for it: when all are
+    /// taken, the oldest connection's if `evict` (it is shut down, so its handler sees the
+    /// end of its stream and returns), else none.
     fn take(
         active: &Arc<Mutex<Active>>,
         conn: &UnixStream,
         max: usize,
         evict: bool,
-    ) -> Option<Slot> {
+    ) -> Option<(Slot, usize)> {
         let handle = conn.try_clone().ok()?;
         let mut a = active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut closed = 0;
         while a.conns.len() >= max {
             if !evict || max == 0 {
                 return None;
             }
             if let Some((_, oldest)) = a.conns.pop_front() {
                 let _ = oldest.shutdown(std::net::Shutdown::Both);
+                closed += 1;
             }
         }
         let id = a.next_id;
         a.next_id += 1;
         a.conns.push_back((id, handle));
-        Some(Slot {
+        let slot = Slot {
             active: active.clone(),
             id,
-        })
+        };
+        Some((slot, closed))
     }
 }
 
@@ -266,7 +302,12 @@ impl RateLimit {
     /// Record one occurrence at `now`. `Some(n)` when it is to be logged: `n` occurrences
     /// (this one included) since the last one logged.
     pub fn hit(&mut self, now: Instant) -> Option<u64> {
-        self.count += 1;
+        self.hit_n(now, 1)
+    }
+
+    /// Record `n` occurrences at `now`, as [`RateLimit::hit`] records one.
+    pub fn hit_n(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.count += n;
         let recent = |last: Instant| now.duration_since(last) < self.period;
         if self.last.is_some_and(recent) {
             return None;
@@ -299,7 +340,20 @@ mod tests {
 
     /// A server that echoes lines back.
     fn echo(path: &Path, limits: Limits) -> UnixServer {
-        UnixServer::start(path, "test-echo", limits, |conn| {
+        echo_counted(path, limits).0
+    }
+
+    /// [`echo`], with the count of connections refused or evicted at the limit.
+    fn echo_counted(
+        path: &Path,
+        limits: Limits,
+    ) -> (UnixServer, Arc<std::sync::atomic::AtomicU64>) {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let m = n.clone();
+        let at_limit = Arc::new(move || {
+            m.fetch_add(1, SeqCst);
+        });
+        let server = UnixServer::start_counted(path, "test-echo", limits, at_limit, |conn| {
             let mut out = conn.try_clone().unwrap();
             for line in BufReader::new(conn).lines() {
                 let Ok(line) = line else { return };
@@ -308,7 +362,8 @@ mod tests {
                 }
             }
         })
-        .unwrap()
+        .unwrap();
+        (server, n)
     }
 
     /// A client whose reads give up after 5 s rather than hang the test.
@@ -347,7 +402,7 @@ mod tests {
     #[test]
     fn connections_beyond_the_limit_are_closed_and_served_again_once_others_leave() {
         let path = socket_path("limit");
-        let server = echo(
+        let (server, at_limit) = echo_counted(
             &path,
             Limits {
                 max_conns: 2,
@@ -361,6 +416,7 @@ mod tests {
         let mut extra = connect(&path);
         assert!(closed(&mut extra), "the third connection is closed at once");
         assert!(served(&mut a) && served(&mut b), "the first two still work");
+        assert_eq!(at_limit.load(SeqCst), 1, "counted");
         drop((a, b));
         // The slots come back when the handlers see the clients go.
         assert!(until(|| served(&mut connect(&path))));
@@ -372,7 +428,7 @@ mod tests {
     #[test]
     fn with_evict_oldest_a_new_connection_takes_the_oldest_place() {
         let path = socket_path("evict");
-        let server = echo(
+        let (server, at_limit) = echo_counted(
             &path,
             Limits {
                 max_conns: 2,
@@ -387,6 +443,7 @@ mod tests {
         assert!(served(&mut c), "the new connection is served");
         assert!(closed(&mut a), "the oldest was shut down for it");
         assert!(served(&mut b) && served(&mut c));
+        assert_eq!(at_limit.load(SeqCst), 1, "counted");
         drop(server);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

@@ -57,6 +57,8 @@ pub enum Refusal {
     BadMac,
     /// Under load, over its source's rate.
     RateLimited,
+    /// Under load, from a new source while [`MAX_SOURCES`] are tracked.
+    SourcesFull,
     /// Not a handshake message boringtun can parse.
     Malformed,
 }
@@ -142,8 +144,12 @@ impl HandshakeGuard {
             Err(_) => return Admit::Drop(Refusal::Malformed),
         }
         self.seen.fetch_add(1, Relaxed);
-        if under_load && !self.lock().allow(src.ip(), now) {
-            return Admit::Drop(Refusal::RateLimited);
+        if under_load {
+            match self.lock().allow(src.ip(), now) {
+                Allow::Yes => {}
+                Allow::OverRate => return Admit::Drop(Refusal::RateLimited),
+                Allow::Full => return Admit::Drop(Refusal::SourcesFull),
+            }
         }
         Admit::Pass
     }
@@ -204,8 +210,18 @@ const MAX_TOKENS: u64 = COST * PER_SOURCE_BURST;
 /// A source idle this long is forgotten.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// What [`Sources::allow`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    Yes,
+    /// The source spent its credit.
+    OverRate,
+    /// A new source, and [`MAX_SOURCES`] are tracked.
+    Full,
+}
+
 impl Sources {
-    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> Allow {
         let key = SourceKey::from(ip);
         if let Some(b) = self.buckets.get_mut(&key) {
             let earned =
@@ -214,12 +230,12 @@ impl Sources {
             b.last = now;
             if b.tokens >= COST {
                 b.tokens -= COST;
-                return true;
+                return Allow::Yes;
             }
-            return false;
+            return Allow::OverRate;
         }
         if self.buckets.len() >= MAX_SOURCES {
-            return false;
+            return Allow::Full;
         }
         self.buckets.insert(
             key,
@@ -228,7 +244,7 @@ impl Sources {
                 last: now,
             },
         );
-        true
+        Allow::Yes
     }
 
     fn expire(&mut self, now: Instant) {
@@ -248,22 +264,41 @@ mod tests {
         let mut s = Sources::default();
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
         let t0 = Instant::now();
-        let burst = (0..100).filter(|_| s.allow(ip, t0)).count() as u64;
+        let burst = (0..100).filter(|_| s.allow(ip, t0) == Allow::Yes).count() as u64;
         assert_eq!(burst, PER_SOURCE_BURST);
         // One second later: one second's worth, no more.
         let t1 = t0 + Duration::from_secs(1);
-        let more = (0..100).filter(|_| s.allow(ip, t1)).count() as u64;
+        let more = (0..100).filter(|_| s.allow(ip, t1) == Allow::Yes).count() as u64;
         assert_eq!(more, PER_SOURCE_BURST.min(PER_SOURCE_RATE));
         // Other sources are not affected; an IPv6 /64 is one source.
-        assert!(s.allow("198.51.100.2".parse().unwrap(), t1));
+        assert_eq!(s.allow("198.51.100.2".parse().unwrap(), t1), Allow::Yes);
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let n = (0..50)
-            .filter(|i| s.allow(if i % 2 == 0 { a } else { b }, t1))
+            .filter(|i| s.allow(if i % 2 == 0 { a } else { b }, t1) == Allow::Yes)
             .count() as u64;
         assert_eq!(n, PER_SOURCE_BURST);
         s.expire(t1 + IDLE);
         assert!(s.buckets.is_empty());
+    }
+
+    #[test]
+    fn a_full_sources_table_refuses_new_sources_and_keeps_the_old_ones() {
+        let mut s = Sources::default();
+        let t0 = Instant::now();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..MAX_SOURCES as u32 {
+            assert_eq!(s.allow(ip(i), t0), Allow::Yes);
+        }
+        assert_eq!(s.allow(ip(MAX_SOURCES as u32), t0), Allow::Full);
+        assert_eq!(s.buckets.len(), MAX_SOURCES);
+        assert_eq!(
+            s.allow(ip(7), t0),
+            Allow::Yes,
+            "a tracked source still gets its burst"
+        );
+        s.expire(t0 + IDLE);
+        assert_eq!(s.allow(ip(MAX_SOURCES as u32), t0 + IDLE), Allow::Yes);
     }
 
     #[test]
