@@ -46,12 +46,8 @@ fn checksum(b: &[u8]) -> u16 {
     !(s as u16)
 }
 
-/// A deterministic, valid X25519 private key.
 fn key(seed: u8) -> Key {
-    let mut k = [seed; 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    Key(k)
+    Key::from_seed(seed)
 }
 
 fn addr(i: u8) -> SocketAddr {

@@ -94,6 +94,16 @@ impl Key {
     pub fn generate_private() -> Key {
         let mut k = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+        Key::clamped(k)
+    }
+
+    /// A deterministic private key: `seed` repeated, clamped (tests, benchmarks, fuzzing).
+    pub fn from_seed(seed: u8) -> Key {
+        Key::clamped([seed; 32])
+    }
+
+    /// `k` clamped as an X25519 private key.
+    fn clamped(mut k: [u8; 32]) -> Key {
         k[0] &= 248;
         k[31] = (k[31] & 127) | 64;
         Key(k)

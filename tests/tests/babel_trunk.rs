@@ -162,6 +162,20 @@ fn babeld_behind_wireguard_go_with<'a>(
     (wg, babeld)
 }
 
+/// X's trunk peer: Y's wireguard-go at 192.168.77.2, with its tunnel address and the
+/// link-local range (Babel).
+fn yside(ky: &Keypair) -> ConfigPeer {
+    ConfigPeer {
+        name: "yside".into(),
+        class: "trunk".into(),
+        public_key: ky.public.clone(),
+        endpoint: Some("192.168.77.2:51820".into()),
+        allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
+        keepalive: None,
+        extra: String::new(),
+    }
+}
+
 /// X's gateway configuration: 10.99.0.1 and fe80::1 on the tunnel, `peers`, X's prefixes
 /// originated, hello 1 s.
 fn gateway_config(kx: &Keypair, peers: Vec<ConfigPeer>) -> IsthmusConfig {
@@ -201,18 +215,7 @@ fn peers_with_babeld_over_wireguard_go(mac_key: Option<&[u8]>) {
     let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     let started = Instant::now();
     x.set_forwarding(true).unwrap();
-    let mut config = gateway_config(
-        &kx,
-        vec![ConfigPeer {
-            name: "yside".into(),
-            class: "trunk".into(),
-            public_key: ky.public.clone(),
-            endpoint: Some("192.168.77.2:51820".into()),
-            allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
-            keepalive: None,
-            extra: String::new(),
-        }],
-    );
+    let mut config = gateway_config(&kx, vec![yside(&ky)]);
     if let (Some(k), Some(babel)) = (mac_key, config.babel.as_mut()) {
         babel.push_str("\n[[babel.peer]]\nname = \"yside\"\nkeys = [\"t\"]\n");
         babel.push_str(&babel_key_table(&lab, "t", "blake2s128", k));
@@ -338,18 +341,7 @@ fn both_daemons_drop_to_an_unprivileged_user_and_keep_working() {
     let (x, y) = two_nodes();
     let (kx, ky) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     x.set_forwarding(true).unwrap();
-    let mut config = gateway_config(
-        &kx,
-        vec![ConfigPeer {
-            name: "yside".into(),
-            class: "trunk".into(),
-            public_key: ky.public.clone(),
-            endpoint: Some("192.168.77.2:51820".into()),
-            allowed_ips: vec!["10.99.0.2/32".into(), "fe80::/64".into()],
-            keepalive: None,
-            extra: String::new(),
-        }],
-    );
+    let mut config = gateway_config(&kx, vec![yside(&ky)]);
     config.interface_extra = "user = \"nobody\"\n".into();
     let mut dp = WgIface::start_config(&x, &lab, &config).unwrap();
     let conf = dp.config.clone().unwrap();

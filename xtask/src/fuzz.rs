@@ -34,6 +34,24 @@ pub struct Outcome {
     pub crash: Option<PathBuf>,
 }
 
+impl Outcome {
+    /// Its row of the table.
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            self.target,
+            self.runs,
+            self.secs,
+            self.execs_per_sec,
+            self.cov,
+            self.corpus,
+            self.crash
+                .as_ref()
+                .map_or("ok".to_string(), |c| format!("crash: {}", c.display()))
+        )
+    }
+}
+
 fn fuzz_dir() -> PathBuf {
     workspace_root().join("fuzz")
 }
@@ -149,34 +167,13 @@ pub fn fuzz(names: &[String], secs: u64) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     for t in names {
         let o = fuzz_one(t, secs)?;
-        eprintln!(
-            "    {t}: {} runs in {} s, {} exec/s, cov {}, corpus {}{}",
-            o.runs,
-            o.secs,
-            o.execs_per_sec,
-            o.cov,
-            o.corpus,
-            o.crash
-                .as_ref()
-                .map_or(String::new(), |c| format!(", CRASHED: {}", c.display()))
-        );
+        eprintln!("    {}", o.row());
         outcomes.push(o);
     }
     println!("\n| target | runs | s | exec/s | coverage | corpus | result |");
     println!("|---|---:|---:|---:|---:|---:|---|");
     for o in &outcomes {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            o.target,
-            o.runs,
-            o.secs,
-            o.execs_per_sec,
-            o.cov,
-            o.corpus,
-            o.crash
-                .as_ref()
-                .map_or("ok".to_string(), |c| format!("crash: {}", c.display()))
-        );
+        println!("{}", o.row());
     }
     Ok(outcomes)
 }

@@ -72,22 +72,7 @@ impl Pending {
         now: Instant,
         max: usize,
     ) -> Admit {
-        let admit = self.admit(prefix, id, seqno, now, max);
-        if admit != Admit::New {
-            return admit;
-        }
-        self.map.insert(
-            (prefix, id),
-            Req {
-                seqno,
-                sent: now,
-                next: now + REQUEST_RESEND,
-                delay: REQUEST_RESEND,
-                left: REQUEST_RESENDS,
-                targets: Vec::new(),
-            },
-        );
-        Admit::New
+        self.admit_new(prefix, id, seqno, now, max, REQUEST_RESENDS)
     }
 
     /// Remembers where an originated request went, for resends.
@@ -112,22 +97,37 @@ impl Pending {
         now: Instant,
         max: usize,
     ) -> Admit {
+        self.admit_new(prefix, id, seqno, now, max, 0)
+    }
+
+    /// Admits a request and, if it is new, keeps it with `resends` resends to come (the
+    /// first one [`REQUEST_RESEND`] from now).
+    fn admit_new(
+        &mut self,
+        prefix: IpNet,
+        id: RouterId,
+        seqno: u16,
+        now: Instant,
+        max: usize,
+        resends: u8,
+    ) -> Admit {
         let admit = self.admit(prefix, id, seqno, now, max);
-        if admit != Admit::New {
-            return admit;
-        }
-        self.map.insert(
-            (prefix, id),
-            Req {
+        if admit == Admit::New {
+            let req = Req {
                 seqno,
                 sent: now,
-                next: now,
+                next: if resends > 0 {
+                    now + REQUEST_RESEND
+                } else {
+                    now
+                },
                 delay: REQUEST_RESEND,
-                left: 0,
+                left: resends,
                 targets: Vec::new(),
-            },
-        );
-        Admit::New
+            };
+            self.map.insert((prefix, id), req);
+        }
+        admit
     }
 
     /// An update with (router-id, seqno) arrived: requests it answers are done.

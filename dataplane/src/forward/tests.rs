@@ -15,10 +15,7 @@ use crate::tunnel::PeerSettings;
 use crate::wire::{self, checksum};
 
 fn key(seed: u8) -> Key {
-    let mut k = [seed; 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    Key(k)
+    Key::from_seed(seed)
 }
 
 fn addr(i: u8) -> SocketAddr {

@@ -5,10 +5,7 @@ use isthmus_dataplane::keys::Key;
 
 /// A clamped private key made of one repeated byte (deterministic tests).
 pub fn key(seed: u8) -> Key {
-    let mut k = [seed; 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    Key(k)
+    Key::from_seed(seed)
 }
 
 /// The public key of `k`.
