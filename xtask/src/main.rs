@@ -12,7 +12,7 @@
 //! - `soak [--minutes N]`: the islands under churn with traffic, resources sampled (see
 //!   `soak.rs`); `test` runs it for `ISTHMUS_SOAK_MINUTES` (default 2).
 //! - `fuzz [--time SECS] [TARGET...]`: the cargo-fuzz targets (see `fuzz.rs`); `test` runs
-//!   each for a short smoke (`ISTHMUS_FUZZ_SECS`, default 10 s).
+//!   each for a short smoke (`ISTHMUS_FUZZ_SECS`, default 6 s).
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -305,13 +305,13 @@ fn soak(args: &[String]) -> Result<()> {
     soak::run(minutes)
 }
 
-/// Every fuzz target for `ISTHMUS_FUZZ_SECS` (default 10) seconds: one failure per target
+/// Every fuzz target for `ISTHMUS_FUZZ_SECS` (default 6) seconds: one failure per target
 /// that crashed, one if they could not be built; skipped (loudly) without a nightly toolchain.
 fn fuzz_smoke() -> Tally {
     let secs = std::env::var("ISTHMUS_FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(6);
     eprintln!("==> fuzz smoke: every target {secs} s (cargo xtask fuzz)");
     let targets = match fuzz::targets() {
         Ok(t) => t,
