@@ -16,7 +16,9 @@
 //! - `flood`: initiations with random bodies and a valid mac1, from one address, as fast as
 //!   the tool goes (up to `--flood-rate`);
 //! - `flood --answer-cookies`: the same from a source that reads its cookie replies and sends
-//!   valid mac2 from then on (it owns its address: only a per-source limit stops it).
+//!   valid mac2 from then on (it owns its address: only a per-source limit stops it);
+//! - `garbage`: datagrams of random type and length alternating with transport messages to
+//!   an index nobody holds (what the classifier and the index lookup must drop cheaply).
 //!
 //! Per scenario, each phase under its own attack of `secs` seconds:
 //!
@@ -72,7 +74,7 @@ pub struct Scenario {
 pub const BASELINE: &str = "none";
 
 /// The scenarios, in order (the baseline first: the others' TCP ratios need it).
-pub const SCENARIOS: [Scenario; 3] = [
+pub const SCENARIOS: [Scenario; 4] = [
     Scenario {
         id: BASELINE,
         title: "no flood",
@@ -87,6 +89,11 @@ pub const SCENARIOS: [Scenario; 3] = [
         id: "flood-cookies",
         title: "initiation flood, cookie-answering source",
         args: &["--kinds", "flood", "--answer-cookies"],
+    },
+    Scenario {
+        id: "garbage",
+        title: "garbage and unknown-index transport",
+        args: &["--kinds", "garbage,transport"],
     },
 ];
 

@@ -255,6 +255,7 @@ fn wg_attack(args: &[String]) -> Result<()> {
             "response" => vec![0u8; wg::RESPONSE_LEN],
             "cookie" => vec![0u8; wg::COOKIE_REPLY_LEN],
             "transport" => vec![0u8; 96],
+            "garbage" => vec![0u8; 4 + (noise.next() % 1400) as usize],
             other => bail!("wg-attack: unknown kind {other:?}"),
         };
         noise.fill(&mut m[4..]);
@@ -276,6 +277,8 @@ fn wg_attack(args: &[String]) -> Result<()> {
                 m[0] = wg::COOKIE_REPLY;
                 m[4..8].copy_from_slice(&index.to_le_bytes());
             }
+            // Any type byte (the header's zeros too, 1 in 256 times).
+            "garbage" => m[0] = noise.next() as u8,
             _ => {
                 m[0] = wg::DATA;
                 m[4..8].copy_from_slice(&index.to_le_bytes());
