@@ -161,7 +161,7 @@ const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
 
 /// The calling thread's drop, with raw system calls only (it runs in a signal handler).
 /// Returns 0 or the errno of the step that failed. A thread that already has the user's
-/// ids has dropped: nothing is done again.
+/// ids only has its capability sets narrowed (which needs no privilege).
 fn drop_this_thread() -> libc::c_int {
     let (uid, gid, keep) = (UID.load(SeqCst), GID.load(SeqCst), KEEP.load(SeqCst));
     // SAFETY: each call below is a plain system call on the calling thread's own
@@ -171,20 +171,23 @@ fn drop_this_thread() -> libc::c_int {
         let errno = || *libc::__errno_location();
         let (mut r, mut e, mut s) = (0, 0, 0);
         libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s);
-        if (r, e, s) == (uid, uid, uid) {
-            return 0;
-        }
-        // The bounding set: EINVAL past the kernel's last capability.
-        for cap in 0..64 {
-            if keep & (1 << cap) == 0 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+        // Already the user (a second signal, or started as the user by a service manager
+        // with capabilities): only the capability sets below are left to narrow.
+        let already = (r, e, s) == (uid, uid, uid);
+        if !already {
+            // The bounding set: EINVAL past the kernel's last capability.
+            for cap in 0..64 {
+                if keep & (1 << cap) == 0 {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+                }
             }
         }
         libc::prctl(libc::PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
-            || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        if !already
+            && (libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0)
         {
             return errno();
         }
