@@ -365,7 +365,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     // Looked up first: an unknown user is a start-up error before anything is created.
     let user = match args.user.as_deref().or(iface.user.as_deref()) {
-        Some(name) => Some(User::lookup(name).with_context(|| format!("--user {name}"))?),
+        Some(name) => {
+            let u = User::lookup(name).with_context(|| format!("--user {name}"))?;
+            privs::check_can_become(&u).with_context(|| format!("--user {name}"))?;
+            Some(u)
+        }
         None => None,
     };
     let opts = DeviceOptions {
@@ -434,6 +438,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // "started", so nothing may fail after it.
     let uapi = isthmus_dataplane::uapi::serve(&ifname, dev.clone())
         .context("serving the WireGuard userspace API")?;
+    // The drop comes after (the socket is made in root's /var/run/wireguard); what could
+    // make it fail was checked at start (`check_can_become`).
     if let Some(user) = &user {
         drop_privileges(user, &ctl_path, afxdp, args.config.as_deref())?;
     }

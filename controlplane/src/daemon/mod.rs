@@ -407,7 +407,11 @@ pub fn run(cfg: CpConfig, opts: Options) -> anyhow::Result<()> {
         .as_deref()
         .or(cfg.device.interface.user.as_deref())
     {
-        Some(name) => Some(User::lookup(name).with_context(|| format!("--user {name}"))?),
+        Some(name) => {
+            let u = User::lookup(name).with_context(|| format!("--user {name}"))?;
+            privs::check_can_become(&u).with_context(|| format!("--user {name}"))?;
+            Some(u)
+        }
         None => None,
     };
     let budget = Arc::new(InputBudget::default());

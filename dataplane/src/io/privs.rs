@@ -107,6 +107,33 @@ impl User {
     }
 }
 
+/// Whether this process can become `user`: it is root, or already that user. Checked at
+/// start, before anything is created, so that the drop itself (after the sockets exist)
+/// does not fail for want of privilege.
+///
+/// # Errors
+/// When it cannot, saying why.
+pub fn check_can_become(user: &User) -> io::Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if user.uid == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("user {} is root: nothing to drop to", user.name),
+        ));
+    }
+    if euid != 0 && euid != user.uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "becoming user {} takes root (running as uid {euid})",
+                user.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Gives the socket file `path` to `user`, so that processes running as the user (the other
 /// daemon, `isthmusctl`) can connect to it; with the directory too when it is isthmus's own
 /// runtime directory (`/var/run/isthmus`, 0700), which lets a dropped daemon reach the other's
